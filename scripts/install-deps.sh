@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages dsproxy builds and tests with. Idempotent; needs root.
+# Boost is pinned to 1.81 on purpose: libboost-all-dev would pull 1.74.
+set -euo pipefail
+packages=(
+  cmake g++ make pkg-config
+  libboost1.81-dev libboost-json1.81-dev   # asio (data path), beast (admin HTTP), json (config_dump)
+  libspdlog-dev libcli11-dev libyaml-cpp-dev libssl-dev libc-ares-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  iptables iproute2 netcat-openbsd procps kmod
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,76 @@
+#include "net/ip_address.hpp"
+
+#include <arpa/inet.h>
+
+#include <cstring>
+
+namespace dsproxy::net {
+
+std::string_view to_string(Family f) { return f == Family::v4 ? "IPv4" : "IPv6"; }
+Family other(Family f) { return f == Family::v4 ? Family::v6 : Family::v4; }
+
+namespace {
+bool is_v4_mapped(const std::array<std::uint8_t, 16>& b) {
+  for (int i = 0; i < 10; ++i)
+    if (b[i] != 0) return false;
+  return b[10] == 0xff && b[11] == 0xff;
+}
+}  // namespace
+
+IpAddress IpAddress::v4(const std::array<std::uint8_t, 4>& b) {
+  IpAddress a;
+  a.family_ = Family::v4;
+  std::memcpy(a.bytes_.data(), b.data(), 4);
+  return a;
+}
+
+IpAddress IpAddress::v6(const std::array<std::uint8_t, 16>& b) {
+  if (is_v4_mapped(b)) return v4({b[12], b[13], b[14], b[15]});
+  IpAddress a;
+  a.family_ = Family::v6;
+  a.bytes_ = b;
+  return a;
+}
+
+std::optional<IpAddress> IpAddress::parse(std::string_view text) {
+  // inet_pton needs a NUL-terminated string; addresses are short, so a stack copy suffices.
+  char buf[INET6_ADDRSTRLEN + 1];
+  if (text.empty() || text.size() >= sizeof buf) return std::nullopt;
+  std::memcpy(buf, text.data(), text.size());
+  buf[text.size()] = '\0';
+  std::array<std::uint8_t, 16> b{};
+  if (text.find(':') == std::string_view::npos) {
+    if (inet_pton(AF_INET, buf, b.data()) != 1) return std::nullopt;
+    return v4({b[0], b[1], b[2], b[3]});
+  }
+  if (inet_pton(AF_INET6, buf, b.data()) != 1) return std::nullopt;
+  return v6(b);
+}
+
+std::string IpAddress::to_string() const {
+  char buf[INET6_ADDRSTRLEN];
+  inet_ntop(is_v4() ? AF_INET : AF_INET6, bytes_.data(), buf, sizeof buf);
+  return buf;
+}
+
+std::string SocketAddress::to_string() const {
+  if (ip.is_v4()) return ip.to_string() + ":" + std::to_string(port);
+  return "[" + ip.to_string() + "]:" + std::to_string(port);
+}
+
+std::string SocketAddress::to_istio_string() const {
+  return ip.to_string() + ":" + std::to_string(port);
+}
+
+std::size_t IpAddressHash::operator()(const IpAddress& a) const noexcept {
+  // FNV-1a over the bytes: addresses are short and this is not on the per-packet path.
+  std::size_t h = 1469598103934665603ull ^ static_cast<std::size_t>(a.family());
+  for (auto byte : a.bytes()) h = (h ^ byte) * 1099511628211ull;
+  return h;
+}
+
+std::size_t SocketAddressHash::operator()(const SocketAddress& a) const noexcept {
+  return IpAddressHash{}(a.ip) * 31 + a.port;
+}
+
+}  // namespace dsproxy::net

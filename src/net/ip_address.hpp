@@ -1,0 +1,65 @@
+#pragma once
+// IP addresses and socket addresses as plain values.
+//
+// Deliberately free of Boost.Asio: the config model, the router and the rule generator all speak
+// addresses, and keeping asio out of this widely included header keeps builds fast.
+
+#include <array>
+#include <compare>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace dsproxy::net {
+
+enum class Family : std::uint8_t { v4, v6 };
+
+std::string_view to_string(Family f);  // "IPv4" / "IPv6", as Kubernetes spells ipFamilies
+Family other(Family f);
+
+class IpAddress {
+ public:
+  // Parses dotted IPv4 or textual IPv6. A v4-mapped IPv6 address (::ffff:a.b.c.d) is returned as
+  // the IPv4 address it carries: the kernel hands those out on dual-stack sockets, but for routing
+  // and family policy the client dialled IPv4.
+  static std::optional<IpAddress> parse(std::string_view text);
+  static IpAddress v4(const std::array<std::uint8_t, 4>& b);
+  static IpAddress v6(const std::array<std::uint8_t, 16>& b);  // canonicalises v4-mapped input
+
+  Family family() const { return family_; }
+  bool is_v4() const { return family_ == Family::v4; }
+  // Network byte order; IPv4 uses the first 4 bytes, the rest are zero.
+  const std::array<std::uint8_t, 16>& bytes() const { return bytes_; }
+  std::string to_string() const;
+  // Prefix length for a single host: 32 or 128.
+  int host_prefix() const { return is_v4() ? 32 : 128; }
+
+  auto operator<=>(const IpAddress&) const = default;
+
+ private:
+  Family family_ = Family::v4;
+  std::array<std::uint8_t, 16> bytes_{};
+};
+
+struct SocketAddress {
+  IpAddress ip;
+  std::uint16_t port = 0;
+
+  // "10.0.0.1:80" / "[fd00::1]:80": unambiguous, what logs and errors use.
+  std::string to_string() const;
+  // "fd00::1:80": the ambiguous form istioctl prints in its endpoints table; only for display.
+  std::string to_istio_string() const;
+
+  auto operator<=>(const SocketAddress&) const = default;
+};
+
+struct IpAddressHash {
+  std::size_t operator()(const IpAddress& a) const noexcept;
+};
+struct SocketAddressHash {
+  std::size_t operator()(const SocketAddress& a) const noexcept;
+};
+
+}  // namespace dsproxy::net

@@ -1,0 +1,27 @@
+#pragma once
+// The marks, ports and table numbers shared by the redirect rules and the proxy's sockets.
+// They must agree: the proxy marks its upstream sockets with proxy_mark, and the rules let
+// packets carrying it through untouched, so nothing the proxy sends is captured again.
+
+#include <cstdint>
+#include <string>
+
+namespace dsproxy::redirect {
+
+struct RedirectOptions {
+  std::uint16_t outbound_port = 15001;  // TCP from this node's pods
+  std::uint16_t inbound_port = 15006;   // TCP to this node's pods from elsewhere
+  // Set by TPROXY and by the socket divert rule; selects the policy-routing table whose
+  // `local 0.0.0.0/0` / `local ::/0` route delivers foreign-addressed packets to our sockets.
+  // Must not overlap proxy_mark's bits, or the proxy's own traffic would be routed to lo.
+  std::uint32_t capture_mark = 0x1000;
+  std::uint32_t capture_mask = 0x1000;
+  // SO_MARK of every upstream socket the proxy opens.
+  std::uint32_t proxy_mark = 0x539;
+  std::uint32_t proxy_mask = 0xfff;
+  int route_table = 133;
+  int rule_priority = 32000;
+  std::string chain_prefix = "DSPROXY";
+};
+
+}  // namespace dsproxy::redirect
