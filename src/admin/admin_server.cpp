@@ -1,0 +1,97 @@
+#include "admin/admin_server.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <list>
+
+#include "proxy/transparent_socket.hpp"
+
+namespace dsproxy::admin {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+
+namespace {
+
+constexpr auto as_values = asio::as_tuple(asio::use_awaitable);
+
+asio::awaitable<void> serve_session(tcp::socket socket, std::shared_ptr<AdminHandler> handler) {
+  beast::tcp_stream stream(std::move(socket));
+  beast::flat_buffer buffer;
+  for (;;) {
+    // A slow or silent admin client loses its own connection after 10 s, nothing else.
+    stream.expires_after(std::chrono::seconds(10));
+    http::request_parser<http::empty_body> parser;
+    parser.header_limit(16 * 1024);
+    auto [read_ec, n] = co_await http::async_read(stream, buffer, parser, as_values);
+    if (read_ec) break;
+    const auto& request = parser.get();
+    http::response<http::string_body> response;
+    response.version(request.version());
+    response.keep_alive(request.keep_alive());
+    if (request.method() != http::verb::get && request.method() != http::verb::head) {
+      response.result(http::status::method_not_allowed);
+      response.set(http::field::content_type, "text/plain");
+      response.body() = "only GET is supported\n";
+    } else {
+      std::string_view target(request.target().data(), request.target().size());
+      if (auto q = target.find('?'); q != std::string_view::npos) target = target.substr(0, q);
+      AdminResponse r = (*handler)(target);
+      response.result(static_cast<unsigned>(r.status));
+      response.set(http::field::content_type, r.content_type);
+      response.body() = std::move(r.body);
+    }
+    response.prepare_payload();
+    auto [write_ec, written] = co_await http::async_write(stream, response, as_values);
+    if (write_ec || !response.keep_alive()) break;
+  }
+  beast::error_code ignored;
+  stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+}
+
+}  // namespace
+
+struct AdminServer::Impl {
+  asio::any_io_executor executor;
+  std::list<tcp::acceptor> acceptors;  // list: stable addresses for the accept coroutines
+
+  asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, std::shared_ptr<AdminHandler> handler) {
+    for (;;) {
+      auto [ec, socket] = co_await acceptor.async_accept(as_values);
+      if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+      if (ec) continue;
+      asio::co_spawn(executor, serve_session(std::move(socket), handler), asio::detached);
+    }
+  }
+};
+
+AdminServer::AdminServer(asio::any_io_executor executor) : impl_(std::make_unique<Impl>()) {
+  impl_->executor = std::move(executor);
+}
+
+AdminServer::~AdminServer() { close(); }
+
+void AdminServer::listen(const net::SocketAddress& address, AdminHandler handler) {
+  proxy::ListenerSocketOptions options{.transparent = false, .reuse_port = false, .backlog = 128};
+  auto& acceptor = impl_->acceptors.emplace_back(proxy::open_listener(impl_->executor, address, options));
+  asio::co_spawn(impl_->executor,
+                 impl_->accept_loop(acceptor, std::make_shared<AdminHandler>(std::move(handler))), asio::detached);
+}
+
+void AdminServer::close() {
+  for (auto& a : impl_->acceptors) {
+    boost::system::error_code ignored;
+    a.close(ignored);
+  }
+}
+
+}  // namespace dsproxy::admin

@@ -1,0 +1,98 @@
+#include "admin/config_dump.hpp"
+
+#include <boost/json.hpp>
+
+namespace dsproxy::admin {
+
+namespace json = boost::json;
+
+namespace {
+
+json::object socket_address(const std::string& address, std::uint16_t port) {
+  return {{"socketAddress", json::object{{"address", address}, {"portValue", port}}}};
+}
+
+json::object listener(const std::string& name, const std::string& direction, const std::string& address,
+                      std::uint16_t port, const std::vector<std::string>& additional) {
+  json::object l{{"name", name}, {"address", socket_address(address, port)}, {"trafficDirection", direction}};
+  // Present only when there is something in it, as Envoy prints it: single-stack listeners have
+  // no `additionalAddresses` key at all.
+  if (!additional.empty()) {
+    json::array extra;
+    for (const auto& a : additional) extra.push_back(json::object{{"address", socket_address(a, port)}});
+    l["additionalAddresses"] = std::move(extra);
+  }
+  return l;
+}
+
+json::array listeners(const DumpContext& ctx) {
+  json::array out;
+  const auto& p = ctx.proxy;
+  out.push_back(listener("virtualOutbound", "OUTBOUND", p.bind_v4, p.ports.outbound, {p.bind_v6}));
+  out.push_back(listener("virtualInbound", "INBOUND", p.bind_v4, p.ports.inbound, {p.bind_v6}));
+  for (const auto& c : ctx.snapshot.clusters()) {
+    if (c.cluster_ips.empty()) continue;
+    const std::string primary = c.cluster_ips.front().to_string();
+    std::vector<std::string> additional;
+    for (std::size_t i = 1; i < c.cluster_ips.size(); ++i) additional.push_back(c.cluster_ips[i].to_string());
+    auto l = listener(primary + "_" + std::to_string(c.port), "OUTBOUND", primary, c.port, additional);
+    l["defaultCluster"] = c.cluster_name;
+    l["ipFamilyPolicy"] = std::string(config::to_string(c.ip_family_policy));
+    out.push_back(std::move(l));
+  }
+  return out;
+}
+
+json::array endpoints(const DumpContext& ctx) {
+  json::array out;
+  for (const auto& c : ctx.snapshot.clusters()) {
+    json::array eps;
+    for (const auto& e : c.endpoints) {
+      json::object ep{{"address", socket_address(e.address.ip.to_string(), e.address.port)},
+                      {"healthStatus", e.ready ? "HEALTHY" : "UNHEALTHY"},
+                      // Passive outlier detection arrives with the family-policy work; until then
+                      // no endpoint is ever ejected.
+                      {"outlierCheck", "OK"}};
+      if (!e.pod.empty()) ep["pod"] = e.pod;
+      eps.push_back(std::move(ep));
+    }
+    out.push_back(json::object{{"clusterName", c.cluster_name}, {"endpoints", std::move(eps)}});
+  }
+  return out;
+}
+
+json::object counters(const proxy::ProxyStats& s) {
+  auto v = [](const proxy::ProxyStats::Counter& c) { return c.load(std::memory_order_relaxed); };
+  return {{"outbound_accepted", v(s.outbound_accepted)},
+          {"inbound_accepted", v(s.inbound_accepted)},
+          {"active_connections", v(s.active_connections)},
+          {"routed_to_service", v(s.routed_to_service)},
+          {"passthrough", v(s.passthrough)},
+          {"rejected_no_endpoint_for_family", v(s.rejected_no_endpoint_for_family)},
+          {"rejected_unknown_service_port", v(s.rejected_unknown_service_port)},
+          {"rejected_loop", v(s.rejected_loop)},
+          {"upstream_connect_failed", v(s.upstream_connect_failed)},
+          {"upstream_connect_timeout", v(s.upstream_connect_timeout)},
+          {"idle_timeouts", v(s.idle_timeouts)},
+          {"resets_propagated", v(s.resets_propagated)},
+          {"bytes_to_upstream", v(s.bytes_to_upstream)},
+          {"bytes_to_downstream", v(s.bytes_to_downstream)}};
+}
+
+}  // namespace
+
+std::string render_config_dump(const DumpContext& ctx) {
+  json::object dump{{"node", ctx.snapshot.options().node_name},
+                    {"generation", ctx.generation},
+                    {"listeners", listeners(ctx)},
+                    {"endpoints", endpoints(ctx)},
+                    {"stats", counters(ctx.stats)}};
+  json::array warnings;
+  for (const auto& w : ctx.snapshot.objects().warnings) warnings.push_back(json::string(w));
+  dump["warnings"] = std::move(warnings);
+  return json::serialize(dump);
+}
+
+std::string render_stats(const proxy::ProxyStats& stats) { return json::serialize(counters(stats)); }
+
+}  // namespace dsproxy::admin

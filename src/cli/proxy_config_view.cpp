@@ -1,0 +1,157 @@
+#include "cli/proxy_config_view.hpp"
+
+#include <algorithm>
+#include <boost/json.hpp>
+#include <sstream>
+#include <stdexcept>
+#include <vector>
+
+#include "net/ip_address.hpp"
+
+namespace dsproxy::cli {
+
+namespace json = boost::json;
+
+namespace {
+
+json::object parse_dump(std::string_view text) {
+  boost::system::error_code ec;
+  json::value v = json::parse(text, ec);
+  if (ec || !v.is_object()) throw std::runtime_error("admin API returned something that is not a config dump");
+  return std::move(v.as_object());
+}
+
+const json::array& array_field(const json::object& o, std::string_view key) {
+  const auto* v = o.if_contains(key);
+  if (!v || !v->is_array()) throw std::runtime_error("config dump lacks '" + std::string(key) + "'");
+  return v->as_array();
+}
+
+std::string str(const json::value& v) { return v.is_string() ? std::string(v.as_string()) : json::serialize(v); }
+
+std::uint16_t port_of(const json::value& address) {
+  return static_cast<std::uint16_t>(address.at("socketAddress").at("portValue").to_number<std::int64_t>());
+}
+
+// Column layout like Go's tabwriter as istioctl configures it: each column as wide as its widest
+// cell plus padding, last column unpadded.
+std::string table(const std::vector<std::vector<std::string>>& rows) {
+  constexpr std::size_t kPadding = 5;
+  std::vector<std::size_t> width;
+  for (const auto& r : rows)
+    for (std::size_t i = 0; i < r.size(); ++i) {
+      if (width.size() <= i) width.push_back(0);
+      width[i] = std::max(width[i], r[i].size());
+    }
+  std::ostringstream out;
+  for (const auto& r : rows) {
+    for (std::size_t i = 0; i < r.size(); ++i) {
+      out << r[i];
+      if (i + 1 < r.size()) out << std::string(width[i] - r[i].size() + kPadding, ' ');
+    }
+    out << '\n';
+  }
+  return out.str();
+}
+
+std::vector<const json::object*> matching_listeners(const json::object& dump, std::optional<std::uint16_t> port) {
+  std::vector<const json::object*> out;
+  for (const auto& l : array_field(dump, "listeners"))
+    if (!port || port_of(l.at("address")) == *port) out.push_back(&l.as_object());
+  return out;
+}
+
+struct EndpointRow {
+  net::SocketAddress address;
+  std::string text, status, outlier, cluster;
+};
+
+std::vector<EndpointRow> matching_endpoints(const json::object& dump, std::optional<std::uint16_t> port) {
+  std::vector<EndpointRow> rows;
+  for (const auto& c : array_field(dump, "endpoints")) {
+    const std::string cluster = str(c.at("clusterName"));
+    for (const auto& e : c.at("endpoints").as_array()) {
+      const auto& sa = e.at("address").at("socketAddress");
+      const auto ip = net::IpAddress::parse(str(sa.at("address")));
+      if (!ip) continue;
+      const net::SocketAddress addr{*ip, port_of(e.at("address"))};
+      if (port && addr.port != *port) continue;
+      rows.push_back({addr, addr.to_istio_string(), str(e.at("healthStatus")), str(e.at("outlierCheck")), cluster});
+    }
+  }
+  // IPv4 first, then by address bytes: stable and readable, unlike a plain string sort.
+  std::sort(rows.begin(), rows.end(), [](const EndpointRow& a, const EndpointRow& b) {
+    return std::tie(a.address, a.cluster) < std::tie(b.address, b.cluster);
+  });
+  return rows;
+}
+
+}  // namespace
+
+std::string listeners_table(std::string_view config_dump, std::optional<std::uint16_t> port) {
+  const auto dump = parse_dump(config_dump);
+  std::vector<std::vector<std::string>> rows{{"ADDRESSES", "PORT", "MATCH", "DESTINATION"}};
+  for (const auto* l : matching_listeners(dump, port)) {
+    std::string addresses = str(l->at("address").at("socketAddress").at("address"));
+    if (const auto* extra = l->if_contains("additionalAddresses"))
+      for (const auto& a : extra->as_array()) addresses += "," + str(a.at("address").at("socketAddress").at("address"));
+    std::string destination;
+    if (const auto* c = l->if_contains("defaultCluster")) destination = "Cluster: " + str(*c);
+    else destination = str(l->at("name")) == "virtualInbound" ? "Inbound: passthrough to this node's pods"
+                                                                : "Outbound: Services, else passthrough";
+    rows.push_back({addresses, std::to_string(port_of(l->at("address"))), "ALL", destination});
+  }
+  return table(rows);
+}
+
+std::string listeners_json(std::string_view config_dump, std::optional<std::uint16_t> port) {
+  const auto dump = parse_dump(config_dump);
+  json::array out;
+  for (const auto* l : matching_listeners(dump, port)) out.push_back(*l);
+  // Indented like istioctl's -o json, one field per line, so users can grep it.
+  std::string s;
+  int depth = 0;
+  bool in_string = false;
+  const std::string flat = json::serialize(out);
+  for (std::size_t i = 0; i < flat.size(); ++i) {
+    const char ch = flat[i];
+    if (in_string) {
+      s += ch;
+      if (ch == '\\' && i + 1 < flat.size()) s += flat[++i];
+      else if (ch == '"') in_string = false;
+      continue;
+    }
+    switch (ch) {
+      case '"': in_string = true; s += ch; break;
+      case '{': case '[':
+        s += ch;
+        s += '\n' + std::string(static_cast<std::size_t>(2 * ++depth), ' ');
+        break;
+      case '}': case ']':
+        s += '\n' + std::string(static_cast<std::size_t>(2 * --depth), ' ') + ch;
+        break;
+      case ',': s += ",\n" + std::string(static_cast<std::size_t>(2 * depth), ' '); break;
+      case ':': s += ": "; break;
+      default: s += ch;
+    }
+  }
+  return s + "\n";
+}
+
+std::string endpoints_table(std::string_view config_dump, std::optional<std::uint16_t> port) {
+  const auto dump = parse_dump(config_dump);
+  std::vector<std::vector<std::string>> rows{{"ENDPOINT", "STATUS", "OUTLIER CHECK", "CLUSTER"}};
+  for (auto& r : matching_endpoints(dump, port)) rows.push_back({r.text, r.status, r.outlier, r.cluster});
+  return table(rows);
+}
+
+std::string endpoints_json(std::string_view config_dump, std::optional<std::uint16_t> port) {
+  const auto dump = parse_dump(config_dump);
+  json::array out;
+  for (auto& r : matching_endpoints(dump, port))
+    out.push_back(json::object{{"endpoint", r.text}, {"status", r.status}, {"outlierCheck", r.outlier},
+                               {"cluster", r.cluster}});
+  return json::serialize(out) + "\n";
+}
+
+}  // namespace dsproxy::cli

@@ -1,0 +1,243 @@
+#include "cli/run_command.hpp"
+
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <optional>
+
+#include "admin/admin_server.hpp"
+#include "admin/config_dump.hpp"
+#include "config/k8s_decoder.hpp"
+#include "config/snapshot_store.hpp"
+#include "proxy/proxy_server.hpp"
+#include "redirect/command_runner.hpp"
+#include "redirect/redirector.hpp"
+
+namespace dsproxy::cli {
+
+namespace {
+
+std::vector<net::IpAddress> node_pod_ips(const config::ClusterSnapshot& snapshot) {
+  std::vector<net::IpAddress> ips;
+  for (const auto& pod : snapshot.node_pods()) ips.insert(ips.end(), pod.ips.begin(), pod.ips.end());
+  return ips;
+}
+
+struct FileStamp {
+  timespec mtime{};
+  off_t size = -1;
+  ino_t inode = 0;
+  bool operator==(const FileStamp& o) const {
+    return mtime.tv_sec == o.mtime.tv_sec && mtime.tv_nsec == o.mtime.tv_nsec && size == o.size && inode == o.inode;
+  }
+};
+
+std::optional<FileStamp> stamp_of(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return std::nullopt;
+  return FileStamp{st.st_mtim, st.st_size, st.st_ino};
+}
+
+// Everything `run` owns on the control thread. Reloads happen here, never on a worker: a new
+// snapshot is built off the data path and published with one atomic store.
+class ProxyProcess {
+ public:
+  explicit ProxyProcess(const RunOptions& options) : options_(options) {}
+
+  int run() {
+    std::shared_ptr<const config::ClusterSnapshot> first;
+    try {
+      first = load();
+    } catch (const std::exception& e) {
+      spdlog::error("cannot start: {}", e.what());
+      return 2;
+    }
+    store_.publish(first);
+    stamp_ = stamp_of(options_.config_path);
+
+    if (options_.redirect) {
+      try {
+        redirector_.emplace(options_.redirect_options, runner_);
+        installed_pods_ = node_pod_ips(*first);
+        redirector_->install(installed_pods_);
+      } catch (const std::exception& e) {
+        spdlog::error("cannot install redirect rules: {}", e.what());
+        remove_redirect();
+        return 3;
+      }
+    }
+
+    proxy::ProxyServer server(options_.proxy, store_, stats_);
+    admin::AdminServer admin(io_.get_executor());
+    try {
+      server.start();
+      serve_admin(admin, server);
+    } catch (const std::exception& e) {
+      spdlog::error("cannot start: {}", e.what());
+      remove_redirect();
+      return 4;
+    }
+    ready_ = true;
+    spdlog::info("dsproxy ready: node {}, {} service port(s), {} local pod(s)", options_.node,
+                 first->clusters().size(), first->node_pods().size());
+
+    boost::asio::signal_set signals(io_, SIGINT, SIGTERM, SIGHUP);
+    wait_for_signal(signals, server);
+    boost::asio::steady_timer poll(io_);
+    watch_config(poll);
+
+    io_.run();
+
+    admin.close();
+    remove_redirect();
+    spdlog::info("dsproxy stopped");
+    return 0;
+  }
+
+ private:
+  std::shared_ptr<const config::ClusterSnapshot> load() {
+    auto objects = config::load_objects_file(options_.config_path);
+    for (const auto& w : objects.warnings) spdlog::warn("config: {}", w);
+    return config::ClusterSnapshot::build(std::move(objects), {options_.node, options_.cluster_domain});
+  }
+
+  void reload(const char* why) {
+    std::shared_ptr<const config::ClusterSnapshot> next;
+    try {
+      next = load();
+    } catch (const std::exception& e) {
+      // The last good snapshot stays in force; traffic never notices a bad edit.
+      spdlog::error("config reload ({}) failed, keeping generation {}: {}", why, store_.generation(), e.what());
+      return;
+    }
+    store_.publish(next);
+    spdlog::info("config reloaded ({}): generation {}, {} service port(s), {} local pod(s)", why, store_.generation(),
+                 next->clusters().size(), next->node_pods().size());
+    if (redirector_) {
+      auto pods = node_pod_ips(*next);
+      if (pods != installed_pods_) {
+        try {
+          redirector_->update_pods(pods);
+          installed_pods_ = std::move(pods);
+        } catch (const std::exception& e) {
+          spdlog::error("redirect update failed, capture still uses the previous pod list: {}", e.what());
+        }
+      }
+    }
+  }
+
+  void watch_config(boost::asio::steady_timer& timer) {
+    timer.expires_after(options_.config_poll);
+    timer.async_wait([this, &timer](boost::system::error_code ec) {
+      if (ec) return;
+      if (auto now = stamp_of(options_.config_path); now && !(stamp_ && *now == *stamp_)) {
+        stamp_ = now;
+        reload("file changed");
+      }
+      watch_config(timer);
+    });
+  }
+
+  void wait_for_signal(boost::asio::signal_set& signals, proxy::ProxyServer& server) {
+    signals.async_wait([this, &signals, &server](boost::system::error_code ec, int signo) {
+      if (ec) return;
+      if (signo == SIGHUP) {
+        reload("SIGHUP");
+        wait_for_signal(signals, server);
+        return;
+      }
+      spdlog::info("signal {}: draining for up to {} ms", signo, options_.drain_grace.count());
+      ready_ = false;  // readiness fails first so nothing new is sent our way
+      server.stop_accepting();
+      drain_deadline_ = std::chrono::steady_clock::now() + options_.drain_grace;
+      wait_for_drain(server);
+    });
+  }
+
+  // Polls the active-connection gauge on the control loop, so the admin API still answers
+  // (readiness says 503) while connections finish.
+  void wait_for_drain(proxy::ProxyServer& server) {
+    const auto active = stats_.active_connections.load(std::memory_order_relaxed);
+    if (active == 0 || std::chrono::steady_clock::now() >= drain_deadline_) {
+      if (active > 0) spdlog::info("drain: closing {} connection(s) still open", active);
+      server.stop();
+      io_.stop();
+      return;
+    }
+    drain_timer_.expires_after(std::chrono::milliseconds(50));
+    drain_timer_.async_wait([this, &server](boost::system::error_code ec) {
+      if (!ec) wait_for_drain(server);
+    });
+  }
+
+  void serve_admin(admin::AdminServer& admin, const proxy::ProxyServer& server) {
+    auto api = [this](std::string_view path) -> admin::AdminResponse {
+      if (path == "/config_dump") {
+        const auto snapshot = store_.current();
+        return {200, "application/json",
+                admin::render_config_dump({*snapshot, options_.proxy, stats_, store_.generation()})};
+      }
+      if (path == "/stats") return {200, "application/json", admin::render_stats(stats_)};
+      if (path == "/healthz/ready") return readiness();
+      return {404, "text/plain", "unknown path; try /config_dump, /stats, /healthz/ready\n"};
+    };
+    auto probe = [this](std::string_view path) -> admin::AdminResponse {
+      if (path == "/healthz/ready") return readiness();
+      return {404, "text/plain", "not found\n"};
+    };
+    const auto loopback4 = *net::IpAddress::parse("127.0.0.1");
+    const auto loopback6 = *net::IpAddress::parse("::1");
+    admin.listen({loopback4, options_.admin_port}, api);
+    listen_optional(admin, {loopback6, options_.admin_port}, api);
+    admin.listen({*net::IpAddress::parse("0.0.0.0"), options_.readiness_port}, probe);
+    listen_optional(admin, {*net::IpAddress::parse("::"), options_.readiness_port}, probe);
+  }
+
+  // IPv6 may be disabled on a node; the admin API then stays IPv4-only rather than failing.
+  static void listen_optional(admin::AdminServer& admin, const net::SocketAddress& at, admin::AdminHandler h) {
+    try {
+      admin.listen(at, std::move(h));
+    } catch (const std::exception& e) {
+      spdlog::warn("admin: {} (continuing without it)", e.what());
+    }
+  }
+
+  admin::AdminResponse readiness() const {
+    if (ready_) return {200, "text/plain", "ready\n"};
+    return {503, "text/plain", "not ready\n"};
+  }
+
+  void remove_redirect() {
+    if (!redirector_) return;
+    try {
+      redirector_->uninstall();
+    } catch (const std::exception& e) {
+      spdlog::error("redirect uninstall incomplete: {}", e.what());
+    }
+    redirector_.reset();
+  }
+
+  const RunOptions& options_;
+  boost::asio::io_context io_{1};
+  config::SnapshotStore store_;
+  proxy::ProxyStats stats_;
+  redirect::ProcessRunner runner_;
+  std::optional<redirect::Redirector> redirector_;
+  std::vector<net::IpAddress> installed_pods_;
+  std::optional<FileStamp> stamp_;
+  bool ready_ = false;
+  boost::asio::steady_timer drain_timer_{io_};
+  std::chrono::steady_clock::time_point drain_deadline_;
+};
+
+}  // namespace
+
+int run_proxy(const RunOptions& options) {
+  ProxyProcess process(options);
+  return process.run();
+}
+
+}  // namespace dsproxy::cli

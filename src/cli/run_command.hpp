@@ -1,0 +1,30 @@
+#pragma once
+// `dsproxy run`: loads the config, optionally installs the redirect rules, serves the data path
+// and the admin API, reloads the config when the file changes, drains and cleans up on exit.
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+#include "proxy/proxy_options.hpp"
+#include "redirect/redirect_options.hpp"
+
+namespace dsproxy::cli {
+
+struct RunOptions {
+  std::string config_path;
+  std::string node;
+  std::string cluster_domain = "cluster.local";
+  bool redirect = false;  // install the capture rules at start, keep them current, remove at exit
+  proxy::ProxyOptions proxy;
+  redirect::RedirectOptions redirect_options;
+  std::uint16_t admin_port = 15000;     // 127.0.0.1 and [::1]
+  std::uint16_t readiness_port = 15021;  // 0.0.0.0 and [::]: kubelet probes it from the node
+  std::chrono::milliseconds config_poll{1000};
+  std::chrono::milliseconds drain_grace{5000};
+};
+
+// Returns the process exit code: 0 after a clean shutdown, non-zero when start-up failed.
+int run_proxy(const RunOptions& options);
+
+}  // namespace dsproxy::cli

@@ -1,0 +1,161 @@
+// dsproxy: a transparent dual-stack L4 node proxy. This file only parses the command line and
+// hands over to the command implementations in src/cli/.
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <iostream>
+
+#include "cli/admin_client.hpp"
+#include "cli/proxy_config_view.hpp"
+#include "cli/run_command.hpp"
+#include "config/cluster_snapshot.hpp"
+#include "config/k8s_decoder.hpp"
+#include "redirect/command_runner.hpp"
+#include "redirect/redirector.hpp"
+
+namespace {
+
+using namespace dsproxy;
+
+void add_redirect_flags(CLI::App& cmd, redirect::RedirectOptions& r) {
+  cmd.add_option("--outbound-port", r.outbound_port, "Outbound capture listener port")->capture_default_str();
+  cmd.add_option("--inbound-port", r.inbound_port, "Inbound capture listener port")->capture_default_str();
+  cmd.add_option("--route-table", r.route_table, "Policy routing table for diverted packets")->capture_default_str();
+  cmd.add_option("--rule-priority", r.rule_priority, "Priority of the fwmark ip rule")->capture_default_str();
+}
+
+std::shared_ptr<const config::ClusterSnapshot> load_snapshot(const std::string& path, const std::string& node,
+                                                             const std::string& domain) {
+  auto objects = config::load_objects_file(path);
+  for (const auto& w : objects.warnings) spdlog::warn("config: {}", w);
+  return config::ClusterSnapshot::build(std::move(objects), {node, domain});
+}
+
+std::vector<net::IpAddress> node_pod_ips(const config::ClusterSnapshot& snapshot) {
+  std::vector<net::IpAddress> ips;
+  for (const auto& pod : snapshot.node_pods()) ips.insert(ips.end(), pod.ips.begin(), pod.ips.end());
+  return ips;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  spdlog::set_default_logger(spdlog::stderr_color_mt("dsproxy"));
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%eZ %^%l%$ %v", spdlog::pattern_time_type::utc);
+
+  CLI::App app{"dsproxy: transparent dual-stack (IPv4 + IPv6) L4 node proxy for Kubernetes"};
+  app.require_subcommand(1);
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
+
+  // run
+  cli::RunOptions run;
+  auto* run_cmd = app.add_subcommand("run", "Run the proxy in this (the node's) network namespace");
+  run_cmd->add_option("--config", run.config_path, "Kubernetes objects (YAML or JSON); reloaded when it changes")
+      ->required();
+  run_cmd->add_option("--node", run.node, "This node's name (pods with spec.nodeName == NAME are local)")->required();
+  run_cmd->add_flag("--redirect", run.redirect, "Install the capture rules at start, keep them current, remove at exit");
+  run_cmd->add_option("--workers", run.proxy.workers, "Worker threads (one io_context each)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  run_cmd->add_option("--cluster-domain", run.cluster_domain)->capture_default_str();
+  run_cmd->add_option("--admin-port", run.admin_port, "Admin API on 127.0.0.1 and [::1]")->capture_default_str();
+  run_cmd->add_option("--readiness-port", run.readiness_port, "GET /healthz/ready on 0.0.0.0 and [::]")
+      ->capture_default_str();
+  std::int64_t connect_timeout_ms = 10000, idle_timeout_s = 3600, drain_ms = 5000;
+  run_cmd->add_option("--connect-timeout-ms", connect_timeout_ms)->capture_default_str()->check(CLI::Range(1, 600000));
+  run_cmd->add_option("--idle-timeout-s", idle_timeout_s, "Reset connections idle this long")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 7 * 86400));
+  run_cmd->add_option("--drain-grace-ms", drain_ms, "On SIGTERM, let connections finish this long")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 600000));
+  add_redirect_flags(*run_cmd, run.redirect_options);
+
+  // redirect
+  redirect::RedirectOptions redirect_options;
+  std::string redirect_config, redirect_node;
+  auto* redirect_cmd = app.add_subcommand("redirect", "Install, remove or print the TPROXY capture rules");
+  redirect_cmd->require_subcommand(1);
+  for (const char* name : {"install", "uninstall", "print"}) {
+    auto* sub = redirect_cmd->add_subcommand(name);
+    sub->add_option("--config", redirect_config, "Kubernetes objects (YAML or JSON)")->required(std::string(name) != "uninstall");
+    sub->add_option("--node", redirect_node, "This node's name")->required(std::string(name) != "uninstall");
+    add_redirect_flags(*sub, redirect_options);
+  }
+
+  // proxy-config
+  std::string admin = "127.0.0.1:15000", output = "short";
+  std::optional<std::uint16_t> port;
+  auto* pc_cmd = app.add_subcommand("proxy-config", "Show a running dsproxy's configuration, like istioctl");
+  pc_cmd->require_subcommand(1);
+  for (const char* name : {"listeners", "endpoints"}) {
+    auto* sub = pc_cmd->add_subcommand(name);
+    sub->add_option("--port", port, "Only this port");
+    sub->add_option("-o,--output", output, "short or json")->check(CLI::IsMember({"short", "json"}))->capture_default_str();
+    sub->add_option("--admin", admin, "Admin API address")->capture_default_str();
+  }
+
+  // validate
+  std::string validate_config, validate_node = "";
+  auto* validate_cmd = app.add_subcommand("validate", "Check a config file and summarise what dsproxy derives from it");
+  validate_cmd->add_option("--config", validate_config)->required();
+  validate_cmd->add_option("--node", validate_node, "Node whose pods to list");
+
+  CLI11_PARSE(app, argc, argv);
+  spdlog::set_level(spdlog::level::from_str(log_level));
+
+  try {
+    if (run_cmd->parsed()) {
+      run.proxy.ports = {run.redirect_options.outbound_port, run.redirect_options.inbound_port};
+      run.proxy.connect_timeout = std::chrono::milliseconds(connect_timeout_ms);
+      run.proxy.idle_timeout = std::chrono::seconds(idle_timeout_s);
+      run.proxy.upstream_mark = run.redirect_options.proxy_mark;
+      run.drain_grace = std::chrono::milliseconds(drain_ms);
+      return cli::run_proxy(run);
+    }
+    if (redirect_cmd->parsed()) {
+      redirect::ProcessRunner runner;
+      redirect::Redirector redirector(redirect_options, runner);
+      if (redirect_cmd->got_subcommand("uninstall")) {
+        redirector.uninstall();
+        return 0;
+      }
+      const auto snapshot = load_snapshot(redirect_config, redirect_node, "cluster.local");
+      const auto pods = node_pod_ips(*snapshot);
+      if (redirect_cmd->got_subcommand("print")) {
+        std::cout << redirector.print(pods);
+        return 0;
+      }
+      redirector.install(pods);
+      return 0;
+    }
+    if (pc_cmd->parsed()) {
+      const std::string dump = cli::admin_get(admin, "/config_dump");
+      const bool json = output == "json";
+      if (pc_cmd->got_subcommand("listeners"))
+        std::cout << (json ? cli::listeners_json(dump, port) : cli::listeners_table(dump, port));
+      else
+        std::cout << (json ? cli::endpoints_json(dump, port) : cli::endpoints_table(dump, port));
+      return 0;
+    }
+    if (validate_cmd->parsed()) {
+      const auto snapshot = load_snapshot(validate_config, validate_node, "cluster.local");
+      std::cout << "ok: " << snapshot->objects().services.size() << " service(s), " << snapshot->objects().pods.size()
+                << " pod(s), " << snapshot->objects().endpoint_slices.size() << " endpoint slice(s)\n";
+      for (const auto& c : snapshot->clusters()) {
+        std::cout << "  " << c.cluster_name << " (" << config::to_string(c.ip_family_policy) << "):";
+        for (const auto& ip : c.cluster_ips) std::cout << ' ' << ip.to_string();
+        std::cout << " -> " << c.endpoints.size() << " endpoint(s)\n";
+      }
+      if (!validate_node.empty()) std::cout << "  " << snapshot->node_pods().size() << " pod(s) on " << validate_node << "\n";
+      return 0;
+    }
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    return 1;
+  }
+  return 0;
+}

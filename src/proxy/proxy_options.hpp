@@ -1,0 +1,23 @@
+#pragma once
+// Settings of the data path, fixed for the life of a ProxyServer.
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+#include "proxy/router.hpp"
+
+namespace dsproxy::proxy {
+
+struct ProxyOptions {
+  CapturePorts ports;             // outbound 15001, inbound 15006
+  std::string bind_v4 = "0.0.0.0";
+  std::string bind_v6 = "::";
+  int workers = 1;                // threads, each with its own io_context and SO_REUSEPORT listeners
+  bool transparent = true;        // IP_TRANSPARENT listeners and client-source upstream binds
+  std::uint32_t upstream_mark = 0x539;
+  std::chrono::milliseconds connect_timeout{std::chrono::seconds(10)};
+  std::chrono::milliseconds idle_timeout{std::chrono::hours(1)};
+};
+
+}  // namespace dsproxy::proxy

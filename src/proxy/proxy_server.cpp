@@ -1,0 +1,146 @@
+#include "proxy/proxy_server.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <thread>
+
+#include "proxy/connection.hpp"
+#include "proxy/transparent_socket.hpp"
+
+namespace dsproxy::proxy {
+
+namespace {
+
+using boost::asio::awaitable;
+using boost::asio::use_awaitable;
+
+awaitable<void> accept_loop(tcp::acceptor& acceptor, Direction direction, ConnectionContext context) {
+  const auto executor = co_await boost::asio::this_coro::executor;
+  boost::asio::steady_timer backoff(executor);
+  for (;;) {
+    auto [ec, socket] = co_await acceptor.async_accept(boost::asio::as_tuple(use_awaitable));
+    if (ec == boost::asio::error::operation_aborted || !acceptor.is_open()) co_return;  // draining
+    if (ec) {
+      // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning; the connection stays in the
+      // kernel's accept queue and is picked up once descriptors free up.
+      spdlog::warn("accept on {} failed: {}", to_socket_address(acceptor.local_endpoint()).to_string(), ec.message());
+      backoff.expires_after(std::chrono::milliseconds(50));
+      co_await backoff.async_wait(boost::asio::as_tuple(use_awaitable));
+      continue;
+    }
+    boost::asio::co_spawn(executor, serve_connection(std::move(socket), direction, context), boost::asio::detached);
+  }
+}
+
+}  // namespace
+
+class Worker {
+ public:
+  explicit Worker(const ConnectionContext& context) : context_(context) {}
+
+  void listen(const net::SocketAddress& address, Direction direction, const ListenerSocketOptions& options) {
+    acceptors_.push_back({open_listener(io_.get_executor(), address, options), direction});
+  }
+  std::uint16_t port_of(std::size_t i) const { return acceptors_.at(i).acceptor.local_endpoint().port(); }
+
+  void start() {
+    for (auto& l : acceptors_)
+      boost::asio::co_spawn(io_, accept_loop(l.acceptor, l.direction, context_), boost::asio::detached);
+    thread_ = std::thread([this] { io_.run(); });
+  }
+
+  // Closing the acceptors ends the accept loops; established connections keep running.
+  void stop_accepting() {
+    boost::asio::post(io_, [this] {
+      for (auto& l : acceptors_) {
+        boost::system::error_code ignored;
+        l.acceptor.close(ignored);
+      }
+    });
+  }
+
+  void stop() {
+    io_.stop();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  struct Listener {
+    tcp::acceptor acceptor;
+    Direction direction;
+  };
+  ConnectionContext context_;
+  // Declared before the acceptors so it is destroyed after them; destroying it destroys the
+  // suspended connection coroutines, whose frames own the remaining sockets.
+  boost::asio::io_context io_{1};
+  std::vector<Listener> acceptors_;
+  std::thread thread_;
+};
+
+ProxyServer::ProxyServer(ProxyOptions options, const config::SnapshotStore& store, ProxyStats& stats)
+    : options_(std::move(options)), store_(store), stats_(stats) {}
+
+ProxyServer::~ProxyServer() { stop(); }
+
+void ProxyServer::start() {
+  const auto v4 = net::IpAddress::parse(options_.bind_v4);
+  const auto v6 = net::IpAddress::parse(options_.bind_v6);
+  if (!v4 || !v4->is_v4()) throw std::invalid_argument("bind address '" + options_.bind_v4 + "' is not IPv4");
+  if (!v6 || v6->is_v4()) throw std::invalid_argument("bind address '" + options_.bind_v6 + "' is not IPv6");
+  const ListenerSocketOptions socket_options{.transparent = options_.transparent};
+  const ConnectionContext context{options_, store_, stats_};
+
+  // With port 0 (tests), the first worker's kernel-chosen ports are reused by the others so that
+  // SO_REUSEPORT groups them as it does fixed ports.
+  CapturePorts ports = options_.ports;
+  for (int i = 0; i < std::max(1, options_.workers); ++i) {
+    auto worker = std::make_unique<Worker>(context);
+    worker->listen({*v4, ports.outbound}, Direction::outbound, socket_options);
+    if (ports.outbound == 0) ports.outbound = worker->port_of(0);
+    worker->listen({*v6, ports.outbound}, Direction::outbound, socket_options);
+    worker->listen({*v4, ports.inbound}, Direction::inbound, socket_options);
+    if (ports.inbound == 0) ports.inbound = worker->port_of(2);
+    worker->listen({*v6, ports.inbound}, Direction::inbound, socket_options);
+    workers_.push_back(std::move(worker));
+  }
+  bound_ = ports;
+  // Loop protection compares destinations with the ports really bound.
+  options_.ports = ports;
+  for (auto& w : workers_) w->start();
+  started_ = true;
+  spdlog::info("proxy listening: outbound {} and [{}]:{}, inbound {}:{} and [{}]:{}, {} worker(s)",
+               net::SocketAddress{*v4, ports.outbound}.to_string(), options_.bind_v6, ports.outbound,
+               options_.bind_v4, ports.inbound, options_.bind_v6, ports.inbound, workers_.size());
+}
+
+void ProxyServer::drain(std::chrono::milliseconds grace) {
+  if (!started_ || stopped_) return;
+  stop_accepting();
+  const auto deadline = std::chrono::steady_clock::now() + grace;
+  while (stats_.active_connections.load(std::memory_order_relaxed) > 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const auto left = stats_.active_connections.load(std::memory_order_relaxed);
+  if (left > 0) spdlog::info("drain: closing {} connection(s) still open after {} ms", left, grace.count());
+  stop();
+}
+
+void ProxyServer::stop_accepting() {
+  for (auto& w : workers_) w->stop_accepting();
+}
+
+void ProxyServer::stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  for (auto& w : workers_) w->stop();
+  // Destroying the workers destroys their io_contexts and with them every suspended connection.
+  workers_.clear();
+}
+
+}  // namespace dsproxy::proxy

@@ -1,0 +1,52 @@
+#pragma once
+// The data plane: worker threads, their listeners, and drain.
+//
+// Each worker owns one io_context and its own SO_REUSEPORT listeners for outbound (15001) and
+// inbound (15006) on 0.0.0.0 and [::]; a connection stays on the worker that accepted it for its
+// whole life, so nothing on the data path is shared between threads except the snapshot pointer
+// and the outcome counters.
+
+#include <chrono>
+#include <memory>
+#include <vector>
+
+#include "config/snapshot_store.hpp"
+#include "proxy/proxy_options.hpp"
+#include "proxy/proxy_stats.hpp"
+
+namespace dsproxy::proxy {
+
+class Worker;
+
+class ProxyServer {
+ public:
+  ProxyServer(ProxyOptions options, const config::SnapshotStore& store, ProxyStats& stats);
+  ~ProxyServer();
+  ProxyServer(const ProxyServer&) = delete;
+  ProxyServer& operator=(const ProxyServer&) = delete;
+
+  // Binds every listener on the calling thread, so a bind failure (port in use, missing
+  // CAP_NET_ADMIN) surfaces here as std::system_error before any thread starts.
+  void start();
+  // Stops accepting, lets open connections finish for up to `grace`, then stops the workers;
+  // connections still open then are closed when their coroutine frames are destroyed.
+  void drain(std::chrono::milliseconds grace);
+  // The two halves of drain() for a caller that waits asynchronously (the control loop keeps
+  // answering the admin API meanwhile).
+  void stop_accepting();
+  void stop();
+  // The ports actually bound (useful when the options asked for port 0 in tests).
+  CapturePorts bound_ports() const { return bound_; }
+  bool running() const { return started_ && !stopped_; }
+
+ private:
+  ProxyOptions options_;
+  const config::SnapshotStore& store_;
+  ProxyStats& stats_;
+  CapturePorts bound_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  bool started_ = false;
+  bool stopped_ = false;
+};
+
+}  // namespace dsproxy::proxy

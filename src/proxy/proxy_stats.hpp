@@ -1,0 +1,33 @@
+#pragma once
+// Process-wide outcome counters, exported by the admin API.
+//
+// Updated once per connection event (accept, routing outcome, close), never per read or write:
+// the relay sums its byte counts in the connection's own frame and adds them when it ends, so
+// two workers never bounce these cache lines on the data path.
+
+#include <atomic>
+#include <cstdint>
+
+namespace dsproxy::proxy {
+
+struct ProxyStats {
+  using Counter = std::atomic<std::uint64_t>;
+  Counter outbound_accepted{0};
+  Counter inbound_accepted{0};
+  Counter active_connections{0};
+  Counter routed_to_service{0};
+  Counter passthrough{0};
+  Counter rejected_no_endpoint_for_family{0};
+  Counter rejected_unknown_service_port{0};
+  Counter rejected_loop{0};
+  Counter upstream_connect_failed{0};
+  Counter upstream_connect_timeout{0};
+  Counter idle_timeouts{0};
+  Counter resets_propagated{0};
+  Counter bytes_to_upstream{0};
+  Counter bytes_to_downstream{0};
+
+  static void add(Counter& c, std::uint64_t n = 1) { c.fetch_add(n, std::memory_order_relaxed); }
+};
+
+}  // namespace dsproxy::proxy

@@ -1,0 +1,43 @@
+#pragma once
+// Where a captured connection goes: the pure routing decision, separate from any socket so it
+// can be tested exhaustively.
+
+#include <cstdint>
+#include <string_view>
+
+#include "config/cluster_snapshot.hpp"
+#include "net/ip_address.hpp"
+
+namespace dsproxy::proxy {
+
+enum class Direction : std::uint8_t { outbound, inbound };
+std::string_view to_string(Direction d);
+
+enum class RouteKind : std::uint8_t { service, passthrough, reject };
+
+enum class RejectReason : std::uint8_t {
+  none,
+  no_endpoint_for_family,  // the Service has no ready endpoint of the dialled ClusterIP's family
+  unknown_service_port,    // a ClusterIP, but not one of the Service's ports
+  loop,                    // the destination is one of our own capture ports: dialling it would loop
+};
+std::string_view to_string(RejectReason r);
+
+struct RouteDecision {
+  RouteKind kind = RouteKind::reject;
+  RejectReason reason = RejectReason::none;
+  net::SocketAddress upstream;                        // valid unless kind == reject
+  const config::ServiceCluster* cluster = nullptr;    // set for service (and for no_endpoint rejects)
+};
+
+struct CapturePorts {
+  std::uint16_t outbound = 15001;
+  std::uint16_t inbound = 15006;
+};
+
+// `destination` is the original destination of the captured connection (already canonical:
+// v4-mapped addresses unmapped). The snapshot must outlive the use of `decision.cluster`.
+RouteDecision route(const config::ClusterSnapshot& snapshot, Direction direction,
+                    const net::SocketAddress& destination, const CapturePorts& ports);
+
+}  // namespace dsproxy::proxy

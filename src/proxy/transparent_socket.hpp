@@ -1,0 +1,50 @@
+#pragma once
+// Socket set-up the kernel's transparent proxying needs, and conversions between asio endpoints
+// and our address values. Only proxy sources include this (it pulls in asio).
+
+#include <boost/asio/ip/tcp.hpp>
+#include <cstdint>
+#include <optional>
+#include <system_error>
+
+#include "net/ip_address.hpp"
+
+namespace dsproxy::proxy {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+tcp::endpoint to_endpoint(const net::SocketAddress& address);
+// Canonical: a v4-mapped IPv6 endpoint becomes the IPv4 address it carries.
+net::SocketAddress to_socket_address(const tcp::endpoint& endpoint);
+
+struct ListenerSocketOptions {
+  // IP_TRANSPARENT / IPV6_TRANSPARENT: TPROXY delivers connections addressed to any IP to this
+  // socket; accepted sockets inherit the flag, so their local address is the original destination.
+  bool transparent = true;
+  // One listener per worker thread on the same address: the kernel spreads connections across
+  // them with no shared accept queue lock.
+  bool reuse_port = true;
+  int backlog = 4096;
+};
+
+// Binds `address`. IPv6 listeners are IPV6_V6ONLY, so "[::]" and "0.0.0.0" are separate sockets and
+// an IPv4 client is never seen as ::ffff:a.b.c.d. Throws std::system_error naming the address.
+tcp::acceptor open_listener(const asio::any_io_executor& executor, const net::SocketAddress& address,
+                            const ListenerSocketOptions& options);
+
+struct UpstreamSocketOptions {
+  std::uint32_t mark = 0;  // SO_MARK, so the redirect rules never capture our own traffic; 0 = none
+  // Bind to the client's address (IP_TRANSPARENT) so the destination sees the real client, as
+  // with kube-proxy. Only possible within one family.
+  std::optional<net::IpAddress> source;
+};
+
+// Opens `socket` for `family` and applies the options; errors as values for the data path.
+std::error_code prepare_upstream(tcp::socket& socket, net::Family family, const UpstreamSocketOptions& options);
+
+// Closes with SO_LINGER {1, 0}: the kernel sends RST instead of FIN, which is how a reset seen on
+// one side of a relay is propagated to the other.
+void reset_connection(tcp::socket& socket);
+
+}  // namespace dsproxy::proxy

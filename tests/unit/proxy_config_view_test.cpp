@@ -1,0 +1,71 @@
+// The admin API's config dump and the istioctl-style tables rendered from it.
+
+#include "cli/proxy_config_view.hpp"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "admin/config_dump.hpp"
+#include "config/k8s_decoder.hpp"
+
+namespace dsproxy {
+namespace {
+
+std::string experiment_dump() {
+  auto objects = config::load_objects_file(DSPROXY_SOURCE_DIR "/config/tcp-echo-experiment.yaml");
+  auto snapshot = config::ClusterSnapshot::build(std::move(objects), {"kind-worker", "cluster.local"});
+  proxy::ProxyOptions options;
+  proxy::ProxyStats stats;
+  return admin::render_config_dump({*snapshot, options, stats, 1});
+}
+
+// Tables are compared with runs of spaces collapsed: the column widths are cosmetic.
+std::string squeeze(const std::string& s) {
+  std::string out;
+  for (char c : s)
+    if (!(c == ' ' && !out.empty() && out.back() == ' ')) out += c;
+  return out;
+}
+
+TEST(ProxyConfigView, EndpointsTableMatchesIstioctlShape) {
+  const auto table = squeeze(cli::endpoints_table(experiment_dump(), 9000));
+  EXPECT_EQ(table,
+            "ENDPOINT STATUS OUTLIER CHECK CLUSTER\n"
+            "10.244.0.19:9000 HEALTHY OK outbound|9000||tcp-echo.ipv4.svc.cluster.local\n"
+            "10.244.0.26:9000 HEALTHY OK outbound|9000||tcp-echo.dual-stack.svc.cluster.local\n"
+            "fd00:10:244::18:9000 HEALTHY OK outbound|9000||tcp-echo.ipv6.svc.cluster.local\n"
+            "fd00:10:244::1a:9000 HEALTHY OK outbound|9000||tcp-echo.dual-stack.svc.cluster.local\n");
+}
+
+TEST(ProxyConfigView, ListenersHaveAdditionalAddressesOnlyForDualStack) {
+  const auto table = squeeze(cli::listeners_table(experiment_dump(), 9000));
+  EXPECT_NE(table.find("fd00:10:96::f9fc,10.96.106.11 9000 ALL Cluster: "
+                       "outbound|9000||tcp-echo.dual-stack.svc.cluster.local"),
+            std::string::npos)
+      << table;
+  EXPECT_NE(table.find("10.96.104.229 9000 ALL"), std::string::npos) << table;
+  EXPECT_NE(table.find("fd00:10:96::9c3a 9000 ALL"), std::string::npos) << table;
+
+  const auto json = cli::listeners_json(experiment_dump(), 9000);
+  EXPECT_NE(json.find("\"name\": \"fd00:10:96::f9fc_9000\""), std::string::npos) << json;
+  EXPECT_EQ(json.find("\"additionalAddresses\""), json.rfind("\"additionalAddresses\""))
+      << "exactly one listener on port 9000 is dual-stack:\n"
+      << json;
+}
+
+TEST(ProxyConfigView, VirtualInboundListensOnBothFamilies) {
+  const auto json = cli::listeners_json(experiment_dump(), 15006);
+  EXPECT_NE(json.find("\"name\": \"virtualInbound\""), std::string::npos) << json;
+  EXPECT_NE(json.find("\"address\": \"0.0.0.0\""), std::string::npos) << json;
+  EXPECT_NE(json.find("\"address\": \"::\""), std::string::npos) << json;
+}
+
+TEST(ProxyConfigView, GarbageIsAClearError) {
+  EXPECT_THROW(cli::endpoints_table("not json", std::nullopt), std::runtime_error);
+  EXPECT_THROW(cli::listeners_table("{}", std::nullopt), std::runtime_error);
+}
+
+}  // namespace
+}  // namespace dsproxy

@@ -1,0 +1,224 @@
+// Relay edge cases on loopback: integrity in both directions, half-close, reset propagation and
+// the idle timeout. The client and server are plain blocking sockets on the test's threads; the
+// relay runs on its own io_context thread, as on a worker.
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <future>
+#include <random>
+#include <thread>
+
+#include "proxy/relay.hpp"
+
+namespace dsproxy::proxy {
+namespace {
+
+namespace asio = boost::asio;
+
+int listen_loopback(std::uint16_t& port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  EXPECT_EQ(::listen(fd, 16), 0);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  port = ntohs(a.sin_port);
+  return fd;
+}
+
+int connect_loopback(std::uint16_t port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(port);
+  EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  timeval tv{10, 0};  // no test may hang: every blocking read gives up after 10 s
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  return fd;
+}
+
+void write_all(int fd, const std::string& data) {
+  std::size_t off = 0;
+  while (off < data.size()) {
+    ssize_t n = ::send(fd, data.data() + off, data.size() - off, MSG_NOSIGNAL);
+    ASSERT_GT(n, 0) << strerror(errno);
+    off += static_cast<std::size_t>(n);
+  }
+}
+
+// Reads until EOF; returns the data and the errno that ended it (0 for a clean EOF).
+std::pair<std::string, int> read_to_end(int fd) {
+  std::string out;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n > 0) {
+      out.append(buf, static_cast<std::size_t>(n));
+      continue;
+    }
+    return {out, n == 0 ? 0 : errno};
+  }
+}
+
+void reset_close(int fd) {
+  linger l{1, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+  ::close(fd);
+}
+
+std::string random_bytes(std::size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (auto& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+// A free function, not a capturing lambda: the coroutine frame copies its parameters, whereas a
+// lambda's captures live in the closure object, which would be gone when the coroutine resumes.
+asio::awaitable<void> run_relay(asio::io_context& io, int downstream_fd, int upstream_fd, RelayOptions options,
+                                std::promise<RelayResult>& result) {
+  tcp::socket downstream(io, tcp::v4(), downstream_fd);
+  tcp::socket upstream(io, tcp::v4(), upstream_fd);
+  result.set_value(co_await relay(downstream, upstream, options));
+}
+
+// client --(A)--> relay --(B)--> server
+class RelayTest : public ::testing::Test {
+ protected:
+  void start(RelayOptions options = {}) {
+    std::uint16_t proxy_port = 0, server_port = 0;
+    proxy_listener_ = listen_loopback(proxy_port);
+    server_listener_ = listen_loopback(server_port);
+    client_ = connect_loopback(proxy_port);
+    int downstream_fd = ::accept(proxy_listener_, nullptr, nullptr);
+    int upstream_fd = connect_loopback(server_port);
+    server_ = ::accept(server_listener_, nullptr, nullptr);
+    timeval tv{10, 0};
+    ::setsockopt(server_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+
+    asio::co_spawn(io_, run_relay(io_, downstream_fd, upstream_fd, options, result_), asio::detached);
+    thread_ = std::thread([this] { io_.run(); });
+  }
+
+  RelayResult result() {
+    auto f = result_.get_future();
+    EXPECT_EQ(f.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+    return f.get();
+  }
+
+  void TearDown() override {
+    if (thread_.joinable()) {
+      io_.stop();
+      thread_.join();
+    }
+    for (int fd : {client_, server_, proxy_listener_, server_listener_})
+      if (fd >= 0) ::close(fd);
+  }
+
+  asio::io_context io_;
+  std::thread thread_;
+  std::promise<RelayResult> result_;
+  int client_ = -1, server_ = -1, proxy_listener_ = -1, server_listener_ = -1;
+};
+
+TEST_F(RelayTest, CopiesBothDirectionsWithoutLossOrReordering) {
+  start();
+  const std::string up = random_bytes(4 << 20, 1), down = random_bytes(3 << 20, 2);
+  // The server reads everything before answering, so both directions cross the relay in full.
+  std::thread server([&] {
+    auto [got, err] = read_to_end(server_);
+    EXPECT_EQ(err, 0);
+    EXPECT_TRUE(got == up) << "upstream data differs, " << got.size() << " bytes";
+    write_all(server_, down);
+    ::shutdown(server_, SHUT_WR);
+  });
+  write_all(client_, up);
+  ::shutdown(client_, SHUT_WR);
+  auto [got, err] = read_to_end(client_);
+  server.join();
+  EXPECT_EQ(err, 0);
+  EXPECT_TRUE(got == down) << "downstream data differs, " << got.size() << " bytes";
+  auto r = result();
+  EXPECT_EQ(r.bytes_to_upstream, up.size());
+  EXPECT_EQ(r.bytes_to_downstream, down.size());
+  EXPECT_FALSE(r.reset);
+}
+
+TEST_F(RelayTest, HalfCloseForwardsFinAndReplyStillArrives) {
+  start();
+  write_all(client_, "ping");
+  ::shutdown(client_, SHUT_WR);
+  auto [request, err] = read_to_end(server_);  // ends only if the client's FIN was forwarded
+  EXPECT_EQ(err, 0);
+  EXPECT_EQ(request, "ping");
+  write_all(server_, "pong after your FIN");
+  ::shutdown(server_, SHUT_WR);
+  auto [reply, err2] = read_to_end(client_);
+  EXPECT_EQ(err2, 0);
+  EXPECT_EQ(reply, "pong after your FIN");
+  EXPECT_FALSE(result().reset);
+}
+
+TEST_F(RelayTest, ClientResetResetsServer) {
+  start();
+  write_all(client_, "hello");
+  char buf[5];
+  ASSERT_EQ(::recv(server_, buf, sizeof buf, MSG_WAITALL), 5);
+  reset_close(client_);
+  client_ = -1;
+  auto [rest, err] = read_to_end(server_);
+  EXPECT_EQ(err, ECONNRESET);
+  EXPECT_TRUE(result().reset);
+}
+
+TEST_F(RelayTest, ServerResetResetsClient) {
+  start();
+  write_all(server_, "data");
+  char buf[4];
+  ASSERT_EQ(::recv(client_, buf, sizeof buf, MSG_WAITALL), 4);
+  reset_close(server_);
+  server_ = -1;
+  auto [rest, err] = read_to_end(client_);
+  EXPECT_EQ(err, ECONNRESET);
+  EXPECT_TRUE(result().reset);
+}
+
+TEST_F(RelayTest, IdleConnectionIsResetOnBothSides) {
+  start(RelayOptions{std::chrono::milliseconds(100)});
+  auto [c, client_err] = read_to_end(client_);
+  auto [s, server_err] = read_to_end(server_);
+  EXPECT_EQ(client_err, ECONNRESET);
+  EXPECT_EQ(server_err, ECONNRESET);
+  EXPECT_TRUE(result().idle_timeout);
+}
+
+TEST_F(RelayTest, TrafficKeepsConnectionAlivePastIdleTimeout) {
+  start(RelayOptions{std::chrono::milliseconds(150)});
+  // Ten exchanges 50 ms apart span 500 ms, over three idle periods, without a quiet period.
+  for (int i = 0; i < 10; ++i) {
+    write_all(client_, "x");
+    char b;
+    ASSERT_EQ(::recv(server_, &b, 1, 0), 1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ::shutdown(client_, SHUT_WR);
+  ::shutdown(server_, SHUT_WR);
+  auto r = result();
+  EXPECT_FALSE(r.idle_timeout);
+  EXPECT_EQ(r.bytes_to_upstream, 10u);
+}
+
+}  // namespace
+}  // namespace dsproxy::proxy
