@@ -205,19 +205,19 @@ TEST_F(RelayTest, IdleConnectionIsResetOnBothSides) {
 }
 
 TEST_F(RelayTest, TrafficKeepsConnectionAlivePastIdleTimeout) {
-  start(RelayOptions{std::chrono::milliseconds(150)});
-  // Ten exchanges 50 ms apart span 500 ms, over three idle periods, without a quiet period.
-  for (int i = 0; i < 10; ++i) {
+  start(RelayOptions{std::chrono::milliseconds(300)});
+  // Twenty exchanges 40 ms apart span 800 ms, over two idle periods, never quiet for one.
+  for (int i = 0; i < 20; ++i) {
     write_all(client_, "x");
     char b;
     ASSERT_EQ(::recv(server_, &b, 1, 0), 1);
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::this_thread::sleep_for(std::chrono::milliseconds(40));
   }
   ::shutdown(client_, SHUT_WR);
   ::shutdown(server_, SHUT_WR);
   auto r = result();
   EXPECT_FALSE(r.idle_timeout);
-  EXPECT_EQ(r.bytes_to_upstream, 10u);
+  EXPECT_EQ(r.bytes_to_upstream, 20u);
 }
 
 }  // namespace
