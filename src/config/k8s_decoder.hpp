@@ -5,7 +5,9 @@
 // An invalid field throws ConfigError naming the document and the field path, e.g.
 //   "cluster.yaml: document 3 (Service ipv4/tcp-echo): spec.ports[1].port: expected an integer
 //    1-65535, got \"abc\""
-// so a user can find it; the caller keeps its last good configuration.
+// so a user can find it; the caller keeps its last good configuration. Documents (and the items
+// of a `kind: List`, "document 1 item 3") count from 1 as a reader counts them; indexes inside a
+// field path count from 0, as kubectl's own error messages do.
 
 #include <stdexcept>
 #include <string>

@@ -60,6 +60,7 @@ struct Pod {
 };
 
 enum class AddressType { IPv4, IPv6, FQDN };
+std::string_view to_string(AddressType t);  // as EndpointSlice spells addressType
 
 struct EndpointSlicePort {
   std::optional<std::string> name;  // matches ServicePort::name ("" and absent are the same)

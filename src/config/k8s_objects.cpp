@@ -1,0 +1,23 @@
+#include "config/k8s_objects.hpp"
+
+namespace dsproxy::config {
+
+std::string_view to_string(IpFamilyPolicy p) {
+  switch (p) {
+    case IpFamilyPolicy::SingleStack: return "SingleStack";
+    case IpFamilyPolicy::PreferDualStack: return "PreferDualStack";
+    case IpFamilyPolicy::RequireDualStack: return "RequireDualStack";
+  }
+  return "SingleStack";
+}
+
+std::string_view to_string(AddressType t) {
+  switch (t) {
+    case AddressType::IPv4: return "IPv4";
+    case AddressType::IPv6: return "IPv6";
+    case AddressType::FQDN: return "FQDN";
+  }
+  return "IPv4";
+}
+
+}  // namespace dsproxy::config
