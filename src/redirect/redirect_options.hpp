@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace dsproxy::redirect {
 
@@ -22,6 +23,21 @@ struct RedirectOptions {
   int route_table = 133;
   int rule_priority = 32000;
   std::string chain_prefix = "DSPROXY";
+
+  // The programs the rules are applied with: a bare name is looked up in PATH, then in
+  // /usr/local/sbin, /usr/sbin and /sbin (daemons often run with a PATH lacking the sbin
+  // directories). Override to pin an iptables backend, e.g. "iptables-legacy" and
+  // "iptables-legacy-restore" on a node whose kube-proxy still writes legacy rules: the two
+  // backends' rules coexist in the kernel but neither tool shows the other's.
+  std::string iptables = "iptables";
+  std::string ip6tables = "ip6tables";
+  std::string iptables_restore = "iptables-restore";
+  std::string ip6tables_restore = "ip6tables-restore";
+  std::string ip = "ip";
 };
+
+// Every reason these options cannot work (overlapping marks, a reserved routing table, a chain
+// prefix iptables would reject, ...), one sentence each; empty when they are usable.
+std::vector<std::string> validate(const RedirectOptions& options);
 
 }  // namespace dsproxy::redirect
