@@ -1,0 +1,197 @@
+// Golden-file and argv tests of the redirect rule text. Regenerate the golden files after an
+// intended change with DSPROXY_UPDATE_GOLDEN=1 and review the diff.
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "redirect/redirect_options.hpp"
+#include "redirect/rule_renderer.hpp"
+
+namespace dsproxy::redirect {
+namespace {
+
+using net::Family;
+using net::IpAddress;
+
+IpAddress ip(const char* text) {
+  auto parsed = IpAddress::parse(text);
+  EXPECT_TRUE(parsed.has_value()) << text;
+  return parsed.value_or(IpAddress{});
+}
+
+// Unsorted, with a duplicate and a v4-mapped address (which is IPv4), both families mixed.
+std::vector<IpAddress> node_pods() {
+  return {ip("10.244.0.12"), ip("fd00:10:244::1a"), ip("10.244.0.5"), ip("::ffff:10.244.0.7"),
+          ip("fd00:10:244::5"), ip("10.244.0.5")};
+}
+
+std::string golden_path(const std::string& name) {
+  return std::string(DSPROXY_TEST_DATA_DIR) + "/redirect/" + name;
+}
+
+void expect_golden(const std::string& name, const std::string& actual) {
+  const std::string path = golden_path(name);
+  if (const char* update = std::getenv("DSPROXY_UPDATE_GOLDEN"); update && std::string(update) == "1") {
+    std::ofstream(path, std::ios::binary) << actual;
+    return;
+  }
+  std::ifstream in(path, std::ios::binary);
+  ASSERT_TRUE(in) << "missing golden file " << path << " (DSPROXY_UPDATE_GOLDEN=1 writes it)";
+  std::stringstream expected;
+  expected << in.rdbuf();
+  EXPECT_EQ(expected.str(), actual) << "differs from " << path;
+}
+
+TEST(RedirectRuleRenderer, OutboundInboundV4MatchesGolden) {
+  expect_golden("outbound_inbound_v4.rules", render_iptables(Family::v4, node_pods(), RedirectOptions{}));
+}
+
+TEST(RedirectRuleRenderer, OutboundInboundV6MatchesGolden) {
+  expect_golden("outbound_inbound_v6.rules", render_iptables(Family::v6, node_pods(), RedirectOptions{}));
+}
+
+TEST(RedirectRuleRenderer, PodUpdateMatchesGolden) {
+  expect_golden("pod_update_v4.rules",
+                render_iptables_pod_update(Family::v4, node_pods(), RedirectOptions{}));
+  expect_golden("pod_update_v6.rules",
+                render_iptables_pod_update(Family::v6, node_pods(), RedirectOptions{}));
+}
+
+TEST(RedirectRuleRenderer, RemovalMatchesGoldenForBothFamilies) {
+  expect_golden("removal.rules", render_iptables_removal(Family::v4, RedirectOptions{}));
+  EXPECT_EQ(render_iptables_removal(Family::v4, RedirectOptions{}),
+            render_iptables_removal(Family::v6, RedirectOptions{}));
+}
+
+TEST(RedirectRuleRenderer, PrintScriptMatchesGolden) {
+  expect_golden("print.sh", render_script(node_pods(), RedirectOptions{}));
+}
+
+TEST(RedirectRuleRenderer, NoPodsStillDeclaresEveryChain) {
+  const std::string text = render_iptables(Family::v4, {}, RedirectOptions{});
+  EXPECT_NE(text.find(":DSPROXY_OUTBOUND - [0:0]\n"), std::string::npos);
+  EXPECT_NE(text.find(":DSPROXY_INBOUND - [0:0]\n"), std::string::npos);
+  EXPECT_EQ(text.find("TPROXY"), std::string::npos);
+  EXPECT_EQ(render_iptables_pod_update(Family::v6, {ip("10.0.0.1")}, RedirectOptions{}),
+            "*mangle\n:DSPROXY_OUTBOUND - [0:0]\n:DSPROXY_INBOUND - [0:0]\nCOMMIT\n");
+}
+
+TEST(RedirectRuleRenderer, AddressesOfFiltersSortsAndDeduplicates) {
+  EXPECT_EQ(addresses_of(Family::v4, node_pods()),
+            (std::vector<IpAddress>{ip("10.244.0.5"), ip("10.244.0.7"), ip("10.244.0.12")}));
+  EXPECT_EQ(addresses_of(Family::v6, node_pods()),
+            (std::vector<IpAddress>{ip("fd00:10:244::5"), ip("fd00:10:244::1a")}));
+  EXPECT_TRUE(addresses_of(Family::v6, {ip("10.0.0.1")}).empty());
+}
+
+TEST(RedirectRuleRenderer, OptionsShapeTheText) {
+  RedirectOptions o;
+  o.chain_prefix = "ZT";
+  o.outbound_port = 16001;
+  o.inbound_port = 16006;
+  o.capture_mark = 0x80;
+  o.capture_mask = 0x80;
+  o.proxy_mark = 0x2;
+  o.proxy_mask = 0xffffffff;  // a full mask is printed without "/mask" by iptables-save
+  const std::string text = render_iptables(Family::v6, {ip("fd00::9")}, o);
+  EXPECT_NE(text.find("-A ZT_PREROUTING -m mark --mark 0x2 -j RETURN\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("-A ZT_PREROUTING -p tcp -m socket --transparent -j ZT_DIVERT\n"), std::string::npos);
+  EXPECT_NE(text.find("-A ZT_DIVERT -j MARK --set-xmark 0x80/0x80\n"), std::string::npos);
+  EXPECT_NE(text.find("-A ZT_OUTBOUND -s fd00::9/128 -p tcp -j TPROXY --on-port 16001 --on-ip :: "
+                      "--tproxy-mark 0x80/0x80\n"),
+            std::string::npos);
+  EXPECT_NE(text.find("-A ZT_INBOUND -d fd00::9/128 -p tcp -j TPROXY --on-port 16006 --on-ip :: "
+                      "--tproxy-mark 0x80/0x80\n"),
+            std::string::npos);
+  EXPECT_EQ(fwmark_selector(o), "fwmark 0x80/0x80");
+  o.capture_mask = 0xffffffff;
+  EXPECT_EQ(fwmark_selector(o), "fwmark 0x80");
+}
+
+TEST(RedirectRuleRenderer, IptablesCommandsPerFamily) {
+  const RedirectOptions o;
+  const auto v4 = iptables_commands(Family::v4, o);
+  EXPECT_EQ(v4.restore, (Argv{"iptables-restore", "-w", "--noflush"}));
+  EXPECT_EQ(v4.list_mangle, (Argv{"iptables", "-w", "-t", "mangle", "-S"}));
+  EXPECT_EQ(v4.check_jump, (Argv{"iptables", "-w", "-t", "mangle", "-C", "PREROUTING", "-j", "DSPROXY_PREROUTING"}));
+  EXPECT_EQ(v4.insert_jump,
+            (Argv{"iptables", "-w", "-t", "mangle", "-I", "PREROUTING", "1", "-j", "DSPROXY_PREROUTING"}));
+  EXPECT_EQ(v4.delete_jump, (Argv{"iptables", "-w", "-t", "mangle", "-D", "PREROUTING", "-j", "DSPROXY_PREROUTING"}));
+  const auto v6 = iptables_commands(Family::v6, o);
+  EXPECT_EQ(v6.restore, (Argv{"ip6tables-restore", "-w", "--noflush"}));
+  EXPECT_EQ(v6.check_jump, (Argv{"ip6tables", "-w", "-t", "mangle", "-C", "PREROUTING", "-j", "DSPROXY_PREROUTING"}));
+}
+
+TEST(RedirectRuleRenderer, ProgramsComeFromOptions) {
+  RedirectOptions o;
+  o.iptables = "iptables-legacy";
+  o.ip6tables_restore = "/usr/sbin/ip6tables-legacy-restore";
+  o.ip = "/sbin/ip";
+  EXPECT_EQ(iptables_commands(Family::v4, o).insert_jump.front(), "iptables-legacy");
+  EXPECT_EQ(iptables_commands(Family::v6, o).restore.front(), "/usr/sbin/ip6tables-legacy-restore");
+  EXPECT_EQ(policy_routing_commands(Family::v6, o).add_rule.front(), "/sbin/ip");
+}
+
+TEST(RedirectRuleRenderer, PolicyRoutingArgvV4) {
+  const auto c = policy_routing_commands(Family::v4, RedirectOptions{});
+  EXPECT_EQ(c.show_rule, (Argv{"ip", "-4", "rule", "show", "pref", "32000"}));
+  EXPECT_EQ(c.add_rule, (Argv{"ip", "-4", "rule", "add", "fwmark", "0x1000/0x1000", "lookup", "133", "pref", "32000"}));
+  EXPECT_EQ(c.replace_route, (Argv{"ip", "-4", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", "133"}));
+  EXPECT_EQ(c.delete_rule, (Argv{"ip", "-4", "rule", "del", "pref", "32000"}));
+  EXPECT_EQ(c.flush_routes, (Argv{"ip", "-4", "route", "flush", "table", "133"}));
+}
+
+TEST(RedirectRuleRenderer, PolicyRoutingArgvV6) {
+  RedirectOptions o;
+  o.route_table = 200;
+  o.rule_priority = 100;
+  const auto c = policy_routing_commands(Family::v6, o);
+  EXPECT_EQ(c.show_rule, (Argv{"ip", "-6", "rule", "show", "pref", "100"}));
+  EXPECT_EQ(c.add_rule, (Argv{"ip", "-6", "rule", "add", "fwmark", "0x1000/0x1000", "lookup", "200", "pref", "100"}));
+  EXPECT_EQ(c.replace_route, (Argv{"ip", "-6", "route", "replace", "local", "::/0", "dev", "lo", "table", "200"}));
+  EXPECT_EQ(c.delete_rule, (Argv{"ip", "-6", "rule", "del", "pref", "100"}));
+  EXPECT_EQ(c.flush_routes, (Argv{"ip", "-6", "route", "flush", "table", "200"}));
+}
+
+TEST(RedirectOptionsValidate, DefaultsAreValid) { EXPECT_TRUE(validate(RedirectOptions{}).empty()); }
+
+TEST(RedirectOptionsValidate, ReportsEveryProblem) {
+  RedirectOptions o;
+  o.inbound_port = o.outbound_port;
+  o.proxy_mark = 0x1000;      // carries the capture bit
+  o.proxy_mask = 0x1fff;
+  o.route_table = 254;        // main
+  o.rule_priority = 32766;    // at main's rule
+  o.chain_prefix = "MY CHAINS";
+  o.ip = "";
+  const auto problems = validate(o);
+  ASSERT_EQ(problems.size(), 6u) << ::testing::PrintToString(problems);
+  EXPECT_NE(problems[0].find("both 15001"), std::string::npos);
+  EXPECT_NE(problems[1].find("routed to lo"), std::string::npos);
+  EXPECT_NE(problems[2].find("route_table 254"), std::string::npos);
+  EXPECT_NE(problems[3].find("rule_priority 32766"), std::string::npos);
+  EXPECT_NE(problems[4].find("MY CHAINS"), std::string::npos);
+  EXPECT_NE(problems[5].find("ip must name a program"), std::string::npos);
+}
+
+TEST(RedirectOptionsValidate, MarksAndPrefixLength) {
+  RedirectOptions o;
+  o.capture_mark = 0x3000;  // outside its mask
+  EXPECT_EQ(validate(o).size(), 1u);
+  o = RedirectOptions{};
+  o.proxy_mark = 0;  // would match every unmarked packet
+  EXPECT_EQ(validate(o).size(), 1u);
+  o = RedirectOptions{};
+  o.chain_prefix = std::string(17, 'A');  // + "_PREROUTING" = 28, the most iptables takes
+  EXPECT_TRUE(validate(o).empty());
+  o.chain_prefix += "A";
+  EXPECT_EQ(validate(o).size(), 1u);
+  o.chain_prefix = "-X";
+  EXPECT_EQ(validate(o).size(), 1u);
+}
+
+}  // namespace
+}  // namespace dsproxy::redirect
