@@ -1,0 +1,71 @@
+#pragma once
+// Applies, updates and removes the transparent-capture rules of one node (see rule_renderer.hpp
+// for their shape), for IPv4 and IPv6, through a CommandRunner.
+//
+//   install      policy routing first, then the chains in one iptables-restore --noflush, and
+//                last the PREROUTING jump that starts capture; safe to repeat (nothing is added
+//                twice). On failure it throws and may leave a partial install: call uninstall().
+//   update_pods  swaps the OUTBOUND/INBOUND chains' pod lists atomically, one restore per family
+//                whose list changed; a family whose list is unchanged is not touched.
+//   uninstall    removes every jump, chain, ip rule and route, whether or not this object (or
+//                this process) installed them; best effort: it carries on past failures and
+//                reports them all at the end.
+//
+// Sysctls are left alone: IP forwarding is already on on any Kubernetes node, and TPROXY needs
+// nothing else from them. The calls are serialised internally, so a reload thread and a
+// shutdown path may share one Redirector.
+
+#include <array>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "net/ip_address.hpp"
+#include "redirect/command_runner.hpp"
+#include "redirect/redirect_options.hpp"
+
+namespace dsproxy::redirect {
+
+// What failed, with the command line (shell-quoted) and the program's stderr, e.g.
+//   redirect: `ip -6 route replace local ::/0 dev lo table 133` failed (exit 2): Error: Nexthop device is not up.
+class RedirectError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+class Redirector {
+ public:
+  // Throws RedirectError listing every problem validate(options) finds. `runner` must outlive this.
+  Redirector(RedirectOptions options, CommandRunner& runner);
+
+  // Addresses of both families may be mixed; duplicates are ignored.
+  void install(const std::vector<net::IpAddress>& node_pod_ips);
+  // Before a successful install() this is install(). Tries both families, then throws if either failed.
+  void update_pods(const std::vector<net::IpAddress>& node_pod_ips);
+  void uninstall();
+  // The install as a shell script, for `dsproxy redirect print`; runs nothing.
+  std::string print(const std::vector<net::IpAddress>& node_pod_ips) const;
+
+  const RedirectOptions& options() const { return options_; }
+
+ private:
+  struct FamilyState {
+    bool installed = false;
+    std::vector<net::IpAddress> pods;  // as applied: this family only, sorted, unique
+  };
+
+  void install_family(net::Family family, const std::vector<net::IpAddress>& node_pod_ips);
+  void ensure_policy_rule(net::Family family);
+  void update_family(net::Family family, const std::vector<net::IpAddress>& node_pod_ips);
+  void uninstall_family(net::Family family, std::vector<std::string>& errors);
+  CommandResult run_checked(const Command& command);
+  FamilyState& state(net::Family family) { return state_[family == net::Family::v4 ? 0 : 1]; }
+
+  RedirectOptions options_;
+  CommandRunner& runner_;
+  std::mutex mutex_;
+  std::array<FamilyState, 2> state_;
+};
+
+}  // namespace dsproxy::redirect

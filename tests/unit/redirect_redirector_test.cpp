@@ -1,0 +1,369 @@
+// Redirector against a fake runner that models just enough of a node (PREROUTING jumps, our
+// chains, ip rules, the local route) to answer the commands the way iptables and ip do.
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <set>
+
+#include "redirect/command_runner.hpp"
+#include "redirect/redirector.hpp"
+#include "redirect/rule_renderer.hpp"
+
+namespace dsproxy::redirect {
+namespace {
+
+using net::Family;
+using net::IpAddress;
+
+IpAddress ip(const char* text) { return IpAddress::parse(text).value(); }
+
+class FakeNode final : public CommandRunner {
+ public:
+  struct FamilyState {
+    int jumps = 0;
+    std::set<std::string> chains;
+    std::string restored;    // the last restore input
+    std::vector<std::string> rules;  // `ip rule show pref` lines
+    bool route = false;
+    bool table_exists = false;
+  };
+
+  CommandResult run(const Command& c) override {
+    calls.push_back(c);
+    const std::string line = format_argv(c.argv);
+    if (auto it = failures.find(line); it != failures.end()) return it->second;
+    const bool v6 = c.argv[0].find("ip6") == 0 || (c.argv.size() > 1 && c.argv[1] == "-6");
+    FamilyState& f = v6 ? v6_state : v4_state;
+    const std::string verb = c.argv.size() > 4 ? c.argv[4] : "";
+    if (c.argv[0].find("restore") != std::string::npos) return restore(f, c.input);
+    if (c.argv[0].find("tables") != std::string::npos) {
+      if (verb == "-S") {
+        std::string out = "-P PREROUTING ACCEPT\n";
+        for (const auto& chain : f.chains) out += "-N " + chain + "\n";
+        return {0, out, ""};
+      }
+      if (verb == "-C") {
+        if (!f.chains.count("DSPROXY_PREROUTING"))
+          return {2, "", "iptables v1.8.9 (nf_tables): Chain 'DSPROXY_PREROUTING' does not exist\n"};
+        return f.jumps > 0 ? CommandResult{0, "", ""}
+                           : CommandResult{1, "", "iptables: Bad rule (does a matching rule exist in that chain?).\n"};
+      }
+      if (verb == "-I") return ++f.jumps, CommandResult{};
+      if (verb == "-D") {
+        if (f.jumps == 0) return {1, "", "iptables: Bad rule\n"};
+        return --f.jumps, CommandResult{};
+      }
+    }
+    if (c.argv[0] == "ip") {
+      const std::string what = c.argv[2] + " " + c.argv[3];
+      if (what == "rule show") {
+        std::string out;
+        for (const auto& r : f.rules) out += r + "\n";
+        return {0, out, ""};
+      }
+      if (what == "rule add") return f.rules.push_back("32000:\tfrom all fwmark 0x1000/0x1000 lookup 133"), CommandResult{};
+      if (what == "rule del") {
+        if (f.rules.empty()) return {2, "", "RTNETLINK answers: No such file or directory\n"};
+        return f.rules.pop_back(), CommandResult{};
+      }
+      if (what == "route replace") return f.route = f.table_exists = true, CommandResult{};
+      if (what == "route flush") {
+        if (!f.table_exists) return {2, "", "Error: ipv4: FIB table does not exist.\nFlush terminated\n"};
+        return f.route = false, CommandResult{};
+      }
+    }
+    ADD_FAILURE() << "unexpected command " << line;
+    return {127, "", "unexpected"};
+  }
+
+  bool empty() const {
+    for (const auto* f : {&v4_state, &v6_state})
+      if (f->jumps || !f->chains.empty() || !f->rules.empty() || f->route) return false;
+    return true;
+  }
+
+  std::vector<std::string> lines() const {
+    std::vector<std::string> out;
+    for (const auto& c : calls) out.push_back(format_argv(c.argv));
+    return out;
+  }
+
+  std::vector<Command> calls;
+  std::map<std::string, CommandResult> failures;  // by format_argv
+  FamilyState v4_state, v6_state;
+
+ private:
+  static CommandResult restore(FamilyState& f, const std::string& input) {
+    f.restored = input;
+    std::size_t pos = 0;
+    while (pos < input.size()) {
+      auto end = input.find('\n', pos);
+      std::string l = input.substr(pos, end - pos);
+      pos = end + 1;
+      if (l.rfind(":", 0) == 0) f.chains.insert(l.substr(1, l.find(' ') - 1));
+      if (l.rfind("-X ", 0) == 0) {
+        if (l == "-X DSPROXY_PREROUTING" && f.jumps > 0)
+          return {4, "", "iptables-restore v1.8.9 (nf_tables): \nline 6: CHAIN_DEL failed (Device or resource busy): chain DSPROXY_PREROUTING\n"};
+        f.chains.erase(l.substr(3));
+      }
+    }
+    return {};
+  }
+};
+
+const std::vector<IpAddress> kPods = {ip("10.244.0.5"), ip("fd00:10:244::5")};
+
+std::vector<std::string> expected_install(Family family) {
+  const RedirectOptions o;
+  const auto ipt = iptables_commands(family, o);
+  const auto r = policy_routing_commands(family, o);
+  return {format_argv(r.show_rule), format_argv(r.add_rule), format_argv(r.replace_route),
+          format_argv(ipt.restore), format_argv(ipt.check_jump), format_argv(ipt.insert_jump)};
+}
+
+TEST(RedirectRedirector, InstallIssuesRoutingThenChainsThenJumpPerFamily) {
+  FakeNode node;
+  Redirector redirector(RedirectOptions{}, node);
+  redirector.install(kPods);
+
+  auto expected = expected_install(Family::v4);
+  for (auto& l : expected_install(Family::v6)) expected.push_back(l);
+  EXPECT_EQ(node.lines(), expected);
+  EXPECT_EQ(node.lines()[0], "ip -4 rule show pref 32000");
+  EXPECT_EQ(node.lines()[1], "ip -4 rule add fwmark 0x1000/0x1000 lookup 133 pref 32000");
+  EXPECT_EQ(node.lines()[2], "ip -4 route replace local 0.0.0.0/0 dev lo table 133");
+  EXPECT_EQ(node.lines()[8], "ip -6 route replace local ::/0 dev lo table 133");
+  EXPECT_EQ(node.calls[3].input, render_iptables(Family::v4, kPods, RedirectOptions{}));
+  EXPECT_EQ(node.calls[9].input, render_iptables(Family::v6, kPods, RedirectOptions{}));
+  for (const auto& c : node.calls) {
+    if (c.argv[0].find("restore") == std::string::npos) {
+      EXPECT_TRUE(c.input.empty()) << format_argv(c.argv);
+    }
+  }
+  EXPECT_EQ(node.v4_state.jumps, 1);
+  EXPECT_EQ(node.v6_state.rules.size(), 1u);
+}
+
+TEST(RedirectRedirector, InstallTwiceAddsNothingTwice) {
+  FakeNode node;
+  Redirector redirector(RedirectOptions{}, node);
+  redirector.install(kPods);
+  node.calls.clear();
+  redirector.install(kPods);
+  for (const auto& l : node.lines()) {
+    EXPECT_EQ(l.find(" -I "), std::string::npos) << l;
+    EXPECT_EQ(l.find("rule add"), std::string::npos) << l;
+  }
+  EXPECT_EQ(node.calls.size(), 8u);  // per family: show, route replace, restore, check
+  EXPECT_EQ(node.v4_state.jumps, 1);
+  EXPECT_EQ(node.v6_state.jumps, 1);
+  EXPECT_EQ(node.v4_state.rules.size(), 1u);
+  EXPECT_EQ(node.v6_state.rules.size(), 1u);
+}
+
+TEST(RedirectRedirector, InstallByAnotherProcessIsRecognised) {
+  FakeNode node;
+  {
+    Redirector earlier(RedirectOptions{}, node);
+    earlier.install(kPods);
+  }
+  Redirector redirector(RedirectOptions{}, node);
+  redirector.install(kPods);
+  EXPECT_EQ(node.v4_state.jumps, 1);
+  EXPECT_EQ(node.v4_state.rules.size(), 1u);
+}
+
+TEST(RedirectRedirector, ForeignRuleAtOurPriorityIsAnError) {
+  FakeNode node;
+  node.v4_state.rules.push_back("32000:\tfrom 10.1.0.0/16 lookup 200");
+  Redirector redirector(RedirectOptions{}, node);
+  try {
+    redirector.install(kPods);
+    FAIL() << "expected RedirectError";
+  } catch (const RedirectError& e) {
+    EXPECT_NE(std::string(e.what()).find("pref 32000 is taken"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("lookup 200"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(node.v4_state.jumps, 0);  // nothing switched on
+}
+
+TEST(RedirectRedirector, FailureNamesCommandStderrAndRestoreLine) {
+  FakeNode node;
+  node.failures["iptables-restore -w --noflush"] = {
+      2, "", "iptables-restore v1.8.9 (nf_tables): \nline 7: RULE_APPEND failed (No such file or directory): rule in chain DSPROXY_PREROUTING\n"};
+  Redirector redirector(RedirectOptions{}, node);
+  try {
+    redirector.install(kPods);
+    FAIL() << "expected RedirectError";
+  } catch (const RedirectError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("`iptables-restore -w --noflush` failed (exit 2)"), std::string::npos) << what;
+    EXPECT_NE(what.find("RULE_APPEND failed"), std::string::npos) << what;
+    EXPECT_NE(what.find("[input line 7: -A DSPROXY_PREROUTING -p tcp -m socket --transparent -j DSPROXY_DIVERT]"),
+              std::string::npos)
+        << what;
+  }
+  EXPECT_EQ(node.lines().back(), "iptables-restore -w --noflush");  // stopped at the failure
+}
+
+TEST(RedirectRedirector, UnexpectedJumpCheckFailureIsAnError) {
+  FakeNode node;
+  node.failures["iptables -w -t mangle -C PREROUTING -j DSPROXY_PREROUTING"] = {127, "", "iptables: command not found"};
+  Redirector redirector(RedirectOptions{}, node);
+  EXPECT_THROW(redirector.install(kPods), RedirectError);
+  EXPECT_EQ(node.v4_state.jumps, 0);
+}
+
+TEST(RedirectRedirector, UpdatePodsRefillsOnlyThePodChainsOfChangedFamilies) {
+  FakeNode node;
+  Redirector redirector(RedirectOptions{}, node);
+  redirector.install(kPods);
+  node.calls.clear();
+
+  const std::vector<IpAddress> pods = {ip("10.244.0.9"), ip("10.244.0.5"), ip("fd00:10:244::5")};
+  redirector.update_pods(pods);
+  ASSERT_EQ(node.lines(), (std::vector<std::string>{"iptables-restore -w --noflush"}));
+  EXPECT_EQ(node.calls[0].input, render_iptables_pod_update(Family::v4, pods, RedirectOptions{}));
+
+  node.calls.clear();
+  redirector.update_pods({ip("fd00:10:244::5"), ip("10.244.0.5"), ip("10.244.0.9"), ip("10.244.0.9")});
+  EXPECT_TRUE(node.calls.empty());  // same sets
+
+  redirector.update_pods({});
+  EXPECT_EQ(node.lines(), (std::vector<std::string>{"iptables-restore -w --noflush", "ip6tables-restore -w --noflush"}));
+  EXPECT_EQ(node.calls[1].input, "*mangle\n:DSPROXY_OUTBOUND - [0:0]\n:DSPROXY_INBOUND - [0:0]\nCOMMIT\n");
+}
+
+TEST(RedirectRedirector, UpdatePodsTriesBothFamiliesBeforeReporting) {
+  FakeNode node;
+  Redirector redirector(RedirectOptions{}, node);
+  redirector.install(kPods);
+  node.calls.clear();
+  node.failures["iptables-restore -w --noflush"] = {1, "", "iptables-restore: line 3 failed\n"};
+  EXPECT_THROW(redirector.update_pods({ip("10.244.0.6"), ip("fd00:10:244::6")}), RedirectError);
+  EXPECT_EQ(node.lines(), (std::vector<std::string>{"iptables-restore -w --noflush", "ip6tables-restore -w --noflush"}));
+  // The failed family is retried on the next update, the applied one is not.
+  node.failures.clear();
+  node.calls.clear();
+  redirector.update_pods({ip("10.244.0.6"), ip("fd00:10:244::6")});
+  EXPECT_EQ(node.lines(), (std::vector<std::string>{"iptables-restore -w --noflush"}));
+}
+
+TEST(RedirectRedirector, UpdatePodsBeforeInstallInstalls) {
+  FakeNode node;
+  Redirector redirector(RedirectOptions{}, node);
+  redirector.update_pods(kPods);
+  EXPECT_EQ(node.v4_state.jumps, 1);
+  EXPECT_EQ(node.v6_state.jumps, 1);
+  EXPECT_EQ(node.calls.size(), 12u);
+}
+
+TEST(RedirectRedirector, UninstallRemovesEverythingInOrder) {
+  FakeNode node;
+  Redirector redirector(RedirectOptions{}, node);
+  redirector.install(kPods);
+  node.calls.clear();
+  redirector.uninstall();
+  EXPECT_TRUE(node.empty());
+  const std::vector<std::string> v4 = {
+      "iptables -w -t mangle -C PREROUTING -j DSPROXY_PREROUTING",
+      "iptables -w -t mangle -D PREROUTING -j DSPROXY_PREROUTING",
+      "iptables -w -t mangle -C PREROUTING -j DSPROXY_PREROUTING",
+      "iptables -w -t mangle -S",
+      "iptables-restore -w --noflush",
+      "ip -4 rule del pref 32000",
+      "ip -4 rule del pref 32000",
+      "ip -4 route flush table 133"};
+  ASSERT_EQ(node.calls.size(), 16u);
+  const auto lines = node.lines();
+  EXPECT_EQ(std::vector<std::string>(lines.begin(), lines.begin() + 8), v4);
+  EXPECT_EQ(node.calls[4].input, render_iptables_removal(Family::v4, RedirectOptions{}));
+  EXPECT_EQ(node.lines()[15], "ip -6 route flush table 133");
+
+  // Again: nothing left, nothing fails, and no restore (which would create a mangle table).
+  node.calls.clear();
+  EXPECT_NO_THROW(redirector.uninstall());
+  for (const auto& l : node.lines()) EXPECT_EQ(l.find("restore"), std::string::npos) << l;
+}
+
+TEST(RedirectRedirector, UninstallOnAFreshNodeSucceeds) {
+  FakeNode node;
+  Redirector redirector(RedirectOptions{}, node);
+  EXPECT_NO_THROW(redirector.uninstall());
+  EXPECT_EQ(node.calls.size(), 8u);  // per family: check, list, rule del, route flush
+}
+
+TEST(RedirectRedirector, UninstallRemovesRepeatedJumpsAndRules) {
+  FakeNode node;
+  Redirector redirector(RedirectOptions{}, node);
+  redirector.install(kPods);
+  node.v4_state.jumps = 3;
+  node.v6_state.rules.resize(4, "32000:\tfrom all fwmark 0x1000/0x1000 lookup 133");
+  redirector.uninstall();
+  EXPECT_TRUE(node.empty());
+}
+
+TEST(RedirectRedirector, UninstallCarriesOnAfterFailuresAndReportsThemAll) {
+  FakeNode node;
+  Redirector redirector(RedirectOptions{}, node);
+  redirector.install(kPods);
+  node.failures["iptables -w -t mangle -D PREROUTING -j DSPROXY_PREROUTING"] = {4, "", "iptables: Resource temporarily unavailable.\n"};
+  node.failures["ip -6 route flush table 133"] = {2, "", "RTNETLINK answers: Operation not permitted\n"};
+  try {
+    redirector.uninstall();
+    FAIL() << "expected RedirectError";
+  } catch (const RedirectError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("3 steps failed"), std::string::npos) << what;
+    EXPECT_NE(what.find("IPv4: `iptables -w -t mangle -D PREROUTING -j DSPROXY_PREROUTING` failed (exit 4): "
+                        "iptables: Resource temporarily unavailable."),
+              std::string::npos)
+        << what;
+    // With the jump still there, the v4 chains cannot go either.
+    EXPECT_NE(what.find("IPv4: `iptables-restore -w --noflush` failed (exit 4)"), std::string::npos) << what;
+    EXPECT_NE(what.find("IPv6: `ip -6 route flush table 133` failed (exit 2): RTNETLINK answers: Operation not permitted"),
+              std::string::npos)
+        << what;
+  }
+  // Everything else went.
+  EXPECT_EQ(node.v4_state.jumps, 1);
+  EXPECT_TRUE(node.v4_state.rules.empty());
+  EXPECT_FALSE(node.v4_state.route);
+  EXPECT_EQ(node.v6_state.jumps, 0);
+  EXPECT_TRUE(node.v6_state.chains.empty());
+  EXPECT_TRUE(node.v6_state.rules.empty());
+}
+
+TEST(RedirectRedirector, UninstallStopsRepeatingEventually) {
+  FakeNode node;
+  Redirector redirector(RedirectOptions{}, node);
+  node.failures["ip -4 rule del pref 32000"] = {0, "", ""};  // "succeeds" forever
+  EXPECT_NO_THROW(redirector.uninstall());
+  EXPECT_LT(node.calls.size(), 100u);
+}
+
+TEST(RedirectRedirector, InvalidOptionsAreRejected) {
+  FakeNode node;
+  RedirectOptions o;
+  o.route_table = 255;
+  o.chain_prefix = "";
+  try {
+    Redirector redirector(o, node);
+    FAIL() << "expected RedirectError";
+  } catch (const RedirectError& e) {
+    EXPECT_NE(std::string(e.what()).find("route_table 255"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("chain_prefix must not be empty"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(node.calls.empty());
+}
+
+TEST(RedirectRedirector, PrintRunsNothing) {
+  FakeNode node;
+  Redirector redirector(RedirectOptions{}, node);
+  EXPECT_EQ(redirector.print(kPods), render_script(kPods, RedirectOptions{}));
+  EXPECT_TRUE(node.calls.empty());
+}
+
+}  // namespace
+}  // namespace dsproxy::redirect
