@@ -1,0 +1,396 @@
+# shellcheck shell=bash
+# The one-node "cluster" of the dual-stack tcp-echo experiment, built from network namespaces.
+# Sourced by tests/e2e/tcp_echo_experiment.sh and scripts/demo.sh; defines functions only
+# (plus a few variables), changes nothing until cluster_up is called.
+#
+# Topology (every namespace name starts with $CLUSTER_PREFIX, unique per run):
+#
+#   <prefix>-node      kind-worker's host network namespace: dsproxy runs here. No uplink and no
+#                      route out: the only interfaces are lo and the veths below.
+#   <prefix>-sleep     default/sleep, the client          10.244.0.5   fd00:10:244::5
+#   <prefix>-echo-ds   dual-stack/tcp-echo                10.244.0.26  fd00:10:244::1a
+#   <prefix>-echo-v4   ipv4/tcp-echo                      10.244.0.19  fd00:10:244::13
+#   <prefix>-echo-v6   ipv6/tcp-echo                      10.244.0.24  fd00:10:244::18
+#   <prefix>-remote    default/remote-client-0 on kind-worker2: 10.244.1.7 fd00:10:244:1::7
+#
+# Each pod is wired like a point-to-point CNI (ptp / Calico style): a veth pair whose node end
+# carries the gateway address as a /32 plus fe80::1/64, and host routes (/32, /128) to the pod
+# over it; the pod has its addresses as /32 and /128 and default routes via the gateway.
+# kind-worker's pods use gateway 10.244.0.1. The remote client stands for a pod on kind-worker2:
+# its link to the node namespace plays the inter-node network, with kind-worker2's gateway
+# 10.244.1.1, so its packets to local pods enter the node like traffic from another node does
+# and are taken by the inbound capture (15006), not the outbound one.
+#
+# Safety: everything is created inside the namespaces (veth pairs are created in the node
+# namespace with their peer moved straight into the pod's), nothing in the root namespace is
+# touched, and no namespace has a route to anything outside the set.
+#
+# Inputs (set before cluster_up / start_dsproxy):
+#   ECHO_BIN        dsproxy_test_echo binary (required by cluster_up)
+#   DSPROXY_BIN     dsproxy binary (required by start_dsproxy)
+#   DSPROXY_CONFIG  config file (default: <repo>/config/tcp-echo-experiment.yaml)
+#   CLUSTER_PREFIX  namespace name prefix (default: dspx<pid>)
+#   CLUSTER_TMP     directory for logs and peer logs (default: a fresh mktemp -d)
+
+CLUSTER_LIB_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+CLUSTER_REPO_DIR=$(cd -- "$CLUSTER_LIB_DIR/../../.." && pwd)
+
+CLUSTER_PREFIX=${CLUSTER_PREFIX:-dspx$$}
+CLUSTER_NODE_NAME=kind-worker
+DSPROXY_CONFIG=${DSPROXY_CONFIG:-$CLUSTER_REPO_DIR/config/tcp-echo-experiment.yaml}
+CLUSTER_TMP=${CLUSTER_TMP:-}
+ECHO_PORTS=9000,9001,9002
+
+# Bounds of every wait.
+CLUSTER_ECHO_WAIT_STEPS=${CLUSTER_ECHO_WAIT_STEPS:-50}  # echo server "listening", 0.1 s steps
+DSPROXY_READY_TIMEOUT=${DSPROXY_READY_TIMEOUT:-10}      # seconds until /healthz/ready is 200
+DSPROXY_STOP_WAIT_STEPS=${DSPROXY_STOP_WAIT_STEPS:-100} # exit after SIGTERM, 0.1 s steps
+
+# The pods: key -> namespace suffix, node-side interface, IPv4, IPv6, gateway, runs tcp-echo.
+CLUSTER_PODS=(sleep echo-ds echo-v4 echo-v6 remote)
+# shellcheck disable=SC2034 # Kubernetes names, for scripts that print them
+declare -A CLUSTER_POD_NAME=(
+  [sleep]=default/sleep [echo-ds]=dual-stack/tcp-echo [echo-v4]=ipv4/tcp-echo
+  [echo-v6]=ipv6/tcp-echo [remote]=default/remote-client-0)
+declare -A CLUSTER_POD_IP4=(
+  [sleep]=10.244.0.5 [echo-ds]=10.244.0.26 [echo-v4]=10.244.0.19 [echo-v6]=10.244.0.24
+  [remote]=10.244.1.7)
+declare -A CLUSTER_POD_IP6=(
+  [sleep]=fd00:10:244::5 [echo-ds]=fd00:10:244::1a [echo-v4]=fd00:10:244::13
+  [echo-v6]=fd00:10:244::18 [remote]=fd00:10:244:1::7)
+# Node-side interface names (<= 15 characters). Local pods' links match veth+ like a CNI's do;
+# the remote client's link is the node's way to kind-worker2, not a pod veth.
+declare -A CLUSTER_POD_LINK=(
+  [sleep]=vethsleep [echo-ds]=vethechods [echo-v4]=vethechov4 [echo-v6]=vethechov6
+  [remote]=to-worker2)
+declare -A CLUSTER_POD_GW4=(
+  [sleep]=10.244.0.1 [echo-ds]=10.244.0.1 [echo-v4]=10.244.0.1 [echo-v6]=10.244.0.1
+  [remote]=10.244.1.1)
+CLUSTER_GW6=fe80::1
+CLUSTER_ECHO_PODS=(echo-ds echo-v4 echo-v6)
+
+CLUSTER_BG_PIDS=()
+DSPROXY_PID=
+DSPROXY_LOG=
+DSPROXY_EXIT_STATUS=
+
+cluster_log() { echo "cluster: $*" >&2; }
+cluster_die() {
+  echo "cluster: FATAL: $*" >&2
+  exit 1
+}
+# Runs a setup command; any failure ends the script (the trap then cleans up).
+_must() { "$@" || cluster_die "failed: $*"; }
+
+node_ns() { echo "$CLUSTER_PREFIX-node"; }
+pod_ns() {
+  [[ -n ${CLUSTER_POD_IP4[$1]:-} ]] || cluster_die "unknown pod '$1' (one of: ${CLUSTER_PODS[*]})"
+  echo "$CLUSTER_PREFIX-$1"
+}
+# pod_ip POD 4|6
+pod_ip() {
+  pod_ns "$1" >/dev/null
+  case $2 in
+    4) echo "${CLUSTER_POD_IP4[$1]}" ;;
+    6) echo "${CLUSTER_POD_IP6[$1]}" ;;
+    *) cluster_die "pod_ip: family must be 4 or 6, not '$2'" ;;
+  esac
+}
+
+in_node() { ip netns exec "$(node_ns)" "$@"; }
+# in_pod POD cmd...
+in_pod() {
+  local ns
+  ns=$(pod_ns "$1") || exit 1
+  shift
+  ip netns exec "$ns" "$@"
+}
+
+# Namespaces of this run that exist now (also the ones a failed cluster_up left half made).
+cluster_namespaces() {
+  ip netns list 2>/dev/null | awk -v p="$CLUSTER_PREFIX-" 'index($1, p) == 1 { print $1 }'
+}
+
+# Fails loudly (exit 1, never a skip) when the machine cannot run the experiment.
+cluster_require() {
+  local missing=() cmd
+  [[ $(id -u) == 0 ]] || cluster_die "must run as root (network namespaces, iptables); run with sudo"
+  for cmd in ip iptables ip6tables iptables-save ip6tables-save nc timeout sysctl awk; do
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
+  done
+  ((${#missing[@]} == 0)) ||
+    cluster_die "missing commands: ${missing[*]} (run scripts/install-deps.sh: iproute2, iptables, netcat-openbsd, procps)"
+  # -N (shut down the write side on stdin EOF) is OpenBSD netcat's; other netcats never let the
+  # echo server see EOF, or reject the option.
+  nc -h 2>&1 | grep -q -- '-N' ||
+    cluster_die "nc is not OpenBSD netcat (no -N option): install netcat-openbsd"
+  local probe="$CLUSTER_PREFIX-probe"
+  ip netns add "$probe" 2>/dev/null ||
+    cluster_die "cannot create network namespaces ('ip netns add' failed): needs root with CAP_SYS_ADMIN, not a restricted container"
+  if ! ip netns exec "$probe" iptables -t mangle -S >/dev/null 2>&1 ||
+    ! ip netns exec "$probe" ip6tables -t mangle -S >/dev/null 2>&1; then
+    ip netns del "$probe"
+    cluster_die "iptables/ip6tables do not work inside a network namespace (kernel modules missing?)"
+  fi
+  ip netns del "$probe"
+}
+
+# Installs the cleanup trap: on any exit (success, failure, Ctrl-C, SIGTERM) the cluster is
+# torn down and the script's exit status kept. Call right after sourcing, before cluster_up.
+# CLUSTER_ON_EXIT may name a function to run first (e.g. to print logs on failure); it gets the
+# exit status as $1.
+cluster_trap() {
+  trap '_cluster_exit_trap' EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  trap 'exit 129' HUP
+}
+_cluster_exit_trap() {
+  local status=$?
+  trap - EXIT INT TERM HUP
+  if [[ -n ${CLUSTER_ON_EXIT:-} ]]; then "$CLUSTER_ON_EXIT" "$status" || true; fi
+  cluster_down
+  if [[ -n $CLUSTER_TMP && -d $CLUSTER_TMP && -z ${CLUSTER_KEEP_TMP:-} && $status == 0 ]]; then
+    rm -rf -- "$CLUSTER_TMP"
+  elif [[ -n $CLUSTER_TMP && -d $CLUSTER_TMP ]]; then
+    cluster_log "logs kept in $CLUSTER_TMP"
+  fi
+  exit "$status"
+}
+
+# Sends SIGTERM to every process in namespace $1, waits (bounded), then SIGKILLs what is left.
+_cluster_kill_ns_processes() {
+  local ns=$1 pids i
+  pids=$(ip netns pids "$ns" 2>/dev/null) || return 0
+  [[ -z $pids ]] && return 0
+  # shellcheck disable=SC2086
+  kill -TERM $pids 2>/dev/null || true
+  for ((i = 0; i < 30; i++)); do
+    pids=$(ip netns pids "$ns" 2>/dev/null)
+    [[ -z $pids ]] && return 0
+    sleep 0.1
+  done
+  cluster_log "SIGKILL to processes left in $ns: $pids"
+  # shellcheck disable=SC2086
+  kill -KILL $pids 2>/dev/null || true
+  for ((i = 0; i < 20; i++)); do
+    [[ -z $(ip netns pids "$ns" 2>/dev/null) ]] && return 0
+    sleep 0.1
+  done
+  cluster_log "processes still alive in $ns: $(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')"
+}
+
+# Kills every process in this run's namespaces and deletes them. Idempotent; safe to call from
+# a trap at any stage, also when cluster_up failed half way.
+cluster_down() {
+  local ns
+  if [[ -n $DSPROXY_PID ]]; then stop_dsproxy >/dev/null 2>&1 || true; fi
+  for ns in $(cluster_namespaces); do _cluster_kill_ns_processes "$ns"; done
+  # Reap the (now dead) background children we started.
+  local pid
+  for pid in "${CLUSTER_BG_PIDS[@]}"; do wait "$pid" 2>/dev/null; done
+  CLUSTER_BG_PIDS=()
+  for ns in $(cluster_namespaces); do
+    ip netns del "$ns" 2>/dev/null || cluster_log "could not delete namespace $ns"
+  done
+  local left
+  left=$(cluster_namespaces)
+  [[ -z $left ]] || cluster_log "namespaces left behind: $left"
+}
+
+# Network sysctls every namespace of the cluster gets, before any link exists (the per-link
+# values are copied from `default` when a link is created): no duplicate address detection,
+# so addresses are usable at once; IPv6 on whatever the root namespace says.
+_cluster_ns_sysctls() {
+  _must ip netns exec "$1" sysctl -q -w \
+    net.ipv6.conf.all.disable_ipv6=0 net.ipv6.conf.default.disable_ipv6=0 \
+    net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+}
+
+# Creates the node namespace: lo up, forwarding on, and the iptables tables pre-created.
+_cluster_make_node() {
+  local node
+  node=$(node_ns)
+  _must ip netns add "$node"
+  _cluster_ns_sysctls "$node"
+  _must ip netns exec "$node" sysctl -q -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
+    net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.default.rp_filter=2
+  _must ip -n "$node" link set lo up
+  # With the nft backend a table only appears in iptables-save once something wrote to it, and
+  # it stays (with its empty built-in chains) after the last rule is deleted. A real node has
+  # these tables from kube-proxy and the CNI; create them here so that dsproxy installing and
+  # removing its rules compares equal in snapshot_netfilter. A read (-S, -L) is not enough: it
+  # creates nothing.
+  local tool table
+  for tool in iptables ip6tables; do
+    for table in raw mangle nat filter; do
+      _must ip netns exec "$node" "$tool" -t "$table" -N DSPX_E2E_PROBE
+      _must ip netns exec "$node" "$tool" -t "$table" -X DSPX_E2E_PROBE
+    done
+  done
+}
+
+# Creates pod $1's namespace and its point-to-point link to the node.
+_cluster_make_pod() {
+  local pod=$1 node ns link ip4 ip6 gw4
+  node=$(node_ns)
+  ns=$(pod_ns "$pod")
+  link=${CLUSTER_POD_LINK[$pod]}
+  ip4=${CLUSTER_POD_IP4[$pod]}
+  ip6=${CLUSTER_POD_IP6[$pod]}
+  gw4=${CLUSTER_POD_GW4[$pod]}
+  _must ip netns add "$ns"
+  _cluster_ns_sysctls "$ns"
+  _must ip -n "$ns" link set lo up
+  # Created in the node namespace with the peer moved straight into the pod's: neither end
+  # ever exists in the root namespace.
+  _must ip -n "$node" link add "$link" type veth peer name eth0 netns "$ns"
+
+  _must ip -n "$node" addr add "$gw4/32" dev "$link"
+  _must ip -n "$node" addr add "$CLUSTER_GW6/64" dev "$link" nodad
+  _must ip -n "$node" link set "$link" up
+  _must ip -n "$node" route add "$ip4/32" dev "$link"
+  _must ip -n "$node" -6 route add "$ip6/128" dev "$link"
+
+  _must ip -n "$ns" addr add "$ip4/32" dev eth0
+  _must ip -n "$ns" addr add "$ip6/128" dev eth0 nodad
+  _must ip -n "$ns" link set eth0 up
+  _must ip -n "$ns" route add "$gw4" dev eth0 scope link
+  _must ip -n "$ns" route add default via "$gw4" dev eth0
+  _must ip -n "$ns" -6 route add default via "$CLUSTER_GW6" dev eth0
+}
+
+# Starts the tcp-echo app in pod $1 and waits (bounded) until it prints "listening".
+_cluster_start_echo() {
+  local pod=$1 out i
+  out="$CLUSTER_TMP/$pod.echo.log"
+  : >"$CLUSTER_TMP/$pod.peers"
+  ip netns exec "$(pod_ns "$pod")" "$ECHO_BIN" --ports "$ECHO_PORTS" \
+    --peer-log "$CLUSTER_TMP/$pod.peers" >"$out" 2>&1 &
+  local pid=$!
+  CLUSTER_BG_PIDS+=("$pid")
+  for ((i = 0; i < CLUSTER_ECHO_WAIT_STEPS; i++)); do
+    grep -qx listening "$out" 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  cat "$out" >&2
+  cluster_die "tcp-echo in $pod did not start listening"
+}
+
+# Builds the whole cluster and starts the tcp-echo apps. Call cluster_trap first.
+cluster_up() {
+  [[ -n ${ECHO_BIN:-} && -x $ECHO_BIN ]] || cluster_die "ECHO_BIN '${ECHO_BIN:-}' is not an executable"
+  cluster_require
+  [[ -z $(cluster_namespaces) ]] || cluster_die "namespaces with prefix $CLUSTER_PREFIX exist already"
+  if [[ -z $CLUSTER_TMP ]]; then CLUSTER_TMP=$(mktemp -d "/tmp/$CLUSTER_PREFIX.XXXXXX"); fi
+  mkdir -p "$CLUSTER_TMP"
+  local pod
+  _cluster_make_node
+  for pod in "${CLUSTER_PODS[@]}"; do _cluster_make_pod "$pod"; done
+  for pod in "${CLUSTER_ECHO_PODS[@]}"; do _cluster_start_echo "$pod"; done
+  cluster_log "up: node $(node_ns), pods ${CLUSTER_PODS[*]}, logs in $CLUSTER_TMP"
+}
+
+# Number of lines in pod $1's peer log (a mark for pod_peers_since).
+pod_peers_count() { wc -l <"$CLUSTER_TMP/$1.peers"; }
+# The peer-log lines of pod $1 after line $2 ("<local port> <peer ip>").
+pod_peers_since() { tail -n "+$(($2 + 1))" "$CLUSTER_TMP/$1.peers"; }
+
+# HTTP GET on the node's loopback, without curl: prints the raw response.
+# node_http_get PORT PATH
+node_http_get() {
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  in_node timeout 3 bash -c '
+    exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+    printf "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n" "$2" >&3
+    cat <&3' _ "$1" "$2" 2>/dev/null
+}
+
+dsproxy_ready() {
+  local status
+  status=$(node_http_get 15021 /healthz/ready | head -n 1)
+  [[ $status == "HTTP/1."?" 200"* ]]
+}
+
+# Runs dsproxy in the node namespace with the redirect rules (in the background, logging to
+# $DSPROXY_LOG) and waits (bounded) until /healthz/ready answers 200. Extra arguments are
+# passed on. Fails when dsproxy exits or is not ready in time (dsproxy_log_tail shows why).
+start_dsproxy() {
+  [[ -n ${DSPROXY_BIN:-} && -x $DSPROXY_BIN ]] || cluster_die "DSPROXY_BIN '${DSPROXY_BIN:-}' is not an executable"
+  [[ -f $DSPROXY_CONFIG ]] || cluster_die "config $DSPROXY_CONFIG does not exist"
+  [[ -z $DSPROXY_PID ]] || cluster_die "dsproxy is already running (pid $DSPROXY_PID)"
+  DSPROXY_LOG="$CLUSTER_TMP/dsproxy.log"
+  DSPROXY_EXIT_STATUS=
+  # Not through in_node: a backgrounded function is a forked subshell, and $! would be its pid
+  # instead of dsproxy's. A plain command is exec'd by the fork, and `ip netns exec` execs
+  # dsproxy in turn, so $! is dsproxy's own pid and SIGTERM reaches it.
+  ip netns exec "$(node_ns)" "$DSPROXY_BIN" run --config "$DSPROXY_CONFIG" \
+    --node "$CLUSTER_NODE_NAME" --redirect "$@" >>"$DSPROXY_LOG" 2>&1 &
+  DSPROXY_PID=$!
+  # Bounded in time (a probe can take up to 3 s when the port accepts but never answers) and
+  # in count.
+  local i deadline=$((SECONDS + DSPROXY_READY_TIMEOUT))
+  for ((i = 0; i < 10 * DSPROXY_READY_TIMEOUT && SECONDS < deadline; i++)); do
+    if ! kill -0 "$DSPROXY_PID" 2>/dev/null; then
+      wait "$DSPROXY_PID"
+      DSPROXY_EXIT_STATUS=$?
+      DSPROXY_PID=
+      cluster_log "dsproxy exited with status $DSPROXY_EXIT_STATUS before it was ready (log: $DSPROXY_LOG)"
+      return 1
+    fi
+    dsproxy_ready && return 0
+    sleep 0.1
+  done
+  cluster_log "dsproxy not ready after ${DSPROXY_READY_TIMEOUT} s (log: $DSPROXY_LOG)"
+  return 1
+}
+
+# SIGTERM, bounded wait, then SIGKILL. Sets DSPROXY_EXIT_STATUS; returns 0 only when dsproxy
+# exited on its own after SIGTERM (so it had the chance to remove its redirect rules).
+stop_dsproxy() {
+  [[ -n $DSPROXY_PID ]] || return 0
+  local pid=$DSPROXY_PID i graceful=0
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < DSPROXY_STOP_WAIT_STEPS; i++)); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      graceful=1
+      break
+    fi
+    sleep 0.1
+  done
+  if ((!graceful)); then
+    cluster_log "dsproxy ignored SIGTERM for $((DSPROXY_STOP_WAIT_STEPS / 10)) s: SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null
+  DSPROXY_EXIT_STATUS=$?
+  DSPROXY_PID=
+  ((graceful))
+}
+
+dsproxy_log_tail() {
+  [[ -n $DSPROXY_LOG && -f $DSPROXY_LOG ]] || return 0
+  echo "----- last 40 lines of $DSPROXY_LOG -----" >&2
+  tail -n 40 "$DSPROXY_LOG" >&2
+  echo "-----" >&2
+}
+
+# The node namespace's packet-steering state, normalised for comparing before and after:
+# iptables/ip6tables rules without comments and counters, policy rules, and every routing
+# table of both families.
+snapshot_netfilter() {
+  local tool
+  for tool in iptables-save ip6tables-save; do
+    echo "## $tool"
+    in_node "$tool" | grep -v '^#' | sed -E 's/ \[[0-9]+:[0-9]+\]$//'
+  done
+  echo "## ip -4 rule"
+  in_node ip -4 rule show
+  echo "## ip -6 rule"
+  in_node ip -6 rule show
+  echo "## ip -4 route show table all"
+  in_node ip -4 route show table all
+  echo "## ip -6 route show table all"
+  in_node ip -6 route show table all
+}
