@@ -1,0 +1,307 @@
+#!/usr/bin/env bash
+# The dual-stack tcp-echo experiment of Istio's dual-stack announcement, without Kubernetes:
+# one node (kind-worker) in network namespaces, dsproxy capturing its pods' traffic, and the
+# sleep pod talking to the tcp-echo Services of the dual-stack, ipv4 and ipv6 namespaces.
+#
+#   tcp_echo_experiment.sh DSPROXY_BIN ECHO_BIN
+#
+# Needs root, iproute2, iptables, OpenBSD nc, and python3 or jq. Missing any of them is a
+# failure, never a skip. Prints one PASS/FAIL line per check and "N passed, M failed" at the
+# end; exits non-zero on any failure. Everything it creates is removed on exit, also on
+# failure or interruption.
+
+set -uo pipefail
+
+if (($# != 2)); then
+  echo "usage: $0 DSPROXY_BIN ECHO_BIN" >&2
+  exit 2
+fi
+DSPROXY_BIN=$(realpath -- "$1")
+ECHO_BIN=$(realpath -- "$2")
+
+# shellcheck source=lib/cluster.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/cluster.sh"
+
+# The whole run must stay under two minutes even against a proxy that accepts and never
+# answers: traffic and proxy-config checks not started after this many seconds fail without
+# running. What always runs after it is bounded (stop: 10 s, redirect commands: 3 x 5 s).
+E2E_DEADLINE=${E2E_DEADLINE:-75}
+
+PASSED=0
+FAILED=0
+pass() {
+  echo "PASS: $*"
+  PASSED=$((PASSED + 1))
+}
+fail() {
+  echo "FAIL: $*"
+  FAILED=$((FAILED + 1))
+}
+# check NAME CONDITION-STATUS [DETAIL]: records the outcome of one check.
+check() {
+  local name=$1 ok=$2 detail=${3:-}
+  if ((ok == 0)); then pass "$name"; else fail "$name${detail:+ ($detail)}"; fi
+}
+in_time() {
+  ((SECONDS < E2E_DEADLINE)) && return 0
+  fail "$1 (not run: the ${E2E_DEADLINE}s time budget is used up)"
+  return 1
+}
+summary() { echo "$PASSED passed, $FAILED failed"; }
+
+on_exit() {
+  local status=$1
+  if ((status != 0 || FAILED > 0)); then dsproxy_log_tail; fi
+}
+CLUSTER_ON_EXIT=on_exit
+cluster_trap
+
+# ---- prerequisites: all fatal -------------------------------------------------------------
+cluster_require
+[[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
+[[ -x $ECHO_BIN ]] || cluster_die "echo binary $ECHO_BIN is not an executable"
+[[ -f $DSPROXY_CONFIG ]] || cluster_die "config $DSPROXY_CONFIG does not exist"
+if command -v python3 >/dev/null 2>&1; then
+  JSON_TOOL=python3
+elif command -v jq >/dev/null 2>&1; then
+  JSON_TOOL=jq
+else
+  cluster_die "neither python3 nor jq is installed (needed to read proxy-config -o json)"
+fi
+
+# Reads proxy-config listeners JSON on stdin (a list of Envoy-style listeners, or anything that
+# nests them) and prints one line per listener: name TAB address:port TAB additional addresses
+# (comma-separated, "-" for none). IPv6 addresses are bracketed.
+listeners_tsv() {
+  if [[ $JSON_TOOL == python3 ]]; then
+    python3 -c '
+import json, sys
+
+def listeners(x):
+    if isinstance(x, dict):
+        if "name" in x and "address" in x:
+            yield x
+            return
+        for v in x.values():
+            yield from listeners(v)
+    elif isinstance(x, list):
+        for v in x:
+            yield from listeners(v)
+
+def socket_address(a):
+    s = (a or {}).get("socketAddress") or {}
+    host = str(s.get("address", ""))
+    return ("[%s]" % host if ":" in host else host) + ":" + str(s.get("portValue", ""))
+
+for l in listeners(json.load(sys.stdin)):
+    extra = [socket_address(e.get("address")) for e in l.get("additionalAddresses") or []]
+    print(l["name"], socket_address(l["address"]), ",".join(extra) or "-", sep="\t")
+'
+  else
+    jq -r '
+      def sa: (.socketAddress // {}) as $s | ($s.address // "" | tostring) as $h
+        | (if ($h | contains(":")) then "[\($h)]" else $h end) + ":" + ($s.portValue | tostring);
+      [.. | objects | select(has("name") and has("address"))] | .[]
+        | [.name, (.address | sa),
+           ([.additionalAddresses[]?.address | sa] | join(",") | if . == "" then "-" else . end)]
+        | @tsv'
+  fi
+}
+
+# The third column (additional addresses) of listener $2 in listeners_tsv output $1; fails when
+# the listener is absent.
+listener_field() {
+  awk -F '\t' -v n="$2" -v f="$3" '$1 == n { print $f; found = 1 } END { exit !found }' <<<"$1"
+}
+
+# echo_via SRC_POD DEST PORT PAYLOAD: prints what the tcp-echo answered (bounded by nc -w and
+# an outer timeout).
+echo_via() {
+  echo "$4" | in_pod "$1" timeout 8 nc -N -w 5 "$2" "$3" 2>/dev/null
+}
+
+# ---- the cluster and dsproxy --------------------------------------------------------------
+cluster_up
+before=$(snapshot_netfilter)
+
+# shellcheck disable=SC2119 # no extra dsproxy arguments
+if start_dsproxy; then
+  pass "dsproxy started with --redirect and /healthz/ready answers 200"
+else
+  fail "dsproxy started with --redirect and /healthz/ready answers 200"
+  summary
+  exit 1
+fi
+
+# ---- 1. every ClusterIP of every Service answers, on both Service ports --------------------
+# service namespace, ClusterIP, family, pod behind it, payload (the blog's)
+VIPS=(
+  "dual-stack fd00:10:96::f9fc 6 echo-ds dualstack"
+  "dual-stack 10.96.106.11 4 echo-ds dualstack"
+  "ipv4 10.96.104.229 4 echo-v4 ipv4"
+  "ipv6 fd00:10:96::9c3a 6 echo-v6 ipv6"
+)
+for entry in "${VIPS[@]}"; do
+  read -r svc vip family pod payload <<<"$entry"
+  for port in 9000 9001; do
+    what="sleep -> tcp-echo.$svc $vip port $port"
+    in_time "$what" || continue
+    mark=$(pod_peers_count "$pod")
+    answer=$(echo_via sleep "$vip" "$port" "$payload")
+    [[ $answer == "hello $payload" ]]
+    ok=$?
+    check "$what answers 'hello $payload'" $ok "got '${answer//$'\n'/\\n}'"
+    # The pod must see the client's own address (IPv4 VIP: its IPv4 one, IPv6 VIP: its IPv6
+    # one), never a node or proxy address.
+    want="$port $(pod_ip sleep "$family")"
+    got=$(pod_peers_since "$pod" "$mark")
+    [[ $got == "$want" ]]
+    ok=$?
+    check "$what: $pod sees the client as $(pod_ip sleep "$family")" $ok \
+      "peer log has '${got//$'\n'/; }', want '$want'"
+  done
+done
+
+# ---- 2. pod IPs on a port no Service has pass through untouched ----------------------------
+for pod in "${CLUSTER_ECHO_PODS[@]}"; do
+  for family in 4 6; do
+    ip=$(pod_ip "$pod" "$family")
+    what="sleep -> pod $pod $ip port 9002 (passthrough)"
+    in_time "$what" || continue
+    mark=$(pod_peers_count "$pod")
+    answer=$(echo_via sleep "$ip" 9002 passthrough)
+    got=$(pod_peers_since "$pod" "$mark")
+    want="9002 $(pod_ip sleep "$family")"
+    [[ $answer == "hello passthrough" && $got == "$want" ]]
+    ok=$?
+    check "$what" $ok "answer '${answer//$'\n'/\\n}', peer log '${got//$'\n'/; }', want '$want'"
+  done
+done
+
+# ---- 3. a ClusterIP on a port its Service lacks is refused ---------------------------------
+for entry in "${VIPS[@]}"; do
+  read -r svc vip family pod payload <<<"$entry"
+  what="sleep -> tcp-echo.$svc $vip port 9002 (not a Service port) gets no answer"
+  in_time "$what" || continue
+  declare -A marks=()
+  for p in "${CLUSTER_ECHO_PODS[@]}"; do marks[$p]=$(pod_peers_count "$p"); done
+  answer=$(echo "$payload" | in_pod sleep timeout 8 nc -N -w 3 "$vip" 9002 2>/dev/null)
+  reached=
+  for p in "${CLUSTER_ECHO_PODS[@]}"; do
+    [[ -n $(pod_peers_since "$p" "${marks[$p]}") ]] && reached+=" $p"
+  done
+  [[ -z $answer && -z $reached ]]
+  ok=$?
+  check "$what" $ok "answer '${answer//$'\n'/\\n}', reached:${reached:- none}"
+done
+
+# ---- 4. from another node, through the inbound capture -------------------------------------
+for pod in "${CLUSTER_ECHO_PODS[@]}"; do
+  for family in 4 6; do
+    ip=$(pod_ip "$pod" "$family")
+    what="remote-client-0 (kind-worker2) -> pod $pod $ip port 9000"
+    in_time "$what" || continue
+    mark=$(pod_peers_count "$pod")
+    answer=$(echo_via remote "$ip" 9000 remote)
+    got=$(pod_peers_since "$pod" "$mark")
+    want="9000 $(pod_ip remote "$family")"
+    [[ $answer == "hello remote" && $got == "$want" ]]
+    ok=$?
+    check "$what answers and sees the client as $(pod_ip remote "$family")" $ok \
+      "answer '${answer//$'\n'/\\n}', peer log '${got//$'\n'/; }', want '$want'"
+  done
+done
+
+# ---- 5. proxy-config listeners: one listener per Service port, both ClusterIPs on it -------
+if in_time "proxy-config listeners"; then
+  json=$(in_node timeout 5 "$DSPROXY_BIN" proxy-config listeners --port 9000 -o json 2>&1)
+  status=$?
+  tsv=$(listeners_tsv <<<"$json" 2>&1)
+  if ((status != 0)) || [[ -z $tsv ]]; then
+    fail "proxy-config listeners --port 9000 -o json gives listeners (status $status): ${json:0:300}"
+  else
+    extra=$(listener_field "$tsv" fd00:10:96::f9fc_9000 3)
+    [[ $extra == "10.96.106.11:9000" ]]
+    ok=$?
+    check "listener fd00:10:96::f9fc_9000 has additionalAddresses 10.96.106.11:9000" $ok \
+      "got '${extra:-listener missing}'"
+    for name in 10.96.104.229_9000 fd00:10:96::9c3a_9000; do
+      ok=1
+      if extra=$(listener_field "$tsv" "$name" 3) && [[ $extra == - ]]; then ok=0; fi
+      check "single-stack listener $name exists without additionalAddresses" $ok \
+        "got '${extra:-listener missing}'"
+    done
+  fi
+  # virtualInbound listens on 15006, so it only shows up in the unfiltered listing.
+  json=$(in_node timeout 5 "$DSPROXY_BIN" proxy-config listeners -o json 2>&1)
+  tsv=$(listeners_tsv <<<"$json" 2>/dev/null)
+  line=$(awk -F '\t' '$1 == "virtualInbound" { print $2 " + " $3 }' <<<"$tsv")
+  [[ $line == "0.0.0.0:15006 + [::]:15006" ]]
+  ok=$?
+  check "listener virtualInbound on 0.0.0.0:15006 with additional [::]:15006" $ok \
+    "got '${line:-listener missing}'"
+fi
+
+# ---- 6. proxy-config endpoints -------------------------------------------------------------
+if in_time "proxy-config endpoints"; then
+  table=$(in_node timeout 5 "$DSPROXY_BIN" proxy-config endpoints --port 9000 2>&1 |
+    sed -E 's/[[:space:]]+/ /g; s/^ //; s/ $//')
+  grep -qFx "ENDPOINT STATUS OUTLIER CHECK CLUSTER" <<<"$table"
+  ok_header=$?
+  check "proxy-config endpoints --port 9000 has the header ENDPOINT STATUS OUTLIER CHECK CLUSTER" $ok_header
+  grep -qFx "fd00:10:244::1a:9000 HEALTHY OK outbound|9000||tcp-echo.dual-stack.svc.cluster.local" <<<"$table"
+  ok=$?
+  check "proxy-config endpoints --port 9000 lists fd00:10:244::1a:9000 HEALTHY for tcp-echo.dual-stack" $ok
+  if ((ok_header != 0 || ok != 0)); then echo "$table" | head -n 20 | sed 's/^/    | /'; fi
+fi
+
+# ---- 7. stopping dsproxy leaves the node as it found it ------------------------------------
+# compare_snapshot NAME EXPECTED: the node's current state must equal EXPECTED.
+compare_snapshot() {
+  local now
+  now=$(snapshot_netfilter)
+  if [[ $now == "$2" ]]; then
+    pass "$1"
+  else
+    fail "$1"
+    diff -u <(echo "$2") <(echo "$now") | sed 's/^/    /' | head -n 60
+  fi
+}
+
+during=$(snapshot_netfilter)
+[[ $during != "$before" ]]
+ok=$?
+check "dsproxy --redirect changed the node's rules while running" $ok
+stop_dsproxy
+graceful=$?
+((graceful == 0 && DSPROXY_EXIT_STATUS == 0))
+ok=$?
+check "dsproxy exits on SIGTERM with status 0" $ok \
+  "$( ((graceful == 0)) || echo "needed SIGKILL, ")exit status $DSPROXY_EXIT_STATUS"
+compare_snapshot "after dsproxy stopped, iptables/ip6tables rules, ip rules and routes are as before" \
+  "$before"
+
+# ---- 8. redirect install is idempotent, uninstall removes everything -----------------------
+redirect() {
+  in_node timeout 5 "$DSPROXY_BIN" redirect "$1" --config "$DSPROXY_CONFIG" \
+    --node "$CLUSTER_NODE_NAME" >>"$CLUSTER_TMP/redirect.log" 2>&1
+}
+redirect install
+ok=$?
+check "dsproxy redirect install succeeds" $ok "see $CLUSTER_TMP/redirect.log"
+first=$(snapshot_netfilter)
+[[ $first != "$before" ]]
+ok=$?
+check "dsproxy redirect install changes the node's rules" $ok
+redirect install
+ok=$?
+check "dsproxy redirect install succeeds a second time" $ok "see $CLUSTER_TMP/redirect.log"
+compare_snapshot "a second redirect install changes nothing" "$first"
+redirect uninstall
+ok=$?
+check "dsproxy redirect uninstall succeeds" $ok "see $CLUSTER_TMP/redirect.log"
+compare_snapshot "after redirect install twice and uninstall the node is as before" "$before"
+
+echo "(took ${SECONDS}s)"
+summary
+((FAILED == 0))
