@@ -61,7 +61,11 @@ cluster_require
 [[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
 [[ -x $ECHO_BIN ]] || cluster_die "echo binary $ECHO_BIN is not an executable"
 [[ -f $DSPROXY_CONFIG ]] || cluster_die "config $DSPROXY_CONFIG does not exist"
-if command -v python3 >/dev/null 2>&1; then
+# E2E_JSON_TOOL=jq forces the jq path (to test it where python3 exists).
+JSON_TOOL=${E2E_JSON_TOOL:-}
+if [[ -n $JSON_TOOL ]]; then
+  command -v "$JSON_TOOL" >/dev/null 2>&1 || cluster_die "E2E_JSON_TOOL=$JSON_TOOL is not installed"
+elif command -v python3 >/dev/null 2>&1; then
   JSON_TOOL=python3
 elif command -v jq >/dev/null 2>&1; then
   JSON_TOOL=jq
@@ -114,6 +118,36 @@ listener_field() {
   awk -F '\t' -v n="$2" -v f="$3" '$1 == n { print $f; found = 1 } END { exit !found }' <<<"$1"
 }
 
+# Prints "counter value" for every numeric counter of dsproxy's admin GET :15000/stats.
+stats_now() {
+  local body
+  body=$(node_http_get 15000 /stats | tr -d '\r' | sed '1,/^$/d')
+  if [[ $JSON_TOOL == python3 ]]; then
+    python3 -c '
+import json, sys
+for k, v in json.load(sys.stdin).items():
+    if isinstance(v, int):
+        print(k, v)
+' <<<"$body" 2>/dev/null
+  else
+    jq -r 'to_entries[] | select(.value | type == "number") | "\(.key) \(.value)"' <<<"$body" 2>/dev/null
+  fi
+}
+# expect_counter WHAT BEFORE AFTER COUNTER WANT: the counter grew by exactly WANT between the
+# two stats_now outputs. Shows that the traffic took the path the check is about.
+expect_counter() {
+  local what=$1 before=$2 after=$3 counter=$4 want=$5 a b
+  a=$(awk -v n="$counter" '$1 == n { print $2 }' <<<"$before")
+  b=$(awk -v n="$counter" '$1 == n { print $2 }' <<<"$after")
+  if [[ -z $a || -z $b ]]; then
+    fail "$what (no counter $counter in GET :15000/stats)"
+  elif ((b - a == want)); then
+    pass "$what ($counter +$want)"
+  else
+    fail "$what ($counter +$((b - a)), want +$want)"
+  fi
+}
+
 # echo_via SRC_POD DEST PORT PAYLOAD: prints what the tcp-echo answered (bounded by nc -w and
 # an outer timeout).
 echo_via() {
@@ -141,11 +175,14 @@ VIPS=(
   "ipv4 10.96.104.229 4 echo-v4 ipv4"
   "ipv6 fd00:10:96::9c3a 6 echo-v6 ipv6"
 )
+stats_before=$(stats_now)
+ran=0
 for entry in "${VIPS[@]}"; do
   read -r svc vip family pod payload <<<"$entry"
   for port in 9000 9001; do
     what="sleep -> tcp-echo.$svc $vip port $port"
     in_time "$what" || continue
+    ran=$((ran + 1))
     mark=$(pod_peers_count "$pod")
     answer=$(echo_via sleep "$vip" "$port" "$payload")
     [[ $answer == "hello $payload" ]]
@@ -161,6 +198,9 @@ for entry in "${VIPS[@]}"; do
       "peer log has '${got//$'\n'/; }', want '$want'"
   done
 done
+
+expect_counter "the outbound capture (15001) routed every ClusterIP connection to its Service" \
+  "$stats_before" "$(stats_now)" routed_to_service "$ran"
 
 # ---- 2. pod IPs on a port no Service has pass through untouched ----------------------------
 for pod in "${CLUSTER_ECHO_PODS[@]}"; do
@@ -179,10 +219,13 @@ for pod in "${CLUSTER_ECHO_PODS[@]}"; do
 done
 
 # ---- 3. a ClusterIP on a port its Service lacks is refused ---------------------------------
+stats_before=$(stats_now)
+ran=0
 for entry in "${VIPS[@]}"; do
   read -r svc vip family pod payload <<<"$entry"
   what="sleep -> tcp-echo.$svc $vip port 9002 (not a Service port) gets no answer"
   in_time "$what" || continue
+  ran=$((ran + 1))
   declare -A marks=()
   for p in "${CLUSTER_ECHO_PODS[@]}"; do marks[$p]=$(pod_peers_count "$p"); done
   answer=$(echo "$payload" | in_pod sleep timeout 8 nc -N -w 3 "$vip" 9002 2>/dev/null)
@@ -195,12 +238,18 @@ for entry in "${VIPS[@]}"; do
   check "$what" $ok "answer '${answer//$'\n'/\\n}', reached:${reached:- none}"
 done
 
+expect_counter "dsproxy refused every ClusterIP connection to a port the Service lacks" \
+  "$stats_before" "$(stats_now)" rejected_unknown_service_port "$ran"
+
 # ---- 4. from another node, through the inbound capture -------------------------------------
+stats_before=$(stats_now)
+ran=0
 for pod in "${CLUSTER_ECHO_PODS[@]}"; do
   for family in 4 6; do
     ip=$(pod_ip "$pod" "$family")
     what="remote-client-0 (kind-worker2) -> pod $pod $ip port 9000"
     in_time "$what" || continue
+    ran=$((ran + 1))
     mark=$(pod_peers_count "$pod")
     answer=$(echo_via remote "$ip" 9000 remote)
     got=$(pod_peers_since "$pod" "$mark")
@@ -211,6 +260,9 @@ for pod in "${CLUSTER_ECHO_PODS[@]}"; do
       "answer '${answer//$'\n'/\\n}', peer log '${got//$'\n'/; }', want '$want'"
   done
 done
+
+expect_counter "the inbound capture (15006) took every connection from the other node" \
+  "$stats_before" "$(stats_now)" inbound_accepted "$ran"
 
 # ---- 5. proxy-config listeners: one listener per Service port, both ClusterIPs on it -------
 if in_time "proxy-config listeners"; then

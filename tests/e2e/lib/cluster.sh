@@ -147,6 +147,7 @@ cluster_trap() {
 }
 _cluster_exit_trap() {
   local status=$?
+  set +e # the cleanup must run to the end even in a `set -e` script
   trap - EXIT INT TERM HUP
   if [[ -n ${CLUSTER_ON_EXIT:-} ]]; then "$CLUSTER_ON_EXIT" "$status" || true; fi
   cluster_down
@@ -160,7 +161,8 @@ _cluster_exit_trap() {
 
 # Sends SIGTERM to every process in namespace $1, waits (bounded), then SIGKILLs what is left.
 _cluster_kill_ns_processes() {
-  local ns=$1 pids i
+  local - ns=$1 pids i
+  set +e
   pids=$(ip netns pids "$ns" 2>/dev/null) || return 0
   [[ -z $pids ]] && return 0
   # shellcheck disable=SC2086
@@ -183,12 +185,13 @@ _cluster_kill_ns_processes() {
 # Kills every process in this run's namespaces and deletes them. Idempotent; safe to call from
 # a trap at any stage, also when cluster_up failed half way.
 cluster_down() {
-  local ns
+  local - ns
+  set +e # idempotent and best effort: never stop half way, also under `set -e`
   if [[ -n $DSPROXY_PID ]]; then stop_dsproxy >/dev/null 2>&1 || true; fi
   for ns in $(cluster_namespaces); do _cluster_kill_ns_processes "$ns"; done
   # Reap the (now dead) background children we started.
   local pid
-  for pid in "${CLUSTER_BG_PIDS[@]}"; do wait "$pid" 2>/dev/null; done
+  for pid in "${CLUSTER_BG_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   CLUSTER_BG_PIDS=()
   for ns in $(cluster_namespaces); do
     ip netns del "$ns" 2>/dev/null || cluster_log "could not delete namespace $ns"
@@ -333,8 +336,8 @@ start_dsproxy() {
   local i deadline=$((SECONDS + DSPROXY_READY_TIMEOUT))
   for ((i = 0; i < 10 * DSPROXY_READY_TIMEOUT && SECONDS < deadline; i++)); do
     if ! kill -0 "$DSPROXY_PID" 2>/dev/null; then
-      wait "$DSPROXY_PID"
-      DSPROXY_EXIT_STATUS=$?
+      DSPROXY_EXIT_STATUS=0
+      wait "$DSPROXY_PID" || DSPROXY_EXIT_STATUS=$?
       DSPROXY_PID=
       cluster_log "dsproxy exited with status $DSPROXY_EXIT_STATUS before it was ready (log: $DSPROXY_LOG)"
       return 1
@@ -363,8 +366,8 @@ stop_dsproxy() {
     cluster_log "dsproxy ignored SIGTERM for $((DSPROXY_STOP_WAIT_STEPS / 10)) s: SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
   fi
-  wait "$pid" 2>/dev/null
-  DSPROXY_EXIT_STATUS=$?
+  DSPROXY_EXIT_STATUS=0
+  wait "$pid" 2>/dev/null || DSPROXY_EXIT_STATUS=$?
   DSPROXY_PID=
   ((graceful))
 }
