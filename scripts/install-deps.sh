@@ -7,7 +7,7 @@ packages=(
   libboost1.81-dev libboost-json1.81-dev   # asio (data path), beast (admin HTTP), json (config_dump)
   libspdlog-dev libcli11-dev libyaml-cpp-dev libssl-dev libc-ares-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  iptables iproute2 netcat-openbsd procps kmod
+  iptables iproute2 netcat-openbsd procps kmod jq   # jq: the e2e tests read the admin JSON
 )
 missing=()
 for p in "${packages[@]}"; do

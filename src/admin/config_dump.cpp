@@ -1,6 +1,7 @@
 #include "admin/config_dump.hpp"
 
 #include <boost/json.hpp>
+#include <chrono>
 
 namespace dsproxy::admin {
 
@@ -45,18 +46,27 @@ json::array listeners(const DumpContext& ctx) {
 
 json::array endpoints(const DumpContext& ctx) {
   json::array out;
+  const auto now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                          std::chrono::steady_clock::now().time_since_epoch())
+                          .count();
   for (const auto& c : ctx.snapshot.clusters()) {
     json::array eps;
     for (const auto& e : c.endpoints) {
+      const auto& st = *e.state;
+      const bool ejected = st.ejected_until_ns.load(std::memory_order_relaxed) > now_ns;
       json::object ep{{"address", socket_address(e.address.ip.to_string(), e.address.port)},
                       {"healthStatus", e.ready ? "HEALTHY" : "UNHEALTHY"},
-                      // Passive outlier detection arrives with the family-policy work; until then
-                      // no endpoint is ever ejected.
-                      {"outlierCheck", "OK"}};
+                      {"outlierCheck", ejected ? "FAILED" : "OK"},
+                      {"activeConnections", st.active.load(std::memory_order_relaxed)},
+                      {"connections", st.picks.load(std::memory_order_relaxed)},
+                      {"consecutiveFailures", st.consecutive_failures.load(std::memory_order_relaxed)},
+                      {"ejections", st.ejections.load(std::memory_order_relaxed)}};
       if (!e.pod.empty()) ep["pod"] = e.pod;
       eps.push_back(std::move(ep));
     }
-    out.push_back(json::object{{"clusterName", c.cluster_name}, {"endpoints", std::move(eps)}});
+    out.push_back(json::object{{"clusterName", c.cluster_name},
+                               {"familyFallback", std::string(config::to_string(c.family_fallback))},
+                               {"endpoints", std::move(eps)}});
   }
   return out;
 }
@@ -72,6 +82,10 @@ json::object counters(const proxy::ProxyStats& s) {
           {"rejected_unknown_service_port", v(s.rejected_unknown_service_port)},
           {"rejected_loop", v(s.rejected_loop)},
           {"upstream_connect_failed", v(s.upstream_connect_failed)},
+          {"family_fallbacks", v(s.family_fallbacks)},
+          {"happy_eyeballs_other_family", v(s.happy_eyeballs_other_family)},
+          {"connect_retries", v(s.connect_retries)},
+          {"outlier_ejections", v(s.outlier_ejections)},
           {"upstream_connect_timeout", v(s.upstream_connect_timeout)},
           {"idle_timeouts", v(s.idle_timeouts)},
           {"resets_propagated", v(s.resets_propagated)},

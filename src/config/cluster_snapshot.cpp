@@ -5,20 +5,33 @@
 #include <tuple>
 #include <utility>
 
+#include "config/k8s_decoder.hpp"
+
 namespace dsproxy::config {
 
-ServiceCluster::ServiceCluster(const ServiceCluster& o)
-    : cluster_name(o.cluster_name),
-      service_name(o.service_name),
-      service_ns(o.service_ns),
-      hostname(o.hostname),
-      port_name(o.port_name),
-      port(o.port),
-      ip_family_policy(o.ip_family_policy),
-      ip_families(o.ip_families),
-      cluster_ips(o.cluster_ips),
-      endpoints(o.endpoints),
-      next_pick(o.next_pick.load(std::memory_order_relaxed)) {}
+std::string_view to_string(FamilyFallback f) { return f == FamilyFallback::never ? "never" : "other"; }
+
+std::shared_ptr<EndpointState> EndpointStateRegistry::get(const net::SocketAddress& address) {
+  std::lock_guard lock(mutex_);
+  auto& weak = states_[address];
+  if (auto state = weak.lock()) return state;
+  auto state = std::make_shared<EndpointState>();
+  weak = state;
+  // Forget addresses no snapshot holds any more, so churn does not grow the map forever.
+  if (states_.size() > 1024 && states_.size() % 256 == 0)
+    std::erase_if(states_, [](const auto& kv) { return kv.second.expired(); });
+  return state;
+}
+
+bool ServiceCluster::serves(net::Family dialled) const {
+  bool other = false;
+  for (const Endpoint& e : endpoints) {
+    if (!e.ready) continue;
+    if (e.address.ip.family() == dialled) return true;
+    other = true;
+  }
+  return other && family_fallback == FamilyFallback::other;
+}
 
 namespace {
 
@@ -101,9 +114,47 @@ void sort_and_merge(std::vector<Endpoint>& eps) {
   eps = std::move(merged);
 }
 
+// Groups endpoints by pod: a dual-stack pod is one backend with two addresses. Endpoints without
+// a pod (hand-made slices) are a backend each. Keeps the endpoints' order.
+std::vector<Backend> group_backends(const std::vector<Endpoint>& eps) {
+  std::vector<Backend> backends;
+  std::map<std::string, std::size_t> by_pod;
+  for (std::size_t i = 0; i < eps.size(); ++i) {
+    std::size_t b;
+    auto it = eps[i].pod.empty() ? by_pod.end() : by_pod.find(eps[i].pod);
+    if (it != by_pod.end() && backends[it->second].index(eps[i].address.ip.family()) < 0) {
+      b = it->second;
+    } else {
+      b = backends.size();
+      backends.emplace_back();
+      if (!eps[i].pod.empty()) by_pod[eps[i].pod] = b;
+    }
+    (eps[i].address.ip.is_v4() ? backends[b].v4 : backends[b].v6) = static_cast<int>(i);
+  }
+  return backends;
+}
+
+constexpr const char* kFallbackAnnotation = "dsproxy.io/family-fallback";
+
+FamilyFallback family_fallback(const Service& svc, FallbackDefault node_default) {
+  if (auto it = svc.annotations.find(kFallbackAnnotation); it != svc.annotations.end()) {
+    if (it->second == "never") return FamilyFallback::never;
+    if (it->second == "other") return FamilyFallback::other;
+    throw ConfigError("Service " + svc.ns + "/" + svc.name + ": metadata.annotations[" + kFallbackAnnotation +
+                      "]: expected \"never\" or \"other\", got \"" + it->second + "\"");
+  }
+  switch (node_default) {
+    case FallbackDefault::never: return FamilyFallback::never;
+    case FallbackDefault::other: return FamilyFallback::other;
+    case FallbackDefault::policy: break;
+  }
+  return svc.ip_family_policy == IpFamilyPolicy::SingleStack ? FamilyFallback::never : FamilyFallback::other;
+}
+
 }  // namespace
 
-std::shared_ptr<const ClusterSnapshot> ClusterSnapshot::build(ClusterObjects objects, const Options& options) {
+std::shared_ptr<const ClusterSnapshot> ClusterSnapshot::build(ClusterObjects objects, const Options& options,
+                                                              EndpointStateRegistry* registry) {
   auto snap = std::make_shared<ClusterSnapshot>();
   snap->objects_ = std::move(objects);
   snap->options_ = options;
@@ -156,6 +207,10 @@ std::shared_ptr<const ClusterSnapshot> ClusterSnapshot::build(ClusterObjects obj
     else if (auto pods = pods_by_ns.find(svc.ns); pods != pods_by_ns.end())
       c.endpoints = selector_endpoints(svc, sp, pods->second);
     sort_and_merge(c.endpoints);
+    for (Endpoint& e : c.endpoints)
+      e.state = registry ? registry->get(e.address) : std::make_shared<EndpointState>();
+    c.backends = group_backends(c.endpoints);
+    c.family_fallback = family_fallback(svc, options.fallback_default);
   }
 
   for (std::size_t i = 0; i < snap->clusters_.size(); ++i) {
@@ -163,6 +218,12 @@ std::shared_ptr<const ClusterSnapshot> ClusterSnapshot::build(ClusterObjects obj
     // emplace keeps the first claimant; the decoder rejects shared VIPs, so this only matters
     // for objects built by hand.
     for (const net::IpAddress& ip : c.cluster_ips) snap->by_vip_.emplace(net::SocketAddress{ip, c.port}, i);
+  }
+
+  for (const Pod& p : objs.pods) {
+    if (p.host_network || p.pod_ips.size() != 2 || p.pod_ips[0].family() == p.pod_ips[1].family()) continue;
+    snap->pod_other_family_.emplace(p.pod_ips[0], p.pod_ips[1]);
+    snap->pod_other_family_.emplace(p.pod_ips[1], p.pod_ips[0]);
   }
 
   if (!options.node_name.empty()) {
@@ -183,5 +244,25 @@ const ServiceCluster* ClusterSnapshot::find_cluster(const net::SocketAddress& vi
 }
 
 bool ClusterSnapshot::is_cluster_ip(const net::IpAddress& ip) const { return cluster_ips_.count(ip) != 0; }
+
+std::optional<net::IpAddress> ClusterSnapshot::other_family_address(const net::IpAddress& ip) const {
+  auto it = pod_other_family_.find(ip);
+  if (it == pod_other_family_.end()) return std::nullopt;
+  return it->second;
+}
+
+std::vector<VipPorts> ClusterSnapshot::vip_ports() const {
+  std::map<net::IpAddress, std::vector<std::uint16_t>> open;
+  for (const auto& [ip, unused] : cluster_ips_) open[ip];
+  for (const ServiceCluster& c : clusters_)
+    for (const net::IpAddress& ip : c.cluster_ips)
+      if (c.serves(ip.family())) open[ip].push_back(c.port);
+  std::vector<VipPorts> out;
+  for (auto& [ip, ports] : open) {
+    std::sort(ports.begin(), ports.end());
+    out.push_back({ip, std::move(ports)});
+  }
+  return out;
+}
 
 }  // namespace dsproxy::config

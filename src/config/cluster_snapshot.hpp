@@ -2,13 +2,14 @@
 // The immutable routing view derived from ClusterObjects for one node.
 //
 // Built on the control path (config load or reload), then shared read-only by every worker
-// thread through a std::shared_ptr<const ClusterSnapshot>. Nothing in it changes after build(),
-// except the round-robin cursors, which are relaxed atomics: a lost increment under a race only
-// skews one pick and needs no lock.
+// thread through a std::shared_ptr<const ClusterSnapshot>. Nothing in it changes after build();
+// the per-endpoint runtime state it points to (EndpointState) lives outside it, in atomics.
 
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -18,10 +19,51 @@
 
 namespace dsproxy::config {
 
+// Whether a Service may send a client to an endpoint of the other IP family than the ClusterIP
+// it dialled. From the annotation dsproxy.io/family-fallback (never|other), else the node default.
+enum class FamilyFallback : std::uint8_t { never, other };
+std::string_view to_string(FamilyFallback f);
+
+// The node-wide default: `policy` means other for PreferDualStack/RequireDualStack Services and
+// never for SingleStack ones.
+enum class FallbackDefault : std::uint8_t { policy, never, other };
+
+// Runtime state of one endpoint address (ip:port): outlier detection and load counts.
+// Shared by every snapshot that lists the address, so a config reload neither forgets an
+// ejection nor resets outstanding-connection counts. Plain relaxed atomics: written by whichever
+// worker saw the outcome, once per connection, never per packet.
+struct EndpointState {
+  std::atomic<std::uint32_t> consecutive_failures{0};
+  std::atomic<std::uint32_t> ejections{0};
+  std::atomic<std::int64_t> ejected_until_ns{0};  // steady_clock time since epoch; 0 = never
+  std::atomic<std::uint32_t> active{0};           // connections currently relayed to it
+  std::atomic<std::uint64_t> picks{0};            // connections ever sent to it
+};
+
+// Hands out the EndpointState of an address: the same object for as long as any snapshot holds
+// it. Used on the control thread while building snapshots; the mutex is never taken on the data path.
+class EndpointStateRegistry {
+ public:
+  std::shared_ptr<EndpointState> get(const net::SocketAddress& address);
+
+ private:
+  std::mutex mutex_;
+  std::unordered_map<net::SocketAddress, std::weak_ptr<EndpointState>, net::SocketAddressHash> states_;
+};
+
 struct Endpoint {
   net::SocketAddress address;  // pod (or slice) address with the translated target port
   bool ready = false;
   std::string pod;  // "ns/name" when known, for logs
+  std::shared_ptr<EndpointState> state;  // never null in a built snapshot
+};
+
+// The endpoints of one pod (or one address, when a slice names no pod): what Happy Eyeballs
+// races when a pod has both families. Indices into ServiceCluster::endpoints, -1 for none.
+struct Backend {
+  int v4 = -1;
+  int v6 = -1;
+  int index(net::Family f) const { return f == net::Family::v4 ? v4 : v6; }
 };
 
 // One Service port: the unit Envoy/Istio call a cluster ("outbound|9000||tcp-echo.ns.svc.cluster.local").
@@ -37,10 +79,18 @@ struct ServiceCluster {
   std::vector<net::IpAddress> cluster_ips;  // primary first
   // Only the families in ip_families are present (as the EndpointSlice controller does).
   std::vector<Endpoint> endpoints;
-  mutable std::atomic<std::uint32_t> next_pick{0};
+  std::vector<Backend> backends;  // endpoints grouped by pod
+  FamilyFallback family_fallback = FamilyFallback::never;
 
-  ServiceCluster() = default;
-  ServiceCluster(const ServiceCluster& o);  // copies the cursor's value
+  // True when a client dialling a ClusterIP of `dialled` can be served: a ready endpoint of that
+  // family, or of the other one when fallback is allowed.
+  bool serves(net::Family dialled) const;
+};
+
+// The TCP ports of one ClusterIP that have somewhere to go; everything else to it is refused.
+struct VipPorts {
+  net::IpAddress vip;
+  std::vector<std::uint16_t> open_ports;  // sorted
 };
 
 struct NodePod {
@@ -54,14 +104,23 @@ class ClusterSnapshot {
   struct Options {
     std::string node_name;
     std::string cluster_domain = "cluster.local";
+    FallbackDefault fallback_default = FallbackDefault::policy;
   };
 
-  static std::shared_ptr<const ClusterSnapshot> build(ClusterObjects objects, const Options& options);
+  // Throws ConfigError for a bad dsproxy.io/ annotation. With a registry, endpoint states are
+  // shared with earlier snapshots; without one (tests, one-shot commands) they start fresh.
+  static std::shared_ptr<const ClusterSnapshot> build(ClusterObjects objects, const Options& options,
+                                                      EndpointStateRegistry* registry = nullptr);
 
   // The ServiceCluster whose ClusterIP:port is `vip`, or nullptr.
   const ServiceCluster* find_cluster(const net::SocketAddress& vip) const;
   // True when `ip` is any Service's ClusterIP (a VIP hit on an unknown port is a reset, not passthrough).
   bool is_cluster_ip(const net::IpAddress& ip) const;
+  // The other-family address of the pod owning `ip`, if it is a pod address and the pod has one
+  // (Happy Eyeballs for passthrough connections to pods).
+  std::optional<net::IpAddress> other_family_address(const net::IpAddress& ip) const;
+  // Every ClusterIP with the ports that can be served; the redirect rules refuse the rest.
+  std::vector<VipPorts> vip_ports() const;
 
   const std::vector<ServiceCluster>& clusters() const { return clusters_; }
   const std::vector<NodePod>& node_pods() const { return node_pods_; }
@@ -75,6 +134,7 @@ class ClusterSnapshot {
   std::vector<NodePod> node_pods_;        // this node's pods, hostNetwork excluded
   std::unordered_map<net::SocketAddress, std::size_t, net::SocketAddressHash> by_vip_;
   std::unordered_map<net::IpAddress, bool, net::IpAddressHash> cluster_ips_;
+  std::unordered_map<net::IpAddress, net::IpAddress, net::IpAddressHash> pod_other_family_;
 };
 
 }  // namespace dsproxy::config

@@ -2,48 +2,91 @@
 
 #include <spdlog/spdlog.h>
 
-#include <boost/asio/as_tuple.hpp>
-#include <boost/asio/deferred.hpp>
-#include <boost/asio/experimental/parallel_group.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/use_awaitable.hpp>
-
+#include "proxy/connect_scheduler.hpp"
 #include "proxy/relay.hpp"
 #include "proxy/router.hpp"
+#include "proxy/upstream_connector.hpp"
 
 namespace dsproxy::proxy {
 
 namespace {
 
 using boost::asio::awaitable;
-using boost::asio::use_awaitable;
 
-// Keeps the active-connection gauge right on every exit path, including frame destruction when
-// the io_context is torn down with the coroutine suspended.
-struct ActiveGuard {
-  ProxyStats& stats;
-  explicit ActiveGuard(ProxyStats& s) : stats(s) { ProxyStats::add(stats.active_connections); }
-  ~ActiveGuard() { stats.active_connections.fetch_sub(1, std::memory_order_relaxed); }
+// Keeps a gauge right on every exit path, including frame destruction when the io_context is
+// torn down with the coroutine suspended.
+template <typename Counter>
+struct GaugeGuard {
+  Counter* gauge = nullptr;
+  explicit GaugeGuard(Counter* g) : gauge(g) {
+    if (gauge) gauge->fetch_add(1, std::memory_order_relaxed);
+  }
+  ~GaugeGuard() {
+    if (gauge) gauge->fetch_sub(1, std::memory_order_relaxed);
+  }
+  GaugeGuard(const GaugeGuard&) = delete;
+  GaugeGuard& operator=(const GaugeGuard&) = delete;
 };
 
-// Connects within the timeout. The client's first bytes stay in its socket's receive queue
-// meanwhile (we do not read before the upstream exists), so none are lost.
-awaitable<std::error_code> connect_with_timeout(tcp::socket& upstream, const tcp::endpoint& target,
-                                                std::chrono::milliseconds timeout, bool& timed_out) {
-  boost::asio::steady_timer timer(upstream.get_executor(), timeout);
-  auto [order, connect_ec, timer_ec] =
-      co_await boost::asio::experimental::make_parallel_group(upstream.async_connect(target, boost::asio::deferred),
-                                                              timer.async_wait(boost::asio::deferred))
-          .async_wait(boost::asio::experimental::wait_for_one(), use_awaitable);
-  timed_out = order[0] == 1;
-  if (timed_out) co_return std::make_error_code(std::errc::timed_out);
-  co_return connect_ec;
+void count_reject(ProxyStats& stats, RejectReason reason) {
+  switch (reason) {
+    case RejectReason::no_endpoint_for_family: ProxyStats::add(stats.rejected_no_endpoint_for_family); break;
+    case RejectReason::unknown_service_port: ProxyStats::add(stats.rejected_unknown_service_port); break;
+    default: ProxyStats::add(stats.rejected_loop); break;
+  }
 }
+
+// The backends a connection may use, in the order the scheduler asks for them, and the endpoint
+// behind every address it is given (for outlier detection and load accounting).
+class BackendSource {
+ public:
+  BackendSource(const ConnectionContext& ctx, const RouteDecision& decision, const config::ClusterSnapshot& snapshot,
+                net::Family dialled)
+      : ctx_(ctx), decision_(decision), snapshot_(snapshot), dialled_(dialled) {}
+
+  std::optional<BackendTargets> next() {
+    if (decision_.kind == RouteKind::passthrough) {
+      if (passthrough_given_) return std::nullopt;  // one destination: nowhere else to retry
+      passthrough_given_ = true;
+      BackendTargets t{{decision_.upstream}, -1};
+      // A dual-stack pod dialled directly: race its other family too (preferred: the dialled one).
+      if (ctx_.options.passthrough_happy_eyeballs)
+        if (auto other = snapshot_.other_family_address(decision_.upstream.ip))
+          t.addresses.push_back({*other, decision_.upstream.port});
+      return t;
+    }
+    auto pick = ctx_.picker.pick(*decision_.cluster, dialled_, Clock::now(), tried_);
+    if (!pick) return std::nullopt;
+    tried_.push_back(pick->backend);
+    BackendTargets t{{}, static_cast<int>(picks_.size())};
+    for (int i = 0; i < pick->count; ++i) t.addresses.push_back(pick->endpoints[static_cast<std::size_t>(i)]->address);
+    picks_.push_back(*pick);
+    return t;
+  }
+
+  // The endpoint an attempt dialled; nullptr for passthrough.
+  const config::Endpoint* endpoint_of(const ConnectScheduler::Attempt& a) const {
+    if (a.tag < 0) return nullptr;
+    const auto& pick = picks_[static_cast<std::size_t>(a.tag)];
+    for (int i = 0; i < pick.count; ++i)
+      if (pick.endpoints[static_cast<std::size_t>(i)]->address == a.address) return pick.endpoints[static_cast<std::size_t>(i)];
+    return nullptr;
+  }
+
+ private:
+  const ConnectionContext& ctx_;
+  const RouteDecision& decision_;
+  const config::ClusterSnapshot& snapshot_;
+  net::Family dialled_;
+  std::vector<int> tried_;
+  std::vector<BackendPick> picks_;
+  bool passthrough_given_ = false;
+};
 
 }  // namespace
 
 awaitable<void> serve_connection(tcp::socket client, Direction direction, ConnectionContext ctx) {
-  ActiveGuard active(ctx.stats);
+  GaugeGuard<ProxyStats::Counter> active(&ctx.stats.active_connections);
   ProxyStats::add(direction == Direction::outbound ? ctx.stats.outbound_accepted : ctx.stats.inbound_accepted);
 
   boost::system::error_code ec;
@@ -54,17 +97,14 @@ awaitable<void> serve_connection(tcp::socket client, Direction direction, Connec
   const net::SocketAddress destination = to_socket_address(local);
   const net::SocketAddress source = to_socket_address(peer);
 
-  // One snapshot reference for the whole decision: a concurrent reload cannot change it.
+  // One snapshot reference for the whole connection: a concurrent reload cannot change the
+  // decision or free the endpoints it points to.
   const auto snapshot = ctx.store.current();
   const RouteDecision decision = route(*snapshot, direction, destination, ctx.options.ports);
   const std::string_view cluster_name = decision.cluster ? std::string_view(decision.cluster->cluster_name) : "-";
 
   if (decision.kind == RouteKind::reject) {
-    switch (decision.reason) {
-      case RejectReason::no_endpoint_for_family: ProxyStats::add(ctx.stats.rejected_no_endpoint_for_family); break;
-      case RejectReason::unknown_service_port: ProxyStats::add(ctx.stats.rejected_unknown_service_port); break;
-      default: ProxyStats::add(ctx.stats.rejected_loop); break;
-    }
+    count_reject(ctx.stats, decision.reason);
     spdlog::warn("{} {} -> {} rejected: {} (cluster {})", to_string(direction), source.to_string(),
                  destination.to_string(), to_string(decision.reason), cluster_name);
     reset_connection(client);
@@ -72,29 +112,56 @@ awaitable<void> serve_connection(tcp::socket client, Direction direction, Connec
   }
   ProxyStats::add(decision.kind == RouteKind::service ? ctx.stats.routed_to_service : ctx.stats.passthrough);
 
-  tcp::socket upstream(client.get_executor());
+  // The client's first bytes wait in its socket's receive queue until an upstream is connected
+  // (we do not read before), so retries and Happy Eyeballs lose none of them.
+  BackendSource backends(ctx, decision, *snapshot, destination.ip.family());
+  ConnectScheduler scheduler(
+      {ctx.options.attempt_delay, ctx.options.connect_timeout, std::max(1, ctx.options.max_connect_attempts)},
+      [&backends] { return backends.next(); });
   UpstreamSocketOptions upstream_options{.mark = ctx.options.upstream_mark, .source = std::nullopt};
-  if (ctx.options.transparent) upstream_options.source = source.ip;  // keep the client's address
-  std::error_code connect_ec = prepare_upstream(upstream, decision.upstream.ip.family(), upstream_options);
-  bool timed_out = false;
-  if (!connect_ec)
-    connect_ec = co_await connect_with_timeout(upstream, to_endpoint(decision.upstream), ctx.options.connect_timeout,
-                                               timed_out);
-  if (connect_ec) {
+  // The client's own address where the family allows it; prepare_upstream leaves a cross-family
+  // attempt unbound, so the kernel gives it the node's own address of that family.
+  if (ctx.options.transparent) upstream_options.source = source.ip;
+
+  tcp::socket upstream(client.get_executor());
+  const ConnectOutcome outcome = co_await connect_upstream(
+      upstream, scheduler, upstream_options, [&](const ConnectScheduler::Attempt& attempt, bool connected) {
+        const config::Endpoint* endpoint = backends.endpoint_of(attempt);
+        if (!endpoint) return;
+        if (connected) {
+          ctx.outliers.record_success(*endpoint->state);
+        } else if (ctx.outliers.record_failure(*endpoint->state, Clock::now())) {
+          ProxyStats::add(ctx.stats.outlier_ejections);
+          spdlog::warn("outlier: ejecting {} of {} after {} consecutive connect failures (ejection #{})",
+                       endpoint->address.to_string(), cluster_name, ctx.outliers.options().consecutive_failures,
+                       endpoint->state->ejections.load(std::memory_order_relaxed));
+        }
+      });
+  if (scheduler.backends_tried() > 1) ProxyStats::add(ctx.stats.connect_retries, scheduler.backends_tried() - 1);
+
+  if (outcome.winner < 0) {
+    const bool timed_out = outcome.error == std::errc::timed_out;
     ProxyStats::add(timed_out ? ctx.stats.upstream_connect_timeout : ctx.stats.upstream_connect_failed);
-    spdlog::warn("{} {} -> {} via {}: upstream connect failed: {} (cluster {})", to_string(direction),
-                 source.to_string(), destination.to_string(), decision.upstream.to_string(), connect_ec.message(),
-                 cluster_name);
+    spdlog::warn("{} {} -> {}: no upstream after {} attempt(s) on {} backend(s): {} (cluster {})",
+                 to_string(direction), source.to_string(), destination.to_string(), scheduler.attempts().size(),
+                 scheduler.backends_tried(), outcome.error.message(), cluster_name);
     reset_connection(client);
     co_return;
   }
+  const auto& winner = scheduler.attempts()[static_cast<std::size_t>(outcome.winner)];
+  if (winner.address.ip.family() != destination.ip.family()) ProxyStats::add(ctx.stats.family_fallbacks);
+  if (winner.second_family) ProxyStats::add(ctx.stats.happy_eyeballs_other_family);
+  const config::Endpoint* endpoint = backends.endpoint_of(winner);
+  // Outstanding connections per endpoint feed least-outstanding picking.
+  GaugeGuard<std::atomic<std::uint32_t>> outstanding(endpoint ? &endpoint->state->active : nullptr);
 
   // Small interactive writes should not wait for Nagle on either leg.
   client.set_option(tcp::no_delay(true), ec);
   upstream.set_option(tcp::no_delay(true), ec);
 
-  spdlog::debug("{} {} -> {} via {} (cluster {})", to_string(direction), source.to_string(), destination.to_string(),
-                decision.upstream.to_string(), cluster_name);
+  spdlog::debug("{} {} -> {} via {} (cluster {}, attempt {} of {})", to_string(direction), source.to_string(),
+                destination.to_string(), winner.address.to_string(), cluster_name, outcome.winner + 1,
+                scheduler.attempts().size());
   const RelayResult result = co_await relay(client, upstream, RelayOptions{ctx.options.idle_timeout});
   ProxyStats::add(ctx.stats.bytes_to_upstream, result.bytes_to_upstream);
   ProxyStats::add(ctx.stats.bytes_to_downstream, result.bytes_to_downstream);

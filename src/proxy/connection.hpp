@@ -4,18 +4,21 @@
 #include <boost/asio/awaitable.hpp>
 
 #include "config/snapshot_store.hpp"
+#include "proxy/endpoint_picker.hpp"
 #include "proxy/proxy_options.hpp"
 #include "proxy/proxy_stats.hpp"
 #include "proxy/transparent_socket.hpp"
 
 namespace dsproxy::proxy {
 
-// What every connection on a worker shares. Owned by ProxyServer, which outlives its workers'
-// io_contexts and so every connection coroutine.
+// What every connection on a worker shares. The references point into ProxyServer and the
+// worker, which outlive the worker's io_context and so every connection coroutine.
 struct ConnectionContext {
   const ProxyOptions& options;
   const config::SnapshotStore& store;
   ProxyStats& stats;
+  const OutlierDetector& outliers;
+  EndpointPicker& picker;  // the worker's own: not shared between threads
 };
 
 // Owns `client` in its coroutine frame: the connection lives exactly as long as this coroutine.

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 
+#include "proxy/outlier_detector.hpp"
 #include "proxy/router.hpp"
 
 namespace dsproxy::proxy {
@@ -16,7 +17,15 @@ struct ProxyOptions {
   int workers = 1;                // threads, each with its own io_context and SO_REUSEPORT listeners
   bool transparent = true;        // IP_TRANSPARENT listeners and client-source upstream binds
   std::uint32_t upstream_mark = 0x539;
+  // The whole budget for reaching an upstream, retries included.
   std::chrono::milliseconds connect_timeout{std::chrono::seconds(10)};
+  // Backends tried per connection (the first try and the retries).
+  int max_connect_attempts = 3;
+  // RFC 8305 Connection Attempt Delay before racing a pod's other family.
+  std::chrono::milliseconds attempt_delay{250};
+  // Happy Eyeballs for passthrough to a dual-stack pod (off with --family-fallback never).
+  bool passthrough_happy_eyeballs = true;
+  OutlierOptions outlier;
   std::chrono::milliseconds idle_timeout{std::chrono::hours(1)};
 };
 

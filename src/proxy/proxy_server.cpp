@@ -9,6 +9,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <random>
 #include <thread>
 
 #include "proxy/connection.hpp"
@@ -43,7 +44,9 @@ awaitable<void> accept_loop(tcp::acceptor& acceptor, Direction direction, Connec
 
 class Worker {
  public:
-  explicit Worker(const ConnectionContext& context) : context_(context) {}
+  Worker(const ProxyOptions& options, const config::SnapshotStore& store, ProxyStats& stats,
+         const OutlierDetector& outliers, std::uint64_t seed)
+      : picker_(outliers, seed), context_{options, store, stats, outliers, picker_} {}
 
   void listen(const net::SocketAddress& address, Direction direction, const ListenerSocketOptions& options) {
     acceptors_.push_back({open_listener(io_.get_executor(), address, options), direction});
@@ -76,6 +79,7 @@ class Worker {
     tcp::acceptor acceptor;
     Direction direction;
   };
+  EndpointPicker picker_;  // this thread's random state for power-of-two choices
   ConnectionContext context_;
   // Declared before the acceptors so it is destroyed after them; destroying it destroys the
   // suspended connection coroutines, whose frames own the remaining sockets.
@@ -85,7 +89,7 @@ class Worker {
 };
 
 ProxyServer::ProxyServer(ProxyOptions options, const config::SnapshotStore& store, ProxyStats& stats)
-    : options_(std::move(options)), store_(store), stats_(stats) {}
+    : options_(std::move(options)), store_(store), stats_(stats), outliers_(options_.outlier) {}
 
 ProxyServer::~ProxyServer() { stop(); }
 
@@ -95,13 +99,12 @@ void ProxyServer::start() {
   if (!v4 || !v4->is_v4()) throw std::invalid_argument("bind address '" + options_.bind_v4 + "' is not IPv4");
   if (!v6 || v6->is_v4()) throw std::invalid_argument("bind address '" + options_.bind_v6 + "' is not IPv6");
   const ListenerSocketOptions socket_options{.transparent = options_.transparent};
-  const ConnectionContext context{options_, store_, stats_};
 
   // With port 0 (tests), the first worker's kernel-chosen ports are reused by the others so that
   // SO_REUSEPORT groups them as it does fixed ports.
   CapturePorts ports = options_.ports;
   for (int i = 0; i < std::max(1, options_.workers); ++i) {
-    auto worker = std::make_unique<Worker>(context);
+    auto worker = std::make_unique<Worker>(options_, store_, stats_, outliers_, std::random_device{}() + i);
     worker->listen({*v4, ports.outbound}, Direction::outbound, socket_options);
     if (ports.outbound == 0) ports.outbound = worker->port_of(0);
     worker->listen({*v6, ports.outbound}, Direction::outbound, socket_options);

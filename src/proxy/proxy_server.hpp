@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "config/snapshot_store.hpp"
+#include "proxy/outlier_detector.hpp"
 #include "proxy/proxy_options.hpp"
 #include "proxy/proxy_stats.hpp"
 
@@ -43,6 +44,7 @@ class ProxyServer {
   ProxyOptions options_;
   const config::SnapshotStore& store_;
   ProxyStats& stats_;
+  OutlierDetector outliers_;
   CapturePorts bound_;
   std::vector<std::unique_ptr<Worker>> workers_;
   bool started_ = false;

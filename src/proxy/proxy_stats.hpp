@@ -21,6 +21,10 @@ struct ProxyStats {
   Counter rejected_unknown_service_port{0};
   Counter rejected_loop{0};
   Counter upstream_connect_failed{0};
+  Counter family_fallbacks{0};          // served by an endpoint of the other family
+  Counter happy_eyeballs_other_family{0};  // the second-family attempt won the race
+  Counter connect_retries{0};           // backends tried after the first
+  Counter outlier_ejections{0};
   Counter upstream_connect_timeout{0};
   Counter idle_timeouts{0};
   Counter resets_propagated{0};

@@ -14,25 +14,6 @@ std::string_view to_string(RejectReason r) {
   return "unknown";
 }
 
-namespace {
-
-// Round robin over the ready endpoints of one family, without allocating: count, then walk to
-// the k-th. Endpoint lists are short (pods of one Service), so two passes beat building a list.
-const config::Endpoint* pick_endpoint(const config::ServiceCluster& cluster, net::Family family) {
-  std::uint32_t candidates = 0;
-  for (const auto& ep : cluster.endpoints)
-    if (ep.ready && ep.address.ip.family() == family) ++candidates;
-  if (candidates == 0) return nullptr;
-  std::uint32_t k = cluster.next_pick.fetch_add(1, std::memory_order_relaxed) % candidates;
-  for (const auto& ep : cluster.endpoints) {
-    if (!ep.ready || ep.address.ip.family() != family) continue;
-    if (k-- == 0) return &ep;
-  }
-  return nullptr;
-}
-
-}  // namespace
-
 RouteDecision route(const config::ClusterSnapshot& snapshot, Direction direction,
                     const net::SocketAddress& destination, const CapturePorts& ports) {
   RouteDecision d;
@@ -45,14 +26,10 @@ RouteDecision route(const config::ClusterSnapshot& snapshot, Direction direction
   if (direction == Direction::outbound) {
     if (const auto* cluster = snapshot.find_cluster(destination)) {
       d.cluster = cluster;
-      // Matched family, as kube-proxy does: the client dialled an IPv6 ClusterIP, so it gets an
-      // IPv6 endpoint, and its own address can be kept as the upstream source.
-      if (const auto* ep = pick_endpoint(*cluster, destination.ip.family())) {
-        d.kind = RouteKind::service;
-        d.upstream = ep->address;
-      } else {
-        d.reason = RejectReason::no_endpoint_for_family;
-      }
+      // Matched family first (kube-proxy parity: an IPv6 ClusterIP gets an IPv6 endpoint and the
+      // client's own address as source); the other family only where the Service allows it.
+      if (cluster->serves(destination.ip.family())) d.kind = RouteKind::service;
+      else d.reason = RejectReason::no_endpoint_for_family;
       return d;
     }
     if (snapshot.is_cluster_ip(destination.ip)) {

@@ -1,6 +1,6 @@
 #pragma once
 // Where a captured connection goes: the pure routing decision, separate from any socket so it
-// can be tested exhaustively.
+// can be tested exhaustively. Which endpoint of a Service is the EndpointPicker's job.
 
 #include <cstdint>
 #include <string_view>
@@ -26,8 +26,8 @@ std::string_view to_string(RejectReason r);
 struct RouteDecision {
   RouteKind kind = RouteKind::reject;
   RejectReason reason = RejectReason::none;
-  net::SocketAddress upstream;                        // valid unless kind == reject
-  const config::ServiceCluster* cluster = nullptr;    // set for service (and for no_endpoint rejects)
+  net::SocketAddress upstream;                      // passthrough: exactly where the client dialled
+  const config::ServiceCluster* cluster = nullptr;  // service (and no_endpoint rejects): pick from it
 };
 
 struct CapturePorts {

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -331,18 +332,74 @@ TEST(ClusterSnapshot, BuildIsDeterministic) {
   }
 }
 
-TEST(ServiceCluster, CopyKeepsFieldsAndCursor) {
+TEST(ServiceCluster, DualStackPodIsOneBackendWithBothAddresses) {
   auto s = experiment();
-  const ServiceCluster& original = cluster(*s, "10.96.106.11", 9000);
-  original.next_pick.store(41, std::memory_order_relaxed);
-  ServiceCluster copy(original);
-  EXPECT_EQ(copy.cluster_name, original.cluster_name);
-  EXPECT_EQ(copy.cluster_ips, original.cluster_ips);
-  EXPECT_EQ(addresses(copy), addresses(original));
-  EXPECT_EQ(copy.port_name, "tcp");
-  EXPECT_EQ(copy.next_pick.load(), 41u);
-  copy.next_pick.fetch_add(1);
-  EXPECT_EQ(original.next_pick.load(), 41u);
+  const ServiceCluster& ds = cluster(*s, "10.96.106.11", 9000);
+  ASSERT_EQ(ds.backends.size(), 1u);
+  ASSERT_GE(ds.backends[0].v4, 0);
+  ASSERT_GE(ds.backends[0].v6, 0);
+  EXPECT_EQ(ds.endpoints[ds.backends[0].v4].address.to_string(), "10.244.0.26:9000");
+  EXPECT_EQ(ds.endpoints[ds.backends[0].v6].address.to_string(), "[fd00:10:244::1a]:9000");
+  const ServiceCluster& v4 = cluster(*s, "10.96.104.229", 9000);
+  ASSERT_EQ(v4.backends.size(), 1u);
+  EXPECT_EQ(v4.backends[0].v6, -1);
+}
+
+TEST(ServiceCluster, FallbackFollowsPolicyUnlessAnnotatedOrOverridden) {
+  auto s = experiment();
+  EXPECT_EQ(cluster(*s, "10.96.106.11", 9000).family_fallback, FamilyFallback::other);   // RequireDualStack
+  EXPECT_EQ(cluster(*s, "10.96.104.229", 9000).family_fallback, FamilyFallback::never);  // SingleStack
+  auto objects = load_objects_file(DSPROXY_SOURCE_DIR "/config/tcp-echo-experiment.yaml");
+  auto never = ClusterSnapshot::build(objects, {.node_name = "kind-worker", .fallback_default = FallbackDefault::never});
+  EXPECT_EQ(cluster(*never, "10.96.106.11", 9000).family_fallback, FamilyFallback::never);
+  for (auto& svc : objects.services)
+    if (svc.ns == "ipv4") svc.annotations["dsproxy.io/family-fallback"] = "other";
+  auto annotated = ClusterSnapshot::build(objects, {.node_name = "kind-worker", .fallback_default = FallbackDefault::never});
+  EXPECT_EQ(cluster(*annotated, "10.96.104.229", 9000).family_fallback, FamilyFallback::other);
+}
+
+TEST(ServiceCluster, BadFallbackAnnotationNamesTheField) {
+  auto objects = load_objects_file(DSPROXY_SOURCE_DIR "/config/tcp-echo-experiment.yaml");
+  objects.services[0].annotations["dsproxy.io/family-fallback"] = "sometimes";
+  try {
+    ClusterSnapshot::build(objects, {.node_name = "kind-worker"});
+    ADD_FAILURE() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("metadata.annotations[dsproxy.io/family-fallback]"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(ClusterSnapshot, EndpointStateSurvivesRebuildThroughRegistry) {
+  EndpointStateRegistry registry;
+  auto objects = load_objects_file(DSPROXY_SOURCE_DIR "/config/tcp-echo-experiment.yaml");
+  auto a = ClusterSnapshot::build(objects, {.node_name = "kind-worker"}, &registry);
+  cluster(*a, "10.96.104.229", 9000).endpoints[0].state->ejections = 3;
+  auto b = ClusterSnapshot::build(objects, {.node_name = "kind-worker"}, &registry);
+  EXPECT_EQ(cluster(*b, "10.96.104.229", 9000).endpoints[0].state->ejections.load(), 3u);
+  EXPECT_EQ(cluster(*a, "10.96.104.229", 9000).endpoints[0].state,
+            cluster(*b, "10.96.104.229", 9000).endpoints[0].state);
+}
+
+TEST(ClusterSnapshot, VipPortsListServablePortsPerClusterIp) {
+  auto objects = load_objects_file(DSPROXY_SOURCE_DIR "/config/tcp-echo-experiment.yaml");
+  for (auto& pod : objects.pods)
+    if (pod.ns == "ipv6") pod.ready = false;  // tcp-echo.ipv6 has no ready endpoint left
+  auto s = ClusterSnapshot::build(objects, {.node_name = "kind-worker"});
+  std::map<std::string, std::vector<std::uint16_t>> open;
+  for (const auto& v : s->vip_ports()) open[v.vip.to_string()] = v.open_ports;
+  EXPECT_EQ(open["10.96.106.11"], (std::vector<std::uint16_t>{9000, 9001}));
+  EXPECT_EQ(open["fd00:10:96::f9fc"], (std::vector<std::uint16_t>{9000, 9001}));
+  EXPECT_EQ(open["10.96.104.229"], (std::vector<std::uint16_t>{9000, 9001}));
+  ASSERT_TRUE(open.count("fd00:10:96::9c3a"));
+  EXPECT_TRUE(open["fd00:10:96::9c3a"].empty());
+}
+
+TEST(ClusterSnapshot, OtherFamilyAddressOfDualStackPods) {
+  auto s = experiment();
+  EXPECT_EQ(s->other_family_address(*net::IpAddress::parse("10.244.0.26"))->to_string(), "fd00:10:244::1a");
+  EXPECT_EQ(s->other_family_address(*net::IpAddress::parse("fd00:10:244::1a"))->to_string(), "10.244.0.26");
+  EXPECT_FALSE(s->other_family_address(*net::IpAddress::parse("10.96.106.11")));
 }
 
 }  // namespace

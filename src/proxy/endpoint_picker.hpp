@@ -1,0 +1,42 @@
+#pragma once
+// Chooses the backend (pod) for a connection to a Service, per the family policy:
+//   1. a ready endpoint of the dialled family F, if any;
+//   2. else, when the Service allows fallback, a ready endpoint of the other family G;
+// among the candidates, ejected outliers are skipped while any other remains, and the choice is
+// least-outstanding-connections over two random candidates (power of two choices), ties going to
+// the one picked less often. One picker per worker thread: its random state is not shared.
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <random>
+#include <span>
+
+#include "config/cluster_snapshot.hpp"
+#include "proxy/outlier_detector.hpp"
+
+namespace dsproxy::proxy {
+
+struct BackendPick {
+  int backend = -1;  // index into ServiceCluster::backends
+  // Endpoints to race, preferred first: the chosen family's, then (Happy Eyeballs) the same
+  // pod's other-family endpoint when it is ready, healthy and the Service allows crossing.
+  std::array<const config::Endpoint*, 2> endpoints{nullptr, nullptr};
+  int count = 0;
+  bool fallback = false;  // the preferred endpoint is of the other family than the dialled one
+};
+
+class EndpointPicker {
+ public:
+  EndpointPicker(const OutlierDetector& outliers, std::uint64_t seed) : outliers_(outliers), rng_(seed) {}
+
+  // `tried` are backends this connection already failed on (retries go elsewhere).
+  std::optional<BackendPick> pick(const config::ServiceCluster& cluster, net::Family dialled, Clock::time_point now,
+                                  std::span<const int> tried = {});
+
+ private:
+  const OutlierDetector& outliers_;
+  std::minstd_rand rng_;
+};
+
+}  // namespace dsproxy::proxy

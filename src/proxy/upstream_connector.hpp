@@ -1,0 +1,29 @@
+#pragma once
+// Carries out a ConnectScheduler's plan with real sockets: one coroutine per attempt, a single
+// timer for the scheduler's deadlines, and cancellation of the losers.
+
+#include <boost/asio/awaitable.hpp>
+#include <functional>
+#include <system_error>
+
+#include "proxy/connect_scheduler.hpp"
+#include "proxy/transparent_socket.hpp"
+
+namespace dsproxy::proxy {
+
+struct ConnectOutcome {
+  std::error_code error;  // of the last failed attempt, or timed_out; empty on success
+  int winner = -1;        // index into scheduler.attempts()
+};
+
+// Called once per attempt that ended on its own merits: connected, failed, or abandoned for
+// taking too long (cancelled losers are not reported: the race, not the endpoint, decided them).
+using AttemptObserver = std::function<void(const ConnectScheduler::Attempt&, bool connected)>;
+
+// On success the winning connection is moved into `upstream`. Every attempt socket is closed and
+// every attempt coroutine has finished before this returns, so nothing outlives the call.
+boost::asio::awaitable<ConnectOutcome> connect_upstream(tcp::socket& upstream, ConnectScheduler& scheduler,
+                                                        const UpstreamSocketOptions& socket_options,
+                                                        const AttemptObserver& observer);
+
+}  // namespace dsproxy::proxy
