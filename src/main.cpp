@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <functional>
 #include <iostream>
 
 #include "cli/admin_client.hpp"
@@ -14,6 +15,7 @@
 #include "config/k8s_decoder.hpp"
 #include "redirect/command_runner.hpp"
 #include "redirect/redirector.hpp"
+#include "redirect/vip_refusals.hpp"
 
 namespace {
 
@@ -72,6 +74,30 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--drain-grace-ms", drain_ms, "On SIGTERM, let connections finish this long")
       ->capture_default_str()
       ->check(CLI::Range(0, 600000));
+  std::string family_fallback = "policy";
+  run_cmd
+      ->add_option("--family-fallback", family_fallback,
+                   "Default for Services without the dsproxy.io/family-fallback annotation: policy (other family "
+                   "for Prefer/RequireDualStack, never for SingleStack), never, or other")
+      ->check(CLI::IsMember({"policy", "never", "other"}))
+      ->capture_default_str();
+  std::int64_t attempt_delay_ms = 250;
+  run_cmd->add_option("--attempt-delay-ms", attempt_delay_ms, "Happy Eyeballs Connection Attempt Delay (RFC 8305)")
+      ->capture_default_str()
+      ->check(CLI::Range(10, 2000));
+  run_cmd->add_option("--max-connect-attempts", run.proxy.max_connect_attempts,
+                      "Endpoints tried per connection (first try plus retries), within --connect-timeout-ms")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 10));
+  run_cmd->add_option("--outlier-consecutive-failures", run.proxy.outlier.consecutive_failures,
+                      "Connect failures in a row that eject an endpoint")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  std::int64_t base_ejection_ms = 30000;
+  run_cmd->add_option("--outlier-base-ejection-ms", base_ejection_ms,
+                      "First ejection time; each further ejection lasts one more multiple (max 10x)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 3600000));
   add_redirect_flags(*run_cmd, run.redirect_options);
 
   // redirect
@@ -114,22 +140,44 @@ int main(int argc, char** argv) {
       run.proxy.idle_timeout = std::chrono::seconds(idle_timeout_s);
       run.proxy.upstream_mark = run.redirect_options.proxy_mark;
       run.drain_grace = std::chrono::milliseconds(drain_ms);
+      run.proxy.attempt_delay = std::chrono::milliseconds(attempt_delay_ms);
+      run.proxy.outlier.base_ejection = std::chrono::milliseconds(base_ejection_ms);
+      run.proxy.outlier.max_ejection = 10 * run.proxy.outlier.base_ejection;
+      run.fallback_default = family_fallback == "never"   ? config::FallbackDefault::never
+                             : family_fallback == "other" ? config::FallbackDefault::other
+                                                          : config::FallbackDefault::policy;
+      // Passthrough has no Service to ask: only an explicit node-wide "never" stops it crossing.
+      run.proxy.passthrough_happy_eyeballs = family_fallback != "never";
       return cli::run_proxy(run);
     }
     if (redirect_cmd->parsed()) {
       redirect::ProcessRunner runner;
       redirect::Redirector redirector(redirect_options, runner);
+      redirect::VipRefusals refusals(redirect_options, runner);
       if (redirect_cmd->got_subcommand("uninstall")) {
-        redirector.uninstall();
+        // Both, even if the first reports a failure: leave as little behind as possible.
+        std::string errors;
+        for (auto step : {std::function<void()>([&] { refusals.uninstall(); }), std::function<void()>([&] {
+                            redirector.uninstall();
+                          })}) {
+          try {
+            step();
+          } catch (const std::exception& e) {
+            errors += std::string(errors.empty() ? "" : "\n") + e.what();
+          }
+        }
+        if (!errors.empty()) throw std::runtime_error(errors);
         return 0;
       }
       const auto snapshot = load_snapshot(redirect_config, redirect_node, "cluster.local");
       const auto pods = node_pod_ips(*snapshot);
+      const auto vips = cli::vip_open_ports(*snapshot);
       if (redirect_cmd->got_subcommand("print")) {
-        std::cout << redirector.print(pods);
+        std::cout << redirector.print(pods) << redirect::render_refusals_script(vips, redirect_options);
         return 0;
       }
       redirector.install(pods);
+      refusals.apply(vips);
       return 0;
     }
     if (pc_cmd->parsed()) {

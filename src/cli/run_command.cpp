@@ -26,6 +26,16 @@ std::vector<net::IpAddress> node_pod_ips(const config::ClusterSnapshot& snapshot
   return ips;
 }
 
+}  // namespace
+
+std::vector<redirect::VipOpenPorts> vip_open_ports(const config::ClusterSnapshot& snapshot) {
+  std::vector<redirect::VipOpenPorts> out;
+  for (auto& v : snapshot.vip_ports()) out.push_back({v.vip, std::move(v.open_ports)});
+  return out;
+}
+
+namespace {
+
 struct FileStamp {
   timespec mtime{};
   off_t size = -1;
@@ -61,8 +71,10 @@ class ProxyProcess {
     if (options_.redirect) {
       try {
         redirector_.emplace(options_.redirect_options, runner_);
+        refusals_.emplace(options_.redirect_options, runner_);
         installed_pods_ = node_pod_ips(*first);
         redirector_->install(installed_pods_);
+        refusals_->apply(vip_open_ports(*first));
       } catch (const std::exception& e) {
         spdlog::error("cannot install redirect rules: {}", e.what());
         remove_redirect();
@@ -101,7 +113,9 @@ class ProxyProcess {
   std::shared_ptr<const config::ClusterSnapshot> load() {
     auto objects = config::load_objects_file(options_.config_path);
     for (const auto& w : objects.warnings) spdlog::warn("config: {}", w);
-    return config::ClusterSnapshot::build(std::move(objects), {options_.node, options_.cluster_domain});
+    return config::ClusterSnapshot::build(std::move(objects),
+                                          {options_.node, options_.cluster_domain, options_.fallback_default},
+                                          &endpoint_states_);
   }
 
   void reload(const char* why) {
@@ -125,6 +139,11 @@ class ProxyProcess {
         } catch (const std::exception& e) {
           spdlog::error("redirect update failed, capture still uses the previous pod list: {}", e.what());
         }
+      }
+      try {
+        refusals_->apply(vip_open_ports(*next));
+      } catch (const std::exception& e) {
+        spdlog::error("refusal rules update failed, the previous ones stay: {}", e.what());
       }
     }
   }
@@ -211,6 +230,14 @@ class ProxyProcess {
   }
 
   void remove_redirect() {
+    if (refusals_) {
+      try {
+        refusals_->uninstall();
+      } catch (const std::exception& e) {
+        spdlog::error("{}", e.what());
+      }
+      refusals_.reset();
+    }
     if (!redirector_) return;
     try {
       redirector_->uninstall();
@@ -225,7 +252,9 @@ class ProxyProcess {
   config::SnapshotStore store_;
   proxy::ProxyStats stats_;
   redirect::ProcessRunner runner_;
+  config::EndpointStateRegistry endpoint_states_;  // outlier and load state, kept across reloads
   std::optional<redirect::Redirector> redirector_;
+  std::optional<redirect::VipRefusals> refusals_;
   std::vector<net::IpAddress> installed_pods_;
   std::optional<FileStamp> stamp_;
   bool ready_ = false;

@@ -6,8 +6,10 @@
 #include <cstdint>
 #include <string>
 
+#include "config/cluster_snapshot.hpp"
 #include "proxy/proxy_options.hpp"
 #include "redirect/redirect_options.hpp"
+#include "redirect/vip_refusals.hpp"
 
 namespace dsproxy::cli {
 
@@ -15,6 +17,7 @@ struct RunOptions {
   std::string config_path;
   std::string node;
   std::string cluster_domain = "cluster.local";
+  config::FallbackDefault fallback_default = config::FallbackDefault::policy;
   bool redirect = false;  // install the capture rules at start, keep them current, remove at exit
   proxy::ProxyOptions proxy;
   redirect::RedirectOptions redirect_options;
@@ -23,6 +26,9 @@ struct RunOptions {
   std::chrono::milliseconds config_poll{1000};
   std::chrono::milliseconds drain_grace{5000};
 };
+
+// What the refusal rules need from a snapshot: every ClusterIP with its servable ports.
+std::vector<redirect::VipOpenPorts> vip_open_ports(const config::ClusterSnapshot& snapshot);
 
 // Returns the process exit code: 0 after a clean shutdown, non-zero when start-up failed.
 int run_proxy(const RunOptions& options);
