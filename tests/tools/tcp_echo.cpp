@@ -1,6 +1,7 @@
 // dsproxy_test_echo: the "tcp-echo" pod application of the end-to-end experiment.
 //
 //   dsproxy_test_echo --ports 9000,9001,9002 [--prefix hello] [--peer-log FILE]
+//                     [--family v4|v6|both]
 //
 // Listens on every port on both 0.0.0.0 and [::] (two sockets per port, the IPv6 one with
 // IPV6_V6ONLY so IPv4 clients are never seen as v4-mapped addresses), and answers every
@@ -9,6 +10,10 @@
 //
 // For every accepted connection it appends "<local port> <peer ip>" to the peer log, so a test
 // can check which client address the pod saw (the proxy must preserve the original source).
+//
+// `--family v4` (or v6) listens on that family only, like an app bound to 0.0.0.0 (or [::] with
+// V6ONLY) in a dual-stack pod: connections of the other family are refused by the pod's kernel.
+// The family-policy e2e test uses it for the "one family broken in a pod" cases.
 //
 // Prints "listening" on stdout once every socket is bound and listening, so a harness can wait
 // for readiness. Plain POSIX sockets, one poll() loop accepting, one detached thread per
@@ -41,11 +46,14 @@ struct Options {
   std::vector<std::uint16_t> ports;
   std::string prefix = "hello";
   std::string peer_log;  // empty: no peer log
+  std::vector<int> families{AF_INET, AF_INET6};
 };
 
 [[noreturn]] void usage_and_exit(const char* argv0, const std::string& error) {
   if (!error.empty()) std::fprintf(stderr, "error: %s\n", error.c_str());
-  std::fprintf(stderr, "usage: %s --ports P1[,P2...] [--prefix WORD] [--peer-log FILE]\n", argv0);
+  std::fprintf(stderr,
+               "usage: %s --ports P1[,P2...] [--prefix WORD] [--peer-log FILE] [--family v4|v6|both]\n",
+               argv0);
   std::exit(2);
 }
 
@@ -80,6 +88,12 @@ Options parse_args(int argc, char** argv) {
       options.prefix = value();
     } else if (arg == "--peer-log") {
       options.peer_log = value();
+    } else if (arg == "--family") {
+      std::string_view family = value();
+      if (family == "v4") options.families = {AF_INET};
+      else if (family == "v6") options.families = {AF_INET6};
+      else if (family == "both") options.families = {AF_INET, AF_INET6};
+      else usage_and_exit(argv[0], "--family must be v4, v6 or both, not '" + std::string(family) + "'");
     } else if (arg == "-h" || arg == "--help") {
       usage_and_exit(argv[0], "");
     } else {
@@ -232,7 +246,7 @@ int main(int argc, char** argv) {
 
   std::vector<Listener> listeners;
   for (std::uint16_t port : options.ports) {
-    for (int family : {AF_INET, AF_INET6}) {
+    for (int family : options.families) {
       int fd = open_listener(family, port);
       if (fd < 0) {
         std::fprintf(stderr, "cannot listen on %s:%u: %s\n", family == AF_INET ? "0.0.0.0" : "[::]",
