@@ -1,0 +1,298 @@
+// The DNS proxy on loopback, end to end inside the process: real UDP and TCP listeners (not
+// transparent, on port 0), c-ares forwarding to a fake upstream nameserver on 127.0.0.1 that
+// answers big names with TC over UDP and in full over TCP, and one that never answers.
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ip/udp.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/write.hpp>
+#include <future>
+#include <thread>
+
+#include "config/k8s_decoder.hpp"
+#include "resolver/dns_proxy.hpp"
+#include "resolver/io/ares_upstream.hpp"
+
+namespace dsproxy::resolver {
+namespace {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+using asio::ip::udp;
+
+Name name(const char* text) { return Name::from_text(text).value(); }
+
+// Answers on UDP and TCP: www.example A 192.0.2.1 (TTL 60); big.example 40 A records (TC over
+// UDP); nx.example NXDOMAIN; silent.example nothing at all. Counts what it received.
+class FakeNameserver {
+ public:
+  explicit FakeNameserver(asio::io_context& io)
+      : udp_(io, udp::endpoint(asio::ip::make_address("127.0.0.1"), 0)),
+        // c-ares retries over TCP on the same port number as UDP.
+        tcp_(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), udp_.local_endpoint().port())) {
+    receive();
+    accept();
+  }
+  std::string address() const { return "127.0.0.1:" + std::to_string(udp_.local_endpoint().port()); }
+  std::uint16_t tcp_port() const { return tcp_.local_endpoint().port(); }
+
+  std::atomic<int> udp_queries{0};
+  std::atomic<int> tcp_queries{0};
+
+ private:
+  static std::optional<Bytes> answer(const Bytes& raw, bool over_udp) {
+    auto parsed = parse_query(raw);
+    if (parsed.status != QueryStatus::ok) return std::nullopt;
+    const auto& q = parsed.query;
+    const std::string key = q.question.name.key();
+    ResponseSpec spec;
+    if (key == "silent.example") return std::nullopt;
+    if (key == "www.example") spec.answers.push_back({q.question.name, rrtype::A, 60, net::IpAddress::v4({192, 0, 2, 1})});
+    if (key == "big.example")
+      for (int i = 0; i < 40; ++i)
+        spec.answers.push_back({q.question.name, rrtype::A, 60, net::IpAddress::v4({198, 51, 100, static_cast<std::uint8_t>(i)})});
+    if (key == "nx.example") spec.rcode = Rcode::NxDomain;
+    return build_response(q, raw, spec, over_udp ? 512 : 65535);
+  }
+
+  void receive() {
+    udp_.async_receive_from(asio::buffer(buffer_), from_, [this](boost::system::error_code ec, std::size_t n) {
+      if (ec) return;
+      ++udp_queries;
+      if (auto a = answer(Bytes(buffer_.begin(), buffer_.begin() + static_cast<std::ptrdiff_t>(n)), true)) {
+        boost::system::error_code ignored;
+        udp_.send_to(asio::buffer(*a), from_, 0, ignored);
+      }
+      receive();
+    });
+  }
+
+  void accept() {
+    tcp_.async_accept([this](boost::system::error_code ec, tcp::socket s) {
+      if (ec) return;
+      auto socket = std::make_shared<tcp::socket>(std::move(s));
+      auto len = std::make_shared<std::array<std::uint8_t, 2>>();
+      asio::async_read(*socket, asio::buffer(*len), [this, socket, len](boost::system::error_code ec, std::size_t) {
+        if (ec) return;
+        auto msg = std::make_shared<Bytes>((std::size_t{(*len)[0]} << 8) | (*len)[1]);
+        asio::async_read(*socket, asio::buffer(*msg), [this, socket, msg](boost::system::error_code ec, std::size_t) {
+          if (ec) return;
+          ++tcp_queries;
+          auto a = answer(*msg, false);
+          if (!a) return;
+          auto out = std::make_shared<Bytes>(*a);
+          out->insert(out->begin(), {static_cast<std::uint8_t>(a->size() >> 8), static_cast<std::uint8_t>(a->size())});
+          asio::async_write(*socket, asio::buffer(*out), [socket, out](boost::system::error_code, std::size_t) {});
+        });
+      });
+      accept();
+    });
+  }
+
+  udp::socket udp_;
+  tcp::acceptor tcp_;
+  udp::endpoint from_;
+  std::array<std::uint8_t, 65535> buffer_{};
+};
+
+// Blocking client helpers with a receive timeout.
+std::optional<MessageInfo> ask_udp(const std::string& server, std::uint16_t port, const Bytes& query) {
+  const bool v6 = server.find(':') != std::string::npos;
+  const int fd = ::socket(v6 ? AF_INET6 : AF_INET, SOCK_DGRAM, 0);
+  timeval tv{3, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  sockaddr_storage ss{};
+  socklen_t len;
+  if (v6) {
+    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+    a->sin6_family = AF_INET6;
+    a->sin6_port = htons(port);
+    ::inet_pton(AF_INET6, server.c_str(), &a->sin6_addr);
+    len = sizeof *a;
+  } else {
+    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+    a->sin_family = AF_INET;
+    a->sin_port = htons(port);
+    ::inet_pton(AF_INET, server.c_str(), &a->sin_addr);
+    len = sizeof *a;
+  }
+  ::sendto(fd, query.data(), query.size(), 0, reinterpret_cast<sockaddr*>(&ss), len);
+  Bytes buf(65535);
+  const ssize_t n = ::recv(fd, buf.data(), buf.size(), 0);
+  ::close(fd);
+  if (n <= 0) return std::nullopt;
+  buf.resize(static_cast<std::size_t>(n));
+  return parse_message(buf).info;
+}
+
+std::optional<MessageInfo> ask_tcp(std::uint16_t port, const Bytes& query) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  timeval tv{3, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  ::inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return std::nullopt;
+  }
+  Bytes framed{static_cast<std::uint8_t>(query.size() >> 8), static_cast<std::uint8_t>(query.size())};
+  framed.insert(framed.end(), query.begin(), query.end());
+  ::send(fd, framed.data(), framed.size(), 0);
+  std::array<std::uint8_t, 2> len{};
+  if (::recv(fd, len.data(), 2, MSG_WAITALL) != 2) {
+    ::close(fd);
+    return std::nullopt;
+  }
+  Bytes buf((std::size_t{len[0]} << 8) | len[1]);
+  const ssize_t n = ::recv(fd, buf.data(), buf.size(), MSG_WAITALL);
+  ::close(fd);
+  if (n != static_cast<ssize_t>(buf.size())) return std::nullopt;
+  return parse_message(buf).info;
+}
+
+class ResolverProxy : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    store.publish(config::ClusterSnapshot::build(
+        config::load_objects_file(std::string(DSPROXY_SOURCE_DIR) + "/config/tcp-echo-experiment.yaml"), {"kind-worker"}));
+    nameserver = std::make_unique<FakeNameserver>(io);
+  }
+  void TearDown() override {
+    if (thread.joinable()) {
+      asio::post(io, [this] {
+        if (proxy) proxy->stop();
+        io.stop();
+      });
+      thread.join();
+    }
+  }
+  void start(DnsProxyOptions options) {
+    options.port = 0;
+    options.bind = {"127.0.0.1", "::1"};
+    options.transparent = false;
+    options.mark = 0;
+    proxy = std::make_unique<DnsProxy>(io, options, store);
+    proxy->start();
+    port = proxy->bound_port();
+    thread = std::thread([this] { io.run(); });
+  }
+  DnsProxyOptions upstream_options() {
+    DnsProxyOptions o;
+    o.upstreams = {nameserver->address()};
+    o.upstream_timeout = std::chrono::milliseconds(300);
+    o.upstream_tries = 1;
+    return o;
+  }
+
+  asio::io_context io;
+  config::SnapshotStore store;
+  std::unique_ptr<FakeNameserver> nameserver;
+  std::unique_ptr<DnsProxy> proxy;
+  std::thread thread;
+  std::uint16_t port = 0;
+};
+
+TEST_F(ResolverProxy, ClusterNamesOverUdpBothFamiliesAndTcp) {
+  start(upstream_options());
+  ASSERT_NE(port, 0);
+  auto a = ask_udp("127.0.0.1", port, build_query(1, name("tcp-echo.dual-stack.svc.cluster.local"), rrtype::A));
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a->addresses, std::vector<net::IpAddress>{net::IpAddress::parse("10.96.106.11").value()});
+  auto aaaa = ask_udp("::1", port, build_query(2, name("tcp-echo.ipv4.svc.cluster.local"), rrtype::AAAA));
+  ASSERT_TRUE(aaaa);
+  EXPECT_EQ(aaaa->header.rcode(), 0);
+  EXPECT_TRUE(aaaa->addresses.empty());
+  auto tcp = ask_tcp(port, build_query(3, name("tcp-echo.ipv6.svc.cluster.local"), rrtype::AAAA));
+  ASSERT_TRUE(tcp);
+  EXPECT_EQ(tcp->header.id, 3);
+  EXPECT_EQ(tcp->addresses, std::vector<net::IpAddress>{net::IpAddress::parse("fd00:10:96::9c3a").value()});
+  EXPECT_EQ(nameserver->udp_queries.load(), 0);
+}
+
+TEST_F(ResolverProxy, OutsideNamesAreForwardedAndCached) {
+  start(upstream_options());
+  auto a = ask_udp("127.0.0.1", port, build_query(7, name("www.example"), rrtype::A));
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a->header.id, 7);
+  EXPECT_EQ(a->addresses, std::vector<net::IpAddress>{net::IpAddress::parse("192.0.2.1").value()});
+  auto again = ask_udp("::1", port, build_query(8, name("WWW.example"), rrtype::A));
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->question.name.to_text(), "WWW.example");
+  EXPECT_EQ(nameserver->udp_queries.load(), 1);  // the second came from the cache
+  auto nx = ask_udp("127.0.0.1", port, build_query(9, name("nx.example"), rrtype::A));
+  ASSERT_TRUE(nx);
+  EXPECT_EQ(nx->header.rcode(), 3);
+}
+
+TEST_F(ResolverProxy, TruncatedUdpAnswersAreRetriedOverTcpByCares) {
+  start(upstream_options());
+  // The client asks over TCP, so it can take the whole answer; upstream, c-ares asks over UDP,
+  // gets TC, and asks again over TCP.
+  auto big = ask_tcp(port, build_query(5, name("big.example"), rrtype::A));
+  ASSERT_TRUE(big);
+  EXPECT_FALSE(big->header.tc());
+  EXPECT_EQ(big->addresses.size(), 40u);
+  EXPECT_EQ(nameserver->udp_queries.load(), 1);
+  EXPECT_EQ(nameserver->tcp_queries.load(), 1);
+  // A UDP client without EDNS gets TC from us (from the cache) and would retry over TCP.
+  auto udp = ask_udp("127.0.0.1", port, build_query(6, name("big.example"), rrtype::A));
+  ASSERT_TRUE(udp);
+  EXPECT_TRUE(udp->header.tc());
+}
+
+TEST_F(ResolverProxy, UpstreamSilenceIsServfail) {
+  start(upstream_options());
+  auto a = ask_udp("127.0.0.1", port, build_query(11, name("silent.example"), rrtype::A));
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a->header.rcode(), 2);
+  EXPECT_EQ(a->header.id, 11);
+}
+
+TEST_F(ResolverProxy, MalformedQueriesGetFormerrAndTheServerCarriesOn) {
+  start(upstream_options());
+  Bytes bad = build_query(12, name("a.example"), rrtype::A);
+  bad[5] = 3;  // three questions, one present
+  auto err = ask_udp("127.0.0.1", port, bad);
+  ASSERT_TRUE(err);
+  EXPECT_EQ(err->header.rcode(), 1);
+  EXPECT_EQ(err->header.id, 12);
+  auto ok = ask_udp("127.0.0.1", port, build_query(13, name("tcp-echo.ipv4.svc.cluster.local"), rrtype::A));
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->addresses.size(), 1u);
+}
+
+TEST_F(ResolverProxy, NoNameserverIsAStartError) {
+  DnsProxyOptions o;
+  o.upstreams = {"not-an-address"};
+  o.port = 0;
+  o.bind = {"127.0.0.1"};
+  o.transparent = false;
+  DnsProxy p(io, o, store);
+  EXPECT_THROW(p.start(), std::exception);
+}
+
+TEST(ResolverAresUpstream, ReadsNameserversFromResolvConf) {
+  asio::io_context io;
+  char path[] = "/tmp/dsproxy-resolv-XXXXXX";
+  const int fd = ::mkstemp(path);
+  const std::string text = "search example\nnameserver 192.0.2.53\nnameserver fd00::53\n";
+  ASSERT_EQ(::write(fd, text.data(), text.size()), static_cast<ssize_t>(text.size()));
+  ::close(fd);
+  AresOptions o;
+  o.resolv_conf = path;
+  AresUpstream upstream(io, o);
+  EXPECT_EQ(upstream.servers(), (std::vector<std::string>{"192.0.2.53:53", "[fd00::53]:53"}));
+  ::unlink(path);
+}
+
+}  // namespace
+}  // namespace dsproxy::resolver
