@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <optional>
+
 #include "proxy/connect_scheduler.hpp"
 #include "proxy/relay.hpp"
 #include "proxy/router.hpp"
@@ -83,6 +85,58 @@ class BackendSource {
   bool passthrough_given_ = false;
 };
 
+struct ConnectedUpstream {
+  net::SocketAddress address;
+  const config::Endpoint* endpoint = nullptr;  // nullptr for passthrough
+};
+
+awaitable<std::optional<ConnectedUpstream>> establish_upstream(const ConnectionContext& ctx,
+                                                               const RouteDecision& decision,
+                                                               const config::ClusterSnapshot& snapshot,
+                                                               const net::SocketAddress& source,
+                                                               const net::SocketAddress& destination,
+                                                               tcp::socket& upstream) {
+  const std::string_view cluster_name = decision.cluster ? std::string_view(decision.cluster->cluster_name) : "-";
+  // The client's first bytes wait in its socket's receive queue until an upstream is connected
+  // (we do not read before), so retries and Happy Eyeballs lose none of them.
+  BackendSource backends(ctx, decision, snapshot, destination.ip.family());
+  ConnectScheduler scheduler(
+      {ctx.options.attempt_delay, ctx.options.connect_timeout, std::max(1, ctx.options.max_connect_attempts)},
+      [&backends] { return backends.next(); });
+  UpstreamSocketOptions upstream_options{.mark = ctx.options.upstream_mark, .source = std::nullopt};
+  // The client's own address where the family allows it; prepare_upstream leaves a cross-family
+  // attempt unbound, so the kernel gives it the node's own address of that family.
+  if (ctx.options.transparent) upstream_options.source = source.ip;
+
+  const ConnectOutcome outcome = co_await connect_upstream(
+      upstream, scheduler, upstream_options, [&](const ConnectScheduler::Attempt& attempt, bool connected) {
+        const config::Endpoint* endpoint = backends.endpoint_of(attempt);
+        if (!endpoint) return;
+        if (connected) {
+          ctx.outliers.record_success(*endpoint->state);
+        } else if (ctx.outliers.record_failure(*endpoint->state, Clock::now())) {
+          ProxyStats::add(ctx.stats.outlier_ejections);
+          spdlog::warn("outlier: ejecting {} of {} after {} consecutive connect failures (ejection #{})",
+                       endpoint->address.to_string(), cluster_name, ctx.outliers.options().consecutive_failures,
+                       endpoint->state->ejections.load(std::memory_order_relaxed));
+        }
+      });
+  if (scheduler.backends_tried() > 1) ProxyStats::add(ctx.stats.connect_retries, scheduler.backends_tried() - 1);
+
+  if (outcome.winner < 0) {
+    const bool timed_out = outcome.error == std::errc::timed_out;
+    ProxyStats::add(timed_out ? ctx.stats.upstream_connect_timeout : ctx.stats.upstream_connect_failed);
+    spdlog::warn("{} -> {}: no upstream after {} attempt(s) on {} backend(s): {} (cluster {})", source.to_string(),
+                 destination.to_string(), scheduler.attempts().size(), scheduler.backends_tried(),
+                 outcome.error.message(), cluster_name);
+    co_return std::nullopt;
+  }
+  const auto& winner = scheduler.attempts()[static_cast<std::size_t>(outcome.winner)];
+  if (winner.address.ip.family() != destination.ip.family()) ProxyStats::add(ctx.stats.family_fallbacks);
+  if (winner.second_family) ProxyStats::add(ctx.stats.happy_eyeballs_other_family);
+  co_return ConnectedUpstream{winner.address, backends.endpoint_of(winner)};
+}
+
 }  // namespace
 
 awaitable<void> serve_connection(tcp::socket client, Direction direction, ConnectionContext ctx) {
@@ -112,56 +166,25 @@ awaitable<void> serve_connection(tcp::socket client, Direction direction, Connec
   }
   ProxyStats::add(decision.kind == RouteKind::service ? ctx.stats.routed_to_service : ctx.stats.passthrough);
 
-  // The client's first bytes wait in its socket's receive queue until an upstream is connected
-  // (we do not read before), so retries and Happy Eyeballs lose none of them.
-  BackendSource backends(ctx, decision, *snapshot, destination.ip.family());
-  ConnectScheduler scheduler(
-      {ctx.options.attempt_delay, ctx.options.connect_timeout, std::max(1, ctx.options.max_connect_attempts)},
-      [&backends] { return backends.next(); });
-  UpstreamSocketOptions upstream_options{.mark = ctx.options.upstream_mark, .source = std::nullopt};
-  // The client's own address where the family allows it; prepare_upstream leaves a cross-family
-  // attempt unbound, so the kernel gives it the node's own address of that family.
-  if (ctx.options.transparent) upstream_options.source = source.ip;
-
+  // The connect phase runs in its own coroutine so that its state (scheduler, candidate lists,
+  // attempt sockets) is freed before the relay starts: an idle proxied connection then holds
+  // only its two sockets and the relay's small frames.
   tcp::socket upstream(client.get_executor());
-  const ConnectOutcome outcome = co_await connect_upstream(
-      upstream, scheduler, upstream_options, [&](const ConnectScheduler::Attempt& attempt, bool connected) {
-        const config::Endpoint* endpoint = backends.endpoint_of(attempt);
-        if (!endpoint) return;
-        if (connected) {
-          ctx.outliers.record_success(*endpoint->state);
-        } else if (ctx.outliers.record_failure(*endpoint->state, Clock::now())) {
-          ProxyStats::add(ctx.stats.outlier_ejections);
-          spdlog::warn("outlier: ejecting {} of {} after {} consecutive connect failures (ejection #{})",
-                       endpoint->address.to_string(), cluster_name, ctx.outliers.options().consecutive_failures,
-                       endpoint->state->ejections.load(std::memory_order_relaxed));
-        }
-      });
-  if (scheduler.backends_tried() > 1) ProxyStats::add(ctx.stats.connect_retries, scheduler.backends_tried() - 1);
-
-  if (outcome.winner < 0) {
-    const bool timed_out = outcome.error == std::errc::timed_out;
-    ProxyStats::add(timed_out ? ctx.stats.upstream_connect_timeout : ctx.stats.upstream_connect_failed);
-    spdlog::warn("{} {} -> {}: no upstream after {} attempt(s) on {} backend(s): {} (cluster {})",
-                 to_string(direction), source.to_string(), destination.to_string(), scheduler.attempts().size(),
-                 scheduler.backends_tried(), outcome.error.message(), cluster_name);
+  const auto connected = co_await establish_upstream(ctx, decision, *snapshot, source, destination, upstream);
+  if (!connected) {
     reset_connection(client);
     co_return;
   }
-  const auto& winner = scheduler.attempts()[static_cast<std::size_t>(outcome.winner)];
-  if (winner.address.ip.family() != destination.ip.family()) ProxyStats::add(ctx.stats.family_fallbacks);
-  if (winner.second_family) ProxyStats::add(ctx.stats.happy_eyeballs_other_family);
-  const config::Endpoint* endpoint = backends.endpoint_of(winner);
   // Outstanding connections per endpoint feed least-outstanding picking.
-  GaugeGuard<std::atomic<std::uint32_t>> outstanding(endpoint ? &endpoint->state->active : nullptr);
+  GaugeGuard<std::atomic<std::uint32_t>> outstanding(connected->endpoint ? &connected->endpoint->state->active
+                                                                         : nullptr);
 
   // Small interactive writes should not wait for Nagle on either leg.
   client.set_option(tcp::no_delay(true), ec);
   upstream.set_option(tcp::no_delay(true), ec);
 
-  spdlog::debug("{} {} -> {} via {} (cluster {}, attempt {} of {})", to_string(direction), source.to_string(),
-                destination.to_string(), winner.address.to_string(), cluster_name, outcome.winner + 1,
-                scheduler.attempts().size());
+  spdlog::debug("{} {} -> {} via {} (cluster {})", to_string(direction), source.to_string(), destination.to_string(),
+                connected->address.to_string(), cluster_name);
   const RelayResult result = co_await relay(client, upstream, RelayOptions{ctx.options.idle_timeout});
   ProxyStats::add(ctx.stats.bytes_to_upstream, result.bytes_to_upstream);
   ProxyStats::add(ctx.stats.bytes_to_downstream, result.bytes_to_downstream);

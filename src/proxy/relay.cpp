@@ -1,12 +1,17 @@
 #include "proxy/relay.hpp"
 
+#include <fcntl.h>
+
 #include <array>
+#include <memory>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
+
+#include "proxy/pipe_pool.hpp"
 
 namespace dsproxy::proxy {
 
@@ -16,8 +21,8 @@ using boost::asio::awaitable;
 using boost::asio::use_awaitable;
 constexpr auto as_values = boost::asio::as_tuple(use_awaitable);
 
-// 16 KiB per direction lives in each pump's coroutine frame: one allocation per direction per
-// connection, freed when the direction ends.
+// The copy fallback's buffer, allocated only if splice is impossible (no descriptors left for a
+// pipe, or a socket type splice rejects) and freed with the direction.
 constexpr std::size_t kChunk = 16 * 1024;
 
 // Shared by the two pumps and the idle watchdog. Lives in relay()'s frame, which outlives all
@@ -40,26 +45,100 @@ struct RelayState {
   }
 };
 
-awaitable<void> pump(RelayState& state, tcp::socket& from, tcp::socket& to, std::uint64_t& bytes) {
-  std::array<char, kChunk> buffer;
-  for (;;) {
-    auto [read_ec, n] = co_await from.async_read_some(boost::asio::buffer(buffer), as_values);
-    if (n > 0) {
-      ++state.activity;
-      auto [write_ec, written] = co_await boost::asio::async_write(to, boost::asio::buffer(buffer.data(), n), as_values);
-      bytes += written;
-      if (write_ec) {
-        if (write_ec != boost::asio::error::operation_aborted) state.abort(to, from);
-        break;
-      }
+enum class Step { more, eof, stop };
+
+// One read-then-write round through a user-space buffer, for when splice cannot be used.
+awaitable<Step> copy_once(RelayState& state, tcp::socket& from, tcp::socket& to, std::uint64_t& bytes,
+                          std::unique_ptr<char[]>& buffer) {
+  if (!buffer) buffer = std::make_unique<char[]>(kChunk);
+  auto [read_ec, n] = co_await from.async_read_some(boost::asio::buffer(buffer.get(), kChunk), as_values);
+  if (n > 0) {
+    ++state.activity;
+    auto [write_ec, written] = co_await boost::asio::async_write(to, boost::asio::buffer(buffer.get(), n), as_values);
+    bytes += written;
+    if (write_ec) {
+      if (write_ec != boost::asio::error::operation_aborted) state.abort(to, from);
+      co_return Step::stop;
     }
-    if (!read_ec) continue;
-    if (read_ec == boost::asio::error::eof) {
+  }
+  if (!read_ec) co_return Step::more;
+  if (read_ec == boost::asio::error::eof) co_return Step::eof;
+  if (read_ec != boost::asio::error::operation_aborted) state.abort(from, to);
+  co_return Step::stop;
+}
+
+// Moves what `from` has readable right now into `to` through a pipe, waiting for `to` to drain
+// when it pushes back. Waits for readability only after the socket said EAGAIN: asio's reactor
+// is edge-triggered, so a wait started while data is already queued might never complete.
+// File descriptors are re-read from the sockets after every suspension: the other direction may
+// have closed one, and a cached number could by then belong to another connection.
+awaitable<Step> splice_once(RelayState& state, tcp::socket& from, tcp::socket& to, std::uint64_t& bytes,
+                            bool& splice_unsupported) {
+  PipePool& pool = PipePool::for_this_thread();
+  Pipe pipe = pool.acquire();
+  if (!pipe.valid()) {
+    splice_unsupported = true;  // out of descriptors: copy instead, this round and after
+    co_return Step::more;
+  }
+  const ssize_t n = ::splice(from.native_handle(), nullptr, pipe.write_fd, nullptr, pool.pipe_size(),
+                             SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+  if (n <= 0) {
+    const int err = errno;
+    pool.release(pipe);
+    if (n == 0) co_return Step::eof;
+    if (err == EINTR) co_return Step::more;
+    if (err == EINVAL) {
+      splice_unsupported = true;
+      co_return Step::more;
+    }
+    if (err != EAGAIN && err != EWOULDBLOCK) {
+      state.abort(from, to);  // ECONNRESET and friends
+      co_return Step::stop;
+    }
+    auto [ec] = co_await from.async_wait(tcp::socket::wait_read, as_values);
+    if (!ec && from.is_open() && to.is_open()) co_return Step::more;
+    co_return Step::stop;  // aborted: the other direction ended the connection
+  }
+  ++state.activity;
+  auto pending = static_cast<std::size_t>(n);
+  while (pending > 0) {
+    const ssize_t m =
+        ::splice(pipe.read_fd, nullptr, to.native_handle(), nullptr, pending, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (m > 0) {
+      pending -= static_cast<std::size_t>(m);
+      bytes += static_cast<std::uint64_t>(m);
+      continue;
+    }
+    const int err = errno;
+    if (m < 0 && err == EINTR) continue;
+    if (m < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
+      auto [ec] = co_await to.async_wait(tcp::socket::wait_write, as_values);
+      if (!ec && from.is_open() && to.is_open()) continue;
+      pool.release(pipe, false);  // holds undelivered bytes: never reuse it
+      co_return Step::stop;
+    }
+    pool.release(pipe, false);
+    state.abort(to, from);  // EPIPE / ECONNRESET: the receiver is gone
+    co_return Step::stop;
+  }
+  pool.release(pipe);
+  co_return Step::more;
+}
+
+awaitable<void> pump(RelayState& state, tcp::socket& from, tcp::socket& to, std::uint64_t& bytes) {
+  // Our own syscalls below must never block the worker thread.
+  boost::system::error_code ignored;
+  from.non_blocking(true, ignored);
+  to.non_blocking(true, ignored);
+  bool splice_unsupported = false;
+  std::unique_ptr<char[]> buffer;
+  for (;;) {
+    const Step step = splice_unsupported ? co_await copy_once(state, from, to, bytes, buffer)
+                                         : co_await splice_once(state, from, to, bytes, splice_unsupported);
+    if (step == Step::more) continue;
+    if (step == Step::eof) {
       // Half-close: forward the FIN and keep the other direction flowing.
-      boost::system::error_code ignored;
       to.shutdown(tcp::socket::shutdown_send, ignored);
-    } else if (read_ec != boost::asio::error::operation_aborted) {
-      state.abort(from, to);
     }
     break;
   }

@@ -1,0 +1,49 @@
+#include "proxy/pipe_pool.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+namespace dsproxy::proxy {
+
+PipePool::PipePool(std::size_t pipe_size, std::size_t max_idle) : pipe_size_(pipe_size), max_idle_(max_idle) {}
+
+PipePool::~PipePool() {
+  for (auto& p : idle_) close_pipe(p);
+}
+
+void PipePool::close_pipe(Pipe& p) {
+  if (p.read_fd >= 0) ::close(p.read_fd);
+  if (p.write_fd >= 0) ::close(p.write_fd);
+  p = Pipe{};
+}
+
+Pipe PipePool::acquire() {
+  if (!idle_.empty()) {
+    Pipe p = idle_.back();
+    idle_.pop_back();
+    return p;
+  }
+  int fds[2];
+  if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return {};
+  // A bigger pipe moves more per splice call (fewer syscalls per byte); failure just keeps the
+  // default 64 KiB.
+  const int got = ::fcntl(fds[1], F_SETPIPE_SZ, static_cast<int>(pipe_size_));
+  if (got > 0) pipe_size_ = static_cast<std::size_t>(got);
+  return {fds[0], fds[1]};
+}
+
+void PipePool::release(Pipe pipe, bool drained) {
+  if (!pipe.valid()) return;
+  if (drained && idle_.size() < max_idle_) {
+    idle_.push_back(pipe);
+    return;
+  }
+  close_pipe(pipe);
+}
+
+PipePool& PipePool::for_this_thread() {
+  thread_local PipePool pool;
+  return pool;
+}
+
+}  // namespace dsproxy::proxy
