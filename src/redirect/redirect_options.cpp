@@ -25,6 +25,9 @@ std::vector<std::string> validate(const RedirectOptions& o) {
   if (o.inbound_port == 0) problems.push_back("inbound_port must not be 0");
   if (o.outbound_port != 0 && o.outbound_port == o.inbound_port)
     problems.push_back(fmt::format("outbound_port and inbound_port are both {}", o.inbound_port));
+  if (o.dns_capture && o.dns_port == 0) problems.push_back("dns_port must not be 0");
+  if (o.dns_capture && o.dns_port != 0 && (o.dns_port == o.outbound_port || o.dns_port == o.inbound_port))
+    problems.push_back(fmt::format("dns_port {} is also a TCP capture port", o.dns_port));
 
   if (o.capture_mask == 0 || (o.capture_mark & o.capture_mask) == 0)
     problems.push_back(fmt::format(

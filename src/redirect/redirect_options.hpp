@@ -12,6 +12,11 @@ namespace dsproxy::redirect {
 struct RedirectOptions {
   std::uint16_t outbound_port = 15001;  // TCP from this node's pods
   std::uint16_t inbound_port = 15006;   // TCP to this node's pods from elsewhere
+  // DNS capture: UDP and TCP to port 53 from this node's pods, whatever the nameserver address,
+  // go to dns_port (the DNS proxy). Off in this struct's defaults, so the plain TCP rules read
+  // as before; `dsproxy run` and `dsproxy redirect` turn it on unless --no-dns-capture.
+  bool dns_capture = false;
+  std::uint16_t dns_port = 15053;
   // Set by TPROXY and by the socket divert rule; selects the policy-routing table whose
   // `local 0.0.0.0/0` / `local ::/0` route delivers foreign-addressed packets to our sockets.
   // Must not overlap proxy_mark's bits, or the proxy's own traffic would be routed to lo.

@@ -235,7 +235,7 @@ void Redirector::uninstall_family(net::Family family, std::vector<std::string>& 
   const CommandResult listed = runner_.run(list);
   if (listed.ok()) {
     any_chain = false;
-    for (const auto* chain : {&chains.prerouting, &chains.divert, &chains.outbound, &chains.inbound})
+    for (const auto* chain : {&chains.prerouting, &chains.divert, &chains.outbound, &chains.inbound, &chains.dns})
       any_chain = any_chain || contains(listed.out + "\n", "-N " + *chain + "\n");
   }
   if (any_chain) {

@@ -44,6 +44,12 @@ void append_pod_rules(std::string& text, net::Family family, const std::vector<n
     append(text, c.outbound, "-s " + host_prefix(ip) + " " + tproxy_target(family, o.outbound_port, o));
   for (const auto& ip : pods)
     append(text, c.inbound, "-d " + host_prefix(ip) + " " + tproxy_target(family, o.inbound_port, o));
+  if (!o.dns_capture) return;
+  const std::string on = fmt::format("-j TPROXY --on-port {} --on-ip {} --tproxy-mark {}", o.dns_port,
+                                     is_v4(family) ? "0.0.0.0" : "::", hex_pair(o.capture_mark, o.capture_mask));
+  for (const auto& ip : pods)
+    for (const char* proto : {"udp", "tcp"})
+      append(text, c.dns, fmt::format("-s {} -p {} -m {} --dport 53 {}", host_prefix(ip), proto, proto, on));
 }
 
 std::string ip_family_flag(net::Family family) { return is_v4(family) ? "-4" : "-6"; }
@@ -56,7 +62,7 @@ const std::string& iptables_program(net::Family family, const RedirectOptions& o
 
 ChainNames chain_names(const RedirectOptions& o) {
   return ChainNames{o.chain_prefix + "_PREROUTING", o.chain_prefix + "_DIVERT",
-                    o.chain_prefix + "_OUTBOUND", o.chain_prefix + "_INBOUND"};
+                    o.chain_prefix + "_OUTBOUND", o.chain_prefix + "_INBOUND", o.chain_prefix + "_DNS"};
 }
 
 std::vector<net::IpAddress> addresses_of(net::Family family, const std::vector<net::IpAddress>& ips) {
@@ -73,8 +79,13 @@ std::string render_iptables(net::Family family, const std::vector<net::IpAddress
   const auto c = chain_names(o);
   std::string text = "*mangle\n";
   for (const auto* chain : {&c.prerouting, &c.divert, &c.outbound, &c.inbound}) declare(text, *chain);
+  if (o.dns_capture) declare(text, c.dns);
   append(text, c.prerouting, "-m mark --mark " + mark_match(o.proxy_mark, o.proxy_mask) + " -j RETURN");
   append(text, c.prerouting, "-p tcp -m socket --transparent -j " + c.divert);
+  if (o.dns_capture) {
+    append(text, c.prerouting, "-p udp -m udp --dport 53 -j " + c.dns);
+    append(text, c.prerouting, "-p tcp -m tcp --dport 53 -j " + c.dns);
+  }
   append(text, c.prerouting, "-p tcp -m addrtype --dst-type LOCAL -j RETURN");
   append(text, c.prerouting, "-p tcp -j " + c.outbound);
   append(text, c.prerouting, "-p tcp -j " + c.inbound);
@@ -92,6 +103,7 @@ std::string render_iptables_pod_update(net::Family family,
   std::string text = "*mangle\n";
   declare(text, c.outbound);
   declare(text, c.inbound);
+  if (o.dns_capture) declare(text, c.dns);
   append_pod_rules(text, family, node_pod_ips, o, c);
   text += "COMMIT\n";
   return text;
@@ -99,7 +111,7 @@ std::string render_iptables_pod_update(net::Family family,
 
 std::string render_iptables_removal(net::Family, const RedirectOptions& o) {
   const auto c = chain_names(o);
-  const std::string* chains[] = {&c.prerouting, &c.divert, &c.outbound, &c.inbound};
+  const std::string* chains[] = {&c.prerouting, &c.divert, &c.outbound, &c.inbound, &c.dns};
   std::string text = "*mangle\n";
   for (const auto* chain : chains) declare(text, *chain);
   for (const auto* chain : chains) text += "-X " + *chain + "\n";
@@ -153,6 +165,8 @@ std::string render_script(const std::vector<net::IpAddress>& node_pod_ips, const
   s += fmt::format("# Capture mark {} routes to lo via table {} (rule pref {}); the proxy's own sockets\n",
                    hex_pair(o.capture_mark, o.capture_mask), o.route_table, o.rule_priority);
   s += fmt::format("# carry {} and pass untouched.\n", mark_match(o.proxy_mark, o.proxy_mask));
+  if (o.dns_capture)
+    s += fmt::format("# DNS (UDP and TCP port 53) from node pods -> :{} (the DNS proxy).\n", o.dns_port);
   s += "# Sysctls are left alone (forwarding is on on any Kubernetes node); the kernel modules\n";
   s += "# xt_TPROXY, xt_socket, xt_mark and xt_addrtype are loaded on first use.\n";
   s += "set -e\n";

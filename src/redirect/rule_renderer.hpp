@@ -14,6 +14,11 @@
 //   DSPROXY_OUTBOUND  -s <pod>/32|128 -p tcp -j TPROXY --on-port <outbound_port> ...
 //   DSPROXY_INBOUND   -d <pod>/32|128 -p tcp -j TPROXY --on-port <inbound_port> ...
 //
+// With options.dns_capture, PREROUTING also sends UDP and TCP to port 53 (right after the
+// socket divert, before the LOCAL return, so a node-local nameserver is captured too) to
+//   DSPROXY_DNS       -s <pod>/32|128 -p udp|tcp --dport 53 -j TPROXY --on-port <dns_port> ...
+// The removal always deletes DSPROXY_DNS too, whoever installed it.
+//
 // plus policy routing: `ip rule fwmark <capture_mark>/<capture_mask> lookup <route_table>` and a
 // `local 0.0.0.0/0` (`local ::/0`) route to lo in that table, which is what makes the kernel
 // deliver TPROXY'd packets, addressed to foreign IPs, to the proxy's sockets.
@@ -36,6 +41,7 @@ struct ChainNames {
   std::string divert;      // DSPROXY_DIVERT
   std::string outbound;    // DSPROXY_OUTBOUND
   std::string inbound;     // DSPROXY_INBOUND
+  std::string dns;         // DSPROXY_DNS: UDP/TCP port 53 from node pods, with options.dns_capture
 };
 ChainNames chain_names(const RedirectOptions& options);
 

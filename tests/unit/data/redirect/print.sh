@@ -72,10 +72,12 @@ ip6tables -w -t mangle -C PREROUTING -j DSPROXY_PREROUTING 2>/dev/null || ip6tab
 #   :DSPROXY_DIVERT - [0:0]
 #   :DSPROXY_OUTBOUND - [0:0]
 #   :DSPROXY_INBOUND - [0:0]
+#   :DSPROXY_DNS - [0:0]
 #   -X DSPROXY_PREROUTING
 #   -X DSPROXY_DIVERT
 #   -X DSPROXY_OUTBOUND
 #   -X DSPROXY_INBOUND
+#   -X DSPROXY_DNS
 #   COMMIT
 # EOF
 # while ip -4 rule del pref 32000 2>/dev/null; do :; done
@@ -87,10 +89,12 @@ ip6tables -w -t mangle -C PREROUTING -j DSPROXY_PREROUTING 2>/dev/null || ip6tab
 #   :DSPROXY_DIVERT - [0:0]
 #   :DSPROXY_OUTBOUND - [0:0]
 #   :DSPROXY_INBOUND - [0:0]
+#   :DSPROXY_DNS - [0:0]
 #   -X DSPROXY_PREROUTING
 #   -X DSPROXY_DIVERT
 #   -X DSPROXY_OUTBOUND
 #   -X DSPROXY_INBOUND
+#   -X DSPROXY_DNS
 #   COMMIT
 # EOF
 # while ip -6 rule del pref 32000 2>/dev/null; do :; done
