@@ -94,9 +94,12 @@ std::string listeners_table(std::string_view config_dump, std::optional<std::uin
   for (const auto* l : matching_listeners(dump, port)) {
     std::string addresses = str(l->at("address").at("socketAddress").at("address"));
     if (const auto* extra = l->if_contains("additionalAddresses"))
-      for (const auto& a : extra->as_array()) addresses += "," + str(a.at("address").at("socketAddress").at("address"));
+      for (const auto& a : extra->as_array()) {
+        addresses += ',';
+        addresses += str(a.at("address").at("socketAddress").at("address"));
+      }
     std::string destination;
-    if (const auto* c = l->if_contains("defaultCluster")) destination = "Cluster: " + str(*c);
+    if (const auto* c = l->if_contains("defaultCluster")) destination.append("Cluster: ").append(str(*c));
     else destination = str(l->at("name")) == "virtualInbound" ? "Inbound: passthrough to this node's pods"
                                                                 : "Outbound: Services, else passthrough";
     rows.push_back({addresses, std::to_string(port_of(l->at("address"))), "ALL", destination});

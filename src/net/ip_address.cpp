@@ -53,9 +53,16 @@ std::string IpAddress::to_string() const {
   return buf;
 }
 
+// Built by appending rather than with operator+ chains: GCC 12 reports a spurious -Wrestrict
+// inside libstdc++ for `"[" + str`.
 std::string SocketAddress::to_string() const {
-  if (ip.is_v4()) return ip.to_string() + ":" + std::to_string(port);
-  return "[" + ip.to_string() + "]:" + std::to_string(port);
+  std::string out;
+  out.reserve(INET6_ADDRSTRLEN + 8);
+  if (!ip.is_v4()) out += '[';
+  out += ip.to_string();
+  out += ip.is_v4() ? ":" : "]:";
+  out += std::to_string(port);
+  return out;
 }
 
 std::string SocketAddress::to_istio_string() const {
