@@ -28,6 +28,13 @@ void add_redirect_flags(CLI::App& cmd, redirect::RedirectOptions& r) {
   cmd.add_option("--rule-priority", r.rule_priority, "Priority of the fwmark ip rule")->capture_default_str();
 }
 
+// DNS capture is on unless --no-dns-capture, in `run` and `redirect` alike.
+void add_dns_capture_flags(CLI::App& cmd, bool& no_dns_capture, redirect::RedirectOptions& r) {
+  cmd.add_flag("--no-dns-capture", no_dns_capture,
+               "Leave the pods' DNS (UDP/TCP port 53) alone: no capture rules and, for run, no DNS proxy");
+  cmd.add_option("--dns-port", r.dns_port, "DNS proxy port (UDP and TCP, both families)")->capture_default_str();
+}
+
 std::shared_ptr<const config::ClusterSnapshot> load_snapshot(const std::string& path, const std::string& node,
                                                              const std::string& domain) {
   auto objects = config::load_objects_file(path);
@@ -99,9 +106,21 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(1, 3600000));
   add_redirect_flags(*run_cmd, run.redirect_options);
+  bool run_no_dns_capture = false;
+  std::int64_t dns_ttl_s = 30;
+  add_dns_capture_flags(*run_cmd, run_no_dns_capture, run.redirect_options);
+  run_cmd->add_option("--dns-upstream", run.dns.upstreams,
+                      "Upstream nameserver for names outside the cluster (ip, ip:port, [ip6]:port; repeatable); "
+                      "default: the nameservers of --dns-resolv-conf");
+  run_cmd->add_option("--dns-resolv-conf", run.dns.resolv_conf, "Where the node's nameservers are read from")
+      ->capture_default_str();
+  run_cmd->add_option("--dns-ttl-s", dns_ttl_s, "TTL of the cluster DNS answers")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 86400));
 
   // redirect
   redirect::RedirectOptions redirect_options;
+  bool redirect_no_dns_capture = false;
   std::string redirect_config, redirect_node;
   auto* redirect_cmd = app.add_subcommand("redirect", "Install, remove or print the TPROXY capture rules");
   redirect_cmd->require_subcommand(1);
@@ -110,6 +129,7 @@ int main(int argc, char** argv) {
     sub->add_option("--config", redirect_config, "Kubernetes objects (YAML or JSON)")->required(std::string(name) != "uninstall");
     sub->add_option("--node", redirect_node, "This node's name")->required(std::string(name) != "uninstall");
     add_redirect_flags(*sub, redirect_options);
+    add_dns_capture_flags(*sub, redirect_no_dns_capture, redirect_options);
   }
 
   // proxy-config
@@ -148,9 +168,16 @@ int main(int argc, char** argv) {
                                                           : config::FallbackDefault::policy;
       // Passthrough has no Service to ask: only an explicit node-wide "never" stops it crossing.
       run.proxy.passthrough_happy_eyeballs = family_fallback != "never";
+      run.redirect_options.dns_capture = !run_no_dns_capture;
+      run.dns.enabled = !run_no_dns_capture;
+      run.dns.port = run.redirect_options.dns_port;
+      run.dns.cluster_domain = run.cluster_domain;
+      run.dns.ttl = std::chrono::seconds(dns_ttl_s);
+      run.dns.mark = run.redirect_options.proxy_mark;
       return cli::run_proxy(run);
     }
     if (redirect_cmd->parsed()) {
+      redirect_options.dns_capture = !redirect_no_dns_capture;
       redirect::ProcessRunner runner;
       redirect::Redirector redirector(redirect_options, runner);
       redirect::VipRefusals refusals(redirect_options, runner);

@@ -15,6 +15,7 @@
 #include "proxy/proxy_server.hpp"
 #include "redirect/command_runner.hpp"
 #include "redirect/redirector.hpp"
+#include "resolver/dns_proxy.hpp"
 
 namespace dsproxy::cli {
 
@@ -87,6 +88,10 @@ class ProxyProcess {
     try {
       server.start();
       serve_admin(admin, server);
+      if (options_.dns.enabled) {
+        dns_.emplace(io_, options_.dns, store_);
+        dns_->start();
+      }
     } catch (const std::exception& e) {
       spdlog::error("cannot start: {}", e.what());
       remove_redirect();
@@ -103,6 +108,7 @@ class ProxyProcess {
 
     io_.run();
 
+    stop_dns();
     admin.close();
     remove_redirect();
     spdlog::info("dsproxy stopped");
@@ -229,6 +235,17 @@ class ProxyProcess {
     return {503, "text/plain", "not ready\n"};
   }
 
+  void stop_dns() {
+    if (!dns_) return;
+    dns_->stop();
+    const auto& s = dns_->stats();
+    spdlog::info("dns: {} udp + {} tcp queries, {} cluster answers ({} NXDOMAIN), {} forwarded, {} cache hits, "
+                 "{} coalesced, {} SERVFAIL, {} FORMERR",
+                 s.queries_udp.load(), s.queries_tcp.load(), s.answered_cluster.load(), s.cluster_nxdomain.load(),
+                 s.forwarded.load(), s.cache_hits.load(), s.coalesced.load(), s.upstream_failures.load(),
+                 s.formerr.load());
+  }
+
   void remove_redirect() {
     if (refusals_) {
       try {
@@ -260,6 +277,7 @@ class ProxyProcess {
   bool ready_ = false;
   boost::asio::steady_timer drain_timer_{io_};
   std::chrono::steady_clock::time_point drain_deadline_;
+  std::optional<resolver::DnsProxy> dns_;  // last: torn down before io_ and store_
 };
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include "config/cluster_snapshot.hpp"
 #include "proxy/proxy_options.hpp"
 #include "redirect/redirect_options.hpp"
+#include "resolver/dns_proxy.hpp"
 #include "redirect/vip_refusals.hpp"
 
 namespace dsproxy::cli {
@@ -21,6 +22,7 @@ struct RunOptions {
   bool redirect = false;  // install the capture rules at start, keep them current, remove at exit
   proxy::ProxyOptions proxy;
   redirect::RedirectOptions redirect_options;
+  resolver::DnsProxyOptions dns;  // the DNS proxy on :15053, unless dns.enabled is false
   std::uint16_t admin_port = 15000;     // 127.0.0.1 and [::1]
   std::uint16_t readiness_port = 15021;  // 0.0.0.0 and [::]: kubelet probes it from the node
   std::chrono::milliseconds config_poll{1000};
