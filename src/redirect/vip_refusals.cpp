@@ -45,6 +45,9 @@ std::string refuse_chain_name(const RedirectOptions& options) { return options.c
 std::string render_refusals(net::Family family, const std::vector<VipOpenPorts>& vips, const RedirectOptions& o) {
   const std::string chain = refuse_chain_name(o);
   std::string out = "*filter\n:" + chain + " - [0:0]\n";
+  // With DNS capture, TCP port 53 to any address (the DNS VIP above all) belongs to the DNS
+  // proxy, whatever endpoints the Service has: never refuse it.
+  if (o.dns_capture) out += fmt::format("-A {} -p tcp -m tcp --dport 53 -j RETURN\n", chain);
   for (const auto& v : vips) {
     if (v.vip.family() != family) continue;
     const std::string dst = v.vip.to_string() + "/" + std::to_string(v.vip.host_prefix());

@@ -10,6 +10,7 @@
 #include "redirect/redirect_options.hpp"
 #include "redirect/redirector.hpp"
 #include "redirect/rule_renderer.hpp"
+#include "redirect/vip_refusals.hpp"
 
 namespace dsproxy::redirect {
 namespace {
@@ -86,6 +87,16 @@ TEST(RedirectDnsCapture, PortIsValidated) {
   o.dns_capture = false;  // not used, not checked
   EXPECT_TRUE(validate(o).empty());
   EXPECT_EQ(chain_names(with_dns()).dns, "DSPROXY_DNS");
+}
+
+TEST(RedirectDnsCapture, TcpDnsToAVipWithoutEndpointsIsNotRefused) {
+  // kube-dns has no endpoints dsproxy knows of, but its TCP port 53 is the DNS proxy's.
+  const std::vector<VipOpenPorts> vips = {{ip("10.96.0.10"), {}}};
+  const std::string with = render_refusals(Family::v4, vips, with_dns());
+  const auto ret = with.find("-A DSPROXY_REFUSE -p tcp -m tcp --dport 53 -j RETURN\n");
+  ASSERT_NE(ret, std::string::npos) << with;
+  EXPECT_LT(ret, with.find("-A DSPROXY_REFUSE -d 10.96.0.10/32 -p tcp -j REJECT"));
+  EXPECT_EQ(render_refusals(Family::v4, vips, RedirectOptions{}).find("--dport 53"), std::string::npos);
 }
 
 }  // namespace
