@@ -199,6 +199,22 @@ cluster_down() {
   local left
   left=$(cluster_namespaces)
   [[ -z $left ]] || cluster_log "namespaces left behind: $left"
+  # Files cluster_netns_file wrote for `ip netns exec` (resolv.conf and the like).
+  local dir
+  for dir in "/etc/netns/$CLUSTER_PREFIX-"*; do
+    if [[ -d $dir ]]; then rm -rf -- "$dir" || cluster_log "could not remove $dir"; fi
+  done
+}
+
+# cluster_netns_file KEY FILE CONTENT: writes /etc/netns/<prefix>-KEY/FILE, which `ip netns exec`
+# bind-mounts over /etc/FILE for every command it runs in namespace <prefix>-KEY (KEY: node, a
+# pod, or any other namespace of this run), e.g. a pod's resolv.conf. cluster_down removes it.
+cluster_netns_file() {
+  (($# == 3)) || cluster_die "usage: cluster_netns_file KEY FILE CONTENT"
+  [[ $1 =~ ^[a-z0-9][a-z0-9-]*$ && $2 =~ ^[a-z0-9][a-z0-9._-]*$ ]] || cluster_die "cluster_netns_file: bad name '$1' / '$2'"
+  local dir="/etc/netns/$CLUSTER_PREFIX-$1"
+  _must mkdir -p "$dir"
+  printf '%s' "$3" >"$dir/$2" || cluster_die "cannot write $dir/$2"
 }
 
 # Network sysctls every namespace of the cluster gets, before any link exists (the per-link
