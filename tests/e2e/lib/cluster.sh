@@ -31,6 +31,11 @@
 #   DSPROXY_CONFIG  config file (default: <repo>/config/tcp-echo-experiment.yaml)
 #   CLUSTER_PREFIX  namespace name prefix (default: dspx<pid>)
 #   CLUSTER_TMP     directory for logs and peer logs (default: a fresh mktemp -d)
+#
+# Other topologies: the pod list above is the default (the experiment's). A test with its own
+# config calls cluster_pods_clear, then cluster_pod_add for each pod (a pod may have one family
+# only) and cluster_echo_add for those that run tcp-echo (with extra tcp-echo arguments, e.g.
+# --family v4), all before cluster_up.
 
 CLUSTER_LIB_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 CLUSTER_REPO_DIR=$(cd -- "$CLUSTER_LIB_DIR/../../.." && pwd)
@@ -68,6 +73,8 @@ declare -A CLUSTER_POD_GW4=(
   [remote]=10.244.1.1)
 CLUSTER_GW6=fe80::1
 CLUSTER_ECHO_PODS=(echo-ds echo-v4 echo-v6)
+# Extra tcp-echo arguments per pod (none for the default pods).
+declare -A CLUSTER_POD_ECHO_ARGS=()
 
 CLUSTER_BG_PIDS=()
 DSPROXY_PID=
@@ -84,17 +91,63 @@ _must() { "$@" || cluster_die "failed: $*"; }
 
 node_ns() { echo "$CLUSTER_PREFIX-node"; }
 pod_ns() {
-  [[ -n ${CLUSTER_POD_IP4[$1]:-} ]] || cluster_die "unknown pod '$1' (one of: ${CLUSTER_PODS[*]})"
+  # Every pod has a link; a single-family pod has no address of the other family.
+  [[ -n ${CLUSTER_POD_LINK[$1]:-} ]] || cluster_die "unknown pod '$1' (one of: ${CLUSTER_PODS[*]})"
   echo "$CLUSTER_PREFIX-$1"
 }
 # pod_ip POD 4|6
 pod_ip() {
   pod_ns "$1" >/dev/null
+  local ip
   case $2 in
-    4) echo "${CLUSTER_POD_IP4[$1]}" ;;
-    6) echo "${CLUSTER_POD_IP6[$1]}" ;;
+    4) ip=${CLUSTER_POD_IP4[$1]:-} ;;
+    6) ip=${CLUSTER_POD_IP6[$1]:-} ;;
     *) cluster_die "pod_ip: family must be 4 or 6, not '$2'" ;;
   esac
+  [[ -n $ip ]] || cluster_die "pod '$1' has no IPv$2 address"
+  echo "$ip"
+}
+
+# Forgets every pod (the default list included), to define another topology with cluster_pod_add.
+cluster_pods_clear() {
+  [[ -z $(cluster_namespaces) ]] || cluster_die "cluster_pods_clear: the cluster is up already"
+  CLUSTER_PODS=()
+  CLUSTER_ECHO_PODS=()
+  CLUSTER_POD_NAME=()
+  CLUSTER_POD_IP4=()
+  CLUSTER_POD_IP6=()
+  CLUSTER_POD_LINK=()
+  CLUSTER_POD_GW4=()
+  CLUSTER_POD_ECHO_ARGS=()
+}
+
+# cluster_pod_add KEY NAMESPACE/NAME IP4|- IP6|- LINK GW4
+# Adds a pod wired like the default ones. "-" leaves out that family (a single-stack pod); LINK
+# is the node-side interface name (<= 15 characters; veth* for this node's pods), GW4 the
+# node-side IPv4 gateway (the IPv6 one is always $CLUSTER_GW6). KEY names its namespace
+# (<prefix>-KEY) and its files in $CLUSTER_TMP.
+cluster_pod_add() {
+  (($# == 6)) || cluster_die "usage: cluster_pod_add KEY NAMESPACE/NAME IP4|- IP6|- LINK GW4"
+  local key=$1 name=$2 ip4=$3 ip6=$4 link=$5 gw4=$6
+  [[ $key =~ ^[a-z0-9][a-z0-9-]*$ ]] || cluster_die "cluster_pod_add: bad key '$key'"
+  [[ -z ${CLUSTER_POD_LINK[$key]:-} ]] || cluster_die "cluster_pod_add: pod '$key' exists already"
+  ((${#link} <= 15)) || cluster_die "cluster_pod_add: interface name '$link' is longer than 15 characters"
+  [[ $ip4 != - || $ip6 != - ]] || cluster_die "cluster_pod_add: pod '$key' needs an address"
+  CLUSTER_PODS+=("$key")
+  # shellcheck disable=SC2034 # read by the scripts that print it
+  CLUSTER_POD_NAME[$key]=$name
+  CLUSTER_POD_IP4[$key]=${ip4#-}
+  CLUSTER_POD_IP6[$key]=${ip6#-}
+  CLUSTER_POD_LINK[$key]=$link
+  CLUSTER_POD_GW4[$key]=$gw4
+}
+
+# cluster_echo_add POD [TCP-ECHO ARGS...]: POD runs tcp-echo on $ECHO_PORTS, with the extra
+# arguments (e.g. --family v4; tcp-echo adds the ports of a second --ports to the first).
+cluster_echo_add() {
+  pod_ns "$1" >/dev/null
+  CLUSTER_ECHO_PODS+=("$1")
+  CLUSTER_POD_ECHO_ARGS[$1]="${*:2}"
 }
 
 in_node() { ip netns exec "$(node_ns)" "$@"; }
@@ -268,24 +321,29 @@ _cluster_make_pod() {
   _must ip -n "$node" addr add "$gw4/32" dev "$link"
   _must ip -n "$node" addr add "$CLUSTER_GW6/64" dev "$link" nodad
   _must ip -n "$node" link set "$link" up
-  _must ip -n "$node" route add "$ip4/32" dev "$link"
-  _must ip -n "$node" -6 route add "$ip6/128" dev "$link"
+  # A single-family pod (cluster_pod_add with "-") gets neither address nor routes of the other.
+  if [[ -n $ip4 ]]; then _must ip -n "$node" route add "$ip4/32" dev "$link"; fi
+  if [[ -n $ip6 ]]; then _must ip -n "$node" -6 route add "$ip6/128" dev "$link"; fi
 
-  _must ip -n "$ns" addr add "$ip4/32" dev eth0
-  _must ip -n "$ns" addr add "$ip6/128" dev eth0 nodad
+  if [[ -n $ip4 ]]; then _must ip -n "$ns" addr add "$ip4/32" dev eth0; fi
+  if [[ -n $ip6 ]]; then _must ip -n "$ns" addr add "$ip6/128" dev eth0 nodad; fi
   _must ip -n "$ns" link set eth0 up
-  _must ip -n "$ns" route add "$gw4" dev eth0 scope link
-  _must ip -n "$ns" route add default via "$gw4" dev eth0
-  _must ip -n "$ns" -6 route add default via "$CLUSTER_GW6" dev eth0
+  if [[ -n $ip4 ]]; then
+    _must ip -n "$ns" route add "$gw4" dev eth0 scope link
+    _must ip -n "$ns" route add default via "$gw4" dev eth0
+  fi
+  if [[ -n $ip6 ]]; then _must ip -n "$ns" -6 route add default via "$CLUSTER_GW6" dev eth0; fi
 }
 
 # Starts the tcp-echo app in pod $1 and waits (bounded) until it prints "listening".
 _cluster_start_echo() {
-  local pod=$1 out i
+  local pod=$1 out i echo_args=()
   out="$CLUSTER_TMP/$pod.echo.log"
   : >"$CLUSTER_TMP/$pod.peers"
+  # Word-split on purpose: cluster_echo_add stores the extra arguments as one string.
+  read -r -a echo_args <<<"${CLUSTER_POD_ECHO_ARGS[$pod]:-}"
   ip netns exec "$(pod_ns "$pod")" "$ECHO_BIN" --ports "$ECHO_PORTS" \
-    --peer-log "$CLUSTER_TMP/$pod.peers" >"$out" 2>&1 &
+    --peer-log "$CLUSTER_TMP/$pod.peers" "${echo_args[@]}" >"$out" 2>&1 &
   local pid=$!
   CLUSTER_BG_PIDS+=("$pid")
   for ((i = 0; i < CLUSTER_ECHO_WAIT_STEPS; i++)); do
