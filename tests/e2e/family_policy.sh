@@ -335,6 +335,10 @@ for entry in "10.96.2.50 4" "fd00:10:96::2:50 6"; do
     "$(outcomes "$out") in $(times_of "$out") ms; endpoint saw '$seen', want '$want'"
 done
 
+# dsproxy's open descriptors once it has relayed a connection or two (pooled pipes included), to
+# compare with at the end of run 1: attempts cancelled, abandoned or failed must leave nothing.
+FD_BASELINE=$(find "/proc/$DSPROXY_PID/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
+
 # ---- row 2: cross-family fallback, and where it is not allowed ------------------------------
 section "row 2: no ready endpoint of the dialled family"
 # fallback_case WHAT POD VIP NODE_FAMILY: served, by POD, from a node address of NODE_FAMILY.
@@ -621,6 +625,46 @@ if in_time "$what"; then
   expect_delta "fp-dead/web: one client given up on" "$s0" "$s1" upstream_connect_failed == 1
 fi
 
+# ---- reloads keep the outlier state; the reject follows readiness both ways ----------------------
+section "config reload"
+what="a config reload (fp-late's pod not Ready again) keeps fp-retry's ejections"
+if in_time "$what"; then
+  eps0=$(endpoints_now)
+  gen0=$(generation_now)
+  sed -i 's/{type: Ready, status: "True"}  # fp-late-ready/{type: Ready, status: "False"}  # fp-late-ready/' "$DSPROXY_CONFIG"
+  t0=${EPOCHREALTIME//[.,]/}
+  kill -HUP "$DSPROXY_PID" 2>/dev/null
+  # Bounded: 30 tries and 6 s. The reject is installed after the new snapshot is published, so
+  # poll for it rather than expect it the moment the generation changes.
+  refused_after='' dl=$((SECONDS + 6))
+  for ((i = 0; i < 30 && SECONDS < dl; i++)); do
+    out=$(probe 10.96.2.61 9000 1 unready 2)
+    if all_outcome "$out" refused; then
+      refused_after=$(((${EPOCHREALTIME//[.,]/} - t0) / 1000))
+      break
+    fi
+    sleep 0.1
+  done
+  gen1=$(generation_now)
+  eps1=$(endpoints_now)
+  [[ -n $refused_after ]] && ((refused_after < 3000))
+  check "fp-late/web: its pod not Ready again, the IPv4 ClusterIP refuses again" $? \
+    "refused ${refused_after:-never} ms after SIGHUP (limit 3000 ms); generation $gen0 -> $gen1"
+  states='' ok=0
+  for ep in 10.244.2.21:9000 10.244.2.22:9000 10.244.2.20:9000; do
+    st=$(ep_field "$eps1" web.fp-retry "$ep" 4)
+    ej=$(ep_field "$eps1" web.fp-retry "$ep" 7)
+    n0=$(ep_field "$eps0" web.fp-retry "$ep" 5)
+    n1=$(ep_field "$eps1" web.fp-retry "$ep" 5)
+    states+="$ep $st ejections=$ej connections $n0->$n1; "
+    want=FAILED
+    [[ $ep == 10.244.2.20:9000 ]] && want=OK
+    [[ $st == "$want" && -n $n0 && $n0 == "$n1" && $n0 != 0 ]] || ok=1
+  done
+  [[ $gen1 =~ ^[0-9]+$ && $gen0 =~ ^[0-9]+$ ]] && ((gen1 > gen0)) || ok=1
+  check "$what" $ok "generation $gen0 -> $gen1; ${states%; }"
+fi
+
 # ---- row 7: the spread of 1,000 connections --------------------------------------------------
 section "row 7: 1,000 connections over three endpoints"
 what="fp-spread/web: 1,000 sequential connections to 10.96.2.50:9000"
@@ -652,6 +696,23 @@ if in_time "$what"; then
   check "fp-spread/web: every endpoint got 1000/3 +-15% (284-382) of the connections" $even "${report%; }"
 fi
 
+# ---- nothing leaks: outstanding counts, sockets, descriptors ---------------------------------
+what="after all of run 1 (about 1,100 connections, cancelled, abandoned and failed attempts), nothing is left open"
+if in_time "$what"; then
+  # Bounded: 30 polls and 5 s, for the last connections to finish closing.
+  dl=$((SECONDS + 5))
+  for ((i = 0; i < 30 && SECONDS < dl; i++)); do
+    active=$(awk '$1 == "active_connections" { print $2 }' <<<"$(stats_now)")
+    outstanding=$(awk '{ n += $6 } END { print n + 0 }' <<<"$(endpoints_now)")
+    [[ $active == 0 && $outstanding == 0 ]] && break
+    sleep 0.1
+  done
+  synsent=$(in_node ss -Htn state syn-sent 2>/dev/null | wc -l)
+  fds=$(find "/proc/$DSPROXY_PID/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
+  [[ $active == 0 && $outstanding == 0 ]] && ((synsent == 0 && fds > 0 && fds <= FD_BASELINE + 8))
+  check "$what" $? "active_connections $active, sum of endpoints' activeConnections $outstanding, SYN-SENT sockets in the node $synsent, dsproxy descriptors $fds (baseline $FD_BASELINE, allowed +8)"
+fi
+
 # ---- run 2: the family-policy flags ----------------------------------------------------------
 stop_dsproxy
 graceful=$?
@@ -659,7 +720,7 @@ graceful=$?
 check "dsproxy (run 1) exits on SIGTERM with status 0" $? "exit status $DSPROXY_EXIT_STATUS"
 
 section "dsproxy run 2: --family-fallback never --attempt-delay-ms 100 --max-connect-attempts 4 --outlier-consecutive-failures 2 --outlier-base-ejection-ms 2000"
-RUN2_CHECKS=7 # the checks below, failed as a block when run 2 does not start
+RUN2_CHECKS=8 # the checks below, failed as a block when run 2 does not start
 if ! start_dsproxy --connect-timeout-ms "$CONNECT_TIMEOUT_MS" --family-fallback never --attempt-delay-ms 100 \
   --max-connect-attempts 4 --outlier-consecutive-failures 2 --outlier-base-ejection-ms 2000; then
   fail "dsproxy started with the family-policy flags (exit status ${DSPROXY_EXIT_STATUS:-none}; $(grep -m1 -iE 'error|unknown|not' "$DSPROXY_LOG" 2>/dev/null))"
@@ -688,24 +749,30 @@ else
     all_outcome "$out" reset && ((picks == 4))
     check "$what" $? "$(outcomes "$out") after $(max_ms "$out") ms; endpoints tried $picks"
   fi
-  what="--outlier-consecutive-failures 2 --outlier-base-ejection-ms 2000: fd00:10:244:2::a:9000 ejected after 2 refusals, back after ~2 s"
-  if in_time "$what"; then
-    out=$(probe fd00:10:96::2:10 9000 2 eject2 3)
+  # eject_round N LOW HIGH: two refused IPv6 clients of fp-he eject fd00:10:244:2::a:9000 (for the
+  # N-th time); it must be back (OK) after LOW-HIGH ms.
+  eject_round() {
+    local what="--outlier-consecutive-failures 2 --outlier-base-ejection-ms 2000: fd00:10:244:2::a:9000 ejected by 2 refusals (ejection $1), back after $2-$3 ms"
+    in_time "$what" || return
+    local out t0 state back_after='' dl i
+    out=$(probe fd00:10:96::2:10 9000 2 "eject$1" 3)
     t0=${EPOCHREALTIME//[.,]/}
     state=$(ep_field "$(endpoints_now)" web.fp-he fd00:10:244:2::a:9000 4)
-    back_after=
-    # Bounded: 60 polls and 8 s; each poll (admin API + JSON) takes some 0.1 s besides the sleep.
-    dl=$((SECONDS + 8))
-    for ((i = 0; i < 60 && SECONDS < dl; i++)); do
+    # Bounded: 80 polls and 9 s; each poll (admin API + JSON) takes some 0.1 s besides the sleep.
+    dl=$((SECONDS + 9))
+    for ((i = 0; i < 80 && SECONDS < dl; i++)); do
       if [[ $(ep_field "$(endpoints_now)" web.fp-he fd00:10:244:2::a:9000 4) == OK ]]; then
         back_after=$(((${EPOCHREALTIME//[.,]/} - t0) / 1000))
         break
       fi
       sleep 0.1
     done
-    all_outcome "$out" reset && [[ $state == FAILED && -n $back_after ]] && ((back_after >= 1500 && back_after <= 3000))
-    check "$what" $? "2 IPv6 clients: $(outcomes "$out") (no IPv4 partner under never); then $state, OK again after ${back_after:-more than 6000} ms (want 1500-3000, polled every ~0.2 s)"
-  fi
+    all_outcome "$out" reset && [[ $state == FAILED && -n $back_after ]] && ((back_after >= $2 && back_after <= $3))
+    check "$what" $? "2 IPv6 clients: $(outcomes "$out") (no IPv4 partner under never); then $state, OK again after ${back_after:-more than 8000} ms (polled every ~0.2 s)"
+  }
+  eject_round 1 1500 3000
+  # Envoy's arithmetic: the second ejection lasts twice the base.
+  eject_round 2 3500 5000
 fi
 
 # ---- the node is left as it was --------------------------------------------------------------
