@@ -125,6 +125,9 @@ class ProxyProcess {
   }
 
   void reload(const char* why) {
+    // Whatever triggered it, this reload reads the file as it is now: the poll must not read the
+    // same contents again.
+    stamp_ = stamp_of(options_.config_path);
     std::shared_ptr<const config::ClusterSnapshot> next;
     try {
       next = load();
@@ -158,10 +161,7 @@ class ProxyProcess {
     timer.expires_after(options_.config_poll);
     timer.async_wait([this, &timer](boost::system::error_code ec) {
       if (ec) return;
-      if (auto now = stamp_of(options_.config_path); now && !(stamp_ && *now == *stamp_)) {
-        stamp_ = now;
-        reload("file changed");
-      }
+      if (auto now = stamp_of(options_.config_path); now && !(stamp_ && *now == *stamp_)) reload("file changed");
       watch_config(timer);
     });
   }
