@@ -63,7 +63,7 @@ std::vector<Endpoint> slice_endpoints(const Service& svc, const ServicePort& sp,
       for (const net::IpAddress& a : e.addresses) {
         if (!has_family(svc.ip_families, a.family())) continue;
         out.push_back({net::SocketAddress{a, *port->port}, e.ready,
-                       e.target_pod.empty() ? std::string() : slice->ns + "/" + e.target_pod});
+                       e.target_pod.empty() ? std::string() : slice->ns + "/" + e.target_pod, nullptr});
       }
     }
   }
@@ -90,7 +90,7 @@ std::vector<Endpoint> selector_endpoints(const Service& svc, const ServicePort& 
     }
     for (const net::IpAddress& a : pod->pod_ips)
       if (has_family(svc.ip_families, a.family()))
-        out.push_back({net::SocketAddress{a, target}, pod->ready, pod->ns + "/" + pod->name});
+        out.push_back({net::SocketAddress{a, target}, pod->ready, pod->ns + "/" + pod->name, nullptr});
   }
   return out;
 }
