@@ -16,6 +16,7 @@
 #include "redirect/command_runner.hpp"
 #include "redirect/redirector.hpp"
 #include "resolver/dns_proxy.hpp"
+#include "resolver/io/hostname_endpoints.hpp"
 
 namespace dsproxy::cli {
 
@@ -59,6 +60,7 @@ class ProxyProcess {
   explicit ProxyProcess(const RunOptions& options) : options_(options) {}
 
   int run() {
+    start_hostnames();
     std::shared_ptr<const config::ClusterSnapshot> first;
     try {
       first = load();
@@ -119,6 +121,10 @@ class ProxyProcess {
   std::shared_ptr<const config::ClusterSnapshot> load() {
     auto objects = config::load_objects_file(options_.config_path);
     for (const auto& w : objects.warnings) spdlog::warn("config: {}", w);
+    if (hostnames_) {  // FQDN endpoints of dsproxy.io/resolve Services, as resolved so far
+      hostnames_->update(objects);
+      hostnames_->augment(objects);
+    }
     return config::ClusterSnapshot::build(std::move(objects),
                                           {options_.node, options_.cluster_domain, options_.fallback_default},
                                           &endpoint_states_);
@@ -235,7 +241,22 @@ class ProxyProcess {
     return {503, "text/plain", "not ready\n"};
   }
 
+  // Hostname endpoints resolve through the node's nameservers (or --dns-upstream) whether or not
+  // the pods' DNS is captured; a change of addresses rebuilds the snapshot like a file change.
+  void start_hostnames() {
+    resolver::AresOptions ares;
+    ares.servers = options_.dns.upstreams;
+    ares.resolv_conf = options_.dns.resolv_conf;
+    ares.mark = options_.dns.mark;
+    try {
+      hostnames_ = std::make_unique<resolver::HostnameEndpoints>(io_, ares, [this] { reload("hostname endpoints"); });
+    } catch (const std::exception& e) {
+      spdlog::warn("hostname endpoints (dsproxy.io/resolve) disabled: {}", e.what());
+    }
+  }
+
   void stop_dns() {
+    if (hostnames_) hostnames_->stop();
     if (!dns_) return;
     dns_->stop();
     const auto& s = dns_->stats();
@@ -278,6 +299,7 @@ class ProxyProcess {
   boost::asio::steady_timer drain_timer_{io_};
   std::chrono::steady_clock::time_point drain_deadline_;
   std::optional<resolver::DnsProxy> dns_;  // last: torn down before io_ and store_
+  std::unique_ptr<resolver::HostnameEndpoints> hostnames_;
 };
 
 }  // namespace

@@ -484,7 +484,9 @@ class StreamDecoder {
     if (*type == "IPv4") es.address_type = AddressType::IPv4;
     else if (*type == "IPv6") es.address_type = AddressType::IPv6;
     else if (*type == "FQDN") {
-      warn("addressType FQDN is not supported (a proxy for ClusterIPs needs addresses); slice ignored");
+      warn("addressType FQDN is not routed as is (a proxy for ClusterIPs needs addresses); its hostnames are "
+           "resolved only for a Service annotated dsproxy.io/resolve: \"true\"");
+      fqdn_slice(node, std::move(es));
       return;
     } else fail("addressType", "expected IPv4, IPv6 or FQDN, got " + quote(*type));
     const net::Family family = es.address_type == AddressType::IPv4 ? net::Family::v4 : net::Family::v6;
@@ -518,6 +520,36 @@ class StreamDecoder {
       es.ports.push_back(std::move(port));
     });
     out_.endpoint_slices.push_back(std::move(es));
+  }
+
+  // An FQDN slice: hostnames instead of addresses, kept in fqdn_slices.
+  void fqdn_slice(const YAML::Node& node, EndpointSlice es) {
+    es.address_type = AddressType::FQDN;
+    each_mapping(node, "endpoints", "endpoints", [&](const YAML::Node& n, const std::string& ep) {
+      SliceEndpoint e;
+      const YAML::Node addrs = sequence(n, "addresses", ep + ".addresses");
+      for (std::size_t i = 0; i < addrs.size(); ++i) {
+        const std::string ap = index_path(ep + ".addresses", i);
+        std::string host = text(addrs[i], ap);
+        if (host.empty() || host.size() > 253 || host.find_first_not_of("abcdefghijklmnopqrstuvwxyz"
+                                                                         "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.") !=
+                                                     std::string::npos)
+          fail(ap, "expected a hostname (letters, digits, '-' and '.'), got " + quote(host));
+        e.hostnames.push_back(std::move(host));
+      }
+      const YAML::Node cond = mapping(n, "conditions", ep + ".conditions");
+      e.ready = boolean(cond, "ready", ep + ".conditions.ready").value_or(true);
+      e.node_name = string(n, "nodeName", ep + ".nodeName").value_or("");
+      es.endpoints.push_back(std::move(e));
+    });
+    each_mapping(node, "ports", "ports", [&](const YAML::Node& n, const std::string& pp) {
+      EndpointSlicePort port;
+      port.name = string(n, "name", pp + ".name");
+      if (const YAML::Node pn = get(n, "port"); is_set(pn)) port.port = this->port(pn, pp + ".port");
+      port.protocol = protocol(n, pp);
+      es.ports.push_back(std::move(port));
+    });
+    out_.fqdn_slices.push_back(std::move(es));
   }
 
   std::string source_;

@@ -73,6 +73,7 @@ struct SliceEndpoint {
   bool ready = true;  // conditions.ready; absent means ready (Kubernetes API semantics)
   std::string node_name;
   std::string target_pod;  // targetRef.name when targetRef.kind == Pod
+  std::vector<std::string> hostnames;  // addresses of an addressType FQDN slice (then `addresses` is empty)
 };
 
 struct EndpointSlice {
@@ -88,6 +89,9 @@ struct ClusterObjects {
   std::vector<Service> services;
   std::vector<Pod> pods;
   std::vector<EndpointSlice> endpoint_slices;
+  // addressType FQDN slices, kept apart: nothing routes to a hostname, but the resolver turns
+  // those of a Service annotated dsproxy.io/resolve: "true" into IPv4/IPv6 slices.
+  std::vector<EndpointSlice> fqdn_slices;
   std::vector<std::string> warnings;  // ignored kinds are silent; FQDN slices etc. warn here
 };
 

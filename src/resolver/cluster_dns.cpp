@@ -100,6 +100,8 @@ std::shared_ptr<const ClusterDns> ClusterDns::build(const config::ClusterObjects
     add_ents(key);
     if (svc.type == "ExternalName") {
       if (auto target = Name::from_text(svc.external_name)) node.cname = std::move(*target);
+      // Resolved by dsproxy (dsproxy.io/resolve): the target's addresses follow the CNAME.
+      for (const auto& ip : headless_addresses(svc, objects)) add_unique(ip.is_v4() ? node.v4 : node.v6, ip);
       continue;
     }
     const std::vector<net::IpAddress> addresses =
@@ -156,8 +158,13 @@ ResponseSpec ClusterDns::answer(const Question& q) const {
   }
   const Node& node = it->second;
   if (node.cname) {
-    // A CNAME owns the name for every type (RFC 1034 3.6.2); the client follows it.
+    // A CNAME owns the name for every type (RFC 1034 3.6.2); the client follows it, unless
+    // dsproxy resolved the target itself (then its addresses come along, as CoreDNS does).
     spec.answers.push_back(Record{q.name, rrtype::CNAME, ttl, *node.cname});
+    if (q.type == rrtype::A || q.type == rrtype::ANY)
+      for (const auto& ip : node.v4) spec.answers.push_back(Record{*node.cname, rrtype::A, ttl, ip});
+    if (q.type == rrtype::AAAA || q.type == rrtype::ANY)
+      for (const auto& ip : node.v6) spec.answers.push_back(Record{*node.cname, rrtype::AAAA, ttl, ip});
     return spec;
   }
   const bool any = q.type == rrtype::ANY;

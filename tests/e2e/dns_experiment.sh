@@ -81,6 +81,34 @@ DSPROXY_CONFIG="$CLUSTER_TMP/cluster.yaml"
   cat "$CLUSTER_REPO_DIR/config/tcp-echo-experiment.yaml"
   echo "---"
   cat "$CLUSTER_REPO_DIR/config/kube-dns.yaml"
+  # A hostname endpoint: a dual-stack Service whose only endpoint is a hostname the upstream
+  # resolves (to the dual-stack tcp-echo pod), which dsproxy resolves because of the annotation.
+  cat <<'YAML'
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: outside-echo
+  namespace: default
+  annotations: {dsproxy.io/resolve: "true"}
+spec:
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv4, IPv6]
+  clusterIP: 10.96.50.50
+  clusterIPs: [10.96.50.50, "fd00:10:96::5050"]
+  ports: [{name: tcp, port: 9000, targetPort: 9000}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: outside-echo-fqdn
+  namespace: default
+  labels: {kubernetes.io/service-name: outside-echo}
+addressType: FQDN
+endpoints:
+- addresses: [echo.outside.test]
+ports: [{name: tcp, port: 9000, protocol: TCP}]
+YAML
 } >"$DSPROXY_CONFIG"
 
 # <prefix>-upstream: dnsmasq answering outside.test from a hosts file. Its only route is its link
@@ -100,6 +128,8 @@ _must ip -n "$upstream_ns" link set eth0 up
 cat >"$CLUSTER_TMP/upstream.hosts" <<EOF
 198.51.100.7 www.outside.test
 2001:db8::7 www.outside.test
+10.244.0.26 echo.outside.test
+fd00:10:244::1a echo.outside.test
 EOF
 # Six 200-octet TXT strings: about 1.3 kB, more than fits one UDP answer (512 octets, or the
 # 1232 of EDNS), so the answer comes back truncated and must be fetched over TCP.
@@ -238,6 +268,20 @@ if in_time "outside names"; then
   [[ $after == "$queries" ]]
   check "repeated outside queries are answered from the cache" $? "upstream saw $((after - queries)) more"
 fi
+
+# ---- 4b. a hostname endpoint, resolved by dsproxy, reached through both ClusterIPs ----------
+for vip in 10.96.50.50 fd00:10:96::5050 outside-echo.default; do
+  what="sleep: echo hostname | nc $vip 9000 (endpoint: echo.outside.test, resolved by dsproxy)"
+  in_time "$what" || continue
+  # The first resolution happens at start; allow a few seconds for it and the snapshot rebuild.
+  for ((i = 0; i < 10; i++)); do
+    answer=$(echo hostname | in_pod sleep timeout 5 nc -N -w 2 "$vip" 9000 2>&1)
+    [[ $answer == "hello hostname" ]] && break
+    sleep 0.5
+  done
+  [[ $answer == "hello hostname" ]]
+  check "$what prints 'hello hostname'" $? "got '$(one_line "$answer")'"
+done
 
 # ---- 5. upstream silent: SERVFAIL, and cluster names still work ---------------------------
 if in_time "upstream silent"; then
