@@ -93,6 +93,22 @@ json::object counters(const proxy::ProxyStats& s) {
           {"bytes_to_downstream", v(s.bytes_to_downstream)}};
 }
 
+json::object dns_counters(const resolver::DnsStats& s) {
+  auto v = [](const std::atomic<std::uint64_t>& c) { return c.load(std::memory_order_relaxed); };
+  return {{"queries_udp", v(s.queries_udp)},         {"queries_tcp", v(s.queries_tcp)},
+          {"answered_cluster", v(s.answered_cluster)}, {"cluster_nxdomain", v(s.cluster_nxdomain)},
+          {"forwarded", v(s.forwarded)},             {"coalesced", v(s.coalesced)},
+          {"cache_hits", v(s.cache_hits)},           {"upstream_failures", v(s.upstream_failures)},
+          {"formerr", v(s.formerr)},                 {"notimp", v(s.notimp)},
+          {"dropped", v(s.dropped)},                 {"truncated", v(s.truncated)}};
+}
+
+json::object all_counters(const proxy::ProxyStats& stats, const resolver::DnsStats* dns) {
+  json::object out = counters(stats);
+  if (dns) out["dns"] = dns_counters(*dns);
+  return out;
+}
+
 }  // namespace
 
 std::string render_config_dump(const DumpContext& ctx) {
@@ -100,13 +116,15 @@ std::string render_config_dump(const DumpContext& ctx) {
                     {"generation", ctx.generation},
                     {"listeners", listeners(ctx)},
                     {"endpoints", endpoints(ctx)},
-                    {"stats", counters(ctx.stats)}};
+                    {"stats", all_counters(ctx.stats, ctx.dns)}};
   json::array warnings;
   for (const auto& w : ctx.snapshot.objects().warnings) warnings.push_back(json::string(w));
   dump["warnings"] = std::move(warnings);
   return json::serialize(dump);
 }
 
-std::string render_stats(const proxy::ProxyStats& stats) { return json::serialize(counters(stats)); }
+std::string render_stats(const proxy::ProxyStats& stats, const resolver::DnsStats* dns) {
+  return json::serialize(all_counters(stats, dns));
+}
 
 }  // namespace dsproxy::admin

@@ -7,6 +7,7 @@
 #include "config/cluster_snapshot.hpp"
 #include "proxy/proxy_options.hpp"
 #include "proxy/proxy_stats.hpp"
+#include "resolver/dns_handler.hpp"
 
 namespace dsproxy::admin {
 
@@ -15,9 +16,11 @@ struct DumpContext {
   const proxy::ProxyOptions& proxy;
   const proxy::ProxyStats& stats;
   std::uint64_t generation = 0;
+  const resolver::DnsStats* dns = nullptr;  // null when the DNS proxy is off
 };
 
 std::string render_config_dump(const DumpContext& context);  // /config_dump
-std::string render_stats(const proxy::ProxyStats& stats);    // /stats
+// /stats: the proxy's counters, and the DNS proxy's under "dns" when it runs.
+std::string render_stats(const proxy::ProxyStats& stats, const resolver::DnsStats* dns = nullptr);
 
 }  // namespace dsproxy::admin

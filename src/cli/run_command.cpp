@@ -209,9 +209,9 @@ class ProxyProcess {
       if (path == "/config_dump") {
         const auto snapshot = store_.current();
         return {200, "application/json",
-                admin::render_config_dump({*snapshot, options_.proxy, stats_, store_.generation()})};
+                admin::render_config_dump({*snapshot, options_.proxy, stats_, store_.generation(), dns_stats()})};
       }
-      if (path == "/stats") return {200, "application/json", admin::render_stats(stats_)};
+      if (path == "/stats") return {200, "application/json", admin::render_stats(stats_, dns_stats())};
       if (path == "/healthz/ready") return readiness();
       return {404, "text/plain", "unknown path; try /config_dump, /stats, /healthz/ready\n"};
     };
@@ -235,6 +235,8 @@ class ProxyProcess {
       spdlog::warn("admin: {} (continuing without it)", e.what());
     }
   }
+
+  const resolver::DnsStats* dns_stats() const { return dns_ ? &dns_->stats() : nullptr; }
 
   admin::AdminResponse readiness() const {
     if (ready_) return {200, "text/plain", "ready\n"};
