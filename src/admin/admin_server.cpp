@@ -6,6 +6,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -65,10 +66,16 @@ struct AdminServer::Impl {
   std::list<tcp::acceptor> acceptors;  // list: stable addresses for the accept coroutines
 
   asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, std::shared_ptr<AdminHandler> handler) {
+    asio::steady_timer pause(executor);
     for (;;) {
       auto [ec, socket] = co_await acceptor.async_accept(as_values);
       if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
-      if (ec) continue;
+      if (ec) {
+        // EMFILE and the like: retrying at once would spin the control thread.
+        pause.expires_after(std::chrono::milliseconds(50));
+        co_await pause.async_wait(as_values);
+        continue;
+      }
       asio::co_spawn(executor, serve_session(std::move(socket), handler), asio::detached);
     }
   }

@@ -100,7 +100,8 @@ json::object dns_counters(const resolver::DnsStats& s) {
           {"forwarded", v(s.forwarded)},             {"coalesced", v(s.coalesced)},
           {"cache_hits", v(s.cache_hits)},           {"upstream_failures", v(s.upstream_failures)},
           {"formerr", v(s.formerr)},                 {"notimp", v(s.notimp)},
-          {"dropped", v(s.dropped)},                 {"truncated", v(s.truncated)}};
+          {"dropped", v(s.dropped)},                 {"truncated", v(s.truncated)},
+          {"overloaded", v(s.overloaded)}};
 }
 
 json::object all_counters(const proxy::ProxyStats& stats, const resolver::DnsStats* dns) {

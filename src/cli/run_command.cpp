@@ -1,6 +1,7 @@
 #include "cli/run_command.hpp"
 
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <boost/asio/io_context.hpp>
@@ -60,6 +61,7 @@ class ProxyProcess {
   explicit ProxyProcess(const RunOptions& options) : options_(options) {}
 
   int run() {
+    raise_descriptor_limit();
     start_hostnames();
     std::shared_ptr<const config::ClusterSnapshot> first;
     try {
@@ -108,13 +110,23 @@ class ProxyProcess {
     boost::asio::steady_timer poll(io_);
     watch_config(poll);
 
-    io_.run();
+    int exit_code = 0;
+    try {
+      io_.run();
+    } catch (const std::exception& e) {
+      // Only the control loop's plain callbacks (DNS, reload, admin) can throw here, realistically
+      // bad_alloc. Whatever it was, the capture rules must not outlive us: a node whose traffic
+      // is diverted to a dead proxy is black-holed.
+      spdlog::critical("control loop failed: {}; removing the capture rules and exiting", e.what());
+      exit_code = 5;
+    }
 
+    server.stop();
     stop_dns();
     admin.close();
     remove_redirect();
     spdlog::info("dsproxy stopped");
-    return 0;
+    return exit_code;
   }
 
  private:
@@ -241,6 +253,17 @@ class ProxyProcess {
   admin::AdminResponse readiness() const {
     if (ready_) return {200, "text/plain", "ready\n"};
     return {503, "text/plain", "not ready\n"};
+  }
+
+  // Every relayed connection costs two descriptors (plus two per pipe while bytes move); a shell's
+  // default soft limit of 1024 would cap the proxy at a few hundred connections.
+  static void raise_descriptor_limit() {
+    rlimit limit{};
+    if (::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur >= limit.rlim_max) return;
+    const auto before = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &limit) == 0)
+      spdlog::info("descriptor limit raised from {} to {}", before, limit.rlim_cur);
   }
 
   // Hostname endpoints resolve through the node's nameservers (or --dns-upstream) whether or not

@@ -5,7 +5,8 @@
 
 namespace dsproxy::proxy {
 
-PipePool::PipePool(std::size_t pipe_size, std::size_t max_idle) : pipe_size_(pipe_size), max_idle_(max_idle) {}
+PipePool::PipePool(std::size_t pipe_size, std::size_t max_idle, std::size_t max_in_use)
+    : pipe_size_(pipe_size), max_idle_(max_idle), max_in_use_(max_in_use) {}
 
 PipePool::~PipePool() {
   for (auto& p : idle_) close_pipe(p);
@@ -18,13 +19,16 @@ void PipePool::close_pipe(Pipe& p) {
 }
 
 Pipe PipePool::acquire() {
+  if (in_use_ >= max_in_use_) return {};
   if (!idle_.empty()) {
     Pipe p = idle_.back();
     idle_.pop_back();
+    ++in_use_;
     return p;
   }
   int fds[2];
   if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return {};
+  ++in_use_;
   // A bigger pipe moves more per splice call (fewer syscalls per byte); failure just keeps the
   // default 64 KiB.
   const int got = ::fcntl(fds[1], F_SETPIPE_SZ, static_cast<int>(pipe_size_));
@@ -34,6 +38,7 @@ Pipe PipePool::acquire() {
 
 void PipePool::release(Pipe pipe, bool drained) {
   if (!pipe.valid()) return;
+  --in_use_;
   if (drained && idle_.size() < max_idle_) {
     idle_.push_back(pipe);
     return;

@@ -21,19 +21,23 @@ class PipePool {
  public:
   // `pipe_size` is requested with F_SETPIPE_SZ (the kernel rounds it up to pages and caps it at
   // /proc/sys/fs/pipe-max-size); `max_idle` pipes are kept for reuse, more are closed on release.
-  explicit PipePool(std::size_t pipe_size = 256 * 1024, std::size_t max_idle = 64);
+  // At most `max_in_use` pipes are lent at once: a pipe can hold `pipe_size` bytes for as long as
+  // its receiver does not read, so slow readers could otherwise pin pipe_size each; past the cap
+  // the relay copies through a 16 KiB buffer instead.
+  explicit PipePool(std::size_t pipe_size = 256 * 1024, std::size_t max_idle = 64, std::size_t max_in_use = 256);
   ~PipePool();
   PipePool(const PipePool&) = delete;
   PipePool& operator=(const PipePool&) = delete;
 
-  // An empty pipe, or an invalid one when the process is out of descriptors (the caller then
-  // falls back to copying through a buffer).
+  // An empty pipe, or an invalid one when the cap is reached or the process is out of descriptors
+  // (the caller then copies through a buffer).
   Pipe acquire();
   // Only empty pipes may be released; pass `drained = false` to close a pipe that may hold data.
   void release(Pipe pipe, bool drained = true);
 
   std::size_t pipe_size() const { return pipe_size_; }
   std::size_t idle() const { return idle_.size(); }
+  std::size_t in_use() const { return in_use_; }
 
   // The calling worker thread's pool (one io_context per thread, so no locking).
   static PipePool& for_this_thread();
@@ -42,6 +46,8 @@ class PipePool {
   static void close_pipe(Pipe& p);
   std::size_t pipe_size_;
   std::size_t max_idle_;
+  std::size_t max_in_use_;
+  std::size_t in_use_ = 0;
   std::vector<Pipe> idle_;
 };
 

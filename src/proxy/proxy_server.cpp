@@ -9,6 +9,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <csignal>
 #include <random>
 #include <thread>
 
@@ -26,17 +27,31 @@ awaitable<void> accept_loop(tcp::acceptor& acceptor, Direction direction, Connec
   const auto executor = co_await boost::asio::this_coro::executor;
   boost::asio::steady_timer backoff(executor);
   for (;;) {
-    auto [ec, socket] = co_await acceptor.async_accept(boost::asio::as_tuple(use_awaitable));
-    if (ec == boost::asio::error::operation_aborted || !acceptor.is_open()) co_return;  // draining
-    if (ec) {
-      // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning; the connection stays in the
-      // kernel's accept queue and is picked up once descriptors free up.
-      spdlog::warn("accept on {} failed: {}", to_socket_address(acceptor.local_endpoint()).to_string(), ec.message());
+    bool back_off = false;
+    // A listener must outlive anything one connection can do: an exception here (bad_alloc)
+    // would otherwise end this loop silently, leaving the socket in the SO_REUSEPORT group with
+    // nobody accepting its share of connections.
+    try {
+      auto [ec, socket] = co_await acceptor.async_accept(boost::asio::as_tuple(use_awaitable));
+      if (ec == boost::asio::error::operation_aborted || !acceptor.is_open()) co_return;  // draining
+      if (ec) {
+        // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; the connection stays in the
+        // kernel's accept queue and is picked up once descriptors free up.
+        boost::system::error_code ignored;
+        spdlog::warn("accept on port {} failed: {}", acceptor.local_endpoint(ignored).port(), ec.message());
+        back_off = true;
+      } else {
+        boost::asio::co_spawn(executor, serve_connection(std::move(socket), direction, context),
+                              boost::asio::detached);
+      }
+    } catch (const std::exception& e) {
+      spdlog::error("accept loop: {}", e.what());
+      back_off = true;
+    }
+    if (back_off) {
       backoff.expires_after(std::chrono::milliseconds(50));
       co_await backoff.async_wait(boost::asio::as_tuple(use_awaitable));
-      continue;
     }
-    boost::asio::co_spawn(executor, serve_connection(std::move(socket), direction, context), boost::asio::detached);
   }
 }
 
@@ -94,6 +109,9 @@ ProxyServer::ProxyServer(ProxyOptions options, const config::SnapshotStore& stor
 ProxyServer::~ProxyServer() { stop(); }
 
 void ProxyServer::start() {
+  // splice(2) into a socket whose peer has gone raises SIGPIPE (it has no MSG_NOSIGNAL); the
+  // relay handles EPIPE as a value, so the signal must never kill the process.
+  std::signal(SIGPIPE, SIG_IGN);
   const auto v4 = net::IpAddress::parse(options_.bind_v4);
   const auto v6 = net::IpAddress::parse(options_.bind_v6);
   if (!v4 || !v4->is_v4()) throw std::invalid_argument("bind address '" + options_.bind_v4 + "' is not IPv4");

@@ -21,8 +21,8 @@ using boost::asio::awaitable;
 using boost::asio::use_awaitable;
 constexpr auto as_values = boost::asio::as_tuple(use_awaitable);
 
-// The copy fallback's buffer, allocated only if splice is impossible (no descriptors left for a
-// pipe, or a socket type splice rejects) and freed with the direction.
+// The copy fallback's buffer, allocated only if splice is impossible (the pipe cap is reached, no
+// descriptors are left for a pipe, or a socket type splice rejects) and freed with the direction.
 constexpr std::size_t kChunk = 16 * 1024;
 
 // Shared by the two pumps and the idle watchdog. Lives in relay()'s frame, which outlives all
@@ -45,7 +45,7 @@ struct RelayState {
   }
 };
 
-enum class Step { more, eof, stop };
+enum class Step { more, copy, eof, stop };
 
 // One read-then-write round through a user-space buffer, for when splice cannot be used.
 awaitable<Step> copy_once(RelayState& state, tcp::socket& from, tcp::socket& to, std::uint64_t& bytes,
@@ -76,10 +76,7 @@ awaitable<Step> splice_once(RelayState& state, tcp::socket& from, tcp::socket& t
                             bool& splice_unsupported) {
   PipePool& pool = PipePool::for_this_thread();
   Pipe pipe = pool.acquire();
-  if (!pipe.valid()) {
-    splice_unsupported = true;  // out of descriptors: copy instead, this round and after
-    co_return Step::more;
-  }
+  if (!pipe.valid()) co_return Step::copy;  // pipes exhausted: one round through a buffer
   const ssize_t n = ::splice(from.native_handle(), nullptr, pipe.write_fd, nullptr, pool.pipe_size(),
                              SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
   if (n <= 0) {
@@ -133,8 +130,8 @@ awaitable<void> pump(RelayState& state, tcp::socket& from, tcp::socket& to, std:
   bool splice_unsupported = false;
   std::unique_ptr<char[]> buffer;
   for (;;) {
-    const Step step = splice_unsupported ? co_await copy_once(state, from, to, bytes, buffer)
-                                         : co_await splice_once(state, from, to, bytes, splice_unsupported);
+    Step step = splice_unsupported ? Step::copy : co_await splice_once(state, from, to, bytes, splice_unsupported);
+    if (step == Step::copy) step = co_await copy_once(state, from, to, bytes, buffer);
     if (step == Step::more) continue;
     if (step == Step::eof) {
       // Half-close: forward the FIN and keep the other direction flowing.

@@ -78,8 +78,15 @@ void DnsHandler::forward(ByteView raw, const Query& query, std::size_t max_size,
     reply(std::move(*hit));
     return;
   }
+  auto it = inflight_.find(key);
+  if ((it == inflight_.end() && inflight_.size() >= options_.max_inflight) ||
+      (it != inflight_.end() && it->second.size() >= options_.max_waiters_per_question)) {
+    count(stats_.overloaded);
+    reply(build_error(raw, Rcode::ServFail, query.question_end));
+    return;
+  }
   Waiter waiter{Bytes(raw.begin(), raw.end()), query, max_size, std::move(reply)};
-  if (auto it = inflight_.find(key); it != inflight_.end()) {
+  if (it != inflight_.end()) {
     count(stats_.coalesced);
     it->second.push_back(std::move(waiter));
     return;

@@ -50,12 +50,17 @@ struct DnsStats {
   std::atomic<std::uint64_t> notimp{0};
   std::atomic<std::uint64_t> dropped{0};
   std::atomic<std::uint64_t> truncated{0};  // UDP answers sent with TC set
+  std::atomic<std::uint64_t> overloaded{0};  // SERVFAIL because too many questions were in flight
 };
 
 struct DnsHandlerOptions {
   ClusterDnsOptions cluster;
   CacheOptions cache;
   std::uint16_t max_udp_size = 4096;  // upper bound on the EDNS size we honour
+  // Bounds on questions waiting for the upstream, so a pod flooding unique names (or one name
+  // while the upstream is slow) cannot grow memory without limit: past them, SERVFAIL at once.
+  std::size_t max_inflight = 4096;
+  std::size_t max_waiters_per_question = 64;
 };
 
 class DnsHandler {

@@ -13,6 +13,8 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <atomic>
+#include <csignal>
 #include <future>
 #include <random>
 #include <thread>
@@ -192,6 +194,36 @@ TEST_F(RelayTest, ServerResetResetsClient) {
   server_ = -1;
   auto [rest, err] = read_to_end(client_);
   EXPECT_EQ(err, ECONNRESET);
+  EXPECT_TRUE(result().reset);
+}
+
+TEST_F(RelayTest, ClientResetAfterItsFinWhileServerStreamsResetsServer) {
+  // The client half-closes, then resets while the server is still streaming to it: the next
+  // splice towards the client fails with EPIPE. That must end this connection (reset the server),
+  // not raise SIGPIPE in the process; ProxyServer::start ignores SIGPIPE the same way.
+  std::signal(SIGPIPE, SIG_IGN);
+  start();
+  write_all(client_, "request");
+  ::shutdown(client_, SHUT_WR);
+  std::atomic<bool> server_saw_error{false};
+  std::thread server([&] {
+    char req[7];
+    ASSERT_EQ(::recv(server_, req, sizeof req, MSG_WAITALL), 7);
+    const std::string chunk(64 * 1024, 'z');
+    // Bounded: at most 64 MiB, or until the relay resets us.
+    for (int i = 0; i < 1024; ++i) {
+      if (::send(server_, chunk.data(), chunk.size(), MSG_NOSIGNAL) < 0) {
+        server_saw_error = true;
+        break;
+      }
+    }
+  });
+  char some[4096];
+  ASSERT_GT(::recv(client_, some, sizeof some, 0), 0);
+  reset_close(client_);
+  client_ = -1;
+  server.join();
+  EXPECT_TRUE(server_saw_error) << "the server was never told its client is gone";
   EXPECT_TRUE(result().reset);
 }
 

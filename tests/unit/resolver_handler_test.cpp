@@ -146,6 +146,22 @@ TEST_F(ResolverHandler, DuplicatesInFlightShareOneUpstreamQuery) {
   EXPECT_EQ(handler().stats().coalesced.load(), 1u);
 }
 
+TEST_F(ResolverHandler, TooManyQuestionsInFlightAreServfailedAtOnce) {
+  options.max_inflight = 2;
+  options.max_waiters_per_question = 2;
+  ask("a.example.com", rrtype::A);
+  ask("b.example.com", rrtype::A);
+  auto& third_name = ask("c.example.com", rrtype::A);
+  ASSERT_EQ(third_name.size(), 1u) << "answered at once, not queued";
+  EXPECT_EQ(third_name[0].rcode, 2);  // SERVFAIL
+  ask("a.example.com", rrtype::A, 7);  // joins the first: 2 waiters
+  auto& third_waiter = ask("a.example.com", rrtype::A, 8);
+  ASSERT_EQ(third_waiter.size(), 1u);
+  EXPECT_EQ(third_waiter[0].rcode, 2);
+  EXPECT_EQ(upstream.pending.size(), 2u);
+  EXPECT_EQ(handler().stats().overloaded.load(), 2u);
+}
+
 TEST_F(ResolverHandler, AnswersAreCachedForTheirTtlAndAged) {
   ask("www.example.com", rrtype::A);
   upstream.answer({ip("192.0.2.1")}, 60);

@@ -1,5 +1,7 @@
 #include "resolver/io/ares_upstream.hpp"
 
+#include <sys/random.h>
+
 #include <ares.h>
 #include <arpa/inet.h>
 #include <poll.h>
@@ -13,6 +15,7 @@
 #include <cerrno>
 #include <cstring>
 #include <mutex>
+#include <random>
 #include <stdexcept>
 #include <unordered_map>
 
@@ -217,6 +220,15 @@ void AresUpstream::send(Bytes query, Done done) {
   if (!impl_->channel) {
     done({false, {}, "upstream resolver is shut down"});
     return;
+  }
+  // c-ares 1.18's ares_send keeps whatever ID the buffer carries, and that ID came from a pod (or
+  // from a counter): predictable IDs on a long-lived upstream socket make cache poisoning easy.
+  // A random one is used upstream; the handler puts the asker's own ID back into the answer.
+  if (query.size() >= 2) {
+    std::uint16_t id = 0;
+    if (::getrandom(&id, sizeof id, 0) != sizeof id) id = static_cast<std::uint16_t>(std::random_device{}());
+    query[0] = static_cast<std::uint8_t>(id >> 8);
+    query[1] = static_cast<std::uint8_t>(id & 0xff);
   }
   auto* pending = new Impl::Pending{impl_, std::move(done)};
   ares_send(impl_->channel, query.data(), static_cast<int>(query.size()), &Impl::on_answer, pending);

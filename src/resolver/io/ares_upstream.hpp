@@ -6,8 +6,8 @@
 // back with ares_process_fd; c-ares's own timeouts run on a steady_timer. So there is no thread
 // and no select loop of c-ares's own, and everything happens on the io_context's thread.
 //
-// Queries are sent raw (ares_send): the client's own question, EDNS included. c-ares picks the
-// ID, retries other servers and timeouts, and re-sends over TCP an answer that came back
+// Queries are sent raw (ares_send): the client's own question, EDNS included, under a random ID
+// of ours (c-ares 1.18 would keep the client's). c-ares retries other servers and timeouts, and re-sends over TCP an answer that came back
 // truncated over UDP. Every socket it opens gets SO_MARK `mark` before it connects, so the
 // capture rules never take the proxy's own queries.
 //

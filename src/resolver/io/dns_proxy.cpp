@@ -234,8 +234,10 @@ struct DnsProxy::Impl : std::enable_shared_from_this<Impl> {
 
   void stop() {
     if (!running) return;
+    // Shut the upstream down while still running: its SERVFAILs to whoever still waits are only
+    // sent while `running` holds, and the sockets are still open.
+    if (upstream) upstream->shutdown();
     running = false;
-    if (upstream) upstream->shutdown();  // SERVFAIL to whoever still waits, while sockets are open
     boost::system::error_code ignored;
     for (auto& l : udp_listeners) l->socket.close(ignored);
     for (auto& a : acceptors) a->close(ignored);
@@ -352,6 +354,13 @@ struct DnsProxy::Impl : std::enable_shared_from_this<Impl> {
           self->connections.insert(connection.get());
           connection->read_next();
         }
+      }
+      if (ec && ec != asio::error::operation_aborted) {
+        // Out of descriptors (EMFILE) and the like: retrying at once would spin the control
+        // thread; the pending connection waits in the kernel's queue meanwhile.
+        auto pause = std::make_shared<asio::steady_timer>(acceptor.get_executor(), std::chrono::milliseconds(50));
+        pause->async_wait([self, &acceptor, pause](boost::system::error_code) { self->accept(acceptor); });
+        return;
       }
       self->accept(acceptor);
     });
