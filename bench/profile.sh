@@ -113,6 +113,24 @@ log "$PEER (pid $PEER_MAIN_PID) up; perf under bulk"
 perf_during bulk run_bulk "$DST"
 log "perf under 4-client connection rate"
 perf_during conn run_conn "$DST"
+
+# System calls per proxied connection: strace -c over exactly SYSCALL_CONNS sequential
+# connect+echo+close (strace slows the peer down; only the counts matter here).
+if command -v strace >/dev/null; then
+  SYSCALL_CONNS=2000
+  log "strace -c over $SYSCALL_CONNS connections"
+  strace -f -c -o "$OUT/syscalls.txt" -p "$PEER_MAIN_PID" &
+  STRACE_PID=$!
+  sleep 1
+  in_client timeout 120 "$BENCH_LOAD" conn --addr "$DST" --port "$ECHO_PORT" --seconds 60 --threads 1 \
+    --max-ops "$SYSCALL_CONNS" >"$OUT/syscalls.load.txt"
+  sleep 0.5
+  kill -INT "$STRACE_PID" 2>/dev/null
+  wait "$STRACE_PID" 2>/dev/null
+  echo "== $PEER: system calls per connection ($SYSCALL_CONNS connections, $(jq -r .errors "$OUT/syscalls.load.txt") errors)"
+  awk -v n="$SYSCALL_CONNS" '$1 ~ /^[0-9.]+$/ && NF >= 5 { calls = $4; name = $NF; if (name != "total") printf "  %-14s %6.2f\n", name, calls / n; else total = calls }
+    END { printf "  %-14s %6.2f\n", "total", total / n }' "$OUT/syscalls.txt"
+fi
 peer_stop
 
 if ((CALLGRIND)) && [[ $PEER == dsproxy ]]; then

@@ -3,7 +3,7 @@
 # without splice) and nginx stream, on a client / node / server topology of network namespaces.
 #
 #   sudo bash bench/run.sh [--quick] [--runs N] [--peers a,b,c] [--families "4 6"] [--no-install]
-#                          [--dsproxy PATH]
+#                          [--dsproxy PATH | --build-head]
 #
 # Installs the Debian packages it needs (haproxy, nginx + libnginx-mod-stream, iperf3, jq,
 # gnuplot-nox), builds dsproxy (Release, or reuses build/dsproxy) and the load tools
@@ -14,6 +14,9 @@
 # results.json, results.png (bench/README.md explains every number). Everything it creates is
 # removed on exit, also on failure or Ctrl-C.
 #
+# --dsproxy PATH measures that binary; --build-head builds the committed HEAD apart from the work
+# tree (build-bench/dsproxy-head/) and measures it; by default build/dsproxy is used (built first
+# if missing). The binary is copied at start, so a rebuild during the run changes nothing.
 # Environment: BUILD_DIR (default build/), DSPROXY_BIN (default $BUILD_DIR/dsproxy),
 # BENCH_OUT (results directory), BENCH_QUIET_IDLE (default 90: % idle CPU that counts as quiet).
 
@@ -29,6 +32,7 @@ RUNS=
 PEERS_ARG=
 FAMILIES="4 6"
 INSTALL=1
+BUILD_HEAD=0
 while (($#)); do
   case $1 in
     --quick) QUICK=1 ;;
@@ -37,7 +41,8 @@ while (($#)); do
     --families) FAMILIES=$2; shift ;;
     --no-install) INSTALL=0 ;;
     --dsproxy) DSPROXY_BIN=$2; shift ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+    --build-head) BUILD_HEAD=1 ;;
+    -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "bench: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -56,11 +61,11 @@ if ((QUICK)); then
   BENCH_BULK_S=3 BENCH_BULK_OMIT=0 BENCH_CONN_S=2 BENCH_QUIET_MAX_S=3
 else
   RUNS=${RUNS:-3}
-  BENCH_BULK_S=10 BENCH_BULK_OMIT=1 BENCH_CONN_S=8 BENCH_QUIET_MAX_S=20
+  BENCH_BULK_S=10 BENCH_BULK_OMIT=1 BENCH_CONN_S=8 BENCH_QUIET_MAX_S=15
 fi
 ((RUNS >= 1 && RUNS <= 20)) || die "--runs must be 1-20"
 BENCH_QUIET_IDLE=${BENCH_QUIET_IDLE:-90}
-DEFAULT_PEERS=(direct dsproxy dsproxy-svc haproxy-splice haproxy nginx)
+DEFAULT_PEERS=(direct dsproxy dsproxy-svc dsproxy-w2 haproxy-splice haproxy nginx)
 if [[ -n $PEERS_ARG ]]; then IFS=, read -r -a PEERS <<<"$PEERS_ARG"; else PEERS=("${DEFAULT_PEERS[@]}"); fi
 for f in $FAMILIES; do [[ $f == 4 || $f == 6 ]] || die "--families takes 4 and/or 6"; done
 
@@ -93,6 +98,25 @@ done
 [[ -f /usr/lib/nginx/modules/ngx_stream_module.so ]] || die "nginx stream module missing (libnginx-mod-stream)"
 
 # ---------------------------------------------------------------- build
+if ((BUILD_HEAD)); then
+  # The committed HEAD, built apart from the work tree (whose src/ may hold someone's unfinished
+  # changes, and whose build/ they may rebuild at any time).
+  head_rev=$(git -C "$REPO_DIR" rev-parse --short HEAD) || die "not a git checkout"
+  head_dir=$BENCH_BUILD_DIR/dsproxy-head
+  if [[ $(cat "$head_dir/rev" 2>/dev/null) == "$head_rev" && -x $head_dir/build/dsproxy ]]; then
+    log "reusing dsproxy $head_rev (committed HEAD) built in $head_dir"
+  else
+    rm -rf "$head_dir" && mkdir -p "$head_dir/src" || die "cannot create $head_dir"
+    git -C "$REPO_DIR" archive HEAD | tar -x -C "$head_dir/src" || die "git archive HEAD failed"
+    log "building dsproxy $head_rev (committed HEAD, Release) in $head_dir"
+    bash "$REPO_DIR/scripts/install-deps.sh" || die "scripts/install-deps.sh failed"
+    cmake -S "$head_dir/src" -B "$head_dir/build" -DCMAKE_BUILD_TYPE=Release -DDSPROXY_BUILD_TESTS=OFF >/dev/null &&
+      cmake --build "$head_dir/build" -j2 --target dsproxy >/dev/null || die "dsproxy build of HEAD failed"
+    echo "$head_rev" >"$head_dir/rev"
+  fi
+  DSPROXY_BIN=$head_dir/build/dsproxy
+  BENCH_DSPROXY_REV="$head_rev (committed HEAD)"
+fi
 DSPROXY_BIN=${DSPROXY_BIN:-$BUILD_DIR/dsproxy}
 if [[ ! -x $DSPROXY_BIN ]]; then
   log "building dsproxy (Release) in $BUILD_DIR"

@@ -60,9 +60,33 @@ emit() {
     "$fields" >>"$BENCH_RAW"
 }
 
-# The peer's CPU share (percent of one core) between two tick readings over WALL_NS.
+# The peer's CPU share (percent of one core) between two tick readings over WALL_NS; null when
+# the peer died in between (its ticks are gone with it).
 _cpu_pct() {
-  awk -v t="$1" -v hz="$CLK_TCK" -v ns="$2" 'BEGIN { if (ns <= 0) { print 0; exit } printf "%.2f\n", 100 * (t / hz) / (ns / 1e9) }'
+  awk -v t="$1" -v hz="$CLK_TCK" -v ns="$2" 'BEGIN { if (ns <= 0 || t < 0) { print "null"; exit } printf "%.2f\n", 100 * (t / hz) / (ns / 1e9) }'
+}
+
+# After a measurement: if a process of the peer is gone, record how it ended (exit status or
+# signal, last log lines) as an error, and start the peer again so the remaining measurements
+# still say something. Returns 1 when the peer could not be restarted.
+check_peer_alive() {
+  local metric=$1 pid dead= status=0 how tail_log=
+  for pid in "${PEER_PIDS[@]}"; do
+    kill -0 "$pid" 2>/dev/null || dead=$pid
+  done
+  [[ -z $dead ]] && return 0
+  wait "$dead" 2>/dev/null
+  status=$?
+  if ((status > 128)); then how="killed by SIG$(kill -l $((status - 128)) 2>/dev/null) (exit status $status)"; else how="exit status $status"; fi
+  [[ -f $BENCH_TMP/$PEER_LOG_NAME.log ]] && tail_log=$(tail -n 3 "$BENCH_TMP/$PEER_LOG_NAME.log" | tr '\n' ' ')
+  Q_LOAD1=$(load1)
+  emit error "\"error\":$(jq -Rn --arg e "$M_PEER died during $metric: $how; last log lines: $tail_log" '$e')"
+  log "  ERROR: $M_PEER died during $metric: $how; restarting it"
+  peer_stop
+  if ! peer_start "$M_PEER"; then
+    log "  ERROR: restart failed: $PEER_ERROR"
+    return 1
+  fi
 }
 
 # measure_bulk STREAMS: iperf3 from the client to the server through the peer.
@@ -148,11 +172,17 @@ measure_peer_family() {
     return 1
   fi
   measure_bulk 1 "$dst"
+  check_peer_alive bulk1 || return 1
   measure_bulk 8 "$dst"
+  check_peer_alive bulk8 || return 1
   measure_tool conn1 conn --addr "$dst" --port "$ECHO_PORT" --seconds "$BENCH_CONN_S" --max-ops 2000000 --threads 1
+  check_peer_alive conn1 || return 1
   measure_tool rtt rtt --addr "$dst" --port "$ECHO_PORT" --seconds "$BENCH_CONN_S" --max-ops 5000000
+  check_peer_alive rtt || return 1
   measure_tool conn4 conn --addr "$dst" --port "$ECHO_PORT" --seconds "$BENCH_CONN_S" --max-ops 4000000 --threads 4
+  check_peer_alive conn4 || return 1
   measure_hold "$dst"
+  check_peer_alive hold || return 1
   if [[ $M_PEER == dsproxy* ]]; then
     Q_LOAD1=$(load1)
     emit stats "\"stats\":$(dsproxy_stats_json)"

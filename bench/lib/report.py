@@ -197,7 +197,7 @@ def main():
     L.append(f"Machine: {mach['cpu']}, {mach['vcpus']} vCPUs, {mach['memory']}, kernel {mach['kernel']}, "
              f"{mach['os']}. Client, proxy and server share these vCPUs.")
     v = meta["versions"]
-    L.append(f"Versions: dsproxy {v['dsproxy']}, HAProxy {v['haproxy']}, nginx {v['nginx']}, iperf3 {v['iperf3']}.")
+    L.append(f"Versions: dsproxy {v['dsproxy']} (binary sha256 {v.get('dsproxy_sha256_16', '?')}…), HAProxy {v['haproxy']}, nginx {v['nginx']}, iperf3 {v['iperf3']}.")
     L.append(f"Settings: {s['runs']} run(s) per cell{' (--quick)' if s['quick'] else ''}, interleaved (each run: "
              f"families alternating, peers rotating); bulk {s['bulk_seconds']} s (+{s['bulk_omit_seconds']} s "
              f"omitted), connection tests {s['conn_seconds']} s; idle-memory test with "

@@ -64,12 +64,15 @@ _topo_sysctls() {
   _tmust ip -n "$1" link set lo up
 }
 
-# The sides that open many short connections: a wide ephemeral range, and TIME_WAIT reuse (the
+# The sides that open many short connections: wide ephemeral ranges, and TIME_WAIT reuse (the
 # client closes first, so at thousands of connections per second the default range and 60 s of
 # TIME_WAIT would run out of ports within seconds). The node needs it for the proxies' upstream
-# sockets, which take the client's address and so share its port space.
+# sockets, which take the client's address. The two ranges are disjoint on purpose: an upstream
+# socket bound to the client's address must never pick a port the client itself is using, or
+# its 4-tuple equals the client's own connection (with nginx's nat capture, conntrack then
+# rewrites the upstream SYN back to nginx and about half of 10,000 connections time out).
 _topo_port_sysctls() {
-  _tmust ip netns exec "$1" sysctl -q -w net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1
+  _tmust ip netns exec "$1" sysctl -q -w net.ipv4.ip_local_port_range="$2" net.ipv4.tcp_tw_reuse=1
 }
 
 # _topo_link NODE_IF POD_NS POD_IP4 POD_IP6 GW4
@@ -100,8 +103,8 @@ topo_up() {
   done
   _tmust ip netns exec "$(ns_node)" sysctl -q -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
     net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.default.rp_filter=2
-  _topo_port_sysctls "$(ns_client)"
-  _topo_port_sysctls "$(ns_node)"
+  _topo_port_sysctls "$(ns_client)" "1024 32767"
+  _topo_port_sysctls "$(ns_node)" "32768 65535"
   _topo_link vclient "$(ns_client)" "$CLIENT_IP4" "$CLIENT_IP6" "$NODE_GW_CLIENT4"
   _topo_link vremote "$(ns_server)" "$SERVER_IP4" "$SERVER_IP6" "$NODE_GW_SERVER4"
   _tmust ip -n "$(ns_node)" addr add "$NODE_IP6/128" dev vclient nodad
