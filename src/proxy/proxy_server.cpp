@@ -98,7 +98,10 @@ class Worker {
   ConnectionContext context_;
   // Declared before the acceptors so it is destroyed after them; destroying it destroys the
   // suspended connection coroutines, whose frames own the remaining sockets.
-  boost::asio::io_context io_{1};
+  // Each socket of this worker is only ever touched by this worker's thread, so the reactor's
+  // per-descriptor locks are pure cost; the scheduler keeps its lock because the control thread
+  // posts (stop_accepting) and stops it.
+  boost::asio::io_context io_{BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO};
   std::vector<Listener> acceptors_;
   std::thread thread_;
 };

@@ -123,10 +123,7 @@ awaitable<Step> splice_once(RelayState& state, tcp::socket& from, tcp::socket& t
 }
 
 awaitable<void> pump(RelayState& state, tcp::socket& from, tcp::socket& to, std::uint64_t& bytes) {
-  // Our own syscalls below must never block the worker thread.
   boost::system::error_code ignored;
-  from.non_blocking(true, ignored);
-  to.non_blocking(true, ignored);
   bool splice_unsupported = false;
   std::unique_ptr<char[]> buffer;
   for (;;) {
@@ -164,6 +161,10 @@ awaitable<void> watchdog(RelayState& state, std::chrono::milliseconds idle_timeo
 
 awaitable<RelayResult> relay(tcp::socket& downstream, tcp::socket& upstream, const RelayOptions& options) {
   using namespace boost::asio::experimental::awaitable_operators;
+  // The pumps' own splice calls must never block the worker thread: O_NONBLOCK once per socket.
+  boost::system::error_code ignored;
+  downstream.non_blocking(true, ignored);
+  upstream.non_blocking(true, ignored);
   RelayState state{downstream, upstream, boost::asio::steady_timer(downstream.get_executor()), 0, 2, {}};
   // `&&` runs the three concurrently and waits for all of them; none of them throws for I/O
   // errors, so no branch is cancelled early by the operator itself.
