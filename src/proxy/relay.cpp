@@ -1,15 +1,14 @@
 #include "proxy/relay.hpp"
 
 #include <fcntl.h>
+#include <sys/socket.h>
 
-#include <array>
-#include <memory>
-#include <boost/asio/as_tuple.hpp>
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/asio/write.hpp>
+#include <memory>
 
 #include "proxy/pipe_pool.hpp"
 
@@ -17,161 +16,266 @@ namespace dsproxy::proxy {
 
 namespace {
 
-using boost::asio::awaitable;
-using boost::asio::use_awaitable;
-constexpr auto as_values = boost::asio::as_tuple(use_awaitable);
+// Why callbacks and not one coroutine per direction: an idle proxied connection is what a node
+// proxy holds most of, and its cost is what sits in memory while it waits. Two direction
+// coroutines joined by awaitable operators cost about 8.6 KiB per connection (frames, parallel
+// group state, spawned entry points); this object and its three pending waits cost a few hundred
+// bytes. The coroutine that calls relay() still owns the connection and its sockets.
 
 // The copy fallback's buffer, allocated only if splice is impossible (the pipe cap is reached, no
-// descriptors are left for a pipe, or a socket type splice rejects) and freed with the direction.
+// descriptors are left for a pipe, or a socket type splice rejects) and freed with the relay.
 constexpr std::size_t kChunk = 16 * 1024;
+// Transfers in a row before a busy direction yields to the rest of the worker's connections.
+constexpr int kBudget = 16;
 
-// Shared by the two pumps and the idle watchdog. Lives in relay()'s frame, which outlives all
-// three because relay() awaits them; everything runs on one io_context thread, so plain fields.
-struct RelayState {
-  tcp::socket& downstream;
-  tcp::socket& upstream;
-  boost::asio::steady_timer idle_timer;
-  std::uint64_t activity = 0;  // bumped per successful read; the watchdog compares snapshots
-  int running_pumps = 2;
-  RelayResult result;
+class Relay {
+ public:
+  using Handler = boost::asio::any_completion_handler<void(RelayResult)>;
+
+  static void start(tcp::socket& downstream, tcp::socket& upstream, const RelayOptions& options, Handler handler) {
+    auto* relay = new Relay(downstream, upstream, options, std::move(handler));
+    relay->begin();
+  }
+
+ private:
+  // One direction: bytes read from `from` are written to `to`. Between a read and the write
+  // that drains it, the bytes sit in `pipe` (or in `buffer` on the copy path).
+  struct Direction {
+    tcp::socket* from = nullptr;
+    tcp::socket* to = nullptr;
+    std::uint64_t* bytes = nullptr;
+    Pipe pipe;
+    std::size_t pipe_pending = 0;
+    std::unique_ptr<char[]> buffer;
+    std::size_t buffer_offset = 0;
+    std::size_t buffer_pending = 0;
+    bool copy_only = false;  // splice was refused for these sockets
+    bool done = false;
+  };
+
+  Relay(tcp::socket& downstream, tcp::socket& upstream, const RelayOptions& options, Handler handler)
+      : downstream_(downstream),
+        upstream_(upstream),
+        idle_timeout_(options.idle_timeout),
+        idle_timer_(downstream.get_executor()),
+        handler_(std::move(handler)) {
+    dirs_[0].from = &downstream_;
+    dirs_[0].to = &upstream_;
+    dirs_[0].bytes = &result_.bytes_to_upstream;
+    dirs_[1].from = &upstream_;
+    dirs_[1].to = &downstream_;
+    dirs_[1].bytes = &result_.bytes_to_downstream;
+  }
+
+  ~Relay() {
+    for (auto& d : dirs_) PipePool::for_this_thread().release(d.pipe, d.pipe_pending == 0);
+  }
+
+  void begin() {
+    // Our own splice/recv/send calls below must never block the worker thread.
+    boost::system::error_code ignored;
+    downstream_.non_blocking(true, ignored);
+    upstream_.non_blocking(true, ignored);
+    arm_watchdog();
+    move(0);
+    move(1);
+  }
+
+  // ---- lifetime: every started wait holds one count; the last one to finish ends the relay ----
+
+  template <typename Fn>
+  auto guarded(Fn fn) {
+    ++pending_;
+    return [this, fn](auto... args) {
+      fn(args...);
+      if (--pending_ == 0) finish();
+    };
+  }
+
+  void finish() {
+    // Both directions ended and no wait is outstanding: nothing will touch the sockets again,
+    // so the caller may resume and destroy them. Posted, so it resumes on a clean stack.
+    auto executor = idle_timer_.get_executor();
+    boost::asio::post(executor, [handler = std::move(handler_), result = result_]() mutable {
+      std::move(handler)(result);
+    });
+    delete this;
+  }
+
+  void direction_done(Direction& d) {
+    d.done = true;
+    PipePool::for_this_thread().release(d.pipe, d.pipe_pending == 0);
+    d.pipe = Pipe{};
+    d.pipe_pending = 0;
+    if (dirs_[0].done && dirs_[1].done) idle_timer_.cancel();
+  }
 
   // Ends both directions abruptly: reset `victim` (the side that still looks healthy) and close
-  // `culprit` (already broken). Pending operations on both complete with operation_aborted.
+  // `culprit` (already broken). Pending waits on both complete with operation_aborted.
   void abort(tcp::socket& culprit, tcp::socket& victim) {
-    result.reset = true;
+    result_.reset = true;
     reset_connection(victim);
     boost::system::error_code ignored;
     culprit.close(ignored);
+    for (auto& d : dirs_)
+      if (!d.done) direction_done(d);
   }
-};
 
-enum class Step { more, copy, eof, stop };
+  void wait(tcp::socket& socket, tcp::socket::wait_type type, int index) {
+    socket.async_wait(type, guarded([this, index](boost::system::error_code ec) {
+      Direction& d = dirs_[index];
+      if (d.done) return;
+      // Aborted, or the other direction closed a socket meanwhile: this direction is over.
+      if (ec || !d.from->is_open() || !d.to->is_open()) return direction_done(d);
+      move(index);
+    }));
+  }
 
-// One read-then-write round through a user-space buffer, for when splice cannot be used.
-awaitable<Step> copy_once(RelayState& state, tcp::socket& from, tcp::socket& to, std::uint64_t& bytes,
-                          std::unique_ptr<char[]>& buffer) {
-  if (!buffer) buffer = std::make_unique<char[]>(kChunk);
-  auto [read_ec, n] = co_await from.async_read_some(boost::asio::buffer(buffer.get(), kChunk), as_values);
-  if (n > 0) {
-    ++state.activity;
-    auto [write_ec, written] = co_await boost::asio::async_write(to, boost::asio::buffer(buffer.get(), n), as_values);
-    bytes += written;
-    if (write_ec) {
-      if (write_ec != boost::asio::error::operation_aborted) state.abort(to, from);
-      co_return Step::stop;
+  // Moves as much as the sockets allow right now, then waits for whichever side stopped it.
+  // Waits are started only after a call said EAGAIN: asio's epoll reactor is edge-triggered, so a
+  // wait started while bytes are already queued might never complete. Descriptors are re-read
+  // from the sockets on every call: a cached number could belong to another connection by now.
+  void move(int index) {
+    Direction& d = dirs_[index];
+    for (int budget = kBudget; budget > 0; --budget) {
+      if (d.done) return;
+      if (!flush(d, index)) return;  // waiting for `to` to drain, or ended
+      const Step step = d.copy_only ? read_into_buffer(d) : read_into_pipe(d);
+      switch (step) {
+        case Step::progress: continue;
+        case Step::would_block: return wait(*d.from, tcp::socket::wait_read, index);
+        case Step::eof: {
+          // Half-close: forward the FIN and keep the other direction flowing.
+          boost::system::error_code ignored;
+          d.to->shutdown(tcp::socket::shutdown_send, ignored);
+          return direction_done(d);
+        }
+        case Step::failed: return abort(*d.from, *d.to);
+      }
     }
+    // A busy direction yields after its budget, so one bulk stream cannot starve the others.
+    boost::asio::post(idle_timer_.get_executor(), guarded([this, index] {
+      if (!dirs_[index].done) move(index);
+    }));
   }
-  if (!read_ec) co_return Step::more;
-  if (read_ec == boost::asio::error::eof) co_return Step::eof;
-  if (read_ec != boost::asio::error::operation_aborted) state.abort(from, to);
-  co_return Step::stop;
-}
 
-// Moves what `from` has readable right now into `to` through a pipe, waiting for `to` to drain
-// when it pushes back. Waits for readability only after the socket said EAGAIN: asio's reactor
-// is edge-triggered, so a wait started while data is already queued might never complete.
-// File descriptors are re-read from the sockets after every suspension: the other direction may
-// have closed one, and a cached number could by then belong to another connection.
-awaitable<Step> splice_once(RelayState& state, tcp::socket& from, tcp::socket& to, std::uint64_t& bytes,
-                            bool& splice_unsupported) {
-  PipePool& pool = PipePool::for_this_thread();
-  Pipe pipe = pool.acquire();
-  if (!pipe.valid()) co_return Step::copy;  // pipes exhausted: one round through a buffer
-  const ssize_t n = ::splice(from.native_handle(), nullptr, pipe.write_fd, nullptr, pool.pipe_size(),
-                             SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-  if (n <= 0) {
+  enum class Step { progress, would_block, eof, failed };
+
+  Step read_into_pipe(Direction& d) {
+    PipePool& pool = PipePool::for_this_thread();
+    if (!d.pipe.valid()) d.pipe = pool.acquire();
+    if (!d.pipe.valid()) return read_into_buffer(d);  // pipes exhausted: one round through a buffer
+    const ssize_t n = ::splice(d.from->native_handle(), nullptr, d.pipe.write_fd, nullptr, pool.pipe_size(),
+                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n > 0) {
+      d.pipe_pending = static_cast<std::size_t>(n);
+      ++activity_;
+      return Step::progress;
+    }
     const int err = errno;
-    pool.release(pipe);
-    if (n == 0) co_return Step::eof;
-    if (err == EINTR) co_return Step::more;
+    // An idle connection holds no pipe: give it back while waiting.
+    pool.release(d.pipe);
+    d.pipe = Pipe{};
+    if (n == 0) return Step::eof;
+    if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) return Step::would_block;
     if (err == EINVAL) {
-      splice_unsupported = true;
-      co_return Step::more;
+      d.copy_only = true;
+      return read_into_buffer(d);
     }
-    if (err != EAGAIN && err != EWOULDBLOCK) {
-      state.abort(from, to);  // ECONNRESET and friends
-      co_return Step::stop;
-    }
-    auto [ec] = co_await from.async_wait(tcp::socket::wait_read, as_values);
-    if (!ec && from.is_open() && to.is_open()) co_return Step::more;
-    co_return Step::stop;  // aborted: the other direction ended the connection
+    return Step::failed;  // ECONNRESET and friends
   }
-  ++state.activity;
-  auto pending = static_cast<std::size_t>(n);
-  while (pending > 0) {
-    const ssize_t m =
-        ::splice(pipe.read_fd, nullptr, to.native_handle(), nullptr, pending, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-    if (m > 0) {
-      pending -= static_cast<std::size_t>(m);
-      bytes += static_cast<std::uint64_t>(m);
-      continue;
+
+  Step read_into_buffer(Direction& d) {
+    if (!d.buffer) d.buffer = std::make_unique<char[]>(kChunk);
+    const ssize_t n = ::recv(d.from->native_handle(), d.buffer.get(), kChunk, MSG_DONTWAIT);
+    if (n > 0) {
+      d.buffer_offset = 0;
+      d.buffer_pending = static_cast<std::size_t>(n);
+      ++activity_;
+      return Step::progress;
     }
+    if (n == 0) return Step::eof;
     const int err = errno;
-    if (m < 0 && err == EINTR) continue;
-    if (m < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
-      auto [ec] = co_await to.async_wait(tcp::socket::wait_write, as_values);
-      if (!ec && from.is_open() && to.is_open()) continue;
-      pool.release(pipe, false);  // holds undelivered bytes: never reuse it
-      co_return Step::stop;
-    }
-    pool.release(pipe, false);
-    state.abort(to, from);  // EPIPE / ECONNRESET: the receiver is gone
-    co_return Step::stop;
+    if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) return Step::would_block;
+    return Step::failed;
   }
-  pool.release(pipe);
-  co_return Step::more;
-}
 
-awaitable<void> pump(RelayState& state, tcp::socket& from, tcp::socket& to, std::uint64_t& bytes) {
-  boost::system::error_code ignored;
-  bool splice_unsupported = false;
-  std::unique_ptr<char[]> buffer;
-  for (;;) {
-    Step step = splice_unsupported ? Step::copy : co_await splice_once(state, from, to, bytes, splice_unsupported);
-    if (step == Step::copy) step = co_await copy_once(state, from, to, bytes, buffer);
-    if (step == Step::more) continue;
-    if (step == Step::eof) {
-      // Half-close: forward the FIN and keep the other direction flowing.
-      to.shutdown(tcp::socket::shutdown_send, ignored);
+  // Writes what the direction holds to `to`. Returns true when it all went out; false when it
+  // started a wait for `to` (or ended the connection on a write error).
+  bool flush(Direction& d, int index) {
+    while (d.pipe_pending > 0 || d.buffer_pending > 0) {
+      ssize_t m;
+      if (d.pipe_pending > 0)
+        m = ::splice(d.pipe.read_fd, nullptr, d.to->native_handle(), nullptr, d.pipe_pending,
+                     SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      else
+        m = ::send(d.to->native_handle(), d.buffer.get() + d.buffer_offset, d.buffer_pending,
+                   MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (m > 0) {
+        *d.bytes += static_cast<std::uint64_t>(m);
+        if (d.pipe_pending > 0) {
+          d.pipe_pending -= static_cast<std::size_t>(m);
+        } else {
+          d.buffer_offset += static_cast<std::size_t>(m);
+          d.buffer_pending -= static_cast<std::size_t>(m);
+        }
+        continue;
+      }
+      const int err = errno;
+      if (m < 0 && err == EINTR) continue;
+      if (m < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
+        wait(*d.to, tcp::socket::wait_write, index);
+        return false;
+      }
+      abort(*d.to, *d.from);  // EPIPE / ECONNRESET: the receiver is gone
+      return false;
     }
-    break;
+    if (d.pipe.valid()) {
+      // Drained: back to the pool, so an idle connection holds no pipe.
+      PipePool::for_this_thread().release(d.pipe);
+      d.pipe = Pipe{};
+    }
+    return true;
   }
-  if (--state.running_pumps == 0) state.idle_timer.cancel();
-}
 
-awaitable<void> watchdog(RelayState& state, std::chrono::milliseconds idle_timeout) {
-  std::uint64_t seen = state.activity;
-  // The check before each wait matters: if both pumps ended before this coroutine first ran,
-  // their cancel() found no pending wait and we must not start one.
-  while (state.running_pumps > 0) {
-    state.idle_timer.expires_after(idle_timeout);
-    auto [ec] = co_await state.idle_timer.async_wait(as_values);
-    if (ec || state.running_pumps == 0) break;
-    if (state.activity == seen) {
-      state.result.idle_timeout = true;
-      reset_connection(state.downstream);
-      reset_connection(state.upstream);
-      break;
-    }
-    seen = state.activity;
+  // Resets both sides after a whole period without a byte either way. Checked once per period,
+  // so it fires between 1x and 2x the timeout, with one timer per connection.
+  void arm_watchdog() {
+    idle_timer_.expires_after(idle_timeout_);
+    idle_timer_.async_wait(guarded([this, seen = activity_](boost::system::error_code ec) {
+      if (ec || (dirs_[0].done && dirs_[1].done)) return;
+      if (activity_ == seen) {
+        result_.idle_timeout = true;
+        reset_connection(downstream_);
+        reset_connection(upstream_);
+        for (auto& d : dirs_)
+          if (!d.done) direction_done(d);
+        return;
+      }
+      arm_watchdog();
+    }));
   }
-}
+
+  tcp::socket& downstream_;
+  tcp::socket& upstream_;
+  std::chrono::milliseconds idle_timeout_;
+  boost::asio::steady_timer idle_timer_;
+  Handler handler_;
+  Direction dirs_[2];
+  RelayResult result_;
+  std::uint64_t activity_ = 0;  // bumped per successful read; the watchdog compares snapshots
+  int pending_ = 0;
+};
 
 }  // namespace
 
-awaitable<RelayResult> relay(tcp::socket& downstream, tcp::socket& upstream, const RelayOptions& options) {
-  using namespace boost::asio::experimental::awaitable_operators;
-  // The pumps' own splice calls must never block the worker thread: O_NONBLOCK once per socket.
-  boost::system::error_code ignored;
-  downstream.non_blocking(true, ignored);
-  upstream.non_blocking(true, ignored);
-  RelayState state{downstream, upstream, boost::asio::steady_timer(downstream.get_executor()), 0, 2, {}};
-  // `&&` runs the three concurrently and waits for all of them; none of them throws for I/O
-  // errors, so no branch is cancelled early by the operator itself.
-  co_await (pump(state, downstream, upstream, state.result.bytes_to_upstream) &&
-            pump(state, upstream, downstream, state.result.bytes_to_downstream) &&
-            watchdog(state, options.idle_timeout));
-  co_return state.result;
+boost::asio::awaitable<RelayResult> relay(tcp::socket& downstream, tcp::socket& upstream,
+                                          const RelayOptions& options) {
+  co_return co_await boost::asio::async_initiate<const boost::asio::use_awaitable_t<>&, void(RelayResult)>(
+      [&downstream, &upstream, &options](auto handler) {
+        Relay::start(downstream, upstream, options, std::move(handler));
+      },
+      boost::asio::use_awaitable);
 }
 
 }  // namespace dsproxy::proxy
