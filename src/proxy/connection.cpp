@@ -4,6 +4,8 @@
 
 #include <optional>
 
+#include <boost/asio/use_awaitable.hpp>
+
 #include "proxy/connect_scheduler.hpp"
 #include "proxy/relay.hpp"
 #include "proxy/router.hpp"
@@ -137,6 +139,37 @@ awaitable<std::optional<ConnectedUpstream>> establish_upstream(const ConnectionC
   co_return ConnectedUpstream{winner.address, backends.endpoint_of(winner)};
 }
 
+// What the relay phase keeps of the connect phase.
+struct Connected {
+  net::SocketAddress address;
+  std::shared_ptr<config::EndpointState> endpoint;  // null for passthrough
+};
+
+awaitable<std::optional<Connected>> route_and_connect(const ConnectionContext& ctx, Direction direction,
+                                                      const net::SocketAddress& source,
+                                                      const net::SocketAddress& destination, tcp::socket& upstream) {
+  // One snapshot reference for the whole decision: a concurrent reload cannot change it or free
+  // the endpoints it points to.
+  const auto snapshot = ctx.store.current();
+  const RouteDecision decision = route(*snapshot, direction, destination, ctx.options.ports);
+  const std::string_view cluster_name = decision.cluster ? std::string_view(decision.cluster->cluster_name) : "-";
+  if (decision.kind == RouteKind::reject) {
+    count_reject(ctx.stats, decision.reason);
+    spdlog::warn("{} {} -> {} rejected: {} (cluster {})", to_string(direction), source.to_string(),
+                 destination.to_string(), to_string(decision.reason), cluster_name);
+    co_return std::nullopt;
+  }
+  ProxyStats::add(decision.kind == RouteKind::service ? ctx.stats.routed_to_service : ctx.stats.passthrough);
+  const auto connected = co_await establish_upstream(ctx, decision, *snapshot, source, destination, upstream);
+  if (!connected) co_return std::nullopt;
+  // Guarded: the arguments would be formatted (inet_ntop, allocations) even with debug off, and
+  // that cost per connection showed up in profiles.
+  if (spdlog::should_log(spdlog::level::debug))
+    spdlog::debug("{} {} -> {} via {} (cluster {})", to_string(direction), source.to_string(),
+                  destination.to_string(), connected->address.to_string(), cluster_name);
+  co_return Connected{connected->address, connected->endpoint ? connected->endpoint->state : nullptr};
+}
+
 }  // namespace
 
 awaitable<void> serve_connection(tcp::socket client, Direction direction, ConnectionContext ctx) {
@@ -151,44 +184,25 @@ awaitable<void> serve_connection(tcp::socket client, Direction direction, Connec
   const net::SocketAddress destination = to_socket_address(local);
   const net::SocketAddress source = to_socket_address(peer);
 
-  // One snapshot reference for the whole connection: a concurrent reload cannot change the
-  // decision or free the endpoints it points to.
-  const auto snapshot = ctx.store.current();
-  const RouteDecision decision = route(*snapshot, direction, destination, ctx.options.ports);
-  const std::string_view cluster_name = decision.cluster ? std::string_view(decision.cluster->cluster_name) : "-";
-
-  if (decision.kind == RouteKind::reject) {
-    count_reject(ctx.stats, decision.reason);
-    spdlog::warn("{} {} -> {} rejected: {} (cluster {})", to_string(direction), source.to_string(),
-                 destination.to_string(), to_string(decision.reason), cluster_name);
-    reset_connection(client);
-    co_return;
-  }
-  ProxyStats::add(decision.kind == RouteKind::service ? ctx.stats.routed_to_service : ctx.stats.passthrough);
-
-  // The connect phase runs in its own coroutine so that its state (scheduler, candidate lists,
-  // attempt sockets) is freed before the relay starts: an idle proxied connection then holds
-  // only its two sockets and the relay's small frames.
+  // Routing and connecting run in their own coroutine: their state (the snapshot reference,
+  // scheduler, candidate lists, attempt sockets) is freed before the relay starts, so an idle
+  // proxied connection holds only its sockets and the relay, and an old snapshot is not kept
+  // alive by long-lived connections after a reload.
   tcp::socket upstream(client.get_executor());
-  const auto connected = co_await establish_upstream(ctx, decision, *snapshot, source, destination, upstream);
+  const auto connected = co_await route_and_connect(ctx, direction, source, destination, upstream);
   if (!connected) {
     reset_connection(client);
     co_return;
   }
   // Outstanding connections per endpoint feed least-outstanding picking.
-  GaugeGuard<std::atomic<std::uint32_t>> outstanding(connected->endpoint ? &connected->endpoint->state->active
-                                                                         : nullptr);
+  GaugeGuard<std::atomic<std::uint32_t>> outstanding(connected->endpoint ? &connected->endpoint->active : nullptr);
 
   // Small interactive writes should not wait for Nagle on either leg.
   client.set_option(tcp::no_delay(true), ec);
   upstream.set_option(tcp::no_delay(true), ec);
 
-  // Guarded: the arguments would be formatted (inet_ntop, allocations) even with debug off, and
-  // that cost per connection showed up in profiles.
-  if (spdlog::should_log(spdlog::level::debug))
-    spdlog::debug("{} {} -> {} via {} (cluster {})", to_string(direction), source.to_string(),
-                  destination.to_string(), connected->address.to_string(), cluster_name);
-  const RelayResult result = co_await relay(client, upstream, RelayOptions{ctx.options.idle_timeout});
+  const RelayResult result =
+      co_await async_relay(client, upstream, RelayOptions{ctx.options.idle_timeout}, boost::asio::use_awaitable);
   ProxyStats::add(ctx.stats.bytes_to_upstream, result.bytes_to_upstream);
   ProxyStats::add(ctx.stats.bytes_to_downstream, result.bytes_to_downstream);
   if (result.idle_timeout) ProxyStats::add(ctx.stats.idle_timeouts);

@@ -7,7 +7,6 @@
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/use_awaitable.hpp>
 #include <memory>
 
 #include "proxy/pipe_pool.hpp"
@@ -269,13 +268,9 @@ class Relay {
 
 }  // namespace
 
-boost::asio::awaitable<RelayResult> relay(tcp::socket& downstream, tcp::socket& upstream,
-                                          const RelayOptions& options) {
-  co_return co_await boost::asio::async_initiate<const boost::asio::use_awaitable_t<>&, void(RelayResult)>(
-      [&downstream, &upstream, &options](auto handler) {
-        Relay::start(downstream, upstream, options, std::move(handler));
-      },
-      boost::asio::use_awaitable);
+void start_relay(tcp::socket& downstream, tcp::socket& upstream, const RelayOptions& options,
+                 boost::asio::any_completion_handler<void(RelayResult)> handler) {
+  Relay::start(downstream, upstream, options, std::move(handler));
 }
 
 }  // namespace dsproxy::proxy

@@ -93,7 +93,7 @@ asio::awaitable<void> run_relay(asio::io_context& io, int downstream_fd, int ups
                                 std::promise<RelayResult>& result) {
   tcp::socket downstream(io, tcp::v4(), downstream_fd);
   tcp::socket upstream(io, tcp::v4(), upstream_fd);
-  result.set_value(co_await relay(downstream, upstream, options));
+  result.set_value(co_await async_relay(downstream, upstream, options, asio::use_awaitable));
 }
 
 // client --(A)--> relay --(B)--> server
