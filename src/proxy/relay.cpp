@@ -6,7 +6,9 @@
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/execution_context.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <map>
 #include <memory>
 
 #include "proxy/pipe_pool.hpp"
@@ -27,6 +29,38 @@ constexpr std::size_t kChunk = 16 * 1024;
 // Transfers in a row before a busy direction yields to the rest of the worker's connections.
 constexpr int kBudget = 16;
 
+class Relay;
+
+// Idle detection for every relay of one io_context: one timer per distinct idle timeout instead
+// of one timer (and one pending wait) per connection. At each tick a relay whose activity counter
+// has not moved since the previous tick is reset, so it fires between 1x and 2x the timeout.
+// An asio service, so it lives and dies with its io_context.
+class IdleSweeper : public boost::asio::execution_context::service {
+ public:
+  static inline boost::asio::execution_context::id id;
+  explicit IdleSweeper(boost::asio::execution_context& context) : service(context) {}
+
+  static IdleSweeper& of(const boost::asio::any_io_executor& executor) {
+    return boost::asio::use_service<IdleSweeper>(boost::asio::query(executor, boost::asio::execution::context));
+  }
+
+  void add(Relay& relay, std::chrono::milliseconds period, const boost::asio::any_io_executor& executor);
+  void remove(Relay& relay);
+
+ private:
+  struct Wheel {
+    explicit Wheel(const boost::asio::any_io_executor& executor) : timer(executor) {}
+    boost::asio::steady_timer timer;
+    Relay* head = nullptr;
+    bool armed = false;
+  };
+  void arm(std::chrono::milliseconds period, Wheel& wheel);
+  void tick(std::chrono::milliseconds period, Wheel& wheel);
+  void shutdown() override { wheels_.clear(); }
+
+  std::map<std::chrono::milliseconds, std::unique_ptr<Wheel>> wheels_;
+};
+
 class Relay {
  public:
   using Handler = boost::asio::any_completion_handler<void(RelayResult)>;
@@ -34,6 +68,26 @@ class Relay {
   static void start(tcp::socket& downstream, tcp::socket& upstream, const RelayOptions& options, Handler handler) {
     auto* relay = new Relay(downstream, upstream, options, std::move(handler));
     relay->begin();
+    // Both directions may have ended before any wait was started (a peer that sent its data and
+    // FIN at once, and the other end likewise): nothing else would finish it.
+    if (relay->pending_ == 0) relay->finish();
+  }
+
+  // Used by IdleSweeper, on this relay's thread.
+  Relay* sweep_prev = nullptr;
+  Relay* sweep_next = nullptr;
+  bool swept = false;  // registered with the sweeper
+  std::uint64_t sweep_seen = 0;
+  bool idle_since_last_sweep() const { return activity_ == sweep_seen; }
+  void mark_swept() { sweep_seen = activity_; }
+  void expire() {
+    // Idle for a whole period: reset both sides. Pending waits complete with operation_aborted
+    // and the last one finishes the relay.
+    result_.idle_timeout = true;
+    reset_connection(downstream_);
+    reset_connection(upstream_);
+    for (auto& d : dirs_)
+      if (!d.done) direction_done(d);
   }
 
  private:
@@ -56,7 +110,6 @@ class Relay {
       : downstream_(downstream),
         upstream_(upstream),
         idle_timeout_(options.idle_timeout),
-        idle_timer_(downstream.get_executor()),
         handler_(std::move(handler)) {
     dirs_[0].from = &downstream_;
     dirs_[0].to = &upstream_;
@@ -67,6 +120,7 @@ class Relay {
   }
 
   ~Relay() {
+    if (swept) IdleSweeper::of(downstream_.get_executor()).remove(*this);
     for (auto& d : dirs_) PipePool::for_this_thread().release(d.pipe, d.pipe_pending == 0);
   }
 
@@ -75,7 +129,7 @@ class Relay {
     boost::system::error_code ignored;
     downstream_.non_blocking(true, ignored);
     upstream_.non_blocking(true, ignored);
-    arm_watchdog();
+    IdleSweeper::of(downstream_.get_executor()).add(*this, idle_timeout_, downstream_.get_executor());
     move(0);
     move(1);
   }
@@ -94,7 +148,7 @@ class Relay {
   void finish() {
     // Both directions ended and no wait is outstanding: nothing will touch the sockets again,
     // so the caller may resume and destroy them. Posted, so it resumes on a clean stack.
-    auto executor = idle_timer_.get_executor();
+    auto executor = downstream_.get_executor();
     boost::asio::post(executor, [handler = std::move(handler_), result = result_]() mutable {
       std::move(handler)(result);
     });
@@ -106,7 +160,7 @@ class Relay {
     PipePool::for_this_thread().release(d.pipe, d.pipe_pending == 0);
     d.pipe = Pipe{};
     d.pipe_pending = 0;
-    if (dirs_[0].done && dirs_[1].done) idle_timer_.cancel();
+    if (dirs_[0].done && dirs_[1].done && swept) IdleSweeper::of(downstream_.get_executor()).remove(*this);
   }
 
   // Ends both directions abruptly: reset `victim` (the side that still looks healthy) and close
@@ -153,7 +207,7 @@ class Relay {
       }
     }
     // A busy direction yields after its budget, so one bulk stream cannot starve the others.
-    boost::asio::post(idle_timer_.get_executor(), guarded([this, index] {
+    boost::asio::post(downstream_.get_executor(), guarded([this, index] {
       if (!dirs_[index].done) move(index);
     }));
   }
@@ -237,34 +291,58 @@ class Relay {
     return true;
   }
 
-  // Resets both sides after a whole period without a byte either way. Checked once per period,
-  // so it fires between 1x and 2x the timeout, with one timer per connection.
-  void arm_watchdog() {
-    idle_timer_.expires_after(idle_timeout_);
-    idle_timer_.async_wait(guarded([this, seen = activity_](boost::system::error_code ec) {
-      if (ec || (dirs_[0].done && dirs_[1].done)) return;
-      if (activity_ == seen) {
-        result_.idle_timeout = true;
-        reset_connection(downstream_);
-        reset_connection(upstream_);
-        for (auto& d : dirs_)
-          if (!d.done) direction_done(d);
-        return;
-      }
-      arm_watchdog();
-    }));
-  }
-
   tcp::socket& downstream_;
   tcp::socket& upstream_;
   std::chrono::milliseconds idle_timeout_;
-  boost::asio::steady_timer idle_timer_;
   Handler handler_;
   Direction dirs_[2];
   RelayResult result_;
-  std::uint64_t activity_ = 0;  // bumped per successful read; the watchdog compares snapshots
+  std::uint64_t activity_ = 0;  // bumped per successful read; the sweeper compares snapshots
   int pending_ = 0;
 };
+
+void IdleSweeper::add(Relay& relay, std::chrono::milliseconds period, const boost::asio::any_io_executor& executor) {
+  auto& wheel = wheels_[period];
+  if (!wheel) wheel = std::make_unique<Wheel>(executor);
+  relay.sweep_prev = nullptr;
+  relay.sweep_next = wheel->head;
+  if (wheel->head) wheel->head->sweep_prev = &relay;
+  wheel->head = &relay;
+  relay.swept = true;
+  relay.mark_swept();
+  if (!wheel->armed) arm(period, *wheel);
+}
+
+void IdleSweeper::remove(Relay& relay) {
+  if (!relay.swept) return;
+  relay.swept = false;
+  if (relay.sweep_prev) relay.sweep_prev->sweep_next = relay.sweep_next;
+  if (relay.sweep_next) relay.sweep_next->sweep_prev = relay.sweep_prev;
+  for (auto& [period, wheel] : wheels_)
+    if (wheel->head == &relay) wheel->head = relay.sweep_next;
+  relay.sweep_prev = relay.sweep_next = nullptr;
+}
+
+void IdleSweeper::arm(std::chrono::milliseconds period, Wheel& wheel) {
+  wheel.armed = true;
+  wheel.timer.expires_after(period);
+  // The wheel outlives its pending wait: both belong to this service, which the io_context
+  // destroys only after abandoning the wait.
+  wheel.timer.async_wait([this, period, &wheel](boost::system::error_code ec) {
+    wheel.armed = false;
+    if (!ec) tick(period, wheel);
+  });
+}
+
+void IdleSweeper::tick(std::chrono::milliseconds period, Wheel& wheel) {
+  for (Relay* r = wheel.head; r;) {
+    Relay* next = r->sweep_next;  // expire() may unlink r
+    if (r->idle_since_last_sweep()) r->expire();
+    else r->mark_swept();
+    r = next;
+  }
+  if (wheel.head) arm(period, wheel);
+}
 
 }  // namespace
 
