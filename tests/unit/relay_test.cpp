@@ -15,6 +15,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <atomic>
 #include <csignal>
+#include <functional>
 #include <future>
 #include <random>
 #include <thread>
@@ -99,7 +100,8 @@ asio::awaitable<void> run_relay(asio::io_context& io, int downstream_fd, int ups
 // client --(A)--> relay --(B)--> server
 class RelayTest : public ::testing::Test {
  protected:
-  void start(RelayOptions options = {}) {
+  // `before_relay` runs once both connections exist but before the relay starts.
+  void start(RelayOptions options = {}, const std::function<void()>& before_relay = {}) {
     std::uint16_t proxy_port = 0, server_port = 0;
     proxy_listener_ = listen_loopback(proxy_port);
     server_listener_ = listen_loopback(server_port);
@@ -110,6 +112,7 @@ class RelayTest : public ::testing::Test {
     timeval tv{10, 0};
     ::setsockopt(server_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
 
+    if (before_relay) before_relay();
     asio::co_spawn(io_, run_relay(io_, downstream_fd, upstream_fd, options, result_), asio::detached);
     thread_ = std::thread([this] { io_.run(); });
   }
@@ -171,6 +174,23 @@ TEST_F(RelayTest, HalfCloseForwardsFinAndReplyStillArrives) {
   EXPECT_EQ(err2, 0);
   EXPECT_EQ(reply, "pong after your FIN");
   EXPECT_FALSE(result().reset);
+}
+
+TEST_F(RelayTest, BothSidesDoneBeforeTheRelayStartsStillDeliversAndFinishes) {
+  // Both peers sent everything and their FIN before the relay ran its first read: it finishes
+  // without ever waiting, and must still complete (and deliver every byte).
+  start({}, [this] {
+    write_all(client_, "early question");
+    ::shutdown(client_, SHUT_WR);
+    write_all(server_, "early answer");
+    ::shutdown(server_, SHUT_WR);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // let the FINs arrive
+  });
+  EXPECT_EQ(read_to_end(server_).first, "early question");
+  EXPECT_EQ(read_to_end(client_).first, "early answer");
+  auto r = result();
+  EXPECT_EQ(r.bytes_to_upstream, 14u);
+  EXPECT_EQ(r.bytes_to_downstream, 12u);
 }
 
 TEST_F(RelayTest, ClientResetResetsServer) {
