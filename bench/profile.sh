@@ -67,6 +67,8 @@ on_exit() {
   [[ -n ${PERF_PID:-} ]] && kill -INT "$PERF_PID" 2>/dev/null && wait "$PERF_PID" 2>/dev/null
   [[ -n ${PEER_PIDS[*]:-} ]] && peer_stop
   topo_down
+  # The scratch directory goes unless it holds the outputs (no --out given).
+  [[ $OUT == "$BENCH_TMP"/* ]] || rm -rf -- "$BENCH_TMP"
   log "profiles in $OUT"
   exit "$status"
 }
