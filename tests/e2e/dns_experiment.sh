@@ -32,25 +32,8 @@ UPSTREAM_NODE6=fd00:53::1
 UPSTREAM4=10.53.0.53
 UPSTREAM6=fd00:53::53
 
-PASSED=0
-FAILED=0
-pass() {
-  echo "PASS: $*"
-  PASSED=$((PASSED + 1))
-}
-fail() {
-  echo "FAIL: $*"
-  FAILED=$((FAILED + 1))
-}
-check() {
-  local name=$1 ok=$2 detail=${3:-}
-  if ((ok == 0)); then pass "$name"; else fail "$name${detail:+ ($detail)}"; fi
-}
-in_time() {
-  ((SECONDS < E2E_DEADLINE)) && return 0
-  fail "$1 (not run: the ${E2E_DEADLINE}s time budget is used up)"
-  return 1
-}
+# shellcheck source=tests/e2e/lib/checks.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/checks.sh"
 summary() { echo "$PASSED passed, $FAILED failed"; }
 
 on_exit() {

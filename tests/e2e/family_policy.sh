@@ -37,27 +37,9 @@ CONNECT_TIMEOUT_MS=3000
 # by the harness). A normal run takes about 25 s.
 E2E_DEADLINE=${E2E_DEADLINE:-140}
 
-PASSED=0
-FAILED=0
-pass() {
-  echo "PASS: $*"
-  PASSED=$((PASSED + 1))
-}
-fail() {
-  echo "FAIL: $*"
-  FAILED=$((FAILED + 1))
-}
-# check NAME STATUS [DETAIL]: PASS when STATUS is 0; the detail is printed either way, so every
-# check shows what it measured.
-check() {
-  local name=$1 ok=$2 detail=${3:-}
-  if ((ok == 0)); then pass "$name${detail:+ ($detail)}"; else fail "$name${detail:+ ($detail)}"; fi
-}
-in_time() {
-  ((SECONDS < E2E_DEADLINE)) && return 0
-  fail "$1 (not run: the ${E2E_DEADLINE}s time budget is used up)"
-  return 1
-}
+CHECK_SHOW_DETAIL=1  # every check prints what it measured
+# shellcheck source=tests/e2e/lib/checks.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/checks.sh"
 SUMMARY_PRINTED=
 summary() {
   echo "$PASSED passed, $FAILED failed"
