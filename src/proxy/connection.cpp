@@ -172,13 +172,13 @@ awaitable<std::optional<Connected>> route_and_connect(const ConnectionContext& c
 
 }  // namespace
 
-awaitable<void> serve_connection(tcp::socket client, Direction direction, ConnectionContext ctx) {
+awaitable<void> serve_connection(tcp::socket client, tcp::endpoint peer, Direction direction,
+                                 ConnectionContext ctx) {
   GaugeGuard<ProxyStats::Counter> active(&ctx.stats.active_connections);
   ProxyStats::add(direction == Direction::outbound ? ctx.stats.outbound_accepted : ctx.stats.inbound_accepted);
 
   boost::system::error_code ec;
   const auto local = client.local_endpoint(ec);
-  const auto peer = ec ? tcp::endpoint{} : client.remote_endpoint(ec);
   if (ec) co_return;  // the client vanished between accept and now
   // With TPROXY the accepted socket's local address is the destination the client dialled.
   const net::SocketAddress destination = to_socket_address(local);
@@ -197,10 +197,8 @@ awaitable<void> serve_connection(tcp::socket client, Direction direction, Connec
   // Outstanding connections per endpoint feed least-outstanding picking.
   GaugeGuard<std::atomic<std::uint32_t>> outstanding(connected->endpoint ? &connected->endpoint->active : nullptr);
 
-  // Small interactive writes should not wait for Nagle on either leg.
-  client.set_option(tcp::no_delay(true), ec);
-  upstream.set_option(tcp::no_delay(true), ec);
-
+  // Both legs are TCP_NODELAY already: the client's socket inherits it from the listener and
+  // prepare_upstream sets it on the upstream socket.
   const RelayResult result =
       co_await async_relay(client, upstream, RelayOptions{ctx.options.idle_timeout}, boost::asio::use_awaitable);
   ProxyStats::add(ctx.stats.bytes_to_upstream, result.bytes_to_upstream);

@@ -22,7 +22,9 @@ struct ConnectionContext {
 };
 
 // Owns `client` in its coroutine frame: the connection lives exactly as long as this coroutine.
-// Never throws; every failure ends this connection only, with a log line and a counter.
-boost::asio::awaitable<void> serve_connection(tcp::socket client, Direction direction, ConnectionContext context);
+// `peer` is the client's address as accept() returned it. Never throws; every failure ends this
+// connection only, with a log line and a counter.
+boost::asio::awaitable<void> serve_connection(tcp::socket client, tcp::endpoint peer, Direction direction,
+                                              ConnectionContext context);
 
 }  // namespace dsproxy::proxy

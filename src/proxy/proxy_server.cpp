@@ -26,13 +26,14 @@ using boost::asio::use_awaitable;
 awaitable<void> accept_loop(tcp::acceptor& acceptor, Direction direction, ConnectionContext context) {
   const auto executor = co_await boost::asio::this_coro::executor;
   boost::asio::steady_timer backoff(executor);
+  tcp::endpoint peer;  // filled by accept() itself: no getpeername per connection
   for (;;) {
     bool back_off = false;
     // A listener must outlive anything one connection can do: an exception here (bad_alloc)
     // would otherwise end this loop silently, leaving the socket in the SO_REUSEPORT group with
     // nobody accepting its share of connections.
     try {
-      auto [ec, socket] = co_await acceptor.async_accept(boost::asio::as_tuple(use_awaitable));
+      auto [ec, socket] = co_await acceptor.async_accept(peer, boost::asio::as_tuple(use_awaitable));
       if (ec == boost::asio::error::operation_aborted || !acceptor.is_open()) co_return;  // draining
       if (ec) {
         // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; the connection stays in the
@@ -41,7 +42,7 @@ awaitable<void> accept_loop(tcp::acceptor& acceptor, Direction direction, Connec
         spdlog::warn("accept on port {} failed: {}", acceptor.local_endpoint(ignored).port(), ec.message());
         back_off = true;
       } else {
-        boost::asio::co_spawn(executor, serve_connection(std::move(socket), direction, context),
+        boost::asio::co_spawn(executor, serve_connection(std::move(socket), peer, direction, context),
                               boost::asio::detached);
       }
     } catch (const std::exception& e) {

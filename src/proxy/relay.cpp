@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <sys/socket.h>
 
+#include <cstring>
+
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/post.hpp>
@@ -23,11 +25,21 @@ namespace {
 // group state, spawned entry points); this object and its three pending waits cost a few hundred
 // bytes. The coroutine that calls relay() still owns the connection and its sockets.
 
-// The copy fallback's buffer, allocated only if splice is impossible (the pipe cap is reached, no
-// descriptors are left for a pipe, or a socket type splice rejects) and freed with the relay.
+// Reads of up to this size are copied through the worker's scratch buffer: for the small
+// messages of request/response traffic, recv + send cost less than splice's two pipe operations
+// (the kernel must also copy a small segment into a page of its own before it can splice it). A
+// read that fills the buffer marks the direction as bulk, and its next read is a splice.
 constexpr std::size_t kChunk = 16 * 1024;
 // Transfers in a row before a busy direction yields to the rest of the worker's connections.
 constexpr int kBudget = 16;
+
+// One per worker thread, shared by all of its connections: bytes stay in it only within one
+// Relay::move() call, which sends them or saves what the receiver could not take in the
+// direction's own buffer before it returns.
+char* worker_scratch() {
+  static thread_local char scratch[kChunk];
+  return scratch;
+}
 
 class Relay;
 
@@ -92,16 +104,18 @@ class Relay {
 
  private:
   // One direction: bytes read from `from` are written to `to`. Between a read and the write
-  // that drains it, the bytes sit in `pipe` (or in `buffer` on the copy path).
+  // that drains it, the bytes sit in `pipe` (splice), or at `out` (the worker's scratch buffer
+  // within one move() call, `buffer` when the receiver could not take them at once).
   struct Direction {
     tcp::socket* from = nullptr;
     tcp::socket* to = nullptr;
     std::uint64_t* bytes = nullptr;
     Pipe pipe;
     std::size_t pipe_pending = 0;
-    std::unique_ptr<char[]> buffer;
-    std::size_t buffer_offset = 0;
-    std::size_t buffer_pending = 0;
+    const char* out = nullptr;
+    std::size_t out_pending = 0;
+    std::unique_ptr<char[]> buffer;  // allocated on the first short write only
+    bool bulk = false;       // the last read filled the scratch buffer: splice the next one
     bool copy_only = false;  // splice was refused for these sockets
     bool done = false;
   };
@@ -125,10 +139,11 @@ class Relay {
   }
 
   void begin() {
-    // Our own splice/recv/send calls below must never block the worker thread.
+    // Our own splice/recv/send calls below must never block the worker thread. (asio's setter
+    // always calls ioctl; its getter only reads a flag.)
     boost::system::error_code ignored;
-    downstream_.non_blocking(true, ignored);
-    upstream_.non_blocking(true, ignored);
+    if (!downstream_.non_blocking()) downstream_.non_blocking(true, ignored);
+    if (!upstream_.non_blocking()) upstream_.non_blocking(true, ignored);
     IdleSweeper::of(downstream_.get_executor()).add(*this, idle_timeout_, downstream_.get_executor());
     move(0);
     move(1);
@@ -160,6 +175,7 @@ class Relay {
     PipePool::for_this_thread().release(d.pipe, d.pipe_pending == 0);
     d.pipe = Pipe{};
     d.pipe_pending = 0;
+    d.out_pending = 0;
     if (dirs_[0].done && dirs_[1].done && swept) IdleSweeper::of(downstream_.get_executor()).remove(*this);
   }
 
@@ -185,22 +201,29 @@ class Relay {
   }
 
   // Moves as much as the sockets allow right now, then waits for whichever side stopped it.
-  // Waits are started only after a call said EAGAIN: asio's epoll reactor is edge-triggered, so a
-  // wait started while bytes are already queued might never complete. Descriptors are re-read
-  // from the sockets on every call: a cached number could belong to another connection by now.
+  // A read shorter than asked for means the socket was drained: the relay waits then instead of
+  // trying once more for EAGAIN. That is safe because asio starts every async_wait with
+  // EPOLL_CTL_MOD, and the kernel re-checks readiness on MOD: bytes or a FIN that arrived in
+  // between complete the wait at once. Descriptors are re-read from the sockets on every call: a
+  // cached number could belong to another connection by now.
   void move(int index) {
     Direction& d = dirs_[index];
     for (int budget = kBudget; budget > 0; --budget) {
       if (d.done) return;
       if (!flush(d, index)) return;  // waiting for `to` to drain, or ended
-      const Step step = d.copy_only ? read_into_buffer(d) : read_into_pipe(d);
+      const Step step = read(d);
       switch (step) {
-        case Step::progress: continue;
+        case Step::progress:
+          continue;  // the next round flushes; nothing is left in the scratch buffer
+        case Step::drained:
+          if (!flush(d, index)) return;
+          return wait(*d.from, tcp::socket::wait_read, index);
         case Step::would_block: return wait(*d.from, tcp::socket::wait_read, index);
         case Step::eof: {
-          // Half-close: forward the FIN and keep the other direction flowing.
+          // Half-close: forward the FIN and keep the other direction flowing. When the other
+          // direction has already ended, closing both sockets (right after this) sends the FIN.
           boost::system::error_code ignored;
-          d.to->shutdown(tcp::socket::shutdown_send, ignored);
+          if (!dirs_[1 - index].done) d.to->shutdown(tcp::socket::shutdown_send, ignored);
           return direction_done(d);
         }
         case Step::failed: return abort(*d.from, *d.to);
@@ -212,18 +235,25 @@ class Relay {
     }));
   }
 
-  enum class Step { progress, would_block, eof, failed };
+  // progress: a full read, more may be waiting (for the scratch buffer: already flushed);
+  // drained: a short read, the socket had nothing more (the bytes still need flushing).
+  enum class Step { progress, drained, would_block, eof, failed };
+
+  Step read(Direction& d) {
+    return d.bulk && !d.copy_only ? read_into_pipe(d) : read_into_scratch_flushed(d);
+  }
 
   Step read_into_pipe(Direction& d) {
     PipePool& pool = PipePool::for_this_thread();
     if (!d.pipe.valid()) d.pipe = pool.acquire();
-    if (!d.pipe.valid()) return read_into_buffer(d);  // pipes exhausted: one round through a buffer
+    if (!d.pipe.valid()) return read_into_scratch_flushed(d);  // pipes exhausted: copy this round
     const ssize_t n = ::splice(d.from->native_handle(), nullptr, d.pipe.write_fd, nullptr, pool.pipe_size(),
                                SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n > 0) {
       d.pipe_pending = static_cast<std::size_t>(n);
+      d.bulk = static_cast<std::size_t>(n) >= kChunk;
       ++activity_;
-      return Step::progress;
+      return static_cast<std::size_t>(n) < pool.pipe_size() ? Step::drained : Step::progress;
     }
     const int err = errno;
     // An idle connection holds no pipe: give it back while waiting.
@@ -233,19 +263,20 @@ class Relay {
     if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) return Step::would_block;
     if (err == EINVAL) {
       d.copy_only = true;
-      return read_into_buffer(d);
+      return read_into_scratch_flushed(d);
     }
     return Step::failed;  // ECONNRESET and friends
   }
 
-  Step read_into_buffer(Direction& d) {
-    if (!d.buffer) d.buffer = std::make_unique<char[]>(kChunk);
-    const ssize_t n = ::recv(d.from->native_handle(), d.buffer.get(), kChunk, MSG_DONTWAIT);
+  Step read_into_scratch(Direction& d) {
+    char* scratch = worker_scratch();
+    const ssize_t n = ::recv(d.from->native_handle(), scratch, kChunk, MSG_DONTWAIT);
     if (n > 0) {
-      d.buffer_offset = 0;
-      d.buffer_pending = static_cast<std::size_t>(n);
+      d.out = scratch;
+      d.out_pending = static_cast<std::size_t>(n);
+      d.bulk = static_cast<std::size_t>(n) == kChunk;
       ++activity_;
-      return Step::progress;
+      return static_cast<std::size_t>(n) < kChunk ? Step::drained : Step::progress;
     }
     if (n == 0) return Step::eof;
     const int err = errno;
@@ -253,30 +284,69 @@ class Relay {
     return Step::failed;
   }
 
+  // A full scratch buffer is sent before the next read reuses it; when the receiver could not
+  // take it all, the rest is kept and the read reports `drained` so that move() waits.
+  Step read_into_scratch_flushed(Direction& d) {
+    const Step step = read_into_scratch(d);
+    if (step == Step::progress && !flush_scratch(d)) return Step::drained;
+    return step;
+  }
+
+  // False when some of the scratch bytes had to be kept in `buffer`.
+  bool flush_scratch(Direction& d) {
+    if (d.out_pending == 0) return true;
+    send_out(d);
+    if (d.out_pending == 0) return true;
+    keep_out(d);
+    return false;
+  }
+
+  // Sends from `out` until done or the receiver is full; errors are left for flush() to see.
+  void send_out(Direction& d) {
+    while (d.out_pending > 0) {
+      const ssize_t m = ::send(d.to->native_handle(), d.out, d.out_pending, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (m > 0) {
+        *d.bytes += static_cast<std::uint64_t>(m);
+        d.out += m;
+        d.out_pending -= static_cast<std::size_t>(m);
+        continue;
+      }
+      if (m < 0 && errno == EINTR) continue;
+      return;
+    }
+  }
+
+  // Moves what is left of the scratch buffer into the direction's own buffer.
+  void keep_out(Direction& d) {
+    if (!d.buffer) d.buffer = std::make_unique<char[]>(kChunk);
+    if (d.out != d.buffer.get()) std::memmove(d.buffer.get(), d.out, d.out_pending);
+    d.out = d.buffer.get();
+  }
+
   // Writes what the direction holds to `to`. Returns true when it all went out; false when it
   // started a wait for `to` (or ended the connection on a write error).
   bool flush(Direction& d, int index) {
-    while (d.pipe_pending > 0 || d.buffer_pending > 0) {
+    while (d.pipe_pending > 0 || d.out_pending > 0) {
       ssize_t m;
       if (d.pipe_pending > 0)
         m = ::splice(d.pipe.read_fd, nullptr, d.to->native_handle(), nullptr, d.pipe_pending,
                      SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       else
-        m = ::send(d.to->native_handle(), d.buffer.get() + d.buffer_offset, d.buffer_pending,
-                   MSG_DONTWAIT | MSG_NOSIGNAL);
+        m = ::send(d.to->native_handle(), d.out, d.out_pending, MSG_DONTWAIT | MSG_NOSIGNAL);
       if (m > 0) {
         *d.bytes += static_cast<std::uint64_t>(m);
         if (d.pipe_pending > 0) {
           d.pipe_pending -= static_cast<std::size_t>(m);
         } else {
-          d.buffer_offset += static_cast<std::size_t>(m);
-          d.buffer_pending -= static_cast<std::size_t>(m);
+          d.out += m;
+          d.out_pending -= static_cast<std::size_t>(m);
         }
         continue;
       }
       const int err = errno;
       if (m < 0 && err == EINTR) continue;
       if (m < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
+        if (d.out_pending > 0) keep_out(d);  // the scratch buffer is not ours past this call
         wait(*d.to, tcp::socket::wait_write, index);
         return false;
       }

@@ -1,6 +1,7 @@
 #include "proxy/transparent_socket.hpp"
 
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 
 #include <cstring>
@@ -61,6 +62,9 @@ tcp::acceptor open_listener(const asio::any_io_executor& executor, const net::So
   if (options.reuse_port && (ec = set_int_option(fd, SOL_SOCKET, SO_REUSEPORT, 1))) fail(ec, "SO_REUSEPORT");
   if (options.transparent && (ec = set_transparent(fd, address.ip.family())))
     fail(ec, "IP_TRANSPARENT (needs CAP_NET_ADMIN)");
+  // Accepted sockets inherit TCP_NODELAY from their listener (they are clones of it), which saves
+  // a setsockopt per connection: small interactive writes must not wait for Nagle.
+  if ((ec = set_int_option(fd, IPPROTO_TCP, TCP_NODELAY, 1))) fail(ec, "TCP_NODELAY");
   acceptor.bind(endpoint, bec);
   if (bec) fail(bec, "bind");
   acceptor.listen(options.backlog, bec);
@@ -73,6 +77,7 @@ std::error_code prepare_upstream(tcp::socket& socket, net::Family family, const 
   socket.open(family == net::Family::v4 ? tcp::v4() : tcp::v6(), bec);
   if (bec) return bec;
   const int fd = socket.native_handle();
+  if (auto ec = set_int_option(fd, IPPROTO_TCP, TCP_NODELAY, 1)) return ec;  // as the listeners' sockets
   if (options.mark != 0)
     if (auto ec = set_int_option(fd, SOL_SOCKET, SO_MARK, static_cast<int>(options.mark))) return ec;
   if (options.source && options.source->family() == family) {

@@ -19,6 +19,7 @@
 #include <future>
 #include <random>
 #include <thread>
+#include <tuple>
 
 #include "proxy/relay.hpp"
 
@@ -108,6 +109,7 @@ class RelayTest : public ::testing::Test {
     client_ = connect_loopback(proxy_port);
     int downstream_fd = ::accept(proxy_listener_, nullptr, nullptr);
     int upstream_fd = connect_loopback(server_port);
+    upstream_fd_ = upstream_fd;
     server_ = ::accept(server_listener_, nullptr, nullptr);
     timeval tv{10, 0};
     ::setsockopt(server_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
@@ -136,6 +138,7 @@ class RelayTest : public ::testing::Test {
   std::thread thread_;
   std::promise<RelayResult> result_;
   int client_ = -1, server_ = -1, proxy_listener_ = -1, server_listener_ = -1;
+  int upstream_fd_ = -1;  // the relay's socket towards the server (owned by the relay)
 };
 
 TEST_F(RelayTest, CopiesBothDirectionsWithoutLossOrReordering) {
@@ -159,6 +162,85 @@ TEST_F(RelayTest, CopiesBothDirectionsWithoutLossOrReordering) {
   EXPECT_EQ(r.bytes_to_upstream, up.size());
   EXPECT_EQ(r.bytes_to_downstream, down.size());
   EXPECT_FALSE(r.reset);
+}
+
+TEST_F(RelayTest, SmallWritesToASlowReceiverAreKeptNotLost) {
+  // Small messages are copied through the worker's shared scratch buffer. When the receiver's
+  // buffers are full, what it could not take must move to the connection's own buffer before
+  // the worker runs anything else: the bytes arrive complete and in order.
+  start({}, [this] {
+    int small = 4096;  // tiny buffers towards the server, so that sends come back short
+    ::setsockopt(upstream_fd_, SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    ::setsockopt(server_, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  });
+  std::string sent;
+  for (int i = 0; i < 60; ++i) sent += random_bytes(1000 + static_cast<std::size_t>(i) * 7, 100 + i);
+  std::string got;
+  int err = -1;
+  std::thread server([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));  // starts reading late
+    std::tie(got, err) = read_to_end(server_);
+  });
+  for (std::size_t off = 0, i = 0; off < sent.size(); ++i) {
+    const std::size_t n = std::min<std::size_t>(1000 + i * 7, sent.size() - off);
+    write_all(client_, sent.substr(off, n));  // each write arrives as a short read
+    off += n;
+    if (i % 20 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ::shutdown(client_, SHUT_WR);
+  server.join();
+  EXPECT_EQ(err, 0);
+  EXPECT_TRUE(got == sent) << got.size() << " of " << sent.size() << " bytes, or reordered";
+  ::shutdown(server_, SHUT_WR);
+  EXPECT_EQ(result().bytes_to_upstream, sent.size());
+}
+
+TEST_F(RelayTest, AlternatingSmallAndBulkTransfersStayIntact) {
+  // Directions switch between copying (short reads) and splicing (a read that filled the
+  // scratch buffer) as the traffic changes: request/response rounds of very different sizes.
+  start();
+  for (int round = 0; round < 12; ++round) {
+    const std::size_t size = round % 3 == 0 ? (1u << 20) + static_cast<std::size_t>(round) : 10u + static_cast<std::size_t>(round);
+    const std::string request = random_bytes(size, 1000 + round), response = random_bytes(size / 2 + 1, 2000 + round);
+    std::thread server([&] {
+      std::string got(request.size(), '\0');
+      ASSERT_EQ(::recv(server_, got.data(), got.size(), MSG_WAITALL), static_cast<ssize_t>(got.size()));
+      EXPECT_TRUE(got == request) << "round " << round;
+      write_all(server_, response);
+    });
+    write_all(client_, request);
+    std::string got(response.size(), '\0');
+    ASSERT_EQ(::recv(client_, got.data(), got.size(), MSG_WAITALL), static_cast<ssize_t>(got.size()));
+    EXPECT_TRUE(got == response) << "round " << round;
+    server.join();
+  }
+  ::shutdown(client_, SHUT_WR);
+  ::shutdown(server_, SHUT_WR);
+  EXPECT_FALSE(result().reset);
+}
+
+TEST(ReactorAssumption, AWaitStartedAfterBytesArrivedStillCompletes) {
+  // The relay waits right after a short read instead of reading once more for EAGAIN. That
+  // relies on asio starting every async_wait with EPOLL_CTL_MOD, on which the kernel re-checks
+  // readiness: bytes whose edge the reactor saw while nobody waited must still wake the wait.
+  std::uint16_t port = 0;
+  int listener = listen_loopback(port);
+  int writer = connect_loopback(port);
+  int reader = ::accept(listener, nullptr, nullptr);
+  asio::io_context io;
+  tcp::socket socket(io, tcp::v4(), reader);  // registered with epoll here
+  io.poll();
+  write_all(writer, "late");
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  io.restart();
+  io.poll();  // the reactor consumes the edge with no operation waiting
+  bool woke = false;
+  socket.async_wait(tcp::socket::wait_read, [&](boost::system::error_code ec) { woke = !ec; });
+  io.restart();
+  io.run_for(std::chrono::seconds(2));
+  EXPECT_TRUE(woke);
+  ::close(writer);
+  ::close(listener);
 }
 
 TEST_F(RelayTest, HalfCloseForwardsFinAndReplyStillArrives) {
