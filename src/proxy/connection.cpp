@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <optional>
+#include <utility>
 
 #include <boost/asio/use_awaitable.hpp>
 
@@ -28,8 +29,48 @@ struct GaugeGuard {
   ~GaugeGuard() {
     if (gauge) gauge->fetch_sub(1, std::memory_order_relaxed);
   }
+  GaugeGuard(GaugeGuard&& other) noexcept : gauge(std::exchange(other.gauge, nullptr)) {}
   GaugeGuard(const GaugeGuard&) = delete;
   GaugeGuard& operator=(const GaugeGuard&) = delete;
+  GaugeGuard& operator=(GaugeGuard&&) = delete;
+};
+
+// What is left of a connection while it relays: the counters to update when it ends, and the
+// gauges it holds (active connections; outstanding connections of its endpoint, which feed
+// least-outstanding picking). Destroying it releases the gauges, also when the relay is
+// destroyed without completing (its io_context going away).
+class RelayEnd {
+ public:
+  RelayEnd(ProxyStats& stats, GaugeGuard<ProxyStats::Counter> active, std::shared_ptr<config::EndpointState> endpoint,
+           Direction direction, const net::SocketAddress& source, const net::SocketAddress& destination)
+      : stats_(&stats),
+        endpoint_(std::move(endpoint)),
+        active_(std::move(active)),
+        outstanding_(endpoint_ ? &endpoint_->active : nullptr),
+        direction_(direction),
+        source_(source),
+        destination_(destination) {}
+
+  void operator()(RelayResult result) {
+    ProxyStats::add(stats_->bytes_to_upstream, result.bytes_to_upstream);
+    ProxyStats::add(stats_->bytes_to_downstream, result.bytes_to_downstream);
+    if (result.idle_timeout) ProxyStats::add(stats_->idle_timeouts);
+    if (result.reset) ProxyStats::add(stats_->resets_propagated);
+    if (spdlog::should_log(spdlog::level::debug))
+      spdlog::debug("{} {} -> {} closed: {} B up, {} B down{}{}", to_string(direction_), source_.to_string(),
+                    destination_.to_string(), result.bytes_to_upstream, result.bytes_to_downstream,
+                    result.idle_timeout ? ", idle timeout" : "", result.reset ? ", reset" : "");
+  }
+
+ private:
+  ProxyStats* stats_;
+  // Declared before the guards: the endpoint state outlives the gauge that points into it.
+  std::shared_ptr<config::EndpointState> endpoint_;
+  GaugeGuard<ProxyStats::Counter> active_;
+  GaugeGuard<std::atomic<std::uint32_t>> outstanding_;
+  Direction direction_;
+  net::SocketAddress source_;
+  net::SocketAddress destination_;
 };
 
 void count_reject(ProxyStats& stats, RejectReason reason) {
@@ -185,30 +226,18 @@ awaitable<void> serve_connection(tcp::socket client, tcp::endpoint peer, Directi
   const net::SocketAddress source = to_socket_address(peer);
 
   // Routing and connecting run in their own coroutine: their state (the snapshot reference,
-  // scheduler, candidate lists, attempt sockets) is freed before the relay starts, so an idle
-  // proxied connection holds only its sockets and the relay, and an old snapshot is not kept
-  // alive by long-lived connections after a reload.
+  // scheduler, candidate lists, attempt sockets) is freed before the relay starts, so an old
+  // snapshot is not kept alive by long-lived connections after a reload.
   tcp::socket upstream(client.get_executor());
   const auto connected = co_await route_and_connect(ctx, direction, source, destination, upstream);
   if (!connected) {
     reset_connection(client);
     co_return;
   }
-  // Outstanding connections per endpoint feed least-outstanding picking.
-  GaugeGuard<std::atomic<std::uint32_t>> outstanding(connected->endpoint ? &connected->endpoint->active : nullptr);
-
-  // Both legs are TCP_NODELAY already: the client's socket inherits it from the listener and
-  // prepare_upstream sets it on the upstream socket.
-  const RelayResult result =
-      co_await async_relay(client, upstream, RelayOptions{ctx.options.idle_timeout}, boost::asio::use_awaitable);
-  ProxyStats::add(ctx.stats.bytes_to_upstream, result.bytes_to_upstream);
-  ProxyStats::add(ctx.stats.bytes_to_downstream, result.bytes_to_downstream);
-  if (result.idle_timeout) ProxyStats::add(ctx.stats.idle_timeouts);
-  if (result.reset) ProxyStats::add(ctx.stats.resets_propagated);
-  if (spdlog::should_log(spdlog::level::debug))
-    spdlog::debug("{} {} -> {} closed: {} B up, {} B down{}{}", to_string(direction), source.to_string(),
-                  destination.to_string(), result.bytes_to_upstream, result.bytes_to_downstream,
-                  result.idle_timeout ? ", idle timeout" : "", result.reset ? ", reset" : "");
+  // The relay takes the connection over; this coroutine ends here and its frame is freed, so
+  // an idle proxied connection costs only the relay and what RelayEnd keeps.
+  start_relay(std::move(client), std::move(upstream), RelayOptions{ctx.options.idle_timeout},
+              RelayEnd(ctx.stats, std::move(active), connected->endpoint, direction, source, destination));
 }
 
 }  // namespace dsproxy::proxy

@@ -68,17 +68,23 @@ class IdleSweeper : public boost::asio::execution_context::service {
   };
   void arm(std::chrono::milliseconds period, Wheel& wheel);
   void tick(std::chrono::milliseconds period, Wheel& wheel);
-  void shutdown() override { wheels_.clear(); }
+  // The io_context is going away with relays still open (a stop without drain, or a drain whose
+  // grace ran out): they own their connections, so destroying them closes the sockets, and their
+  // handlers are destroyed without being called. Runs before the reactor shuts down (services
+  // stop in reverse order of creation), so the sockets can still deregister.
+  void shutdown() override;
 
   std::map<std::chrono::milliseconds, std::unique_ptr<Wheel>> wheels_;
 };
 
 class Relay {
+  friend class IdleSweeper;  // destroys the relays still open when its io_context goes away
+
  public:
   using Handler = boost::asio::any_completion_handler<void(RelayResult)>;
 
-  static void start(tcp::socket& downstream, tcp::socket& upstream, const RelayOptions& options, Handler handler) {
-    auto* relay = new Relay(downstream, upstream, options, std::move(handler));
+  static void start(tcp::socket downstream, tcp::socket upstream, const RelayOptions& options, Handler handler) {
+    auto* relay = new Relay(std::move(downstream), std::move(upstream), options, std::move(handler));
     relay->begin();
     // Both directions may have ended before any wait was started (a peer that sent its data and
     // FIN at once, and the other end likewise): nothing else would finish it.
@@ -91,6 +97,7 @@ class Relay {
   bool swept = false;  // registered with the sweeper
   std::uint64_t sweep_seen = 0;
   bool idle_since_last_sweep() const { return activity_ == sweep_seen; }
+  bool ended() const { return dirs_[0].done && dirs_[1].done; }  // only finishing waits are left
   void mark_swept() { sweep_seen = activity_; }
   void expire() {
     // Idle for a whole period: reset both sides. Pending waits complete with operation_aborted
@@ -120,9 +127,9 @@ class Relay {
     bool done = false;
   };
 
-  Relay(tcp::socket& downstream, tcp::socket& upstream, const RelayOptions& options, Handler handler)
-      : downstream_(downstream),
-        upstream_(upstream),
+  Relay(tcp::socket downstream, tcp::socket upstream, const RelayOptions& options, Handler handler)
+      : downstream_(std::move(downstream)),
+        upstream_(std::move(upstream)),
         idle_timeout_(options.idle_timeout),
         handler_(std::move(handler)) {
     dirs_[0].from = &downstream_;
@@ -133,8 +140,9 @@ class Relay {
     dirs_[1].bytes = &result_.bytes_to_downstream;
   }
 
+  // Closes both sockets (members): the last FIN or the reset goes out here.
   ~Relay() {
-    if (swept) IdleSweeper::of(downstream_.get_executor()).remove(*this);
+    if (swept) sweeper_->remove(*this);
     for (auto& d : dirs_) PipePool::for_this_thread().release(d.pipe, d.pipe_pending == 0);
   }
 
@@ -144,7 +152,8 @@ class Relay {
     boost::system::error_code ignored;
     if (!downstream_.non_blocking()) downstream_.non_blocking(true, ignored);
     if (!upstream_.non_blocking()) upstream_.non_blocking(true, ignored);
-    IdleSweeper::of(downstream_.get_executor()).add(*this, idle_timeout_, downstream_.get_executor());
+    sweeper_ = &IdleSweeper::of(downstream_.get_executor());
+    sweeper_->add(*this, idle_timeout_, downstream_.get_executor());
     move(0);
     move(1);
   }
@@ -161,8 +170,8 @@ class Relay {
   }
 
   void finish() {
-    // Both directions ended and no wait is outstanding: nothing will touch the sockets again,
-    // so the caller may resume and destroy them. Posted, so it resumes on a clean stack.
+    // Both directions ended and no wait is outstanding: the sockets close with this object, and
+    // the handler is posted, so it runs on a clean stack after they are closed.
     auto executor = downstream_.get_executor();
     boost::asio::post(executor, [handler = std::move(handler_), result = result_]() mutable {
       std::move(handler)(result);
@@ -176,7 +185,6 @@ class Relay {
     d.pipe = Pipe{};
     d.pipe_pending = 0;
     d.out_pending = 0;
-    if (dirs_[0].done && dirs_[1].done && swept) IdleSweeper::of(downstream_.get_executor()).remove(*this);
   }
 
   // Ends both directions abruptly: reset `victim` (the side that still looks healthy) and close
@@ -361,8 +369,9 @@ class Relay {
     return true;
   }
 
-  tcp::socket& downstream_;
-  tcp::socket& upstream_;
+  tcp::socket downstream_;
+  tcp::socket upstream_;
+  IdleSweeper* sweeper_ = nullptr;
   std::chrono::milliseconds idle_timeout_;
   Handler handler_;
   Direction dirs_[2];
@@ -393,6 +402,15 @@ void IdleSweeper::remove(Relay& relay) {
   relay.sweep_prev = relay.sweep_next = nullptr;
 }
 
+void IdleSweeper::shutdown() {
+  for (auto& [period, wheel] : wheels_)
+    while (Relay* r = wheel->head) {
+      remove(*r);
+      delete r;
+    }
+  wheels_.clear();
+}
+
 void IdleSweeper::arm(std::chrono::milliseconds period, Wheel& wheel) {
   wheel.armed = true;
   wheel.timer.expires_after(period);
@@ -407,7 +425,8 @@ void IdleSweeper::arm(std::chrono::milliseconds period, Wheel& wheel) {
 void IdleSweeper::tick(std::chrono::milliseconds period, Wheel& wheel) {
   for (Relay* r = wheel.head; r;) {
     Relay* next = r->sweep_next;  // expire() may unlink r
-    if (r->idle_since_last_sweep()) r->expire();
+    // An ended relay only waits for its last (aborted) waits to come back on this turn.
+    if (!r->ended() && r->idle_since_last_sweep()) r->expire();
     else r->mark_swept();
     r = next;
   }
@@ -416,9 +435,9 @@ void IdleSweeper::tick(std::chrono::milliseconds period, Wheel& wheel) {
 
 }  // namespace
 
-void start_relay(tcp::socket& downstream, tcp::socket& upstream, const RelayOptions& options,
+void start_relay(tcp::socket downstream, tcp::socket upstream, const RelayOptions& options,
                  boost::asio::any_completion_handler<void(RelayResult)> handler) {
-  Relay::start(downstream, upstream, options, std::move(handler));
+  Relay::start(std::move(downstream), std::move(upstream), options, std::move(handler));
 }
 
 }  // namespace dsproxy::proxy

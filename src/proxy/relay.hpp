@@ -26,22 +26,25 @@ struct RelayResult {
 // Copies both directions at once until both have ended. A FIN from one side becomes a
 // shutdown(SHUT_WR) towards the other while the opposite direction keeps flowing (half-close);
 // a reset or write error on one side resets the other. Never fails for I/O errors: they are
-// values here, and a misbehaving peer only ends its own connection. Both sockets must stay alive
-// until the operation completes (they live in the caller's coroutine frame); the relay touches
-// them no more once it has completed.
-void start_relay(tcp::socket& downstream, tcp::socket& upstream, const RelayOptions& options,
+// values here, and a misbehaving peer only ends its own connection.
+//
+// The relay takes both sockets: from here on it owns the connection, closes both sockets when it
+// ends and then posts `handler` with the result. No coroutine frame stays alive while a proxied
+// connection waits for bytes; what an idle connection costs is this object and its two pending
+// waits. If the io_context is destroyed first, its relays are destroyed with it (sockets closed,
+// handler destroyed without being called).
+void start_relay(tcp::socket downstream, tcp::socket upstream, const RelayOptions& options,
                  boost::asio::any_completion_handler<void(RelayResult)> handler);
 
-// The asynchronous-operation form of start_relay, e.g. `co_await async_relay(a, b, o, use_awaitable)`.
-// No coroutine of its own: the awaiting frame is resumed directly when the relay ends.
+// The asynchronous-operation form of start_relay, e.g. `co_await async_relay(std::move(a),
+// std::move(b), o, use_awaitable)`.
 template <typename CompletionToken>
-auto async_relay(tcp::socket& downstream, tcp::socket& upstream, const RelayOptions& options,
-                 CompletionToken&& token) {
+auto async_relay(tcp::socket downstream, tcp::socket upstream, const RelayOptions& options, CompletionToken&& token) {
   return boost::asio::async_initiate<CompletionToken, void(RelayResult)>(
-      [&downstream, &upstream, options](auto handler) {
-        start_relay(downstream, upstream, options, std::move(handler));
+      [options](auto handler, tcp::socket down, tcp::socket up) {
+        start_relay(std::move(down), std::move(up), options, std::move(handler));
       },
-      token);
+      token, std::move(downstream), std::move(upstream));
 }
 
 }  // namespace dsproxy::proxy

@@ -95,7 +95,7 @@ asio::awaitable<void> run_relay(asio::io_context& io, int downstream_fd, int ups
                                 std::promise<RelayResult>& result) {
   tcp::socket downstream(io, tcp::v4(), downstream_fd);
   tcp::socket upstream(io, tcp::v4(), upstream_fd);
-  result.set_value(co_await async_relay(downstream, upstream, options, asio::use_awaitable));
+  result.set_value(co_await async_relay(std::move(downstream), std::move(upstream), options, asio::use_awaitable));
 }
 
 // client --(A)--> relay --(B)--> server
@@ -217,6 +217,44 @@ TEST_F(RelayTest, AlternatingSmallAndBulkTransfersStayIntact) {
   ::shutdown(client_, SHUT_WR);
   ::shutdown(server_, SHUT_WR);
   EXPECT_FALSE(result().reset);
+}
+
+TEST(RelayOwnership, DestroyingTheIoContextClosesOpenRelays) {
+  // A relay owns its connection. When its io_context is destroyed with the relay still open (a
+  // stop without drain), the sockets must close, so both peers see the end, and the handler is
+  // destroyed (releasing what it holds) without being called.
+  std::uint16_t proxy_port = 0, server_port = 0;
+  int proxy_listener = listen_loopback(proxy_port), server_listener = listen_loopback(server_port);
+  int client = connect_loopback(proxy_port);
+  int downstream_fd = ::accept(proxy_listener, nullptr, nullptr);
+  int upstream_fd = connect_loopback(server_port);
+  int server = ::accept(server_listener, nullptr, nullptr);
+  timeval tv{10, 0};
+  ::setsockopt(server, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+
+  struct Probe {
+    std::shared_ptr<int> alive = std::make_shared<int>(0);
+    bool* called;
+    void operator()(RelayResult) const { *called = true; }
+  };
+  bool called = false;
+  std::weak_ptr<int> handler_state;
+  {
+    asio::io_context io;
+    Probe probe{.called = &called};
+    handler_state = probe.alive;
+    start_relay(tcp::socket(io, tcp::v4(), downstream_fd), tcp::socket(io, tcp::v4(), upstream_fd), {},
+                std::move(probe));
+    write_all(client, "in flight");
+    io.run_for(std::chrono::milliseconds(50));
+    char buf[9];
+    ASSERT_EQ(::recv(server, buf, sizeof buf, MSG_WAITALL), 9);  // relayed: the relay is running
+  }
+  EXPECT_FALSE(called);
+  EXPECT_TRUE(handler_state.expired()) << "the handler was leaked";
+  EXPECT_EQ(read_to_end(client).second, 0) << "the client never saw its connection close";
+  EXPECT_EQ(read_to_end(server).second, 0) << "the server never saw its connection close";
+  for (int fd : {client, server, proxy_listener, server_listener}) ::close(fd);
 }
 
 TEST(ReactorAssumption, AWaitStartedAfterBytesArrivedStillCompletes) {
