@@ -148,7 +148,8 @@ class Relay {
 
   void begin() {
     // Our own splice/recv/send calls below must never block the worker thread. (asio's setter
-    // always calls ioctl; its getter only reads a flag.)
+    // always calls ioctl, its getter only reads a flag; asio would set the flag itself at the
+    // first async_wait anyway, so there is no ioctl to save by setting it later.)
     boost::system::error_code ignored;
     if (!downstream_.non_blocking()) downstream_.non_blocking(true, ignored);
     if (!upstream_.non_blocking()) upstream_.non_blocking(true, ignored);
