@@ -65,7 +65,7 @@ else
 fi
 ((RUNS >= 1 && RUNS <= 20)) || die "--runs must be 1-20"
 BENCH_QUIET_IDLE=${BENCH_QUIET_IDLE:-90}
-DEFAULT_PEERS=(direct dsproxy dsproxy-svc dsproxy-w2 haproxy-splice haproxy nginx)
+DEFAULT_PEERS=(direct dsproxy dsproxy-svc dsproxy-w2 dsproxy-explicit haproxy-splice haproxy nginx)
 if [[ -n $PEERS_ARG ]]; then IFS=, read -r -a PEERS <<<"$PEERS_ARG"; else PEERS=("${DEFAULT_PEERS[@]}"); fi
 for f in $FAMILIES; do [[ $f == 4 || $f == 6 ]] || die "--families takes 4 and/or 6"; done
 

@@ -5,7 +5,11 @@
 #   direct          no proxy: the client's packets are only routed by the node (the limit)
 #   dsproxy         dsproxy run --redirect --workers 1, client -> server pod IP (passthrough)
 #   dsproxy-svc     the same, client -> the Service's ClusterIP (routed to the pod by dsproxy)
-#   dsproxy-w2      dsproxy with --workers 2 (not in the default set; see bench/README.md)
+#   dsproxy-w2      dsproxy with --workers 2
+#   dsproxy-explicit  dsproxy run --workers 1 without --redirect (no capture rules), with
+#                   --forward listeners on the node's own addresses: the client dials the node,
+#                   dsproxy connects to the server pod from the node's address (no IP_TRANSPARENT).
+#                   The baseline of the target "TPROXY within 5 % of explicit addressing".
 #   haproxy-splice  HAProxy, TPROXY capture by the same rules (dsproxy redirect install pointed
 #                   at HAProxy's port), transparent bind, usesrc clientip, splice forced
 #   haproxy         the same without splice
@@ -35,6 +39,7 @@ peer_describe() {
     dsproxy) echo "dsproxy --workers 1, TPROXY (dsproxy run --redirect), client -> server pod IP (passthrough)" ;;
     dsproxy-svc) echo "dsproxy --workers 1, TPROXY, client -> Service ClusterIP (service routing)" ;;
     dsproxy-w2) echo "dsproxy --workers 2, TPROXY, passthrough" ;;
+    dsproxy-explicit) echo "dsproxy --workers 1, explicit addressing: no --redirect, no capture rules; client -> the node's address ($NODE_GW_CLIENT4 / $NODE_IP6), --forward to the server pod, upstream from the node's own address" ;;
     haproxy-splice) echo "HAProxy $(haproxy_version), nbthread 1, TPROXY, splice forced (option splice-request/splice-response)" ;;
     haproxy) echo "HAProxy $(haproxy_version), nbthread 1, TPROXY, no splice" ;;
     nginx) echo "nginx $(nginx_version) stream, worker_processes 1, nat REDIRECT capture, proxy_bind \$remote_addr transparent" ;;
@@ -65,6 +70,7 @@ peer_write_configs() {
   {
     echo "dsproxy run --config dsproxy-cluster.yaml --node $BENCH_NODE_NAME --redirect --workers 1"
     echo "dsproxy run --config dsproxy-cluster.yaml --node $BENCH_NODE_NAME --redirect --workers 2   # dsproxy-w2"
+    echo "dsproxy run --config dsproxy-cluster.yaml --node $BENCH_NODE_NAME --workers 1 $(_dsproxy_forward_args)   # dsproxy-explicit"
     echo "haproxy -f haproxy-splice.cfg -db    # after dsproxy redirect install --outbound-port $HAPROXY_PORT --inbound-port 15106"
     echo "haproxy -f haproxy.cfg -db           # idem"
     echo "nginx -c nginx.conf -e <log>          # after nginx-capture.sh"
@@ -202,12 +208,24 @@ dsproxy_stats_json() {
   if [[ $body == \{* ]]; then echo "$body" | tr -d '\r\n'; else echo '{}'; fi
 }
 
+# The --forward options of dsproxy-explicit: a listener on the node's own address on the
+# client's link per family and measured port, each forwarding to the server pod's same port.
+_dsproxy_forward_args() {
+  local port
+  for port in "$ECHO_PORT" "$IPERF_PORT"; do
+    printf -- '--forward %s:%s=%s:%s ' "$NODE_GW_CLIENT4" "$port" "$SERVER_IP4" "$port"
+    printf -- '--forward [%s]:%s=[%s]:%s ' "$NODE_IP6" "$port" "$SERVER_IP6" "$port"
+  done
+}
+
+# _start_dsproxy WORKERS ARGS...: dsproxy run with ARGS (--redirect, or --forward ...).
 _start_dsproxy() {
   local workers=$1 i
+  shift
   # Started with ip netns exec, not in_node: $! of a backgrounded function is a subshell's pid,
   # while ip netns exec execs the program, so $! is the proxy's own pid.
   ip netns exec "$(ns_node)" "$DSPROXY_BIN" run --config "$BENCH_CONFIG_DIR/dsproxy-cluster.yaml" --node "$BENCH_NODE_NAME" \
-    --redirect --workers "$workers" >>"$BENCH_TMP/dsproxy.log" 2>&1 &
+    --workers "$workers" "$@" >>"$BENCH_TMP/dsproxy.log" 2>&1 &
   PEER_MAIN_PID=$!
   PEER_PIDS=("$PEER_MAIN_PID")
   for ((i = 0; i < 100; i++)); do
@@ -220,6 +238,17 @@ _start_dsproxy() {
   done
   PEER_ERROR="dsproxy not ready after 10 s"
   return 1
+}
+
+# dsproxy-explicit: ready, and listening on both forwarded ports.
+_start_dsproxy_explicit() {
+  local -a forwards
+  read -r -a forwards <<<"$(_dsproxy_forward_args)"
+  _start_dsproxy 1 "${forwards[@]}" || return 1
+  if ! _wait_node_listen "$ECHO_PORT" || ! _wait_node_listen "$IPERF_PORT"; then
+    PEER_ERROR="dsproxy --forward did not listen on :$ECHO_PORT and :$IPERF_PORT (log $BENCH_TMP/dsproxy.log)"
+    return 1
+  fi
 }
 
 _start_haproxy() {
@@ -281,12 +310,17 @@ peer_start() {
   PEER_DST6=$SERVER_IP6
   case $1 in
     direct) return 0 ;;
-    dsproxy) _start_dsproxy 1 ;;
-    dsproxy-w2) _start_dsproxy 2 ;;
+    dsproxy) _start_dsproxy 1 --redirect ;;
+    dsproxy-w2) _start_dsproxy 2 --redirect ;;
     dsproxy-svc)
       PEER_DST4=$VIP4
       PEER_DST6=$VIP6
-      _start_dsproxy 1
+      _start_dsproxy 1 --redirect
+      ;;
+    dsproxy-explicit)
+      PEER_DST4=$NODE_GW_CLIENT4
+      PEER_DST6=$NODE_IP6
+      _start_dsproxy_explicit
       ;;
     haproxy-splice) _start_haproxy haproxy-splice ;;
     haproxy) _start_haproxy haproxy ;;

@@ -16,13 +16,16 @@ import subprocess
 import sys
 from collections import defaultdict
 
-PEER_ORDER = ["direct", "dsproxy", "dsproxy-svc", "dsproxy-w2", "haproxy-splice", "haproxy", "nginx"]
+PEER_ORDER = ["direct", "dsproxy", "dsproxy-svc", "dsproxy-w2", "dsproxy-explicit", "haproxy-splice", "haproxy",
+              "nginx"]
+# The "best peer" of the ratio tables is chosen among these only (never a dsproxy variant).
 OTHER_PEERS = ["haproxy-splice", "haproxy", "nginx"]
 PEER_LABEL = {
     "direct": "direct (the limit)",
     "dsproxy": "**dsproxy** (passthrough)",
     "dsproxy-svc": "**dsproxy** (ClusterIP)",
     "dsproxy-w2": "**dsproxy** 2 workers",
+    "dsproxy-explicit": "**dsproxy** explicit address (no TPROXY)",
     "haproxy-splice": "HAProxy, splice forced",
     "haproxy": "HAProxy, no splice",
     "nginx": "nginx stream",
@@ -46,6 +49,13 @@ METRICS = {
     "rss_hold_mb": ("RSS with the idle connections", "MB", False),
     "per_conn_kib": ("memory per idle proxied connection", "KiB", False),
 }
+
+
+# The target "TPROXY within 5 % of explicit addressing": dsproxy (passthrough, TPROXY
+# capture) divided by dsproxy-explicit (client dials the node, --forward, no capture) per run.
+TPROXY_PEER, EXPLICIT_PEER = "dsproxy", "dsproxy-explicit"
+TPROXY_TOLERANCE = 0.05
+TPROXY_METRICS = ["bulk1_gbps", "bulk8_gbps", "conn1_rate", "conn4_rate", "rtt_p50_us", "rtt_p99_us"]
 
 
 def load(path):
@@ -162,9 +172,38 @@ def main():
                 ratios[(peer, fam, metric)] = {
                     "value": statistics.median(mine.values()) if mine else None,
                     "vs_best_peer": statistics.median(best_r) if best_r else None,
-                    "best_peer": max(set(best_names), key=best_names.count) if best_names else None,
+                    # the most frequent; on a tie all of the tied ones, in OTHER_PEERS order
+                    "best_peer": "/".join(o for o in OTHER_PEERS if best_names.count(o) == max(
+                        map(best_names.count, OTHER_PEERS))) if best_names else None,
                     "vs_direct": statistics.median(direct_r) if direct_r else None,
                 }
+
+    # TPROXY against explicit addressing, per run and family (null when either is missing).
+    tproxy = None
+    if any(k[0] == EXPLICIT_PEER for k in per) and any(k[0] == TPROXY_PEER for k in per):
+        tproxy = {"target": f"{TPROXY_PEER} (TPROXY) within {TPROXY_TOLERANCE * 100:.0f} % of {EXPLICIT_PEER}: "
+                            f"ratio >= {1 - TPROXY_TOLERANCE:.2f} where higher is better, "
+                            f"<= {1 + TPROXY_TOLERANCE:.2f} where lower is better",
+                  "tproxy_peer": TPROXY_PEER, "explicit_peer": EXPLICIT_PEER}
+        for fam in families:
+            fam_out = {}
+            for metric in TPROXY_METRICS:
+                higher = METRICS[metric][2]
+                mine = per.get((TPROXY_PEER, fam), {}).get(metric, {})
+                theirs = per.get((EXPLICIT_PEER, fam), {}).get(metric, {})
+                per_run = {run: v / theirs[run] for run, v in sorted(mine.items()) if theirs.get(run)}
+                r = statistics.median(per_run.values()) if per_run else None
+                within = None
+                if r is not None:
+                    within = r >= 1 - TPROXY_TOLERANCE if higher else r <= 1 + TPROXY_TOLERANCE
+                fam_out[metric] = {
+                    "tproxy": median(TPROXY_PEER, fam, metric),
+                    "explicit": median(EXPLICIT_PEER, fam, metric),
+                    "ratio": r,
+                    "ratio_per_run": per_run,
+                    "within_target": within,
+                }
+            tproxy[f"ipv{fam}"] = fam_out
 
     # ---------------------------------------------------------------- results.json
     result = {
@@ -176,6 +215,7 @@ def main():
         "runs": {p: {f"ipv{f}": {m: per[(p, f)][m] for m in METRICS if per[(p, f)].get(m)} for f in families}
                  for p in peers},
         "dsproxy_ratios": {f"{p} ipv{f} {m}": r for (p, f, m), r in ratios.items()},
+        "tproxy_vs_explicit": tproxy,
         "errors": errors,
         "load": {
             "load1_min": min((l[0] for l in loads), default=None),
@@ -254,6 +294,32 @@ def main():
                 row += f" {fmt(r.get('value'), unit)} | {vb} | {vd} |"
             if have:
                 L.append(row)
+        L.append("")
+    if tproxy:
+        pct = f"{TPROXY_TOLERANCE * 100:.0f} %"
+        L.append("## TPROXY vs explicit addressing: ratios within each run (median)")
+        L.append("")
+        L.append(f"`{TPROXY_PEER}` (the client dials the server pod; TPROXY capture, upstream from the client's "
+                 f"address) divided by `{EXPLICIT_PEER}` (the client dials the node's address; `--forward`, no "
+                 f"capture rules, upstream from the node's address), in the same run and family. Target: TPROXY "
+                 f"within {pct} of explicit addressing, i.e. ≥ {1 - TPROXY_TOLERANCE:.2f}× for throughput and rates, "
+                 f"≤ {1 + TPROXY_TOLERANCE:.2f}× for latency.")
+        L.append("")
+        hdr, sep = "| metric |", "|---|"
+        for fam in families:
+            hdr += f" IPv{fam} TPROXY | explicit | × explicit | within {pct} |"
+            sep += "---|---|---|---|"
+        L.append(hdr)
+        L.append(sep)
+        for metric in TPROXY_METRICS:
+            desc, unit, higher = METRICS[metric]
+            row = f"| {desc.strip()} ({unit}, {'higher' if higher else 'lower'} is better) |"
+            for fam in families:
+                t = tproxy[f"ipv{fam}"][metric]
+                ratio = f"{t['ratio']:.2f}×" if t["ratio"] is not None else "–"
+                within = {True: "yes", False: "**no**", None: "–"}[t["within_target"]]
+                row += f" {fmt(t['tproxy'], unit)} | {fmt(t['explicit'], unit)} | {ratio} | {within} |"
+            L.append(row)
         L.append("")
     if errors:
         L.append("## Errors")
