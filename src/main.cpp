@@ -105,6 +105,10 @@ int main(int argc, char** argv) {
                       "First ejection time; each further ejection lasts one more multiple (max 10x)")
       ->capture_default_str()
       ->check(CLI::Range(1, 3600000));
+  std::vector<std::string> forward_specs;
+  run_cmd->add_option("--forward", forward_specs,
+                      "LISTEN=TARGET (each IP:PORT or [IPv6]:PORT; repeatable): an explicitly addressed listener whose "
+                      "connections are routed as if captured on their way to TARGET, from the node's own address");
   add_redirect_flags(*run_cmd, run.redirect_options);
   bool run_no_dns_capture = false;
   std::int64_t dns_ttl_s = 30;
@@ -156,6 +160,16 @@ int main(int argc, char** argv) {
   try {
     if (run_cmd->parsed()) {
       run.proxy.ports = {run.redirect_options.outbound_port, run.redirect_options.inbound_port};
+      for (const auto& spec : forward_specs) {
+        const auto eq = spec.find('=');
+        const auto listen = net::SocketAddress::parse(std::string_view(spec).substr(0, eq));
+        const auto target = eq == std::string::npos ? std::nullopt
+                                                    : net::SocketAddress::parse(std::string_view(spec).substr(eq + 1));
+        if (!listen || !target)
+          throw std::invalid_argument("--forward '" + spec +
+                                      "': want LISTEN=TARGET, each IP:PORT or [IPv6]:PORT with a port 1-65535");
+        run.proxy.forwards.push_back({*listen, *target});
+      }
       run.proxy.connect_timeout = std::chrono::milliseconds(connect_timeout_ms);
       run.proxy.idle_timeout = std::chrono::seconds(idle_timeout_s);
       run.proxy.upstream_mark = run.redirect_options.proxy_mark;

@@ -31,6 +31,11 @@ json::array listeners(const DumpContext& ctx) {
   const auto& p = ctx.proxy;
   out.push_back(listener("virtualOutbound", "OUTBOUND", p.bind_v4, p.ports.outbound, {p.bind_v6}));
   out.push_back(listener("virtualInbound", "INBOUND", p.bind_v4, p.ports.inbound, {p.bind_v6}));
+  for (const auto& f : p.forwards) {
+    auto l = listener("forward_" + f.listen.to_string(), "OUTBOUND", f.listen.ip.to_string(), f.listen.port, {});
+    l["forwardTo"] = f.target.to_string();
+    out.push_back(std::move(l));
+  }
   for (const auto& c : ctx.snapshot.clusters()) {
     if (c.cluster_ips.empty()) continue;
     const std::string primary = c.cluster_ips.front().to_string();

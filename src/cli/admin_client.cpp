@@ -19,26 +19,13 @@ namespace http = boost::beast::http;
 
 namespace {
 
+// IP:PORT, [IPv6]:PORT, or an address alone (the admin API's default port).
 net::SocketAddress parse_admin_address(const std::string& admin) {
-  std::string host = admin, port = "15000";
-  if (!admin.empty() && admin.front() == '[') {
-    const auto close = admin.find(']');
-    if (close == std::string::npos) throw std::runtime_error("bad admin address '" + admin + "'");
-    host = admin.substr(1, close - 1);
-    if (close + 1 < admin.size() && admin[close + 1] == ':') port = admin.substr(close + 2);
-  } else if (const auto colon = admin.rfind(':'); colon != std::string::npos && admin.find(':') == colon) {
-    host = admin.substr(0, colon);
-    port = admin.substr(colon + 1);
-  }
-  const auto ip = net::IpAddress::parse(host);
-  int p = 0;
-  try {
-    p = std::stoi(port);
-  } catch (...) {
-    p = -1;
-  }
-  if (!ip || p <= 0 || p > 65535) throw std::runtime_error("bad admin address '" + admin + "' (want IP:PORT or [IPv6]:PORT)");
-  return {*ip, static_cast<std::uint16_t>(p)};
+  if (const auto with_port = net::SocketAddress::parse(admin)) return *with_port;
+  const bool bracketed = admin.size() > 2 && admin.front() == '[' && admin.back() == ']';
+  if (const auto ip = net::IpAddress::parse(bracketed ? admin.substr(1, admin.size() - 2) : admin))
+    return {*ip, 15000};
+  throw std::runtime_error("bad admin address '" + admin + "' (want IP:PORT or [IPv6]:PORT)");
 }
 
 }  // namespace

@@ -55,6 +55,31 @@ std::string IpAddress::to_string() const {
 
 // Built by appending rather than with operator+ chains: GCC 12 reports a spurious -Wrestrict
 // inside libstdc++ for `"[" + str`.
+std::optional<SocketAddress> SocketAddress::parse(std::string_view text, bool allow_zero_port) {
+  std::string_view host, port;
+  if (!text.empty() && text.front() == '[') {
+    const auto close = text.find(']');
+    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') return std::nullopt;
+    host = text.substr(1, close - 1);
+    port = text.substr(close + 2);
+    if (host.find(':') == std::string_view::npos) return std::nullopt;  // brackets are for IPv6 only
+  } else {
+    const auto colon = text.rfind(':');
+    if (colon == std::string_view::npos || text.find(':') != colon) return std::nullopt;  // bare IPv6: ambiguous
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+  }
+  const auto ip = IpAddress::parse(host);
+  if (!ip || port.empty() || port.size() > 5) return std::nullopt;
+  unsigned value = 0;
+  for (char c : port) {
+    if (c < '0' || c > '9') return std::nullopt;
+    value = value * 10 + static_cast<unsigned>(c - '0');
+  }
+  if (value > 65535 || (value == 0 && !allow_zero_port)) return std::nullopt;
+  return SocketAddress{*ip, static_cast<std::uint16_t>(value)};
+}
+
 std::string SocketAddress::to_string() const {
   std::string out;
   out.reserve(INET6_ADDRSTRLEN + 8);

@@ -52,6 +52,9 @@ struct SocketAddress {
   // "fd00::1:80": the ambiguous form istioctl prints in its endpoints table; only for display.
   std::string to_istio_string() const;
 
+  // The to_string() forms: "10.0.0.1:80" or "[fd00::1]:80", port 1-65535 (0 with allow_zero_port).
+  static std::optional<SocketAddress> parse(std::string_view text, bool allow_zero_port = false);
+
   auto operator<=>(const SocketAddress&) const = default;
 };
 

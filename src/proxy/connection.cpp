@@ -138,7 +138,7 @@ awaitable<std::optional<ConnectedUpstream>> establish_upstream(const ConnectionC
                                                                const config::ClusterSnapshot& snapshot,
                                                                const net::SocketAddress& source,
                                                                const net::SocketAddress& destination,
-                                                               tcp::socket& upstream) {
+                                                               bool transparent, tcp::socket& upstream) {
   const std::string_view cluster_name = decision.cluster ? std::string_view(decision.cluster->cluster_name) : "-";
   // The client's first bytes wait in its socket's receive queue until an upstream is connected
   // (we do not read before), so retries and Happy Eyeballs lose none of them.
@@ -149,7 +149,7 @@ awaitable<std::optional<ConnectedUpstream>> establish_upstream(const ConnectionC
   UpstreamSocketOptions upstream_options{.mark = ctx.options.upstream_mark, .source = std::nullopt};
   // The client's own address where the family allows it; prepare_upstream leaves a cross-family
   // attempt unbound, so the kernel gives it the node's own address of that family.
-  if (ctx.options.transparent) upstream_options.source = source.ip;
+  if (transparent) upstream_options.source = source.ip;
 
   const ConnectOutcome outcome = co_await connect_upstream(
       upstream, scheduler, upstream_options, [&](const ConnectScheduler::Attempt& attempt, bool connected) {
@@ -188,7 +188,8 @@ struct Connected {
 
 awaitable<std::optional<Connected>> route_and_connect(const ConnectionContext& ctx, Direction direction,
                                                       const net::SocketAddress& source,
-                                                      const net::SocketAddress& destination, tcp::socket& upstream) {
+                                                      const net::SocketAddress& destination, bool transparent,
+                                                      tcp::socket& upstream) {
   // One snapshot reference for the whole decision: a concurrent reload cannot change it or free
   // the endpoints it points to.
   const auto snapshot = ctx.store.current();
@@ -201,7 +202,8 @@ awaitable<std::optional<Connected>> route_and_connect(const ConnectionContext& c
     co_return std::nullopt;
   }
   ProxyStats::add(decision.kind == RouteKind::service ? ctx.stats.routed_to_service : ctx.stats.passthrough);
-  const auto connected = co_await establish_upstream(ctx, decision, *snapshot, source, destination, upstream);
+  const auto connected =
+      co_await establish_upstream(ctx, decision, *snapshot, source, destination, transparent, upstream);
   if (!connected) co_return std::nullopt;
   // Guarded: the arguments would be formatted (inet_ntop, allocations) even with debug off, and
   // that cost per connection showed up in profiles.
@@ -214,7 +216,7 @@ awaitable<std::optional<Connected>> route_and_connect(const ConnectionContext& c
 }  // namespace
 
 awaitable<void> serve_connection(tcp::socket client, tcp::endpoint peer, Direction direction,
-                                 ConnectionContext ctx) {
+                                 ConnectionContext ctx, std::optional<net::SocketAddress> forward_to) {
   GaugeGuard<ProxyStats::Counter> active(&ctx.stats.active_connections);
   ProxyStats::add(direction == Direction::outbound ? ctx.stats.outbound_accepted : ctx.stats.inbound_accepted);
 
@@ -222,14 +224,15 @@ awaitable<void> serve_connection(tcp::socket client, tcp::endpoint peer, Directi
   const auto local = client.local_endpoint(ec);
   if (ec) co_return;  // the client vanished between accept and now
   // With TPROXY the accepted socket's local address is the destination the client dialled.
-  const net::SocketAddress destination = to_socket_address(local);
+  const net::SocketAddress destination = forward_to ? *forward_to : to_socket_address(local);
   const net::SocketAddress source = to_socket_address(peer);
 
   // Routing and connecting run in their own coroutine: their state (the snapshot reference,
   // scheduler, candidate lists, attempt sockets) is freed before the relay starts, so an old
   // snapshot is not kept alive by long-lived connections after a reload.
   tcp::socket upstream(client.get_executor());
-  const auto connected = co_await route_and_connect(ctx, direction, source, destination, upstream);
+  const bool transparent = ctx.options.transparent && !forward_to;
+  const auto connected = co_await route_and_connect(ctx, direction, source, destination, transparent, upstream);
   if (!connected) {
     reset_connection(client);
     co_return;

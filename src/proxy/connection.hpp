@@ -22,9 +22,12 @@ struct ConnectionContext {
 };
 
 // Owns `client` in its coroutine frame: the connection lives exactly as long as this coroutine.
-// `peer` is the client's address as accept() returned it. Never throws; every failure ends this
-// connection only, with a log line and a counter.
+// `peer` is the client's address as accept() returned it. A captured connection goes where the
+// client dialled (the accepted socket's local address, with TPROXY); one accepted on a --forward
+// listener goes to `forward_to`, from the node's own address. Never throws; every failure ends
+// this connection only, with a log line and a counter.
 boost::asio::awaitable<void> serve_connection(tcp::socket client, tcp::endpoint peer, Direction direction,
-                                              ConnectionContext context);
+                                              ConnectionContext context,
+                                              std::optional<net::SocketAddress> forward_to = std::nullopt);
 
 }  // namespace dsproxy::proxy

@@ -4,11 +4,23 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <vector>
+
+#include "net/ip_address.hpp"
 
 #include "proxy/outlier_detector.hpp"
 #include "proxy/router.hpp"
 
 namespace dsproxy::proxy {
+
+// An explicitly addressed listener (--forward LISTEN=TARGET): clients connect to `listen`, and
+// each connection is routed as if it had been captured on its way to `target` (a Service's
+// ClusterIP:port or a pod's address), from the node's own address: no TPROXY, no transparent
+// source. For nodes or tools that cannot capture, and to measure what capture costs.
+struct Forward {
+  net::SocketAddress listen;
+  net::SocketAddress target;
+};
 
 struct ProxyOptions {
   CapturePorts ports;             // outbound 15001, inbound 15006
@@ -27,6 +39,7 @@ struct ProxyOptions {
   bool passthrough_happy_eyeballs = true;
   OutlierOptions outlier;
   std::chrono::milliseconds idle_timeout{std::chrono::hours(1)};
+  std::vector<Forward> forwards;
 };
 
 }  // namespace dsproxy::proxy

@@ -23,7 +23,8 @@ namespace {
 using boost::asio::awaitable;
 using boost::asio::use_awaitable;
 
-awaitable<void> accept_loop(tcp::acceptor& acceptor, Direction direction, ConnectionContext context) {
+awaitable<void> accept_loop(tcp::acceptor& acceptor, Direction direction, ConnectionContext context,
+                            std::optional<net::SocketAddress> forward_to) {
   const auto executor = co_await boost::asio::this_coro::executor;
   boost::asio::steady_timer backoff(executor);
   tcp::endpoint peer;  // filled by accept() itself: no getpeername per connection
@@ -42,7 +43,7 @@ awaitable<void> accept_loop(tcp::acceptor& acceptor, Direction direction, Connec
         spdlog::warn("accept on port {} failed: {}", acceptor.local_endpoint(ignored).port(), ec.message());
         back_off = true;
       } else {
-        boost::asio::co_spawn(executor, serve_connection(std::move(socket), peer, direction, context),
+        boost::asio::co_spawn(executor, serve_connection(std::move(socket), peer, direction, context, forward_to),
                               boost::asio::detached);
       }
     } catch (const std::exception& e) {
@@ -64,14 +65,15 @@ class Worker {
          const OutlierDetector& outliers, std::uint64_t seed)
       : picker_(outliers, seed), context_{options, store, stats, outliers, picker_} {}
 
-  void listen(const net::SocketAddress& address, Direction direction, const ListenerSocketOptions& options) {
-    acceptors_.push_back({open_listener(io_.get_executor(), address, options), direction});
+  void listen(const net::SocketAddress& address, Direction direction, const ListenerSocketOptions& options,
+              std::optional<net::SocketAddress> forward_to = std::nullopt) {
+    acceptors_.push_back({open_listener(io_.get_executor(), address, options), direction, forward_to});
   }
   std::uint16_t port_of(std::size_t i) const { return acceptors_.at(i).acceptor.local_endpoint().port(); }
 
   void start() {
     for (auto& l : acceptors_)
-      boost::asio::co_spawn(io_, accept_loop(l.acceptor, l.direction, context_), boost::asio::detached);
+      boost::asio::co_spawn(io_, accept_loop(l.acceptor, l.direction, context_, l.forward_to), boost::asio::detached);
     thread_ = std::thread([this] { io_.run(); });
   }
 
@@ -94,6 +96,7 @@ class Worker {
   struct Listener {
     tcp::acceptor acceptor;
     Direction direction;
+    std::optional<net::SocketAddress> forward_to;  // a --forward listener's target
   };
   EndpointPicker picker_;  // this thread's random state for power-of-two choices
   ConnectionContext context_;
@@ -125,6 +128,7 @@ void ProxyServer::start() {
   // With port 0 (tests), the first worker's kernel-chosen ports are reused by the others so that
   // SO_REUSEPORT groups them as it does fixed ports.
   CapturePorts ports = options_.ports;
+  std::vector<Forward> forwards = options_.forwards;
   for (int i = 0; i < std::max(1, options_.workers); ++i) {
     auto worker = std::make_unique<Worker>(options_, store_, stats_, outliers_, std::random_device{}() + i);
     worker->listen({*v4, ports.outbound}, Direction::outbound, socket_options);
@@ -133,9 +137,15 @@ void ProxyServer::start() {
     worker->listen({*v4, ports.inbound}, Direction::inbound, socket_options);
     if (ports.inbound == 0) ports.inbound = worker->port_of(2);
     worker->listen({*v6, ports.inbound}, Direction::inbound, socket_options);
+    // Explicitly addressed: plain listeners, no IP_TRANSPARENT needed or wanted.
+    for (std::size_t f = 0; f < forwards.size(); ++f) {
+      worker->listen(forwards[f].listen, Direction::outbound, {.transparent = false}, forwards[f].target);
+      if (forwards[f].listen.port == 0) forwards[f].listen.port = worker->port_of(4 + f);
+    }
     workers_.push_back(std::move(worker));
   }
   bound_ = ports;
+  options_.forwards = forwards;
   // Loop protection compares destinations with the ports really bound.
   options_.ports = ports;
   for (auto& w : workers_) w->start();
@@ -143,6 +153,9 @@ void ProxyServer::start() {
   spdlog::info("proxy listening: outbound {} and [{}]:{}, inbound {}:{} and [{}]:{}, {} worker(s)",
                net::SocketAddress{*v4, ports.outbound}.to_string(), options_.bind_v6, ports.outbound,
                options_.bind_v4, ports.inbound, options_.bind_v6, ports.inbound, workers_.size());
+  for (const auto& f : options_.forwards)
+    spdlog::info("forwarding {} -> {} (explicit address, upstream from the node's own address)",
+                 f.listen.to_string(), f.target.to_string());
 }
 
 void ProxyServer::drain(std::chrono::milliseconds grace) {

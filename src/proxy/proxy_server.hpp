@@ -38,6 +38,8 @@ class ProxyServer {
   void stop();
   // The ports actually bound (useful when the options asked for port 0 in tests).
   CapturePorts bound_ports() const { return bound_; }
+  // The --forward listeners as bound (port 0 replaced by the kernel's choice), after start().
+  const std::vector<Forward>& forwards() const { return options_.forwards; }
   bool running() const { return started_ && !stopped_; }
 
  private:

@@ -93,4 +93,20 @@ TEST(SocketAddress, HashesDistinguishPortAndFamily) {
 }
 
 }  // namespace
+TEST(SocketAddress, ParsesTheFormsItPrints) {
+  for (const char* text : {"10.0.0.1:80", "[fd00::1]:8080", "0.0.0.0:65535", "[::]:1"}) {
+    const auto a = SocketAddress::parse(text);
+    ASSERT_TRUE(a) << text;
+    EXPECT_EQ(a->to_string(), text);
+  }
+  EXPECT_TRUE(SocketAddress::parse("[::ffff:10.0.0.1]:80")->ip.is_v4());  // canonical, like IpAddress
+  EXPECT_EQ(SocketAddress::parse("127.0.0.1:0", true)->port, 0);
+}
+
+TEST(SocketAddress, RejectsAmbiguousOrIncompleteInput) {
+  for (const char* text : {"", "10.0.0.1", "10.0.0.1:", "fd00::1:80", "[fd00::1]", "[fd00::1]80", "[10.0.0.1]:80",
+                           "10.0.0.1:0", "10.0.0.1:65536", "10.0.0.1:8o", "10.0.0.1:+80", "host:80", "[fd00::1:80"})
+    EXPECT_FALSE(SocketAddress::parse(text)) << text;
+}
+
 }  // namespace dsproxy::net

@@ -118,4 +118,68 @@ TEST_F(ProxyServerTest, BindFailureIsReportedWithTheAddress) {
 }
 
 }  // namespace
+TEST_F(ProxyServerTest, ForwardListenersRelayToTheirTargetInEitherFamily) {
+  // --forward: an explicitly addressed listener; the client connects to the proxy itself and
+  // its connection goes to the configured target (here an IPv4 echo server, from both an IPv4
+  // and an IPv6 listener), from the node's own address.
+  int echo = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(echo, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(echo, 8), 0);
+  socklen_t len = sizeof a;
+  ::getsockname(echo, reinterpret_cast<sockaddr*>(&a), &len);
+  const auto target = *net::SocketAddress::parse("127.0.0.1:" + std::to_string(ntohs(a.sin_port)));
+  std::thread server_thread([echo] {
+    for (int i = 0; i < 2; ++i) {
+      int c = ::accept(echo, nullptr, nullptr);
+      char buf[64];
+      ssize_t n = ::recv(c, buf, sizeof buf, 0);
+      if (n > 0) ::send(c, buf, static_cast<std::size_t>(n), MSG_NOSIGNAL);
+      ::close(c);
+    }
+  });
+
+  options.upstream_mark = 0;  // SO_MARK needs CAP_NET_ADMIN; not what this test is about
+  options.forwards = {{*net::SocketAddress::parse("127.0.0.1:0", true), target},
+                      {*net::SocketAddress::parse("[::1]:0", true), target}};
+  ProxyServer server(options, store, stats);
+  server.start();
+  ASSERT_EQ(server.forwards().size(), 2u);
+  for (const auto& f : server.forwards()) {
+    ASSERT_NE(f.listen.port, 0);
+    const int family = f.listen.ip.is_v4() ? AF_INET : AF_INET6;
+    int fd = ::socket(family, SOCK_STREAM, 0);
+    timeval tv{5, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    sockaddr_storage ss{};
+    socklen_t sl;
+    if (family == AF_INET) {
+      auto* s4 = reinterpret_cast<sockaddr_in*>(&ss);
+      s4->sin_family = AF_INET;
+      s4->sin_port = htons(f.listen.port);
+      s4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      sl = sizeof *s4;
+    } else {
+      auto* s6 = reinterpret_cast<sockaddr_in6*>(&ss);
+      s6->sin6_family = AF_INET6;
+      s6->sin6_port = htons(f.listen.port);
+      s6->sin6_addr = in6addr_loopback;
+      sl = sizeof *s6;
+    }
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&ss), sl), 0) << f.listen.to_string();
+    ASSERT_EQ(::send(fd, "ping", 4, MSG_NOSIGNAL), 4);
+    char buf[8] = {};
+    EXPECT_EQ(::recv(fd, buf, sizeof buf, MSG_WAITALL), 4) << f.listen.to_string();
+    EXPECT_EQ(std::string(buf, 4), "ping");
+    ::close(fd);
+  }
+  server.drain(std::chrono::seconds(2));
+  server_thread.join();
+  ::close(echo);
+  EXPECT_EQ(stats.passthrough.load(), 2u);
+  EXPECT_EQ(stats.active_connections.load(), 0u);
+}
+
 }  // namespace dsproxy::proxy
