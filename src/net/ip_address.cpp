@@ -53,8 +53,6 @@ std::string IpAddress::to_string() const {
   return buf;
 }
 
-// Built by appending rather than with operator+ chains: GCC 12 reports a spurious -Wrestrict
-// inside libstdc++ for `"[" + str`.
 std::optional<SocketAddress> SocketAddress::parse(std::string_view text, bool allow_zero_port) {
   std::string_view host, port;
   if (!text.empty() && text.front() == '[') {
@@ -80,6 +78,8 @@ std::optional<SocketAddress> SocketAddress::parse(std::string_view text, bool al
   return SocketAddress{*ip, static_cast<std::uint16_t>(value)};
 }
 
+// Built by appending rather than with operator+ chains: GCC 12 reports a spurious -Wrestrict
+// inside libstdc++ for `"[" + str`.
 std::string SocketAddress::to_string() const {
   std::string out;
   out.reserve(INET6_ADDRSTRLEN + 8);

@@ -33,6 +33,12 @@ class IpAddress {
   // Network byte order; IPv4 uses the first 4 bytes, the rest are zero.
   const std::array<std::uint8_t, 16>& bytes() const { return bytes_; }
   std::string to_string() const;
+  // 0.0.0.0 or ::, the wildcard a listener binds to.
+  bool is_unspecified() const {
+    for (auto b : bytes_)
+      if (b != 0) return false;
+    return true;
+  }
   // Prefix length for a single host: 32 or 128.
   int host_prefix() const { return is_v4() ? 32 : 128; }
 

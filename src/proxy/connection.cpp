@@ -220,11 +220,16 @@ awaitable<void> serve_connection(tcp::socket client, tcp::endpoint peer, Directi
   GaugeGuard<ProxyStats::Counter> active(&ctx.stats.active_connections);
   ProxyStats::add(direction == Direction::outbound ? ctx.stats.outbound_accepted : ctx.stats.inbound_accepted);
 
-  boost::system::error_code ec;
-  const auto local = client.local_endpoint(ec);
-  if (ec) co_return;  // the client vanished between accept and now
   // With TPROXY the accepted socket's local address is the destination the client dialled.
-  const net::SocketAddress destination = forward_to ? *forward_to : to_socket_address(local);
+  net::SocketAddress destination;
+  if (forward_to) {
+    destination = *forward_to;
+  } else {
+    boost::system::error_code ec;
+    const auto local = client.local_endpoint(ec);
+    if (ec) co_return;  // the client vanished between accept and now
+    destination = to_socket_address(local);
+  }
   const net::SocketAddress source = to_socket_address(peer);
 
   // Routing and connecting run in their own coroutine: their state (the snapshot reference,

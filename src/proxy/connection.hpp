@@ -21,8 +21,8 @@ struct ConnectionContext {
   EndpointPicker& picker;  // the worker's own: not shared between threads
 };
 
-// Owns `client` in its coroutine frame: the connection lives exactly as long as this coroutine.
-// `peer` is the client's address as accept() returned it. A captured connection goes where the
+// Owns `client` until the upstream is connected, then hands both sockets to the relay, which owns
+// the connection from there (the coroutine ends). `peer` is the client's address as accept() returned it. A captured connection goes where the
 // client dialled (the accepted socket's local address, with TPROXY); one accepted on a --forward
 // listener goes to `forward_to`, from the node's own address. Never throws; every failure ends
 // this connection only, with a log line and a counter.

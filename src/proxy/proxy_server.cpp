@@ -1,6 +1,8 @@
 #include "proxy/proxy_server.hpp"
 
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -57,6 +59,45 @@ awaitable<void> accept_loop(tcp::acceptor& acceptor, Direction direction, Connec
   }
 }
 
+// True when `ip` is one of this host's addresses (or a wildcard): binding a throwaway socket to
+// it succeeds only then (no IP_FREEBIND, no IP_TRANSPARENT).
+bool is_local_address(const net::IpAddress& ip) {
+  const tcp::endpoint endpoint = to_endpoint({ip, 0});
+  const int fd = ::socket(ip.is_v4() ? AF_INET : AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  const bool bound = ::bind(fd, endpoint.data(), static_cast<socklen_t>(endpoint.size())) == 0;
+  ::close(fd);
+  return bound;
+}
+
+// Would a connection to `to` land on a listener bound to `listener`?
+bool reaches(const net::SocketAddress& listener, const net::SocketAddress& to) {
+  if (listener.port != to.port || listener.ip.family() != to.ip.family()) return false;
+  return listener.ip == to.ip || listener.ip.is_unspecified();
+}
+
+// --forward mistakes that would otherwise show up only as traffic going astray: listeners that
+// share a port join one SO_REUSEPORT group (the kernel would split their connections, including
+// captured ones if the port is a capture port), and a target that is one of our own forward
+// listeners makes the proxy dial itself until it runs out of descriptors.
+void validate_forwards(const ProxyOptions& options) {
+  const auto& forwards = options.forwards;
+  for (std::size_t i = 0; i < forwards.size(); ++i) {
+    const auto& f = forwards[i];
+    const std::string what = "--forward " + f.listen.to_string() + "=" + f.target.to_string() + ": ";
+    if (f.listen.port == 0) continue;  // the kernel picks a free port: it can collide with nothing
+    if (f.listen.port == options.ports.outbound || f.listen.port == options.ports.inbound)
+      throw std::invalid_argument(what + "the listen port is a capture port");
+    for (std::size_t j = 0; j < i; ++j)
+      if (reaches(forwards[j].listen, f.listen) || reaches(f.listen, forwards[j].listen))
+        throw std::invalid_argument(what + "its listen address overlaps --forward " + forwards[j].listen.to_string());
+    for (const auto& other : forwards)
+      if (reaches(other.listen, f.target) && is_local_address(f.target.ip))
+        throw std::invalid_argument(what + "the target is our own listener " + other.listen.to_string() +
+                                    " (the proxy would dial itself)");
+  }
+}
+
 }  // namespace
 
 class Worker {
@@ -101,7 +142,8 @@ class Worker {
   EndpointPicker picker_;  // this thread's random state for power-of-two choices
   ConnectionContext context_;
   // Declared before the acceptors so it is destroyed after them; destroying it destroys the
-  // suspended connection coroutines, whose frames own the remaining sockets.
+  // connections still open: coroutines still connecting (their frames own their sockets) and
+  // relays (destroyed by the relay's per-worker sweeper service).
   // Each socket of this worker is only ever touched by this worker's thread, so the reactor's
   // per-descriptor locks are pure cost; the scheduler keeps its lock because the control thread
   // posts (stop_accepting) and stops it.
@@ -124,6 +166,7 @@ void ProxyServer::start() {
   if (!v4 || !v4->is_v4()) throw std::invalid_argument("bind address '" + options_.bind_v4 + "' is not IPv4");
   if (!v6 || v6->is_v4()) throw std::invalid_argument("bind address '" + options_.bind_v6 + "' is not IPv6");
   const ListenerSocketOptions socket_options{.transparent = options_.transparent};
+  validate_forwards(options_);
 
   // With port 0 (tests), the first worker's kernel-chosen ports are reused by the others so that
   // SO_REUSEPORT groups them as it does fixed ports.

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cstring>
 
@@ -22,8 +23,8 @@ namespace {
 // Why callbacks and not one coroutine per direction: an idle proxied connection is what a node
 // proxy holds most of, and its cost is what sits in memory while it waits. Two direction
 // coroutines joined by awaitable operators cost about 8.6 KiB per connection (frames, parallel
-// group state, spawned entry points); this object and its three pending waits cost a few hundred
-// bytes. The coroutine that calls relay() still owns the connection and its sockets.
+// group state, spawned entry points); this object, which owns both sockets, and its two pending
+// read waits cost a few hundred bytes, and no coroutine frame stays alive beside them.
 
 // Reads of up to this size are copied through the worker's scratch buffer: for the small
 // messages of request/response traffic, recv + send cost less than splice's two pipe operations
@@ -84,7 +85,14 @@ class Relay {
   using Handler = boost::asio::any_completion_handler<void(RelayResult)>;
 
   static void start(tcp::socket downstream, tcp::socket upstream, const RelayOptions& options, Handler handler) {
-    auto* relay = new Relay(std::move(downstream), std::move(upstream), options, std::move(handler));
+    // Registration can throw (bad_alloc); until it has succeeded no wait holds the relay, so it
+    // can still be destroyed (closing both sockets) rather than leaked.
+    auto destroy = [](Relay* r) { delete r; };  // the destructor is private: only we end a relay
+    std::unique_ptr<Relay, decltype(destroy)> owned(
+        new Relay(std::move(downstream), std::move(upstream), options, std::move(handler)), destroy);
+    owned->sweeper_ = &IdleSweeper::of(owned->downstream_.get_executor());
+    owned->sweeper_->add(*owned, owned->idle_timeout_, owned->downstream_.get_executor());
+    Relay* relay = owned.release();
     relay->begin();
     // Both directions may have ended before any wait was started (a peer that sent its data and
     // FIN at once, and the other end likewise): nothing else would finish it.
@@ -140,6 +148,17 @@ class Relay {
     dirs_[1].bytes = &result_.bytes_to_downstream;
   }
 
+  // On the way out with its io_context (IdleSweeper::shutdown), on the control thread: pipes go
+  // straight back to the kernel, not into that thread's pool, which never lent them.
+  void close_pipes() {
+    for (auto& d : dirs_)
+      if (d.pipe.valid()) {
+        ::close(d.pipe.read_fd);
+        ::close(d.pipe.write_fd);
+        d.pipe = Pipe{};
+      }
+  }
+
   // Closes both sockets (members): the last FIN or the reset goes out here.
   ~Relay() {
     if (swept) sweeper_->remove(*this);
@@ -153,8 +172,6 @@ class Relay {
     boost::system::error_code ignored;
     if (!downstream_.non_blocking()) downstream_.non_blocking(true, ignored);
     if (!upstream_.non_blocking()) upstream_.non_blocking(true, ignored);
-    sweeper_ = &IdleSweeper::of(downstream_.get_executor());
-    sweeper_->add(*this, idle_timeout_, downstream_.get_executor());
     move(0);
     move(1);
   }
@@ -211,9 +228,10 @@ class Relay {
 
   // Moves as much as the sockets allow right now, then waits for whichever side stopped it.
   // A read shorter than asked for means the socket was drained: the relay waits then instead of
-  // trying once more for EAGAIN. That is safe because asio starts every async_wait with
-  // EPOLL_CTL_MOD, and the kernel re-checks readiness on MOD: bytes or a FIN that arrived in
-  // between complete the wait at once. Descriptors are re-read from the sockets on every call: a
+  // trying once more for EAGAIN. That is safe because asio starts a wait with EPOLL_CTL_MOD
+  // whenever no other wait of the same kind is queued on that socket (always so here: each socket
+  // has at most one read wait and one write wait, from different directions), and the kernel
+  // re-checks readiness on MOD: bytes or a FIN that arrived in between complete the wait at once. Descriptors are re-read from the sockets on every call: a
   // cached number could belong to another connection by now.
   void move(int index) {
     Direction& d = dirs_[index];
@@ -407,6 +425,7 @@ void IdleSweeper::shutdown() {
   for (auto& [period, wheel] : wheels_)
     while (Relay* r = wheel->head) {
       remove(*r);
+      r->close_pipes();
       delete r;
     }
   wheels_.clear();

@@ -1,6 +1,8 @@
 #pragma once
-// Carries out a ConnectScheduler's plan with real sockets: one coroutine per attempt, a single
-// timer for the scheduler's deadlines, and cancellation of the losers.
+// Carries out a ConnectScheduler's plan with real sockets: connect() on each attempt's socket (a
+// handshake the kernel finished inside the call is taken at once; one still in flight is awaited
+// by a small coroutine), a single timer for the scheduler's deadlines, and cancellation of the
+// losers.
 
 #include <boost/asio/awaitable.hpp>
 #include <functional>

@@ -6,13 +6,17 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <thread>
 
+#include <boost/asio/io_context.hpp>
+
 #include "config/k8s_decoder.hpp"
+#include "proxy/transparent_socket.hpp"
 
 namespace dsproxy::proxy {
 namespace {
@@ -180,6 +184,62 @@ TEST_F(ProxyServerTest, ForwardListenersRelayToTheirTargetInEitherFamily) {
   ::close(echo);
   EXPECT_EQ(stats.passthrough.load(), 2u);
   EXPECT_EQ(stats.active_connections.load(), 0u);
+}
+
+TEST_F(ProxyServerTest, ForwardMistakesAreRefusedAtStartWithTheReason) {
+  const auto addr = [](const char* text) { return net::SocketAddress::parse(text, true).value(); };
+  const auto target = addr("192.0.2.1:80");  // TEST-NET-1: never dialled, start() refuses first
+  struct Case {
+    std::vector<Forward> forwards;
+    std::string reason;
+  };
+  options.ports = {15001, 15006};
+  const std::vector<Case> cases = {
+      {{{addr("127.0.0.1:15001"), target}}, "capture port"},
+      {{{addr("0.0.0.0:18080"), target}, {addr("127.0.0.1:18080"), target}}, "overlaps"},
+      {{{addr("[::1]:18081"), target}, {addr("[::1]:18081"), target}}, "overlaps"},
+      {{{addr("127.0.0.1:18082"), addr("127.0.0.1:18082")}}, "dial itself"},
+      {{{addr("0.0.0.0:18083"), addr("127.0.0.1:18084")}, {addr("127.0.0.1:18084"), addr("127.0.0.1:18083")}},
+       "dial itself"},
+  };
+  for (const auto& c : cases) {
+    ProxyOptions bad = options;
+    bad.forwards = c.forwards;
+    ProxyServer server(bad, store, stats);
+    try {
+      server.start();
+      ADD_FAILURE() << "started with " << c.forwards.front().listen.to_string();
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(c.reason), std::string::npos) << e.what();
+    }
+  }
+  // The same port on both families, or a remote target on the listener's port, is fine.
+  options.ports = {0, 0};
+  options.forwards = {{addr("127.0.0.1:0"), addr("192.0.2.1:18085")}, {addr("[::1]:0"), target}};
+  ProxyServer fine(options, store, stats);
+  EXPECT_NO_THROW(fine.start());
+  fine.drain(std::chrono::milliseconds(100));
+}
+
+TEST(ListenerSocket, AcceptedSocketsInheritTcpNoDelay) {
+  // The proxy no longer sets TCP_NODELAY per accepted connection: the listener's flag is
+  // inherited (the accepted socket is a clone of the listener). Pin that kernel behaviour.
+  boost::asio::io_context io;
+  auto acceptor = open_listener(io.get_executor(), *net::SocketAddress::parse("127.0.0.1:0", true),
+                                {.transparent = false, .reuse_port = false});
+  const auto port = acceptor.local_endpoint().port();
+  int client = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(client, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  tcp::socket accepted = acceptor.accept();
+  int nodelay = 0;
+  socklen_t len = sizeof nodelay;
+  ASSERT_EQ(::getsockopt(accepted.native_handle(), IPPROTO_TCP, TCP_NODELAY, &nodelay, &len), 0);
+  EXPECT_EQ(nodelay, 1);
+  ::close(client);
 }
 
 }  // namespace dsproxy::proxy
