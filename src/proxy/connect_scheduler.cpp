@@ -102,13 +102,19 @@ std::vector<ConnectScheduler::Action> ConnectScheduler::on_timer(TimePoint now) 
     finish_failed(out);
     return out;
   }
+  // A backend whose time is up is left before its second family could be started: an attempt
+  // started and abandoned in the same breath would count as a failure of an endpoint never
+  // really tried (and, towards a local pod, might even connect before it is thrown away).
+  if (now >= backend_deadline_) {
+    end_backend(now, AttemptState::abandoned, out);
+    return out;
+  }
   if (second_due_ && now >= *second_due_) {
     const auto next = *second_address_;
     second_address_.reset();
     second_due_.reset();
     start_attempt(next, true, out);
   }
-  if (now >= backend_deadline_) end_backend(now, AttemptState::abandoned, out);
   return out;
 }
 

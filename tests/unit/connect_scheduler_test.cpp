@@ -116,6 +116,18 @@ TEST_F(ConnectSchedulerTest, BlackHoledBackendGetsItsShareThenNextBackend) {
   EXPECT_EQ(s.next_deadline(), t0 + 6s);
 }
 
+TEST_F(ConnectSchedulerTest, LateTimerLeavesTheBackendWithoutStartingItsSecondFamily) {
+  // The worker was busy and the timer fires only after the backend's share is over: its second
+  // family must not be started just to be abandoned (that would count as its failure).
+  auto s = make({250ms, 9s, 3});
+  s.start(t0);
+  auto a = s.on_timer(t0 + 3s);
+  EXPECT_TRUE(has(a, Kind::abandon, 0));
+  for (const auto& action : a)
+    if (action.kind == Kind::start) EXPECT_NE(s.attempts()[static_cast<std::size_t>(action.attempt)].address, sa("10.0.0.10", 80));
+  for (const auto& attempt : s.attempts()) EXPECT_NE(attempt.address, sa("10.0.0.10", 80));
+}
+
 TEST_F(ConnectSchedulerTest, GivesUpAfterMaxBackends) {
   auto s = make({250ms, 10s, 2});
   s.start(t0);

@@ -33,10 +33,24 @@ Name name(const char* text) { return Name::from_text(text).value(); }
 // UDP); nx.example NXDOMAIN; silent.example nothing at all. Counts what it received.
 class FakeNameserver {
  public:
-  explicit FakeNameserver(asio::io_context& io)
-      : udp_(io, udp::endpoint(asio::ip::make_address("127.0.0.1"), 0)),
-        // c-ares retries over TCP on the same port number as UDP.
-        tcp_(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), udp_.local_endpoint().port())) {
+  explicit FakeNameserver(asio::io_context& io) : udp_(io), tcp_(io) {
+    // c-ares retries over TCP on the same port number as UDP. The UDP port the kernel picks may
+    // be taken for TCP by some other socket of this process (the tests open many): try again.
+    const auto loopback = asio::ip::make_address("127.0.0.1");
+    for (int attempt = 0;; ++attempt) {
+      udp_ = udp::socket(io, udp::endpoint(loopback, 0));
+      boost::system::error_code ec;
+      tcp::acceptor tcp(io);
+      tcp.open(tcp::v4(), ec);
+      tcp.set_option(asio::socket_base::reuse_address(true), ec);
+      if (!ec) tcp.bind(tcp::endpoint(loopback, udp_.local_endpoint().port()), ec);
+      if (!ec) tcp.listen(asio::socket_base::max_listen_connections, ec);
+      if (!ec) {
+        tcp_ = std::move(tcp);
+        break;
+      }
+      if (attempt == 50) throw boost::system::system_error(ec, "fake nameserver: no port free for UDP and TCP");
+    }
     receive();
     accept();
   }
