@@ -29,11 +29,12 @@ Pipe PipePool::acquire() {
   int fds[2];
   if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return {};
   ++in_use_;
-  // A bigger pipe moves more per splice call (fewer syscalls per byte); failure just keeps the
-  // default 64 KiB.
-  const int got = ::fcntl(fds[1], F_SETPIPE_SZ, static_cast<int>(pipe_size_));
-  if (got > 0) pipe_size_ = static_cast<std::size_t>(got);
-  return {fds[0], fds[1]};
+  // A bigger pipe moves more per splice call (fewer syscalls per byte). Refused (limits), the
+  // pipe keeps what it has, and each pipe says what that is: a pool-wide size would make every
+  // splice into a smaller pipe look like a drained socket.
+  int got = ::fcntl(fds[1], F_SETPIPE_SZ, static_cast<int>(pipe_size_));
+  if (got <= 0) got = ::fcntl(fds[1], F_GETPIPE_SZ);
+  return {fds[0], fds[1], got > 0 ? static_cast<std::size_t>(got) : 4096};
 }
 
 void PipePool::release(Pipe pipe, bool drained) {

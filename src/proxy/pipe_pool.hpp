@@ -14,6 +14,10 @@ namespace dsproxy::proxy {
 struct Pipe {
   int read_fd = -1;
   int write_fd = -1;
+  // What this pipe holds: pipe_size when F_SETPIPE_SZ was granted, less when it was not (a user
+  // past fs/pipe-user-pages-soft without CAP_SYS_RESOURCE gets 64 KiB, or even 8 KiB). The relay
+  // asks splice for this much and reads a shorter result as "socket drained".
+  std::size_t capacity = 0;
   bool valid() const { return read_fd >= 0; }
 };
 
@@ -35,7 +39,7 @@ class PipePool {
   // Only empty pipes may be released; pass `drained = false` to close a pipe that may hold data.
   void release(Pipe pipe, bool drained = true);
 
-  std::size_t pipe_size() const { return pipe_size_; }
+  std::size_t pipe_size() const { return pipe_size_; }  // the size asked for
   std::size_t idle() const { return idle_.size(); }
   std::size_t in_use() const { return in_use_; }
 

@@ -274,13 +274,13 @@ class Relay {
     PipePool& pool = PipePool::for_this_thread();
     if (!d.pipe.valid()) d.pipe = pool.acquire();
     if (!d.pipe.valid()) return read_into_scratch_flushed(d);  // pipes exhausted: copy this round
-    const ssize_t n = ::splice(d.from->native_handle(), nullptr, d.pipe.write_fd, nullptr, pool.pipe_size(),
+    const ssize_t n = ::splice(d.from->native_handle(), nullptr, d.pipe.write_fd, nullptr, d.pipe.capacity,
                                SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n > 0) {
       d.pipe_pending = static_cast<std::size_t>(n);
       d.bulk = static_cast<std::size_t>(n) >= kChunk;
       ++activity_;
-      return static_cast<std::size_t>(n) < pool.pipe_size() ? Step::drained : Step::progress;
+      return static_cast<std::size_t>(n) < d.pipe.capacity ? Step::drained : Step::progress;
     }
     const int err = errno;
     // An idle connection holds no pipe: give it back while waiting.

@@ -1,6 +1,7 @@
 #include "proxy/pipe_pool.hpp"
 
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 namespace dsproxy::proxy {
@@ -32,6 +33,21 @@ TEST(PipePool, LendsAtMostTheCap) {
   lent.push_back(pool.acquire());
   EXPECT_TRUE(lent.back().valid());
   for (auto& p : lent) pool.release(p);
+}
+
+TEST(PipePool, EachPipeReportsWhatItReallyHolds) {
+  // The relay reads a splice shorter than the pipe's capacity as "socket drained", so the
+  // capacity must be the kernel's figure, not the size asked for: 100,000 bytes come back as
+  // 32 pages, and a refused F_SETPIPE_SZ (limits) leaves the pipe's own size.
+  PipePool pool(100000, 2, 3);
+  Pipe p = pool.acquire();
+  ASSERT_TRUE(p.valid());
+  EXPECT_EQ(p.capacity, static_cast<std::size_t>(::fcntl(p.write_fd, F_GETPIPE_SZ)));
+  EXPECT_GE(p.capacity, 100000u);
+  pool.release(p);
+  Pipe again = pool.acquire();
+  EXPECT_EQ(again.capacity, p.capacity) << "a reused pipe keeps its capacity";
+  pool.release(again);
 }
 
 }  // namespace
