@@ -231,8 +231,11 @@ class Relay {
   // trying once more for EAGAIN. That is safe because asio starts a wait with EPOLL_CTL_MOD
   // whenever no other wait of the same kind is queued on that socket (always so here: each socket
   // has at most one read wait and one write wait, from different directions), and the kernel
-  // re-checks readiness on MOD: bytes or a FIN that arrived in between complete the wait at once. Descriptors are re-read from the sockets on every call: a
-  // cached number could belong to another connection by now.
+  // re-checks readiness on MOD: bytes or a FIN that arrived in between complete the wait at once.
+  // Whatever a read brought is flushed before anything else runs, because bytes in the worker's
+  // scratch buffer must not outlive this call (flush() moves what the receiver refuses into the
+  // direction's own buffer). Descriptors are re-read from the sockets on every call: a cached
+  // number could belong to another connection by now.
   void move(int index) {
     Direction& d = dirs_[index];
     for (int budget = kBudget; budget > 0; --budget) {
@@ -241,7 +244,8 @@ class Relay {
       const Step step = read(d);
       switch (step) {
         case Step::progress:
-          continue;  // the next round flushes; nothing is left in the scratch buffer
+          if (!flush(d, index)) return;
+          continue;
         case Step::drained:
           if (!flush(d, index)) return;
           return wait(*d.from, tcp::socket::wait_read, index);
@@ -262,18 +266,18 @@ class Relay {
     }));
   }
 
-  // progress: a full read, more may be waiting (for the scratch buffer: already flushed);
-  // drained: a short read, the socket had nothing more (the bytes still need flushing).
+  // progress: a full read, more may be waiting; drained: a short read, the socket had nothing
+  // more. Either way the bytes read still need flushing.
   enum class Step { progress, drained, would_block, eof, failed };
 
   Step read(Direction& d) {
-    return d.bulk && !d.copy_only ? read_into_pipe(d) : read_into_scratch_flushed(d);
+    return d.bulk && !d.copy_only ? read_into_pipe(d) : read_into_scratch(d);
   }
 
   Step read_into_pipe(Direction& d) {
     PipePool& pool = PipePool::for_this_thread();
     if (!d.pipe.valid()) d.pipe = pool.acquire();
-    if (!d.pipe.valid()) return read_into_scratch_flushed(d);  // pipes exhausted: copy this round
+    if (!d.pipe.valid()) return read_into_scratch(d);  // pipes exhausted: copy this round
     const ssize_t n = ::splice(d.from->native_handle(), nullptr, d.pipe.write_fd, nullptr, d.pipe.capacity,
                                SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n > 0) {
@@ -290,7 +294,7 @@ class Relay {
     if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) return Step::would_block;
     if (err == EINVAL) {
       d.copy_only = true;
-      return read_into_scratch_flushed(d);
+      return read_into_scratch(d);
     }
     return Step::failed;  // ECONNRESET and friends
   }
@@ -309,38 +313,6 @@ class Relay {
     const int err = errno;
     if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) return Step::would_block;
     return Step::failed;
-  }
-
-  // A full scratch buffer is sent before the next read reuses it; when the receiver could not
-  // take it all, the rest is kept and the read reports `drained` so that move() waits.
-  Step read_into_scratch_flushed(Direction& d) {
-    const Step step = read_into_scratch(d);
-    if (step == Step::progress && !flush_scratch(d)) return Step::drained;
-    return step;
-  }
-
-  // False when some of the scratch bytes had to be kept in `buffer`.
-  bool flush_scratch(Direction& d) {
-    if (d.out_pending == 0) return true;
-    send_out(d);
-    if (d.out_pending == 0) return true;
-    keep_out(d);
-    return false;
-  }
-
-  // Sends from `out` until done or the receiver is full; errors are left for flush() to see.
-  void send_out(Direction& d) {
-    while (d.out_pending > 0) {
-      const ssize_t m = ::send(d.to->native_handle(), d.out, d.out_pending, MSG_DONTWAIT | MSG_NOSIGNAL);
-      if (m > 0) {
-        *d.bytes += static_cast<std::uint64_t>(m);
-        d.out += m;
-        d.out_pending -= static_cast<std::size_t>(m);
-        continue;
-      }
-      if (m < 0 && errno == EINTR) continue;
-      return;
-    }
   }
 
   // Moves what is left of the scratch buffer into the direction's own buffer.
