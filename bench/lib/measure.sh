@@ -5,17 +5,26 @@
 
 CLK_TCK=$(getconf CLK_TCK)
 
-# Sum of utime+stime (clock ticks) of the given pids, all their threads included.
+# "TOTAL USER": utime+stime and utime alone (clock ticks) of the given pids, all their threads
+# included. The user share is what a proxy's own code costs; the rest is the kernel's work
+# (system calls and the softirq processing that runs inside them).
 proc_cpu_ticks() {
-  local pid total=0 stat rest
+  local pid total=0 user=0 stat rest
   for pid in "$@"; do
     stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
     rest=${stat##*) } # fields from the 3rd on: comm may contain spaces and parentheses
     # shellcheck disable=SC2086
     set -- $rest
     total=$((total + ${12} + ${13}))
+    user=$((user + ${12}))
   done
-  echo "$total"
+  echo "$total $user"
+}
+
+# Busy clock ticks of the whole machine, all CPUs summed (everything but idle and iowait):
+# client, proxy, server and the kernel's network processing together.
+machine_busy_ticks() {
+  awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6 }' /proc/stat
 }
 
 proc_rss_kb() {
@@ -91,15 +100,15 @@ check_peer_alive() {
 
 # measure_bulk STREAMS: iperf3 from the client to the server through the peer.
 measure_bulk() {
-  local streams=$1 dst=$2 out t0 t1 c0 c1 res cpu
+  local streams=$1 dst=$2 out t0 t1 c0 c1 u0 u1 res cpu
   quiet_wait
   out="$BENCH_TMP/iperf.json"
-  c0=$(proc_cpu_ticks "${PEER_PIDS[@]}")
+  read -r c0 u0 < <(proc_cpu_ticks "${PEER_PIDS[@]}")
   t0=$(date +%s%N)
   in_client timeout $((BENCH_BULK_S + BENCH_BULK_OMIT + 20)) iperf3 -c "$dst" -p "$IPERF_PORT" \
     -t "$BENCH_BULK_S" -O "$BENCH_BULK_OMIT" -P "$streams" -J --connect-timeout 3000 >"$out" 2>"$BENCH_TMP/iperf.err"
   t1=$(date +%s%N)
-  c1=$(proc_cpu_ticks "${PEER_PIDS[@]}")
+  read -r c1 u1 < <(proc_cpu_ticks "${PEER_PIDS[@]}")
   res=$(jq -c '{gbps: ((.end.sum_received.bits_per_second // 0) / 1e9), retransmits: (.end.sum_sent.retransmits // null), error: (.error // null)}' "$out" 2>/dev/null)
   [[ -n $res ]] || res='{"gbps":0,"error":"iperf3 printed no JSON"}'
   cpu=$(_cpu_pct $((c1 - c0)) $((t1 - t0)))
@@ -109,17 +118,21 @@ measure_bulk() {
 
 # measure_tool METRIC ARGS...: bench_load in the client namespace; its JSON line is the result.
 measure_tool() {
-  local metric=$1 t0 t1 c0 c1 res cpu
+  local metric=$1 t0 t1 c0 c1 u0 u1 m0 m1 res cpu
   shift
   quiet_wait
-  c0=$(proc_cpu_ticks "${PEER_PIDS[@]}")
+  read -r c0 u0 < <(proc_cpu_ticks "${PEER_PIDS[@]}")
+  m0=$(machine_busy_ticks)
   t0=$(date +%s%N)
   res=$(in_client timeout $((BENCH_CONN_S + 30)) "$BENCH_LOAD" "$@" 2>>"$BENCH_TMP/load.err" | tail -n 1)
   t1=$(date +%s%N)
-  c1=$(proc_cpu_ticks "${PEER_PIDS[@]}")
+  m1=$(machine_busy_ticks)
+  read -r c1 u1 < <(proc_cpu_ticks "${PEER_PIDS[@]}")
   [[ $res == \{* ]] || res='{"ops":0,"error":"bench_load printed no result"}'
   cpu=$(_cpu_pct $((c1 - c0)) $((t1 - t0)))
-  emit "$metric" "\"cpu_pct\":$cpu,\"result\":$res"
+  # user_pct: the proxy's user-space share; machine_busy_pct: all CPUs summed (200 = 2 busy
+  # vCPUs). Together they bound what any user-space change could still gain (bench/README.md).
+  emit "$metric" "\"cpu_pct\":$cpu,\"user_pct\":$(_cpu_pct $((u1 - u0)) $((t1 - t0))),\"machine_busy_pct\":$(_cpu_pct $((m1 - m0)) $((t1 - t0))),\"result\":$res"
   log "  $metric: $(jq -r '"\(.rate // 0 | floor)/s p50 \(.p50_us // 0) us p99 \(.p99_us // 0) us errors \(.errors // 0)"' <<<"$res"), peer CPU $cpu %"
 }
 

@@ -41,10 +41,15 @@ METRICS = {
     "conn1_p50_us": ("  its p50", "µs", False),
     "conn1_p99_us": ("  its p99", "µs", False),
     "conn1_cpu_us": ("proxy CPU per connection", "µs", False),
+    "conn1_user_us": ("  of it in user space", "µs", False),
+    "conn1_machine_us": ("machine CPU per connection (all processes)", "µs", False),
     "rtt_p50_us": ("64 B round trip p50", "µs", False),
     "rtt_p99_us": ("64 B round trip p99", "µs", False),
     "rtt_added_p50_us": ("round trip p50 added over direct", "µs", False),
     "conn4_rate": ("connection rate, 4 clients", "/s", True),
+    "conn4_cpu_us": ("proxy CPU per connection, 4 clients", "µs", False),
+    "conn4_user_us": ("  of it in user space", "µs", False),
+    "conn4_machine_us": ("machine CPU per connection, 4 clients (all processes)", "µs", False),
     "rss_idle_mb": ("RSS idle", "MB", False),
     "rss_hold_mb": ("RSS with the idle connections", "MB", False),
     "per_conn_kib": ("memory per idle proxied connection", "KiB", False),
@@ -56,6 +61,9 @@ METRICS = {
 TPROXY_PEER, EXPLICIT_PEER = "dsproxy", "dsproxy-explicit"
 TPROXY_TOLERANCE = 0.05
 TPROXY_METRICS = ["bulk1_gbps", "bulk8_gbps", "conn1_rate", "conn4_rate", "rtt_p50_us", "rtt_p99_us"]
+
+# The connection tests whose user-space ceiling is computed (see user_space_share).
+CEILING_METRICS = ["conn1", "conn4"]
 
 
 def load(path):
@@ -78,8 +86,15 @@ def values_of(rec):
             out[m + "_rate"] = r["rate"]
             out[m + "_p50_us"] = r["p50_us"]
             out[m + "_p99_us"] = r["p99_us"]
-            if m == "conn1" and rec["peer"] != "direct" and r["rate"] > 0:
-                out["conn1_cpu_us"] = rec.get("cpu_pct", 0) / 100 / r["rate"] * 1e6
+            if r["rate"] > 0:
+                per_conn_us = lambda pct: pct / 100 / r["rate"] * 1e6
+                if rec.get("machine_busy_pct") is not None:
+                    out[m + "_machine_us"] = per_conn_us(rec["machine_busy_pct"])
+                if rec["peer"] != "direct" and rec.get("cpu_pct") is not None:
+                    out[m + "_cpu_us"] = per_conn_us(rec["cpu_pct"])
+                    if rec.get("user_pct") is not None:
+                        out[m + "_user_us"] = per_conn_us(rec["user_pct"])
+                        out[m + "_user_share"] = user_space_share(rec)
     elif m == "rtt":
         if r.get("ops", 0) > 0:
             out["rtt_p50_us"] = r["p50_us"]
@@ -92,6 +107,17 @@ def values_of(rec):
             out["rss_hold_mb"] = rec["rss_during_kb"] / 1024
             out["per_conn_kib"] = (rec["rss_during_kb"] - rec["rss_before_kb"]) / n
     return out
+
+
+def user_space_share(rec):
+    """The largest share of a connection's cost that the proxy's user-space code could account
+    for: its user seconds per wall second (all of it on the critical path of a sequential
+    client, or of a saturated proxy thread) or per machine-busy second (a saturated machine);
+    the larger one, so that 1 / (1 - share) is an upper bound on the rate a proxy of zero
+    user-space cost would reach with the same kernel work."""
+    user = rec["user_pct"] / 100
+    machine = (rec.get("machine_busy_pct") or 0) / 100
+    return max(user, user / machine if machine > 0 else 0)
 
 
 def fmt(v, unit=""):
@@ -205,6 +231,33 @@ def main():
                 }
             tproxy[f"ipv{fam}"] = fam_out
 
+    # What a proxy of zero user-space cost could still reach on the connection rates: per run,
+    # dsproxy's rate over the best other peer's, times 1 / (1 - dsproxy's user-space share).
+    ceiling = None
+    if any(k[0] == TPROXY_PEER for k in per):
+        ceiling = {"peer": TPROXY_PEER}
+        for fam in families:
+            fam_out = {}
+            for m in CEILING_METRICS:
+                mine = per.get((TPROXY_PEER, fam), {})
+                per_run = {}
+                for run, share in mine.get(m + "_user_share", {}).items():
+                    rate = mine.get(m + "_rate", {}).get(run)
+                    cands = [per[(o, fam)][m + "_rate"][run] for o in OTHER_PEERS
+                             if run in per.get((o, fam), {}).get(m + "_rate", {})]
+                    if rate and cands and max(cands) > 0 and share < 1:
+                        per_run[run] = rate / max(cands) / (1 - share)
+                fam_out[m] = {
+                    "cpu_us": median(TPROXY_PEER, fam, m + "_cpu_us"),
+                    "user_us": median(TPROXY_PEER, fam, m + "_user_us"),
+                    "machine_us": median(TPROXY_PEER, fam, m + "_machine_us"),
+                    "user_share": median(TPROXY_PEER, fam, m + "_user_share"),
+                    "vs_best_peer": ratios.get((TPROXY_PEER, fam, m + "_rate"), {}).get("vs_best_peer"),
+                    "ceiling_vs_best_peer": statistics.median(per_run.values()) if per_run else None,
+                    "ceiling_per_run": per_run,
+                }
+            ceiling[f"ipv{fam}"] = fam_out
+
     # ---------------------------------------------------------------- results.json
     result = {
         "meta": meta,
@@ -216,6 +269,7 @@ def main():
                  for p in peers},
         "dsproxy_ratios": {f"{p} ipv{f} {m}": r for (p, f, m), r in ratios.items()},
         "tproxy_vs_explicit": tproxy,
+        "user_space_ceiling": ceiling,
         "errors": errors,
         "load": {
             "load1_min": min((l[0] for l in loads), default=None),
@@ -319,6 +373,33 @@ def main():
                 ratio = f"{t['ratio']:.2f}×" if t["ratio"] is not None else "–"
                 within = {True: "yes", False: "**no**", None: "–"}[t["within_target"]]
                 row += f" {fmt(t['tproxy'], unit)} | {fmt(t['explicit'], unit)} | {ratio} | {within} |"
+            L.append(row)
+        L.append("")
+    if ceiling and any(ceiling[f"ipv{fam}"][m]["ceiling_vs_best_peer"] is not None
+                       for fam in families for m in CEILING_METRICS):
+        L.append("## Connection rates: what user space can still win")
+        L.append("")
+        L.append(f"`{TPROXY_PEER}`'s user-space CPU per connection as a share of what a connection costs: the "
+                 "larger of its user seconds per wall second (all of them on the critical path of a sequential "
+                 "client) and per busy second of the whole machine (client, proxy, server and the kernel's "
+                 "network processing share these vCPUs). A proxy whose own code cost nothing, doing the same "
+                 "kernel work, could be at most 1 / (1 − share) faster; the ceiling is today's ratio to the best "
+                 "peer in the same run times that bound.")
+        L.append("")
+        hdr, sep = "| test |", "|---|"
+        for fam in families:
+            hdr += f" IPv{fam} proxy CPU µs/conn | of it user µs | machine µs/conn | user share | × best peer | ceiling × best peer |"
+            sep += "---|---|---|---|---|---|"
+        L.append(hdr)
+        L.append(sep)
+        for m in CEILING_METRICS:
+            row = f"| {METRICS[m + '_rate'][0]} |"
+            for fam in families:
+                c = ceiling[f"ipv{fam}"][m]
+                x = lambda v: f"{v:.2f}×" if v is not None else "–"
+                share = f"{c['user_share'] * 100:.1f} %" if c["user_share"] is not None else "–"
+                row += (f" {fmt(c['cpu_us'])} | {fmt(c['user_us'])} | {fmt(c['machine_us'])} | {share} | "
+                        f"{x(c['vs_best_peer'])} | {x(c['ceiling_vs_best_peer'])} |")
             L.append(row)
         L.append("")
     if errors:
