@@ -103,7 +103,8 @@ class Relay {
   Relay* sweep_prev = nullptr;
   Relay* sweep_next = nullptr;
   bool swept = false;  // registered with the sweeper
-  std::uint64_t sweep_seen = 0;
+  static constexpr std::uint64_t kNeverSwept = ~std::uint64_t{0};  // activity_ never gets there
+  std::uint64_t sweep_seen = kNeverSwept;
   bool idle_since_last_sweep() const { return activity_ == sweep_seen; }
   bool ended() const { return dirs_[0].done && dirs_[1].done; }  // only finishing waits are left
   void mark_swept() { sweep_seen = activity_; }
@@ -290,8 +291,20 @@ class Relay {
     // An idle connection holds no pipe: give it back while waiting.
     pool.release(d.pipe);
     d.pipe = Pipe{};
-    if (n == 0) return Step::eof;
-    if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) return Step::would_block;
+    if (n == 0) {
+      // Not always the end: splice also returns 0 at TCP's urgent mark once the FIN is queued
+      // behind it. recv reads through the mark, and says 0 only at the real end.
+      d.bulk = false;
+      return read_into_scratch(d);
+    }
+    if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) {
+      // splice stops at TCP's urgent mark and says EAGAIN although bytes are queued, and the
+      // socket stays readable: splicing again after the wait would spin on this worker for
+      // ever. The next read copies instead (recv reads through the mark); a full copy turns
+      // splicing back on.
+      d.bulk = false;
+      return Step::would_block;
+    }
     if (err == EINVAL) {
       d.copy_only = true;
       return read_into_scratch(d);
@@ -379,7 +392,10 @@ void IdleSweeper::add(Relay& relay, std::chrono::milliseconds period, const boos
   if (wheel->head) wheel->head->sweep_prev = &relay;
   wheel->head = &relay;
   relay.swept = true;
-  relay.mark_swept();
+  // The wheel's timer is already running: its next tick may come at once. A snapshot taken now
+  // would let that tick reset a connection that has had no time to move a byte, so the first
+  // tick only takes the snapshot, and the reset comes after 1x to 2x the timeout as promised.
+  relay.sweep_seen = Relay::kNeverSwept;
   if (!wheel->armed) arm(period, *wheel);
 }
 

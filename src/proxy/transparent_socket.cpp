@@ -65,6 +65,10 @@ tcp::acceptor open_listener(const asio::any_io_executor& executor, const net::So
   // Accepted sockets inherit TCP_NODELAY from their listener (they are clones of it), which saves
   // a setsockopt per connection: small interactive writes must not wait for Nagle.
   if ((ec = set_int_option(fd, IPPROTO_TCP, TCP_NODELAY, 1))) fail(ec, "TCP_NODELAY");
+  // Inherited too. TCP urgent data (MSG_OOB, telnet's Synch) is relayed as the ordinary byte it
+  // is in the stream: without this, recv() would skip it and the relay would lose a byte the
+  // client sent. The urgency itself does not cross the proxy, as with any L4 proxy.
+  if ((ec = set_int_option(fd, SOL_SOCKET, SO_OOBINLINE, 1))) fail(ec, "SO_OOBINLINE");
   acceptor.bind(endpoint, bec);
   if (bec) fail(bec, "bind");
   acceptor.listen(options.backlog, bec);
@@ -78,6 +82,7 @@ std::error_code prepare_upstream(tcp::socket& socket, net::Family family, const 
   if (bec) return bec;
   const int fd = socket.native_handle();
   if (auto ec = set_int_option(fd, IPPROTO_TCP, TCP_NODELAY, 1)) return ec;  // as the listeners' sockets
+  if (auto ec = set_int_option(fd, SOL_SOCKET, SO_OOBINLINE, 1)) return ec;   // likewise
   if (options.mark != 0)
     if (auto ec = set_int_option(fd, SOL_SOCKET, SO_MARK, static_cast<int>(options.mark))) return ec;
   if (options.source && options.source->family() == family) {

@@ -221,7 +221,7 @@ TEST_F(ProxyServerTest, ForwardMistakesAreRefusedAtStartWithTheReason) {
   fine.drain(std::chrono::milliseconds(100));
 }
 
-TEST(ListenerSocket, AcceptedSocketsInheritTcpNoDelay) {
+TEST(ListenerSocket, AcceptedSocketsInheritTcpNoDelayAndOobInline) {
   // The proxy no longer sets TCP_NODELAY per accepted connection: the listener's flag is
   // inherited (the accepted socket is a clone of the listener). Pin that kernel behaviour.
   boost::asio::io_context io;
@@ -239,6 +239,9 @@ TEST(ListenerSocket, AcceptedSocketsInheritTcpNoDelay) {
   socklen_t len = sizeof nodelay;
   ASSERT_EQ(::getsockopt(accepted.native_handle(), IPPROTO_TCP, TCP_NODELAY, &nodelay, &len), 0);
   EXPECT_EQ(nodelay, 1);
+  int oob_inline = 0;
+  ASSERT_EQ(::getsockopt(accepted.native_handle(), SOL_SOCKET, SO_OOBINLINE, &oob_inline, &len), 0);
+  EXPECT_EQ(oob_inline, 1) << "urgent bytes would be skipped by the relay's reads";
   ::close(client);
 }
 

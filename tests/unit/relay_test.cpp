@@ -11,10 +11,13 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <atomic>
 #include <csignal>
+#include <cstring>
 #include <functional>
 #include <future>
 #include <random>
@@ -108,6 +111,7 @@ class RelayTest : public ::testing::Test {
     server_listener_ = listen_loopback(server_port);
     client_ = connect_loopback(proxy_port);
     int downstream_fd = ::accept(proxy_listener_, nullptr, nullptr);
+    downstream_fd_ = downstream_fd;
     int upstream_fd = connect_loopback(server_port);
     upstream_fd_ = upstream_fd;
     server_ = ::accept(server_listener_, nullptr, nullptr);
@@ -138,7 +142,8 @@ class RelayTest : public ::testing::Test {
   std::thread thread_;
   std::promise<RelayResult> result_;
   int client_ = -1, server_ = -1, proxy_listener_ = -1, server_listener_ = -1;
-  int upstream_fd_ = -1;  // the relay's socket towards the server (owned by the relay)
+  int downstream_fd_ = -1;  // the relay's socket towards the client (owned by the relay)
+  int upstream_fd_ = -1;    // the relay's socket towards the server (owned by the relay)
 };
 
 TEST_F(RelayTest, CopiesBothDirectionsWithoutLossOrReordering) {
@@ -367,6 +372,65 @@ TEST_F(RelayTest, ClientResetAfterItsFinWhileServerStreamsResetsServer) {
   EXPECT_TRUE(result().reset);
 }
 
+// The proxy's sockets have SO_OOBINLINE (accepted sockets inherit it from the listener), so an
+// urgent byte is relayed as the ordinary byte it is in the stream. A splice read stops at the
+// urgent mark: with EAGAIN while the socket stays readable (a relay that kept splicing would spin
+// there for ever), or with 0, like an end of stream, when the FIN is already queued behind it.
+class RelayUrgentTest : public RelayTest {
+ protected:
+  const std::string head = random_bytes(40000, 7), tail1 = random_bytes(1000, 8), tail2 = random_bytes(30000, 9);
+
+  // Queues head, the urgent byte and tail1 (and the FIN, if asked) before the relay starts; the
+  // first full read turns the direction to splice.
+  void start_with_urgent_byte(bool fin_queued) {
+    start({}, [&] {
+      int one = 1;
+      ::setsockopt(downstream_fd_, SOL_SOCKET, SO_OOBINLINE, &one, sizeof one);
+      write_all(client_, head);
+      ASSERT_EQ(::send(client_, "U", 1, MSG_OOB), 1);
+      write_all(client_, tail1);
+      if (fin_queued) ::shutdown(client_, SHUT_WR);
+    });
+  }
+};
+
+std::string read_exactly(int fd, std::size_t n) {
+  std::string out(n, '\0');
+  std::size_t got = 0;
+  while (got < n) {
+    const ssize_t r = ::recv(fd, out.data() + got, n - got, 0);
+    if (r <= 0) break;
+    got += static_cast<std::size_t>(r);
+  }
+  out.resize(got);
+  return out;
+}
+
+TEST_F(RelayUrgentTest, UrgentByteIsRelayedInlineAndTheRestFollows) {
+  start_with_urgent_byte(false);
+  // The server has the urgent byte and what follows before the client sends more: the relay
+  // has passed the mark while no FIN was queued.
+  const std::string first = head + "U" + tail1;
+  EXPECT_TRUE(read_exactly(server_, first.size()) == first) << "bytes up to and after the urgent byte";
+  write_all(client_, tail2);
+  ::shutdown(client_, SHUT_WR);
+  auto [rest, err] = read_to_end(server_);
+  EXPECT_EQ(err, 0);
+  EXPECT_TRUE(rest == tail2) << rest.size() << " of " << tail2.size() << " bytes after the urgent byte";
+  ::shutdown(server_, SHUT_WR);
+  EXPECT_EQ(result().bytes_to_upstream, first.size() + tail2.size());
+}
+
+TEST_F(RelayUrgentTest, AFinQueuedBehindTheUrgentByteIsNotTakenForTheEnd) {
+  start_with_urgent_byte(true);
+  auto [got, err] = read_to_end(server_);
+  const std::string sent = head + "U" + tail1;
+  EXPECT_EQ(err, 0);
+  EXPECT_TRUE(got == sent) << got.size() << " of " << sent.size() << " bytes, or reordered";
+  ::shutdown(server_, SHUT_WR);
+  EXPECT_EQ(result().bytes_to_upstream, sent.size());
+}
+
 TEST_F(RelayTest, IdleConnectionIsResetOnBothSides) {
   start(RelayOptions{std::chrono::milliseconds(100)});
   auto [c, client_err] = read_to_end(client_);
@@ -390,6 +454,47 @@ TEST_F(RelayTest, TrafficKeepsConnectionAlivePastIdleTimeout) {
   auto r = result();
   EXPECT_FALSE(r.idle_timeout);
   EXPECT_EQ(r.bytes_to_upstream, 20u);
+}
+
+TEST(RelayIdleSweep, ARelayStartedLateInTheSweepPeriodStillGetsAWholeTimeout) {
+  // Relays with the same idle timeout share one sweep timer. The first relay starts it; the
+  // second starts 300 ms into its 400 ms period, so the next tick comes 100 ms later. That tick
+  // must not reset the second one for having moved nothing "since the last sweep".
+  std::promise<RelayResult> first, second;  // outlive the io_context and the relays' frames
+  asio::io_context io;
+  const RelayOptions options{std::chrono::milliseconds(400)};
+  std::uint16_t proxy_port = 0, server_port = 0;
+  const int proxy_listener = listen_loopback(proxy_port), server_listener = listen_loopback(server_port);
+  struct Ends {
+    int client, server;
+  };
+  auto start_relay_on = [&](std::promise<RelayResult>& result) {
+    const int client = connect_loopback(proxy_port);
+    const int downstream = ::accept(proxy_listener, nullptr, nullptr);
+    const int upstream = connect_loopback(server_port);
+    const int server = ::accept(server_listener, nullptr, nullptr);
+    asio::post(io, [&io, downstream, upstream, options, &result] {
+      asio::co_spawn(io, run_relay(io, downstream, upstream, options, result), asio::detached);
+    });
+    return Ends{client, server};
+  };
+  const Ends a = start_relay_on(first);
+  auto work = asio::make_work_guard(io);
+  std::thread thread([&] { io.run(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const Ends b = start_relay_on(second);
+  // 250 ms later the old snapshot would have reset b at the tick in between.
+  timeval tv{0, 250000};
+  ::setsockopt(b.client, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char byte;
+  const ssize_t n = ::recv(b.client, &byte, 1, 0);
+  const int err = errno;
+  EXPECT_EQ(n, -1);
+  EXPECT_TRUE(err == EAGAIN || err == EWOULDBLOCK) << "the new connection was reset: " << strerror(err);
+  work.reset();
+  io.stop();
+  thread.join();
+  for (int fd : {a.client, a.server, b.client, b.server, proxy_listener, server_listener}) ::close(fd);
 }
 
 }  // namespace
