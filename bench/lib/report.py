@@ -120,6 +120,16 @@ def user_space_share(rec):
     return max(user, user / machine if machine > 0 else 0)
 
 
+def family_table_header(first, columns, families):
+    """The two header lines of a table with `columns` repeated per family; the first of them
+    is prefixed with the family ("IPv4 ...")."""
+    hdr, sep = f"| {first} |", "|---|"
+    for fam in families:
+        hdr += " " + " | ".join([f"IPv{fam} {columns[0]}".rstrip()] + columns[1:]) + " |"
+        sep += "---|" * len(columns)
+    return [hdr, sep]
+
+
 def fmt(v, unit=""):
     if v is None:
         return "–"
@@ -329,13 +339,7 @@ def main():
                  "run and family (>1 is better for throughput and rates, <1 is better for CPU, latency and memory); "
                  "× direct: divided by the direct path's figure.")
         L.append("")
-        hdr = "| metric |"
-        sep = "|---|"
-        for fam in families:
-            hdr += f" IPv{fam} | × best peer (which) | × direct |"
-            sep += "---|---|---|"
-        L.append(hdr)
-        L.append(sep)
+        L += family_table_header("metric", ["", "× best peer (which)", "× direct"], families)
         for metric, (desc, unit, higher) in METRICS.items():
             row = f"| {desc.strip()} ({unit}, {'higher' if higher else 'lower'} is better) |"
             have = False
@@ -359,12 +363,7 @@ def main():
                  f"within {pct} of explicit addressing, i.e. ≥ {1 - TPROXY_TOLERANCE:.2f}× for throughput and rates, "
                  f"≤ {1 + TPROXY_TOLERANCE:.2f}× for latency.")
         L.append("")
-        hdr, sep = "| metric |", "|---|"
-        for fam in families:
-            hdr += f" IPv{fam} TPROXY | explicit | × explicit | within {pct} |"
-            sep += "---|---|---|---|"
-        L.append(hdr)
-        L.append(sep)
+        L += family_table_header("metric", ["TPROXY", "explicit", "× explicit", f"within {pct}"], families)
         for metric in TPROXY_METRICS:
             desc, unit, higher = METRICS[metric]
             row = f"| {desc.strip()} ({unit}, {'higher' if higher else 'lower'} is better) |"
@@ -386,12 +385,8 @@ def main():
                  "kernel work, could be at most 1 / (1 − share) faster; the ceiling is today's ratio to the best "
                  "peer in the same run times that bound.")
         L.append("")
-        hdr, sep = "| test |", "|---|"
-        for fam in families:
-            hdr += f" IPv{fam} proxy CPU µs/conn | of it user µs | machine µs/conn | user share | × best peer | ceiling × best peer |"
-            sep += "---|---|---|---|---|---|"
-        L.append(hdr)
-        L.append(sep)
+        L += family_table_header("test", ["proxy CPU µs/conn", "of it user µs", "machine µs/conn", "user share",
+                                          "× best peer", "ceiling × best peer"], families)
         for m in CEILING_METRICS:
             row = f"| {METRICS[m + '_rate'][0]} |"
             for fam in families:
