@@ -100,15 +100,15 @@ check_peer_alive() {
 
 # measure_bulk STREAMS: iperf3 from the client to the server through the peer.
 measure_bulk() {
-  local streams=$1 dst=$2 out t0 t1 c0 c1 u0 u1 res cpu
+  local streams=$1 dst=$2 out t0 t1 c0 c1 res cpu
   quiet_wait
   out="$BENCH_TMP/iperf.json"
-  read -r c0 u0 < <(proc_cpu_ticks "${PEER_PIDS[@]}")
+  read -r c0 _ < <(proc_cpu_ticks "${PEER_PIDS[@]}")
   t0=$(date +%s%N)
   in_client timeout $((BENCH_BULK_S + BENCH_BULK_OMIT + 20)) iperf3 -c "$dst" -p "$IPERF_PORT" \
     -t "$BENCH_BULK_S" -O "$BENCH_BULK_OMIT" -P "$streams" -J --connect-timeout 3000 >"$out" 2>"$BENCH_TMP/iperf.err"
   t1=$(date +%s%N)
-  read -r c1 u1 < <(proc_cpu_ticks "${PEER_PIDS[@]}")
+  read -r c1 _ < <(proc_cpu_ticks "${PEER_PIDS[@]}")
   res=$(jq -c '{gbps: ((.end.sum_received.bits_per_second // 0) / 1e9), retransmits: (.end.sum_sent.retransmits // null), error: (.error // null)}' "$out" 2>/dev/null)
   [[ -n $res ]] || res='{"gbps":0,"error":"iperf3 printed no JSON"}'
   cpu=$(_cpu_pct $((c1 - c0)) $((t1 - t0)))
