@@ -86,6 +86,7 @@ json::object counters(const proxy::ProxyStats& s) {
           {"rejected_no_endpoint_for_family", v(s.rejected_no_endpoint_for_family)},
           {"rejected_unknown_service_port", v(s.rejected_unknown_service_port)},
           {"rejected_loop", v(s.rejected_loop)},
+          {"rejected_forbidden_destination", v(s.rejected_forbidden_destination)},
           {"upstream_connect_failed", v(s.upstream_connect_failed)},
           {"family_fallbacks", v(s.family_fallbacks)},
           {"happy_eyeballs_other_family", v(s.happy_eyeballs_other_family)},
@@ -126,6 +127,12 @@ std::string render_config_dump(const DumpContext& ctx) {
   json::array warnings;
   for (const auto& w : ctx.snapshot.objects().warnings) warnings.push_back(json::string(w));
   dump["warnings"] = std::move(warnings);
+  // Endpoints the snapshot refused to route to (loopback, link-local, multicast, ClusterIPs, ...):
+  // what an operator looks for when a Service has fewer endpoints than its slices list.
+  json::array dropped;
+  for (const auto& d : ctx.snapshot.dropped_endpoints())
+    dropped.push_back(json::object{{"cluster", d.cluster_name}, {"address", d.address.to_string()}, {"reason", d.reason}});
+  dump["droppedEndpoints"] = std::move(dropped);
   return json::serialize(dump);
 }
 

@@ -5,6 +5,8 @@
 #include <tuple>
 #include <utility>
 
+#include <spdlog/spdlog.h>
+
 #include "config/k8s_decoder.hpp"
 
 namespace dsproxy::config {
@@ -31,6 +33,11 @@ bool ServiceCluster::serves(net::Family dialled) const {
     other = true;
   }
   return other && family_fallback == FamilyFallback::other;
+}
+
+bool ServiceCluster::has_ready(net::Family family) const {
+  return std::any_of(endpoints.begin(), endpoints.end(),
+                     [family](const Endpoint& e) { return e.ready && e.address.ip.family() == family; });
 }
 
 namespace {
@@ -134,6 +141,16 @@ std::vector<Backend> group_backends(const std::vector<Endpoint>& eps) {
   return backends;
 }
 
+// Why `ip` must never be an upstream of a Service, or an empty view when it may be.
+std::string_view unsafe_endpoint_reason(const net::IpAddress& ip,
+                                        const std::unordered_map<net::IpAddress, bool, net::IpAddressHash>& cluster_ips) {
+  if (const auto scope = ip.scope(); scope != net::AddressScope::global) return net::to_string(scope);
+  // A ClusterIP as an endpoint would be dialled with the client's address as source, past the
+  // capture rules (SO_MARK): the other Service's refusals and policies would not apply.
+  if (cluster_ips.count(ip)) return "ClusterIP";
+  return {};
+}
+
 constexpr const char* kFallbackAnnotation = "dsproxy.io/family-fallback";
 
 FamilyFallback family_fallback(const Service& svc, FallbackDefault node_default) {
@@ -206,6 +223,12 @@ std::shared_ptr<const ClusterSnapshot> ClusterSnapshot::build(ClusterObjects obj
       c.endpoints = slice_endpoints(svc, sp, it->second);
     else if (auto pods = pods_by_ns.find(svc.ns); pods != pods_by_ns.end())
       c.endpoints = selector_endpoints(svc, sp, pods->second);
+    std::erase_if(c.endpoints, [&](const Endpoint& e) {
+      const std::string_view reason = unsafe_endpoint_reason(e.address.ip, snap->cluster_ips_);
+      if (reason.empty()) return false;
+      snap->dropped_endpoints_.push_back({c.cluster_name, e.address, std::string(reason)});
+      return true;
+    });
     sort_and_merge(c.endpoints);
     for (Endpoint& e : c.endpoints)
       e.state = registry ? registry->get(e.address) : std::make_shared<EndpointState>();
@@ -220,8 +243,17 @@ std::shared_ptr<const ClusterSnapshot> ClusterSnapshot::build(ClusterObjects obj
     for (const net::IpAddress& ip : c.cluster_ips) snap->by_vip_.emplace(net::SocketAddress{ip, c.port}, i);
   }
 
+  for (const DroppedEndpoint& d : snap->dropped_endpoints_)
+    spdlog::warn("{}: endpoint {} dropped: a {} address is never dialled on a pod's behalf", d.cluster_name,
+                 d.address.to_string(), d.reason);
+
   for (const Pod& p : objs.pods) {
     if (p.host_network || p.pod_ips.size() != 2 || p.pod_ips[0].family() == p.pod_ips[1].family()) continue;
+    // Happy Eyeballs to a pod's other address, and cross-family sources, use only addresses a pod
+    // can really own.
+    if (!unsafe_endpoint_reason(p.pod_ips[0], snap->cluster_ips_).empty() ||
+        !unsafe_endpoint_reason(p.pod_ips[1], snap->cluster_ips_).empty())
+      continue;
     snap->pod_other_family_.emplace(p.pod_ips[0], p.pod_ips[1]);
     snap->pod_other_family_.emplace(p.pod_ips[1], p.pod_ips[0]);
   }

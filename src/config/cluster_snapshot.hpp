@@ -85,12 +85,24 @@ struct ServiceCluster {
   // True when a client dialling a ClusterIP of `dialled` can be served: a ready endpoint of that
   // family, or of the other one when fallback is allowed.
   bool serves(net::Family dialled) const;
+  // True when a ready endpoint of `family` exists (no fallback involved).
+  bool has_ready(net::Family family) const;
 };
 
 // The TCP ports of one ClusterIP that have somewhere to go; everything else to it is refused.
 struct VipPorts {
   net::IpAddress vip;
   std::vector<std::uint16_t> open_ports;  // sorted
+};
+
+// An endpoint address the builder refused to route to, whatever its source (config file, API,
+// a DNS answer for a dsproxy.io/resolve Service): dialling it on a pod's behalf would reach
+// something the pod cannot reach itself (the node's loopback, a ClusterIP and so another
+// Service's endpoints, a link, a multicast group).
+struct DroppedEndpoint {
+  std::string cluster_name;
+  net::SocketAddress address;
+  std::string reason;  // "loopback", "link-local", ..., or "ClusterIP"
 };
 
 struct NodePod {
@@ -124,6 +136,7 @@ class ClusterSnapshot {
 
   const std::vector<ServiceCluster>& clusters() const { return clusters_; }
   const std::vector<NodePod>& node_pods() const { return node_pods_; }
+  const std::vector<DroppedEndpoint>& dropped_endpoints() const { return dropped_endpoints_; }
   const ClusterObjects& objects() const { return objects_; }
   const Options& options() const { return options_; }
 
@@ -132,6 +145,7 @@ class ClusterSnapshot {
   Options options_;
   std::vector<ServiceCluster> clusters_;  // sorted by hostname, then port
   std::vector<NodePod> node_pods_;        // this node's pods, hostNetwork excluded
+  std::vector<DroppedEndpoint> dropped_endpoints_;
   std::unordered_map<net::SocketAddress, std::size_t, net::SocketAddressHash> by_vip_;
   std::unordered_map<net::IpAddress, bool, net::IpAddressHash> cluster_ips_;
   std::unordered_map<net::IpAddress, net::IpAddress, net::IpAddressHash> pod_other_family_;

@@ -9,6 +9,43 @@ namespace dsproxy::net {
 std::string_view to_string(Family f) { return f == Family::v4 ? "IPv4" : "IPv6"; }
 Family other(Family f) { return f == Family::v4 ? Family::v6 : Family::v4; }
 
+std::string_view to_string(AddressScope s) {
+  switch (s) {
+    case AddressScope::global: return "global";
+    case AddressScope::loopback: return "loopback";
+    case AddressScope::unspecified: return "unspecified";
+    case AddressScope::this_network: return "this-network";
+    case AddressScope::link_local: return "link-local";
+    case AddressScope::multicast: return "multicast";
+    case AddressScope::broadcast: return "broadcast";
+    case AddressScope::v4_compatible: return "IPv4-compatible";
+  }
+  return "unknown";
+}
+
+AddressScope IpAddress::scope() const {
+  const auto& b = bytes_;
+  if (is_unspecified()) return AddressScope::unspecified;
+  if (is_v4()) {
+    if (b[0] == 127) return AddressScope::loopback;
+    if (b[0] == 0) return AddressScope::this_network;
+    if (b[0] == 169 && b[1] == 254) return AddressScope::link_local;
+    if ((b[0] & 0xf0) == 224) return AddressScope::multicast;
+    if (b[0] == 255 && b[1] == 255 && b[2] == 255 && b[3] == 255) return AddressScope::broadcast;
+    return AddressScope::global;
+  }
+  bool first_twelve_zero = true;
+  for (int i = 0; i < 12; ++i)
+    if (b[i] != 0) first_twelve_zero = false;
+  if (first_twelve_zero) {
+    if (b[12] == 0 && b[13] == 0 && b[14] == 0 && b[15] == 1) return AddressScope::loopback;
+    return AddressScope::v4_compatible;  // v4-mapped never gets here: v6() unmaps it
+  }
+  if (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) return AddressScope::link_local;
+  if (b[0] == 0xff) return AddressScope::multicast;
+  return AddressScope::global;
+}
+
 namespace {
 bool is_v4_mapped(const std::array<std::uint8_t, 16>& b) {
   for (int i = 0; i < 10; ++i)

@@ -16,6 +16,22 @@ namespace dsproxy::net {
 
 enum class Family : std::uint8_t { v4, v6 };
 
+// What an address can reach by its kind alone (RFC 6890's special-purpose blocks that matter to a
+// proxy). Only `global` may ever be dialled on a pod's behalf from a Service's endpoints: the
+// others reach the node itself (loopback, unspecified), one link only (link-local), many hosts
+// (multicast, broadcast), or nothing the kernel would route for a pod (0.0.0.0/8, ::a.b.c.d).
+enum class AddressScope : std::uint8_t {
+  global,
+  loopback,       // 127.0.0.0/8, ::1
+  unspecified,    // 0.0.0.0, ::
+  this_network,   // 0.0.0.0/8 other than 0.0.0.0 ("this host on this network", RFC 1122)
+  link_local,     // 169.254.0.0/16, fe80::/10
+  multicast,      // 224.0.0.0/4, ff00::/8
+  broadcast,      // 255.255.255.255
+  v4_compatible,  // ::a.b.c.d (deprecated; a tunnel could turn ::127.0.0.1 into 127.0.0.1)
+};
+std::string_view to_string(AddressScope s);
+
 std::string_view to_string(Family f);  // "IPv4" / "IPv6", as Kubernetes spells ipFamilies
 Family other(Family f);
 
@@ -39,6 +55,7 @@ class IpAddress {
       if (b != 0) return false;
     return true;
   }
+  AddressScope scope() const;
   // Prefix length for a single host: 32 or 128.
   int host_prefix() const { return is_v4() ? 32 : 128; }
 

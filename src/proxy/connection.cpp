@@ -77,6 +77,7 @@ void count_reject(ProxyStats& stats, RejectReason reason) {
   switch (reason) {
     case RejectReason::no_endpoint_for_family: ProxyStats::add(stats.rejected_no_endpoint_for_family); break;
     case RejectReason::unknown_service_port: ProxyStats::add(stats.rejected_unknown_service_port); break;
+    case RejectReason::forbidden_destination: ProxyStats::add(stats.rejected_forbidden_destination); break;
     default: ProxyStats::add(stats.rejected_loop); break;
   }
 }
@@ -85,9 +86,12 @@ void count_reject(ProxyStats& stats, RejectReason reason) {
 // behind every address it is given (for outlier detection and load accounting).
 class BackendSource {
  public:
+  // `other_family_allowed`: false when the connection could only reach the other family from the
+  // node's own address (a captured client with no address of that family); such addresses are
+  // never offered.
   BackendSource(const ConnectionContext& ctx, const RouteDecision& decision, const config::ClusterSnapshot& snapshot,
-                net::Family dialled)
-      : ctx_(ctx), decision_(decision), snapshot_(snapshot), dialled_(dialled) {}
+                net::Family dialled, bool other_family_allowed)
+      : ctx_(ctx), decision_(decision), snapshot_(snapshot), dialled_(dialled), other_family_allowed_(other_family_allowed) {}
 
   std::optional<BackendTargets> next() {
     if (decision_.kind == RouteKind::passthrough) {
@@ -95,18 +99,24 @@ class BackendSource {
       passthrough_given_ = true;
       BackendTargets t{{decision_.upstream}, -1};
       // A dual-stack pod dialled directly: race its other family too (preferred: the dialled one).
-      if (ctx_.options.passthrough_happy_eyeballs)
+      if (ctx_.options.passthrough_happy_eyeballs && other_family_allowed_)
         if (auto other = snapshot_.other_family_address(decision_.upstream.ip))
           t.addresses.push_back({*other, decision_.upstream.port});
       return t;
     }
-    auto pick = ctx_.picker.pick(*decision_.cluster, dialled_, Clock::now(), tried_);
-    if (!pick) return std::nullopt;
-    tried_.push_back(pick->backend);
-    BackendTargets t{{}, static_cast<int>(picks_.size())};
-    for (int i = 0; i < pick->count; ++i) t.addresses.push_back(pick->endpoints[static_cast<std::size_t>(i)]->address);
-    picks_.push_back(*pick);
-    return t;
+    for (;;) {
+      auto pick = ctx_.picker.pick(*decision_.cluster, dialled_, Clock::now(), tried_);
+      if (!pick) return std::nullopt;
+      tried_.push_back(pick->backend);
+      BackendTargets t{{}, static_cast<int>(picks_.size())};
+      for (int i = 0; i < pick->count; ++i) {
+        const auto& address = pick->endpoints[static_cast<std::size_t>(i)]->address;
+        if (other_family_allowed_ || address.ip.family() == dialled_) t.addresses.push_back(address);
+      }
+      if (t.addresses.empty()) continue;  // this backend has only the family we may not use
+      picks_.push_back(*pick);
+      return t;
+    }
   }
 
   // The endpoint an attempt dialled; nullptr for passthrough.
@@ -123,6 +133,7 @@ class BackendSource {
   const RouteDecision& decision_;
   const config::ClusterSnapshot& snapshot_;
   net::Family dialled_;
+  bool other_family_allowed_;
   std::vector<int> tried_;
   std::vector<BackendPick> picks_;
   bool passthrough_given_ = false;
@@ -142,15 +153,18 @@ awaitable<std::optional<ConnectedUpstream>> establish_upstream(const ConnectionC
   const std::string_view cluster_name = decision.cluster ? std::string_view(decision.cluster->cluster_name) : "-";
   // The client's first bytes wait in its socket's receive queue until an upstream is connected
   // (we do not read before), so retries and Happy Eyeballs lose none of them.
-  BackendSource backends(ctx, decision, snapshot, destination.ip.family());
+  UpstreamSocketOptions upstream_options{.mark = ctx.options.upstream_mark, .source = std::nullopt, .other_family_source = std::nullopt};
+  // The client's own address where the family allows it, and its own address of the other family
+  // for cross-family attempts (a captured client without one gets none: see route_and_connect).
+  if (transparent) {
+    upstream_options.source = source.ip;
+    upstream_options.other_family_source = snapshot.other_family_address(source.ip);
+  }
+  BackendSource backends(ctx, decision, snapshot, destination.ip.family(),
+                         !transparent || upstream_options.other_family_source.has_value());
   ConnectScheduler scheduler(
       {ctx.options.attempt_delay, ctx.options.connect_timeout, std::max(1, ctx.options.max_connect_attempts)},
       [&backends] { return backends.next(); });
-  UpstreamSocketOptions upstream_options{.mark = ctx.options.upstream_mark, .source = std::nullopt};
-  // The client's own address where the family allows it; prepare_upstream leaves a cross-family
-  // attempt unbound, so the kernel gives it the node's own address of that family.
-  if (transparent) upstream_options.source = source.ip;
-
   const ConnectOutcome outcome = co_await connect_upstream(
       upstream, scheduler, upstream_options, [&](const ConnectScheduler::Attempt& attempt, bool connected) {
         const config::Endpoint* endpoint = backends.endpoint_of(attempt);
@@ -193,7 +207,15 @@ awaitable<std::optional<Connected>> route_and_connect(const ConnectionContext& c
   // One snapshot reference for the whole decision: a concurrent reload cannot change it or free
   // the endpoints it points to.
   const auto snapshot = ctx.store.current();
-  const RouteDecision decision = route(*snapshot, direction, destination, ctx.options.ports);
+  RouteDecision decision = route(*snapshot, direction, destination, ctx.options.ports, transparent);
+  // A captured client is only ever connected from its own addresses. One that has no address of
+  // the other family cannot use a cross-family fallback: from the node's address it would reach
+  // an endpoint it cannot reach itself, past that endpoint's NetworkPolicies, seen as the node.
+  if (decision.kind == RouteKind::service && transparent && !decision.cluster->has_ready(destination.ip.family()) &&
+      !snapshot->other_family_address(source.ip)) {
+    decision.kind = RouteKind::reject;
+    decision.reason = RejectReason::no_endpoint_for_family;
+  }
   const std::string_view cluster_name = decision.cluster ? std::string_view(decision.cluster->cluster_name) : "-";
   if (decision.kind == RouteKind::reject) {
     count_reject(ctx.stats, decision.reason);

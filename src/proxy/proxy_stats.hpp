@@ -20,6 +20,7 @@ struct ProxyStats {
   Counter rejected_no_endpoint_for_family{0};
   Counter rejected_unknown_service_port{0};
   Counter rejected_loop{0};
+  Counter rejected_forbidden_destination{0};
   Counter upstream_connect_failed{0};
   Counter family_fallbacks{0};          // served by an endpoint of the other family
   Counter happy_eyeballs_other_family{0};  // the second-family attempt won the race

@@ -20,6 +20,7 @@ enum class RejectReason : std::uint8_t {
   no_endpoint_for_family,  // the Service has no ready endpoint of the dialled ClusterIP's family
   unknown_service_port,    // a ClusterIP, but not one of the Service's ports
   loop,                    // the destination is one of our own capture ports: dialling it would loop
+  forbidden_destination,   // loopback, unspecified, multicast, ...: never dialled on a pod's behalf
 };
 std::string_view to_string(RejectReason r);
 
@@ -37,7 +38,9 @@ struct CapturePorts {
 
 // `destination` is the original destination of the captured connection (already canonical:
 // v4-mapped addresses unmapped). The snapshot must outlive the use of `decision.cluster`.
+// `captured`: false for an explicitly addressed listener (--forward, non-transparent mode), whose
+// target the operator chose; only captured connections are held to the pod's own reach.
 RouteDecision route(const config::ClusterSnapshot& snapshot, Direction direction,
-                    const net::SocketAddress& destination, const CapturePorts& ports);
+                    const net::SocketAddress& destination, const CapturePorts& ports, bool captured = true);
 
 }  // namespace dsproxy::proxy

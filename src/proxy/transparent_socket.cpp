@@ -85,13 +85,16 @@ std::error_code prepare_upstream(tcp::socket& socket, net::Family family, const 
   if (auto ec = set_int_option(fd, SOL_SOCKET, SO_OOBINLINE, 1)) return ec;   // likewise
   if (options.mark != 0)
     if (auto ec = set_int_option(fd, SOL_SOCKET, SO_MARK, static_cast<int>(options.mark))) return ec;
-  if (options.source && options.source->family() == family) {
+  std::optional<net::IpAddress> source;
+  if (options.source && options.source->family() == family) source = options.source;
+  else if (options.other_family_source && options.other_family_source->family() == family) source = options.other_family_source;
+  if (source) {
     if (auto ec = set_transparent(fd, family)) return ec;
     // Defer the ephemeral port choice to connect(): the kernel can then pick a port that is
     // unique per 4-tuple instead of per source address, which matters when one client IP opens
     // many connections.
     if (auto ec = set_int_option(fd, SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)) return ec;
-    socket.bind(to_endpoint({*options.source, 0}), bec);
+    socket.bind(to_endpoint({*source, 0}), bec);
     if (bec) return bec;
   }
   return {};

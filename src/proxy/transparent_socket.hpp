@@ -36,8 +36,13 @@ tcp::acceptor open_listener(const asio::any_io_executor& executor, const net::So
 struct UpstreamSocketOptions {
   std::uint32_t mark = 0;  // SO_MARK, so the redirect rules never capture our own traffic; 0 = none
   // Bind to the client's address (IP_TRANSPARENT) so the destination sees the real client, as
-  // with kube-proxy. Only possible within one family.
+  // with kube-proxy. An attempt of the other family binds to the client pod's own address of that
+  // family instead (other_family_source), so the endpoint, its NetworkPolicies and its logs still
+  // see the pod and never the node. An attempt of a family with neither is left unbound (the
+  // node's own address): only explicit, non-captured listeners (--forward, non-transparent mode)
+  // do that; the connection code never offers a captured client such an attempt.
   std::optional<net::IpAddress> source;
+  std::optional<net::IpAddress> other_family_source;
 };
 
 // Opens `socket` for `family` and applies the options; errors as values for the data path.

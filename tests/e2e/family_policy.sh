@@ -80,6 +80,7 @@ fi
 cluster_pods_clear
 #               key        Kubernetes name          IPv4         IPv6               node link        gateway
 cluster_pod_add client default/client 10.244.2.5 fd00:10:244:2::5 vethfpclient 10.244.2.1
+cluster_pod_add client6 default/client-v6only - fd00:10:244:2::6 vethfpclient6 10.244.2.1
 cluster_pod_add he fp-he/web-he 10.244.2.10 fd00:10:244:2::a vethfphe 10.244.2.1
 cluster_pod_add noroute fp-noroute/web-noroute 10.244.2.11 fd00:10:244:2::b vethfpnoroute 10.244.2.1
 cluster_pod_add good fp-retry/good 10.244.2.20 fd00:10:244:2::14 vethfpgood 10.244.2.1
@@ -131,7 +132,7 @@ syn_count() {
     awk '/fp-syn/ { sub(/^\[/, ""); split($1, c, ":"); n += c[1] } END { print n + 0 }'
 }
 
-# The node namespace's own addresses (what a cross-family upstream connection may come from).
+# The node namespace's own addresses (what a cross-family upstream connection must never come from).
 node_addresses() { ip -n "$(node_ns)" -o addr show | awk '{ sub(/\/.*/, "", $4); print $4 }'; }
 is_node_address() { node_addresses | grep -qxF -- "$1"; }
 # Where the node has address $1: "node address on DEV[, DEV...]", or "not a node address".
@@ -181,7 +182,7 @@ probe() {
   ((bound > left)) && bound=$left
   ((bound < 3)) && bound=3
   local out n j
-  out=$(in_pod client timeout "$bound" bash -c "$PROBE" _ "$host" "$port" "$count" "$tag" "$read_timeout" "$pad")
+  out=$(in_pod "${PROBE_POD:-client}" timeout "$bound" bash -c "$PROBE" _ "$host" "$port" "$count" "$tag" "$read_timeout" "$pad")
   # A probe cut short by its bound: the connections it never reported are "killed".
   n=$(grep -c . <<<"$out")
   for ((j = n; j < count; j++)); do out+=$'\n'"$j killed 0"; done
@@ -323,25 +324,42 @@ FD_BASELINE=$(find "/proc/$DSPROXY_PID/fd" -mindepth 1 -maxdepth 1 2>/dev/null |
 
 # ---- row 2: cross-family fallback, and where it is not allowed ------------------------------
 section "row 2: no ready endpoint of the dialled family"
-# fallback_case WHAT POD VIP NODE_FAMILY: served, by POD, from a node address of NODE_FAMILY.
+# fallback_case WHAT POD VIP FAMILY: served, by POD, from the client pod's own address of FAMILY
+# (the other family than the ClusterIP's; never a node address, see SECURITY.md).
 fallback_case() {
-  local what=$1 pod=$2 vip=$3 fam=$4 mark out src s0 s1
+  local what=$1 pod=$2 vip=$3 fam=$4 mark out src s0 s1 want
   in_time "$what" || return
+  want=$CLIENT4
+  [[ $fam == 6 ]] && want=$CLIENT6
   mark=$(pod_peers_count "$pod")
   s0=$(stats_now)
   out=$(probe "$vip" 9000 1 fallback)
   s1=$(stats_now)
   src=$(pod_peers_since "$pod" "$mark" | awk '{ print $2 }' | paste -sd ' ')
   local ok=1
-  if all_outcome "$out" ok && [[ $src != *" "* && -n $src && $src != "$CLIENT4" && $src != "$CLIENT6" ]] &&
-    is_node_address "$src" && { [[ $fam == 4 && $src != *:* ]] || [[ $fam == 6 && $src == *:* ]]; }; then ok=0; fi
-  check "$what" $ok "$(outcomes "$out") in $(times_of "$out") ms; $pod saw source '${src:-nothing}': $(node_address_where "$src")"
+  if all_outcome "$out" ok && [[ $src == "$want" ]] && ! is_node_address "$src"; then ok=0; fi
+  check "$what" $ok "$(outcomes "$out") in $(times_of "$out") ms; $pod saw source '${src:-nothing}' (want $want): $(node_address_where "$src")"
   expect_delta "$what: counted as a family fallback" "$s0" "$s1" family_fallbacks == 1
 }
-fallback_case "RequireDualStack fp-fallback/to-v4, IPv6 ClusterIP, IPv4-only pod: served over IPv4 from the node's own IPv4 address" \
+fallback_case "RequireDualStack fp-fallback/to-v4, IPv6 ClusterIP, IPv4-only pod: served over IPv4 from the client's own IPv4 address" \
   web4 fd00:10:96::2:30 4
-fallback_case "PreferDualStack fp-fallback/to-v6, IPv4 ClusterIP, IPv6-only pod: served over IPv6 from the node's own IPv6 address" \
+fallback_case "PreferDualStack fp-fallback/to-v6, IPv4 ClusterIP, IPv6-only pod: served over IPv6 from the client's own IPv6 address" \
   web6 10.96.2.31 6
+
+# A client with no address of the other family is not served across families: from the node's
+# own address it would reach an endpoint it cannot reach itself, seen as the node.
+what="IPv6-only client -> fp-fallback/to-v4 IPv6 ClusterIP (only IPv4 endpoints): reset, web4 gets no connection"
+if in_time "$what"; then
+  mark=$(pod_peers_count web4)
+  s0=$(stats_now)
+  out=$(PROBE_POD=client6 probe fd00:10:96::2:30 9000 1 v6only 3)
+  s1=$(stats_now)
+  src=$(pod_peers_since web4 "$mark" | awk '{ print $2 }' | paste -sd ' ')
+  [[ -z $src ]] && ! all_outcome "$out" ok
+  check "$what" $? "$(outcomes "$out"); web4 saw '${src:-nothing}'"
+  expect_delta "$what: counted as no endpoint for the family" "$s0" "$s1" rejected_no_endpoint_for_family == 1
+  expect_delta "$what: no family fallback" "$s0" "$s1" family_fallbacks == 0
+fi
 
 # not_crossing WHAT VIP POD...: the client is not served and none of the pods gets a connection.
 not_crossing() {
@@ -465,8 +483,8 @@ if in_time "$what"; then
   echo "    added delay (median): $added ms; IPv6 SYNs refused by the pod: $syns"
   all_outcome "$base" ok && all_outcome "$out" ok && fcmp "$added" "<" 150 && ((syns >= 5))
   check "$what" $? "added delay $added ms (limit 150 ms, below the 250 ms attempt delay); IPv6 tried first: $syns SYNs for 5 connections"
-  all_outcome "$out" ok && [[ -n $srcs && $srcs != *" "* ]] && is_node_address "$srcs"
-  check "fp-he/web: the IPv4 endpoint saw the node's own IPv4 address, not the client's IPv6" $? \
+  all_outcome "$out" ok && [[ $srcs == "$CLIENT4" ]]
+  check "fp-he/web: the IPv4 endpoint saw the client's own IPv4 address, not a node address" $? \
     "source '$srcs': $(node_address_where "$srcs")"
   expect_delta "fp-he/web: the IPv4 partner won 5 races" "$s0" "$s1" happy_eyeballs_other_family == 5
   expect_delta "fp-he/web: 5 family fallbacks" "$s0" "$s1" family_fallbacks == 5
@@ -504,8 +522,8 @@ if in_time "$what"; then
   echo "    added delay (median): $added ms (expected ~250); IPv6 SYNs the pod got: $syns"
   all_outcome "$base" ok && all_outcome "$out" ok && fcmp "$added" ">=" 200 && fcmp "$added" "<" 450 && ((syns >= 6))
   check "$what" $? "added delay $added ms (want 200-450 ms); IPv6 tried first: $syns SYNs for 6 connections"
-  is_node_address "$srcs"
-  check "fp-noroute/web: the IPv4 endpoint saw the node's own IPv4 address" $? \
+  [[ $srcs == "$CLIENT4" ]]
+  check "fp-noroute/web: the IPv4 endpoint saw the client's own IPv4 address" $? \
     "source '$srcs': $(node_address_where "$srcs")"
   expect_delta "fp-noroute/web: the IPv4 partner won 6 races" "$s0" "$s1" happy_eyeballs_other_family == 6
   row=$(table_row "$(endpoints_table)" fd00:10:244:2::b:9000 web.fp-noroute)

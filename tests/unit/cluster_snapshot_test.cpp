@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <map>
 #include <string>
 #include <vector>
@@ -400,6 +402,111 @@ TEST(ClusterSnapshot, OtherFamilyAddressOfDualStackPods) {
   EXPECT_EQ(s->other_family_address(*net::IpAddress::parse("10.244.0.26"))->to_string(), "fd00:10:244::1a");
   EXPECT_EQ(s->other_family_address(*net::IpAddress::parse("fd00:10:244::1a"))->to_string(), "10.244.0.26");
   EXPECT_FALSE(s->other_family_address(*net::IpAddress::parse("10.96.106.11")));
+}
+
+// ---------------------------------------------------------------- unsafe endpoints (issue 14)
+
+// The reproductions of finding 1, as config: a RequireDualStack Service whose endpoints point at the
+// node's loopback in both families, at a ClusterIP, at link-local and multicast groups, and a pod
+// whose status claims ::1. None of them is ever an endpoint; the Service's good endpoint stays.
+constexpr const char* kUnsafeEndpoints = R"(
+apiVersion: v1
+kind: Service
+metadata: {name: admin-grab, namespace: evil}
+spec:
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv4, IPv6]
+  clusterIPs: [10.96.7.1, fd00:10:96::7:1]
+  ports: [{name: http, port: 80, targetPort: 15000}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: admin-grab-v4, namespace: evil, labels: {kubernetes.io/service-name: admin-grab}}
+addressType: IPv4
+endpoints:
+- addresses: [127.0.0.1]
+- addresses: [0.0.0.0]
+- addresses: [169.254.169.254]
+- addresses: [224.0.0.1]
+- addresses: [10.96.0.10]
+- addresses: [10.244.0.9]
+ports: [{name: http, port: 15000}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: admin-grab-v6, namespace: evil, labels: {kubernetes.io/service-name: admin-grab}}
+addressType: IPv6
+endpoints:
+- addresses: ["::1"]
+- addresses: ["::"]
+- addresses: ["fe80::1"]
+- addresses: ["::127.0.0.1"]
+- addresses: ["fd00:10:96::7:1"]
+ports: [{name: http, port: 15000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: dns, namespace: kube-system}
+spec:
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10]
+  ipFamilies: [IPv4]
+  ports: [{name: dns-tcp, port: 53}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: by-selector, namespace: evil}
+spec:
+  ipFamilyPolicy: PreferDualStack
+  ipFamilies: [IPv6, IPv4]
+  clusterIPs: [fd00:10:96::7:2, 10.96.7.2]
+  selector: {app: liar}
+  ports: [{port: 80, targetPort: 15000}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: liar, namespace: evil, labels: {app: liar}}
+spec: {nodeName: n1}
+status:
+  podIPs: [{ip: 127.0.0.1}, {ip: "::1"}]
+  conditions: [{type: Ready, status: "True"}]
+)";
+
+TEST(UnsafeEndpoints, LoopbackLinkLocalMulticastAndClusterIpsAreDroppedWhateverTheSource) {
+  auto snap = ClusterSnapshot::build(decode_objects(kUnsafeEndpoints), {.node_name = "n1"});
+  const ServiceCluster& grab = cluster(*snap, "10.96.7.1", 80);
+  EXPECT_EQ(addresses(grab), (std::vector<std::string>{"10.244.0.9:15000"}));
+  // No IPv6 endpoint is left: the IPv6 ClusterIP is served only by falling back to 10.244.0.9.
+  EXPECT_FALSE(grab.has_ready(net::Family::v6));
+  const ServiceCluster& liar = cluster(*snap, "fd00:10:96::7:2", 80);
+  EXPECT_TRUE(liar.endpoints.empty());
+  EXPECT_FALSE(liar.serves(net::Family::v4));
+  EXPECT_FALSE(liar.serves(net::Family::v6));
+
+  std::vector<std::string> dropped;
+  for (const DroppedEndpoint& d : snap->dropped_endpoints())
+    dropped.push_back(d.cluster_name + " " + d.address.to_string() + " " + d.reason);
+  std::sort(dropped.begin(), dropped.end());
+  EXPECT_EQ(dropped, (std::vector<std::string>{
+                         "outbound|80||admin-grab.evil.svc.cluster.local 0.0.0.0:15000 unspecified",
+                         "outbound|80||admin-grab.evil.svc.cluster.local 10.96.0.10:15000 ClusterIP",
+                         "outbound|80||admin-grab.evil.svc.cluster.local 127.0.0.1:15000 loopback",
+                         "outbound|80||admin-grab.evil.svc.cluster.local 169.254.169.254:15000 link-local",
+                         "outbound|80||admin-grab.evil.svc.cluster.local 224.0.0.1:15000 multicast",
+                         "outbound|80||admin-grab.evil.svc.cluster.local [::127.0.0.1]:15000 IPv4-compatible",
+                         "outbound|80||admin-grab.evil.svc.cluster.local [::1]:15000 loopback",
+                         "outbound|80||admin-grab.evil.svc.cluster.local [::]:15000 unspecified",
+                         "outbound|80||admin-grab.evil.svc.cluster.local [fd00:10:96::7:1]:15000 ClusterIP",
+                         "outbound|80||admin-grab.evil.svc.cluster.local [fe80::1]:15000 link-local",
+                         "outbound|80||by-selector.evil.svc.cluster.local 127.0.0.1:15000 loopback",
+                         "outbound|80||by-selector.evil.svc.cluster.local [::1]:15000 loopback",
+                     }));
+  // The lying pod's addresses are not used as anyone's other-family address either.
+  EXPECT_FALSE(snap->other_family_address(*net::IpAddress::parse("127.0.0.1")));
+  EXPECT_FALSE(snap->other_family_address(*net::IpAddress::parse("::1")));
+  // A VIP with nothing safe behind it is refused by the rules, not captured.
+  for (const VipPorts& v : snap->vip_ports())
+    if (v.vip.to_string() == "fd00:10:96::7:2" || v.vip.to_string() == "10.96.7.2") EXPECT_TRUE(v.open_ports.empty());
 }
 
 }  // namespace

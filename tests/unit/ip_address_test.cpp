@@ -110,3 +110,32 @@ TEST(SocketAddress, RejectsAmbiguousOrIncompleteInput) {
 }
 
 }  // namespace dsproxy::net
+
+namespace dsproxy::net {
+namespace {
+
+// Issue 14, finding 1: which addresses are never an upstream of a Service. A table, both families.
+TEST(IpAddressScope, ClassifiesEverySpecialPurposeBlock) {
+  const std::pair<const char*, AddressScope> cases[] = {
+      {"10.244.0.5", AddressScope::global},       {"fd00:10:244::5", AddressScope::global},
+      {"2001:db8::1", AddressScope::global},      {"8.8.8.8", AddressScope::global},
+      {"127.0.0.1", AddressScope::loopback},      {"127.255.0.9", AddressScope::loopback},
+      {"::1", AddressScope::loopback},            {"::ffff:127.0.0.1", AddressScope::loopback},
+      {"0.0.0.0", AddressScope::unspecified},     {"::", AddressScope::unspecified},
+      {"::ffff:0.0.0.0", AddressScope::unspecified}, {"0.1.2.3", AddressScope::this_network},
+      {"169.254.169.254", AddressScope::link_local}, {"fe80::1", AddressScope::link_local},
+      {"febf::1", AddressScope::link_local},      {"fec0::1", AddressScope::global},
+      {"224.0.0.1", AddressScope::multicast},     {"239.255.255.250", AddressScope::multicast},
+      {"ff02::1", AddressScope::multicast},       {"255.255.255.255", AddressScope::broadcast},
+      {"::127.0.0.1", AddressScope::v4_compatible}, {"::10.0.0.1", AddressScope::v4_compatible},
+      {"223.255.255.255", AddressScope::global},  {"240.0.0.1", AddressScope::global},
+  };
+  for (const auto& [text, want] : cases) {
+    const auto a = IpAddress::parse(text);
+    ASSERT_TRUE(a) << text;
+    EXPECT_EQ(a->scope(), want) << text << " is " << to_string(a->scope()) << ", want " << to_string(want);
+  }
+}
+
+}  // namespace
+}  // namespace dsproxy::net

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "config/cluster_snapshot.hpp"
 #include "config/k8s_decoder.hpp"
 #include "resolver/cluster_dns.hpp"
@@ -158,6 +160,31 @@ TEST_F(ResolverHostnames, ResolvedAddressesBecomeEndpointsOfTheServiceFamiliesOn
   const auto* plain = snapshot->find_cluster({ip("10.96.9.9"), 5432});
   ASSERT_NE(plain, nullptr);
   EXPECT_TRUE(plain->endpoints.empty());
+}
+
+// Issue 14, finding 1: a DNS answer is no more trusted than a config file. A name that resolves to
+// the node's loopback, a link-local or multicast address, or a ClusterIP is never an endpoint.
+TEST_F(ResolverHostnames, AnswersThatReachTheNodeOrAClusterIpAreDropped) {
+  table.update(objects);
+  upstream.answer("db.example.com A", {ip("127.0.0.1")}, 60);
+  upstream.answer("db.example.com AAAA",
+                  {ip("::1"), ip("::ffff:127.0.0.1"), ip("fe80::1"), ip("ff02::1"), ip("::"), ip("fd00:10:96::db"),
+                   ip("2001:db8::7")},
+                  60);
+  config::ClusterObjects augmented = objects;
+  table.augment(augmented);
+  const auto snapshot = config::ClusterSnapshot::build(augmented, {"kind-worker"});
+  const auto* cluster = snapshot->find_cluster({ip("fd00:10:96::db"), 5432});
+  ASSERT_NE(cluster, nullptr);
+  ASSERT_EQ(cluster->endpoints.size(), 1u);
+  EXPECT_EQ(cluster->endpoints[0].address.to_string(), "[2001:db8::7]:5432");
+  std::vector<std::string> dropped;
+  for (const auto& d : snapshot->dropped_endpoints()) dropped.push_back(d.address.to_string() + " " + d.reason);
+  std::sort(dropped.begin(), dropped.end());
+  // ::ffff:127.0.0.1 is 127.0.0.1 once parsed: an IPv4 address, not an endpoint of this IPv6 Service.
+  EXPECT_EQ(dropped, (std::vector<std::string>{"[::1]:5432 loopback", "[::]:5432 unspecified",
+                                               "[fd00:10:96::db]:5432 ClusterIP", "[fe80::1]:5432 link-local",
+                                               "[ff02::1]:5432 multicast"}));
 }
 
 TEST_F(ResolverHostnames, ReResolvedAtTtlExpiryAndChangesReported) {

@@ -138,5 +138,20 @@ TEST_F(RouterTest, DestinationOnACapturePortIsALoop) {
   EXPECT_EQ(route(*snapshot, Direction::inbound, sa("::1", 15006), ports).reason, RejectReason::loop);
 }
 
+// Issue 14, finding 1: a passthrough destination a pod's packet can never carry (the kernel drops
+// such martians before capture) is a local process at a listener: refused, never dialled.
+TEST_F(RouterTest, PassthroughToLoopbackUnspecifiedOrMulticastIsRefused) {
+  for (const char* ip : {"127.0.0.1", "::1", "0.0.0.0", "::", "224.0.0.5", "ff02::1", "255.255.255.255",
+                         "::127.0.0.1", "0.0.0.7"}) {
+    auto d = outbound(ip, 8080);
+    EXPECT_EQ(d.kind, RouteKind::reject) << ip;
+    EXPECT_EQ(d.reason, RejectReason::forbidden_destination) << ip;
+    auto in = route(*snapshot, Direction::inbound, sa(ip, 8080), ports);
+    EXPECT_EQ(in.kind, RouteKind::reject) << ip;
+  }
+  // Link-local stays the pod's own reach (a metadata server), dialled from the pod's address.
+  EXPECT_EQ(outbound("169.254.169.254", 80).kind, RouteKind::passthrough);
+}
+
 }  // namespace
 }  // namespace dsproxy::proxy
