@@ -1,0 +1,234 @@
+#!/usr/bin/env bash
+# Security, issue 14 finding 1, played by a hostile pod: every Service form that could make dsproxy
+# dial the node's own loopback on the pod's behalf. Each Service below points its endpoints at
+# the node's loopback (from a config EndpointSlice, or from a DNS answer for a dsproxy.io/resolve
+# Service), in the family the pod did NOT dial, so a cross-family fallback or Happy Eyeballs
+# attempt is what would reach it:
+#
+#   grab-6    RequireDualStack [IPv4, IPv6], FQDN endpoint loop6.outside.test -> ::1 only;
+#             the pod dials the IPv4 ClusterIP (ports 80 -> a loopback-only node service, 81 ->
+#             the admin API's /config_dump on 127.0.0.1:15000)
+#   grab-4    RequireDualStack [IPv6, IPv4], FQDN endpoint loop4.outside.test -> 127.0.0.1 only;
+#             the pod dials the IPv6 ClusterIP (the mirror case)
+#   grab-s    PreferDualStack [IPv4, IPv6], plain EndpointSlices ::1 and 127.0.0.1; the pod dials
+#             both ClusterIPs
+#
+# The node-local service is `nc -lk` bound to 127.0.0.1 and ::1 only, in the node namespace: it
+# logs every byte it gets, so "reached" is a fact, not an inference. Expected: no byte reaches
+# it or the admin API, every loopback endpoint is listed in config_dump's droppedEndpoints, the
+# process lives, and an ordinary Service still answers afterwards.
+#
+#   security_loopback.sh DSPROXY_BIN ECHO_BIN
+#
+# Needs root, iproute2, iptables, OpenBSD nc, dig, dnsmasq, jq: missing any is a failure, never a
+# skip. Everything it creates is removed on exit, also on failure.
+
+set -uo pipefail
+
+if (($# != 2)); then
+  echo "usage: $0 DSPROXY_BIN ECHO_BIN" >&2
+  exit 2
+fi
+DSPROXY_BIN=$(realpath -- "$1")
+ECHO_BIN=$(realpath -- "$2")
+
+# shellcheck source=lib/cluster.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/cluster.sh"
+# shellcheck source=tests/e2e/lib/checks.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/checks.sh"
+
+E2E_DEADLINE=${E2E_DEADLINE:-90}
+SECRET_PORT=15999
+UPSTREAM_NODE4=10.53.0.1
+UPSTREAM_NODE6=fd00:53::1
+UPSTREAM4=10.53.0.53
+UPSTREAM6=fd00:53::53
+
+on_exit() {
+  local status=$1
+  ((status != 0 || FAILED > 0)) && dsproxy_log_tail
+}
+CLUSTER_ON_EXIT=on_exit
+cluster_trap
+
+cluster_require
+for cmd in dig dnsmasq jq nc; do
+  command -v "$cmd" >/dev/null 2>&1 || cluster_die "missing command $cmd (run scripts/install-deps.sh)"
+done
+[[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
+
+cluster_up
+DSPROXY_CONFIG="$CLUSTER_TMP/cluster.yaml"
+{
+  cat "$CLUSTER_REPO_DIR/config/tcp-echo-experiment.yaml"
+  cat <<YAML
+---
+apiVersion: v1
+kind: Service
+metadata: {name: grab-6, namespace: default, annotations: {dsproxy.io/resolve: "true"}}
+spec:
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv4, IPv6]
+  clusterIPs: [10.96.66.1, "fd00:10:96::6601"]
+  ports: [{name: secret, port: 80, targetPort: $SECRET_PORT}, {name: admin, port: 81, targetPort: 15000}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: grab-6-fqdn, namespace: default, labels: {kubernetes.io/service-name: grab-6}}
+addressType: FQDN
+endpoints: [{addresses: [loop6.outside.test]}]
+ports: [{name: secret, port: $SECRET_PORT}, {name: admin, port: 15000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: grab-4, namespace: default, annotations: {dsproxy.io/resolve: "true"}}
+spec:
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv6, IPv4]
+  clusterIPs: ["fd00:10:96::6602", 10.96.66.2]
+  ports: [{name: secret, port: 80, targetPort: $SECRET_PORT}, {name: admin, port: 81, targetPort: 15000}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: grab-4-fqdn, namespace: default, labels: {kubernetes.io/service-name: grab-4}}
+addressType: FQDN
+endpoints: [{addresses: [loop4.outside.test]}]
+ports: [{name: secret, port: $SECRET_PORT}, {name: admin, port: 15000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: grab-s, namespace: default}
+spec:
+  ipFamilyPolicy: PreferDualStack
+  ipFamilies: [IPv4, IPv6]
+  clusterIPs: [10.96.66.3, "fd00:10:96::6603"]
+  ports: [{name: secret, port: 80, targetPort: $SECRET_PORT}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: grab-s-v6, namespace: default, labels: {kubernetes.io/service-name: grab-s}}
+addressType: IPv6
+endpoints: [{addresses: ["::1"]}]
+ports: [{name: secret, port: $SECRET_PORT}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: grab-s-v4, namespace: default, labels: {kubernetes.io/service-name: grab-s}}
+addressType: IPv4
+endpoints: [{addresses: [127.0.0.1]}]
+ports: [{name: secret, port: $SECRET_PORT}]
+YAML
+} >"$DSPROXY_CONFIG"
+
+# The upstream nameserver (as in dns_experiment.sh): dnsmasq in its own namespace, linked to the
+# node only, answering the hostile names with loopback addresses.
+upstream_ns="$CLUSTER_PREFIX-upstream"
+_must ip netns add "$upstream_ns"
+_must ip netns exec "$upstream_ns" sysctl -q -w net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+_must ip -n "$upstream_ns" link set lo up
+_must ip -n "$(node_ns)" link add to-upstream type veth peer name eth0 netns "$upstream_ns"
+_must ip -n "$(node_ns)" addr add "$UPSTREAM_NODE4/24" dev to-upstream
+_must ip -n "$(node_ns)" addr add "$UPSTREAM_NODE6/64" dev to-upstream nodad
+_must ip -n "$(node_ns)" link set to-upstream up
+_must ip -n "$upstream_ns" addr add "$UPSTREAM4/24" dev eth0
+_must ip -n "$upstream_ns" addr add "$UPSTREAM6/64" dev eth0 nodad
+_must ip -n "$upstream_ns" link set eth0 up
+cat >"$CLUSTER_TMP/upstream.hosts" <<EOF
+::1 loop6.outside.test
+127.0.0.1 loop4.outside.test
+EOF
+ip netns exec "$upstream_ns" dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts \
+  --no-poll --user=root --pid-file= --bind-interfaces --local-ttl=60 --listen-address="$UPSTREAM4" \
+  --listen-address="$UPSTREAM6" --addn-hosts="$CLUSTER_TMP/upstream.hosts" --local=/outside.test/ \
+  >"$CLUSTER_TMP/dnsmasq.out" 2>&1 &
+CLUSTER_BG_PIDS+=("$!")
+for ((i = 0; i < 50; i++)); do
+  ip netns exec "$upstream_ns" dig +time=1 +tries=1 +short "@$UPSTREAM4" loop6.outside.test AAAA 2>/dev/null |
+    grep -qx ::1 && break
+  sleep 0.1
+done
+((i < 50)) || cluster_die "dnsmasq did not answer loop6.outside.test AAAA ::1 (see $CLUSTER_TMP/dnsmasq.out)"
+cluster_netns_file node resolv.conf "nameserver $UPSTREAM4
+"
+
+# The node-local service: loopback only, logs every byte it receives.
+for lo in 127.0.0.1 ::1; do
+  ip netns exec "$(node_ns)" timeout 120 nc -lk "$lo" "$SECRET_PORT" >>"$CLUSTER_TMP/secret.log" 2>/dev/null &
+  CLUSTER_BG_PIDS+=("$!")
+done
+sleep 0.3
+in_node timeout 3 bash -c "printf 'self-test\n' >/dev/tcp/127.0.0.1/$SECRET_PORT" 2>/dev/null
+for ((i = 0; i < 30; i++)); do grep -q self-test "$CLUSTER_TMP/secret.log" 2>/dev/null && break; sleep 0.1; done
+grep -q self-test "$CLUSTER_TMP/secret.log" 2>/dev/null || cluster_die "the node-local loopback service did not start"
+
+if start_dsproxy; then
+  pass "dsproxy started with --redirect and is ready"
+else
+  fail "dsproxy started with --redirect and is ready"
+  echo "$PASSED passed, $FAILED failed"
+  exit 1
+fi
+
+dump() { node_http_get 15000 /config_dump | tr -d '\r' | sed '1,/^$/d'; }
+# Wait (bounded) until both hostnames were resolved: then every hostile endpoint is in the
+# snapshot's input, dropped or not.
+dropped=''
+for ((i = 0; i < 100; i++)); do
+  dropped=$(dump | jq -r '.droppedEndpoints[]? | "\(.cluster) \(.address) \(.reason)"' 2>/dev/null | sort)
+  routed=$(dump | jq -r '.endpoints[] | select(.clusterName | test("grab-")) | .endpoints[].address.socketAddress.address' 2>/dev/null)
+  if grep -q 'grab-6.*\[::1\]' <<<"$dropped$routed" && grep -q 'grab-4.*127.0.0.1' <<<"$dropped$routed"; then break; fi
+  if grep -qx '::1' <<<"$routed" && grep -qx 127.0.0.1 <<<"$routed"; then break; fi
+  sleep 0.1
+done
+echo "    droppedEndpoints:"
+sed 's/^/      /' <<<"${dropped:-(none)}"
+for want in "grab-6.default.svc.cluster.local [::1]:$SECRET_PORT loopback" \
+  "grab-6.default.svc.cluster.local [::1]:15000 loopback" \
+  "grab-4.default.svc.cluster.local 127.0.0.1:$SECRET_PORT loopback" \
+  "grab-s.default.svc.cluster.local [::1]:$SECRET_PORT loopback" \
+  "grab-s.default.svc.cluster.local 127.0.0.1:$SECRET_PORT loopback"; do
+  grep -qF -- "$want" <<<"$dropped"
+  check "config_dump lists the dropped endpoint: ${want}" $?
+done
+routed=$(dump | jq -r '.endpoints[] | select(.clusterName | test("grab-")) | .endpoints[].address.socketAddress.address' 2>/dev/null | sort -u)
+[[ -z $routed ]]
+check "no grab-* Service has a routable endpoint" $? "routable: $(tr '\n' ' ' <<<"$routed")"
+
+# hostile_probe VIP PORT PAYLOAD: the sleep pod connects, sends PAYLOAD, prints what came back.
+hostile_probe() {
+  # shellcheck disable=SC2016 # expanded by the pod's bash
+  in_pod sleep timeout 4 bash -c '
+    exec 3<>"/dev/tcp/$1/$2" || { echo "connect-failed"; exit 0; }
+    printf "%s\r\n\r\n" "$3" >&3
+    timeout 2 cat <&3 | head -c 200' _ "$1" "$2" "$3" 2>/dev/null
+}
+for entry in "grab-6 10.96.66.1" "grab-4 fd00:10:96::6602" "grab-s 10.96.66.3" "grab-s fd00:10:96::6603"; do
+  read -r svc vip <<<"$entry"
+  in_time "$svc $vip" || continue
+  tag="probe-$svc-${vip//:/_}"
+  got=$(hostile_probe "$vip" 80 "$tag")
+  sleep 0.2
+  ! grep -q -- "$tag" "$CLUSTER_TMP/secret.log"
+  check "sleep -> $svc ClusterIP $vip:80: nothing reaches the node's loopback service" $? \
+    "the pod got '$(tr -d '\r\n' <<<"${got:0:80}")'"
+done
+for entry in "grab-6 10.96.66.1" "grab-4 fd00:10:96::6602"; do
+  read -r svc vip <<<"$entry"
+  in_time "$svc admin" || continue
+  got=$(hostile_probe "$vip" 81 "GET /config_dump HTTP/1.0")
+  [[ $got != *HTTP/* && $got != *listeners* ]]
+  check "sleep -> $svc ClusterIP $vip:81 (targetPort 15000): the admin API does not answer the pod" $? \
+    "the pod got '$(tr -d '\r\n' <<<"${got:0:80}")'"
+done
+
+# Nothing else broke: the process lives and an ordinary Service answers.
+kill -0 "$DSPROXY_PID" 2>/dev/null
+check "dsproxy is still running" $?
+got=$(in_pod sleep timeout 5 bash -c 'exec 3<>/dev/tcp/10.96.106.11/9000 && echo after >&3 && timeout 2 head -n 1 <&3' 2>/dev/null)
+[[ $got == "hello after" ]]
+check "the dual-stack tcp-echo Service still answers (10.96.106.11:9000)" $? "got '$got'"
+
+stop_dsproxy
+check "dsproxy exits on SIGTERM" $? "exit status $DSPROXY_EXIT_STATUS"
+echo "$PASSED passed, $FAILED failed"
+((FAILED == 0))
