@@ -168,6 +168,12 @@ int main(int argc, char** argv) {
         if (!listen || !target)
           throw std::invalid_argument("--forward '" + spec +
                                       "': want LISTEN=TARGET, each IP:PORT or [IPv6]:PORT with a port 1-65535");
+        // The operator chose TARGET, but whoever reaches LISTEN reaches TARGET: a node-local
+        // target (loopback, link-local, ...) is only allowed behind a listener on loopback too.
+        if (target->ip.scope() != net::AddressScope::global && listen->ip.scope() != net::AddressScope::loopback)
+          throw std::invalid_argument("--forward '" + spec + "': a " + std::string(net::to_string(target->ip.scope())) +
+                                      " target is only allowed from a loopback listener (anything that reaches " +
+                                      listen->to_string() + " would reach the node's " + target->ip.to_string() + ")");
         run.proxy.forwards.push_back({*listen, *target});
       }
       run.proxy.connect_timeout = std::chrono::milliseconds(connect_timeout_ms);
