@@ -19,8 +19,20 @@ bool valid_chain_char(char c) {
 
 }  // namespace
 
+std::vector<net::Family> families(const RedirectOptions& o) {
+  std::vector<net::Family> out;
+  if (o.ipv4) out.push_back(net::Family::v4);
+  if (o.ipv6) out.push_back(net::Family::v6);
+  return out;
+}
+
+bool family_on(const RedirectOptions& o, net::Family family) {
+  return family == net::Family::v4 ? o.ipv4 : o.ipv6;
+}
+
 std::vector<std::string> validate(const RedirectOptions& o) {
   std::vector<std::string> problems;
+  if (!o.ipv4 && !o.ipv6) problems.push_back("neither IPv4 nor IPv6 is on: there is nothing to capture");
   if (o.outbound_port == 0) problems.push_back("outbound_port must not be 0");
   if (o.inbound_port == 0) problems.push_back("inbound_port must not be 0");
   if (o.outbound_port != 0 && o.outbound_port == o.inbound_port)

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "net/ip_address.hpp"
+
 namespace dsproxy::redirect {
 
 struct RedirectOptions {
@@ -28,6 +30,11 @@ struct RedirectOptions {
   int route_table = 133;
   int rule_priority = 32000;
   std::string chain_prefix = "DSPROXY";
+  // The families whose rules are installed, updated and removed (node_families.hpp decides at
+  // start). A family that is off is left alone entirely: on a node with IPv6 disabled even the
+  // `local ::/0 dev lo` route cannot be added, and no packet of that family can arrive anyway.
+  bool ipv4 = true;
+  bool ipv6 = true;
 
   // The programs the rules are applied with: a bare name is looked up in PATH, then in
   // /usr/local/sbin, /usr/sbin and /sbin (daemons often run with a PATH lacking the sbin
@@ -40,6 +47,10 @@ struct RedirectOptions {
   std::string ip6tables_restore = "ip6tables-restore";
   std::string ip = "ip";
 };
+
+// The families that are on, IPv4 first: the order rules are applied and removed in.
+std::vector<net::Family> families(const RedirectOptions& options);
+bool family_on(const RedirectOptions& options, net::Family family);
 
 // Every reason these options cannot work (overlapping marks, a reserved routing table, a chain
 // prefix iptables would reject, ...), one sentence each; empty when they are usable.

@@ -17,8 +17,6 @@ namespace {
 // keeps reporting success (a broken tool, a fake) cannot spin forever.
 constexpr int kMaxRepeatedDeletes = 64;
 
-constexpr net::Family kFamilies[] = {net::Family::v4, net::Family::v6};
-
 std::string trimmed(std::string_view s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ' || s.back() == '\t' || s.back() == '\r'))
     s.remove_suffix(1);
@@ -95,7 +93,7 @@ CommandResult Redirector::run_checked(const Command& command) {
 
 void Redirector::install(const std::vector<net::IpAddress>& node_pod_ips) {
   std::lock_guard lock(mutex_);
-  for (net::Family family : kFamilies) install_family(family, node_pod_ips);
+  for (net::Family family : families(options_)) install_family(family, node_pod_ips);
 }
 
 void Redirector::ensure_policy_rule(net::Family family) {
@@ -151,11 +149,11 @@ void Redirector::install_family(net::Family family, const std::vector<net::IpAdd
 void Redirector::update_pods(const std::vector<net::IpAddress>& node_pod_ips) {
   std::lock_guard lock(mutex_);
   if (!state(net::Family::v4).installed && !state(net::Family::v6).installed) {
-    for (net::Family family : kFamilies) install_family(family, node_pod_ips);
+    for (net::Family family : families(options_)) install_family(family, node_pod_ips);
     return;
   }
   std::vector<std::string> errors;
-  for (net::Family family : kFamilies) {
+  for (net::Family family : families(options_)) {
     try {
       update_family(family, node_pod_ips);
     } catch (const RedirectError& e) {
@@ -190,7 +188,7 @@ void Redirector::update_family(net::Family family, const std::vector<net::IpAddr
 void Redirector::uninstall() {
   std::lock_guard lock(mutex_);
   std::vector<std::string> errors;
-  for (net::Family family : kFamilies) uninstall_family(family, errors);
+  for (net::Family family : families(options_)) uninstall_family(family, errors);
   for (auto& st : state_) st = FamilyState{};
   if (errors.empty()) return;
   std::string text = fmt::format("redirect: uninstall left things behind; {} failed:",

@@ -1,6 +1,8 @@
 #pragma once
 // Applies, updates and removes the transparent-capture rules of one node (see rule_renderer.hpp
-// for their shape), for IPv4 and IPv6, through a CommandRunner.
+// for their shape), for IPv4 and IPv6, through a CommandRunner. Only the families that are on
+// in the options (RedirectOptions::ipv4/ipv6) are touched, by every call below: a family that is
+// off on this node gets no rule, no update and no removal attempt.
 //
 //   install      policy routing first, then the chains in one iptables-restore --noflush, and
 //                last the PREROUTING jump that starts capture; safe to repeat (nothing is added
@@ -41,7 +43,7 @@ class Redirector {
 
   // Addresses of both families may be mixed; duplicates are ignored.
   void install(const std::vector<net::IpAddress>& node_pod_ips);
-  // Before a successful install() this is install(). Tries both families, then throws if either failed.
+  // Before a successful install() this is install(). Tries every family that is on, then throws if any failed.
   void update_pods(const std::vector<net::IpAddress>& node_pod_ips);
   void uninstall();
   // The install as a shell script, for `dsproxy redirect print`; runs nothing.

@@ -169,8 +169,11 @@ std::string render_script(const std::vector<net::IpAddress>& node_pod_ips, const
     s += fmt::format("# DNS (UDP and TCP port 53) from node pods -> :{} (the DNS proxy).\n", o.dns_port);
   s += "# Sysctls are left alone (forwarding is on on any Kubernetes node); the kernel modules\n";
   s += "# xt_TPROXY, xt_socket, xt_mark and xt_addrtype are loaded on first use.\n";
+  for (net::Family family : {net::Family::v4, net::Family::v6})
+    if (!family_on(o, family))
+      s += fmt::format("# {} is off on this node: no {} rules.\n", net::to_string(family), net::to_string(family));
   s += "set -e\n";
-  for (net::Family family : {net::Family::v4, net::Family::v6}) {
+  for (net::Family family : families(o)) {
     const auto pods = is_v4(family) ? v4 : v6;
     const auto ipt = iptables_commands(family, o);
     const auto route = policy_routing_commands(family, o);
@@ -185,7 +188,7 @@ std::string render_script(const std::vector<net::IpAddress>& node_pod_ips, const
     s += format_argv(ipt.check_jump) + " 2>/dev/null || " + format_argv(ipt.insert_jump) + "\n";
   }
   s += "\n# ---- To remove everything (`dsproxy redirect uninstall`), for each family: ----\n";
-  for (net::Family family : {net::Family::v4, net::Family::v6}) {
+  for (net::Family family : families(o)) {
     const auto ipt = iptables_commands(family, o);
     const auto route = policy_routing_commands(family, o);
     s += "# while " + format_argv(ipt.delete_jump) + " 2>/dev/null; do :; done\n";

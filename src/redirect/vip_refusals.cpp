@@ -9,7 +9,6 @@ namespace dsproxy::redirect {
 
 namespace {
 
-constexpr net::Family kFamilies[] = {net::Family::v4, net::Family::v6};
 constexpr int kMaxRepeatedDeletes = 64;  // bounds "delete until gone" against a misbehaving tool
 
 const std::string& iptables_of(net::Family f, const RedirectOptions& o) {
@@ -61,7 +60,7 @@ std::string render_refusals(net::Family family, const std::vector<VipOpenPorts>&
 std::string render_refusals_script(const std::vector<VipOpenPorts>& vips, const RedirectOptions& o) {
   std::string out =
       "\n# ---- Refusals: ClusterIP ports with no servable endpoint answer SYN with a TCP reset ----\n";
-  for (auto family : kFamilies) {
+  for (auto family : families(o)) {
     out += fmt::format("{} -w --noflush <<'EOF'\n{}EOF\n", restore_of(family, o), render_refusals(family, vips, o));
     const auto check = jump_args(o, "-C"), insert = jump_args(o, "-I");
     out += fmt::format("{} {} 2>/dev/null || {} {}\n", iptables_of(family, o), format_argv(check),
@@ -72,7 +71,7 @@ std::string render_refusals_script(const std::vector<VipOpenPorts>& vips, const 
 
 void VipRefusals::apply(const std::vector<VipOpenPorts>& vips) {
   if (installed_ && vips == applied_) return;
-  for (auto family : kFamilies) {
+  for (auto family : families(options_)) {
     const Command restore{{restore_of(family, options_), "-w", "--noflush"}, render_refusals(family, vips, options_)};
     if (auto r = runner_.run(restore); !r.ok()) throw RedirectError("redirect: " + failure(restore, r));
     const Command check = iptables_command(family, options_, jump_args(options_, "-C"));
@@ -95,7 +94,7 @@ void VipRefusals::apply(const std::vector<VipOpenPorts>& vips) {
 void VipRefusals::uninstall() {
   std::vector<std::string> errors;
   const std::string chain = refuse_chain_name(options_);
-  for (auto family : kFamilies) {
+  for (auto family : families(options_)) {
     for (int i = 0; i < kMaxRepeatedDeletes; ++i) {
       const Command check = iptables_command(family, options_, jump_args(options_, "-C"));
       const auto checked = runner_.run(check);

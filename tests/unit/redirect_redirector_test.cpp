@@ -1,6 +1,7 @@
 // Redirector against a fake runner that models just enough of a node (PREROUTING jumps, our
 // chains, ip rules, the local route) to answer the commands the way iptables and ip do.
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <map>
@@ -362,6 +363,55 @@ TEST(RedirectRedirector, PrintRunsNothing) {
   FakeNode node;
   Redirector redirector(RedirectOptions{}, node);
   EXPECT_EQ(redirector.print(kPods), render_script(kPods, RedirectOptions{}));
+  EXPECT_TRUE(node.calls.empty());
+}
+
+// A node with IPv6 off (issue 14 finding 4): not one IPv6 command, at install, reload or exit.
+// On a real node the first of them (`ip -6 route replace local ::/0 dev lo`) fails and used to
+// abort the whole start.
+bool is_v6_command(const Command& c) {
+  return c.argv[0].find("ip6") == 0 || (c.argv.size() > 1 && c.argv[1] == "-6");
+}
+
+TEST(RedirectRedirector, FamilyOffIsNeverTouched) {
+  for (const Family off : {Family::v6, Family::v4}) {
+    SCOPED_TRACE(net::to_string(off));
+    RedirectOptions o;
+    (off == Family::v6 ? o.ipv6 : o.ipv4) = false;
+    FakeNode node;
+    // The real failure, should anything ask: the fake answers it like a node without IPv6.
+    if (off == Family::v6)
+      node.failures["ip -6 route replace local ::/0 dev lo table 133"] = {2, "", "Error: IPv6 is disabled on nexthop device.\n"};
+    Redirector redirector(o, node);
+    redirector.install(kPods);
+    redirector.update_pods({ip("10.244.0.5"), ip("10.244.0.6"), ip("fd00:10:244::5"), ip("fd00:10:244::6")});
+    redirector.uninstall();
+    EXPECT_FALSE(node.calls.empty());
+    for (const auto& c : node.calls) EXPECT_EQ(is_v6_command(c), off == Family::v4) << format_argv(c.argv);
+    EXPECT_TRUE(node.empty());
+    const auto script = redirector.print(kPods);
+    EXPECT_EQ(script.find(off == Family::v6 ? "ip6tables" : "iptables-restore"), std::string::npos) << script;
+    EXPECT_NE(script.find(fmt::format("# {} is off on this node", net::to_string(off))), std::string::npos);
+  }
+}
+
+TEST(RedirectRedirector, InstallWithIpv6OffIssuesTheIpv4SequenceOnly) {
+  RedirectOptions o;
+  o.ipv6 = false;
+  FakeNode node;
+  Redirector redirector(o, node);
+  redirector.install(kPods);
+  EXPECT_EQ(node.lines(), expected_install(Family::v4));
+  EXPECT_EQ(node.v4_state.jumps, 1);
+  EXPECT_EQ(node.v6_state.jumps, 0);
+  EXPECT_TRUE(node.v6_state.rules.empty());
+}
+
+TEST(RedirectRedirector, BothFamiliesOffAreRejected) {
+  RedirectOptions o;
+  o.ipv4 = o.ipv6 = false;
+  FakeNode node;
+  EXPECT_THROW(Redirector(o, node), RedirectError);
   EXPECT_TRUE(node.calls.empty());
 }
 

@@ -85,5 +85,22 @@ TEST(VipRefusals, UninstallRemovesJumpAndChain) {
   EXPECT_TRUE(deleted_chain);
 }
 
+TEST(VipRefusals, FamilyOffGetsNoRefusalRules) {
+  RedirectOptions o;
+  o.ipv6 = false;
+  RecordingRunner runner;
+  VipRefusals refusals(o, runner);
+  refusals.apply(kVips);
+  refusals.uninstall();
+  ASSERT_FALSE(runner.commands.empty());
+  for (const auto& c : runner.commands) {
+    EXPECT_EQ(c.argv[0].find("ip6"), std::string::npos) << format_argv(c.argv);
+    EXPECT_EQ(c.input.find("fd00:"), std::string::npos) << c.input;
+  }
+  const auto script = render_refusals_script(kVips, o);
+  EXPECT_EQ(script.find("ip6tables"), std::string::npos) << script;
+  EXPECT_NE(script.find("iptables-restore"), std::string::npos) << script;
+}
+
 }  // namespace
 }  // namespace dsproxy::redirect
