@@ -29,8 +29,15 @@ json::object listener(const std::string& name, const std::string& direction, con
 json::array listeners(const DumpContext& ctx) {
   json::array out;
   const auto& p = ctx.proxy;
-  out.push_back(listener("virtualOutbound", "OUTBOUND", p.bind_v4, p.ports.outbound, {p.bind_v6}));
-  out.push_back(listener("virtualInbound", "INBOUND", p.bind_v4, p.ports.inbound, {p.bind_v6}));
+  // An empty bind address is a family that is off on this node: no listener, so not shown.
+  std::vector<std::string> binds;
+  for (const auto* b : {&p.bind_v4, &p.bind_v6})
+    if (!b->empty()) binds.push_back(*b);
+  if (!binds.empty()) {
+    const std::vector<std::string> extra(binds.begin() + 1, binds.end());
+    out.push_back(listener("virtualOutbound", "OUTBOUND", binds.front(), p.ports.outbound, extra));
+    out.push_back(listener("virtualInbound", "INBOUND", binds.front(), p.ports.inbound, extra));
+  }
   for (const auto& f : p.forwards) {
     auto l = listener("forward_" + f.listen.to_string(), "OUTBOUND", f.listen.ip.to_string(), f.listen.port, {});
     l["forwardTo"] = f.target.to_string();

@@ -24,6 +24,8 @@ struct Forward {
 
 struct ProxyOptions {
   CapturePorts ports;             // outbound 15001, inbound 15006
+  // Empty: no listener of that family (a node with IPv6 off, where [::] may not even bind);
+  // at least one must be set.
   std::string bind_v4 = "0.0.0.0";
   std::string bind_v6 = "::";
   int workers = 1;                // threads, each with its own io_context and SO_REUSEPORT listeners

@@ -161,10 +161,17 @@ void ProxyServer::start() {
   // splice(2) into a socket whose peer has gone raises SIGPIPE (it has no MSG_NOSIGNAL); the
   // relay handles EPIPE as a value, so the signal must never kill the process.
   std::signal(SIGPIPE, SIG_IGN);
-  const auto v4 = net::IpAddress::parse(options_.bind_v4);
-  const auto v6 = net::IpAddress::parse(options_.bind_v6);
-  if (!v4 || !v4->is_v4()) throw std::invalid_argument("bind address '" + options_.bind_v4 + "' is not IPv4");
-  if (!v6 || v6->is_v4()) throw std::invalid_argument("bind address '" + options_.bind_v6 + "' is not IPv6");
+  // An empty bind address: that family is off on this node, no listener of it.
+  std::vector<net::IpAddress> binds;
+  for (const auto* text : {&options_.bind_v4, &options_.bind_v6}) {
+    if (text->empty()) continue;
+    const auto ip = net::IpAddress::parse(*text);
+    const bool v4_slot = text == &options_.bind_v4;
+    if (!ip || ip->is_v4() != v4_slot)
+      throw std::invalid_argument("bind address '" + *text + "' is not " + (v4_slot ? "IPv4" : "IPv6"));
+    binds.push_back(*ip);
+  }
+  if (binds.empty()) throw std::invalid_argument("no bind address: neither IPv4 nor IPv6 is on");
   const ListenerSocketOptions socket_options{.transparent = options_.transparent};
   validate_forwards(options_);
 
@@ -174,16 +181,22 @@ void ProxyServer::start() {
   std::vector<Forward> forwards = options_.forwards;
   for (int i = 0; i < std::max(1, options_.workers); ++i) {
     auto worker = std::make_unique<Worker>(options_, store_, stats_, outliers_, std::random_device{}() + i);
-    worker->listen({*v4, ports.outbound}, Direction::outbound, socket_options);
-    if (ports.outbound == 0) ports.outbound = worker->port_of(0);
-    worker->listen({*v6, ports.outbound}, Direction::outbound, socket_options);
-    worker->listen({*v4, ports.inbound}, Direction::inbound, socket_options);
-    if (ports.inbound == 0) ports.inbound = worker->port_of(2);
-    worker->listen({*v6, ports.inbound}, Direction::inbound, socket_options);
+    std::size_t opened = 0;
+    for (const auto& ip : binds) {
+      worker->listen({ip, ports.outbound}, Direction::outbound, socket_options);
+      if (ports.outbound == 0) ports.outbound = worker->port_of(opened);
+      ++opened;
+    }
+    for (const auto& ip : binds) {
+      worker->listen({ip, ports.inbound}, Direction::inbound, socket_options);
+      if (ports.inbound == 0) ports.inbound = worker->port_of(opened);
+      ++opened;
+    }
     // Explicitly addressed: plain listeners, no IP_TRANSPARENT needed or wanted.
     for (std::size_t f = 0; f < forwards.size(); ++f) {
       worker->listen(forwards[f].listen, Direction::outbound, {.transparent = false}, forwards[f].target);
-      if (forwards[f].listen.port == 0) forwards[f].listen.port = worker->port_of(4 + f);
+      if (forwards[f].listen.port == 0) forwards[f].listen.port = worker->port_of(opened);
+      ++opened;
     }
     workers_.push_back(std::move(worker));
   }
@@ -193,9 +206,12 @@ void ProxyServer::start() {
   options_.ports = ports;
   for (auto& w : workers_) w->start();
   started_ = true;
-  spdlog::info("proxy listening: outbound {} and [{}]:{}, inbound {}:{} and [{}]:{}, {} worker(s)",
-               net::SocketAddress{*v4, ports.outbound}.to_string(), options_.bind_v6, ports.outbound,
-               options_.bind_v4, ports.inbound, options_.bind_v6, ports.inbound, workers_.size());
+  std::string outbound, inbound;
+  for (const auto& ip : binds) {
+    outbound += (outbound.empty() ? "" : " and ") + net::SocketAddress{ip, ports.outbound}.to_string();
+    inbound += (inbound.empty() ? "" : " and ") + net::SocketAddress{ip, ports.inbound}.to_string();
+  }
+  spdlog::info("proxy listening: outbound {}, inbound {}, {} worker(s)", outbound, inbound, workers_.size());
   for (const auto& f : options_.forwards)
     spdlog::info("forwarding {} -> {} (explicit address, upstream from the node's own address)",
                  f.listen.to_string(), f.target.to_string());
