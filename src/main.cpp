@@ -14,6 +14,7 @@
 #include "config/cluster_snapshot.hpp"
 #include "config/k8s_decoder.hpp"
 #include "redirect/command_runner.hpp"
+#include "redirect/node_families.hpp"
 #include "redirect/redirector.hpp"
 #include "redirect/vip_refusals.hpp"
 
@@ -198,6 +199,11 @@ int main(int argc, char** argv) {
     }
     if (redirect_cmd->parsed()) {
       redirect_options.dns_capture = !redirect_no_dns_capture;
+      // As `run --redirect` does: rules only for the families this node has (said once).
+      const auto families = redirect::detect_node_families();
+      if (const auto off = redirect::describe_off_families(families); !off.empty()) spdlog::warn("{}", off);
+      redirect_options.ipv4 = families.has(net::Family::v4);
+      redirect_options.ipv6 = families.has(net::Family::v6);
       redirect::ProcessRunner runner;
       redirect::Redirector redirector(redirect_options, runner);
       redirect::VipRefusals refusals(redirect_options, runner);

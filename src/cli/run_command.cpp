@@ -37,6 +37,21 @@ std::vector<redirect::VipOpenPorts> vip_open_ports(const config::ClusterSnapshot
   return out;
 }
 
+RunOptions restrict_to_families(RunOptions options, const redirect::NodeFamilies& families) {
+  using net::Family;
+  options.redirect_options.ipv4 = families.has(Family::v4);
+  options.redirect_options.ipv6 = families.has(Family::v6);
+  if (!families.has(Family::v4)) options.proxy.bind_v4.clear();
+  if (!families.has(Family::v6)) options.proxy.bind_v6.clear();
+  std::erase_if(options.dns.bind, [&](const std::string& text) {
+    const auto ip = net::IpAddress::parse(text);
+    return ip && !families.has(ip->family());
+  });
+  options.admin_v4 = families.has(Family::v4);
+  options.admin_v6 = families.has(Family::v6);
+  return options;
+}
+
 namespace {
 
 struct FileStamp {
@@ -58,9 +73,20 @@ std::optional<FileStamp> stamp_of(const std::string& path) {
 // snapshot is built off the data path and published with one atomic store.
 class ProxyProcess {
  public:
-  explicit ProxyProcess(const RunOptions& options) : options_(options) {}
+  explicit ProxyProcess(RunOptions options) : options_(std::move(options)) {}
 
   int run() {
+    // Once, before anything binds or installs: a family that is off is left out everywhere,
+    // said in one line here and nowhere else. Picked up again only by a restart.
+    const auto families = redirect::detect_node_families();
+    if (const auto off = redirect::describe_off_families(families); !off.empty()) {
+      if (!families.v4.on && !families.v6.on) {
+        spdlog::error("cannot start: {}", off);
+        return 2;
+      }
+      spdlog::warn("{}", off);
+    }
+    options_ = restrict_to_families(std::move(options_), families);
     raise_descriptor_limit();
     start_hostnames();
     std::shared_ptr<const config::ClusterSnapshot> first;
@@ -233,13 +259,23 @@ class ProxyProcess {
     };
     const auto loopback4 = *net::IpAddress::parse("127.0.0.1");
     const auto loopback6 = *net::IpAddress::parse("::1");
-    admin.listen({loopback4, options_.admin_port}, api);
-    listen_optional(admin, {loopback6, options_.admin_port}, api);
-    admin.listen({*net::IpAddress::parse("0.0.0.0"), options_.readiness_port}, probe);
-    listen_optional(admin, {*net::IpAddress::parse("::"), options_.readiness_port}, probe);
+    // A family that is off has no listener here. With both on, the IPv6 ones only warn when
+    // they cannot bind (as before: a half-configured lo must not stop the proxy); the only
+    // family there is must bind.
+    if (options_.admin_v4) {
+      admin.listen({loopback4, options_.admin_port}, api);
+      admin.listen({*net::IpAddress::parse("0.0.0.0"), options_.readiness_port}, probe);
+    }
+    if (options_.admin_v6 && options_.admin_v4) {
+      listen_optional(admin, {loopback6, options_.admin_port}, api);
+      listen_optional(admin, {*net::IpAddress::parse("::"), options_.readiness_port}, probe);
+    } else if (options_.admin_v6) {
+      admin.listen({loopback6, options_.admin_port}, api);
+      admin.listen({*net::IpAddress::parse("::"), options_.readiness_port}, probe);
+    }
   }
 
-  // IPv6 may be disabled on a node; the admin API then stays IPv4-only rather than failing.
+  // With IPv4 serving, a missing IPv6 admin listener is worth a warning, not a failed start.
   static void listen_optional(admin::AdminServer& admin, const net::SocketAddress& at, admin::AdminHandler h) {
     try {
       admin.listen(at, std::move(h));
@@ -310,7 +346,7 @@ class ProxyProcess {
     redirector_.reset();
   }
 
-  const RunOptions& options_;
+  RunOptions options_;  // as restricted to the node's families at start
   boost::asio::io_context io_{1};
   config::SnapshotStore store_;
   proxy::ProxyStats stats_;

@@ -49,6 +49,7 @@ cluster_trap
 
 cluster_require
 command -v ss >/dev/null 2>&1 || cluster_die "ss is missing (iproute2)"
+command -v dig >/dev/null 2>&1 || cluster_die "dig is missing (bind9-dnsutils)"
 [[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
 [[ -x $ECHO_BIN ]] || cluster_die "echo binary $ECHO_BIN is not an executable"
 
@@ -74,6 +75,18 @@ expect_echo() {
   ok=$?
   check "$what answers and $pod sees the client as $(pod_ip "$src" "$family")" $ok \
     "answer '${answer//$'\n'/\\n}', peer log '${got//$'\n'/; }', want '$want'"
+}
+
+# expect_dns WHAT SERVER NAME TYPE WANT: a query from the sleep pod to SERVER:53, over UDP and
+# over TCP, is captured and answered by dsproxy's DNS proxy with exactly WANT.
+expect_dns() {
+  local what=$1 server=$2 name=$3 type=$4 want=$5 transport got
+  for transport in +notcp +tcp; do
+    in_time "$what ($transport)" || return 0
+    got=$(in_pod sleep timeout 10 dig "$transport" +time=2 +tries=2 +short "@$server" "$name" "$type" 2>&1)
+    [[ $got == "$want" ]]
+    check "$what (dig $transport): $name $type is $want" $? "got '${got//$'\n'/ | }'"
+  done
 }
 
 # compare_snapshot NAME EXPECTED: the node's current rules and routes equal EXPECTED.
@@ -133,6 +146,8 @@ part1() {
   # Passthrough to a pod IP and inbound from the other node, IPv4.
   expect_echo "$P: sleep -> pod echo-ds 10.244.0.26 port 9002 (passthrough)" sleep 10.244.0.26 9002 echo-ds 4
   expect_echo "$P: remote-client-0 -> pod echo-v4 10.244.0.19 port 9000 (inbound)" remote 10.244.0.19 9000 echo-v4 4
+  # The pods' DNS over IPv4 is captured and answered (no nameserver exists at that address).
+  expect_dns "$P: sleep -> DNS 10.96.0.10" 10.96.0.10 tcp-echo.ipv4.svc.cluster.local A 10.96.104.229
 
   # Said once, clearly; nothing else in the log is about IPv6 (no warning per listener, rule
   # or socket that could not be made).
@@ -154,10 +169,26 @@ part1() {
   ! listening "[::]:15001" && ! listening "[::]:15006" && ! listening "[::]:15021" || ok=1
   check "$P: the capture listeners are on 0.0.0.0 only, nothing on [::]" $ok \
     "$(in_node ss -Htln | awk '{ print $4 }' | paste -sd ' ')"
+  # proxy-config shows the capture listeners as they are: IPv4 only, no empty [::] address.
+  local table
+  table=$(in_node timeout 5 "$DSPROXY_BIN" proxy-config listeners --port 15006 2>&1 | sed -E 's/[[:space:]]+/ /g; s/ $//')
+  grep -qx "0.0.0.0 15006 ALL Inbound: passthrough to this node's pods" <<<"$table"
+  check "$P: proxy-config lists the inbound listener on 0.0.0.0 only" $? "got '${table//$'\n'/ | }'"
   [[ $during != "$before" ]]
   check "$P: dsproxy changed the node's rules while running" $?
 
   stop_and_compare "$P" "$before"
+
+  # The standalone commands decide the same way: install works (IPv4 only) and uninstall
+  # leaves the node as it was.
+  local log=$CLUSTER_TMP/redirect.ipv6-disabled.log
+  in_node timeout 10 "$DSPROXY_BIN" redirect install --config "$DSPROXY_CONFIG" --node "$CLUSTER_NODE_NAME" >>"$log" 2>&1 &&
+    grep -q "DSPROXY_PREROUTING" <<<"$(in_node iptables-save -t mangle)" &&
+    ! grep -q "DSPROXY" <<<"$(in_node ip6tables-save)"
+  check "$P: dsproxy redirect install succeeds with IPv4 rules only" $? "see $log"
+  in_node timeout 10 "$DSPROXY_BIN" redirect uninstall >>"$log" 2>&1
+  check "$P: dsproxy redirect uninstall succeeds" $? "see $log"
+  compare_snapshot "$P: after redirect install and uninstall the node is as before" "$before"
 }
 
 # ==== Part 2: an IPv6-only node =============================================================
@@ -248,6 +279,7 @@ part2() {
   done
   expect_echo "$P: sleep -> pod echo-ds fd00:10:244::1a port 9002 (passthrough)" sleep fd00:10:244::1a 9002 echo-ds 6
   expect_echo "$P: remote-client-0 -> pod echo-v6 fd00:10:244::18 port 9000 (inbound)" remote fd00:10:244::18 9000 echo-v6 6
+  expect_dns "$P: sleep -> DNS fd00:10:96::a" fd00:10:96::a tcp-echo.ipv6.svc.cluster.local AAAA fd00:10:96::9c3a
   ! grep -q "IPv6 is off" "$DSPROXY_LOG"
   check "$P: the log does not claim that IPv6 is off" $?
   grep -q "DSPROXY_PREROUTING" <<<"$(in_node ip6tables-save -t mangle)"
