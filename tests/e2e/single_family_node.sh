@@ -166,8 +166,9 @@ part1() {
   check "$P: no IPv6 rule is installed (ip6tables, ip -6 rule)" $?
   ok=0
   listening "0.0.0.0:15001" && listening "0.0.0.0:15006" || ok=1
-  ! listening "[::]:15001" && ! listening "[::]:15006" && ! listening "[::]:15021" || ok=1
-  check "$P: the capture listeners are on 0.0.0.0 only, nothing on [::]" $ok \
+  ! listening "[::]:15001" && ! listening "[::]:15006" && ! listening "[::]:15021" &&
+    ! listening "[::]:15053" || ok=1
+  check "$P: the capture and DNS listeners are on 0.0.0.0 only, nothing on [::]" $ok \
     "$(in_node ss -Htln | awk '{ print $4 }' | paste -sd ' ')"
   # proxy-config shows the capture listeners as they are: IPv4 only, no empty [::] address.
   local table
