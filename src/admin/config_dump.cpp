@@ -99,6 +99,8 @@ json::object counters(const proxy::ProxyStats& s) {
           {"happy_eyeballs_other_family", v(s.happy_eyeballs_other_family)},
           {"connect_retries", v(s.connect_retries)},
           {"outlier_ejections", v(s.outlier_ejections)},
+          {"local_errors", v(s.local_errors)},
+          {"accept_shed", v(s.accept_shed)},
           {"upstream_connect_timeout", v(s.upstream_connect_timeout)},
           {"idle_timeouts", v(s.idle_timeouts)},
           {"resets_propagated", v(s.resets_propagated)},

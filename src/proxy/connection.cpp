@@ -8,6 +8,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "proxy/connect_scheduler.hpp"
+#include "proxy/log_throttle.hpp"
 #include "proxy/relay.hpp"
 #include "proxy/router.hpp"
 #include "proxy/upstream_connector.hpp"
@@ -72,6 +73,13 @@ class RelayEnd {
   net::SocketAddress source_;
   net::SocketAddress destination_;
 };
+
+// Local errors come in floods (every connection fails the same way while descriptors are short):
+// one line a second for all workers, saying how many were held back.
+LogThrottle& local_error_log() {
+  static LogThrottle throttle;
+  return throttle;
+}
 
 void count_reject(ProxyStats& stats, RejectReason reason) {
   switch (reason) {
@@ -166,10 +174,16 @@ awaitable<std::optional<ConnectedUpstream>> establish_upstream(const ConnectionC
       {ctx.options.attempt_delay, ctx.options.connect_timeout, std::max(1, ctx.options.max_connect_attempts)},
       [&backends] { return backends.next(); });
   const ConnectOutcome outcome = co_await connect_upstream(
-      upstream, scheduler, upstream_options, [&](const ConnectScheduler::Attempt& attempt, bool connected) {
+      upstream, scheduler, upstream_options, [&](const ConnectScheduler::Attempt& attempt, AttemptResult result) {
+        // The node's own trouble (no descriptor, no buffer, no source port) says nothing about
+        // the endpoint: counted apart, never against it, so exhaustion cannot eject healthy pods.
+        if (result == AttemptResult::local_error) {
+          ProxyStats::add(ctx.stats.local_errors);
+          return;
+        }
         const config::Endpoint* endpoint = backends.endpoint_of(attempt);
         if (!endpoint) return;
-        if (connected) {
+        if (result == AttemptResult::connected) {
           ctx.outliers.record_success(*endpoint->state);
         } else if (ctx.outliers.record_failure(*endpoint->state, Clock::now())) {
           ProxyStats::add(ctx.stats.outlier_ejections);
@@ -181,6 +195,13 @@ awaitable<std::optional<ConnectedUpstream>> establish_upstream(const ConnectionC
   if (scheduler.backends_tried() > 1) ProxyStats::add(ctx.stats.connect_retries, scheduler.backends_tried() - 1);
 
   if (outcome.winner < 0) {
+    if (outcome.local_error) {
+      if (const auto suppressed = local_error_log().admit(std::chrono::steady_clock::now()))
+        spdlog::warn("{} -> {}: no upstream socket: {} (this node's own resources, not the endpoint's; "
+                     "{} similar failure(s) not logged; see local_errors)",
+                     source.to_string(), destination.to_string(), outcome.error.message(), *suppressed);
+      co_return std::nullopt;
+    }
     const bool timed_out = outcome.error == std::errc::timed_out;
     ProxyStats::add(timed_out ? ctx.stats.upstream_connect_timeout : ctx.stats.upstream_connect_failed);
     spdlog::warn("{} -> {}: no upstream after {} attempt(s) on {} backend(s): {} (cluster {})", source.to_string(),
@@ -207,7 +228,8 @@ awaitable<std::optional<Connected>> route_and_connect(const ConnectionContext& c
   // One snapshot reference for the whole decision: a concurrent reload cannot change it or free
   // the endpoints it points to.
   const auto snapshot = ctx.store.current();
-  RouteDecision decision = route(*snapshot, direction, destination, ctx.options.ports, transparent);
+  RouteDecision decision =
+      route(*snapshot, direction, destination, ctx.options.ports, ctx.local_addresses, transparent);
   // A captured client is only ever connected from its own addresses. One that has no address of
   // the other family cannot use a cross-family fallback: from the node's address it would reach
   // an endpoint it cannot reach itself, past that endpoint's NetworkPolicies, seen as the node.

@@ -5,6 +5,7 @@
 
 #include "config/snapshot_store.hpp"
 #include "proxy/endpoint_picker.hpp"
+#include "proxy/local_address_check.hpp"
 #include "proxy/proxy_options.hpp"
 #include "proxy/proxy_stats.hpp"
 #include "proxy/transparent_socket.hpp"
@@ -19,6 +20,7 @@ struct ConnectionContext {
   ProxyStats& stats;
   const OutlierDetector& outliers;
   EndpointPicker& picker;  // the worker's own: not shared between threads
+  LocalAddressCheck& local_addresses;  // likewise
 };
 
 // Owns `client` until the upstream is connected, then hands both sockets to the relay, which owns

@@ -16,6 +16,8 @@
 #include <thread>
 
 #include "proxy/connection.hpp"
+#include "proxy/descriptor_reserve.hpp"
+#include "proxy/log_throttle.hpp"
 #include "proxy/transparent_socket.hpp"
 
 namespace dsproxy::proxy {
@@ -25,8 +27,15 @@ namespace {
 using boost::asio::awaitable;
 using boost::asio::use_awaitable;
 
+// accept() failures are this process's own (descriptors, memory): they come in floods, so one
+// line a second for all listeners.
+LogThrottle& accept_error_log() {
+  static LogThrottle throttle;
+  return throttle;
+}
+
 awaitable<void> accept_loop(tcp::acceptor& acceptor, Direction direction, ConnectionContext context,
-                            std::optional<net::SocketAddress> forward_to) {
+                            std::optional<net::SocketAddress> forward_to, DescriptorReserve& reserve) {
   const auto executor = co_await boost::asio::this_coro::executor;
   boost::asio::steady_timer backoff(executor);
   tcp::endpoint peer;  // filled by accept() itself: no getpeername per connection
@@ -39,12 +48,25 @@ awaitable<void> accept_loop(tcp::acceptor& acceptor, Direction direction, Connec
       auto [ec, socket] = co_await acceptor.async_accept(peer, boost::asio::as_tuple(use_awaitable));
       if (ec == boost::asio::error::operation_aborted || !acceptor.is_open()) co_return;  // draining
       if (ec) {
-        // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; the connection stays in the
-        // kernel's accept queue and is picked up once descriptors free up.
-        boost::system::error_code ignored;
-        spdlog::warn("accept on port {} failed: {}", acceptor.local_endpoint(ignored).port(), ec.message());
-        back_off = true;
+        ProxyStats::add(context.stats.local_errors);
+        // Out of descriptors: the waiting clients are reset at once through the reserve rather
+        // than left in the accept queue. Then the queue is empty and the next accept waits for
+        // a new connection, so there is no spin. Anything else (ENOBUFS, ENOMEM), or a reserve
+        // that could not be used: a short pause, the connections stay queued for later.
+        std::size_t shed = 0;
+        if (ec == boost::asio::error::no_descriptors || ec.value() == ENFILE)
+          shed = reserve.shed(acceptor.native_handle(), 256);
+        ProxyStats::add(context.stats.accept_shed, shed);
+        back_off = shed == 0;
+        if (const auto suppressed = accept_error_log().admit(std::chrono::steady_clock::now())) {
+          boost::system::error_code ignored;
+          spdlog::warn("accept on port {} failed: {}; {} waiting connection(s) reset{} ({} similar event(s) not "
+                       "logged; see local_errors, accept_shed)",
+                       acceptor.local_endpoint(ignored).port(), ec.message(), shed,
+                       back_off ? ", pausing 50 ms" : "", *suppressed);
+        }
       } else {
+        if (!reserve.held()) reserve.replenish();  // lost to another thread during a shed
         boost::asio::co_spawn(executor, serve_connection(std::move(socket), peer, direction, context, forward_to),
                               boost::asio::detached);
       }
@@ -104,7 +126,9 @@ class Worker {
  public:
   Worker(const ProxyOptions& options, const config::SnapshotStore& store, ProxyStats& stats,
          const OutlierDetector& outliers, std::uint64_t seed)
-      : picker_(outliers, seed), context_{options, store, stats, outliers, picker_} {}
+      : picker_(outliers, seed),
+        local_addresses_(options.upstream_mark),
+        context_{options, store, stats, outliers, picker_, local_addresses_} {}
 
   void listen(const net::SocketAddress& address, Direction direction, const ListenerSocketOptions& options,
               std::optional<net::SocketAddress> forward_to = std::nullopt) {
@@ -114,7 +138,8 @@ class Worker {
 
   void start() {
     for (auto& l : acceptors_)
-      boost::asio::co_spawn(io_, accept_loop(l.acceptor, l.direction, context_, l.forward_to), boost::asio::detached);
+      boost::asio::co_spawn(io_, accept_loop(l.acceptor, l.direction, context_, l.forward_to, reserve_),
+                            boost::asio::detached);
     thread_ = std::thread([this] { io_.run(); });
   }
 
@@ -140,6 +165,8 @@ class Worker {
     std::optional<net::SocketAddress> forward_to;  // a --forward listener's target
   };
   EndpointPicker picker_;  // this thread's random state for power-of-two choices
+  KernelLocalAddressCheck local_addresses_;  // this thread's netlink socket for the loop guard
+  DescriptorReserve reserve_;  // shared by this thread's accept loops, which never run at once
   ConnectionContext context_;
   // Declared before the acceptors so it is destroyed after them; destroying it destroys the
   // connections still open: coroutines still connecting (their frames own their sockets) and

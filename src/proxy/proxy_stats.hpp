@@ -26,6 +26,11 @@ struct ProxyStats {
   Counter happy_eyeballs_other_family{0};  // the second-family attempt won the race
   Counter connect_retries{0};           // backends tried after the first
   Counter outlier_ejections{0};
+  // Failures of this node's own resources (descriptors, socket buffers, memory, source ports): an
+  // upstream connect attempt that never left (held against no endpoint), or an accept().
+  Counter local_errors{0};
+  // Connections reset straight out of the accept queue because no descriptor was left for them.
+  Counter accept_shed{0};
   Counter upstream_connect_timeout{0};
   Counter idle_timeouts{0};
   Counter resets_propagated{0};

@@ -9,22 +9,18 @@ std::string_view to_string(RejectReason r) {
     case RejectReason::none: return "none";
     case RejectReason::no_endpoint_for_family: return "no_ready_endpoint_of_dialled_family";
     case RejectReason::unknown_service_port: return "port_not_in_service";
-    case RejectReason::loop: return "destination_is_capture_port";
+    case RejectReason::loop: return "destination_is_our_own_listener";
     case RejectReason::forbidden_destination: return "forbidden_destination";
   }
   return "unknown";
 }
 
 RouteDecision route(const config::ClusterSnapshot& snapshot, Direction direction,
-                    const net::SocketAddress& destination, const CapturePorts& ports, bool captured) {
+                    const net::SocketAddress& destination, const CapturePorts& ports, LocalAddressCheck& local,
+                    bool captured) {
   RouteDecision d;
-  // A connection made straight to a capture port (not redirected to it) has the listener
-  // itself as its original destination; passing it through would dial ourselves forever.
-  if (destination.port == ports.outbound || destination.port == ports.inbound) {
-    d.reason = RejectReason::loop;
-    return d;
-  }
   if (direction == Direction::outbound) {
+    // A ClusterIP is never dialled itself, only its endpoints: whatever its port, it cannot loop.
     if (const auto* cluster = snapshot.find_cluster(destination)) {
       d.cluster = cluster;
       // Matched family first (kube-proxy parity: an IPv6 ClusterIP gets an IPv6 endpoint and the
@@ -37,6 +33,15 @@ RouteDecision route(const config::ClusterSnapshot& snapshot, Direction direction
       d.reason = RejectReason::unknown_service_port;
       return d;
     }
+  }
+  // Passing through dials the destination itself. A connection made straight to a capture port
+  // (not redirected to it) has our listener as its original destination: a local address, and
+  // dialling it would reach the listener again, forever. The same port on any other address (a
+  // pod's app listening on 15006) is somebody else's and passes. Only a capture port is worth
+  // the question, which keeps the lookup off the common path.
+  if ((destination.port == ports.outbound || destination.port == ports.inbound) && local.is_local(destination.ip)) {
+    d.reason = RejectReason::loop;
+    return d;
   }
   // Passthrough dials exactly what the pod dialled, from the pod's own address: the pod reaches
   // nothing it could not reach itself. A pod's packet never arrives with a loopback, unspecified

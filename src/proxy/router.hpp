@@ -7,6 +7,7 @@
 
 #include "config/cluster_snapshot.hpp"
 #include "net/ip_address.hpp"
+#include "proxy/local_address_check.hpp"
 
 namespace dsproxy::proxy {
 
@@ -19,7 +20,7 @@ enum class RejectReason : std::uint8_t {
   none,
   no_endpoint_for_family,  // the Service has no ready endpoint of the dialled ClusterIP's family
   unknown_service_port,    // a ClusterIP, but not one of the Service's ports
-  loop,                    // the destination is one of our own capture ports: dialling it would loop
+  loop,                    // the destination is our own listener: dialling it would loop
   forbidden_destination,   // loopback, unspecified, multicast, ...: never dialled on a pod's behalf
 };
 std::string_view to_string(RejectReason r);
@@ -38,9 +39,11 @@ struct CapturePorts {
 
 // `destination` is the original destination of the captured connection (already canonical:
 // v4-mapped addresses unmapped). The snapshot must outlive the use of `decision.cluster`.
+// `local` is asked only about a destination that would be passed through on a capture port.
 // `captured`: false for an explicitly addressed listener (--forward, non-transparent mode), whose
 // target the operator chose; only captured connections are held to the pod's own reach.
 RouteDecision route(const config::ClusterSnapshot& snapshot, Direction direction,
-                    const net::SocketAddress& destination, const CapturePorts& ports, bool captured = true);
+                    const net::SocketAddress& destination, const CapturePorts& ports, LocalAddressCheck& local,
+                    bool captured = true);
 
 }  // namespace dsproxy::proxy

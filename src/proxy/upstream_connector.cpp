@@ -22,7 +22,12 @@ constexpr auto as_values = boost::asio::as_tuple(boost::asio::use_awaitable);
 struct Race {
   explicit Race(const boost::asio::any_io_executor& ex) : wake(ex) {}
   std::deque<tcp::socket> sockets;  // deque: stable references while attempts are added
-  std::deque<std::pair<int, std::error_code>> results;
+  struct Result {
+    int id;
+    std::error_code error;
+    bool local;  // AttemptResult::local_error
+  };
+  std::deque<Result> results;
   boost::asio::steady_timer wake;
   int running = 0;
 };
@@ -41,7 +46,7 @@ awaitable<void> await_attempt(Race& race, int id) {
   auto [wait_ec] = co_await socket.async_wait(tcp::socket::wait_write, as_values);
   std::error_code ec = wait_ec;
   if (!ec) ec = pending_error(socket.native_handle());
-  race.results.emplace_back(id, ec);
+  race.results.push_back({id, ec, is_local_error(ec)});
   --race.running;
   race.wake.cancel();  // the driver is parked on this timer: wake it to look at the result
 }
@@ -51,6 +56,9 @@ awaitable<void> await_attempt(Race& race, int id) {
 // veth on this node) the kernel runs the whole handshake in softirq before connect() returns;
 // a zero-timeout poll sees that and the result is known at once: no epoll round trip, no timer
 // armed, no coroutine. Only a handshake still in flight is left to await_attempt.
+//
+// Whatever fails before connect() (socket, options, the source bind) is the node's own trouble:
+// no SYN has left, so the endpoint cannot have had a part in it.
 void start_attempt(Race& race, int id, const net::SocketAddress& address, const UpstreamSocketOptions& options,
                    const boost::asio::any_io_executor& executor) {
   tcp::socket& socket = race.sockets[static_cast<std::size_t>(id)];
@@ -60,28 +68,47 @@ void start_attempt(Race& race, int id, const net::SocketAddress& address, const 
     socket.non_blocking(true, bec);  // the relay relies on it too
     ec = bec;
   }
-  if (!ec) {
-    const tcp::endpoint endpoint = to_endpoint(address);
-    if (::connect(socket.native_handle(), endpoint.data(), static_cast<socklen_t>(endpoint.size())) != 0) {
-      const int err = errno;
-      if (err != EINPROGRESS && err != EINTR) {
-        ec = {err, std::generic_category()};
+  if (ec) {
+    race.results.push_back({id, ec, true});
+    return;
+  }
+  const tcp::endpoint endpoint = to_endpoint(address);
+  if (::connect(socket.native_handle(), endpoint.data(), static_cast<socklen_t>(endpoint.size())) != 0) {
+    const int err = errno;
+    if (err != EINPROGRESS && err != EINTR) {
+      ec = {err, std::generic_category()};
+    } else {
+      pollfd pfd{socket.native_handle(), POLLOUT, 0};
+      if (::poll(&pfd, 1, 0) == 1) {
+        ec = pending_error(socket.native_handle());
       } else {
-        pollfd pfd{socket.native_handle(), POLLOUT, 0};
-        if (::poll(&pfd, 1, 0) == 1) {
-          ec = pending_error(socket.native_handle());
-        } else {
-          ++race.running;
-          boost::asio::co_spawn(executor, await_attempt(race, id), boost::asio::detached);
-          return;
-        }
+        ++race.running;
+        boost::asio::co_spawn(executor, await_attempt(race, id), boost::asio::detached);
+        return;
       }
     }
   }
-  race.results.emplace_back(id, ec);
+  race.results.push_back({id, ec, is_local_error(ec)});
 }
 
 }  // namespace
+
+bool is_local_error(const std::error_code& ec) {
+  if (ec.category() != std::generic_category() && ec.category() != std::system_category()) return false;
+  switch (ec.value()) {
+    case EMFILE:
+    case ENFILE:
+    case ENOBUFS:
+    case ENOMEM:
+    // From connect(): no free local port for this source address and destination
+    // (IP_BIND_ADDRESS_NO_PORT defers the choice to connect()).
+    case EADDRNOTAVAIL:
+    case EADDRINUSE:
+      return true;
+    default:
+      return false;
+  }
+}
 
 awaitable<ConnectOutcome> connect_upstream(tcp::socket& upstream, ConnectScheduler& scheduler,
                                            const UpstreamSocketOptions& socket_options,
@@ -90,6 +117,7 @@ awaitable<ConnectOutcome> connect_upstream(tcp::socket& upstream, ConnectSchedul
   Race race(executor);
   ConnectOutcome outcome;
   std::error_code last_error;
+  bool last_error_local = false;
 
   auto apply = [&](const std::vector<ConnectScheduler::Action>& actions) {
     for (const auto& action : actions) {
@@ -101,7 +129,7 @@ awaitable<ConnectOutcome> connect_upstream(tcp::socket& upstream, ConnectSchedul
           break;
         }
         case ConnectScheduler::ActionKind::abandon:
-          if (observer) observer(attempts[action.attempt], false);
+          if (observer) observer(attempts[action.attempt], AttemptResult::failed);
           [[fallthrough]];
         case ConnectScheduler::ActionKind::cancel: {
           // Closing aborts the pending connect; the attempt coroutine then reports and exits.
@@ -114,7 +142,12 @@ awaitable<ConnectOutcome> connect_upstream(tcp::socket& upstream, ConnectSchedul
           upstream = std::move(race.sockets[static_cast<std::size_t>(action.attempt)]);
           break;
         case ConnectScheduler::ActionKind::fail:
-          outcome.error = scheduler.timed_out() || !last_error ? std::make_error_code(std::errc::timed_out) : last_error;
+          if (scheduler.timed_out() || !last_error) {
+            outcome.error = std::make_error_code(std::errc::timed_out);
+          } else {
+            outcome.error = last_error;
+            outcome.local_error = last_error_local;
+          }
           break;
       }
     }
@@ -128,13 +161,17 @@ awaitable<ConnectOutcome> connect_upstream(tcp::socket& upstream, ConnectSchedul
       co_await race.wake.async_wait(as_values);
     }
     while (!race.results.empty()) {
-      auto [id, ec] = race.results.front();
+      const auto [id, ec, local] = race.results.front();
       race.results.pop_front();
       const bool counted = scheduler.attempts()[static_cast<std::size_t>(id)].state ==
                            ConnectScheduler::AttemptState::running;
       if (counted) {
-        if (ec) last_error = ec;
-        if (observer) observer(scheduler.attempts()[static_cast<std::size_t>(id)], !ec);
+        if (ec) {
+          last_error = ec;
+          last_error_local = local;
+        }
+        const auto result = !ec ? AttemptResult::connected : local ? AttemptResult::local_error : AttemptResult::failed;
+        if (observer) observer(scheduler.attempts()[static_cast<std::size_t>(id)], result);
       }
       apply(scheduler.on_result(id, !ec, std::chrono::steady_clock::now()));
     }

@@ -6,7 +6,9 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <fcntl.h>
 #include <netinet/tcp.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -49,6 +51,51 @@ int connect_and_wait_for_close(int family, std::uint16_t port) {
   return err;
 }
 
+// Lowers this process's descriptor limit so that at most `spare` more descriptors can be opened
+// (the lowest free numbers), and restores it on destruction: a real EMFILE, injected. The limit
+// is the process's, so it holds for the proxy's worker threads too.
+class FdLimit {
+ public:
+  explicit FdLimit(int spare) {
+    ::getrlimit(RLIMIT_NOFILE, &saved_);
+    const int lowest = ::open("/dev/null", O_RDONLY | O_CLOEXEC);  // the lowest free number
+    if (lowest < 0) return;
+    ::close(lowest);
+    rlimit low = saved_;
+    low.rlim_cur = static_cast<rlim_t>(lowest + spare);
+    ok_ = ::setrlimit(RLIMIT_NOFILE, &low) == 0;
+  }
+  ~FdLimit() { ::setrlimit(RLIMIT_NOFILE, &saved_); }
+  FdLimit(const FdLimit&) = delete;
+  FdLimit& operator=(const FdLimit&) = delete;
+  bool ok() const { return ok_; }
+
+ private:
+  rlimit saved_{};
+  bool ok_ = false;
+};
+
+// A client socket with a receive timeout, made before descriptors run out.
+int timed_client(int family, int timeout_s) {
+  int fd = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  timeval tv{timeout_s, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  return fd;
+}
+int connect_loopback_v4(int fd, std::uint16_t port) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  return ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+}
+// What ended the connection: ECONNRESET for a reset, 0 for a close, EAGAIN when nothing came.
+int wait_for_close(int fd) {
+  char b;
+  const ssize_t n = ::recv(fd, &b, 1, 0);
+  return n < 0 ? errno : 0;
+}
+
 class ProxyServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -77,6 +124,96 @@ TEST_F(ProxyServerTest, DirectConnectionToCapturePortIsResetNotLooped) {
   EXPECT_EQ(stats.inbound_accepted.load(), 2u);
   server.drain(std::chrono::seconds(1));
   EXPECT_EQ(stats.active_connections.load(), 0u);
+}
+
+// One IPv4 Service whose only endpoint is a documentation address: the tests below never get as
+// far as sending it a SYN (socket() fails first), and it must still not be held responsible.
+constexpr const char* kWebService = R"(
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  ipFamilies: [IPv4]
+  clusterIPs: [10.96.0.20]
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: shop, labels: {app: web}}
+spec: {nodeName: n1}
+status:
+  podIPs: [{ip: 192.0.2.10}]
+  conditions: [{type: Ready, status: "True"}]
+)";
+
+TEST_F(ProxyServerTest, UpstreamDescriptorExhaustionNeverEjectsTheEndpoint) {
+  store.publish(config::ClusterSnapshot::build(config::decode_objects(kWebService), {"n1", "cluster.local"}));
+  const auto vip = *net::SocketAddress::parse("10.96.0.20:80");
+  options.workers = 1;
+  options.upstream_mark = 0;
+  options.forwards = {{*net::SocketAddress::parse("127.0.0.1:0", true), vip}};
+  ProxyServer server(options, store, stats);
+  server.start();
+  const auto port = server.forwards().at(0).listen.port;
+  // More than the consecutive failures that eject (5).
+  constexpr int kConnections = 8;
+  std::vector<int> clients;
+  for (int i = 0; i < kConnections; ++i) clients.push_back(timed_client(AF_INET, 5));
+  std::vector<int> ends;
+  {
+    FdLimit limit(1);  // room for the accepted socket, none for its upstream socket
+    ASSERT_TRUE(limit.ok());
+    for (int fd : clients) {
+      EXPECT_EQ(connect_loopback_v4(fd, port), 0) << std::strerror(errno);
+      ends.push_back(wait_for_close(fd));
+    }
+  }
+  for (int fd : clients) ::close(fd);
+  for (int e : ends) EXPECT_EQ(e, ECONNRESET) << "the client must be reset at once, not left waiting";
+  EXPECT_EQ(stats.outlier_ejections.load(), 0u) << "EMFILE on our own socket ejected a healthy endpoint";
+  EXPECT_GE(stats.local_errors.load(), static_cast<std::uint64_t>(kConnections));
+  EXPECT_EQ(stats.upstream_connect_failed.load(), 0u);
+  const auto snapshot = store.current();
+  const auto* cluster = snapshot->find_cluster(vip);
+  ASSERT_NE(cluster, nullptr);
+  ASSERT_EQ(cluster->endpoints.size(), 1u);
+  EXPECT_EQ(cluster->endpoints[0].state->consecutive_failures.load(), 0u);
+  EXPECT_EQ(cluster->endpoints[0].state->ejections.load(), 0u);
+  server.drain(std::chrono::seconds(1));
+}
+
+TEST_F(ProxyServerTest, AcceptDescriptorExhaustionResetsTheClientWithoutSpinning) {
+  options.workers = 1;
+  ProxyServer server(options, store, stats);
+  server.start();
+  const auto port = server.bound_ports().outbound;
+  const int client = timed_client(AF_INET, 2);
+  int end = -1;
+  std::uint64_t errors = 0, loops = 0;
+  {
+    FdLimit limit(0);  // not even the accepted socket fits
+    ASSERT_TRUE(limit.ok());
+    // The kernel completes the handshake from the listen queue whether or not we accept.
+    EXPECT_EQ(connect_loopback_v4(client, port), 0) << std::strerror(errno);
+    end = wait_for_close(client);
+    // Still exhausted, with nothing queued: a loop that kept retrying accept() without waiting
+    // for a connection or a pause would count thousands of errors in this time.
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    errors = stats.local_errors.load();
+    loops = stats.rejected_loop.load();
+  }
+  ::close(client);
+  EXPECT_EQ(end, ECONNRESET) << "the client sat in the accept queue instead of being refused";
+  EXPECT_GE(stats.accept_shed.load(), 1u);
+  EXPECT_EQ(loops, 0u) << "reset by shedding at accept, never routed";
+  EXPECT_GE(errors, 1u);
+  EXPECT_LT(errors, 100u) << "the accept loop spun on EMFILE";
+  // With descriptors back, the same listener accepts and routes again (a direct connection to a
+  // capture port: reset as a loop).
+  EXPECT_EQ(connect_and_wait_for_close(AF_INET, port), ECONNRESET);
+  EXPECT_EQ(stats.rejected_loop.load(), 1u);
+  server.drain(std::chrono::seconds(1));
 }
 
 TEST_F(ProxyServerTest, DrainStopsAcceptingAndReturnsWhenIdle) {

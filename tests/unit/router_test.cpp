@@ -33,6 +33,15 @@ spec:
   ports: [{port: 90}]
 ---
 apiVersion: v1
+kind: Service
+metadata: {name: sidecar-ports, namespace: shop}
+spec:
+  ipFamilies: [IPv4]
+  clusterIPs: [10.96.0.40]
+  selector: {app: web}
+  ports: [{name: in, port: 15006, targetPort: 15006}, {name: out, port: 15001, targetPort: 15001}]
+---
+apiVersion: v1
 kind: Pod
 metadata: {name: web-1, namespace: shop, labels: {app: web}}
 spec:
@@ -69,14 +78,30 @@ status:
 
 net::SocketAddress sa(const char* ip, std::uint16_t port) { return {*net::IpAddress::parse(ip), port}; }
 
+// The node of these tests: loopback, one address per family, and the wildcards. Counts the
+// questions, which must be asked only for destinations on a capture port.
+struct FakeNode : LocalAddressCheck {
+  int asked = 0;
+  bool is_local(const net::IpAddress& ip) override {
+    ++asked;
+    for (const char* local : {"127.0.0.1", "127.0.0.53", "::1", "10.0.0.1", "fd00:1::1", "0.0.0.0", "::"})
+      if (ip == *net::IpAddress::parse(local)) return true;
+    return false;
+  }
+};
+
 class RouterTest : public ::testing::Test {
  protected:
   std::shared_ptr<const config::ClusterSnapshot> snapshot =
       config::ClusterSnapshot::build(config::decode_objects(kCluster), {"n1", "cluster.local"});
   CapturePorts ports;
+  FakeNode node;
 
   RouteDecision outbound(const char* ip, std::uint16_t port) {
-    return route(*snapshot, Direction::outbound, sa(ip, port), ports);
+    return route(*snapshot, Direction::outbound, sa(ip, port), ports, node);
+  }
+  RouteDecision inbound(const char* ip, std::uint16_t port) {
+    return route(*snapshot, Direction::inbound, sa(ip, port), ports, node);
   }
 };
 
@@ -103,14 +128,14 @@ TEST_F(RouterTest, DualStackServiceWithOnlyOtherFamilyEndpointsFallsBack) {
   for (auto& pod : objects.pods)
     if (pod.ns == "shop" && pod.labels["app"] == "web") pod.pod_ips.resize(1);  // IPv4 only
   auto only_v4 = config::ClusterSnapshot::build(objects, {"n1", "cluster.local"});
-  auto d = route(*only_v4, Direction::outbound, sa("fd00:10:96::20", 80), ports);
+  auto d = route(*only_v4, Direction::outbound, sa("fd00:10:96::20", 80), ports, node);
   EXPECT_EQ(d.kind, RouteKind::service);
   // ...unless the Service says never.
   for (auto& svc : objects.services) svc.annotations["dsproxy.io/family-fallback"] = "never";
   auto never = config::ClusterSnapshot::build(objects, {"n1", "cluster.local"});
-  EXPECT_EQ(route(*never, Direction::outbound, sa("fd00:10:96::20", 80), ports).reason,
+  EXPECT_EQ(route(*never, Direction::outbound, sa("fd00:10:96::20", 80), ports, node).reason,
             RejectReason::no_endpoint_for_family);
-  EXPECT_EQ(route(*never, Direction::outbound, sa("10.96.0.20", 80), ports).kind, RouteKind::service);
+  EXPECT_EQ(route(*never, Direction::outbound, sa("10.96.0.20", 80), ports, node).kind, RouteKind::service);
 }
 
 TEST_F(RouterTest, ClusterIpWithUnknownPortIsRejected) {
@@ -121,21 +146,61 @@ TEST_F(RouterTest, ClusterIpWithUnknownPortIsRejected) {
 
 TEST_F(RouterTest, OtherDestinationsPassThroughUnchanged) {
   for (auto dst : {sa("10.244.0.11", 9002), sa("fd00:10:244::b", 9002), sa("192.0.2.1", 443)}) {
-    auto d = route(*snapshot, Direction::outbound, dst, ports);
+    auto d = route(*snapshot, Direction::outbound, dst, ports, node);
     EXPECT_EQ(d.kind, RouteKind::passthrough);
     EXPECT_EQ(d.upstream, dst);
   }
 }
 
 TEST_F(RouterTest, InboundAlwaysPassesThroughToThePod) {
-  auto d = route(*snapshot, Direction::inbound, sa("fd00:10:244::a", 8080), ports);
+  auto d = inbound("fd00:10:244::a", 8080);
   EXPECT_EQ(d.kind, RouteKind::passthrough);
   EXPECT_EQ(d.upstream, sa("fd00:10:244::a", 8080));
 }
 
 TEST_F(RouterTest, DestinationOnACapturePortIsALoop) {
   EXPECT_EQ(outbound("127.0.0.1", 15001).reason, RejectReason::loop);
-  EXPECT_EQ(route(*snapshot, Direction::inbound, sa("::1", 15006), ports).reason, RejectReason::loop);
+  EXPECT_EQ(inbound("::1", 15006).reason, RejectReason::loop);
+}
+
+TEST_F(RouterTest, LoopGuardRejectsExactlyTheConnectionsThatReachOurListeners) {
+  // Made straight to a listener: loopback, a node address, the wildcard, both families.
+  for (auto dst : {sa("127.0.0.53", 15001), sa("10.0.0.1", 15006), sa("fd00:1::1", 15001), sa("0.0.0.0", 15006),
+                   sa("::", 15001), sa("::1", 15006)}) {
+    EXPECT_EQ(route(*snapshot, Direction::outbound, dst, ports, node).reason, RejectReason::loop) << dst.to_string();
+    EXPECT_EQ(route(*snapshot, Direction::inbound, dst, ports, node).reason, RejectReason::loop) << dst.to_string();
+  }
+  // An application's own 15001/15006 on a pod address (this node's or another's): it passes,
+  // outbound and inbound.
+  for (auto dst : {sa("10.244.0.11", 15006), sa("10.244.0.11", 15001), sa("fd00:10:244::b", 15006),
+                   sa("10.244.1.7", 15001), sa("192.0.2.1", 15006)}) {
+    for (auto dir : {Direction::outbound, Direction::inbound}) {
+      auto d = route(*snapshot, dir, dst, ports, node);
+      EXPECT_EQ(d.kind, RouteKind::passthrough) << to_string(dir) << " " << dst.to_string();
+      EXPECT_EQ(d.upstream, dst);
+    }
+  }
+}
+
+TEST_F(RouterTest, ServicePortThatIsACapturePortRoutesToTheService) {
+  // A ClusterIP is never dialled itself (its endpoints are), so its port cannot loop.
+  for (std::uint16_t port : {15006, 15001}) {
+    auto d = outbound("10.96.0.40", port);
+    ASSERT_EQ(d.kind, RouteKind::service) << port;
+    EXPECT_EQ(d.cluster->cluster_name, "outbound|" + std::to_string(port) + "||sidecar-ports.shop.svc.cluster.local");
+  }
+}
+
+TEST_F(RouterTest, LocalAddressCheckIsAskedOnlyForCapturePorts) {
+  // The common path (any other port) never asks; a capture-port destination that would be
+  // passed through asks once.
+  for (std::uint16_t port = 1; port < 2000; ++port) outbound("127.0.0.1", port);
+  outbound("10.96.0.20", 80);
+  inbound("10.244.0.11", 8080);
+  EXPECT_EQ(node.asked, 0);
+  outbound("10.244.0.11", 15006);
+  inbound("10.244.0.11", 15001);
+  EXPECT_EQ(node.asked, 2);
 }
 
 // Issue 14, finding 1: a passthrough destination a pod's packet can never carry (the kernel drops
@@ -146,7 +211,7 @@ TEST_F(RouterTest, PassthroughToLoopbackUnspecifiedOrMulticastIsRefused) {
     auto d = outbound(ip, 8080);
     EXPECT_EQ(d.kind, RouteKind::reject) << ip;
     EXPECT_EQ(d.reason, RejectReason::forbidden_destination) << ip;
-    auto in = route(*snapshot, Direction::inbound, sa(ip, 8080), ports);
+    auto in = inbound(ip, 8080);
     EXPECT_EQ(in.kind, RouteKind::reject) << ip;
   }
   // Link-local stays the pod's own reach (a metadata server), dialled from the pod's address.

@@ -6,13 +6,17 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/use_future.hpp>
+#include <cstring>
+#include <optional>
 
 namespace dsproxy::proxy {
 namespace {
@@ -27,6 +31,29 @@ int open_fds() {
   }
   return n;
 }
+
+// Lowers this process's descriptor limit so that at most `spare` more descriptors can be opened
+// (the lowest free numbers), and restores it on destruction: a real EMFILE, injected.
+class FdLimit {
+ public:
+  explicit FdLimit(int spare) {
+    ::getrlimit(RLIMIT_NOFILE, &saved_);
+    const int lowest = ::open("/dev/null", O_RDONLY | O_CLOEXEC);  // the lowest free number
+    if (lowest < 0) return;
+    ::close(lowest);
+    rlimit low = saved_;
+    low.rlim_cur = static_cast<rlim_t>(lowest + spare);
+    ok_ = ::setrlimit(RLIMIT_NOFILE, &low) == 0;
+  }
+  ~FdLimit() { ::setrlimit(RLIMIT_NOFILE, &saved_); }
+  FdLimit(const FdLimit&) = delete;
+  FdLimit& operator=(const FdLimit&) = delete;
+  bool ok() const { return ok_; }
+
+ private:
+  rlimit saved_{};
+  bool ok_ = false;
+};
 
 // A loopback listener; with `black_hole`, its accept queue is filled so further SYNs are dropped.
 struct Listener {
@@ -75,12 +102,14 @@ net::SocketAddress v6(std::uint16_t port) { return {*net::IpAddress::parse("::1"
 
 struct Run {
   ConnectOutcome outcome;
-  std::vector<std::pair<net::SocketAddress, bool>> reported;
+  std::vector<std::pair<net::SocketAddress, AttemptResult>> reported;
   std::chrono::milliseconds elapsed{};
   bool connected = false;
 };
 
-Run race(std::vector<BackendTargets> backends, ConnectSchedulerOptions options) {
+// `spare_fds` >= 0 runs the race with the descriptor limit at that many free descriptors (the
+// io_context and the listeners are set up before).
+Run race(std::vector<BackendTargets> backends, ConnectSchedulerOptions options, int spare_fds = -1) {
   boost::asio::io_context io;
   Run run;
   std::size_t next = 0;
@@ -93,9 +122,16 @@ Run race(std::vector<BackendTargets> backends, ConnectSchedulerOptions options) 
   auto future = boost::asio::co_spawn(
       io,
       connect_upstream(upstream, scheduler, UpstreamSocketOptions{},
-                       [&](const ConnectScheduler::Attempt& a, bool ok) { run.reported.emplace_back(a.address, ok); }),
+                       [&](const ConnectScheduler::Attempt& a, AttemptResult r) { run.reported.emplace_back(a.address, r); }),
       boost::asio::use_future);
-  io.run_for(10s);
+  {
+    std::optional<FdLimit> limit;
+    if (spare_fds >= 0) {
+      limit.emplace(spare_fds);
+      EXPECT_TRUE(limit->ok());
+    }
+    io.run_for(10s);
+  }
   run.elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
   EXPECT_EQ(future.wait_for(0s), std::future_status::ready);
   run.outcome = future.get();
@@ -112,8 +148,8 @@ TEST(UpstreamConnector, RefusedPreferredFamilyStartsTheOtherAtOnce) {
   EXPECT_EQ(r.outcome.winner, 1);
   EXPECT_LT(r.elapsed, 1500ms);
   ASSERT_EQ(r.reported.size(), 2u);
-  EXPECT_FALSE(r.reported[0].second);
-  EXPECT_TRUE(r.reported[1].second);
+  EXPECT_EQ(r.reported[0].second, AttemptResult::failed);
+  EXPECT_EQ(r.reported[1].second, AttemptResult::connected);
   EXPECT_EQ(open_fds(), fds) << "attempt sockets leaked";
 }
 
@@ -137,8 +173,8 @@ TEST(UpstreamConnector, RetriesNextBackendAndReportsFailures) {
   EXPECT_TRUE(r.connected);
   EXPECT_EQ(r.outcome.winner, 1);
   ASSERT_EQ(r.reported.size(), 2u);
-  EXPECT_FALSE(r.reported[0].second);
-  EXPECT_TRUE(r.reported[1].second);
+  EXPECT_EQ(r.reported[0].second, AttemptResult::failed);
+  EXPECT_EQ(r.reported[1].second, AttemptResult::connected);
 }
 
 TEST(UpstreamConnector, AllRefusedFailsWithTheLastError) {
@@ -156,7 +192,35 @@ TEST(UpstreamConnector, BlackHoleTimesOutWithinTheBudget) {
   EXPECT_FALSE(r.connected);
   EXPECT_EQ(r.outcome.error, std::errc::timed_out);
   ASSERT_EQ(r.reported.size(), 1u) << "an abandoned attempt counts against its endpoint";
-  EXPECT_FALSE(r.reported[0].second);
+  EXPECT_EQ(r.reported[0].second, AttemptResult::failed);
+}
+
+TEST(UpstreamConnector, IsLocalErrorSortsTheNodesTroubleFromTheEndpoints) {
+  for (int e : {EMFILE, ENFILE, ENOBUFS, ENOMEM, EADDRNOTAVAIL, EADDRINUSE})
+    EXPECT_TRUE(is_local_error({e, std::generic_category()})) << std::strerror(e);
+  for (int e : {ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH, ENETUNREACH, ECONNRESET, EPERM})
+    EXPECT_FALSE(is_local_error({e, std::generic_category()})) << std::strerror(e);
+  EXPECT_FALSE(is_local_error({}));
+}
+
+TEST(UpstreamConnector, DescriptorExhaustionIsTheNodesErrorNotTheEndpoints) {
+  // Both families of a healthy backend, and a second healthy backend: with no descriptor left
+  // every attempt fails at socket(), and each is reported as a local error, never as a failure
+  // of the endpoint it was meant for.
+  Listener good4(AF_INET, false);
+  Listener good6(AF_INET6, false);
+  auto r = race({{{v6(good6.port), v4(good4.port)}, 0}, {{v4(good4.port)}, 1}}, {250ms, 10s, 3}, 0);
+  EXPECT_FALSE(r.connected);
+  EXPECT_EQ(r.outcome.error, std::errc::too_many_files_open);
+  EXPECT_TRUE(r.outcome.local_error);
+  ASSERT_EQ(r.reported.size(), 3u);
+  for (const auto& [address, result] : r.reported) EXPECT_EQ(result, AttemptResult::local_error) << address.to_string();
+  EXPECT_LT(r.elapsed, 1s) << "a local failure must not wait out the attempt delay or the timeout";
+  // With descriptors back, the same backend connects and is reported healthy.
+  auto ok = race({{{v4(good4.port)}, 0}}, {250ms, 10s, 3});
+  EXPECT_TRUE(ok.connected);
+  ASSERT_EQ(ok.reported.size(), 1u);
+  EXPECT_EQ(ok.reported[0].second, AttemptResult::connected);
 }
 
 }  // namespace
