@@ -118,6 +118,24 @@ std::vector<ConnectScheduler::Action> ConnectScheduler::on_timer(TimePoint now) 
   return out;
 }
 
+std::vector<ConnectScheduler::Action> ConnectScheduler::give_up(int attempt) {
+  std::vector<Action> out;
+  if (finished_) return out;
+  for (std::size_t i = 0; i < attempts_.size(); ++i) {
+    if (attempts_[i].state != AttemptState::running) continue;
+    if (static_cast<int>(i) == attempt) {
+      attempts_[i].state = AttemptState::failed;
+    } else {
+      attempts_[i].state = AttemptState::cancelled;
+      out.push_back({ActionKind::cancel, static_cast<int>(i)});
+    }
+  }
+  second_address_.reset();
+  second_due_.reset();
+  finish_failed(out);
+  return out;
+}
+
 ConnectScheduler::TimePoint ConnectScheduler::next_deadline() const {
   if (finished_) return TimePoint::max();
   TimePoint t = std::min(overall_deadline_, backend_deadline_);

@@ -68,6 +68,10 @@ class ConnectScheduler {
   std::vector<Action> on_result(int attempt, bool connected, TimePoint now);
   // Call when now >= next_deadline() (extra calls are harmless).
   std::vector<Action> on_timer(TimePoint now);
+  // `attempt` failed because the node itself is out of something every attempt needs
+  // (descriptors, memory): another address or backend would fail the same way, so none is
+  // started. The attempt is failed, any other still running is cancelled, and the scheduler fails.
+  std::vector<Action> give_up(int attempt);
 
   TimePoint next_deadline() const;
   bool finished() const { return finished_; }

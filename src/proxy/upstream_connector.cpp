@@ -3,6 +3,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -93,6 +94,12 @@ void start_attempt(Race& race, int id, const net::SocketAddress& address, const 
 
 }  // namespace
 
+bool is_exhaustion_error(const std::error_code& ec) {
+  if (ec.category() != std::generic_category() && ec.category() != std::system_category()) return false;
+  const int e = ec.value();
+  return e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM;
+}
+
 bool is_local_error(const std::error_code& ec) {
   if (ec.category() != std::generic_category() && ec.category() != std::system_category()) return false;
   switch (ec.value()) {
@@ -173,7 +180,16 @@ awaitable<ConnectOutcome> connect_upstream(tcp::socket& upstream, ConnectSchedul
         const auto result = !ec ? AttemptResult::connected : local ? AttemptResult::local_error : AttemptResult::failed;
         if (observer) observer(scheduler.attempts()[static_cast<std::size_t>(id)], result);
       }
-      apply(scheduler.on_result(id, !ec, std::chrono::steady_clock::now()));
+      // `counted` means this attempt is still running; anything else running is in flight and
+      // may yet connect, so it is left to finish.
+      const auto running = std::count_if(scheduler.attempts().begin(), scheduler.attempts().end(), [](const auto& a) {
+        return a.state == ConnectScheduler::AttemptState::running;
+      });
+      const bool others_running = running > 1;
+      if (counted && local && is_exhaustion_error(ec) && !others_running)
+        apply(scheduler.give_up(id));
+      else
+        apply(scheduler.on_result(id, !ec, std::chrono::steady_clock::now()));
     }
     if (!scheduler.finished()) apply(scheduler.on_timer(std::chrono::steady_clock::now()));
   }

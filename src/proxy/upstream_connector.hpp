@@ -23,6 +23,10 @@ enum class AttemptResult : std::uint8_t { connected, failed, local_error };
 // descriptors (EMFILE, ENFILE), socket buffers or memory (ENOBUFS, ENOMEM), or local ports for
 // the source address (EADDRNOTAVAIL, EADDRINUSE).
 bool is_local_error(const std::error_code& ec);
+// The subset that every further attempt would meet too (EMFILE, ENFILE, ENOBUFS, ENOMEM): with
+// no other attempt in flight, the connect gives up at once instead of trying the other family
+// and more backends for nothing.
+bool is_exhaustion_error(const std::error_code& ec);
 
 struct ConnectOutcome {
   std::error_code error;     // of the last failed attempt, or timed_out; empty on success

@@ -179,5 +179,31 @@ TEST_F(ConnectSchedulerTest, NoBackendAtAllFailsImmediately) {
   EXPECT_TRUE(s.attempts().empty());
 }
 
+TEST_F(ConnectSchedulerTest, GiveUpStartsNothingMore) {
+  // The node ran out of descriptors on the first attempt: no second family, no next backend.
+  auto s = make();
+  s.start(t0);
+  auto a = s.give_up(0);
+  ASSERT_EQ(a.size(), 1u);
+  EXPECT_EQ(a[0].kind, Kind::fail);
+  EXPECT_TRUE(s.finished());
+  EXPECT_EQ(s.attempts().size(), 1u);
+  EXPECT_EQ(s.attempts()[0].state, State::failed);
+  EXPECT_EQ(s.backends_tried(), 1);
+  EXPECT_TRUE(s.on_timer(t0 + 250ms).empty());
+}
+
+TEST_F(ConnectSchedulerTest, GiveUpCancelsWhatIsStillRunning) {
+  auto s = make();
+  s.start(t0);
+  s.on_timer(t0 + 250ms);  // both families racing
+  auto a = s.give_up(1);
+  EXPECT_TRUE(has(a, Kind::cancel, 0));
+  EXPECT_TRUE(has(a, Kind::fail, -1));
+  EXPECT_EQ(s.attempts()[0].state, State::cancelled);
+  EXPECT_EQ(s.attempts()[1].state, State::failed);
+  EXPECT_TRUE(s.give_up(0).empty()) << "finished: nothing more to do";
+}
+
 }  // namespace
 }  // namespace dsproxy::proxy
