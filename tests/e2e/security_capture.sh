@@ -268,9 +268,9 @@ check "dsproxy lives and is ready after the loop attempts" $?
 # ---- (c) descriptor exhaustion ----------------------------------------------------------------
 section "(c) bursts of $BURST_CONNECTIONS connections under a descriptor limit of ~$FD_LIMIT_TARGET"
 # Runs in the client pod: opens COUNT connections to HOST PORT one after the other and keeps them
-# all open, writes a line on each, holds them HOLD s, then reads each and closes it. echoed: the
-# answer came; ended: reset or closed by the proxy; hung: still open with nothing to read after
-# HOLD s (a client left waiting).
+# all open, writes a line on each, holds them HOLD s, reads each, then closes them all. echoed:
+# the answer came; ended: reset or closed by the proxy; hung: still open with nothing to read
+# after HOLD s (a client left waiting, e.g. in the accept queue).
 # shellcheck disable=SC2016 # expanded by the client's bash
 BURST='
 host=$1 port=$2 count=$3 hold=$4
@@ -287,18 +287,18 @@ for ((i = 0; i < count; i++)); do
   fi
 done 2>/dev/null
 sleep "$hold"
-# read -t 0.01 can time out on a loaded machine with the answer already there (the timer fires
-# before the read): the few that do get a second, longer look.
+# Every fate must be decided by now: nothing is closed until all are read, so the proxy gets no
+# descriptor back meanwhile. read -t 0.01 can time out on a loaded machine with the answer
+# already there (the timer fires before the read): the few that do get a second, longer look.
 again=()
 for fd in "${fds[@]}"; do
   line=
   IFS= read -r -t 0.01 line <&"$fd"
   rc=$?
   if [[ $line == "hello b-"* ]]; then echoed=$((echoed + 1))
-  elif ((rc > 128)); then again+=("$fd"); continue
+  elif ((rc > 128)); then again+=("$fd")
   else ended=$((ended + 1))
   fi
-  exec {fd}>&-
 done 2>/dev/null
 for fd in "${again[@]}"; do
   line= rc=142
@@ -307,8 +307,8 @@ for fd in "${again[@]}"; do
   elif ((rc > 128)); then hung=$((hung + 1)); ((hung <= 10)) && hung_at+=" $fd"
   else ended=$((ended + 1))
   fi
-  exec {fd}>&-
 done 2>/dev/null
+for fd in "${fds[@]}"; do exec {fd}>&-; done
 echo "opened=$opened failed=$failed echoed=$echoed ended=$ended hung=$hung${hung_at:+ (descriptors$hung_at of ${fds[0]}-${fds[-1]})}"
 '
 # burst_phase NAME PARITY: lowers dsproxy's limit to ~256 so that the number of free descriptors
