@@ -116,7 +116,11 @@ json::object dns_counters(const resolver::DnsStats& s) {
           {"cache_hits", v(s.cache_hits)},           {"upstream_failures", v(s.upstream_failures)},
           {"formerr", v(s.formerr)},                 {"notimp", v(s.notimp)},
           {"dropped", v(s.dropped)},                 {"truncated", v(s.truncated)},
-          {"overloaded", v(s.overloaded)}};
+          {"overloaded", v(s.overloaded)},           {"dropped_direct", v(s.dropped_direct)},
+          {"dropped_not_node_pod", v(s.dropped_not_node_pod)},
+          {"reply_failures", v(s.reply_failures)},   {"reply_strays", v(s.reply_strays)},
+          {"tcp_limit", v(s.tcp_limit)},             {"tcp_client_limit", v(s.tcp_client_limit)},
+          {"tcp_message_timeouts", v(s.tcp_message_timeouts)}};
 }
 
 json::object all_counters(const proxy::ProxyStats& stats, const resolver::DnsStats* dns) {

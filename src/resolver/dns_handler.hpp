@@ -51,6 +51,14 @@ struct DnsStats {
   std::atomic<std::uint64_t> dropped{0};
   std::atomic<std::uint64_t> truncated{0};  // UDP answers sent with TC set
   std::atomic<std::uint64_t> overloaded{0};  // SERVFAIL because too many questions were in flight
+  // Counted by the DNS proxy (io/dns_proxy.cpp), before or after the handler:
+  std::atomic<std::uint64_t> dropped_direct{0};        // sent straight to :15053 from off the node's loopback
+  std::atomic<std::uint64_t> dropped_not_node_pod{0};  // captured, but not from one of this node's pods
+  std::atomic<std::uint64_t> reply_failures{0};        // UDP answers that could not leave from the original destination
+  std::atomic<std::uint64_t> reply_strays{0};          // others' datagrams read off a reply socket, dropped
+  std::atomic<std::uint64_t> tcp_limit{0};             // TCP connections reset: all connections in use
+  std::atomic<std::uint64_t> tcp_client_limit{0};      // TCP connections reset: the client has its share open
+  std::atomic<std::uint64_t> tcp_message_timeouts{0};  // TCP connections closed mid-message (message deadline)
 };
 
 struct DnsHandlerOptions {

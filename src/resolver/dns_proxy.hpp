@@ -4,9 +4,13 @@
 // Listens on port 15053 (UDP and TCP) on 0.0.0.0 and [::], transparently: the capture rules
 // TPROXY every DNS packet of this node's pods here, whatever nameserver it was sent to
 // (normally the cluster DNS ClusterIP). The UDP socket learns that address from
-// IP_RECVORIGDSTADDR / IPV6_RECVORIGDSTADDR, and the answer leaves from exactly it (a
-// transparent socket bound to it), or the pod's resolver would drop it; TCP connections are
-// accepted with the original destination as their local address, so replies need nothing more.
+// IP_RECVORIGDSTADDR / IPV6_RECVORIGDSTADDR, and the answer leaves from exactly it, address and
+// port, or the pod's resolver would drop it (io/origin_reply.hpp: a socket per answer, connected
+// to the pod, so that no node address's port 53 is taken over); TCP connections are accepted with
+// the original destination as their local address, so replies need nothing more.
+// Only captured queries from this node's pods, and the node's own on loopback, are answered
+// (dns_admission.hpp); TCP connections are capped in total and per client, and a message must
+// arrive whole within tcp_message_timeout of its first octet (connection_limits.hpp).
 // Cluster names are answered from the current snapshot, everything else is forwarded upstream
 // with c-ares (see dns_handler.hpp and io/ares_upstream.hpp).
 //
@@ -43,7 +47,13 @@ struct DnsProxyOptions {
   int upstream_tries = 2;
   std::size_t cache_entries = 10000;
   std::size_t max_tcp_connections = 256;
-  std::chrono::seconds tcp_idle_timeout{10};
+  // One client address may hold this many: a pod that opens connections and never finishes a
+  // message locks only itself out. A stub resolver uses one connection per truncated answer.
+  std::size_t max_tcp_connections_per_client = 32;
+  std::chrono::seconds tcp_idle_timeout{10};  // waiting for the first octet of the next message
+  // From a message's first octet to its last, and for writing an answer: a client sending (or
+  // reading) slowly on purpose holds its connection this long at most, not tcp_idle_timeout.
+  std::chrono::milliseconds tcp_message_timeout{2000};
 };
 
 class DnsProxy {

@@ -15,13 +15,16 @@
 #include <boost/asio/write.hpp>
 #include <cerrno>
 #include <cstring>
-#include <map>
 #include <optional>
 #include <set>
 #include <system_error>
 
 #include "proxy/transparent_socket.hpp"
+#include "resolver/connection_limits.hpp"
+#include "resolver/dns_admission.hpp"
 #include "resolver/io/ares_upstream.hpp"
+#include "resolver/io/origin_reply.hpp"
+#include "resolver/io/socket_address_conversion.hpp"
 
 namespace dsproxy::resolver {
 
@@ -33,45 +36,13 @@ namespace {
 
 // Datagrams read per readiness event before yielding to the other sockets.
 constexpr int kUdpBatch = 64;
-constexpr std::size_t kMaxReplySockets = 64;
 
-struct SockAddr {
-  sockaddr_storage storage{};
-  socklen_t length = 0;
-};
+void count(std::atomic<std::uint64_t>& c) { c.fetch_add(1, std::memory_order_relaxed); }
 
-SockAddr to_sockaddr(const net::SocketAddress& a) {
-  SockAddr out;
-  if (a.ip.is_v4()) {
-    auto* sin = reinterpret_cast<sockaddr_in*>(&out.storage);
-    sin->sin_family = AF_INET;
-    sin->sin_port = htons(a.port);
-    std::memcpy(&sin->sin_addr, a.ip.bytes().data(), 4);
-    out.length = sizeof(sockaddr_in);
-  } else {
-    auto* sin6 = reinterpret_cast<sockaddr_in6*>(&out.storage);
-    sin6->sin6_family = AF_INET6;
-    sin6->sin6_port = htons(a.port);
-    std::memcpy(&sin6->sin6_addr, a.ip.bytes().data(), 16);
-    out.length = sizeof(sockaddr_in6);
-  }
-  return out;
-}
-
-std::optional<net::SocketAddress> from_sockaddr(const sockaddr* sa) {
-  if (sa->sa_family == AF_INET) {
-    const auto* sin = reinterpret_cast<const sockaddr_in*>(sa);
-    std::array<std::uint8_t, 4> b;
-    std::memcpy(b.data(), &sin->sin_addr, 4);
-    return net::SocketAddress{net::IpAddress::v4(b), ntohs(sin->sin_port)};
-  }
-  if (sa->sa_family == AF_INET6) {
-    const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(sa);
-    std::array<std::uint8_t, 16> b;
-    std::memcpy(b.data(), &sin6->sin6_addr, 16);
-    return net::SocketAddress{net::IpAddress::v6(b), ntohs(sin6->sin6_port)};
-  }
-  return std::nullopt;
+net::SocketAddress to_net(const tcp::endpoint& e) {
+  const auto a = e.address();
+  if (a.is_v4()) return {net::IpAddress::v4(a.to_v4().to_bytes()), e.port()};
+  return {net::IpAddress::v6(a.to_v6().to_bytes()), e.port()};
 }
 
 void set_option(int fd, int level, int name, int value, const std::string& what, const char* option) {
@@ -79,11 +50,10 @@ void set_option(int fd, int level, int name, int value, const std::string& what,
     throw std::system_error(errno, std::generic_category(), what + ": " + option);
 }
 
-// A UDP socket bound to `at`, non-blocking. `listener`: asks for the original destination of
-// every datagram; otherwise it is a reply socket bound to a foreign address.
-int open_udp(const net::SocketAddress& at, bool transparent, bool listener, std::uint32_t mark) {
+// The UDP listener bound to `at`, non-blocking, asking for every datagram's original destination.
+int open_udp_listener(const net::SocketAddress& at, bool transparent) {
   const bool v4 = at.ip.is_v4();
-  const std::string what = std::string(listener ? "dns listener udp " : "dns reply socket ") + at.to_string();
+  const std::string what = "dns listener udp " + at.to_string();
   const int fd = ::socket(v4 ? AF_INET : AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) throw std::system_error(errno, std::generic_category(), what + ": socket");
   try {
@@ -92,12 +62,10 @@ int open_udp(const net::SocketAddress& at, bool transparent, bool listener, std:
     if (transparent)
       set_option(fd, v4 ? SOL_IP : SOL_IPV6, v4 ? IP_TRANSPARENT : IPV6_TRANSPARENT, 1, what,
                  "IP_TRANSPARENT (needs CAP_NET_ADMIN)");
-    if (listener) set_option(fd, v4 ? SOL_IP : SOL_IPV6, v4 ? IP_RECVORIGDSTADDR : IPV6_RECVORIGDSTADDR, 1, what,
-                             "IP_RECVORIGDSTADDR");
-    if (!listener && mark != 0) set_option(fd, SOL_SOCKET, SO_MARK, static_cast<int>(mark), what, "SO_MARK");
+    set_option(fd, v4 ? SOL_IP : SOL_IPV6, v4 ? IP_RECVORIGDSTADDR : IPV6_RECVORIGDSTADDR, 1, what,
+               "IP_RECVORIGDSTADDR");
     const SockAddr sa = to_sockaddr(at);
-    if (::bind(fd, reinterpret_cast<const sockaddr*>(&sa.storage), sa.length) != 0)
-      throw std::system_error(errno, std::generic_category(), what + ": bind");
+    if (::bind(fd, sa.get(), sa.length) != 0) throw std::system_error(errno, std::generic_category(), what + ": bind");
   } catch (...) {
     ::close(fd);
     throw;
@@ -122,48 +90,76 @@ struct DnsProxy::Impl : std::enable_shared_from_this<Impl> {
     net::SocketAddress bound;
   };
 
+  // One accepted TCP DNS connection. Its timer is either the idle timeout (waiting for the first
+  // octet of the next message), the message deadline (reading the rest of a message, or writing
+  // an answer), or off (the handler is answering: it always does within the upstream timeout).
   struct TcpConnection : std::enable_shared_from_this<TcpConnection> {
-    TcpConnection(std::shared_ptr<Impl> owner, tcp::socket s)
-        : owner(std::move(owner)), socket(std::move(s)), idle(socket.get_executor()) {}
+    TcpConnection(std::shared_ptr<Impl> owner, tcp::socket s, net::IpAddress client)
+        : owner(std::move(owner)), socket(std::move(s)), client(client), timer(socket.get_executor()) {}
     std::shared_ptr<Impl> owner;
     tcp::socket socket;
-    asio::steady_timer idle;
+    net::IpAddress client;
+    asio::steady_timer timer;
+    // Bumped whenever the timer is re-armed or disarmed: a wait that completed (successfully)
+    // just before being replaced is recognised as stale and ignored.
+    std::uint64_t armed = 0;
+    bool closed = false;
     std::array<std::uint8_t, 2> length{};
     Bytes message;
     Bytes out;
 
+    template <class Duration>
+    void arm(Duration after, bool message_deadline) {
+      timer.expires_after(after);
+      const std::uint64_t mine = ++armed;
+      timer.async_wait([self = shared_from_this(), mine, message_deadline](boost::system::error_code ec) {
+        if (ec || mine != self->armed || self->closed) return;
+        if (message_deadline) count(self->owner->handler->stats().tcp_message_timeouts);
+        self->close();
+      });
+    }
+    void disarm() {
+      ++armed;
+      timer.cancel();
+    }
+
     void read_next() {
       auto self = shared_from_this();
-      idle.expires_after(owner->options.tcp_idle_timeout);
-      idle.async_wait([self](boost::system::error_code ec) {
-        if (!ec) self->close();
-      });
-      asio::async_read(socket, asio::buffer(length), [self](boost::system::error_code ec, std::size_t) {
-        if (ec) return self->close();
-        const std::size_t n = (std::size_t{self->length[0]} << 8) | self->length[1];
-        if (n == 0) return self->close();
-        self->message.resize(n);
-        asio::async_read(self->socket, asio::buffer(self->message), [self](boost::system::error_code ec, std::size_t) {
+      arm(owner->options.tcp_idle_timeout, false);
+      // Readable: the next message's first octet is here (or EOF, which the read reports).
+      socket.async_wait(tcp::socket::wait_read, [self](boost::system::error_code ec) {
+        if (ec || self->closed) return self->close();
+        self->arm(self->owner->options.tcp_message_timeout, true);
+        asio::async_read(self->socket, asio::buffer(self->length), [self](boost::system::error_code ec, std::size_t) {
           if (ec) return self->close();
-          self->idle.cancel();
-          // What the handler would drop (no header, or a response) gets no answer ever: end
-          // the connection rather than wait for one.
-          if (self->message.size() < kHeaderSize || (self->message[2] & 0x80)) return self->close();
-          // One question at a time per connection: the next is read once this one is answered
-          // (the handler always answers a query, with SERVFAIL at worst, within the upstream timeout).
-          self->owner->handler->handle(self->message, Transport::tcp,
-                                       [self](Bytes answer) { self->write(std::move(answer)); });
+          const std::size_t n = (std::size_t{self->length[0]} << 8) | self->length[1];
+          if (n == 0) return self->close();
+          self->message.resize(n);
+          asio::async_read(self->socket, asio::buffer(self->message),
+                           [self](boost::system::error_code ec, std::size_t) {
+                             if (ec) return self->close();
+                             self->disarm();
+                             // What the handler would drop (no header, or a response) gets no
+                             // answer ever: end the connection rather than wait for one.
+                             if (self->message.size() < kHeaderSize || (self->message[2] & 0x80)) return self->close();
+                             // One question at a time per connection: the next is read once this
+                             // one is answered (the handler always answers a query, with SERVFAIL
+                             // at worst, within the upstream timeout).
+                             self->owner->handler->handle(self->message, Transport::tcp,
+                                                          [self](Bytes answer) { self->write(std::move(answer)); });
+                           });
         });
       });
     }
 
     void write(Bytes answer) {
-      if (!socket.is_open()) return;
+      if (closed || !socket.is_open()) return;
       out.clear();
       out.push_back(static_cast<std::uint8_t>(answer.size() >> 8));
       out.push_back(static_cast<std::uint8_t>(answer.size()));
       out.insert(out.end(), answer.begin(), answer.end());
       auto self = shared_from_this();
+      arm(owner->options.tcp_message_timeout, true);  // a client that never reads its answer
       asio::async_write(socket, asio::buffer(out), [self](boost::system::error_code ec, std::size_t) {
         if (ec) return self->close();
         self->read_next();
@@ -171,15 +167,21 @@ struct DnsProxy::Impl : std::enable_shared_from_this<Impl> {
     }
 
     void close() {
+      if (closed) return;
+      closed = true;
+      disarm();
       boost::system::error_code ignored;
-      idle.cancel();
       socket.close(ignored);
+      owner->limits.release(client);
       owner->connections.erase(this);
     }
   };
 
   Impl(asio::io_context& io, DnsProxyOptions options, const config::SnapshotStore& store)
-      : io(io), options(std::move(options)), store(store) {}
+      : io(io),
+        options(std::move(options)),
+        store(store),
+        limits(this->options.max_tcp_connections, this->options.max_tcp_connections_per_client) {}
 
   asio::io_context& io;
   DnsProxyOptions options;
@@ -188,10 +190,17 @@ struct DnsProxy::Impl : std::enable_shared_from_this<Impl> {
   std::unique_ptr<DnsHandler> handler;
   std::vector<std::unique_ptr<UdpListener>> udp_listeners;
   std::vector<std::unique_ptr<tcp::acceptor>> acceptors;
-  std::map<net::SocketAddress, int> reply_sockets;
   std::set<TcpConnection*> connections;
+  ConnectionLimits limits;
+  NodePodAddresses pods;
+  std::uint64_t pods_generation = ~std::uint64_t{0};
   std::uint16_t port = 0;
   bool running = false;
+  // Warn once per kind of trouble a hostile or misconfigured peer can repeat at will; the
+  // counters tell the rest.
+  bool warned_reply = false;
+  bool warned_refused = false;
+  bool warned_tcp_limit = false;
 
   void start() {
     DnsHandlerOptions handler_options;
@@ -213,7 +222,7 @@ struct DnsProxy::Impl : std::enable_shared_from_this<Impl> {
       if (!ip) throw std::runtime_error("dns: bad bind address \"" + text + "\"");
       const net::SocketAddress at{*ip, port};
       auto listener = std::make_unique<UdpListener>(io);
-      const int fd = open_udp(at, options.transparent, true, 0);
+      const int fd = open_udp_listener(at, options.transparent);
       listener->socket.assign(ip->is_v4() ? udp::v4() : udp::v6(), fd);
       if (port == 0) port = local_port(fd);
       listener->bound = {*ip, port};
@@ -228,8 +237,9 @@ struct DnsProxy::Impl : std::enable_shared_from_this<Impl> {
     running = true;
     for (auto& l : udp_listeners) receive(*l);
     for (auto& a : acceptors) accept(*a);
-    spdlog::info("dns: listening on port {} (udp, tcp) for domain {}, upstream {}", port, options.cluster_domain,
-                 fmt::join(upstream->servers(), ", "));
+    spdlog::info("dns: listening on port {} (udp, tcp) for domain {}, upstream {}; answering captured queries from "
+                 "this node's pods and the node's own on loopback",
+                 port, options.cluster_domain, fmt::join(upstream->servers(), ", "));
   }
 
   void stop() {
@@ -241,10 +251,38 @@ struct DnsProxy::Impl : std::enable_shared_from_this<Impl> {
     boost::system::error_code ignored;
     for (auto& l : udp_listeners) l->socket.close(ignored);
     for (auto& a : acceptors) a->close(ignored);
-    for (auto& [at, fd] : reply_sockets) ::close(fd);
-    reply_sockets.clear();
     auto open = connections;
     for (auto* c : open) c->close();
+  }
+
+  // This node's pod addresses for the store's current generation (rebuilt when it changes).
+  const NodePodAddresses& node_pods() {
+    const std::uint64_t generation = store.generation();
+    if (generation != pods_generation) {
+      const auto snapshot = store.current();
+      pods = snapshot ? NodePodAddresses(*snapshot) : NodePodAddresses();
+      pods_generation = generation;
+    }
+    return pods;
+  }
+
+  // Counts a query that is not answered; false for those that are.
+  bool refuse(const net::SocketAddress& client, const std::optional<net::SocketAddress>& destination,
+              const char* transport) {
+    const Admission admission = admit_query(client, destination, node_pods());
+    if (admission == Admission::answer) return false;
+    count(admission == Admission::direct ? handler->stats().dropped_direct : handler->stats().dropped_not_node_pod);
+    const std::string dst = destination ? destination->to_string() : std::string("?");
+    if (!warned_refused) {
+      warned_refused = true;
+      spdlog::warn("dns: not answering {} query from {} to {} ({}): only captured queries from this node's pods "
+                   "are answered (further ones are only counted: dns.dropped_direct, dns.dropped_not_node_pod)",
+                   transport, client.to_string(), dst, to_string(admission));
+    } else {
+      spdlog::debug("dns: not answering {} query from {} to {} ({})", transport, client.to_string(), dst,
+                    to_string(admission));
+    }
+    return true;
   }
 
   void receive(UdpListener& l) {
@@ -292,51 +330,59 @@ struct DnsProxy::Impl : std::enable_shared_from_this<Impl> {
         original = from_sockaddr(reinterpret_cast<const sockaddr*>(&dst));
       }
     }
-    // Asked at our own port (not redirected): answer from the listener. Redirected: answer from
-    // the address the pod sent to.
-    const bool redirected = original && original->port != port;
-    const int listener_fd = l.socket.native_handle();
-    auto self = shared_from_this();
-    const net::SocketAddress to = *client;
-    const std::optional<net::SocketAddress> from_address = redirected ? original : std::nullopt;
-    handler->handle(ByteView(buffer.data(), static_cast<std::size_t>(n)), Transport::udp,
-                    [self, to, from_address, listener_fd](Bytes answer) {
-                      if (!self->running) return;
-                      self->send_udp(answer, to, from_address, listener_fd);
-                    });
+    answer_udp(ByteView(buffer.data(), static_cast<std::size_t>(n)), *client, original,
+               l.socket.native_handle());
     return true;
   }
 
-  void send_udp(const Bytes& answer, const net::SocketAddress& to, const std::optional<net::SocketAddress>& from,
-                int listener_fd) {
-    int fd = listener_fd;
-    if (from) {
-      fd = reply_socket(*from);
-      if (fd < 0) return;
-    }
-    const SockAddr sa = to_sockaddr(to);
-    if (::sendto(fd, answer.data(), answer.size(), MSG_DONTWAIT, reinterpret_cast<const sockaddr*>(&sa.storage),
-                 sa.length) < 0)
-      spdlog::debug("dns: reply to {} from {} failed: {}", to.to_string(), from ? from->to_string() : "listener",
-                    std::strerror(errno));
+  void answer_udp(ByteView query, const net::SocketAddress& client, const std::optional<net::SocketAddress>& original,
+                  int listener_fd) {
+    if (refuse(client, original, "udp")) return;
+    // Asked at our own port (the node itself): answer from the listener. Captured: answer from
+    // the address and port the pod sent to.
+    const std::optional<net::SocketAddress> origin =
+        original && original->port != port ? original : std::nullopt;
+    auto self = shared_from_this();
+    handler->handle(query, Transport::udp, [self, client, origin, listener_fd](Bytes answer) {
+      if (!self->running) return;
+      self->send_udp(answer, client, origin, listener_fd);
+    });
   }
 
-  // A transparent socket bound to `from` (e.g. 10.96.0.10:53), kept for the next answers.
-  int reply_socket(const net::SocketAddress& from) {
-    if (auto it = reply_sockets.find(from); it != reply_sockets.end()) return it->second;
-    if (reply_sockets.size() >= kMaxReplySockets) {
-      for (auto& [at, fd] : reply_sockets) ::close(fd);
-      reply_sockets.clear();
+  void send_udp(const Bytes& answer, const net::SocketAddress& to, const std::optional<net::SocketAddress>& origin,
+                int listener_fd) {
+    if (!origin) {
+      const SockAddr sa = to_sockaddr(to);
+      if (::sendto(listener_fd, answer.data(), answer.size(), MSG_DONTWAIT, sa.get(), sa.length) < 0)
+        spdlog::debug("dns: reply to {} failed: {}", to.to_string(), std::strerror(errno));
+      return;
     }
-    try {
-      const int fd = open_udp(from, true, false, options.mark);
-      int small = 1;  // it never reads; keep what might queue on it tiny
-      ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
-      reply_sockets.emplace(from, fd);
-      return fd;
-    } catch (const std::exception& e) {
-      spdlog::warn("dns: cannot answer from {}: {}", from.to_string(), e.what());
-      return -1;
+    OriginReplyResult result =
+        send_from_origin(*origin, to, answer, OriginReplyOptions{options.transparent, options.mark});
+    if (!result.sent()) {
+      count(handler->stats().reply_failures);
+      const std::string why = fmt::format("{} {}: {}", result.step, origin->to_string(), std::strerror(result.error));
+      if (!warned_reply && result.error == EADDRINUSE) {
+        warned_reply = true;
+        spdlog::warn("dns: cannot answer {} from {}: {} (a process on the node holds that port without "
+                     "SO_REUSEADDR; such answers are lost and counted in dns.reply_failures)",
+                     to.to_string(), origin->to_string(), why);
+      } else if (!warned_reply) {
+        warned_reply = true;
+        spdlog::warn("dns: cannot answer {} from {}: {} (further failures are counted in dns.reply_failures)",
+                     to.to_string(), origin->to_string(), why);
+      } else {
+        spdlog::debug("dns: cannot answer {}: {}", to.to_string(), why);
+      }
+    }
+    if (result.strays > 0) handler->stats().reply_strays.fetch_add(result.strays, std::memory_order_relaxed);
+    // Queries the client sent while the reply socket existed reached it instead of the listener:
+    // answer them like any other, after this one (never recursively from inside a reply).
+    for (auto& late : result.late_queries) {
+      auto self = shared_from_this();
+      asio::post(io, [self, late = std::move(late), client = to, original = *origin] {
+        if (self->running) self->answer_udp(late, client, original, -1);
+      });
     }
   }
 
@@ -345,16 +391,7 @@ struct DnsProxy::Impl : std::enable_shared_from_this<Impl> {
     auto self = shared_from_this();
     acceptor.async_accept([self, &acceptor](boost::system::error_code ec, tcp::socket socket) {
       if (!self->running) return;
-      if (!ec) {
-        if (self->connections.size() >= self->options.max_tcp_connections) {
-          spdlog::warn("dns: {} TCP connections open, refusing another", self->connections.size());
-          proxy::reset_connection(socket);
-        } else {
-          auto connection = std::make_shared<TcpConnection>(self, std::move(socket));
-          self->connections.insert(connection.get());
-          connection->read_next();
-        }
-      }
+      if (!ec) self->admit_tcp(std::move(socket));
       if (ec && ec != asio::error::operation_aborted) {
         // Out of descriptors (EMFILE) and the like: retrying at once would spin the control
         // thread; the pending connection waits in the kernel's queue meanwhile.
@@ -364,6 +401,42 @@ struct DnsProxy::Impl : std::enable_shared_from_this<Impl> {
       }
       self->accept(acceptor);
     });
+  }
+
+  void admit_tcp(tcp::socket socket) {
+    boost::system::error_code ec_remote, ec_local;
+    const auto remote = socket.remote_endpoint(ec_remote);
+    const auto local = socket.local_endpoint(ec_local);
+    if (ec_remote || ec_local) {  // reset by the peer already
+      boost::system::error_code ignored;
+      socket.close(ignored);
+      return;
+    }
+    const net::SocketAddress client = to_net(remote);
+    // The accepted socket's local address is the original destination (TPROXY keeps it).
+    if (refuse(client, to_net(local), "tcp")) return proxy::reset_connection(socket);
+    switch (limits.acquire(client.ip)) {
+      case ConnectionLimits::Verdict::accepted: {
+        auto connection = std::make_shared<TcpConnection>(shared_from_this(), std::move(socket), client.ip);
+        connections.insert(connection.get());
+        connection->read_next();
+        return;
+      }
+      case ConnectionLimits::Verdict::over_total:
+        count(handler->stats().tcp_limit);
+        break;
+      case ConnectionLimits::Verdict::over_client:
+        count(handler->stats().tcp_client_limit);
+        break;
+    }
+    if (!warned_tcp_limit) {
+      warned_tcp_limit = true;
+      spdlog::warn("dns: refusing a TCP connection from {}: {} open in all, {} from it (caps {} and {} per client; "
+                   "further refusals are counted in dns.tcp_limit and dns.tcp_client_limit)",
+                   client.to_string(), limits.total(), limits.of(client.ip), options.max_tcp_connections,
+                   options.max_tcp_connections_per_client);
+    }
+    proxy::reset_connection(socket);
   }
 };
 
