@@ -29,7 +29,8 @@ bool is_loopback(const net::IpAddress& ip) {
 Admission admit_query(const net::SocketAddress& client, const std::optional<net::SocketAddress>& destination,
                       const NodePodAddresses& pods) {
   if (!destination) return Admission::direct;
-  if (destination->port == kCapturedDnsPort) return pods.contains(client.ip) ? Admission::answer : Admission::not_node_pod;
+  if (destination->port == kCapturedDnsPort)
+    return pods.contains(client.ip) ? Admission::answer : Admission::not_node_pod;
   if (is_loopback(client.ip) && is_loopback(destination->ip)) return Admission::answer;
   return Admission::direct;
 }

@@ -233,7 +233,8 @@ if in_time "TCP flood"; then
     sleep 0.1
   done
   [[ -s $CLUSTER_TMP/flood.opened ]]
-  check "the hostile pod opened its connections (length prefix sent on $(cat "$CLUSTER_TMP/flood.opened" 2>/dev/null) of $FLOOD_CONNECTIONS)" $?
+  check "the hostile pod made its $FLOOD_CONNECTIONS connection attempts" $? \
+    "a length prefix went out on $(cat "$CLUSTER_TMP/flood.opened" 2>/dev/null) before resets"
 
   # Meanwhile another pod, over TCP and UDP, with a short deadline (one try of 2 s).
   got=$(ask echo-ds +tcp "@$DNS_VIP4" "$CLUSTER_NAME" A)

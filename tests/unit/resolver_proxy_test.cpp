@@ -146,18 +146,30 @@ std::optional<MessageInfo> ask_udp(const std::string& server, std::uint16_t port
   return parse_message(buf).info;
 }
 
-std::optional<MessageInfo> ask_tcp(std::uint16_t port, const Bytes& query) {
+// A TCP connection to 127.0.0.1:port from `source` (any loopback address), receive timeout 3 s;
+// -1 when it cannot connect.
+int connect_tcp(std::uint16_t port, const char* source = "127.0.0.1") {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   timeval tv{3, 0};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  sockaddr_in from{};
+  from.sin_family = AF_INET;
+  ::inet_pton(AF_INET, source, &from.sin_addr);
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_port = htons(port);
   ::inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof from) != 0 ||
+      ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
     ::close(fd);
-    return std::nullopt;
+    return -1;
   }
+  return fd;
+}
+
+std::optional<MessageInfo> ask_tcp(std::uint16_t port, const Bytes& query, const char* source = "127.0.0.1") {
+  const int fd = connect_tcp(port, source);
+  if (fd < 0) return std::nullopt;
   Bytes framed{static_cast<std::uint8_t>(query.size() >> 8), static_cast<std::uint8_t>(query.size())};
   framed.insert(framed.end(), query.begin(), query.end());
   ::send(fd, framed.data(), framed.size(), 0);
@@ -282,6 +294,64 @@ TEST_F(ResolverProxy, MalformedQueriesGetFormerrAndTheServerCarriesOn) {
   auto ok = ask_udp("127.0.0.1", port, build_query(13, name("tcp-echo.ipv4.svc.cluster.local"), rrtype::A));
   ASSERT_TRUE(ok);
   EXPECT_EQ(ok->addresses.size(), 1u);
+}
+
+// Issue 14, finding 7: one client holding connections with half-sent messages locks only itself
+// out; over its cap it is reset at once, and a half-sent message is cut off at the deadline.
+TEST_F(ResolverProxy, TcpPerClientCapRefusesThatClientOnly) {
+  auto o = upstream_options();
+  o.max_tcp_connections_per_client = 2;
+  start(o);
+  const std::uint8_t prefix[2] = {0, 32};  // 32 octets announced, none sent
+  int held[2];
+  for (int& fd : held) {
+    fd = connect_tcp(port, "127.0.0.3");
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::send(fd, prefix, 2, 0), 2);
+  }
+  // The third from the same address: accepted by the kernel, then reset by dsproxy at once.
+  const int third = connect_tcp(port, "127.0.0.3");
+  ASSERT_GE(third, 0);
+  char byte;
+  const auto before = std::chrono::steady_clock::now();
+  EXPECT_LE(::recv(third, &byte, 1, 0), 0);
+  // Reset at once, not the 3 s receive timeout.
+  EXPECT_LT(std::chrono::steady_clock::now() - before, std::chrono::seconds(2));
+  ::close(third);
+  // Another client address is served meanwhile.
+  auto ok = ask_tcp(port, build_query(21, name("tcp-echo.ipv4.svc.cluster.local"), rrtype::A), "127.0.0.4");
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->addresses.size(), 1u);
+  EXPECT_EQ(proxy->stats().tcp_client_limit.load(), 1u);
+  EXPECT_EQ(proxy->stats().tcp_limit.load(), 0u);
+  for (int fd : held) ::close(fd);
+}
+
+TEST_F(ResolverProxy, HalfSentTcpMessageIsCutOffAtTheMessageDeadline) {
+  auto o = upstream_options();
+  o.tcp_message_timeout = std::chrono::milliseconds(200);
+  o.tcp_idle_timeout = std::chrono::seconds(10);
+  start(o);
+  const int idle = connect_tcp(port);  // sends nothing: the idle timeout (10 s) applies
+  const int slow = connect_tcp(port);
+  ASSERT_GE(idle, 0);
+  ASSERT_GE(slow, 0);
+  const std::uint8_t prefix[2] = {0, 32};
+  ASSERT_EQ(::send(slow, prefix, 2, 0), 2);
+  char byte;
+  const auto before = std::chrono::steady_clock::now();
+  EXPECT_EQ(::recv(slow, &byte, 1, 0), 0);  // closed by dsproxy (EOF), not the 3 s receive timeout
+  EXPECT_LT(std::chrono::steady_clock::now() - before, std::chrono::seconds(2));
+  EXPECT_EQ(proxy->stats().tcp_message_timeouts.load(), 1u);
+  // The idle connection is still open, and still answers a query sent whole.
+  const Bytes query = build_query(22, name("tcp-echo.ipv4.svc.cluster.local"), rrtype::A);
+  Bytes framed{0, static_cast<std::uint8_t>(query.size())};
+  framed.insert(framed.end(), query.begin(), query.end());
+  ASSERT_EQ(::send(idle, framed.data(), framed.size(), 0), static_cast<ssize_t>(framed.size()));
+  std::uint8_t length[2];
+  EXPECT_EQ(::recv(idle, length, 2, MSG_WAITALL), 2);
+  ::close(idle);
+  ::close(slow);
 }
 
 TEST_F(ResolverProxy, NoNameserverIsAStartError) {

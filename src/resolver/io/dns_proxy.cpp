@@ -141,7 +141,8 @@ struct DnsProxy::Impl : std::enable_shared_from_this<Impl> {
                              self->disarm();
                              // What the handler would drop (no header, or a response) gets no
                              // answer ever: end the connection rather than wait for one.
-                             if (self->message.size() < kHeaderSize || (self->message[2] & 0x80)) return self->close();
+                             if (self->message.size() < kHeaderSize || (self->message[2] & 0x80))
+                               return self->close();
                              // One question at a time per connection: the next is read once this
                              // one is answered (the handler always answers a query, with SERVFAIL
                              // at worst, within the upstream timeout).
