@@ -18,13 +18,7 @@ NodePodAddresses::NodePodAddresses(const config::ClusterSnapshot& snapshot) {
   for (const auto& pod : snapshot.node_pods()) ips_.insert(pod.ips.begin(), pod.ips.end());
 }
 
-bool is_loopback(const net::IpAddress& ip) {
-  const auto& b = ip.bytes();
-  if (ip.is_v4()) return b[0] == 127;  // 127.0.0.0/8
-  for (int i = 0; i < 15; ++i)
-    if (b[i] != 0) return false;
-  return b[15] == 1;  // ::1 (v4-mapped addresses arrive as IPv4, see IpAddress::v6)
-}
+bool is_loopback(const net::IpAddress& ip) { return ip.scope() == net::AddressScope::loopback; }
 
 Admission admit_query(const net::SocketAddress& client, const std::optional<net::SocketAddress>& destination,
                       const NodePodAddresses& pods) {
