@@ -26,11 +26,6 @@ source "$(dirname -- "${BASH_SOURCE[0]}")/lib/cluster.sh"
 E2E_DEADLINE=${E2E_DEADLINE:-90}
 DNS_VIP4=10.96.0.10
 DNS_VIP6=fd00:10:96::a
-# The upstream nameserver's own namespace, linked to the node only.
-UPSTREAM_NODE4=10.53.0.1
-UPSTREAM_NODE6=fd00:53::1
-UPSTREAM4=10.53.0.53
-UPSTREAM6=fd00:53::53
 
 # shellcheck source=tests/e2e/lib/checks.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib/checks.sh"
@@ -94,20 +89,9 @@ ports: [{name: tcp, port: 9000, protocol: TCP}]
 YAML
 } >"$DSPROXY_CONFIG"
 
-# <prefix>-upstream: dnsmasq answering outside.test from a hosts file. Its only route is its link
-# to the node: pods cannot reach it, only dsproxy (from the node) can.
-upstream_ns="$CLUSTER_PREFIX-upstream"
-_must ip netns add "$upstream_ns"
-_must ip netns exec "$upstream_ns" sysctl -q -w net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
-_must ip -n "$upstream_ns" link set lo up
-_must ip -n "$(node_ns)" link add to-upstream type veth peer name eth0 netns "$upstream_ns"
-_must ip -n "$(node_ns)" addr add "$UPSTREAM_NODE4/24" dev to-upstream
-_must ip -n "$(node_ns)" addr add "$UPSTREAM_NODE6/64" dev to-upstream nodad
-_must ip -n "$(node_ns)" link set to-upstream up
-_must ip -n "$upstream_ns" addr add "$UPSTREAM4/24" dev eth0
-_must ip -n "$upstream_ns" addr add "$UPSTREAM6/64" dev eth0 nodad
-_must ip -n "$upstream_ns" link set eth0 up
-
+# The upstream nameserver (lib/cluster.sh): dnsmasq answering outside.test from a hosts file,
+# reachable from the node only, named by the node's resolv.conf (dsproxy reads it: no
+# --dns-upstream here).
 cat >"$CLUSTER_TMP/upstream.hosts" <<EOF
 198.51.100.7 www.outside.test
 2001:db8::7 www.outside.test
@@ -119,23 +103,8 @@ EOF
 txt=$(printf 'x%.0s' {1..200})
 txt_args=()
 for i in 1 2 3 4 5 6; do txt_args+=("--txt-record=big.outside.test,\"$i$txt\""); done
-ip netns exec "$upstream_ns" dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts \
-  --no-poll --user=root --pid-file= --bind-interfaces --local-ttl=60 --listen-address="$UPSTREAM4" \
-  --listen-address="$UPSTREAM6" --addn-hosts="$CLUSTER_TMP/upstream.hosts" --local=/outside.test/ \
-  "${txt_args[@]}" --log-queries --log-facility="$CLUSTER_TMP/dnsmasq.log" \
-  >"$CLUSTER_TMP/dnsmasq.out" 2>&1 &
-DNSMASQ_PID=$!
-CLUSTER_BG_PIDS+=("$DNSMASQ_PID")
-for ((i = 0; i < 50; i++)); do
-  ip netns exec "$upstream_ns" dig +time=1 +tries=1 +short "@$UPSTREAM4" www.outside.test A 2>/dev/null |
-    grep -qx 198.51.100.7 && break
-  sleep 0.1
-done
-((i < 50)) || cluster_die "dnsmasq did not answer (see $CLUSTER_TMP/dnsmasq.out)"
+cluster_upstream_dns "$CLUSTER_TMP/upstream.hosts" www.outside.test A 198.51.100.7 "${txt_args[@]}"
 
-# The node's own resolv.conf names the upstream (dsproxy reads it: no --dns-upstream here).
-cluster_netns_file node resolv.conf "nameserver $UPSTREAM4
-"
 # Every pod's resolv.conf as kubelet writes it for dnsPolicy ClusterFirst.
 pod_resolv_conf() {
   local ns=${CLUSTER_POD_NAME[$1]%%/*}

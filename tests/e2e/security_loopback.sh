@@ -39,10 +39,6 @@ source "$(dirname -- "${BASH_SOURCE[0]}")/lib/checks.sh"
 
 E2E_DEADLINE=${E2E_DEADLINE:-90}
 SECRET_PORT=15999
-UPSTREAM_NODE4=10.53.0.1
-UPSTREAM_NODE6=fd00:53::1
-UPSTREAM4=10.53.0.53
-UPSTREAM6=fd00:53::53
 
 on_exit() {
   local status=$1
@@ -120,36 +116,12 @@ ports: [{name: secret, port: $SECRET_PORT}]
 YAML
 } >"$DSPROXY_CONFIG"
 
-# The upstream nameserver (as in dns_experiment.sh): dnsmasq in its own namespace, linked to the
-# node only, answering the hostile names with loopback addresses.
-upstream_ns="$CLUSTER_PREFIX-upstream"
-_must ip netns add "$upstream_ns"
-_must ip netns exec "$upstream_ns" sysctl -q -w net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
-_must ip -n "$upstream_ns" link set lo up
-_must ip -n "$(node_ns)" link add to-upstream type veth peer name eth0 netns "$upstream_ns"
-_must ip -n "$(node_ns)" addr add "$UPSTREAM_NODE4/24" dev to-upstream
-_must ip -n "$(node_ns)" addr add "$UPSTREAM_NODE6/64" dev to-upstream nodad
-_must ip -n "$(node_ns)" link set to-upstream up
-_must ip -n "$upstream_ns" addr add "$UPSTREAM4/24" dev eth0
-_must ip -n "$upstream_ns" addr add "$UPSTREAM6/64" dev eth0 nodad
-_must ip -n "$upstream_ns" link set eth0 up
+# The upstream nameserver (lib/cluster.sh), answering the hostile names with loopback addresses.
 cat >"$CLUSTER_TMP/upstream.hosts" <<EOF
 ::1 loop6.outside.test
 127.0.0.1 loop4.outside.test
 EOF
-ip netns exec "$upstream_ns" dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts \
-  --no-poll --user=root --pid-file= --bind-interfaces --local-ttl=60 --listen-address="$UPSTREAM4" \
-  --listen-address="$UPSTREAM6" --addn-hosts="$CLUSTER_TMP/upstream.hosts" --local=/outside.test/ \
-  >"$CLUSTER_TMP/dnsmasq.out" 2>&1 &
-CLUSTER_BG_PIDS+=("$!")
-for ((i = 0; i < 50; i++)); do
-  ip netns exec "$upstream_ns" dig +time=1 +tries=1 +short "@$UPSTREAM4" loop6.outside.test AAAA 2>/dev/null |
-    grep -qx ::1 && break
-  sleep 0.1
-done
-((i < 50)) || cluster_die "dnsmasq did not answer loop6.outside.test AAAA ::1 (see $CLUSTER_TMP/dnsmasq.out)"
-cluster_netns_file node resolv.conf "nameserver $UPSTREAM4
-"
+cluster_upstream_dns "$CLUSTER_TMP/upstream.hosts" loop6.outside.test AAAA ::1
 
 # The node-local service: loopback only, logs every byte it receives.
 for lo in 127.0.0.1 ::1; do

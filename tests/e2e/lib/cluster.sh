@@ -471,3 +471,43 @@ snapshot_netfilter() {
   echo "## ip -6 route show table all"
   in_node ip -6 route show table all
 }
+
+# An upstream nameserver only the node can reach, as a node's resolv.conf would name: dnsmasq in
+# its own namespace <prefix>-upstream, linked to the node by a veth (node 10.53.0.1 /
+# fd00:53::1, server UPSTREAM4=10.53.0.53 / UPSTREAM6=fd00:53::53). Pods have no route to it.
+#   cluster_upstream_dns HOSTS_FILE PROBE_NAME PROBE_TYPE PROBE_ANSWER [DNSMASQ ARGS...]
+# serves HOSTS_FILE for outside.test (plus the extra arguments), waits (bounded) until
+# PROBE_NAME PROBE_TYPE answers PROBE_ANSWER, and writes the node's resolv.conf naming it.
+# dnsmasq logs to $CLUSTER_TMP/dnsmasq.log, its pid is DNSMASQ_PID, and it dies with the cluster.
+UPSTREAM_NODE4=10.53.0.1
+UPSTREAM_NODE6=fd00:53::1
+UPSTREAM4=10.53.0.53
+UPSTREAM6=fd00:53::53
+cluster_upstream_dns() {
+  local hosts=$1 name=$2 type=$3 answer=$4 ns="$CLUSTER_PREFIX-upstream" i
+  shift 4
+  _must ip netns add "$ns"
+  _must ip netns exec "$ns" sysctl -q -w net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+  _must ip -n "$ns" link set lo up
+  _must ip -n "$(node_ns)" link add to-upstream type veth peer name eth0 netns "$ns"
+  _must ip -n "$(node_ns)" addr add "$UPSTREAM_NODE4/24" dev to-upstream
+  _must ip -n "$(node_ns)" addr add "$UPSTREAM_NODE6/64" dev to-upstream nodad
+  _must ip -n "$(node_ns)" link set to-upstream up
+  _must ip -n "$ns" addr add "$UPSTREAM4/24" dev eth0
+  _must ip -n "$ns" addr add "$UPSTREAM6/64" dev eth0 nodad
+  _must ip -n "$ns" link set eth0 up
+  ip netns exec "$ns" dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts \
+    --no-poll --user=root --pid-file= --bind-interfaces --local-ttl=60 --listen-address="$UPSTREAM4" \
+    --listen-address="$UPSTREAM6" --addn-hosts="$hosts" --local=/outside.test/ \
+    --log-queries --log-facility="$CLUSTER_TMP/dnsmasq.log" "$@" >"$CLUSTER_TMP/dnsmasq.out" 2>&1 &
+  DNSMASQ_PID=$!
+  CLUSTER_BG_PIDS+=("$DNSMASQ_PID")
+  for ((i = 0; i < 50; i++)); do
+    ip netns exec "$ns" dig +time=1 +tries=1 +short "@$UPSTREAM4" "$name" "$type" 2>/dev/null |
+      grep -qxF -- "$answer" && break
+    sleep 0.1
+  done
+  ((i < 50)) || cluster_die "dnsmasq did not answer $name $type $answer (see $CLUSTER_TMP/dnsmasq.out)"
+  cluster_netns_file node resolv.conf "nameserver $UPSTREAM4
+"
+}
