@@ -66,6 +66,9 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--config", run.config_path, "Kubernetes objects (YAML or JSON); reloaded when it changes")
       ->required();
   run_cmd->add_option("--node", run.node, "This node's name (pods with spec.nodeName == NAME are local)")->required();
+  run_cmd->add_option("--zone", run.zone,
+                      "This node's topology zone for EndpointSlice zone hints (default: the topology.kubernetes.io/zone "
+                      "label of the Node object named --node, if the config has one)");
   run_cmd->add_flag("--redirect", run.redirect, "Install the capture rules at start, keep them current, remove at exit");
   run_cmd->add_option("--workers", run.proxy.workers, "Worker threads (one io_context each)")
       ->capture_default_str()

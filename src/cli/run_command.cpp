@@ -164,7 +164,7 @@ class ProxyProcess {
       hostnames_->augment(objects);
     }
     return config::ClusterSnapshot::build(std::move(objects),
-                                          {options_.node, options_.cluster_domain, options_.fallback_default},
+                                          {options_.node, options_.cluster_domain, options_.fallback_default, options_.zone},
                                           &endpoint_states_);
   }
 

@@ -18,6 +18,7 @@ namespace dsproxy::cli {
 struct RunOptions {
   std::string config_path;
   std::string node;
+  std::string zone;  // --zone: this node's topology zone (else the Node object's label)
   std::string cluster_domain = "cluster.local";
   config::FallbackDefault fallback_default = config::FallbackDefault::policy;
   bool redirect = false;  // install the capture rules at start, keep them current, remove at exit

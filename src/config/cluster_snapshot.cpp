@@ -28,7 +28,7 @@ std::shared_ptr<EndpointState> EndpointStateRegistry::get(const net::SocketAddre
 bool ServiceCluster::serves(net::Family dialled) const {
   bool other = false;
   for (const Endpoint& e : endpoints) {
-    if (!e.ready) continue;
+    if (!e.eligible) continue;
     if (e.address.ip.family() == dialled) return true;
     other = true;
   }
@@ -37,7 +37,7 @@ bool ServiceCluster::serves(net::Family dialled) const {
 
 bool ServiceCluster::has_ready(net::Family family) const {
   return std::any_of(endpoints.begin(), endpoints.end(),
-                     [family](const Endpoint& e) { return e.ready && e.address.ip.family() == family; });
+                     [family](const Endpoint& e) { return e.eligible && e.address.ip.family() == family; });
 }
 
 namespace {
@@ -69,8 +69,15 @@ std::vector<Endpoint> slice_endpoints(const Service& svc, const ServicePort& sp,
     for (const SliceEndpoint& e : slice->endpoints) {
       for (const net::IpAddress& a : e.addresses) {
         if (!has_family(svc.ip_families, a.family())) continue;
-        out.push_back({net::SocketAddress{a, *port->port}, e.ready,
-                       e.target_pod.empty() ? std::string() : slice->ns + "/" + e.target_pod, nullptr});
+        Endpoint& ep = out.emplace_back();
+        ep.address = net::SocketAddress{a, *port->port};
+        ep.ready = e.ready;
+        ep.serving = e.serving;
+        ep.terminating = e.terminating;
+        if (!e.target_pod.empty()) ep.pod = slice->ns + "/" + e.target_pod;
+        ep.node_name = e.node_name;
+        ep.zone = e.zone;
+        ep.zone_hints = e.zone_hints;
       }
     }
   }
@@ -95,9 +102,19 @@ std::vector<Endpoint> selector_endpoints(const Service& svc, const ServicePort& 
       if (cp == pod->container_ports.end()) continue;
       target = cp->port;
     }
-    for (const net::IpAddress& a : pod->pod_ips)
-      if (has_family(svc.ip_families, a.family()))
-        out.push_back({net::SocketAddress{a, target}, pod->ready, pod->ns + "/" + pod->name, nullptr});
+    // What the EndpointSlice controller would write for this pod: serving follows readiness
+    // (or is forced by publishNotReadyAddresses), ready is serving and not terminating.
+    const bool serving = pod->ready || svc.publish_not_ready_addresses;
+    for (const net::IpAddress& a : pod->pod_ips) {
+      if (!has_family(svc.ip_families, a.family())) continue;
+      Endpoint& ep = out.emplace_back();
+      ep.address = net::SocketAddress{a, target};
+      ep.ready = serving && !pod->terminating;
+      ep.serving = serving;
+      ep.terminating = pod->terminating;
+      ep.pod = pod->ns + "/" + pod->name;
+      ep.node_name = pod->node_name;
+    }
   }
   return out;
 }
@@ -113,6 +130,11 @@ void sort_and_merge(std::vector<Endpoint>& eps) {
   for (Endpoint& e : eps) {
     if (!merged.empty() && merged.back().address == e.address) {
       merged.back().ready = merged.back().ready || e.ready;
+      merged.back().serving = merged.back().serving || e.serving;
+      merged.back().terminating = merged.back().terminating && e.terminating;
+      if (merged.back().node_name.empty()) merged.back().node_name = std::move(e.node_name);
+      if (merged.back().zone.empty()) merged.back().zone = std::move(e.zone);
+      if (merged.back().zone_hints.empty()) merged.back().zone_hints = std::move(e.zone_hints);
       if (merged.back().pod.empty()) merged.back().pod = std::move(e.pod);
       continue;
     }
@@ -151,6 +173,55 @@ std::string_view unsafe_endpoint_reason(const net::IpAddress& ip,
   return {};
 }
 
+bool has_hint(const Endpoint& e, const std::string& zone) {
+  return std::find(e.zone_hints.begin(), e.zone_hints.end(), zone) != e.zone_hints.end();
+}
+
+// Marks the endpoints the Service's rules leave to the picker, for one family at a time (as
+// kube-proxy, which runs one proxier per family). Its order (CategorizeEndpoints):
+//   internalTrafficPolicy Local: this node's ready endpoints, else this node's serving-terminating
+//     ones, else none (the ClusterIP port is refused: never another node's);
+//   Cluster: the ready endpoints, narrowed to those hinted for this zone when every ready one
+//     carries hints and at least one hint is this zone; none ready: the serving-terminating ones.
+void select_endpoints(std::vector<Endpoint>& eps, net::Family family, TrafficPolicy policy,
+                      const std::string& node_name, const std::string& zone) {
+  auto in_family = [family](const Endpoint& e) { return e.address.ip.family() == family; };
+  auto mark = [&](auto&& rule) {
+    bool any = false;
+    for (Endpoint& e : eps)
+      if (in_family(e) && rule(e)) any = e.eligible = true;
+    return any;
+  };
+  auto serving_terminating = [](const Endpoint& e) { return e.serving && e.terminating; };
+  if (policy == TrafficPolicy::Local) {
+    auto local = [&](const Endpoint& e) { return !node_name.empty() && e.node_name == node_name; };
+    if (!mark([&](const Endpoint& e) { return local(e) && e.ready; }))
+      mark([&](const Endpoint& e) { return local(e) && serving_terminating(e); });
+    return;
+  }
+  bool any_ready = false, all_hinted = true, hinted_here = false;
+  for (const Endpoint& e : eps) {
+    if (!in_family(e) || !e.ready) continue;
+    any_ready = true;
+    if (e.zone_hints.empty()) all_hinted = false;
+    else if (has_hint(e, zone)) hinted_here = true;
+  }
+  const bool by_zone = !zone.empty() && any_ready && all_hinted && hinted_here;
+  if (!mark([&](const Endpoint& e) { return e.ready && (!by_zone || has_hint(e, zone)); }))
+    mark(serving_terminating);
+}
+
+// What the EndpointSlice controller writes for trafficDistribution PreferClose: each endpoint
+// hinted for its own zone. A slice dumped from a cluster already carries the hints; a
+// hand-written one gets them here, so the same file behaves the same with or without them.
+void derive_hints(const Service& svc, std::vector<Endpoint>& eps) {
+  if (svc.traffic_distribution != "PreferClose" && svc.traffic_distribution != "PreferSameZone") return;
+  if (std::any_of(eps.begin(), eps.end(), [](const Endpoint& e) { return !e.zone_hints.empty(); })) return;
+  // The controller gives no hints at all when an endpoint lacks a zone.
+  if (std::any_of(eps.begin(), eps.end(), [](const Endpoint& e) { return e.zone.empty(); })) return;
+  for (Endpoint& e : eps) e.zone_hints = {e.zone};
+}
+
 constexpr const char* kFallbackAnnotation = "dsproxy.io/family-fallback";
 
 FamilyFallback family_fallback(const Service& svc, FallbackDefault node_default) {
@@ -176,6 +247,11 @@ std::shared_ptr<const ClusterSnapshot> ClusterSnapshot::build(ClusterObjects obj
   snap->objects_ = std::move(objects);
   snap->options_ = options;
   const ClusterObjects& objs = snap->objects_;
+  snap->zone_ = options.zone;
+  if (snap->zone_.empty() && !options.node_name.empty())
+    for (const Node& n : objs.nodes)
+      if (n.name == options.node_name)
+        if (auto it = n.labels.find("topology.kubernetes.io/zone"); it != n.labels.end()) snap->zone_ = it->second;
 
   SliceIndex slices;
   for (const EndpointSlice& s : objs.endpoint_slices)
@@ -230,6 +306,14 @@ std::shared_ptr<const ClusterSnapshot> ClusterSnapshot::build(ClusterObjects obj
       return true;
     });
     sort_and_merge(c.endpoints);
+    derive_hints(svc, c.endpoints);
+    for (const net::Family f : {net::Family::v4, net::Family::v6})
+      select_endpoints(c.endpoints, f, svc.internal_traffic_policy, options.node_name, snap->zone_);
+    c.internal_traffic_policy = svc.internal_traffic_policy;
+    c.session_affinity = svc.session_affinity;
+    c.affinity_timeout_s = svc.affinity_timeout_s;
+    c.traffic_distribution = svc.traffic_distribution;
+    c.app_protocol = sp.app_protocol;
     for (Endpoint& e : c.endpoints)
       e.state = registry ? registry->get(e.address) : std::make_shared<EndpointState>();
     c.backends = group_backends(c.endpoints);

@@ -56,6 +56,24 @@ struct Endpoint {
   bool ready = false;
   std::string pod;  // "ns/name" when known, for logs
   std::shared_ptr<EndpointState> state;  // never null in a built snapshot
+  // EndpointSlice conditions (for selector-matched pods: serving = the pod's readiness,
+  // terminating = deletionTimestamp set, ready = serving and not terminating).
+  bool serving = false;
+  bool terminating = false;
+  std::string node_name;
+  std::string zone;
+  std::vector<std::string> zone_hints;  // hints.forZones
+  // Whether the Service's rules leave this endpoint to be chosen, decided per family at build
+  // time (see select_endpoints in cluster_snapshot.cpp): ready endpoints, else serving-terminating
+  // ones; only this node's under internalTrafficPolicy Local; only this zone's when every ready
+  // endpoint carries zone hints and one names this zone. Nothing else is ever picked.
+  bool eligible = false;
+
+  // HEALTHY (ready), DRAINING (serving and terminating), UNHEALTHY: as proxy-config prints it.
+  std::string_view health() const {
+    if (ready) return "HEALTHY";
+    return serving && terminating ? "DRAINING" : "UNHEALTHY";
+  }
 };
 
 // The endpoints of one pod (or one address, when a slice names no pod): what Happy Eyeballs
@@ -81,11 +99,17 @@ struct ServiceCluster {
   std::vector<Endpoint> endpoints;
   std::vector<Backend> backends;  // endpoints grouped by pod
   FamilyFallback family_fallback = FamilyFallback::never;
+  TrafficPolicy internal_traffic_policy = TrafficPolicy::Cluster;
+  SessionAffinity session_affinity = SessionAffinity::None;
+  std::uint32_t affinity_timeout_s = 10800;
+  std::string traffic_distribution;
+  std::string app_protocol;
 
-  // True when a client dialling a ClusterIP of `dialled` can be served: a ready endpoint of that
-  // family, or of the other one when fallback is allowed.
+  // True when a client dialling a ClusterIP of `dialled` can be served: an eligible endpoint of
+  // that family, or of the other one when fallback is allowed.
   bool serves(net::Family dialled) const;
-  // True when a ready endpoint of `family` exists (no fallback involved).
+  // True when an eligible endpoint of `family` exists (no fallback involved). Eligible, not just
+  // ready: under the terminating fallback a Service with no ready endpoint still has some.
   bool has_ready(net::Family family) const;
 };
 
@@ -117,6 +141,9 @@ class ClusterSnapshot {
     std::string node_name;
     std::string cluster_domain = "cluster.local";
     FallbackDefault fallback_default = FallbackDefault::policy;
+    // This node's topology zone (--zone); empty = the topology.kubernetes.io/zone label of the
+    // Node object named node_name, if the config has one.
+    std::string zone{};
   };
 
   // Throws ConfigError for a bad dsproxy.io/ annotation. With a registry, endpoint states are
@@ -139,10 +166,13 @@ class ClusterSnapshot {
   const std::vector<DroppedEndpoint>& dropped_endpoints() const { return dropped_endpoints_; }
   const ClusterObjects& objects() const { return objects_; }
   const Options& options() const { return options_; }
+  // The zone topology hints are matched against: Options::zone, else the Node's label.
+  const std::string& zone() const { return zone_; }
 
  private:
   ClusterObjects objects_;
   Options options_;
+  std::string zone_;
   std::vector<ServiceCluster> clusters_;  // sorted by hostname, then port
   std::vector<NodePod> node_pods_;        // this node's pods, hostNetwork excluded
   std::vector<DroppedEndpoint> dropped_endpoints_;

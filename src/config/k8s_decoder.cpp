@@ -249,7 +249,7 @@ class StreamDecoder {
       return;
     }
 
-    const bool known = kind == "Service" || kind == "Pod" || kind == "EndpointSlice";
+    const bool known = kind == "Service" || kind == "Pod" || kind == "EndpointSlice" || kind == "Node";
     if (!known) return;
     loc_.kind = kind;
     const std::string_view want_api = kind == "EndpointSlice" ? "discovery.k8s.io/v1" : "v1";
@@ -274,6 +274,7 @@ class StreamDecoder {
 
     if (kind == "Service") service(node, meta);
     else if (kind == "Pod") pod(node, meta);
+    else if (kind == "Node") out_.nodes.push_back({loc_.name, string_map(meta, "labels", "metadata.labels")});
     else endpoint_slice(node, meta);
   }
 
@@ -307,6 +308,7 @@ class StreamDecoder {
     const std::vector<std::string> ip_paths = cluster_ips(spec, s);
     ip_families(spec, s, ip_paths);
     service_ports(spec, s);
+    service_policies(spec, s);
     check_vips_unique(s, ip_paths);
     out_.services.push_back(std::move(s));
   }
@@ -400,6 +402,7 @@ class StreamDecoder {
       if (count > 1 && sp.name.empty()) fail(p + ".name", "required when a service has more than one port");
       sp.port = required_port(n, "port", p + ".port");
       sp.protocol = protocol(n, p);
+      sp.app_protocol = string(n, "appProtocol", p + ".appProtocol").value_or("");
       sp.target_port = sp.port;
       const YAML::Node tp = get(n, "targetPort");
       if (is_set(tp)) {
@@ -421,6 +424,35 @@ class StreamDecoder {
     });
   }
 
+  // The kube-proxy semantics fields. Values the API server would reject are errors here too: a
+  // typo'd policy silently meaning "Cluster" would send traffic where the user said it must not go.
+  void service_policies(const YAML::Node& spec, Service& s) const {
+    const std::string itp = string(spec, "internalTrafficPolicy", "spec.internalTrafficPolicy").value_or("Cluster");
+    if (itp == "Cluster") s.internal_traffic_policy = TrafficPolicy::Cluster;
+    else if (itp == "Local") s.internal_traffic_policy = TrafficPolicy::Local;
+    else fail("spec.internalTrafficPolicy", "expected Cluster or Local, got " + quote(itp));
+
+    const std::string sa = string(spec, "sessionAffinity", "spec.sessionAffinity").value_or("None");
+    if (sa == "None") s.session_affinity = SessionAffinity::None;
+    else if (sa == "ClientIP") s.session_affinity = SessionAffinity::ClientIP;
+    else fail("spec.sessionAffinity", "expected None or ClientIP, got " + quote(sa));
+    const YAML::Node cfg = mapping(spec, "sessionAffinityConfig", "spec.sessionAffinityConfig");
+    const YAML::Node client = mapping(cfg, "clientIP", "spec.sessionAffinityConfig.clientIP");
+    const std::string tp = "spec.sessionAffinityConfig.clientIP.timeoutSeconds";
+    if (const YAML::Node t = get(client, "timeoutSeconds"); is_set(t)) {
+      unsigned long v = 0;
+      const std::string txt = t.IsScalar() ? t.Scalar() : std::string();
+      auto [ptr, ec] = std::from_chars(txt.data(), txt.data() + txt.size(), v);
+      if (!t.IsScalar() || ec != std::errc{} || ptr != txt.data() + txt.size() || v < 1 || v > 86400)
+        fail(tp, "expected an integer 1-86400, got " + describe(t));
+      s.affinity_timeout_s = static_cast<std::uint32_t>(v);
+    }
+
+    s.traffic_distribution = string(spec, "trafficDistribution", "spec.trafficDistribution").value_or("");
+    s.publish_not_ready_addresses =
+        boolean(spec, "publishNotReadyAddresses", "spec.publishNotReadyAddresses").value_or(false);
+  }
+
   // Two services with one ClusterIP would make a VIP lookup ambiguous; a real cluster's
   // allocator never does it, so it is a mistake in hand-written input.
   void check_vips_unique(const Service& s, const std::vector<std::string>& ip_paths) {
@@ -437,6 +469,8 @@ class StreamDecoder {
     p.ns = loc_.ns;
     if (p.name.empty()) fail("metadata.name", "required");
     p.labels = string_map(meta, "labels", "metadata.labels");
+    // Set when deletion has begun: the pod is terminating (it may still serve through a preStop delay).
+    p.terminating = string(meta, "deletionTimestamp", "metadata.deletionTimestamp").has_value();
 
     const YAML::Node spec = mapping(node, "spec", "spec");
     p.node_name = string(spec, "nodeName", "spec.nodeName").value_or("");
@@ -504,7 +538,16 @@ class StreamDecoder {
       }
       const YAML::Node cond = mapping(n, "conditions", ep + ".conditions");
       e.ready = boolean(cond, "ready", ep + ".conditions.ready").value_or(true);
+      e.serving = boolean(cond, "serving", ep + ".conditions.serving").value_or(e.ready);
+      e.terminating = boolean(cond, "terminating", ep + ".conditions.terminating").value_or(false);
       e.node_name = string(n, "nodeName", ep + ".nodeName").value_or("");
+      e.zone = string(n, "zone", ep + ".zone").value_or("");
+      const YAML::Node hints = mapping(n, "hints", ep + ".hints");
+      each_mapping(hints, "forZones", ep + ".hints.forZones", [&](const YAML::Node& z, const std::string& zp) {
+        const auto name = string(z, "name", zp + ".name");
+        if (!name || name->empty()) fail(zp + ".name", "required");
+        e.zone_hints.push_back(*name);
+      });
       const YAML::Node ref = mapping(n, "targetRef", ep + ".targetRef");
       if (string(ref, "kind", ep + ".targetRef.kind") == "Pod")
         e.target_pod = string(ref, "name", ep + ".targetRef.name").value_or("");

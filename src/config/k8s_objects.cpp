@@ -11,6 +11,10 @@ std::string_view to_string(IpFamilyPolicy p) {
   return "SingleStack";
 }
 
+std::string_view to_string(TrafficPolicy p) { return p == TrafficPolicy::Local ? "Local" : "Cluster"; }
+
+std::string_view to_string(SessionAffinity a) { return a == SessionAffinity::ClientIP ? "ClientIP" : "None"; }
+
 std::string_view to_string(AddressType t) {
   switch (t) {
     case AddressType::IPv4: return "IPv4";

@@ -18,12 +18,21 @@ using Labels = std::map<std::string, std::string>;
 enum class IpFamilyPolicy { SingleStack, PreferDualStack, RequireDualStack };
 std::string_view to_string(IpFamilyPolicy p);
 
+// spec.internalTrafficPolicy: Local keeps ClusterIP traffic on endpoints of this node.
+enum class TrafficPolicy { Cluster, Local };
+std::string_view to_string(TrafficPolicy p);
+
+// spec.sessionAffinity.
+enum class SessionAffinity { None, ClientIP };
+std::string_view to_string(SessionAffinity a);
+
 struct ServicePort {
   std::string name;  // may be empty for a single unnamed port
   std::uint16_t port = 0;
   // A number, or the name of a container port resolved per pod. Absent in the input = `port`.
   std::variant<std::uint16_t, std::string> target_port = std::uint16_t{0};
   std::string protocol = "TCP";
+  std::string app_protocol{};  // spec.ports[].appProtocol; informational for an L4 proxy
 };
 
 struct Service {
@@ -39,6 +48,11 @@ struct Service {
   IpFamilyPolicy ip_family_policy = IpFamilyPolicy::SingleStack;
   std::vector<ServicePort> ports;
   std::string external_name;
+  TrafficPolicy internal_traffic_policy = TrafficPolicy::Cluster;
+  SessionAffinity session_affinity = SessionAffinity::None;
+  std::uint32_t affinity_timeout_s = 10800;  // sessionAffinityConfig.clientIP.timeoutSeconds (1..86400)
+  std::string traffic_distribution;          // spec.trafficDistribution ("" = none)
+  bool publish_not_ready_addresses = false;  // spec.publishNotReadyAddresses
 };
 
 struct ContainerPort {
@@ -56,6 +70,7 @@ struct Pod {
   bool host_network = false;
   std::vector<net::IpAddress> pod_ips;  // status.podIPs[].ip, else status.podIP
   bool ready = false;                   // status.conditions[type=Ready].status == "True"
+  bool terminating = false;             // metadata.deletionTimestamp is set
   std::vector<ContainerPort> container_ports;  // spec.containers[].ports[]
 };
 
@@ -70,10 +85,16 @@ struct EndpointSlicePort {
 
 struct SliceEndpoint {
   std::vector<net::IpAddress> addresses;
-  bool ready = true;  // conditions.ready; absent means ready (Kubernetes API semantics)
+  // discovery.k8s.io/v1 conditions: absent ready = true, absent serving = ready, absent
+  // terminating = false.
+  bool ready = true;
   std::string node_name;
   std::string target_pod;  // targetRef.name when targetRef.kind == Pod
-  std::vector<std::string> hostnames;  // addresses of an addressType FQDN slice (then `addresses` is empty)
+  std::vector<std::string> hostnames{};  // addresses of an addressType FQDN slice (then `addresses` is empty)
+  bool serving = true;
+  bool terminating = false;
+  std::string zone{};                   // endpoints[].zone
+  std::vector<std::string> zone_hints{};  // endpoints[].hints.forZones[].name
 };
 
 struct EndpointSlice {
@@ -85,10 +106,17 @@ struct EndpointSlice {
   std::vector<EndpointSlicePort> ports;
 };
 
+// A v1 Node: only its name and labels (topology.kubernetes.io/zone gives this node's zone).
+struct Node {
+  std::string name;
+  Labels labels;
+};
+
 struct ClusterObjects {
   std::vector<Service> services;
   std::vector<Pod> pods;
   std::vector<EndpointSlice> endpoint_slices;
+  std::vector<Node> nodes;
   // addressType FQDN slices, kept apart: nothing routes to a hostname, but the resolver turns
   // those of a Service annotated dsproxy.io/resolve: "true" into IPv4/IPv6 slices.
   std::vector<EndpointSlice> fqdn_slices;

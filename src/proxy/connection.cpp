@@ -98,8 +98,13 @@ class BackendSource {
   // node's own address (a captured client with no address of that family); such addresses are
   // never offered.
   BackendSource(const ConnectionContext& ctx, const RouteDecision& decision, const config::ClusterSnapshot& snapshot,
-                net::Family dialled, bool other_family_allowed)
-      : ctx_(ctx), decision_(decision), snapshot_(snapshot), dialled_(dialled), other_family_allowed_(other_family_allowed) {}
+                net::Family dialled, bool other_family_allowed, const net::IpAddress& client)
+      : ctx_(ctx),
+        decision_(decision),
+        snapshot_(snapshot),
+        dialled_(dialled),
+        other_family_allowed_(other_family_allowed),
+        client_(client) {}
 
   std::optional<BackendTargets> next() {
     if (decision_.kind == RouteKind::passthrough) {
@@ -113,7 +118,7 @@ class BackendSource {
       return t;
     }
     for (;;) {
-      auto pick = ctx_.picker.pick(*decision_.cluster, dialled_, Clock::now(), tried_);
+      auto pick = ctx_.picker.pick(*decision_.cluster, dialled_, Clock::now(), tried_, client_);
       if (!pick) return std::nullopt;
       tried_.push_back(pick->backend);
       BackendTargets t{{}, static_cast<int>(picks_.size())};
@@ -142,6 +147,7 @@ class BackendSource {
   const config::ClusterSnapshot& snapshot_;
   net::Family dialled_;
   bool other_family_allowed_;
+  net::IpAddress client_;  // the session-affinity key
   std::vector<int> tried_;
   std::vector<BackendPick> picks_;
   bool passthrough_given_ = false;
@@ -169,7 +175,7 @@ awaitable<std::optional<ConnectedUpstream>> establish_upstream(const ConnectionC
     upstream_options.other_family_source = snapshot.other_family_address(source.ip);
   }
   BackendSource backends(ctx, decision, snapshot, destination.ip.family(),
-                         !transparent || upstream_options.other_family_source.has_value());
+                         !transparent || upstream_options.other_family_source.has_value(), source.ip);
   ConnectScheduler scheduler(
       {ctx.options.attempt_delay, ctx.options.connect_timeout, std::max(1, ctx.options.max_connect_attempts)},
       [&backends] { return backends.next(); });

@@ -10,7 +10,7 @@ const config::Endpoint* endpoint_of(const config::ServiceCluster& c, const confi
   const int i = b.index(f);
   if (i < 0) return nullptr;
   const auto& e = c.endpoints[static_cast<std::size_t>(i)];
-  return e.ready ? &e : nullptr;
+  return e.eligible ? &e : nullptr;
 }
 
 // Candidates live on the stack up to this many backends; larger Services sample from the full
@@ -20,8 +20,18 @@ constexpr std::size_t kInline = 64;
 }  // namespace
 
 std::optional<BackendPick> EndpointPicker::pick(const config::ServiceCluster& cluster, net::Family dialled,
-                                                Clock::time_point now, std::span<const int> tried) {
+                                                Clock::time_point now, std::span<const int> tried,
+                                                std::optional<net::IpAddress> client) {
   const bool may_cross = cluster.family_fallback == config::FamilyFallback::other;
+  // The backend this client is pinned to, if any and still in the snapshot (-1 otherwise).
+  const bool affine = affinity_ && client && cluster.session_affinity == config::SessionAffinity::ClientIP;
+  int pinned = -1;
+  if (affine)
+    if (const auto address = affinity_->lookup(cluster.cluster_name, *client, now))
+      for (std::size_t b = 0; b < cluster.backends.size() && pinned < 0; ++b)
+        for (const net::Family f : {net::Family::v4, net::Family::v6})
+          if (const int i = cluster.backends[b].index(f); i >= 0 && cluster.endpoints[static_cast<std::size_t>(i)].address == *address)
+            pinned = static_cast<int>(b);
   auto usable = [&](std::size_t b, net::Family f, bool allow_ejected) {
     if (std::find(tried.begin(), tried.end(), static_cast<int>(b)) != tried.end()) return false;
     const auto* e = endpoint_of(cluster, cluster.backends[b], f);
@@ -49,7 +59,12 @@ std::optional<BackendPick> EndpointPicker::pick(const config::ServiceCluster& cl
       auto candidate = [&](std::size_t i) { return n <= kInline ? inline_candidates[i] : heap_candidates[i]; };
 
       int chosen = candidate(0);
-      if (n > 1) {
+      bool pinned_usable = false;
+      if (pinned >= 0)
+        for (std::size_t i = 0; i < n && !pinned_usable; ++i) pinned_usable = candidate(i) == pinned;
+      if (pinned_usable) {
+        chosen = pinned;
+      } else if (n > 1) {
         const std::size_t i = rng_() % n;
         const std::size_t j = (i + 1 + rng_() % (n - 1)) % n;  // distinct from i
         const auto* a = endpoint_of(cluster, cluster.backends[candidate(i)], family);
@@ -67,6 +82,11 @@ std::optional<BackendPick> EndpointPicker::pick(const config::ServiceCluster& cl
       pick.fallback = family != dialled;
       pick.endpoints[pick.count++] = endpoint_of(cluster, backend, family);
       pick.endpoints[0]->state->picks.fetch_add(1, std::memory_order_relaxed);
+      // Refreshes the pin's timeout, or moves it: the last pick of a connection is the backend it
+      // ends up on unless every attempt fails.
+      if (affine)
+        affinity_->remember(cluster.cluster_name, *client, pick.endpoints[0]->address,
+                            std::chrono::seconds(cluster.affinity_timeout_s), now);
       // Happy Eyeballs partner: only when crossing families is allowed, and never towards the
       // dialled family after a fallback (it has no ready endpoint, or we would not be here).
       if (may_cross && !pick.fallback)

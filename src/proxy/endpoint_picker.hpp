@@ -1,7 +1,11 @@
 #pragma once
 // Chooses the backend (pod) for a connection to a Service, per the family policy:
-//   1. a ready endpoint of the dialled family F, if any;
-//   2. else, when the Service allows fallback, a ready endpoint of the other family G;
+//   1. an eligible endpoint of the dialled family F, if any;
+//   2. else, when the Service allows fallback, an eligible endpoint of the other family G;
+// "eligible" is what the Service's rules leave (Endpoint::eligible: ready, else
+// serving-terminating; internalTrafficPolicy; topology hints), decided when the snapshot is built.
+// With sessionAffinity ClientIP, the client's pinned backend is taken whenever it is among the
+// candidates step 1 or 2 would choose from (eligible, healthy, not yet tried);
 // among the candidates, ejected outliers are skipped while any other remains, and the choice is
 // least-outstanding-connections over two random candidates (power of two choices), ties going to
 // the one picked less often. One picker per worker thread: its random state is not shared.
@@ -14,6 +18,7 @@
 
 #include "config/cluster_snapshot.hpp"
 #include "proxy/outlier_detector.hpp"
+#include "proxy/session_affinity.hpp"
 
 namespace dsproxy::proxy {
 
@@ -28,14 +33,18 @@ struct BackendPick {
 
 class EndpointPicker {
  public:
-  EndpointPicker(const OutlierDetector& outliers, std::uint64_t seed) : outliers_(outliers), rng_(seed) {}
+  // `affinity` is shared by every worker's picker (nullptr: sessionAffinity is ignored).
+  EndpointPicker(const OutlierDetector& outliers, std::uint64_t seed, SessionAffinityTable* affinity = nullptr)
+      : outliers_(outliers), affinity_(affinity), rng_(seed) {}
 
-  // `tried` are backends this connection already failed on (retries go elsewhere).
+  // `tried` are backends this connection already failed on (retries go elsewhere). `client` is
+  // the connection's source address, the key of ClientIP session affinity.
   std::optional<BackendPick> pick(const config::ServiceCluster& cluster, net::Family dialled, Clock::time_point now,
-                                  std::span<const int> tried = {});
+                                  std::span<const int> tried = {}, std::optional<net::IpAddress> client = std::nullopt);
 
  private:
   const OutlierDetector& outliers_;
+  SessionAffinityTable* affinity_;
   std::minstd_rand rng_;
 };
 

@@ -125,8 +125,8 @@ void validate_forwards(const ProxyOptions& options) {
 class Worker {
  public:
   Worker(const ProxyOptions& options, const config::SnapshotStore& store, ProxyStats& stats,
-         const OutlierDetector& outliers, std::uint64_t seed)
-      : picker_(outliers, seed),
+         const OutlierDetector& outliers, SessionAffinityTable& affinity, std::uint64_t seed)
+      : picker_(outliers, seed, &affinity),
         local_addresses_(options.upstream_mark),
         context_{options, store, stats, outliers, picker_, local_addresses_} {}
 
@@ -207,7 +207,7 @@ void ProxyServer::start() {
   CapturePorts ports = options_.ports;
   std::vector<Forward> forwards = options_.forwards;
   for (int i = 0; i < std::max(1, options_.workers); ++i) {
-    auto worker = std::make_unique<Worker>(options_, store_, stats_, outliers_, std::random_device{}() + i);
+    auto worker = std::make_unique<Worker>(options_, store_, stats_, outliers_, affinity_, std::random_device{}() + i);
     std::size_t opened = 0;
     for (const auto& ip : binds) {
       worker->listen({ip, ports.outbound}, Direction::outbound, socket_options);

@@ -14,6 +14,7 @@
 #include "proxy/outlier_detector.hpp"
 #include "proxy/proxy_options.hpp"
 #include "proxy/proxy_stats.hpp"
+#include "proxy/session_affinity.hpp"
 
 namespace dsproxy::proxy {
 
@@ -47,6 +48,7 @@ class ProxyServer {
   const config::SnapshotStore& store_;
   ProxyStats& stats_;
   OutlierDetector outliers_;
+  SessionAffinityTable affinity_;  // shared by every worker: a client's connections land on any of them
   CapturePorts bound_;
   std::vector<std::unique_ptr<Worker>> workers_;
   bool started_ = false;
