@@ -67,18 +67,38 @@ json::array endpoints(const DumpContext& ctx) {
       const auto& st = *e.state;
       const bool ejected = st.ejected_until_ns.load(std::memory_order_relaxed) > now_ns;
       json::object ep{{"address", socket_address(e.address.ip.to_string(), e.address.port)},
-                      {"healthStatus", e.ready ? "HEALTHY" : "UNHEALTHY"},
+                      {"healthStatus", e.health()},
+                      {"ready", e.ready},
+                      {"serving", e.serving},
+                      {"terminating", e.terminating},
+                      // Whether the Service's rules (conditions, traffic policy, topology) leave it
+                      // to be picked: a HEALTHY endpoint on another node of a Local Service is not.
+                      {"eligible", e.eligible},
                       {"outlierCheck", ejected ? "FAILED" : "OK"},
                       {"activeConnections", st.active.load(std::memory_order_relaxed)},
                       {"connections", st.picks.load(std::memory_order_relaxed)},
                       {"consecutiveFailures", st.consecutive_failures.load(std::memory_order_relaxed)},
                       {"ejections", st.ejections.load(std::memory_order_relaxed)}};
       if (!e.pod.empty()) ep["pod"] = e.pod;
+      if (!e.node_name.empty()) ep["nodeName"] = e.node_name;
+      if (!e.zone.empty()) ep["zone"] = e.zone;
+      if (!e.zone_hints.empty()) {
+        json::array hints;
+        for (const auto& z : e.zone_hints) hints.push_back(json::string(z));
+        ep["zoneHints"] = std::move(hints);
+      }
       eps.push_back(std::move(ep));
     }
-    out.push_back(json::object{{"clusterName", c.cluster_name},
-                               {"familyFallback", std::string(config::to_string(c.family_fallback))},
-                               {"endpoints", std::move(eps)}});
+    json::object cluster{{"clusterName", c.cluster_name},
+                         {"familyFallback", std::string(config::to_string(c.family_fallback))},
+                         {"internalTrafficPolicy", std::string(config::to_string(c.internal_traffic_policy))},
+                         {"sessionAffinity", std::string(config::to_string(c.session_affinity))},
+                         {"endpoints", std::move(eps)}};
+    if (c.session_affinity == config::SessionAffinity::ClientIP)
+      cluster["sessionAffinityTimeoutSeconds"] = c.affinity_timeout_s;
+    if (!c.traffic_distribution.empty()) cluster["trafficDistribution"] = c.traffic_distribution;
+    if (!c.app_protocol.empty()) cluster["appProtocol"] = c.app_protocol;
+    out.push_back(std::move(cluster));
   }
   return out;
 }
@@ -133,6 +153,7 @@ json::object all_counters(const proxy::ProxyStats& stats, const resolver::DnsSta
 
 std::string render_config_dump(const DumpContext& ctx) {
   json::object dump{{"node", ctx.snapshot.options().node_name},
+                    {"zone", ctx.snapshot.zone()},
                     {"generation", ctx.generation},
                     {"listeners", listeners(ctx)},
                     {"endpoints", endpoints(ctx)},

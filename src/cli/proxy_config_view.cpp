@@ -63,8 +63,15 @@ std::vector<const json::object*> matching_listeners(const json::object& dump, st
 
 struct EndpointRow {
   net::SocketAddress address;
-  std::string text, status, outlier, cluster;
+  std::string text, status, outlier, cluster, node, zone;
 };
+
+// A field of the dump, or "-" when absent: an empty cell would shift the columns of a table
+// read with awk.
+std::string optional_str(const json::value& o, std::string_view key) {
+  const auto* v = o.as_object().if_contains(key);
+  return v && v->is_string() && !v->as_string().empty() ? std::string(v->as_string()) : "-";
+}
 
 std::vector<EndpointRow> matching_endpoints(const json::object& dump, std::optional<std::uint16_t> port) {
   std::vector<EndpointRow> rows;
@@ -76,7 +83,8 @@ std::vector<EndpointRow> matching_endpoints(const json::object& dump, std::optio
       if (!ip) continue;
       const net::SocketAddress addr{*ip, port_of(e.at("address"))};
       if (port && addr.port != *port) continue;
-      rows.push_back({addr, addr.to_istio_string(), str(e.at("healthStatus")), str(e.at("outlierCheck")), cluster});
+      rows.push_back({addr, addr.to_istio_string(), str(e.at("healthStatus")), str(e.at("outlierCheck")), cluster,
+                      optional_str(e, "nodeName"), optional_str(e, "zone")});
     }
   }
   // IPv4 first, then by address bytes: stable and readable, unlike a plain string sort.
@@ -143,8 +151,9 @@ std::string listeners_json(std::string_view config_dump, std::optional<std::uint
 
 std::string endpoints_table(std::string_view config_dump, std::optional<std::uint16_t> port) {
   const auto dump = parse_dump(config_dump);
-  std::vector<std::vector<std::string>> rows{{"ENDPOINT", "STATUS", "OUTLIER CHECK", "CLUSTER"}};
-  for (auto& r : matching_endpoints(dump, port)) rows.push_back({r.text, r.status, r.outlier, r.cluster});
+  // CLUSTER stays last (scripts read it as the last field); NODE and ZONE go before it.
+  std::vector<std::vector<std::string>> rows{{"ENDPOINT", "STATUS", "OUTLIER CHECK", "NODE", "ZONE", "CLUSTER"}};
+  for (auto& r : matching_endpoints(dump, port)) rows.push_back({r.text, r.status, r.outlier, r.node, r.zone, r.cluster});
   return table(rows);
 }
 
@@ -153,7 +162,7 @@ std::string endpoints_json(std::string_view config_dump, std::optional<std::uint
   json::array out;
   for (auto& r : matching_endpoints(dump, port))
     out.push_back(json::object{{"endpoint", r.text}, {"status", r.status}, {"outlierCheck", r.outlier},
-                               {"cluster", r.cluster}});
+                               {"node", r.node}, {"zone", r.zone}, {"cluster", r.cluster}});
   return json::serialize(out) + "\n";
 }
 

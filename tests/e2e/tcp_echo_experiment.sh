@@ -280,10 +280,10 @@ fi
 if in_time "proxy-config endpoints"; then
   table=$(in_node timeout 5 "$DSPROXY_BIN" proxy-config endpoints --port 9000 2>&1 |
     sed -E 's/[[:space:]]+/ /g; s/^ //; s/ $//')
-  grep -qFx "ENDPOINT STATUS OUTLIER CHECK CLUSTER" <<<"$table"
+  grep -qFx "ENDPOINT STATUS OUTLIER CHECK NODE ZONE CLUSTER" <<<"$table"
   ok_header=$?
-  check "proxy-config endpoints --port 9000 has the header ENDPOINT STATUS OUTLIER CHECK CLUSTER" $ok_header
-  grep -qFx "fd00:10:244::1a:9000 HEALTHY OK outbound|9000||tcp-echo.dual-stack.svc.cluster.local" <<<"$table"
+  check "proxy-config endpoints --port 9000 has the header ENDPOINT STATUS OUTLIER CHECK NODE ZONE CLUSTER" $ok_header
+  grep -qFx "fd00:10:244::1a:9000 HEALTHY OK kind-worker - outbound|9000||tcp-echo.dual-stack.svc.cluster.local" <<<"$table"
   ok=$?
   check "proxy-config endpoints --port 9000 lists fd00:10:244::1a:9000 HEALTHY for tcp-echo.dual-stack" $ok
   if ((ok_header != 0 || ok != 0)); then echo "$table" | head -n 20 | sed 's/^/    | /'; fi

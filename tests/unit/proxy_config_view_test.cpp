@@ -32,11 +32,53 @@ std::string squeeze(const std::string& s) {
 TEST(ProxyConfigView, EndpointsTableMatchesIstioctlShape) {
   const auto table = squeeze(cli::endpoints_table(experiment_dump(), 9000));
   EXPECT_EQ(table,
-            "ENDPOINT STATUS OUTLIER CHECK CLUSTER\n"
-            "10.244.0.19:9000 HEALTHY OK outbound|9000||tcp-echo.ipv4.svc.cluster.local\n"
-            "10.244.0.26:9000 HEALTHY OK outbound|9000||tcp-echo.dual-stack.svc.cluster.local\n"
-            "fd00:10:244::18:9000 HEALTHY OK outbound|9000||tcp-echo.ipv6.svc.cluster.local\n"
-            "fd00:10:244::1a:9000 HEALTHY OK outbound|9000||tcp-echo.dual-stack.svc.cluster.local\n");
+            "ENDPOINT STATUS OUTLIER CHECK NODE ZONE CLUSTER\n"
+            "10.244.0.19:9000 HEALTHY OK kind-worker - outbound|9000||tcp-echo.ipv4.svc.cluster.local\n"
+            "10.244.0.26:9000 HEALTHY OK kind-worker - outbound|9000||tcp-echo.dual-stack.svc.cluster.local\n"
+            "fd00:10:244::18:9000 HEALTHY OK kind-worker - outbound|9000||tcp-echo.ipv6.svc.cluster.local\n"
+            "fd00:10:244::1a:9000 HEALTHY OK kind-worker - outbound|9000||tcp-echo.dual-stack.svc.cluster.local\n");
+}
+
+// Issue 16: STATUS says HEALTHY (ready), DRAINING (serving and terminating) or UNHEALTHY, with
+// the endpoint's node and zone; /config_dump carries the Service's policies.
+TEST(ProxyConfigView, EndpointStateNodeZoneAndServicePolicies) {
+  auto objects = config::decode_objects(R"(
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: t}
+spec:
+  clusterIP: 10.96.0.10
+  internalTrafficPolicy: Local
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}
+  trafficDistribution: PreferClose
+  ports: [{port: 80, targetPort: 8080, appProtocol: kubernetes.io/h2c}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: t, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints:
+- {addresses: [10.0.0.1], nodeName: n1, zone: a}
+- {addresses: [10.0.0.2], nodeName: n2, zone: b, conditions: {ready: false, serving: true, terminating: true}}
+- {addresses: [10.0.0.3], conditions: {ready: false}}
+)");
+  auto snapshot = config::ClusterSnapshot::build(std::move(objects), {.node_name = "n1", .zone = "a"});
+  proxy::ProxyOptions options;
+  proxy::ProxyStats stats;
+  const std::string dump = admin::render_config_dump({*snapshot, options, stats, 1});
+  EXPECT_EQ(squeeze(cli::endpoints_table(dump, 8080)),
+            "ENDPOINT STATUS OUTLIER CHECK NODE ZONE CLUSTER\n"
+            "10.0.0.1:8080 HEALTHY OK n1 a outbound|80||web.t.svc.cluster.local\n"
+            "10.0.0.2:8080 DRAINING OK n2 b outbound|80||web.t.svc.cluster.local\n"
+            "10.0.0.3:8080 UNHEALTHY OK - - outbound|80||web.t.svc.cluster.local\n");
+  for (const char* field : {"\"internalTrafficPolicy\":\"Local\"", "\"sessionAffinity\":\"ClientIP\"",
+                            "\"sessionAffinityTimeoutSeconds\":600", "\"trafficDistribution\":\"PreferClose\"",
+                            "\"appProtocol\":\"kubernetes.io/h2c\"", "\"zone\":\"a\"", "\"eligible\":true",
+                            "\"terminating\":true"})
+    EXPECT_NE(dump.find(field), std::string::npos) << field << " in " << dump;
+  EXPECT_NE(cli::endpoints_json(dump, 8080).find("\"status\":\"DRAINING\""), std::string::npos);
 }
 
 TEST(ProxyConfigView, ListenersHaveAdditionalAddressesOnlyForDualStack) {
