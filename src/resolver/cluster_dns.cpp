@@ -25,7 +25,10 @@ void add_unique(std::vector<net::IpAddress>& to, const net::IpAddress& ip) {
 }
 
 // Ready endpoint addresses of a headless Service: its EndpointSlices when it has any (they also
-// carry selector-less, hand-managed endpoints), else the ready pods its selector matches.
+// carry selector-less, hand-managed endpoints), else the ready pods its selector matches (a pod
+// being deleted is not ready, as the EndpointSlice controller writes it). With
+// publishNotReadyAddresses every endpoint is answered, ready or not, as CoreDNS does (the
+// controller then marks them all ready).
 std::vector<net::IpAddress> headless_addresses(const config::Service& svc, const config::ClusterObjects& objs) {
   std::vector<net::IpAddress> out;
   bool sliced = false;
@@ -34,13 +37,16 @@ std::vector<net::IpAddress> headless_addresses(const config::Service& svc, const
     sliced = true;
     if (slice.address_type == config::AddressType::FQDN) continue;
     for (const auto& e : slice.endpoints)
-      if (e.ready)
+      if (e.ready || svc.publish_not_ready_addresses)
         for (const auto& a : e.addresses)
           if (has_family(svc.ip_families, a.family())) add_unique(out, a);
   }
   if (sliced || !svc.selector || svc.selector->empty()) return out;
   for (const auto& pod : objs.pods) {
-    if (pod.ns != svc.ns || !pod.ready || pod.host_network || !selects(*svc.selector, pod.labels)) continue;
+    const bool ready = pod.ready && !pod.terminating;
+    if (pod.ns != svc.ns || (!ready && !svc.publish_not_ready_addresses) || pod.host_network ||
+        !selects(*svc.selector, pod.labels))
+      continue;
     for (const auto& a : pod.pod_ips)
       if (has_family(svc.ip_families, a.family())) add_unique(out, a);
   }

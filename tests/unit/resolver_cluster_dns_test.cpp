@@ -163,3 +163,23 @@ TEST(ResolverClusterDns, ReverseNames) {
 
 }  // namespace
 }  // namespace dsproxy::resolver
+
+namespace dsproxy::resolver {
+namespace {
+
+// Issue 16: publishNotReadyAddresses puts not-ready pods into a headless Service's answers; a pod
+// being deleted (deletionTimestamp) is not ready, so it leaves them unless the Service publishes
+// not-ready addresses.
+TEST(ResolverClusterDns, PublishNotReadyAddressesAndTerminatingPods) {
+  auto objects = config::load_objects_file(std::string(DSPROXY_TEST_DATA_DIR) + "/resolver/cluster.yaml");
+  for (auto& p : objects.pods)
+    if (p.name == "db-1") p.terminating = true;
+  EXPECT_EQ(ask(*ClusterDns::build(objects, {}), "db.dual-stack.svc.cluster.local", rrtype::A), "NOERROR A=10.244.0.40");
+  for (auto& s : objects.services)
+    if (s.name == "db") s.publish_not_ready_addresses = true;
+  EXPECT_EQ(ask(*ClusterDns::build(objects, {}), "db.dual-stack.svc.cluster.local", rrtype::A),
+            "NOERROR A=10.244.0.40 A=10.244.0.41 A=10.244.0.42");
+}
+
+}  // namespace
+}  // namespace dsproxy::resolver
