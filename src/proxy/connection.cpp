@@ -235,7 +235,7 @@ awaitable<std::optional<Connected>> route_and_connect(const ConnectionContext& c
   // the endpoints it points to.
   const auto snapshot = ctx.store.current();
   RouteDecision decision =
-      route(*snapshot, direction, destination, ctx.options.ports, ctx.local_addresses, transparent);
+      route(*snapshot, direction, destination, ctx.options.ports, ctx.local_addresses, transparent, source.ip.family());
   // A captured client is only ever connected from its own addresses. One that has no address of
   // the other family cannot use a cross-family fallback: from the node's address it would reach
   // an endpoint it cannot reach itself, past that endpoint's NetworkPolicies, seen as the node.

@@ -17,8 +17,12 @@ std::string_view to_string(RejectReason r) {
 
 RouteDecision route(const config::ClusterSnapshot& snapshot, Direction direction,
                     const net::SocketAddress& destination, const CapturePorts& ports, LocalAddressCheck& local,
-                    bool captured) {
+                    bool captured, std::optional<net::Family> client_family) {
   RouteDecision d;
+  if (captured && client_family && *client_family != destination.ip.family()) {
+    d.reason = RejectReason::forbidden_destination;
+    return d;
+  }
   if (direction == Direction::outbound) {
     // A ClusterIP is never dialled itself, only its endpoints: whatever its port, it cannot loop.
     if (const auto* cluster = snapshot.find_cluster(destination)) {

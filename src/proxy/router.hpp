@@ -3,6 +3,7 @@
 // can be tested exhaustively. Which endpoint of a Service is the EndpointPicker's job.
 
 #include <cstdint>
+#include <optional>
 #include <string_view>
 
 #include "config/cluster_snapshot.hpp"
@@ -42,8 +43,13 @@ struct CapturePorts {
 // `local` is asked only about a destination that would be passed through on a capture port.
 // `captured`: false for an explicitly addressed listener (--forward, non-transparent mode), whose
 // target the operator chose; only captured connections are held to the pod's own reach.
+// `client_family`: the family of the client's (canonical) address, when known. A captured
+// connection whose destination is of the other family is refused (forbidden_destination): a pod's
+// own stack never sends IPv6 to a v4-mapped address, so such a destination was hand-crafted (a
+// pod with CAP_NET_RAW), and once unmapped to IPv4 its upstream could not be bound to the IPv6
+// client's address: it would leave from the node's own IPv4 address, as the node.
 RouteDecision route(const config::ClusterSnapshot& snapshot, Direction direction,
                     const net::SocketAddress& destination, const CapturePorts& ports, LocalAddressCheck& local,
-                    bool captured = true);
+                    bool captured = true, std::optional<net::Family> client_family = std::nullopt);
 
 }  // namespace dsproxy::proxy

@@ -218,5 +218,28 @@ TEST_F(RouterTest, PassthroughToLoopbackUnspecifiedOrMulticastIsRefused) {
   EXPECT_EQ(outbound("169.254.169.254", 80).kind, RouteKind::passthrough);
 }
 
+// An IPv6 client whose packet was addressed to ::ffff:a.b.c.d (hand-crafted: a pod's own stack
+// never sends that) arrives with a destination unmapped to IPv4. Routed, its upstream would be
+// IPv4 with no IPv4 address of the client's to bind (an IPv6-only pod): it would leave from the
+// node's own address. A captured connection is only served within the client's own family.
+TEST_F(RouterTest, CapturedDestinationOfAnotherFamilyThanTheClientIsRefused) {
+  for (const char* ip : {"10.96.0.20", "10.244.0.10", "192.0.2.1"}) {
+    for (Direction dir : {Direction::outbound, Direction::inbound}) {
+      auto d = route(*snapshot, dir, sa(ip, 80), ports, node, true, net::Family::v6);
+      EXPECT_EQ(d.kind, RouteKind::reject) << ip;
+      EXPECT_EQ(d.reason, RejectReason::forbidden_destination) << ip;
+    }
+    EXPECT_NE(route(*snapshot, Direction::outbound, sa(ip, 80), ports, node, true, net::Family::v4).reason,
+              RejectReason::forbidden_destination)
+        << ip;
+    // An explicit --forward listener dials the target the operator chose, from the node.
+    EXPECT_NE(route(*snapshot, Direction::outbound, sa(ip, 80), ports, node, false, net::Family::v6).reason,
+              RejectReason::forbidden_destination)
+        << ip;
+  }
+  EXPECT_EQ(route(*snapshot, Direction::outbound, sa("fd00:10:96::20", 80), ports, node, true, net::Family::v4).reason,
+            RejectReason::forbidden_destination);
+}
+
 }  // namespace
 }  // namespace dsproxy::proxy
