@@ -140,7 +140,19 @@ class Worker {
     for (auto& l : acceptors_)
       boost::asio::co_spawn(io_, accept_loop(l.acceptor, l.direction, context_, l.forward_to, reserve_),
                             boost::asio::detached);
-    thread_ = std::thread([this] { io_.run(); });
+    thread_ = std::thread([this] {
+      // A handler that throws (realistically only std::bad_alloc in a relay callback) must cost
+      // its own connection, never the process: a dead worker would leave the capture rules
+      // installed with nobody serving them. run() resumes where it stopped.
+      for (;;) {
+        try {
+          io_.run();
+          return;
+        } catch (const std::exception& e) {
+          spdlog::error("worker: a handler threw ({}); the worker goes on", e.what());
+        }
+      }
+    });
   }
 
   // Closing the acceptors ends the accept loops; established connections keep running.

@@ -96,6 +96,14 @@ struct DnsProxy::Impl : std::enable_shared_from_this<Impl> {
   struct TcpConnection : std::enable_shared_from_this<TcpConnection> {
     TcpConnection(std::shared_ptr<Impl> owner, tcp::socket s, net::IpAddress client)
         : owner(std::move(owner)), socket(std::move(s)), client(client), timer(socket.get_executor()) {}
+    // close() releases the client's slot and the registry entry; a connection dropped without
+    // it (a reply callback that was never called) must not leak its slot for good nor leave a
+    // dangling pointer for stop().
+    ~TcpConnection() {
+      if (closed) return;
+      owner->limits.release(client);
+      owner->connections.erase(this);
+    }
     std::shared_ptr<Impl> owner;
     tcp::socket socket;
     net::IpAddress client;
