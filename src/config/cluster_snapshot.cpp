@@ -102,14 +102,16 @@ std::vector<Endpoint> selector_endpoints(const Service& svc, const ServicePort& 
       if (cp == pod->container_ports.end()) continue;
       target = cp->port;
     }
-    // What the EndpointSlice controller would write for this pod: serving follows readiness
-    // (or is forced by publishNotReadyAddresses), ready is serving and not terminating.
-    const bool serving = pod->ready || svc.publish_not_ready_addresses;
+    // What the EndpointSlice controller would write for this pod: serving is the pod's readiness;
+    // ready is serving and not terminating, or forced by publishNotReadyAddresses (then even a
+    // terminating pod stays ready, so kube-proxy keeps it among the others, not only as fallback).
+    const bool serving = pod->ready;
+    const bool ready = svc.publish_not_ready_addresses || (serving && !pod->terminating);
     for (const net::IpAddress& a : pod->pod_ips) {
       if (!has_family(svc.ip_families, a.family())) continue;
       Endpoint& ep = out.emplace_back();
       ep.address = net::SocketAddress{a, target};
-      ep.ready = serving && !pod->terminating;
+      ep.ready = ready;
       ep.serving = serving;
       ep.terminating = pod->terminating;
       ep.pod = pod->ns + "/" + pod->name;

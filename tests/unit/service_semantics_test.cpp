@@ -217,6 +217,28 @@ TEST(EndpointConditions, PublishNotReadyAddressesMakesUnreadyPodsEndpoints) {
   EXPECT_EQ(picked(web(*ClusterSnapshot::build(o, {.node_name = "n1"})), net::Family::v4), Addrs{"10.0.0.1"});
 }
 
+TEST(EndpointConditions, PublishNotReadyAddressesKeepsATerminatingPodReady) {
+  // The EndpointSlice controller writes ready = publishNotReadyAddresses || (serving && !terminating)
+  // and serving = the pod's readiness: with the flag a terminating pod stays ready and is picked
+  // alongside the others, not only once they are all gone.
+  auto o = config::decode_objects(kPods);
+  auto fresh = o.pods[0];
+  fresh.name = "new";
+  fresh.terminating = false;
+  fresh.pod_ips = {ip("10.0.0.2"), ip("fd00::2")};
+  o.pods.push_back(fresh);
+  o.services[0].publish_not_ready_addresses = true;
+  const auto s = ClusterSnapshot::build(o, {.node_name = "n1"});
+  EXPECT_EQ(picked(web(*s), net::Family::v4), (Addrs{"10.0.0.1", "10.0.0.2"}));
+  EXPECT_EQ(web(*s).endpoints[0].health(), "HEALTHY");
+  EXPECT_TRUE(web(*s).endpoints[0].terminating);
+  // serving is the pod's own readiness, not forced by the flag.
+  o.pods[1].ready = false;
+  const auto unready = ClusterSnapshot::build(o, {.node_name = "n1"});
+  EXPECT_TRUE(web(*unready).endpoints[1].ready);
+  EXPECT_FALSE(web(*unready).endpoints[1].serving);
+}
+
 // ------------------------------------------------------------------ 2. internalTrafficPolicy
 
 TEST(InternalTrafficPolicy, DecodesAndRejectsUnknownValues) {
