@@ -213,15 +213,17 @@ void select_endpoints(std::vector<Endpoint>& eps, net::Family family, TrafficPol
     mark(serving_terminating);
 }
 
-// What the EndpointSlice controller writes for trafficDistribution PreferClose: each endpoint
+// What the EndpointSlice controller writes for trafficDistribution PreferClose: each ready endpoint
 // hinted for its own zone. A slice dumped from a cluster already carries the hints; a
 // hand-written one gets them here, so the same file behaves the same with or without them.
 void derive_hints(const Service& svc, std::vector<Endpoint>& eps) {
   if (svc.traffic_distribution != "PreferClose" && svc.traffic_distribution != "PreferSameZone") return;
   if (std::any_of(eps.begin(), eps.end(), [](const Endpoint& e) { return !e.zone_hints.empty(); })) return;
-  // The controller gives no hints at all when an endpoint lacks a zone.
-  if (std::any_of(eps.begin(), eps.end(), [](const Endpoint& e) { return e.zone.empty(); })) return;
-  for (Endpoint& e : eps) e.zone_hints = {e.zone};
+  // The controller hints each ready endpoint that has a zone, one by one: a ready endpoint
+  // without a zone stays unhinted (and so turns topology off for its family in select_endpoints),
+  // while a not-ready one, or one of the other family, changes nothing for the rest.
+  for (Endpoint& e : eps)
+    if (e.ready && !e.zone.empty()) e.zone_hints = {e.zone};
 }
 
 constexpr const char* kFallbackAnnotation = "dsproxy.io/family-fallback";

@@ -322,6 +322,23 @@ TEST(TopologyHints, ZoneFromFlagElseNodeLabel) {
   EXPECT_EQ(build(y, "n9")->zone(), "") << "another node's label is not ours";
 }
 
+TEST(TopologyHints, PreferCloseHintsEachReadyEndpointWithAZone) {
+  // As the controller: every ready endpoint that has a zone gets a hint for it; a not-ready one
+  // without a zone (or one of the other family) does not stop the others from being hinted.
+  const std::string pc = "  trafficDistribution: PreferClose\n";
+  run_table({
+      {"an unready endpoint without a zone does not disable topology",
+       {{"10.0.0.1", "zone: a"}, {"10.0.0.2", "zone: b"}, {"10.0.0.3", kUnready}}, {"10.0.0.1"}, {"10.0.0.1"}, pc,
+       "n1", "a"},
+      {"IPv6 without zones does not disable IPv4's topology",
+       {{"10.0.0.1", "zone: a"}, {"10.0.0.2", "zone: b"}, {"fd00::1", ""}, {"fd00::2", ""}}, {"10.0.0.1"},
+       {"fd00::1", "fd00::2"}, pc, "n1", "a"},
+      {"a ready endpoint without a zone: no topology (it has no hint)",
+       {{"10.0.0.1", "zone: a"}, {"10.0.0.2", "zone: b"}, {"10.0.0.3", ""}}, {"10.0.0.1", "10.0.0.2", "10.0.0.3"},
+       {"10.0.0.1", "10.0.0.2", "10.0.0.3"}, pc, "n1", "a"},
+  });
+}
+
 // ------------------------------------------------------------------ 3. sessionAffinity ClientIP
 
 TEST(SessionAffinity, DecodesTimeoutWithDefaultAndRange) {
