@@ -84,7 +84,10 @@ std::vector<Endpoint> slice_endpoints(const Service& svc, const ServicePort& sp,
   return out;
 }
 
-std::vector<Endpoint> selector_endpoints(const Service& svc, const ServicePort& sp, const std::vector<const Pod*>& pods) {
+using NodeZones = std::map<std::string, std::string, std::less<>>;  // Node name -> its topology.kubernetes.io/zone
+
+std::vector<Endpoint> selector_endpoints(const Service& svc, const ServicePort& sp, const std::vector<const Pod*>& pods,
+                                         const NodeZones& zones) {
   std::vector<Endpoint> out;
   // No selector, or an empty one, selects nothing: such services get endpoints from slices only.
   if (!svc.selector || svc.selector->empty()) return out;
@@ -116,6 +119,8 @@ std::vector<Endpoint> selector_endpoints(const Service& svc, const ServicePort& 
       ep.terminating = pod->terminating;
       ep.pod = pod->ns + "/" + pod->name;
       ep.node_name = pod->node_name;
+      // The controller takes the zone from the pod's Node; without it PreferClose has nothing to hint.
+      if (auto z = zones.find(pod->node_name); z != zones.end()) ep.zone = z->second;
     }
   }
   return out;
@@ -251,11 +256,13 @@ std::shared_ptr<const ClusterSnapshot> ClusterSnapshot::build(ClusterObjects obj
   snap->objects_ = std::move(objects);
   snap->options_ = options;
   const ClusterObjects& objs = snap->objects_;
+  NodeZones node_zones;
+  for (const Node& n : objs.nodes)
+    if (auto it = n.labels.find("topology.kubernetes.io/zone"); it != n.labels.end() && !it->second.empty())
+      node_zones.emplace(n.name, it->second);
   snap->zone_ = options.zone;
   if (snap->zone_.empty() && !options.node_name.empty())
-    for (const Node& n : objs.nodes)
-      if (n.name == options.node_name)
-        if (auto it = n.labels.find("topology.kubernetes.io/zone"); it != n.labels.end()) snap->zone_ = it->second;
+    if (auto it = node_zones.find(options.node_name); it != node_zones.end()) snap->zone_ = it->second;
 
   SliceIndex slices;
   for (const EndpointSlice& s : objs.endpoint_slices)
@@ -302,7 +309,7 @@ std::shared_ptr<const ClusterSnapshot> ClusterSnapshot::build(ClusterObjects obj
     if (auto it = slices.find({svc.ns, svc.name}); it != slices.end())
       c.endpoints = slice_endpoints(svc, sp, it->second);
     else if (auto pods = pods_by_ns.find(svc.ns); pods != pods_by_ns.end())
-      c.endpoints = selector_endpoints(svc, sp, pods->second);
+      c.endpoints = selector_endpoints(svc, sp, pods->second, node_zones);
     std::erase_if(c.endpoints, [&](const Endpoint& e) {
       const std::string_view reason = unsafe_endpoint_reason(e.address.ip, snap->cluster_ips_);
       if (reason.empty()) return false;

@@ -339,6 +339,50 @@ TEST(TopologyHints, PreferCloseHintsEachReadyEndpointWithAZone) {
   });
 }
 
+TEST(TopologyHints, SelectorPodsTakeTheirNodesZone) {
+  // Without slices the endpoints are what the controller would write, zone included: the
+  // topology.kubernetes.io/zone label of the pod's Node.
+  const std::string y = std::string(R"(
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: t}
+spec:
+  ipFamilyPolicy: SingleStack
+  clusterIPs: [10.96.0.10]
+  selector: {app: web}
+  trafficDistribution: PreferClose
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pa, namespace: t, labels: {app: web}}
+spec: {nodeName: na}
+status: {podIPs: [{ip: 10.0.0.1}], conditions: [{type: Ready, status: "True"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pb, namespace: t, labels: {app: web}}
+spec: {nodeName: nb}
+status: {podIPs: [{ip: 10.0.0.2}], conditions: [{type: Ready, status: "True"}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: na, labels: {topology.kubernetes.io/zone: a}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: nb, labels: {topology.kubernetes.io/zone: b}}
+)");
+  const auto s = build(y, "na");
+  ASSERT_EQ(s->zone(), "a");
+  const auto& c = web(*s);
+  ASSERT_EQ(c.endpoints.size(), 2u);
+  EXPECT_EQ(c.endpoints[0].zone, "a");
+  EXPECT_EQ(c.endpoints[1].zone, "b");
+  EXPECT_EQ(picked(c, net::Family::v4), Addrs{"10.0.0.1"});
+  EXPECT_EQ(picked(web(*build(y, "nb")), net::Family::v4), Addrs{"10.0.0.2"});
+}
+
 // ------------------------------------------------------------------ 3. sessionAffinity ClientIP
 
 TEST(SessionAffinity, DecodesTimeoutWithDefaultAndRange) {
