@@ -84,7 +84,10 @@ std::vector<Endpoint> slice_endpoints(const Service& svc, const ServicePort& sp,
   return out;
 }
 
-std::vector<Endpoint> selector_endpoints(const Service& svc, const ServicePort& sp, const std::vector<const Pod*>& pods) {
+using NodeZones = std::map<std::string, std::string, std::less<>>;  // Node name -> its topology.kubernetes.io/zone
+
+std::vector<Endpoint> selector_endpoints(const Service& svc, const ServicePort& sp, const std::vector<const Pod*>& pods,
+                                         const NodeZones& zones) {
   std::vector<Endpoint> out;
   // No selector, or an empty one, selects nothing: such services get endpoints from slices only.
   if (!svc.selector || svc.selector->empty()) return out;
@@ -102,18 +105,22 @@ std::vector<Endpoint> selector_endpoints(const Service& svc, const ServicePort& 
       if (cp == pod->container_ports.end()) continue;
       target = cp->port;
     }
-    // What the EndpointSlice controller would write for this pod: serving follows readiness
-    // (or is forced by publishNotReadyAddresses), ready is serving and not terminating.
-    const bool serving = pod->ready || svc.publish_not_ready_addresses;
+    // What the EndpointSlice controller would write for this pod: serving is the pod's readiness;
+    // ready is serving and not terminating, or forced by publishNotReadyAddresses (then even a
+    // terminating pod stays ready, so kube-proxy keeps it among the others, not only as fallback).
+    const bool serving = pod->ready;
+    const bool ready = svc.publish_not_ready_addresses || (serving && !pod->terminating);
     for (const net::IpAddress& a : pod->pod_ips) {
       if (!has_family(svc.ip_families, a.family())) continue;
       Endpoint& ep = out.emplace_back();
       ep.address = net::SocketAddress{a, target};
-      ep.ready = serving && !pod->terminating;
+      ep.ready = ready;
       ep.serving = serving;
       ep.terminating = pod->terminating;
       ep.pod = pod->ns + "/" + pod->name;
       ep.node_name = pod->node_name;
+      // The controller takes the zone from the pod's Node; without it PreferClose has nothing to hint.
+      if (auto z = zones.find(pod->node_name); z != zones.end()) ep.zone = z->second;
     }
   }
   return out;
@@ -211,15 +218,17 @@ void select_endpoints(std::vector<Endpoint>& eps, net::Family family, TrafficPol
     mark(serving_terminating);
 }
 
-// What the EndpointSlice controller writes for trafficDistribution PreferClose: each endpoint
+// What the EndpointSlice controller writes for trafficDistribution PreferClose: each ready endpoint
 // hinted for its own zone. A slice dumped from a cluster already carries the hints; a
 // hand-written one gets them here, so the same file behaves the same with or without them.
 void derive_hints(const Service& svc, std::vector<Endpoint>& eps) {
   if (svc.traffic_distribution != "PreferClose" && svc.traffic_distribution != "PreferSameZone") return;
   if (std::any_of(eps.begin(), eps.end(), [](const Endpoint& e) { return !e.zone_hints.empty(); })) return;
-  // The controller gives no hints at all when an endpoint lacks a zone.
-  if (std::any_of(eps.begin(), eps.end(), [](const Endpoint& e) { return e.zone.empty(); })) return;
-  for (Endpoint& e : eps) e.zone_hints = {e.zone};
+  // The controller hints each ready endpoint that has a zone, one by one: a ready endpoint
+  // without a zone stays unhinted (and so turns topology off for its family in select_endpoints),
+  // while a not-ready one, or one of the other family, changes nothing for the rest.
+  for (Endpoint& e : eps)
+    if (e.ready && !e.zone.empty()) e.zone_hints = {e.zone};
 }
 
 constexpr const char* kFallbackAnnotation = "dsproxy.io/family-fallback";
@@ -247,11 +256,13 @@ std::shared_ptr<const ClusterSnapshot> ClusterSnapshot::build(ClusterObjects obj
   snap->objects_ = std::move(objects);
   snap->options_ = options;
   const ClusterObjects& objs = snap->objects_;
+  NodeZones node_zones;
+  for (const Node& n : objs.nodes)
+    if (auto it = n.labels.find("topology.kubernetes.io/zone"); it != n.labels.end() && !it->second.empty())
+      node_zones.emplace(n.name, it->second);
   snap->zone_ = options.zone;
   if (snap->zone_.empty() && !options.node_name.empty())
-    for (const Node& n : objs.nodes)
-      if (n.name == options.node_name)
-        if (auto it = n.labels.find("topology.kubernetes.io/zone"); it != n.labels.end()) snap->zone_ = it->second;
+    if (auto it = node_zones.find(options.node_name); it != node_zones.end()) snap->zone_ = it->second;
 
   SliceIndex slices;
   for (const EndpointSlice& s : objs.endpoint_slices)
@@ -298,7 +309,7 @@ std::shared_ptr<const ClusterSnapshot> ClusterSnapshot::build(ClusterObjects obj
     if (auto it = slices.find({svc.ns, svc.name}); it != slices.end())
       c.endpoints = slice_endpoints(svc, sp, it->second);
     else if (auto pods = pods_by_ns.find(svc.ns); pods != pods_by_ns.end())
-      c.endpoints = selector_endpoints(svc, sp, pods->second);
+      c.endpoints = selector_endpoints(svc, sp, pods->second, node_zones);
     std::erase_if(c.endpoints, [&](const Endpoint& e) {
       const std::string_view reason = unsafe_endpoint_reason(e.address.ip, snap->cluster_ips_);
       if (reason.empty()) return false;

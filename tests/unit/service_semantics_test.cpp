@@ -217,6 +217,28 @@ TEST(EndpointConditions, PublishNotReadyAddressesMakesUnreadyPodsEndpoints) {
   EXPECT_EQ(picked(web(*ClusterSnapshot::build(o, {.node_name = "n1"})), net::Family::v4), Addrs{"10.0.0.1"});
 }
 
+TEST(EndpointConditions, PublishNotReadyAddressesKeepsATerminatingPodReady) {
+  // The EndpointSlice controller writes ready = publishNotReadyAddresses || (serving && !terminating)
+  // and serving = the pod's readiness: with the flag a terminating pod stays ready and is picked
+  // alongside the others, not only once they are all gone.
+  auto o = config::decode_objects(kPods);
+  auto fresh = o.pods[0];
+  fresh.name = "new";
+  fresh.terminating = false;
+  fresh.pod_ips = {ip("10.0.0.2"), ip("fd00::2")};
+  o.pods.push_back(fresh);
+  o.services[0].publish_not_ready_addresses = true;
+  const auto s = ClusterSnapshot::build(o, {.node_name = "n1"});
+  EXPECT_EQ(picked(web(*s), net::Family::v4), (Addrs{"10.0.0.1", "10.0.0.2"}));
+  EXPECT_EQ(web(*s).endpoints[0].health(), "HEALTHY");
+  EXPECT_TRUE(web(*s).endpoints[0].terminating);
+  // serving is the pod's own readiness, not forced by the flag.
+  o.pods[1].ready = false;
+  const auto unready = ClusterSnapshot::build(o, {.node_name = "n1"});
+  EXPECT_TRUE(web(*unready).endpoints[1].ready);
+  EXPECT_FALSE(web(*unready).endpoints[1].serving);
+}
+
 // ------------------------------------------------------------------ 2. internalTrafficPolicy
 
 TEST(InternalTrafficPolicy, DecodesAndRejectsUnknownValues) {
@@ -298,6 +320,67 @@ TEST(TopologyHints, ZoneFromFlagElseNodeLabel) {
   EXPECT_EQ(build(y, "n1", "a")->zone(), "a") << "--zone wins over the label";
   EXPECT_EQ(picked(web(*build(y, "n1", "a")), net::Family::v4), Addrs{"10.0.0.1"});
   EXPECT_EQ(build(y, "n9")->zone(), "") << "another node's label is not ours";
+}
+
+TEST(TopologyHints, PreferCloseHintsEachReadyEndpointWithAZone) {
+  // As the controller: every ready endpoint that has a zone gets a hint for it; a not-ready one
+  // without a zone (or one of the other family) does not stop the others from being hinted.
+  const std::string pc = "  trafficDistribution: PreferClose\n";
+  run_table({
+      {"an unready endpoint without a zone does not disable topology",
+       {{"10.0.0.1", "zone: a"}, {"10.0.0.2", "zone: b"}, {"10.0.0.3", kUnready}}, {"10.0.0.1"}, {"10.0.0.1"}, pc,
+       "n1", "a"},
+      {"IPv6 without zones does not disable IPv4's topology",
+       {{"10.0.0.1", "zone: a"}, {"10.0.0.2", "zone: b"}, {"fd00::1", ""}, {"fd00::2", ""}}, {"10.0.0.1"},
+       {"fd00::1", "fd00::2"}, pc, "n1", "a"},
+      {"a ready endpoint without a zone: no topology (it has no hint)",
+       {{"10.0.0.1", "zone: a"}, {"10.0.0.2", "zone: b"}, {"10.0.0.3", ""}}, {"10.0.0.1", "10.0.0.2", "10.0.0.3"},
+       {"10.0.0.1", "10.0.0.2", "10.0.0.3"}, pc, "n1", "a"},
+  });
+}
+
+TEST(TopologyHints, SelectorPodsTakeTheirNodesZone) {
+  // Without slices the endpoints are what the controller would write, zone included: the
+  // topology.kubernetes.io/zone label of the pod's Node.
+  const std::string y = std::string(R"(
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: t}
+spec:
+  ipFamilyPolicy: SingleStack
+  clusterIPs: [10.96.0.10]
+  selector: {app: web}
+  trafficDistribution: PreferClose
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pa, namespace: t, labels: {app: web}}
+spec: {nodeName: na}
+status: {podIPs: [{ip: 10.0.0.1}], conditions: [{type: Ready, status: "True"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pb, namespace: t, labels: {app: web}}
+spec: {nodeName: nb}
+status: {podIPs: [{ip: 10.0.0.2}], conditions: [{type: Ready, status: "True"}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: na, labels: {topology.kubernetes.io/zone: a}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: nb, labels: {topology.kubernetes.io/zone: b}}
+)");
+  const auto s = build(y, "na");
+  ASSERT_EQ(s->zone(), "a");
+  const auto& c = web(*s);
+  ASSERT_EQ(c.endpoints.size(), 2u);
+  EXPECT_EQ(c.endpoints[0].zone, "a");
+  EXPECT_EQ(c.endpoints[1].zone, "b");
+  EXPECT_EQ(picked(c, net::Family::v4), Addrs{"10.0.0.1"});
+  EXPECT_EQ(picked(web(*build(y, "nb")), net::Family::v4), Addrs{"10.0.0.2"});
 }
 
 // ------------------------------------------------------------------ 3. sessionAffinity ClientIP
@@ -407,10 +490,12 @@ TEST_F(SessionAffinityTest, RetriesAndEjectionsMoveThePin) {
   EXPECT_NE(pick(c, "10.1.0.9", net::Family::v4, now), ep.address.ip.to_string()) << "an ejected pin is not honoured";
 }
 
-TEST_F(SessionAffinityTest, PinToTheOtherFamilyIsNotHonouredWhileTheDialledFamilyServes) {
+TEST_F(SessionAffinityTest, PinToTheOtherFamilyHoldsThePodInTheDialledFamily) {
+  // A client that fell back to IPv6 (its pin is an IPv6 address) returns to the same pod, by its
+  // IPv4 address, once IPv4 serves again: the pin names a backend (pod), never a family switch.
   const auto s = build(yaml());
   table.remember(web(*s).cluster_name, ip("10.1.0.1"), sa("fd00::2", 8080), std::chrono::seconds(30), now);
-  EXPECT_TRUE(ip(pick(web(*s), "10.1.0.1", net::Family::v4, now).c_str()).is_v4());
+  for (int i = 0; i < 20; ++i) ASSERT_EQ(pick(web(*s), "10.1.0.1", net::Family::v4, now), "10.0.0.2") << i;
 }
 
 TEST(SessionAffinityTable, BoundedEvictsLeastRecentlyUsedAndIsThreadSafe) {
