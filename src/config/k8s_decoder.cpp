@@ -1,10 +1,13 @@
 #include "config/k8s_decoder.hpp"
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <charconv>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -13,7 +16,9 @@
 #include <set>
 #include <sstream>
 #include <tuple>
+#include <unordered_map>
 #include <utility>
+#include <vector>
 
 namespace dsproxy::config {
 namespace {
@@ -395,6 +400,10 @@ class StreamDecoder {
 
   void service_ports(const YAML::Node& spec, Service& s) const {
     const std::size_t count = sequence(spec, "ports", "spec.ports").size();
+    // Indexes of the ports seen so far: comparing each port with every earlier one was quadratic,
+    // minutes of CPU for a service with 60,000 ports.
+    std::map<std::pair<std::uint16_t, std::string>, std::size_t> by_port;  // port, protocol -> index
+    std::map<std::string, std::size_t> by_name;
     each_mapping(spec, "ports", "spec.ports", [&](const YAML::Node& n, const std::string& p) {
       ServicePort sp;
       sp.name = string(n, "name", p + ".name").value_or("");
@@ -413,13 +422,12 @@ class StreamDecoder {
         else
           sp.target_port = tp.Scalar();
       }
-      for (std::size_t j = 0; j < s.ports.size(); ++j) {
-        const ServicePort& o = s.ports[j];
-        const std::string other = index_path("spec.ports", j);
-        if (o.port == sp.port && o.protocol == sp.protocol)
-          fail(p + ".port", std::to_string(sp.port) + "/" + sp.protocol + " is already " + other);
-        if (!sp.name.empty() && o.name == sp.name) fail(p + ".name", quote(sp.name) + " is already " + other + ".name");
-      }
+      const std::size_t index = s.ports.size();
+      if (auto [it, fresh] = by_port.emplace(std::pair{sp.port, sp.protocol}, index); !fresh)
+        fail(p + ".port", std::to_string(sp.port) + "/" + sp.protocol + " is already " + index_path("spec.ports", it->second));
+      if (!sp.name.empty())
+        if (auto [it, fresh] = by_name.emplace(sp.name, index); !fresh)
+          fail(p + ".name", quote(sp.name) + " is already " + index_path("spec.ports", it->second) + ".name");
       s.ports.push_back(std::move(sp));
     });
   }
@@ -609,11 +617,118 @@ std::string syntax_error(std::string_view source, const YAML::Exception& e) {
   return s + ": invalid YAML: " + e.msg;
 }
 
+// A pass over the parser's events before any node is built: yaml-cpp's node builder would
+// allocate every node (memory) and the decoder walks alias targets once per alias (CPU, and
+// forever for a cycle), so the limits must hold before either runs. Counting is linear in the
+// input: each anchored node's expanded size is remembered, and an alias adds that size instead
+// of walking it again. Sizes saturate, so 9^100 nodes cannot overflow the counters.
+class LimitGuard final : public YAML::EventHandler {
+ public:
+  LimitGuard(std::string_view source, const DecodeLimits& limits) : source_(source), limits_(limits) {}
+
+  void OnDocumentStart(const YAML::Mark&) override {
+    // Anchors are scoped to their document (yaml-cpp numbers them afresh in each).
+    ++document_;
+    anchors_.clear();
+    open_.clear();
+  }
+  void OnDocumentEnd() override {}
+
+  void OnNull(const YAML::Mark& mark, YAML::anchor_t anchor) override { leaf(mark, anchor); }
+  void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor, const std::string&) override {
+    leaf(mark, anchor);
+  }
+  void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor,
+                       YAML::EmitterStyle::value) override {
+    open(mark, anchor);
+  }
+  void OnSequenceEnd() override { close(); }
+  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor,
+                  YAML::EmitterStyle::value) override {
+    open(mark, anchor);
+  }
+  void OnMapEnd() override { close(); }
+
+  void OnAlias(const YAML::Mark& mark, YAML::anchor_t anchor) override {
+    // yaml-cpp rejects an alias to an undefined anchor, so one not yet complete is an alias to a
+    // mapping or list that contains it: a cycle, which no Kubernetes object has.
+    const auto it = anchors_.find(anchor);
+    if (it == anchors_.end()) fail(mark, "an alias refers to a mapping or list that contains it (a cycle)");
+    alias_nodes_ = saturating_add(alias_nodes_, it->second);
+    if (alias_nodes_ > limits_.max_alias_nodes)
+      fail(mark, "aliases repeat more than " + std::to_string(limits_.max_alias_nodes) +
+                     " nodes in total (the config alias-expansion limit)");
+    add_to_parent(it->second);
+  }
+
+ private:
+  struct Open {
+    YAML::anchor_t anchor;
+    std::size_t nodes;  // expanded size so far, the collection itself included
+  };
+
+  static std::size_t saturating_add(std::size_t a, std::size_t b) {
+    return a > SIZE_MAX - b ? SIZE_MAX : a + b;
+  }
+
+  [[noreturn]] void fail(const YAML::Mark& mark, const std::string& message) const {
+    std::string s(source_);
+    s += ": document " + std::to_string(document_);
+    if (!mark.is_null()) s += ": line " + std::to_string(mark.line + 1) + ", column " + std::to_string(mark.column + 1);
+    throw ConfigError(s + ": " + message);
+  }
+
+  void count_node(const YAML::Mark& mark) {
+    if (++nodes_ > limits_.max_nodes)
+      fail(mark, "more than " + std::to_string(limits_.max_nodes) + " nodes (the config node limit)");
+  }
+  void add_to_parent(std::size_t n) {
+    if (!open_.empty()) open_.back().nodes = saturating_add(open_.back().nodes, n);
+  }
+  void leaf(const YAML::Mark& mark, YAML::anchor_t anchor) {
+    count_node(mark);
+    if (anchor != YAML::NullAnchor) anchors_[anchor] = 1;
+    add_to_parent(1);
+  }
+  void open(const YAML::Mark& mark, YAML::anchor_t anchor) {
+    count_node(mark);
+    if (open_.size() >= limits_.max_depth)
+      fail(mark, "nested deeper than " + std::to_string(limits_.max_depth) + " levels (the config nesting limit)");
+    open_.push_back({anchor, 1});
+  }
+  void close() {
+    const Open done = open_.back();
+    open_.pop_back();
+    if (done.anchor != YAML::NullAnchor) anchors_[done.anchor] = done.nodes;
+    add_to_parent(done.nodes);
+  }
+
+  std::string_view source_;
+  const DecodeLimits& limits_;
+  std::size_t document_ = 0;
+  std::size_t nodes_ = 0;        // nodes yaml-cpp will build, over all documents
+  std::size_t alias_nodes_ = 0;  // nodes the decoder would walk again through aliases, over all documents
+  std::unordered_map<YAML::anchor_t, std::size_t> anchors_;  // complete anchored node -> expanded size
+  std::vector<Open> open_;
+};
+
+void check_limits(std::string_view text, std::string_view source, const DecodeLimits& limits) {
+  if (text.size() > limits.max_bytes)
+    throw ConfigError(std::string(source) + ": " + std::to_string(text.size()) + " bytes, more than " +
+                      std::to_string(limits.max_bytes) + " (the config size limit)");
+  std::istringstream in{std::string(text)};
+  YAML::Parser parser(in);
+  LimitGuard guard(source, limits);
+  while (parser.HandleNextDocument(guard)) {
+  }
+}
+
 }  // namespace
 
-ClusterObjects decode_objects(std::string_view text, std::string_view source) {
+ClusterObjects decode_objects(std::string_view text, std::string_view source, const DecodeLimits& limits) {
   std::vector<YAML::Node> docs;
   try {
+    check_limits(text, source, limits);
     docs = YAML::LoadAll(std::string(text));
   } catch (const YAML::Exception& e) {
     throw ConfigError(syntax_error(source, e));
@@ -628,15 +743,25 @@ ClusterObjects decode_objects(std::string_view text, std::string_view source) {
   return decoder.take();
 }
 
-ClusterObjects load_objects_file(const std::string& path) {
+ClusterObjects load_objects_file(const std::string& path, const DecodeLimits& limits) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) throw ConfigError(path + ": is a directory, expected a YAML or JSON file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw ConfigError(path + ": cannot open: " + std::strerror(errno));
-  std::ostringstream buf;
-  buf << in.rdbuf();
+  // Read one byte past the limit, never the whole of an oversized file (or an endless one: a
+  // FIFO or /dev/zero named by mistake); decode_objects reports the size.
+  std::string text;
+  std::array<char, 64 * 1024> chunk;
+  while (text.size() <= limits.max_bytes) {
+    in.read(chunk.data(), chunk.size());
+    const auto got = static_cast<std::size_t>(in.gcount());
+    if (got == 0) break;
+    text.append(chunk.data(), std::min(got, limits.max_bytes + 1 - text.size()));
+  }
   if (in.bad()) throw ConfigError(path + ": read failed: " + std::strerror(errno));
-  return decode_objects(buf.str(), path);
+  if (text.size() > limits.max_bytes)
+    throw ConfigError(path + ": more than " + std::to_string(limits.max_bytes) + " bytes (the config size limit)");
+  return decode_objects(text, path, limits);
 }
 
 }  // namespace dsproxy::config
