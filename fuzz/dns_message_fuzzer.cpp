@@ -1,6 +1,6 @@
 // libFuzzer target for everything in the DNS proxy that reads network input: queries from pods
 // (parse_query, the cluster answers, FORMERR), answers from upstream (parse_message, the cache,
-// adapt_response), and the handler that ties them together. Build and run: fuzz/run_fuzz.sh.
+// adapt_response), and the handler that ties them together. Build and run: fuzz/run_fuzz.sh dns_message.
 //
 // Besides "no crash, no sanitizer report", it checks that every message dsproxy builds parses
 // back, so a malformed answer of our own is a finding too.

@@ -1,47 +1,59 @@
 #!/usr/bin/env bash
-# Builds the DNS message fuzzer with clang (libFuzzer + AddressSanitizer + UBSan) and runs a
-# bounded pass over it, starting from fuzz/corpus. What ctest (and so CI) runs:
+# Builds one libFuzzer target with clang (libFuzzer + AddressSanitizer + UBSan, fuzz/CMakeLists.txt)
+# and runs a bounded pass over it, starting from its committed corpus. What ctest (and so CI) runs:
 #
-#   fuzz/run_fuzz.sh OUT_DIR [libFuzzer options...]     default options: -max_total_time=30
+#   fuzz/run_fuzz.sh [--build-only] TARGET OUT_DIR [libFuzzer options...]
+#                                                   default options: -max_total_time=30
+#
+#   TARGET          committed corpus        what it feeds
+#   dns_message     fuzz/corpus/dns         DNS queries and upstream answers (parser, cache, handler)
+#   config_decoder  fuzz/corpus/config      YAML and JSON Kubernetes objects (decoder, snapshot build)
 #
 # Needs clang and libclang-rt-14-dev (scripts/install-deps.sh); missing them is a failure.
-# New inputs the pass finds go to OUT_DIR/corpus (the committed corpus is never written);
-# a crash leaves its input in OUT_DIR and fails.
+# The build lives in OUT_DIR/build (shared by the targets, locked, so two passes may run at
+# once). New inputs a pass finds go to OUT_DIR/TARGET/corpus (the committed corpus is never
+# written); a crash leaves its input in OUT_DIR/TARGET and fails.
 set -euo pipefail
 
-if (($# < 1)); then
-  echo "usage: $0 OUT_DIR [libFuzzer options...]" >&2
+build_only=0
+if [[ ${1:-} == --build-only ]]; then
+  build_only=1
+  shift
+fi
+if (($# < 2)); then
+  echo "usage: $0 TARGET OUT_DIR [libFuzzer options...]   (TARGET: dns_message or config_decoder)" >&2
   exit 2
 fi
-out=$1
-shift
+target=$1
+out=$2
+shift 2
 options=("$@")
 ((${#options[@]})) || options=(-max_total_time=30)
 repo=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
+case $target in
+  dns_message) corpus=$repo/fuzz/corpus/dns ;;
+  config_decoder) corpus=$repo/fuzz/corpus/config ;;
+  *) echo "run_fuzz: unknown target '$target' (dns_message or config_decoder)" >&2; exit 2 ;;
+esac
 cxx=${CXX_FUZZ:-clang++}
 command -v "$cxx" >/dev/null || { echo "run_fuzz: $cxx not found (install clang)" >&2; exit 1; }
 
-mkdir -p "$out/corpus"
+mkdir -p "$out/$target/corpus"
 out=$(cd -- "$out" && pwd)
-binary="$out/dns_message_fuzzer"
-sources=(
-  "$repo/fuzz/dns_message_fuzzer.cpp"
-  "$repo/src/resolver/dns_message.cpp" "$repo/src/resolver/cluster_dns.cpp"
-  "$repo/src/resolver/dns_cache.cpp" "$repo/src/resolver/dns_handler.cpp"
-  "$repo/src/net/ip_address.cpp"
-)
-# Rebuild when a source is newer than the binary.
-rebuild=0
-[[ -x $binary ]] || rebuild=1
-for s in "${sources[@]}" "$repo"/src/resolver/*.hpp "$repo"/src/config/*.hpp; do
-  [[ $s -nt $binary ]] && rebuild=1
-done
-if ((rebuild)); then
-  echo "run_fuzz: building $binary with $cxx"
-  "$cxx" -std=c++20 -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
-    -fno-sanitize-recover=undefined -DSPDLOG_FMT_EXTERNAL -DSPDLOG_COMPILED_LIB -DSPDLOG_SHARED_LIB -I"$repo/src" "${sources[@]}" \
-    -lspdlog -lfmt -o "$binary"
-fi
-cd "$out"
+launcher=()
+command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+(
+  # Two targets' passes (ctest -j2) share the build; one configures and builds at a time.
+  flock 9
+  cmake -S "$repo/fuzz" -B "$out/build" -DCMAKE_CXX_COMPILER="$cxx" \
+    "${launcher[@]}" >/dev/null
+  cmake --build "$out/build" -j2 --target "${target}_fuzzer"
+) 9>"$out/build.lock"
+binary=$out/build/${target}_fuzzer
+((build_only)) && exit 0
+dict=()
+[[ -f $repo/fuzz/$target.dict ]] && dict=(-dict="$repo/fuzz/$target.dict")
+
+cd "$out/$target"
 echo "run_fuzz: $binary ${options[*]}"
-"$binary" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 "${options[@]}" corpus "$repo/fuzz/corpus"
+"$binary" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 "${dict[@]}" "${options[@]}" corpus "$corpus"

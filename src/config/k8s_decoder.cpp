@@ -626,9 +626,15 @@ class LimitGuard final : public YAML::EventHandler {
  public:
   LimitGuard(std::string_view source, const DecodeLimits& limits) : source_(source), limits_(limits) {}
 
-  void OnDocumentStart(const YAML::Mark&) override {
-    // Anchors are scoped to their document (yaml-cpp numbers them afresh in each).
+  void OnDocumentStart(const YAML::Mark& mark) override {
+    // yaml-cpp 0.7 can stop consuming input after some malformed flow collections and then
+    // report empty documents at the same place forever (found by the config fuzzer: 381 bytes
+    // of broken JSON, endless CPU and memory). Every real document starts past the last one.
     ++document_;
+    if (document_ > 1 && mark.pos == last_start_)
+      fail(mark, "invalid YAML: the parser stopped advancing here (check the brackets and quotes before this point)");
+    last_start_ = mark.pos;
+    // Anchors are scoped to their document (yaml-cpp numbers them afresh in each).
     anchors_.clear();
     open_.clear();
   }
@@ -706,6 +712,7 @@ class LimitGuard final : public YAML::EventHandler {
   std::string_view source_;
   const DecodeLimits& limits_;
   std::size_t document_ = 0;
+  int last_start_ = 0;           // where the last document started (YAML::Mark::pos)
   std::size_t nodes_ = 0;        // nodes yaml-cpp will build, over all documents
   std::size_t alias_nodes_ = 0;  // nodes the decoder would walk again through aliases, over all documents
   std::unordered_map<YAML::anchor_t, std::size_t> anchors_;  // complete anchored node -> expanded size

@@ -149,6 +149,20 @@ TEST(ConfigDecoderLimits, TooManyNodesIsRefused) {
             "cluster.yaml: document 1: expected a mapping (a Kubernetes object), got a list");
 }
 
+// Found by fuzz/config_decoder_fuzzer: after this broken JSON, yaml-cpp 0.7 stops consuming input
+// and reports an empty document at the same place forever; LoadAll never returned (CPU and memory
+// until killed). The decoder now stops at the second document that starts where the last one did.
+TEST(ConfigDecoderLimits, ParserThatStopsAdvancingIsAnError) {
+  const std::string stall =
+      "{\n\t\"apiVersamespace\": \"ipv6\"},\n\t\t\t\"spec\": {\n\t\t\t\t\"clusterIP\": \"fd00:10:96::9c3a\",\n"
+      "\t\t\t\t\"clusterIPs\": [\"fd00:10:96::9c3a\"],\n\t\t\t\t\"ipFamilies\": [\"IPv6\"],\n"
+      "\t\t\t\t\"ipFamilyPolicy\": \"SingleStack\",\n\t\t\t\"ports\": [{\"name\": \"tcp\", \"containerPort\": 9000}]}]},\n"
+      "\t\t\t\"status\": {\"podIPs\": [{\"ip\": \"10.244.0.24\"}], \"conditions\": [{\"type\": \"Ready\"}]}\n\t\t}\n\t]\n}\n";
+  EXPECT_EQ(error_of(stall),
+            "cluster.yaml: document 3: line 2, column 28: invalid YAML: the parser stopped advancing here (check the "
+            "brackets and quotes before this point)");
+}
+
 // Within every limit, a Service with many ports: the duplicate check compared each port with all
 // earlier ones (and built a message path each time), minutes of CPU for 60,000 ports (measured: over 2 minutes). Now each
 // port is looked up once; the error still names the first holder of the port and of the name.
