@@ -30,6 +30,9 @@ RedirectOptions with_dns() {
   return o;
 }
 
+// The golden files are written by the code under test (DSPROXY_UPDATE_GOLDEN=1): a regression
+// guard against unintended change, not proof the rules are right. The ordering tests below and
+// the e2e DNS test check what the rules must do.
 void expect_golden(const std::string& name, const std::string& actual) {
   const std::string path = std::string(DSPROXY_TEST_DATA_DIR) + "/redirect/" + name;
   if (const char* update = std::getenv("DSPROXY_UPDATE_GOLDEN"); update && std::string(update) == "1") {

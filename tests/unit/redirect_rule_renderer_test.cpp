@@ -1,11 +1,20 @@
 // Golden-file and argv tests of the redirect rule text. Regenerate the golden files after an
 // intended change with DSPROXY_UPDATE_GOLDEN=1 and review the diff.
+//
+// The golden files (tests/unit/data/redirect/*.rules, *.sh) are written by the code under test:
+// they are regression guards that catch any unintended change, not proof that the rules are
+// right. What the rules must do is checked independently of them by CaptureRulesHoldTheirProperties
+// below, and on a real kernel by the end-to-end tests.
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <sstream>
+#include <tuple>
+#include <vector>
 
 #include "redirect/redirect_options.hpp"
 #include "redirect/rule_renderer.hpp"
@@ -43,6 +52,57 @@ void expect_golden(const std::string& name, const std::string& actual) {
   std::stringstream expected;
   expected << in.rdbuf();
   EXPECT_EQ(expected.str(), actual) << "differs from " << path;
+}
+
+std::vector<std::string> lines_starting(const std::string& text, const std::string& prefix) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);)
+    if (line.starts_with(prefix)) out.push_back(line);
+  return out;
+}
+
+// What the capture must do, stated from the design (README "How it works") rather than read back
+// from the renderer: the proxy's own marked traffic leaves first; each node pod address of the
+// family, once (a v4-mapped address is IPv4), is diverted to 15001 as a source and to 15006 as a
+// destination, with the capture mark; and nothing of the other family appears.
+TEST(RedirectRuleRenderer, CaptureRulesHoldTheirProperties) {
+  struct Expect {
+    Family family;
+    std::vector<std::string> pods;  // by hand, not from addresses_of
+    std::string on_ip, other_family_sign;
+  };
+  for (const Expect& e : {Expect{Family::v4, {"10.244.0.5/32", "10.244.0.7/32", "10.244.0.12/32"}, "0.0.0.0", ":"},
+                          Expect{Family::v6, {"fd00:10:244::5/128", "fd00:10:244::1a/128"}, "::", "10.244."}}) {
+    const std::string text = render_iptables(e.family, node_pods(), RedirectOptions{});
+    SCOPED_TRACE(text);
+    const auto prerouting = lines_starting(text, "-A DSPROXY_PREROUTING ");
+    ASSERT_FALSE(prerouting.empty());
+    EXPECT_EQ(prerouting.front(), "-A DSPROXY_PREROUTING -m mark --mark 0x539/0xfff -j RETURN");
+
+    for (const auto& [chain, match, port] : {std::tuple{"DSPROXY_OUTBOUND", "-s", "15001"},
+                                             std::tuple{"DSPROXY_INBOUND", "-d", "15006"}}) {
+      const auto rules = lines_starting(text, std::string("-A ") + chain + " ");
+      std::vector<std::string> diverted;
+      for (const auto& r : rules) {
+        std::istringstream words(r);
+        std::vector<std::string> w{std::istream_iterator<std::string>(words), {}};
+        ASSERT_EQ(w.size(), 14u) << r;
+        EXPECT_EQ(w[2], match) << r;
+        EXPECT_EQ(std::vector(w.begin() + 4, w.end()),
+                  (std::vector<std::string>{"-p", "tcp", "-j", "TPROXY", "--on-port", port, "--on-ip", e.on_ip,
+                                            "--tproxy-mark", "0x1000/0x1000"}))
+            << r;
+        diverted.push_back(w[3]);
+      }
+      std::sort(diverted.begin(), diverted.end());
+      std::vector<std::string> want = e.pods;
+      std::sort(want.begin(), want.end());
+      EXPECT_EQ(diverted, want) << chain;
+    }
+    for (const auto& line : lines_starting(text, "-A "))
+      EXPECT_EQ(line.find(e.other_family_sign), std::string::npos) << "other family in: " << line;
+  }
 }
 
 TEST(RedirectRuleRenderer, OutboundInboundV4MatchesGolden) {

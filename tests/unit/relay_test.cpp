@@ -123,9 +123,15 @@ class RelayTest : public ::testing::Test {
     thread_ = std::thread([this] { io_.run(); });
   }
 
+  // The relay's result, or a test failure after 10 s: get() on a future that is not ready would
+  // block forever, turning a relay that never ends into a hung test instead of a failed one.
+  // The returned poison values are never what a finished relay reports, so later checks fail too.
   RelayResult result() {
     auto f = result_.get_future();
-    EXPECT_EQ(f.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+    if (f.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+      ADD_FAILURE() << "the relay did not finish within 10 s";
+      return RelayResult{~std::uint64_t{0}, ~std::uint64_t{0}, true, true};
+    }
     return f.get();
   }
 

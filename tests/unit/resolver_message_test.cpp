@@ -216,11 +216,14 @@ TEST(ResolverMessage, MalformedResponsesAreRejected) {
   EXPECT_EQ(parse_message(good).info->addresses, std::vector<net::IpAddress>{ip("1.2.3.4")});
 }
 
-TEST(ResolverMessage, RandomBytesNeverCrash) {
-  // A quick in-process stand-in for the fuzzer: random messages and single-byte mutations of a
-  // good one. The real fuzz pass is fuzz/run_fuzz.sh.
+// A quick in-process stand-in for the fuzzer (fuzz/run_fuzz.sh dns_message is the real pass):
+// random messages and byte mutations of a good query. Not crashing is checked only by a
+// sanitizer build; without one, this test holds the parsers to what their contracts promise
+// for every input, and counts the outcomes so it cannot pass by never reaching a parser.
+TEST(ResolverMessage, RandomBytesKeepTheParsersContracts) {
   std::mt19937 rng(4);
   const Bytes seed = build_query(1, name("tcp-echo.dual-stack.svc.cluster.local"), rrtype::A, true);
+  int queries_ok = 0, queries_refused = 0, messages_ok = 0;
   for (int i = 0; i < 20000; ++i) {
     Bytes b;
     if (i % 2) {
@@ -230,12 +233,74 @@ TEST(ResolverMessage, RandomBytesNeverCrash) {
       b = seed;
       for (int m = 0; m < 3; ++m) b[rng() % b.size()] = static_cast<std::uint8_t>(rng());
     }
+    SCOPED_TRACE("input " + std::to_string(i));
+    const auto header = read_header(b);
+    ASSERT_EQ(header.has_value(), b.size() >= kHeaderSize);
+
+    // parse_query: drop exactly for no header or a response; any other failure says why.
     const auto q = parse_query(b);
-    if (q.status == QueryStatus::ok) build_response(q.query, b, ResponseSpec{}, 512);
+    ASSERT_EQ(q.status == QueryStatus::drop, !header || header->qr());
+    ASSERT_EQ(q.error.empty(), q.status == QueryStatus::ok) << q.error;
+    if (header && !header->qr()) ASSERT_EQ(q.status == QueryStatus::notimp, header->opcode() != 0);
+    if (q.status == QueryStatus::ok) {
+      ++queries_ok;
+      ASSERT_EQ(header->qdcount, 1);
+      ASSERT_LE(q.query.question_end, b.size());
+      ASSERT_EQ(q.query.question_end, kHeaderSize + q.query.question.name.wire_length() + 4);
+      ASSERT_LE(q.query.question.name.wire_length(), kMaxNameLength);
+      for (const auto& l : q.query.question.name.labels) ASSERT_TRUE(!l.empty() && l.size() <= kMaxLabelLength);
+      ASSERT_GE(q.query.udp_size, kClassicUdpSize);
+      // Our answer to it is a well-formed response to the same question, within the size asked.
+      const Bytes r = build_response(q.query, b, ResponseSpec{}, 512);
+      ASSERT_LE(r.size(), 512u);
+      const auto rm = parse_message(r);
+      ASSERT_TRUE(rm.info) << rm.error;
+      EXPECT_TRUE(rm.info->header.qr());
+      EXPECT_EQ(rm.info->header.id, header->id);
+      EXPECT_EQ(rm.info->question.name, q.query.question.name);
+      EXPECT_EQ(rm.info->question.type, q.query.question.type);
+    } else if (q.status != QueryStatus::drop) {
+      ++queries_refused;
+    }
+
+    // parse_message: everything it reports lies inside the message and matches its header.
     const auto m = parse_message(b);
-    if (m.info) adapt_response(b, *m.info, b, q.query, 1, 512);
-    build_error(b, Rcode::FormErr);
+    ASSERT_EQ(m.info.has_value(), m.error.empty()) << m.error;
+    if (m.info) {
+      ++messages_ok;
+      ASSERT_TRUE(header);
+      EXPECT_EQ(m.info->header.id, header->id);
+      EXPECT_EQ(m.info->header.flags, header->flags);
+      ASSERT_LE(m.info->question_end, b.size());
+      ASSERT_EQ(m.info->answer_types.size(), header->ancount);
+      ASSERT_EQ(m.info->authority_types.size(), header->nscount);
+      for (std::size_t at : m.info->ttl_offsets) ASSERT_LE(at + 4, b.size());
+      if (q.status == QueryStatus::ok) {
+        // Adapting it to the query keeps the query's ID and never exceeds the size asked.
+        const Bytes adapted = adapt_response(b, *m.info, b, q.query, 1, 512);
+        ASSERT_GE(adapted.size(), kHeaderSize);
+        EXPECT_LE(adapted.size(), 512u);
+        EXPECT_EQ(read_header(adapted)->id, q.query.header.id);
+      }
+    }
+
+    // build_error: nothing without a header, else a response with the same ID and the rcode.
+    const Bytes e = build_error(b, Rcode::FormErr);
+    if (!header) {
+      ASSERT_TRUE(e.empty());
+    } else {
+      const auto eh = read_header(e);
+      ASSERT_TRUE(eh);
+      EXPECT_EQ(eh->id, header->id);
+      EXPECT_TRUE(eh->qr());
+      EXPECT_EQ(eh->rcode(), static_cast<std::uint8_t>(Rcode::FormErr));
+      EXPECT_TRUE(parse_message(e).info) << parse_message(e).error;
+    }
   }
+  // Mutations of a good query must reach every branch, or this test checks nothing.
+  EXPECT_GT(queries_ok, 1000);
+  EXPECT_GT(queries_refused, 1000);
+  EXPECT_GT(messages_ok, 1000);
 }
 
 }  // namespace
