@@ -11,6 +11,9 @@ packages=(
   # DNS: dnsmasq is the e2e test's and benchmark's upstream/reference server, dig and getent the
   # pods' clients, dnsperf the load generator; clang + compiler-rt build the libFuzzer target.
   dnsmasq-base bind9-dnsutils libc-bin dnsperf clang libclang-rt-14-dev
+  # scripts/test.sh builds four trees (Release, ASan+UBSan, TSan, the fuzzers); ccache makes a
+  # rerun recompile only what changed. The sanitizer runtimes come with g++ (libgcc-12-dev).
+  ccache
 )
 missing=()
 for p in "${packages[@]}"; do
