@@ -118,15 +118,16 @@ Run race(std::vector<BackendTargets> backends, ConnectSchedulerOptions options, 
     return backends[next++];
   });
   tcp::socket upstream(io);
-  // Named, not a temporary: connect_upstream is a coroutine that keeps the reference and first
-  // runs inside io.run_for, after a temporary would have died (ASan: stack-use-after-scope).
+  // Named, not temporaries: connect_upstream is a coroutine that keeps its arguments by
+  // reference and first runs inside io.run_for, after temporaries would have died (ASan:
+  // stack-use-after-scope).
   const UpstreamSocketOptions socket_options{};
+  const AttemptObserver observer = [&](const ConnectScheduler::Attempt& a, AttemptResult r) {
+    run.reported.emplace_back(a.address, r);
+  };
   const auto started = std::chrono::steady_clock::now();
-  auto future = boost::asio::co_spawn(
-      io,
-      connect_upstream(upstream, scheduler, socket_options,
-                       [&](const ConnectScheduler::Attempt& a, AttemptResult r) { run.reported.emplace_back(a.address, r); }),
-      boost::asio::use_future);
+  auto future = boost::asio::co_spawn(io, connect_upstream(upstream, scheduler, socket_options, observer),
+                                      boost::asio::use_future);
   {
     std::optional<FdLimit> limit;
     if (spare_fds >= 0) {
