@@ -225,6 +225,28 @@ struct DnsProxy::Impl : std::enable_shared_from_this<Impl> {
     upstream = std::make_unique<AresUpstream>(io, ares);
     handler = std::make_unique<DnsHandler>(store, handler_options, *upstream);
 
+    // Port 0 (tests): the kernel picks the first UDP port, and the same number must then be free
+    // for TCP and for the other family, where another socket of the process may already hold
+    // it. Pick again, a bounded number of times, rather than fail at random.
+    for (int attempt = 0;; ++attempt) {
+      try {
+        bind_listeners();
+        break;
+      } catch (const std::system_error& e) {
+        if (options.port != 0 || e.code().value() != EADDRINUSE || attempt == 20) throw;
+        udp_listeners.clear();
+        acceptors.clear();
+      }
+    }
+    running = true;
+    for (auto& l : udp_listeners) receive(*l);
+    for (auto& a : acceptors) accept(*a);
+    spdlog::info("dns: listening on port {} (udp, tcp) for domain {}, upstream {}; answering captured queries from "
+                 "this node's pods and the node's own on loopback",
+                 port, options.cluster_domain, fmt::join(upstream->servers(), ", "));
+  }
+
+  void bind_listeners() {
     port = options.port;
     for (const auto& text : options.bind) {
       auto ip = net::IpAddress::parse(text);
@@ -243,12 +265,6 @@ struct DnsProxy::Impl : std::enable_shared_from_this<Impl> {
       tcp_options.backlog = 128;
       acceptors.push_back(std::make_unique<tcp::acceptor>(proxy::open_listener(io.get_executor(), {*ip, port}, tcp_options)));
     }
-    running = true;
-    for (auto& l : udp_listeners) receive(*l);
-    for (auto& a : acceptors) accept(*a);
-    spdlog::info("dns: listening on port {} (udp, tcp) for domain {}, upstream {}; answering captured queries from "
-                 "this node's pods and the node's own on loopback",
-                 port, options.cluster_domain, fmt::join(upstream->servers(), ", "));
   }
 
   void stop() {
