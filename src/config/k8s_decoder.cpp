@@ -457,6 +457,11 @@ class StreamDecoder {
     }
 
     s.traffic_distribution = string(spec, "trafficDistribution", "spec.trafficDistribution").value_or("");
+    // The API server's values. PreferSameNode validates, but node hints (hints.forNodes) are not
+    // implemented: only its slices' zone hints apply.
+    if (const auto& td = s.traffic_distribution;
+        !td.empty() && td != "PreferClose" && td != "PreferSameZone" && td != "PreferSameNode")
+      fail("spec.trafficDistribution", "expected PreferClose, PreferSameZone or PreferSameNode, got " + quote(td));
     s.publish_not_ready_addresses =
         boolean(spec, "publishNotReadyAddresses", "spec.publishNotReadyAddresses").value_or(false);
   }

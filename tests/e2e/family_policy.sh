@@ -165,7 +165,11 @@ for ((i = 0; i < count; i++)); do
   t1=${EPOCHREALTIME//[.,]/}
   us=$((t1 - t0))
   if ((!connected)); then
-    if grep -q "refused" "$err"; then outcome=refused; else outcome=error; fi
+    # connect() itself reports ECONNRESET when the reset from the proxy is processed before this process
+    # wakes from its connect (the proxy accepted and reset within microseconds): still a reset.
+    if grep -q "refused" "$err"; then outcome=refused
+    elif grep -q "reset by peer" "$err"; then outcome=reset
+    else outcome=error; fi
   elif [[ $line == "hello $payload" ]]; then outcome=ok
   elif ((rc > 128)); then outcome=timeout
   elif [[ -z $line ]]; then outcome=reset

@@ -157,7 +157,11 @@ trap "rm -f \"\$err\"" EXIT
 line= connected=0 rc=0
 { connected=1; printf "%s\n" "$payload" >&3 && IFS= read -r -t 3 line <&3; rc=$?; } 2>"$err" 3<>"/dev/tcp/$host/$port"
 if ((!connected)); then
-  if grep -q refused "$err"; then echo refused; else echo error; fi
+  # connect() itself reports ECONNRESET when the reset from the proxy is processed before this process
+  # wakes from its connect (the proxy accepted and reset within microseconds): still a reset.
+  if grep -q refused "$err"; then echo refused
+  elif grep -q "reset by peer" "$err"; then echo reset
+  else echo error; fi
 elif [[ $line == "hello $payload" ]]; then echo ok
 elif ((rc > 128)); then echo timeout
 elif [[ -z $line ]]; then echo reset

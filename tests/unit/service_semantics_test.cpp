@@ -397,6 +397,19 @@ TEST(SessionAffinity, DecodesTimeoutWithDefaultAndRange) {
   EXPECT_THROW(svc("  sessionAffinity: Cookie\n"), config::ConfigError);
 }
 
+// The values the API server accepts; a typo is an error naming the field, not a silent "no topology".
+TEST(TopologyHints, TrafficDistributionDecodesOnlyTheApiServersValues) {
+  auto svc = [](const std::string& extra) { return config::decode_objects(service_yaml({}, extra)).services.at(0); };
+  for (const char* good : {"PreferClose", "PreferSameZone", "PreferSameNode"})
+    EXPECT_EQ(svc(std::string("  trafficDistribution: ") + good + "\n").traffic_distribution, good);
+  try {
+    svc("  trafficDistribution: PreferCloze\n");
+    ADD_FAILURE() << "a misspelt trafficDistribution was accepted";
+  } catch (const config::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("spec.trafficDistribution"), std::string::npos) << e.what();
+  }
+}
+
 class SessionAffinityTest : public ::testing::Test {
  protected:
   static std::string yaml(const std::string& v4_2 = "") {
