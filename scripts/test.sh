@@ -12,7 +12,8 @@
 #   asan-unit    the unit tests under ASan+UBSan
 #   asan-e2e     e2e.tcp_echo_experiment with the ASan+UBSan dsproxy (leaks included: it must exit 0)
 #   tsan-build   build-tsan/: ThreadSanitizer
-#   tsan-unit    the unit tests under TSan: the multi-worker ones (ProxyServerTest,
+#   tsan-unit    the unit tests under TSan (but the descriptor-exhaustion ones, see tsan_unit):
+#                the multi-worker ones (ProxyServerTest,
 #                ProxyWorkersConcurrency: workers relaying while reloads swap snapshots) and every
 #                other test that runs an io_context or resolver on its own thread
 # Every sanitizer halts on its first report, so a report fails the test that caused it, and any
@@ -70,7 +71,12 @@ sanitizer_env=(
   TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$repo/scripts/tsan.supp"
 )
 # Everything that is not an e2e suite or a fuzz pass is a gtest case.
-unit_ctest() { (cd "$1" && env "${sanitizer_env[@]}" ctest --output-on-failure -j2 --timeout 600 -E '^(e2e|fuzz)\.'); }
+unit_ctest() { (cd "$1" && env "${sanitizer_env[@]}" ctest --output-on-failure -j2 --timeout 600 -E "${2:-^(e2e|fuzz)\.}"); }
+# Under TSan, the tests that exhaust descriptors on purpose (lowering RLIMIT_NOFILE to the lowest
+# free number) are left to the Release and ASan stages: the TSan runtime opens and closes
+# descriptors of its own in the background, so a slot below the limit can come free and the
+# injected EMFILE does not happen (11 of 200 runs). They test accounting, not concurrency.
+tsan_unit() { unit_ctest build-tsan '^(e2e|fuzz)\.|DescriptorExhaustion'; }
 
 build() {
   configure build -DCMAKE_BUILD_TYPE=Release
@@ -101,5 +107,5 @@ run_stage asan-build asan_build
 run_stage asan-unit unit_ctest build-asan
 run_stage asan-e2e asan_e2e
 run_stage tsan-build tsan_build
-run_stage tsan-unit unit_ctest build-tsan
+run_stage tsan-unit tsan_unit
 echo "scripts/test.sh: all stages passed"

@@ -200,6 +200,11 @@ void ProxyServer::start() {
   // splice(2) into a socket whose peer has gone raises SIGPIPE (it has no MSG_NOSIGNAL); the
   // relay handles EPIPE as a value, so the signal must never kill the process.
   std::signal(SIGPIPE, SIG_IGN);
+  // spdlog creates its registry and default logger on first use. Make that first use happen here,
+  // before any worker exists: otherwise the first workers to log race the construction (safe by
+  // the C++ static-init guard, but inside the uninstrumented libspdlog, so ThreadSanitizer
+  // reports it; dsproxy's main() installs its logger first anyway, tests do not).
+  spdlog::default_logger_raw();
   // An empty bind address: that family is off on this node, no listener of it.
   std::vector<net::IpAddress> binds;
   for (const auto* text : {&options_.bind_v4, &options_.bind_v6}) {
