@@ -19,6 +19,7 @@
 
 #include "config/k8s_decoder.hpp"
 #include "proxy/transparent_socket.hpp"
+#include "fd_limit.hpp"
 
 namespace dsproxy::proxy {
 namespace {
@@ -57,29 +58,7 @@ int connect_and_wait_for_close(int family, std::uint16_t port) {
   return err;
 }
 
-// Lowers this process's descriptor limit so that at most `spare` more descriptors can be opened
-// (the lowest free numbers), and restores it on destruction: a real EMFILE, injected. The limit
-// is the process's, so it holds for the proxy's worker threads too.
-class FdLimit {
- public:
-  explicit FdLimit(int spare) {
-    ::getrlimit(RLIMIT_NOFILE, &saved_);
-    const int lowest = ::open("/dev/null", O_RDONLY | O_CLOEXEC);  // the lowest free number
-    if (lowest < 0) return;
-    ::close(lowest);
-    rlimit low = saved_;
-    low.rlim_cur = static_cast<rlim_t>(lowest + spare);
-    ok_ = ::setrlimit(RLIMIT_NOFILE, &low) == 0;
-  }
-  ~FdLimit() { ::setrlimit(RLIMIT_NOFILE, &saved_); }
-  FdLimit(const FdLimit&) = delete;
-  FdLimit& operator=(const FdLimit&) = delete;
-  bool ok() const { return ok_; }
-
- private:
-  rlimit saved_{};
-  bool ok_ = false;
-};
+using test::FdLimit;  // tests/unit/fd_limit.hpp
 
 // A client socket with a receive timeout, made before descriptors run out.
 int timed_client(int family, int timeout_s) {

@@ -18,6 +18,8 @@
 #include <cstring>
 #include <optional>
 
+#include "fd_limit.hpp"
+
 namespace dsproxy::proxy {
 namespace {
 
@@ -32,28 +34,7 @@ int open_fds() {
   return n;
 }
 
-// Lowers this process's descriptor limit so that at most `spare` more descriptors can be opened
-// (the lowest free numbers), and restores it on destruction: a real EMFILE, injected.
-class FdLimit {
- public:
-  explicit FdLimit(int spare) {
-    ::getrlimit(RLIMIT_NOFILE, &saved_);
-    const int lowest = ::open("/dev/null", O_RDONLY | O_CLOEXEC);  // the lowest free number
-    if (lowest < 0) return;
-    ::close(lowest);
-    rlimit low = saved_;
-    low.rlim_cur = static_cast<rlim_t>(lowest + spare);
-    ok_ = ::setrlimit(RLIMIT_NOFILE, &low) == 0;
-  }
-  ~FdLimit() { ::setrlimit(RLIMIT_NOFILE, &saved_); }
-  FdLimit(const FdLimit&) = delete;
-  FdLimit& operator=(const FdLimit&) = delete;
-  bool ok() const { return ok_; }
-
- private:
-  rlimit saved_{};
-  bool ok_ = false;
-};
+using test::FdLimit;  // tests/unit/fd_limit.hpp
 
 // A loopback listener; with `black_hole`, its accept queue is filled so further SYNs are dropped.
 struct Listener {

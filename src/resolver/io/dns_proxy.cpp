@@ -39,12 +39,6 @@ constexpr int kUdpBatch = 64;
 
 void count(std::atomic<std::uint64_t>& c) { c.fetch_add(1, std::memory_order_relaxed); }
 
-net::SocketAddress to_net(const tcp::endpoint& e) {
-  const auto a = e.address();
-  if (a.is_v4()) return {net::IpAddress::v4(a.to_v4().to_bytes()), e.port()};
-  return {net::IpAddress::v6(a.to_v6().to_bytes()), e.port()};
-}
-
 void set_option(int fd, int level, int name, int value, const std::string& what, const char* option) {
   if (::setsockopt(fd, level, name, &value, sizeof value) != 0)
     throw std::system_error(errno, std::generic_category(), what + ": " + option);
@@ -437,9 +431,9 @@ struct DnsProxy::Impl : std::enable_shared_from_this<Impl> {
       socket.close(ignored);
       return;
     }
-    const net::SocketAddress client = to_net(remote);
+    const net::SocketAddress client = proxy::to_socket_address(remote);
     // The accepted socket's local address is the original destination (TPROXY keeps it).
-    if (refuse(client, to_net(local), "tcp")) return proxy::reset_connection(socket);
+    if (refuse(client, proxy::to_socket_address(local), "tcp")) return proxy::reset_connection(socket);
     switch (limits.acquire(client.ip)) {
       case ConnectionLimits::Verdict::accepted: {
         auto connection = std::make_shared<TcpConnection>(shared_from_this(), std::move(socket), client.ip);
