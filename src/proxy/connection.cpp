@@ -169,7 +169,7 @@ awaitable<std::optional<ConnectedUpstream>> establish_upstream(const ConnectionC
   // (we do not read before), so retries and Happy Eyeballs lose none of them.
   UpstreamSocketOptions upstream_options{.mark = ctx.options.upstream_mark, .source = std::nullopt, .other_family_source = std::nullopt};
   // The client's own address where the family allows it, and its own address of the other family
-  // for cross-family attempts (a captured client without one gets none: see route_and_connect).
+  // for cross-family attempts (a captured client without one gets none: see route()).
   if (transparent) {
     upstream_options.source = source.ip;
     upstream_options.other_family_source = snapshot.other_family_address(source.ip);
@@ -234,16 +234,8 @@ awaitable<std::optional<Connected>> route_and_connect(const ConnectionContext& c
   // One snapshot reference for the whole decision: a concurrent reload cannot change it or free
   // the endpoints it points to.
   const auto snapshot = ctx.store.current();
-  RouteDecision decision =
-      route(*snapshot, direction, destination, ctx.options.ports, ctx.local_addresses, transparent, source.ip.family());
-  // A captured client is only ever connected from its own addresses. One that has no address of
-  // the other family cannot use a cross-family fallback: from the node's address it would reach
-  // an endpoint it cannot reach itself, past that endpoint's NetworkPolicies, seen as the node.
-  if (decision.kind == RouteKind::service && transparent && !decision.cluster->has_ready(destination.ip.family()) &&
-      !snapshot->other_family_address(source.ip)) {
-    decision.kind = RouteKind::reject;
-    decision.reason = RejectReason::no_endpoint_for_family;
-  }
+  const RouteDecision decision =
+      route(*snapshot, direction, destination, ctx.options.ports, ctx.local_addresses, transparent, source.ip);
   const std::string_view cluster_name = decision.cluster ? std::string_view(decision.cluster->cluster_name) : "-";
   if (decision.kind == RouteKind::reject) {
     count_reject(ctx.stats, decision.reason);

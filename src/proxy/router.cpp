@@ -17,9 +17,10 @@ std::string_view to_string(RejectReason r) {
 
 RouteDecision route(const config::ClusterSnapshot& snapshot, Direction direction,
                     const net::SocketAddress& destination, const CapturePorts& ports, LocalAddressCheck& local,
-                    bool captured, std::optional<net::Family> client_family) {
+                    bool captured, std::optional<net::IpAddress> client) {
   RouteDecision d;
-  if (captured && client_family && *client_family != destination.ip.family()) {
+  const bool held_to_client = captured && client.has_value();
+  if (held_to_client && client->family() != destination.ip.family()) {
     d.reason = RejectReason::forbidden_destination;
     return d;
   }
@@ -28,8 +29,11 @@ RouteDecision route(const config::ClusterSnapshot& snapshot, Direction direction
     if (const auto* cluster = snapshot.find_cluster(destination)) {
       d.cluster = cluster;
       // Matched family first (kube-proxy parity: an IPv6 ClusterIP gets an IPv6 endpoint and the
-      // client's own address as source); the other family only where the Service allows it.
-      if (cluster->serves(destination.ip.family())) d.kind = RouteKind::service;
+      // client's own address as source); the other family only where the Service allows it, and
+      // only for a client with an address of its own in that family (see the header).
+      const net::Family dialled = destination.ip.family();
+      const bool may_cross = !held_to_client || snapshot.other_family_address(*client).has_value();
+      if (cluster->serves(dialled) && (may_cross || cluster->has_ready(dialled))) d.kind = RouteKind::service;
       else d.reason = RejectReason::no_endpoint_for_family;
       return d;
     }

@@ -43,13 +43,19 @@ struct CapturePorts {
 // `local` is asked only about a destination that would be passed through on a capture port.
 // `captured`: false for an explicitly addressed listener (--forward, non-transparent mode), whose
 // target the operator chose; only captured connections are held to the pod's own reach.
-// `client_family`: the family of the client's (canonical) address, when known. A captured
-// connection whose destination is of the other family is refused (forbidden_destination): a pod's
-// own stack never sends IPv6 to a v4-mapped address, so such a destination was hand-crafted (a
-// pod with CAP_NET_RAW), and once unmapped to IPv4 its upstream could not be bound to the IPv6
-// client's address: it would leave from the node's own IPv4 address, as the node.
+// `client`: the client's (canonical) address, when known. A captured connection is only ever
+// connected from the client's own addresses, so:
+//  * one whose destination is of the other family than the client is refused
+//    (forbidden_destination): a pod's own stack never sends IPv6 to a v4-mapped address, so such
+//    a destination was hand-crafted (a pod with CAP_NET_RAW), and once unmapped to IPv4 its
+//    upstream could not be bound to the IPv6 client's address: it would leave from the node's
+//    own IPv4 address, as the node;
+//  * a Service that could serve the dialled family only across families is refused
+//    (no_endpoint_for_family) to a client without an address of the other family: from the
+//    node's address it would reach an endpoint the client cannot reach itself, past that
+//    endpoint's NetworkPolicies, seen as the node.
 RouteDecision route(const config::ClusterSnapshot& snapshot, Direction direction,
                     const net::SocketAddress& destination, const CapturePorts& ports, LocalAddressCheck& local,
-                    bool captured = true, std::optional<net::Family> client_family = std::nullopt);
+                    bool captured = true, std::optional<net::IpAddress> client = std::nullopt);
 
 }  // namespace dsproxy::proxy

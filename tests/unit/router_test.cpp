@@ -76,6 +76,7 @@ status:
   conditions: [{type: Ready, status: "True"}]
 )";
 
+net::IpAddress ip_of(const char* ip) { return *net::IpAddress::parse(ip); }
 net::SocketAddress sa(const char* ip, std::uint16_t port) { return {*net::IpAddress::parse(ip), port}; }
 
 // The node of these tests: loopback, one address per family, and the wildcards. Counts the
@@ -136,6 +137,28 @@ TEST_F(RouterTest, DualStackServiceWithOnlyOtherFamilyEndpointsFallsBack) {
   EXPECT_EQ(route(*never, Direction::outbound, sa("fd00:10:96::20", 80), ports, node).reason,
             RejectReason::no_endpoint_for_family);
   EXPECT_EQ(route(*never, Direction::outbound, sa("10.96.0.20", 80), ports, node).kind, RouteKind::service);
+}
+
+// Row 2 for a captured client: the fallback leaves from the client's own address of the other
+// family, so a client without one (a single-stack pod, an unknown source) is not sent across.
+TEST_F(RouterTest, CapturedClientWithoutAnAddressOfTheOtherFamilyIsNotSentAcross) {
+  auto objects = config::decode_objects(kCluster);
+  for (auto& pod : objects.pods)
+    if (pod.ns == "shop" && pod.labels["app"] == "web") pod.pod_ips.resize(1);  // IPv4 only
+  objects.pods.push_back(objects.pods.front());  // a dual-stack client pod
+  objects.pods.back().name = "client";
+  objects.pods.back().labels = {};
+  objects.pods.back().pod_ips = {ip_of("10.244.0.50"), ip_of("fd00:10:244::50")};
+  auto only_v4 = config::ClusterSnapshot::build(objects, {"n1", "cluster.local"});
+  const auto vip = sa("fd00:10:96::20", 80);
+  EXPECT_EQ(route(*only_v4, Direction::outbound, vip, ports, node, true, ip_of("fd00:10:244::50")).kind,
+            RouteKind::service);
+  auto d = route(*only_v4, Direction::outbound, vip, ports, node, true, ip_of("fd00:10:244::99"));
+  EXPECT_EQ(d.kind, RouteKind::reject);
+  EXPECT_EQ(d.reason, RejectReason::no_endpoint_for_family);
+  // Not captured (an explicit --forward listener): the operator's choice, from the node.
+  EXPECT_EQ(route(*only_v4, Direction::outbound, vip, ports, node, false, ip_of("fd00:10:244::99")).kind,
+            RouteKind::service);
 }
 
 TEST_F(RouterTest, ClusterIpWithUnknownPortIsRejected) {
@@ -225,19 +248,19 @@ TEST_F(RouterTest, PassthroughToLoopbackUnspecifiedOrMulticastIsRefused) {
 TEST_F(RouterTest, CapturedDestinationOfAnotherFamilyThanTheClientIsRefused) {
   for (const char* ip : {"10.96.0.20", "10.244.0.10", "192.0.2.1"}) {
     for (Direction dir : {Direction::outbound, Direction::inbound}) {
-      auto d = route(*snapshot, dir, sa(ip, 80), ports, node, true, net::Family::v6);
+      auto d = route(*snapshot, dir, sa(ip, 80), ports, node, true, ip_of("fd00:10:244::99"));
       EXPECT_EQ(d.kind, RouteKind::reject) << ip;
       EXPECT_EQ(d.reason, RejectReason::forbidden_destination) << ip;
     }
-    EXPECT_NE(route(*snapshot, Direction::outbound, sa(ip, 80), ports, node, true, net::Family::v4).reason,
+    EXPECT_NE(route(*snapshot, Direction::outbound, sa(ip, 80), ports, node, true, ip_of("10.244.0.99")).reason,
               RejectReason::forbidden_destination)
         << ip;
     // An explicit --forward listener dials the target the operator chose, from the node.
-    EXPECT_NE(route(*snapshot, Direction::outbound, sa(ip, 80), ports, node, false, net::Family::v6).reason,
+    EXPECT_NE(route(*snapshot, Direction::outbound, sa(ip, 80), ports, node, false, ip_of("fd00:10:244::99")).reason,
               RejectReason::forbidden_destination)
         << ip;
   }
-  EXPECT_EQ(route(*snapshot, Direction::outbound, sa("fd00:10:96::20", 80), ports, node, true, net::Family::v4).reason,
+  EXPECT_EQ(route(*snapshot, Direction::outbound, sa("fd00:10:96::20", 80), ports, node, true, ip_of("10.244.0.99")).reason,
             RejectReason::forbidden_destination);
 }
 
