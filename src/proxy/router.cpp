@@ -31,9 +31,12 @@ RouteDecision route(const config::ClusterSnapshot& snapshot, Direction direction
       // Matched family first (kube-proxy parity: an IPv6 ClusterIP gets an IPv6 endpoint and the
       // client's own address as source); the other family only where the Service allows it, and
       // only for a client with an address of its own in that family (see the header).
+      // The common case (a ready endpoint of the dialled family) never looks the client up.
       const net::Family dialled = destination.ip.family();
-      const bool may_cross = !held_to_client || snapshot.other_family_address(*client).has_value();
-      if (cluster->serves(dialled) && (may_cross || cluster->has_ready(dialled))) d.kind = RouteKind::service;
+      const bool servable = cluster->serves(dialled) &&
+                            (!held_to_client || cluster->has_ready(dialled) ||
+                             snapshot.other_family_address(*client).has_value());
+      if (servable) d.kind = RouteKind::service;
       else d.reason = RejectReason::no_endpoint_for_family;
       return d;
     }
