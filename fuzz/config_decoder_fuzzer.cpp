@@ -15,7 +15,7 @@
 #include <string_view>
 #include <utility>
 
-#include "config/cluster_snapshot.hpp"
+#include "snapshot/cluster_snapshot.hpp"
 #include "config/k8s_decoder.hpp"
 
 using namespace dsproxy;
@@ -86,7 +86,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   check_objects(objects);
   try {
-    const auto snapshot = ClusterSnapshot::build(std::move(objects), {"node-a", "cluster.local"});
+    const auto snapshot = dsproxy::snapshot::ClusterSnapshot::build(std::move(objects), {"node-a", "cluster.local"});
     require(snapshot != nullptr);
     (void)snapshot->vip_ports();
   } catch (const ConfigError&) {

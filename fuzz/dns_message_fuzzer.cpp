@@ -11,7 +11,7 @@
 #include <cstdlib>
 #include <memory>
 
-#include "config/snapshot_store.hpp"
+#include "snapshot/snapshot_store.hpp"
 #include "resolver/cluster_dns.hpp"
 #include "resolver/dns_cache.hpp"
 #include "resolver/dns_handler.hpp"
@@ -81,7 +81,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   static const auto table = make_table();
-  static config::SnapshotStore store;
+  static snapshot::SnapshotStore store;
   const ByteView in(data, size);
 
   // 1. As a query from a pod.

@@ -11,7 +11,7 @@
 #include "cli/admin_client.hpp"
 #include "cli/proxy_config_view.hpp"
 #include "cli/run_command.hpp"
-#include "config/cluster_snapshot.hpp"
+#include "snapshot/cluster_snapshot.hpp"
 #include "config/k8s_decoder.hpp"
 #include "redirect/command_runner.hpp"
 #include "redirect/node_families.hpp"
@@ -36,14 +36,14 @@ void add_dns_capture_flags(CLI::App& cmd, bool& no_dns_capture, redirect::Redire
   cmd.add_option("--dns-port", r.dns_port, "DNS proxy port (UDP and TCP, both families)")->capture_default_str();
 }
 
-std::shared_ptr<const config::ClusterSnapshot> load_snapshot(const std::string& path, const std::string& node,
+std::shared_ptr<const snapshot::ClusterSnapshot> load_snapshot(const std::string& path, const std::string& node,
                                                              const std::string& domain) {
   auto objects = config::load_objects_file(path);
   for (const auto& w : objects.warnings) spdlog::warn("config: {}", w);
-  return config::ClusterSnapshot::build(std::move(objects), {node, domain});
+  return snapshot::ClusterSnapshot::build(std::move(objects), {node, domain});
 }
 
-std::vector<net::IpAddress> node_pod_ips(const config::ClusterSnapshot& snapshot) {
+std::vector<net::IpAddress> node_pod_ips(const snapshot::ClusterSnapshot& snapshot) {
   std::vector<net::IpAddress> ips;
   for (const auto& pod : snapshot.node_pods()) ips.insert(ips.end(), pod.ips.begin(), pod.ips.end());
   return ips;
@@ -187,9 +187,9 @@ int main(int argc, char** argv) {
       run.proxy.attempt_delay = std::chrono::milliseconds(attempt_delay_ms);
       run.proxy.outlier.base_ejection = std::chrono::milliseconds(base_ejection_ms);
       run.proxy.outlier.max_ejection = 10 * run.proxy.outlier.base_ejection;
-      run.fallback_default = family_fallback == "never"   ? config::FallbackDefault::never
-                             : family_fallback == "other" ? config::FallbackDefault::other
-                                                          : config::FallbackDefault::policy;
+      run.fallback_default = family_fallback == "never"   ? snapshot::FallbackDefault::never
+                             : family_fallback == "other" ? snapshot::FallbackDefault::other
+                                                          : snapshot::FallbackDefault::policy;
       // Passthrough has no Service to ask: only an explicit node-wide "never" stops it crossing.
       run.proxy.passthrough_happy_eyeballs = family_fallback != "never";
       run.redirect_options.dns_capture = !run_no_dns_capture;

@@ -12,7 +12,7 @@
 #include <boost/beast/http.hpp>
 #include <list>
 
-#include "proxy/transparent_socket.hpp"
+#include "net/io/transparent_socket.hpp"
 
 namespace dsproxy::admin {
 
@@ -88,8 +88,8 @@ AdminServer::AdminServer(asio::any_io_executor executor) : impl_(std::make_uniqu
 AdminServer::~AdminServer() { close(); }
 
 void AdminServer::listen(const net::SocketAddress& address, AdminHandler handler) {
-  proxy::ListenerSocketOptions options{.transparent = false, .reuse_port = false, .backlog = 128};
-  auto& acceptor = impl_->acceptors.emplace_back(proxy::open_listener(impl_->executor, address, options));
+  net::ListenerSocketOptions options{.transparent = false, .reuse_port = false, .backlog = 128};
+  auto& acceptor = impl_->acceptors.emplace_back(net::open_listener(impl_->executor, address, options));
   asio::co_spawn(impl_->executor,
                  impl_->accept_loop(acceptor, std::make_shared<AdminHandler>(std::move(handler))), asio::detached);
 }

@@ -90,7 +90,7 @@ json::array endpoints(const DumpContext& ctx) {
       eps.push_back(std::move(ep));
     }
     json::object cluster{{"clusterName", c.cluster_name},
-                         {"familyFallback", std::string(config::to_string(c.family_fallback))},
+                         {"familyFallback", std::string(snapshot::to_string(c.family_fallback))},
                          {"internalTrafficPolicy", std::string(config::to_string(c.internal_traffic_policy))},
                          {"sessionAffinity", std::string(config::to_string(c.session_affinity))},
                          {"endpoints", std::move(eps)}};

@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "config/cluster_snapshot.hpp"
+#include "snapshot/cluster_snapshot.hpp"
 #include "proxy/proxy_options.hpp"
 #include "proxy/proxy_stats.hpp"
 #include "resolver/dns_handler.hpp"
@@ -12,7 +12,7 @@
 namespace dsproxy::admin {
 
 struct DumpContext {
-  const config::ClusterSnapshot& snapshot;
+  const snapshot::ClusterSnapshot& snapshot;
   const proxy::ProxyOptions& proxy;
   const proxy::ProxyStats& stats;
   std::uint64_t generation = 0;

@@ -11,7 +11,7 @@
 #include <stdexcept>
 
 #include "net/ip_address.hpp"
-#include "proxy/transparent_socket.hpp"
+#include "net/io/transparent_socket.hpp"
 
 namespace dsproxy::cli {
 
@@ -35,7 +35,7 @@ std::string admin_get(const std::string& admin, std::string_view path) {
   boost::asio::io_context io;
   boost::asio::ip::tcp::socket socket(io);
   boost::system::error_code ec;
-  const auto endpoint = proxy::to_endpoint(address);
+  const auto endpoint = net::to_endpoint(address);
   socket.open(endpoint.protocol(), ec);
   if (!ec) {
     // Blocking I/O with kernel timeouts: the simplest way to bound a one-shot CLI request.

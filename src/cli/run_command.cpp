@@ -12,7 +12,7 @@
 #include "admin/admin_server.hpp"
 #include "admin/config_dump.hpp"
 #include "config/k8s_decoder.hpp"
-#include "config/snapshot_store.hpp"
+#include "snapshot/snapshot_store.hpp"
 #include "proxy/proxy_server.hpp"
 #include "redirect/command_runner.hpp"
 #include "redirect/redirector.hpp"
@@ -23,7 +23,7 @@ namespace dsproxy::cli {
 
 namespace {
 
-std::vector<net::IpAddress> node_pod_ips(const config::ClusterSnapshot& snapshot) {
+std::vector<net::IpAddress> node_pod_ips(const snapshot::ClusterSnapshot& snapshot) {
   std::vector<net::IpAddress> ips;
   for (const auto& pod : snapshot.node_pods()) ips.insert(ips.end(), pod.ips.begin(), pod.ips.end());
   return ips;
@@ -31,7 +31,7 @@ std::vector<net::IpAddress> node_pod_ips(const config::ClusterSnapshot& snapshot
 
 }  // namespace
 
-std::vector<redirect::VipOpenPorts> vip_open_ports(const config::ClusterSnapshot& snapshot) {
+std::vector<redirect::VipOpenPorts> vip_open_ports(const snapshot::ClusterSnapshot& snapshot) {
   std::vector<redirect::VipOpenPorts> out;
   for (auto& v : snapshot.vip_ports()) out.push_back({v.vip, std::move(v.open_ports)});
   return out;
@@ -89,7 +89,7 @@ class ProxyProcess {
     options_ = restrict_to_families(std::move(options_), families);
     raise_descriptor_limit();
     start_hostnames();
-    std::shared_ptr<const config::ClusterSnapshot> first;
+    std::shared_ptr<const snapshot::ClusterSnapshot> first;
     try {
       first = load();
     } catch (const std::exception& e) {
@@ -156,14 +156,14 @@ class ProxyProcess {
   }
 
  private:
-  std::shared_ptr<const config::ClusterSnapshot> load() {
+  std::shared_ptr<const snapshot::ClusterSnapshot> load() {
     auto objects = config::load_objects_file(options_.config_path);
     for (const auto& w : objects.warnings) spdlog::warn("config: {}", w);
     if (hostnames_) {  // FQDN endpoints of dsproxy.io/resolve Services, as resolved so far
       hostnames_->update(objects);
       hostnames_->augment(objects);
     }
-    return config::ClusterSnapshot::build(std::move(objects),
+    return snapshot::ClusterSnapshot::build(std::move(objects),
                                           {options_.node, options_.cluster_domain, options_.fallback_default, options_.zone},
                                           &endpoint_states_);
   }
@@ -172,7 +172,7 @@ class ProxyProcess {
     // Whatever triggered it, this reload reads the file as it is now: the poll must not read the
     // same contents again.
     stamp_ = stamp_of(options_.config_path);
-    std::shared_ptr<const config::ClusterSnapshot> next;
+    std::shared_ptr<const snapshot::ClusterSnapshot> next;
     try {
       next = load();
     } catch (const std::exception& e) {
@@ -348,10 +348,10 @@ class ProxyProcess {
 
   RunOptions options_;  // as restricted to the node's families at start
   boost::asio::io_context io_{1};
-  config::SnapshotStore store_;
+  snapshot::SnapshotStore store_;
   proxy::ProxyStats stats_;
   redirect::ProcessRunner runner_;
-  config::EndpointStateRegistry endpoint_states_;  // outlier and load state, kept across reloads
+  snapshot::EndpointStateRegistry endpoint_states_;  // outlier and load state, kept across reloads
   std::optional<redirect::Redirector> redirector_;
   std::optional<redirect::VipRefusals> refusals_;
   std::vector<net::IpAddress> installed_pods_;

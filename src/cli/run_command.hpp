@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <string>
 
-#include "config/cluster_snapshot.hpp"
+#include "snapshot/cluster_snapshot.hpp"
 #include "proxy/proxy_options.hpp"
 #include "redirect/node_families.hpp"
 #include "redirect/redirect_options.hpp"
@@ -20,7 +20,7 @@ struct RunOptions {
   std::string node;
   std::string zone;  // --zone: this node's topology zone (else the Node object's label)
   std::string cluster_domain = "cluster.local";
-  config::FallbackDefault fallback_default = config::FallbackDefault::policy;
+  snapshot::FallbackDefault fallback_default = snapshot::FallbackDefault::policy;
   bool redirect = false;  // install the capture rules at start, keep them current, remove at exit
   proxy::ProxyOptions proxy;
   redirect::RedirectOptions redirect_options;
@@ -35,7 +35,7 @@ struct RunOptions {
 };
 
 // What the refusal rules need from a snapshot: every ClusterIP with its servable ports.
-std::vector<redirect::VipOpenPorts> vip_open_ports(const config::ClusterSnapshot& snapshot);
+std::vector<redirect::VipOpenPorts> vip_open_ports(const snapshot::ClusterSnapshot& snapshot);
 
 // `options` for a node that carries only the families that are on in `families`: the capture
 // rules, the proxy and DNS listeners and the IPv6 admin/readiness listeners of a family that is

@@ -42,7 +42,7 @@ struct GaugeGuard {
 // destroyed without completing (its io_context going away).
 class RelayEnd {
  public:
-  RelayEnd(ProxyStats& stats, GaugeGuard<ProxyStats::Counter> active, std::shared_ptr<config::EndpointState> endpoint,
+  RelayEnd(ProxyStats& stats, GaugeGuard<ProxyStats::Counter> active, std::shared_ptr<snapshot::EndpointState> endpoint,
            Direction direction, const net::SocketAddress& source, const net::SocketAddress& destination)
       : stats_(&stats),
         endpoint_(std::move(endpoint)),
@@ -66,7 +66,7 @@ class RelayEnd {
  private:
   ProxyStats* stats_;
   // Declared before the guards: the endpoint state outlives the gauge that points into it.
-  std::shared_ptr<config::EndpointState> endpoint_;
+  std::shared_ptr<snapshot::EndpointState> endpoint_;
   GaugeGuard<ProxyStats::Counter> active_;
   GaugeGuard<std::atomic<std::uint32_t>> outstanding_;
   Direction direction_;
@@ -97,7 +97,7 @@ class BackendSource {
   // `other_family_allowed`: false when the connection could only reach the other family from the
   // node's own address (a captured client with no address of that family); such addresses are
   // never offered.
-  BackendSource(const ConnectionContext& ctx, const RouteDecision& decision, const config::ClusterSnapshot& snapshot,
+  BackendSource(const ConnectionContext& ctx, const RouteDecision& decision, const snapshot::ClusterSnapshot& snapshot,
                 net::Family dialled, bool other_family_allowed, const net::IpAddress& client)
       : ctx_(ctx),
         decision_(decision),
@@ -133,7 +133,7 @@ class BackendSource {
   }
 
   // The endpoint an attempt dialled; nullptr for passthrough.
-  const config::Endpoint* endpoint_of(const ConnectScheduler::Attempt& a) const {
+  const snapshot::Endpoint* endpoint_of(const ConnectScheduler::Attempt& a) const {
     if (a.tag < 0) return nullptr;
     const auto& pick = picks_[static_cast<std::size_t>(a.tag)];
     for (int i = 0; i < pick.count; ++i)
@@ -144,7 +144,7 @@ class BackendSource {
  private:
   const ConnectionContext& ctx_;
   const RouteDecision& decision_;
-  const config::ClusterSnapshot& snapshot_;
+  const snapshot::ClusterSnapshot& snapshot_;
   net::Family dialled_;
   bool other_family_allowed_;
   net::IpAddress client_;  // the session-affinity key
@@ -155,19 +155,19 @@ class BackendSource {
 
 struct ConnectedUpstream {
   net::SocketAddress address;
-  const config::Endpoint* endpoint = nullptr;  // nullptr for passthrough
+  const snapshot::Endpoint* endpoint = nullptr;  // nullptr for passthrough
 };
 
 awaitable<std::optional<ConnectedUpstream>> establish_upstream(const ConnectionContext& ctx,
                                                                const RouteDecision& decision,
-                                                               const config::ClusterSnapshot& snapshot,
+                                                               const snapshot::ClusterSnapshot& snapshot,
                                                                const net::SocketAddress& source,
                                                                const net::SocketAddress& destination,
                                                                bool transparent, tcp::socket& upstream) {
   const std::string_view cluster_name = decision.cluster ? std::string_view(decision.cluster->cluster_name) : "-";
   // The client's first bytes wait in its socket's receive queue until an upstream is connected
   // (we do not read before), so retries and Happy Eyeballs lose none of them.
-  UpstreamSocketOptions upstream_options{.mark = ctx.options.upstream_mark, .source = std::nullopt, .other_family_source = std::nullopt};
+  net::UpstreamSocketOptions upstream_options{.mark = ctx.options.upstream_mark, .source = std::nullopt, .other_family_source = std::nullopt};
   // The client's own address where the family allows it, and its own address of the other family
   // for cross-family attempts (a captured client without one gets none: see route()).
   if (transparent) {
@@ -187,7 +187,7 @@ awaitable<std::optional<ConnectedUpstream>> establish_upstream(const ConnectionC
           ProxyStats::add(ctx.stats.local_errors);
           return;
         }
-        const config::Endpoint* endpoint = backends.endpoint_of(attempt);
+        const snapshot::Endpoint* endpoint = backends.endpoint_of(attempt);
         if (!endpoint) return;
         if (result == AttemptResult::connected) {
           ctx.outliers.record_success(*endpoint->state);
@@ -224,7 +224,7 @@ awaitable<std::optional<ConnectedUpstream>> establish_upstream(const ConnectionC
 // What the relay phase keeps of the connect phase.
 struct Connected {
   net::SocketAddress address;
-  std::shared_ptr<config::EndpointState> endpoint;  // null for passthrough
+  std::shared_ptr<snapshot::EndpointState> endpoint;  // null for passthrough
 };
 
 awaitable<std::optional<Connected>> route_and_connect(const ConnectionContext& ctx, Direction direction,
@@ -270,9 +270,9 @@ awaitable<void> serve_connection(tcp::socket client, tcp::endpoint peer, Directi
     boost::system::error_code ec;
     const auto local = client.local_endpoint(ec);
     if (ec) co_return;  // the client vanished between accept and now
-    destination = to_socket_address(local);
+    destination = net::to_socket_address(local);
   }
-  const net::SocketAddress source = to_socket_address(peer);
+  const net::SocketAddress source = net::to_socket_address(peer);
 
   // Routing and connecting run in their own coroutine: their state (the snapshot reference,
   // scheduler, candidate lists, attempt sockets) is freed before the relay starts, so an old
@@ -281,7 +281,7 @@ awaitable<void> serve_connection(tcp::socket client, tcp::endpoint peer, Directi
   const bool transparent = ctx.options.transparent && !forward_to;
   const auto connected = co_await route_and_connect(ctx, direction, source, destination, transparent, upstream);
   if (!connected) {
-    reset_connection(client);
+    net::reset_connection(client);
     co_return;
   }
   // The relay takes the connection over; this coroutine ends here and its frame is freed, so

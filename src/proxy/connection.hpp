@@ -3,20 +3,23 @@
 
 #include <boost/asio/awaitable.hpp>
 
-#include "config/snapshot_store.hpp"
+#include "snapshot/snapshot_store.hpp"
 #include "proxy/endpoint_picker.hpp"
 #include "proxy/local_address_check.hpp"
 #include "proxy/proxy_options.hpp"
 #include "proxy/proxy_stats.hpp"
-#include "proxy/transparent_socket.hpp"
+#include "net/io/transparent_socket.hpp"
 
 namespace dsproxy::proxy {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
 
 // What every connection on a worker shares. The references point into ProxyServer and the
 // worker, which outlive the worker's io_context and so every connection coroutine.
 struct ConnectionContext {
   const ProxyOptions& options;
-  const config::SnapshotStore& store;
+  const snapshot::SnapshotStore& store;
   ProxyStats& stats;
   const OutlierDetector& outliers;
   EndpointPicker& picker;  // the worker's own: not shared between threads

@@ -6,7 +6,7 @@ namespace dsproxy::proxy {
 
 namespace {
 
-const config::Endpoint* endpoint_of(const config::ServiceCluster& c, const config::Backend& b, net::Family f) {
+const snapshot::Endpoint* endpoint_of(const snapshot::ServiceCluster& c, const snapshot::Backend& b, net::Family f) {
   const int i = b.index(f);
   if (i < 0) return nullptr;
   const auto& e = c.endpoints[static_cast<std::size_t>(i)];
@@ -19,10 +19,10 @@ constexpr std::size_t kInline = 64;
 
 }  // namespace
 
-std::optional<BackendPick> EndpointPicker::pick(const config::ServiceCluster& cluster, net::Family dialled,
+std::optional<BackendPick> EndpointPicker::pick(const snapshot::ServiceCluster& cluster, net::Family dialled,
                                                 Clock::time_point now, std::span<const int> tried,
                                                 std::optional<net::IpAddress> client) {
-  const bool may_cross = cluster.family_fallback == config::FamilyFallback::other;
+  const bool may_cross = cluster.family_fallback == snapshot::FamilyFallback::other;
   // The backend this client is pinned to, if any and still in the snapshot (-1 otherwise).
   const bool affine = affinity_ && client && cluster.session_affinity == config::SessionAffinity::ClientIP;
   int pinned = -1;
@@ -69,7 +69,7 @@ std::optional<BackendPick> EndpointPicker::pick(const config::ServiceCluster& cl
         const std::size_t j = (i + 1 + rng_() % (n - 1)) % n;  // distinct from i
         const auto* a = endpoint_of(cluster, cluster.backends[candidate(i)], family);
         const auto* b = endpoint_of(cluster, cluster.backends[candidate(j)], family);
-        auto load = [](const config::Endpoint* e) {
+        auto load = [](const snapshot::Endpoint* e) {
           return std::pair(e->state->active.load(std::memory_order_relaxed),
                            e->state->picks.load(std::memory_order_relaxed));
         };

@@ -16,7 +16,7 @@
 #include <random>
 #include <span>
 
-#include "config/cluster_snapshot.hpp"
+#include "snapshot/cluster_snapshot.hpp"
 #include "proxy/outlier_detector.hpp"
 #include "proxy/session_affinity.hpp"
 
@@ -26,7 +26,7 @@ struct BackendPick {
   int backend = -1;  // index into ServiceCluster::backends
   // Endpoints to race, preferred first: the chosen family's, then (Happy Eyeballs) the same
   // pod's other-family endpoint when it is ready, healthy and the Service allows crossing.
-  std::array<const config::Endpoint*, 2> endpoints{nullptr, nullptr};
+  std::array<const snapshot::Endpoint*, 2> endpoints{nullptr, nullptr};
   int count = 0;
   bool fallback = false;  // the preferred endpoint is of the other family than the dialled one
 };
@@ -39,7 +39,7 @@ class EndpointPicker {
 
   // `tried` are backends this connection already failed on (retries go elsewhere). `client` is
   // the connection's source address, the key of ClientIP session affinity.
-  std::optional<BackendPick> pick(const config::ServiceCluster& cluster, net::Family dialled, Clock::time_point now,
+  std::optional<BackendPick> pick(const snapshot::ServiceCluster& cluster, net::Family dialled, Clock::time_point now,
                                   std::span<const int> tried = {}, std::optional<net::IpAddress> client = std::nullopt);
 
  private:

@@ -18,7 +18,7 @@
 #include "proxy/connection.hpp"
 #include "proxy/descriptor_reserve.hpp"
 #include "proxy/log_throttle.hpp"
-#include "proxy/transparent_socket.hpp"
+#include "net/io/transparent_socket.hpp"
 
 namespace dsproxy::proxy {
 
@@ -84,7 +84,7 @@ awaitable<void> accept_loop(tcp::acceptor& acceptor, Direction direction, Connec
 // True when `ip` is one of this host's addresses (or a wildcard): binding a throwaway socket to
 // it succeeds only then (no IP_FREEBIND, no IP_TRANSPARENT).
 bool is_local_address(const net::IpAddress& ip) {
-  const tcp::endpoint endpoint = to_endpoint({ip, 0});
+  const tcp::endpoint endpoint = net::to_endpoint({ip, 0});
   const int fd = ::socket(ip.is_v4() ? AF_INET : AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return false;
   const bool bound = ::bind(fd, endpoint.data(), static_cast<socklen_t>(endpoint.size())) == 0;
@@ -124,15 +124,15 @@ void validate_forwards(const ProxyOptions& options) {
 
 class Worker {
  public:
-  Worker(const ProxyOptions& options, const config::SnapshotStore& store, ProxyStats& stats,
+  Worker(const ProxyOptions& options, const snapshot::SnapshotStore& store, ProxyStats& stats,
          const OutlierDetector& outliers, SessionAffinityTable& affinity, std::uint64_t seed)
       : picker_(outliers, seed, &affinity),
         local_addresses_(options.upstream_mark),
         context_{options, store, stats, outliers, picker_, local_addresses_} {}
 
-  void listen(const net::SocketAddress& address, Direction direction, const ListenerSocketOptions& options,
+  void listen(const net::SocketAddress& address, Direction direction, const net::ListenerSocketOptions& options,
               std::optional<net::SocketAddress> forward_to = std::nullopt) {
-    acceptors_.push_back({open_listener(io_.get_executor(), address, options), direction, forward_to});
+    acceptors_.push_back({net::open_listener(io_.get_executor(), address, options), direction, forward_to});
   }
   std::uint16_t port_of(std::size_t i) const { return acceptors_.at(i).acceptor.local_endpoint().port(); }
 
@@ -191,7 +191,7 @@ class Worker {
   std::thread thread_;
 };
 
-ProxyServer::ProxyServer(ProxyOptions options, const config::SnapshotStore& store, ProxyStats& stats)
+ProxyServer::ProxyServer(ProxyOptions options, const snapshot::SnapshotStore& store, ProxyStats& stats)
     : options_(std::move(options)), store_(store), stats_(stats), outliers_(options_.outlier) {}
 
 ProxyServer::~ProxyServer() { stop(); }
@@ -216,7 +216,7 @@ void ProxyServer::start() {
     binds.push_back(*ip);
   }
   if (binds.empty()) throw std::invalid_argument("no bind address: neither IPv4 nor IPv6 is on");
-  const ListenerSocketOptions socket_options{.transparent = options_.transparent};
+  const net::ListenerSocketOptions socket_options{.transparent = options_.transparent};
   validate_forwards(options_);
 
   // With port 0 (tests), the first worker's kernel-chosen ports are reused by the others so that

@@ -10,7 +10,7 @@
 #include <memory>
 #include <vector>
 
-#include "config/snapshot_store.hpp"
+#include "snapshot/snapshot_store.hpp"
 #include "proxy/outlier_detector.hpp"
 #include "proxy/proxy_options.hpp"
 #include "proxy/proxy_stats.hpp"
@@ -22,7 +22,7 @@ class Worker;
 
 class ProxyServer {
  public:
-  ProxyServer(ProxyOptions options, const config::SnapshotStore& store, ProxyStats& stats);
+  ProxyServer(ProxyOptions options, const snapshot::SnapshotStore& store, ProxyStats& stats);
   ~ProxyServer();
   ProxyServer(const ProxyServer&) = delete;
   ProxyServer& operator=(const ProxyServer&) = delete;
@@ -45,7 +45,7 @@ class ProxyServer {
 
  private:
   ProxyOptions options_;
-  const config::SnapshotStore& store_;
+  const snapshot::SnapshotStore& store_;
   ProxyStats& stats_;
   OutlierDetector outliers_;
   SessionAffinityTable affinity_;  // shared by every worker: a client's connections land on any of them

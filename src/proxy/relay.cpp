@@ -112,8 +112,8 @@ class Relay {
     // Idle for a whole period: reset both sides. Pending waits complete with operation_aborted
     // and the last one finishes the relay.
     result_.idle_timeout = true;
-    reset_connection(downstream_);
-    reset_connection(upstream_);
+    net::reset_connection(downstream_);
+    net::reset_connection(upstream_);
     for (auto& d : dirs_)
       if (!d.done) direction_done(d);
   }
@@ -210,7 +210,7 @@ class Relay {
   // `culprit` (already broken). Pending waits on both complete with operation_aborted.
   void abort(tcp::socket& culprit, tcp::socket& victim) {
     result_.reset = true;
-    reset_connection(victim);
+    net::reset_connection(victim);
     boost::system::error_code ignored;
     culprit.close(ignored);
     for (auto& d : dirs_)

@@ -6,9 +6,12 @@
 #include <chrono>
 #include <cstdint>
 
-#include "proxy/transparent_socket.hpp"
+#include "net/io/transparent_socket.hpp"
 
 namespace dsproxy::proxy {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
 
 struct RelayOptions {
   // A connection with no byte in either direction for this long is reset on both sides.

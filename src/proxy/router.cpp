@@ -15,7 +15,7 @@ std::string_view to_string(RejectReason r) {
   return "unknown";
 }
 
-RouteDecision route(const config::ClusterSnapshot& snapshot, Direction direction,
+RouteDecision route(const snapshot::ClusterSnapshot& snapshot, Direction direction,
                     const net::SocketAddress& destination, const CapturePorts& ports, LocalAddressCheck& local,
                     bool captured, std::optional<net::IpAddress> client) {
   RouteDecision d;

@@ -6,7 +6,7 @@
 #include <optional>
 #include <string_view>
 
-#include "config/cluster_snapshot.hpp"
+#include "snapshot/cluster_snapshot.hpp"
 #include "net/ip_address.hpp"
 #include "proxy/local_address_check.hpp"
 
@@ -30,7 +30,7 @@ struct RouteDecision {
   RouteKind kind = RouteKind::reject;
   RejectReason reason = RejectReason::none;
   net::SocketAddress upstream;                      // passthrough: exactly where the client dialled
-  const config::ServiceCluster* cluster = nullptr;  // service (and no_endpoint rejects): pick from it
+  const snapshot::ServiceCluster* cluster = nullptr;  // service (and no_endpoint rejects): pick from it
 };
 
 struct CapturePorts {
@@ -54,7 +54,7 @@ struct CapturePorts {
 //    (no_endpoint_for_family) to a client without an address of the other family: from the
 //    node's address it would reach an endpoint the client cannot reach itself, past that
 //    endpoint's NetworkPolicies, seen as the node.
-RouteDecision route(const config::ClusterSnapshot& snapshot, Direction direction,
+RouteDecision route(const snapshot::ClusterSnapshot& snapshot, Direction direction,
                     const net::SocketAddress& destination, const CapturePorts& ports, LocalAddressCheck& local,
                     bool captured = true, std::optional<net::IpAddress> client = std::nullopt);
 

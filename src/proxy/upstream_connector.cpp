@@ -60,10 +60,10 @@ awaitable<void> await_attempt(Race& race, int id) {
 //
 // Whatever fails before connect() (socket, options, the source bind) is the node's own trouble:
 // no SYN has left, so the endpoint cannot have had a part in it.
-void start_attempt(Race& race, int id, const net::SocketAddress& address, const UpstreamSocketOptions& options,
+void start_attempt(Race& race, int id, const net::SocketAddress& address, const net::UpstreamSocketOptions& options,
                    const boost::asio::any_io_executor& executor) {
   tcp::socket& socket = race.sockets[static_cast<std::size_t>(id)];
-  std::error_code ec = prepare_upstream(socket, address.ip.family(), options);
+  std::error_code ec = net::prepare_upstream(socket, address.ip.family(), options);
   if (!ec) {
     boost::system::error_code bec;
     socket.non_blocking(true, bec);  // the relay relies on it too
@@ -73,7 +73,7 @@ void start_attempt(Race& race, int id, const net::SocketAddress& address, const 
     race.results.push_back({id, ec, true});
     return;
   }
-  const tcp::endpoint endpoint = to_endpoint(address);
+  const tcp::endpoint endpoint = net::to_endpoint(address);
   if (::connect(socket.native_handle(), endpoint.data(), static_cast<socklen_t>(endpoint.size())) != 0) {
     const int err = errno;
     if (err != EINPROGRESS && err != EINTR) {
@@ -118,7 +118,7 @@ bool is_local_error(const std::error_code& ec) {
 }
 
 awaitable<ConnectOutcome> connect_upstream(tcp::socket& upstream, ConnectScheduler& scheduler,
-                                           const UpstreamSocketOptions& socket_options,
+                                           const net::UpstreamSocketOptions& socket_options,
                                            const AttemptObserver& observer) {
   const auto executor = upstream.get_executor();
   Race race(executor);

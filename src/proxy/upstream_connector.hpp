@@ -10,9 +10,12 @@
 #include <system_error>
 
 #include "proxy/connect_scheduler.hpp"
-#include "proxy/transparent_socket.hpp"
+#include "net/io/transparent_socket.hpp"
 
 namespace dsproxy::proxy {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
 
 // How an attempt ended, for the endpoint's record. `local_error`: the attempt failed on this
 // node's own resources before or while sending its SYN (see is_local_error); it says nothing
@@ -42,7 +45,7 @@ using AttemptObserver = std::function<void(const ConnectScheduler::Attempt&, Att
 // On success the winning connection is moved into `upstream`. Every attempt socket is closed and
 // every attempt coroutine has finished before this returns, so nothing outlives the call.
 boost::asio::awaitable<ConnectOutcome> connect_upstream(tcp::socket& upstream, ConnectScheduler& scheduler,
-                                                        const UpstreamSocketOptions& socket_options,
+                                                        const net::UpstreamSocketOptions& socket_options,
                                                         const AttemptObserver& observer);
 
 }  // namespace dsproxy::proxy

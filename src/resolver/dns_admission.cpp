@@ -14,7 +14,7 @@ std::string_view to_string(Admission a) {
   return "?";
 }
 
-NodePodAddresses::NodePodAddresses(const config::ClusterSnapshot& snapshot) {
+NodePodAddresses::NodePodAddresses(const snapshot::ClusterSnapshot& snapshot) {
   for (const auto& pod : snapshot.node_pods()) ips_.insert(pod.ips.begin(), pod.ips.end());
 }
 

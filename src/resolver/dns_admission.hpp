@@ -19,7 +19,7 @@
 #include <string_view>
 #include <unordered_set>
 
-#include "config/cluster_snapshot.hpp"
+#include "snapshot/cluster_snapshot.hpp"
 #include "net/ip_address.hpp"
 
 namespace dsproxy::resolver {
@@ -40,7 +40,7 @@ std::string_view to_string(Admission a);
 class NodePodAddresses {
  public:
   NodePodAddresses() = default;
-  explicit NodePodAddresses(const config::ClusterSnapshot& snapshot);
+  explicit NodePodAddresses(const snapshot::ClusterSnapshot& snapshot);
   bool contains(const net::IpAddress& ip) const { return ips_.contains(ip); }
   std::size_t size() const { return ips_.size(); }
 

@@ -19,7 +19,7 @@ bool is_truncated(const Bytes& b) { return b.size() >= kHeaderSize && (b[2] & 0x
 
 }  // namespace
 
-DnsHandler::DnsHandler(const config::SnapshotStore& store, DnsHandlerOptions options, Upstream& upstream, Clock clock)
+DnsHandler::DnsHandler(const snapshot::SnapshotStore& store, DnsHandlerOptions options, Upstream& upstream, Clock clock)
     : store_(store), options_(std::move(options)), upstream_(upstream), cache_(options_.cache, std::move(clock)) {}
 
 std::shared_ptr<const ClusterDns> DnsHandler::cluster() {

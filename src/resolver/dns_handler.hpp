@@ -14,7 +14,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "config/snapshot_store.hpp"
+#include "snapshot/snapshot_store.hpp"
 #include "resolver/cluster_dns.hpp"
 #include "resolver/dns_cache.hpp"
 #include "resolver/dns_message.hpp"
@@ -76,7 +76,7 @@ class DnsHandler {
   // Called once with the answer; never called for messages that are dropped.
   using Reply = std::function<void(Bytes)>;
 
-  DnsHandler(const config::SnapshotStore& store, DnsHandlerOptions options, Upstream& upstream,
+  DnsHandler(const snapshot::SnapshotStore& store, DnsHandlerOptions options, Upstream& upstream,
              Clock clock = system_clock());
 
   void handle(ByteView raw, Transport transport, Reply reply);
@@ -97,7 +97,7 @@ class DnsHandler {
   void forward(ByteView raw, const Query& query, std::size_t max_size, Reply reply);
   void complete(const std::string& key, Upstream::Result result);
 
-  const config::SnapshotStore& store_;
+  const snapshot::SnapshotStore& store_;
   DnsHandlerOptions options_;
   Upstream& upstream_;
   DnsCache cache_;

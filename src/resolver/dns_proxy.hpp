@@ -23,7 +23,7 @@
 #include <string>
 #include <vector>
 
-#include "config/snapshot_store.hpp"
+#include "snapshot/snapshot_store.hpp"
 #include "resolver/dns_handler.hpp"
 
 namespace boost::asio {
@@ -58,7 +58,7 @@ struct DnsProxyOptions {
 
 class DnsProxy {
  public:
-  DnsProxy(boost::asio::io_context& io, DnsProxyOptions options, const config::SnapshotStore& store);
+  DnsProxy(boost::asio::io_context& io, DnsProxyOptions options, const snapshot::SnapshotStore& store);
   ~DnsProxy();
   DnsProxy(const DnsProxy&) = delete;
   DnsProxy& operator=(const DnsProxy&) = delete;

@@ -6,10 +6,11 @@
 #include <string>
 #include <vector>
 
-#include "config/cluster_snapshot.hpp"
+#include "snapshot/cluster_snapshot.hpp"
 #include "config/k8s_decoder.hpp"
 
-namespace dsproxy::config {
+namespace dsproxy::snapshot {
+using namespace config;
 namespace {
 
 net::IpAddress ip(const char* s) { return *net::IpAddress::parse(s); }
@@ -510,4 +511,4 @@ TEST(UnsafeEndpoints, LoopbackLinkLocalMulticastAndClusterIpsAreDroppedWhateverT
 }
 
 }  // namespace
-}  // namespace dsproxy::config
+}  // namespace dsproxy::snapshot

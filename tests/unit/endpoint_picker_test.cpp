@@ -64,10 +64,10 @@ net::SocketAddress sa(const char* ip, std::uint16_t port) { return {*net::IpAddr
 
 class EndpointPickerTest : public ::testing::Test {
  protected:
-  std::shared_ptr<const config::ClusterSnapshot> build(const config::ClusterObjects& o) {
-    return config::ClusterSnapshot::build(o, {"n1", "cluster.local"});
+  std::shared_ptr<const snapshot::ClusterSnapshot> build(const config::ClusterObjects& o) {
+    return snapshot::ClusterSnapshot::build(o, {"n1", "cluster.local"});
   }
-  const config::ServiceCluster& cluster(const config::ClusterSnapshot& s, const char* vip, std::uint16_t port) {
+  const snapshot::ServiceCluster& cluster(const snapshot::ClusterSnapshot& s, const char* vip, std::uint16_t port) {
     const auto* c = s.find_cluster(sa(vip, port));
     EXPECT_NE(c, nullptr);
     return *c;

@@ -18,7 +18,7 @@ namespace {
 
 std::string experiment_dump() {
   auto objects = config::load_objects_file(DSPROXY_SOURCE_DIR "/config/tcp-echo-experiment.yaml");
-  auto snapshot = config::ClusterSnapshot::build(std::move(objects), {"kind-worker", "cluster.local"});
+  auto snapshot = snapshot::ClusterSnapshot::build(std::move(objects), {"kind-worker", "cluster.local"});
   proxy::ProxyOptions options;
   proxy::ProxyStats stats;
   return admin::render_config_dump({*snapshot, options, stats, 1});
@@ -67,7 +67,7 @@ endpoints:
 - {addresses: [10.0.0.2], nodeName: n2, zone: b, conditions: {ready: false, serving: true, terminating: true}}
 - {addresses: [10.0.0.3], conditions: {ready: false}}
 )");
-  auto snapshot = config::ClusterSnapshot::build(std::move(objects), {.node_name = "n1", .zone = "a"});
+  auto snapshot = snapshot::ClusterSnapshot::build(std::move(objects), {.node_name = "n1", .zone = "a"});
   proxy::ProxyOptions options;
   proxy::ProxyStats stats;
   const std::string dump = admin::render_config_dump({*snapshot, options, stats, 1});

@@ -18,7 +18,7 @@
 #include <boost/asio/io_context.hpp>
 
 #include "config/k8s_decoder.hpp"
-#include "proxy/transparent_socket.hpp"
+#include "net/io/transparent_socket.hpp"
 #include "fd_limit.hpp"
 
 namespace dsproxy::proxy {
@@ -84,12 +84,12 @@ int wait_for_close(int fd) {
 class ProxyServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    store.publish(config::ClusterSnapshot::build(config::decode_objects(""), {"n1", "cluster.local"}));
+    store.publish(snapshot::ClusterSnapshot::build(config::decode_objects(""), {"n1", "cluster.local"}));
     options.ports = {0, 0};  // hermetic: the kernel picks free ports
     options.transparent = false;
     options.workers = 2;
   }
-  config::SnapshotStore store;
+  snapshot::SnapshotStore store;
   ProxyStats stats;
   ProxyOptions options;
 };
@@ -133,7 +133,7 @@ status:
 )";
 
 TEST_F(ProxyServerTest, UpstreamDescriptorExhaustionNeverEjectsTheEndpoint) {
-  store.publish(config::ClusterSnapshot::build(config::decode_objects(kWebService), {"n1", "cluster.local"}));
+  store.publish(snapshot::ClusterSnapshot::build(config::decode_objects(kWebService), {"n1", "cluster.local"}));
   const auto vip = *net::SocketAddress::parse("10.96.0.20:80");
   options.workers = 1;
   options.upstream_mark = 0;
@@ -354,7 +354,7 @@ TEST(ListenerSocket, AcceptedSocketsInheritTcpNoDelayAndOobInline) {
   // The proxy no longer sets TCP_NODELAY per accepted connection: the listener's flag is
   // inherited (the accepted socket is a clone of the listener). Pin that kernel behaviour.
   boost::asio::io_context io;
-  auto acceptor = open_listener(io.get_executor(), *net::SocketAddress::parse("127.0.0.1:0", true),
+  auto acceptor = net::open_listener(io.get_executor(), *net::SocketAddress::parse("127.0.0.1:0", true),
                                 {.transparent = false, .reuse_port = false});
   const auto port = acceptor.local_endpoint().port();
   int client = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -363,7 +363,7 @@ TEST(ListenerSocket, AcceptedSocketsInheritTcpNoDelayAndOobInline) {
   a.sin_port = htons(port);
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   ASSERT_EQ(::connect(client, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-  tcp::socket accepted = acceptor.accept();
+  net::tcp::socket accepted = acceptor.accept();
   int nodelay = 0;
   socklen_t len = sizeof nodelay;
   ASSERT_EQ(::getsockopt(accepted.native_handle(), IPPROTO_TCP, TCP_NODELAY, &nodelay, &len), 0);

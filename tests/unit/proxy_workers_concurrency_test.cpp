@@ -17,9 +17,9 @@
 #include <thread>
 #include <vector>
 
-#include "config/cluster_snapshot.hpp"
+#include "snapshot/cluster_snapshot.hpp"
 #include "config/k8s_decoder.hpp"
-#include "config/snapshot_store.hpp"
+#include "snapshot/snapshot_store.hpp"
 #include "proxy/proxy_server.hpp"
 
 namespace dsproxy::proxy {
@@ -87,16 +87,16 @@ class EchoServer {
   std::vector<std::thread> handlers_;  // touched only by acceptor_ until it is joined
 };
 
-std::shared_ptr<const config::ClusterSnapshot> snapshot_generation(int n) {
+std::shared_ptr<const snapshot::ClusterSnapshot> snapshot_generation(int n) {
   // A different Service per generation, so each publish really replaces the routing table.
   const std::string text = "apiVersion: v1\nkind: Service\nmetadata: {name: s" + std::to_string(n) +
                            ", namespace: ns}\nspec:\n  clusterIP: 10.96.0." + std::to_string(n % 250 + 1) +
                            "\n  ports: [{port: 80}]\n";
-  return config::ClusterSnapshot::build(config::decode_objects(text), {"n1", "cluster.local"});
+  return snapshot::ClusterSnapshot::build(config::decode_objects(text), {"n1", "cluster.local"});
 }
 
 TEST(ProxyWorkersConcurrency, WorkersRelayWhileReloadsSwapSnapshots) {
-  config::SnapshotStore store;
+  snapshot::SnapshotStore store;
   store.publish(snapshot_generation(0));
   ProxyStats stats;
   ProxyOptions options;

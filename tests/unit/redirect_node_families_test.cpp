@@ -204,12 +204,12 @@ int connect_errno(int family, std::uint16_t port) {
 class OneFamilyProxy : public ::testing::Test {
  protected:
   void SetUp() override {
-    store.publish(config::ClusterSnapshot::build(config::decode_objects(""), {"n1", "cluster.local"}));
+    store.publish(snapshot::ClusterSnapshot::build(config::decode_objects(""), {"n1", "cluster.local"}));
     options.ports = {0, 0};
     options.transparent = false;
     options.workers = 2;  // SO_REUSEPORT groups: the port bookkeeping must hold past the first worker
   }
-  config::SnapshotStore store;
+  snapshot::SnapshotStore store;
   proxy::ProxyStats stats;
   proxy::ProxyOptions options;
 };

@@ -16,7 +16,7 @@ class ResolverAdmission : public ::testing::Test {
   // The experiment's cluster as kind-worker sees it: sleep (10.244.0.5) and the three tcp-echo
   // pods are its pods; remote-client-0 (10.244.1.7) lives on kind-worker2.
   ResolverAdmission() {
-    const auto snapshot = config::ClusterSnapshot::build(
+    const auto snapshot = snapshot::ClusterSnapshot::build(
         config::load_objects_file(std::string(DSPROXY_SOURCE_DIR) + "/config/tcp-echo-experiment.yaml"),
         {"kind-worker"});
     pods = NodePodAddresses(*snapshot);

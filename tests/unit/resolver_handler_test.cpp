@@ -62,7 +62,7 @@ struct Answer {
 class ResolverHandler : public ::testing::Test {
  protected:
   ResolverHandler() {
-    store.publish(config::ClusterSnapshot::build(
+    store.publish(snapshot::ClusterSnapshot::build(
         config::load_objects_file(std::string(DSPROXY_TEST_DATA_DIR) + "/resolver/cluster.yaml"), {"kind-worker"}));
   }
 
@@ -92,7 +92,7 @@ class ResolverHandler : public ::testing::Test {
     return out;
   }
 
-  config::SnapshotStore store;
+  snapshot::SnapshotStore store;
   DnsHandlerOptions options;
   FakeUpstream upstream;
   std::chrono::steady_clock::time_point now{std::chrono::hours(1000)};
@@ -122,7 +122,7 @@ TEST_F(ResolverHandler, ClusterNamesAreAnsweredWithoutUpstream) {
 
 TEST_F(ResolverHandler, ANewSnapshotIsSeenAtOnce) {
   ASSERT_EQ(ask("tcp-echo.ipv4.svc.cluster.local", rrtype::A)[0].addresses.size(), 1u);
-  store.publish(config::ClusterSnapshot::build(config::ClusterObjects{}, {"kind-worker"}));
+  store.publish(snapshot::ClusterSnapshot::build(config::ClusterObjects{}, {"kind-worker"}));
   EXPECT_EQ(ask("tcp-echo.ipv4.svc.cluster.local", rrtype::A)[0].rcode, 3);
 }
 

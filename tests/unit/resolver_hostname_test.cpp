@@ -6,7 +6,7 @@
 
 #include <algorithm>
 
-#include "config/cluster_snapshot.hpp"
+#include "snapshot/cluster_snapshot.hpp"
 #include "config/k8s_decoder.hpp"
 #include "resolver/cluster_dns.hpp"
 #include "resolver/hostname_table.hpp"
@@ -149,7 +149,7 @@ TEST_F(ResolverHostnames, ResolvedAddressesBecomeEndpointsOfTheServiceFamiliesOn
   upstream.answer("db.example.com AAAA", {ip("2001:db8::5"), ip("2001:db8::6")}, 60);
   config::ClusterObjects augmented = objects;
   table.augment(augmented);
-  const auto snapshot = config::ClusterSnapshot::build(augmented, {"kind-worker"});
+  const auto snapshot = snapshot::ClusterSnapshot::build(augmented, {"kind-worker"});
   const auto* cluster = snapshot->find_cluster({ip("fd00:10:96::db"), 5432});
   ASSERT_NE(cluster, nullptr);
   // The Service is IPv6-only: the IPv4 address of the hostname is not an endpoint.
@@ -173,7 +173,7 @@ TEST_F(ResolverHostnames, AnswersThatReachTheNodeOrAClusterIpAreDropped) {
                   60);
   config::ClusterObjects augmented = objects;
   table.augment(augmented);
-  const auto snapshot = config::ClusterSnapshot::build(augmented, {"kind-worker"});
+  const auto snapshot = snapshot::ClusterSnapshot::build(augmented, {"kind-worker"});
   const auto* cluster = snapshot->find_cluster({ip("fd00:10:96::db"), 5432});
   ASSERT_NE(cluster, nullptr);
   ASSERT_EQ(cluster->endpoints.size(), 1u);

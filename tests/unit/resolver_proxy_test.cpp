@@ -188,7 +188,7 @@ std::optional<MessageInfo> ask_tcp(std::uint16_t port, const Bytes& query, const
 class ResolverProxy : public ::testing::Test {
  protected:
   void SetUp() override {
-    store.publish(config::ClusterSnapshot::build(
+    store.publish(snapshot::ClusterSnapshot::build(
         config::load_objects_file(std::string(DSPROXY_SOURCE_DIR) + "/config/tcp-echo-experiment.yaml"), {"kind-worker"}));
     nameserver = std::make_unique<FakeNameserver>(io);
   }
@@ -220,7 +220,7 @@ class ResolverProxy : public ::testing::Test {
   }
 
   asio::io_context io;
-  config::SnapshotStore store;
+  snapshot::SnapshotStore store;
   std::unique_ptr<FakeNameserver> nameserver;
   std::unique_ptr<DnsProxy> proxy;
   std::thread thread;

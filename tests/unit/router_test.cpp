@@ -93,8 +93,8 @@ struct FakeNode : LocalAddressCheck {
 
 class RouterTest : public ::testing::Test {
  protected:
-  std::shared_ptr<const config::ClusterSnapshot> snapshot =
-      config::ClusterSnapshot::build(config::decode_objects(kCluster), {"n1", "cluster.local"});
+  std::shared_ptr<const snapshot::ClusterSnapshot> snapshot =
+      snapshot::ClusterSnapshot::build(config::decode_objects(kCluster), {"n1", "cluster.local"});
   CapturePorts ports;
   FakeNode node;
 
@@ -128,12 +128,12 @@ TEST_F(RouterTest, DualStackServiceWithOnlyOtherFamilyEndpointsFallsBack) {
   auto objects = config::decode_objects(kCluster);
   for (auto& pod : objects.pods)
     if (pod.ns == "shop" && pod.labels["app"] == "web") pod.pod_ips.resize(1);  // IPv4 only
-  auto only_v4 = config::ClusterSnapshot::build(objects, {"n1", "cluster.local"});
+  auto only_v4 = snapshot::ClusterSnapshot::build(objects, {"n1", "cluster.local"});
   auto d = route(*only_v4, Direction::outbound, sa("fd00:10:96::20", 80), ports, node);
   EXPECT_EQ(d.kind, RouteKind::service);
   // ...unless the Service says never.
   for (auto& svc : objects.services) svc.annotations["dsproxy.io/family-fallback"] = "never";
-  auto never = config::ClusterSnapshot::build(objects, {"n1", "cluster.local"});
+  auto never = snapshot::ClusterSnapshot::build(objects, {"n1", "cluster.local"});
   EXPECT_EQ(route(*never, Direction::outbound, sa("fd00:10:96::20", 80), ports, node).reason,
             RejectReason::no_endpoint_for_family);
   EXPECT_EQ(route(*never, Direction::outbound, sa("10.96.0.20", 80), ports, node).kind, RouteKind::service);
@@ -149,7 +149,7 @@ TEST_F(RouterTest, CapturedClientWithoutAnAddressOfTheOtherFamilyIsNotSentAcross
   objects.pods.back().name = "client";
   objects.pods.back().labels = {};
   objects.pods.back().pod_ips = {ip_of("10.244.0.50"), ip_of("fd00:10:244::50")};
-  auto only_v4 = config::ClusterSnapshot::build(objects, {"n1", "cluster.local"});
+  auto only_v4 = snapshot::ClusterSnapshot::build(objects, {"n1", "cluster.local"});
   const auto vip = sa("fd00:10:96::20", 80);
   EXPECT_EQ(route(*only_v4, Direction::outbound, vip, ports, node, true, ip_of("fd00:10:244::50")).kind,
             RouteKind::service);

@@ -10,7 +10,7 @@
 #include <thread>
 #include <vector>
 
-#include "config/cluster_snapshot.hpp"
+#include "snapshot/cluster_snapshot.hpp"
 #include "config/k8s_decoder.hpp"
 #include "proxy/endpoint_picker.hpp"
 #include "proxy/session_affinity.hpp"
@@ -18,8 +18,8 @@
 namespace dsproxy {
 namespace {
 
-using config::ClusterSnapshot;
-using config::ServiceCluster;
+using snapshot::ClusterSnapshot;
+using snapshot::ServiceCluster;
 using Addrs = std::set<std::string>;
 
 net::IpAddress ip(const char* s) { return *net::IpAddress::parse(s); }

@@ -102,7 +102,7 @@ Run race(std::vector<BackendTargets> backends, ConnectSchedulerOptions options, 
   // Named, not temporaries: connect_upstream is a coroutine that keeps its arguments by
   // reference and first runs inside io.run_for, after temporaries would have died (ASan:
   // stack-use-after-scope).
-  const UpstreamSocketOptions socket_options{};
+  const net::UpstreamSocketOptions socket_options{};
   const AttemptObserver observer = [&](const ConnectScheduler::Attempt& a, AttemptResult r) {
     run.reported.emplace_back(a.address, r);
   };

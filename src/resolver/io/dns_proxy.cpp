@@ -19,7 +19,7 @@
 #include <set>
 #include <system_error>
 
-#include "proxy/transparent_socket.hpp"
+#include "net/io/transparent_socket.hpp"
 #include "resolver/connection_limits.hpp"
 #include "resolver/dns_admission.hpp"
 #include "resolver/io/ares_upstream.hpp"
@@ -180,7 +180,7 @@ struct DnsProxy::Impl : std::enable_shared_from_this<Impl> {
     }
   };
 
-  Impl(asio::io_context& io, DnsProxyOptions options, const config::SnapshotStore& store)
+  Impl(asio::io_context& io, DnsProxyOptions options, const snapshot::SnapshotStore& store)
       : io(io),
         options(std::move(options)),
         store(store),
@@ -188,7 +188,7 @@ struct DnsProxy::Impl : std::enable_shared_from_this<Impl> {
 
   asio::io_context& io;
   DnsProxyOptions options;
-  const config::SnapshotStore& store;
+  const snapshot::SnapshotStore& store;
   std::unique_ptr<AresUpstream> upstream;
   std::unique_ptr<DnsHandler> handler;
   std::vector<std::unique_ptr<UdpListener>> udp_listeners;
@@ -253,11 +253,11 @@ struct DnsProxy::Impl : std::enable_shared_from_this<Impl> {
       listener->bound = {*ip, port};
       udp_listeners.push_back(std::move(listener));
 
-      proxy::ListenerSocketOptions tcp_options;
+      net::ListenerSocketOptions tcp_options;
       tcp_options.transparent = options.transparent;
       tcp_options.reuse_port = false;
       tcp_options.backlog = 128;
-      acceptors.push_back(std::make_unique<tcp::acceptor>(proxy::open_listener(io.get_executor(), {*ip, port}, tcp_options)));
+      acceptors.push_back(std::make_unique<tcp::acceptor>(net::open_listener(io.get_executor(), {*ip, port}, tcp_options)));
     }
   }
 
@@ -431,9 +431,9 @@ struct DnsProxy::Impl : std::enable_shared_from_this<Impl> {
       socket.close(ignored);
       return;
     }
-    const net::SocketAddress client = proxy::to_socket_address(remote);
+    const net::SocketAddress client = net::to_socket_address(remote);
     // The accepted socket's local address is the original destination (TPROXY keeps it).
-    if (refuse(client, proxy::to_socket_address(local), "tcp")) return proxy::reset_connection(socket);
+    if (refuse(client, net::to_socket_address(local), "tcp")) return net::reset_connection(socket);
     switch (limits.acquire(client.ip)) {
       case ConnectionLimits::Verdict::accepted: {
         auto connection = std::make_shared<TcpConnection>(shared_from_this(), std::move(socket), client.ip);
@@ -455,11 +455,11 @@ struct DnsProxy::Impl : std::enable_shared_from_this<Impl> {
                    client.to_string(), limits.total(), limits.of(client.ip), options.max_tcp_connections,
                    options.max_tcp_connections_per_client);
     }
-    proxy::reset_connection(socket);
+    net::reset_connection(socket);
   }
 };
 
-DnsProxy::DnsProxy(asio::io_context& io, DnsProxyOptions options, const config::SnapshotStore& store)
+DnsProxy::DnsProxy(asio::io_context& io, DnsProxyOptions options, const snapshot::SnapshotStore& store)
     : impl_(std::make_shared<Impl>(io, std::move(options), store)) {}
 
 DnsProxy::~DnsProxy() { stop(); }

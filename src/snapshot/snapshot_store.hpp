@@ -9,9 +9,9 @@
 #include <cstdint>
 #include <memory>
 
-#include "config/cluster_snapshot.hpp"
+#include "snapshot/cluster_snapshot.hpp"
 
-namespace dsproxy::config {
+namespace dsproxy::snapshot {
 
 class SnapshotStore {
  public:
@@ -28,4 +28,4 @@ class SnapshotStore {
   std::atomic<std::uint64_t> generation_{0};
 };
 
-}  // namespace dsproxy::config
+}  // namespace dsproxy::snapshot

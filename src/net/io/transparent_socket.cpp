@@ -1,4 +1,4 @@
-#include "proxy/transparent_socket.hpp"
+#include "net/io/transparent_socket.hpp"
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -6,7 +6,7 @@
 
 #include <cstring>
 
-namespace dsproxy::proxy {
+namespace dsproxy::net {
 
 tcp::endpoint to_endpoint(const net::SocketAddress& address) {
   const auto& b = address.ip.bytes();
@@ -107,4 +107,4 @@ void reset_connection(tcp::socket& socket) {
   socket.close(ignored);
 }
 
-}  // namespace dsproxy::proxy
+}  // namespace dsproxy::net

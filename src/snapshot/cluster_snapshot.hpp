@@ -17,7 +17,13 @@
 #include "config/k8s_objects.hpp"
 #include "net/ip_address.hpp"
 
-namespace dsproxy::config {
+namespace dsproxy::snapshot {
+
+// The snapshot is derived from the Kubernetes object model and speaks its vocabulary.
+using config::ClusterObjects;
+using config::IpFamilyPolicy;
+using config::SessionAffinity;
+using config::TrafficPolicy;
 
 // Whether a Service may send a client to an endpoint of the other IP family than the ClusterIP
 // it dialled. From the annotation dsproxy.io/family-fallback (never|other), else the node default.
@@ -181,4 +187,4 @@ class ClusterSnapshot {
   std::unordered_map<net::IpAddress, net::IpAddress, net::IpAddressHash> pod_other_family_;
 };
 
-}  // namespace dsproxy::config
+}  // namespace dsproxy::snapshot

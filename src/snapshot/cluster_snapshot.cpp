@@ -1,4 +1,4 @@
-#include "config/cluster_snapshot.hpp"
+#include "snapshot/cluster_snapshot.hpp"
 
 #include <algorithm>
 #include <map>
@@ -9,7 +9,10 @@
 
 #include "config/k8s_decoder.hpp"
 
-namespace dsproxy::config {
+namespace dsproxy::snapshot {
+
+// The build reads the Kubernetes object model throughout.
+using namespace config;
 
 std::string_view to_string(FamilyFallback f) { return f == FamilyFallback::never ? "never" : "other"; }
 
@@ -392,4 +395,4 @@ std::vector<VipPorts> ClusterSnapshot::vip_ports() const {
   return out;
 }
 
-}  // namespace dsproxy::config
+}  // namespace dsproxy::snapshot

@@ -1,6 +1,7 @@
 #pragma once
 // Socket set-up the kernel's transparent proxying needs, and conversions between asio endpoints
-// and our address values. Only proxy sources include this (it pulls in asio).
+// and our address values. Only sources that do socket I/O include this (it pulls in asio);
+// it is shared by the proxy, the DNS proxy and the admin API.
 
 #include <boost/asio/ip/tcp.hpp>
 #include <cstdint>
@@ -9,14 +10,14 @@
 
 #include "net/ip_address.hpp"
 
-namespace dsproxy::proxy {
+namespace dsproxy::net {
 
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
 
-tcp::endpoint to_endpoint(const net::SocketAddress& address);
+tcp::endpoint to_endpoint(const SocketAddress& address);
 // Canonical: a v4-mapped IPv6 endpoint becomes the IPv4 address it carries.
-net::SocketAddress to_socket_address(const tcp::endpoint& endpoint);
+SocketAddress to_socket_address(const tcp::endpoint& endpoint);
 
 struct ListenerSocketOptions {
   // IP_TRANSPARENT / IPV6_TRANSPARENT: TPROXY delivers connections addressed to any IP to this
@@ -30,7 +31,7 @@ struct ListenerSocketOptions {
 
 // Binds `address`. IPv6 listeners are IPV6_V6ONLY, so "[::]" and "0.0.0.0" are separate sockets and
 // an IPv4 client is never seen as ::ffff:a.b.c.d. Throws std::system_error naming the address.
-tcp::acceptor open_listener(const asio::any_io_executor& executor, const net::SocketAddress& address,
+tcp::acceptor open_listener(const asio::any_io_executor& executor, const SocketAddress& address,
                             const ListenerSocketOptions& options);
 
 struct UpstreamSocketOptions {
@@ -41,15 +42,15 @@ struct UpstreamSocketOptions {
   // see the pod and never the node. An attempt of a family with neither is left unbound (the
   // node's own address): only explicit, non-captured listeners (--forward, non-transparent mode)
   // do that; the connection code never offers a captured client such an attempt.
-  std::optional<net::IpAddress> source;
-  std::optional<net::IpAddress> other_family_source;
+  std::optional<IpAddress> source;
+  std::optional<IpAddress> other_family_source;
 };
 
 // Opens `socket` for `family` and applies the options; errors as values for the data path.
-std::error_code prepare_upstream(tcp::socket& socket, net::Family family, const UpstreamSocketOptions& options);
+std::error_code prepare_upstream(tcp::socket& socket, Family family, const UpstreamSocketOptions& options);
 
 // Closes with SO_LINGER {1, 0}: the kernel sends RST instead of FIN, which is how a reset seen on
 // one side of a relay is propagated to the other.
 void reset_connection(tcp::socket& socket);
 
-}  // namespace dsproxy::proxy
+}  // namespace dsproxy::net
