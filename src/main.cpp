@@ -1,5 +1,5 @@
 // dsproxy: a transparent dual-stack L4 node proxy. This file only parses the command line and
-// hands over to the command implementations in src/cli/.
+// hands over: `run` to the daemon (src/daemon/), the one-shot commands to src/cli/.
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -10,9 +10,10 @@
 
 #include "cli/admin_client.hpp"
 #include "cli/proxy_config_view.hpp"
-#include "cli/run_command.hpp"
 #include "snapshot/cluster_snapshot.hpp"
 #include "config/k8s_decoder.hpp"
+#include "daemon/control_plane.hpp"
+#include "daemon/daemon.hpp"
 #include "redirect/command_runner.hpp"
 #include "redirect/node_families.hpp"
 #include "redirect/redirector.hpp"
@@ -43,12 +44,6 @@ std::shared_ptr<const snapshot::ClusterSnapshot> load_snapshot(const std::string
   return snapshot::ClusterSnapshot::build(std::move(objects), {node, domain});
 }
 
-std::vector<net::IpAddress> node_pod_ips(const snapshot::ClusterSnapshot& snapshot) {
-  std::vector<net::IpAddress> ips;
-  for (const auto& pod : snapshot.node_pods()) ips.insert(ips.end(), pod.ips.begin(), pod.ips.end());
-  return ips;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -61,7 +56,7 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
 
   // run
-  cli::RunOptions run;
+  daemon::DaemonOptions run;
   auto* run_cmd = app.add_subcommand("run", "Run the proxy in this (the node's) network namespace");
   run_cmd->add_option("--config", run.config_path, "Kubernetes objects (YAML or JSON); reloaded when it changes")
       ->required();
@@ -125,6 +120,10 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--dns-ttl-s", dns_ttl_s, "TTL of the cluster DNS answers")
       ->capture_default_str()
       ->check(CLI::Range(0, 86400));
+  // Tests only, hence not in --help: every snapshot build after the first sleeps this long, to
+  // show that DNS and readiness keep answering while the control plane is busy.
+  std::int64_t test_build_delay_ms = 0;
+  run_cmd->add_option("--test-build-delay-ms", test_build_delay_ms)->group("")->check(CLI::Range(0, 60000));
 
   // redirect
   redirect::RedirectOptions redirect_options;
@@ -198,7 +197,8 @@ int main(int argc, char** argv) {
       run.dns.cluster_domain = run.cluster_domain;
       run.dns.ttl = std::chrono::seconds(dns_ttl_s);
       run.dns.mark = run.redirect_options.proxy_mark;
-      return cli::run_proxy(run);
+      run.test_build_delay = std::chrono::milliseconds(test_build_delay_ms);
+      return daemon::run_daemon(run);
     }
     if (redirect_cmd->parsed()) {
       redirect_options.dns_capture = !redirect_no_dns_capture;
@@ -226,8 +226,8 @@ int main(int argc, char** argv) {
         return 0;
       }
       const auto snapshot = load_snapshot(redirect_config, redirect_node, "cluster.local");
-      const auto pods = node_pod_ips(*snapshot);
-      const auto vips = cli::vip_open_ports(*snapshot);
+      const auto pods = daemon::node_pod_ips(*snapshot);
+      const auto vips = daemon::vip_open_ports(*snapshot);
       if (redirect_cmd->got_subcommand("print")) {
         std::cout << redirector.print(pods) << redirect::render_refusals_script(vips, redirect_options);
         return 0;

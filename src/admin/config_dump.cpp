@@ -167,6 +167,7 @@ std::string render_config_dump(const DumpContext& ctx) {
   for (const auto& d : ctx.snapshot.dropped_endpoints())
     dropped.push_back(json::object{{"cluster", d.cluster_name}, {"address", d.address.to_string()}, {"reason", d.reason}});
   dump["droppedEndpoints"] = std::move(dropped);
+  if (!ctx.control_plane.is_null()) dump["controlPlane"] = ctx.control_plane;
   return json::serialize(dump);
 }
 

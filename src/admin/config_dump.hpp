@@ -2,6 +2,7 @@
 // The admin API's JSON documents, in the shapes Envoy and Istio users read: listeners with
 // `address.socketAddress` and `additionalAddresses`, endpoints per `outbound|port||host` cluster.
 
+#include <boost/json/value.hpp>
 #include <string>
 
 #include "snapshot/cluster_snapshot.hpp"
@@ -17,6 +18,9 @@ struct DumpContext {
   const proxy::ProxyStats& stats;
   std::uint64_t generation = 0;
   const resolver::DnsStats* dns = nullptr;  // null when the DNS proxy is off
+  // The daemon's control plane: its sources' status (synced, errors, ...), shown as
+  // "controlPlane" when set.
+  boost::json::value control_plane = nullptr;
 };
 
 std::string render_config_dump(const DumpContext& context);  // /config_dump

@@ -12,7 +12,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "cli/run_command.hpp"
+#include "daemon/daemon.hpp"
 #include "config/k8s_decoder.hpp"
 #include "proxy/proxy_server.hpp"
 
@@ -132,10 +132,10 @@ TEST(NodeFamilies, OffFamilyIsDescribedInOneLine) {
   EXPECT_NE(describe_off_families(f).find("IPv4 is off on this node"), std::string::npos);
 }
 
-TEST(NodeFamilies, RunOptionsLoseEverythingOfTheFamilyThatIsOff) {
-  cli::RunOptions defaults;
+TEST(NodeFamilies, DaemonOptionsLoseEverythingOfTheFamilyThatIsOff) {
+  daemon::DaemonOptions defaults;
   NodeFamilies both;
-  const auto same = cli::restrict_to_families(defaults, both);
+  const auto same = daemon::restrict_to_families(defaults, both);
   EXPECT_EQ(same.proxy.bind_v4, "0.0.0.0");
   EXPECT_EQ(same.proxy.bind_v6, "::");
   EXPECT_EQ(same.dns.bind, (std::vector<std::string>{"0.0.0.0", "::"}));
@@ -143,7 +143,7 @@ TEST(NodeFamilies, RunOptionsLoseEverythingOfTheFamilyThatIsOff) {
 
   NodeFamilies no_v6;
   no_v6.v6 = {false, "net.ipv6.conf.all.disable_ipv6=1"};
-  const auto v4_only = cli::restrict_to_families(defaults, no_v6);
+  const auto v4_only = daemon::restrict_to_families(defaults, no_v6);
   EXPECT_EQ(v4_only.proxy.bind_v4, "0.0.0.0");
   EXPECT_EQ(v4_only.proxy.bind_v6, "");
   EXPECT_EQ(v4_only.dns.bind, std::vector<std::string>{"0.0.0.0"});
@@ -154,7 +154,7 @@ TEST(NodeFamilies, RunOptionsLoseEverythingOfTheFamilyThatIsOff) {
 
   NodeFamilies no_v4;
   no_v4.v4 = {false, "the kernel has no IPv4"};
-  const auto v6_only = cli::restrict_to_families(defaults, no_v4);
+  const auto v6_only = daemon::restrict_to_families(defaults, no_v4);
   EXPECT_EQ(v6_only.proxy.bind_v4, "");
   EXPECT_EQ(v6_only.proxy.bind_v6, "::");
   EXPECT_EQ(v6_only.dns.bind, std::vector<std::string>{"::"});

@@ -1,0 +1,332 @@
+#include "daemon/control_plane.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
+
+#include "config/k8s_decoder.hpp"
+#include "resolver/hostname_table.hpp"
+
+namespace dsproxy::daemon {
+
+namespace asio = boost::asio;
+
+std::vector<redirect::VipOpenPorts> vip_open_ports(const snapshot::ClusterSnapshot& snapshot) {
+  std::vector<redirect::VipOpenPorts> out;
+  for (auto& v : snapshot.vip_ports()) out.push_back({v.vip, std::move(v.open_ports)});
+  return out;
+}
+
+std::vector<net::IpAddress> node_pod_ips(const snapshot::ClusterSnapshot& snapshot) {
+  std::vector<net::IpAddress> ips;
+  for (const auto& pod : snapshot.node_pods()) ips.insert(ips.end(), pod.ips.begin(), pod.ips.end());
+  return ips;
+}
+
+namespace {
+
+std::string key_of(const std::string& ns, const std::string& name) { return ns + '/' + name; }
+
+}  // namespace
+
+ControlPlane::ControlPlane(ControlPlaneOptions options, snapshot::SnapshotStore& store,
+                           redirect::CommandRunner& runner, Callbacks callbacks)
+    : options_(std::move(options)),
+      store_(store),
+      runner_(runner),
+      callbacks_(std::move(callbacks)),
+      builder_(options_.snapshot, &endpoint_states_) {
+  if (options_.hostnames) {
+    // Its c-ares channel and timers live on this io_context: created here, before the thread
+    // runs, and used only from the thread afterwards (c-ares channels are single-threaded).
+    try {
+      hostnames_ = std::make_unique<resolver::HostnameEndpoints>(io_, *options_.hostnames, [this] {
+        refresh_hostnames();
+        schedule_build("hostname endpoints");
+      });
+    } catch (const std::exception& e) {
+      spdlog::warn("hostname endpoints (dsproxy.io/resolve) disabled: {}", e.what());
+    }
+  }
+}
+
+ControlPlane::~ControlPlane() { stop(); }
+
+void ControlPlane::add_source(std::unique_ptr<sources::ConfigSource> source) { sources_.push_back(std::move(source)); }
+
+void ControlPlane::start() {
+  thread_ = std::thread([this] { run_thread(); });
+}
+
+void ControlPlane::run_thread() {
+  auto guard = asio::make_work_guard(io_);
+  asio::post(io_, [this] {
+    if (sources_.empty()) {
+      spdlog::error("cannot start: no config source");
+      if (callbacks_.fatal) callbacks_.fatal(2);
+      return;
+    }
+    for (auto& s : sources_) {
+      if (stopping_) return;
+      s->start();
+    }
+  });
+  try {
+    io_.run();
+  } catch (const std::exception& e) {
+    // Realistically bad_alloc in a build. The daemon stops in order (rules removed, exit 5):
+    // a control plane that is gone would leave the rules frozen while the cluster moves on.
+    spdlog::critical("control plane failed: {}; stopping", e.what());
+    if (callbacks_.fatal) callbacks_.fatal(5);
+  }
+}
+
+void ControlPlane::resync(std::string_view why) {
+  asio::post(io_, [this, why = std::string(why)] {
+    if (stopping_) return;
+    for (auto& s : sources_) s->resync(why);
+    // A resync that delivers nothing new still rebuilds, so SIGHUP always ends in a new
+    // generation (the e2e suites wait for one).
+    schedule_build(why);
+  });
+}
+
+void ControlPlane::stop() {
+  if (stopping_.exchange(true)) {
+    if (thread_.joinable()) thread_.join();
+    return;
+  }
+  auto shutdown = [this] {
+    for (auto& s : sources_) s->stop();
+    if (hostnames_) hostnames_->stop();
+    build_timer_.cancel();
+  };
+  if (thread_.joinable()) {
+    asio::post(io_, [this, shutdown] {
+      shutdown();
+      io_.stop();
+    });
+    thread_.join();
+  }
+  // Not started, or the thread ended on an exception before the post ran: nothing runs the
+  // io_context any more, so this thread may touch what it owns.
+  shutdown();
+}
+
+void ControlPlane::replace_all(const sources::ConfigSource& from, config::ClusterObjects objects) {
+  if (hostnames_) {
+    hostnames_->update(objects);
+    const std::size_t before = objects.endpoint_slices.size();
+    hostnames_->augment(objects);
+    resolve_services_.clear();
+    fqdn_slices_.clear();
+    resolved_slices_.clear();
+    for (const auto& s : objects.services)
+      if (hostname_relevant(s)) resolve_services_.emplace(key_of(s.ns, s.name), s);
+    for (const auto& s : objects.fqdn_slices) fqdn_slices_.emplace(key_of(s.ns, s.name), s);
+    for (std::size_t i = before; i < objects.endpoint_slices.size(); ++i)
+      resolved_slices_.emplace(objects.endpoint_slices[i].ns, objects.endpoint_slices[i].name);
+  }
+  builder_.replace_all(std::move(objects));
+  schedule_build(from.name());
+}
+
+void ControlPlane::upsert(const sources::ConfigSource& from, config::Service object) {
+  const auto key = key_of(object.ns, object.name);
+  const bool relevant = hostnames_ && (hostname_relevant(object) || resolve_services_.contains(key));
+  if (relevant) {
+    if (hostname_relevant(object))
+      resolve_services_.insert_or_assign(key, object);
+    else
+      resolve_services_.erase(key);
+  }
+  builder_.upsert(std::move(object));
+  if (relevant) refresh_hostnames();
+  schedule_build(from.name());
+}
+
+void ControlPlane::upsert(const sources::ConfigSource& from, config::Pod object) {
+  builder_.upsert(std::move(object));
+  schedule_build(from.name());
+}
+
+void ControlPlane::upsert(const sources::ConfigSource& from, config::EndpointSlice object) {
+  const auto key = key_of(object.ns, object.name);
+  const bool fqdn = object.address_type == config::AddressType::FQDN;
+  const bool relevant = hostnames_ && (fqdn || fqdn_slices_.contains(key));
+  if (relevant) {
+    if (fqdn)
+      fqdn_slices_.insert_or_assign(key, object);
+    else
+      fqdn_slices_.erase(key);
+  }
+  builder_.upsert(std::move(object));
+  if (relevant) refresh_hostnames();
+  schedule_build(from.name());
+}
+
+void ControlPlane::upsert(const sources::ConfigSource& from, config::Node object) {
+  builder_.upsert(std::move(object));
+  schedule_build(from.name());
+}
+
+void ControlPlane::erase(const sources::ConfigSource& from, sources::ObjectKind kind, const std::string& ns,
+                         const std::string& name) {
+  builder_.erase(kind, ns, name);
+  bool relevant = false;
+  if (hostnames_ && kind == sources::ObjectKind::service) relevant = resolve_services_.erase(key_of(ns, name)) > 0;
+  if (hostnames_ && kind == sources::ObjectKind::endpoint_slice) relevant = fqdn_slices_.erase(key_of(ns, name)) > 0;
+  if (relevant) refresh_hostnames();
+  schedule_build(from.name());
+}
+
+void ControlPlane::synced(const sources::ConfigSource& from) {
+  spdlog::info("{}: synced", from.name());
+  for (const auto& s : sources_)
+    if (!s->synced()) return;
+  first_publish();
+}
+
+void ControlPlane::failed(const sources::ConfigSource& from, const std::string& why, int exit_code) {
+  spdlog::error("cannot start: {}", why.empty() ? from.name() + " failed" : why);
+  if (callbacks_.fatal) callbacks_.fatal(exit_code);
+}
+
+bool ControlPlane::hostname_relevant(const config::Service& service) const {
+  return service.annotations.contains(resolver::kResolveAnnotation);
+}
+
+void ControlPlane::refresh_hostnames() {
+  if (!hostnames_) return;
+  config::ClusterObjects view;
+  for (const auto& [key, s] : resolve_services_) view.services.push_back(s);
+  for (const auto& [key, s] : fqdn_slices_) view.fqdn_slices.push_back(s);
+  hostnames_->update(view);
+  hostnames_->augment(view);
+  std::set<std::pair<std::string, std::string>> now;
+  for (auto& slice : view.endpoint_slices) {
+    now.emplace(slice.ns, slice.name);
+    builder_.upsert(std::move(slice));
+  }
+  for (const auto& [ns, name] : resolved_slices_)
+    if (!now.contains({ns, name})) builder_.erase(sources::ObjectKind::endpoint_slice, ns, name);
+  resolved_slices_ = std::move(now);
+}
+
+void ControlPlane::schedule_build(std::string_view why) {
+  // Before the first publish the builder only collects: a half-synced set is never served.
+  if (!first_published_ || stopping_) return;
+  if (build_pending_) return;
+  build_pending_ = true;
+  pending_why_ = std::string(why);
+  build_timer_.expires_after(options_.coalesce);
+  build_timer_.async_wait([this](boost::system::error_code ec) {
+    build_pending_ = false;
+    if (ec || stopping_) return;
+    build_and_publish();
+  });
+}
+
+void ControlPlane::first_publish() {
+  // Stopping (SIGTERM during the start): install nothing that would only be removed again.
+  if (first_published_ || stopping_) return;
+  std::shared_ptr<const snapshot::ClusterSnapshot> first;
+  try {
+    first = builder_.build();
+  } catch (const std::exception& e) {
+    spdlog::error("cannot start: {}", e.what());
+    if (callbacks_.fatal) callbacks_.fatal(2);
+    return;
+  }
+  store_.publish(first);
+  builds_.fetch_add(1, std::memory_order_relaxed);
+  first_published_ = true;
+  if (options_.redirect) {
+    try {
+      redirector_.emplace(options_.redirect_options, runner_);
+      refusals_.emplace(options_.redirect_options, runner_);
+      installed_pods_ = node_pod_ips(*first);
+      redirector_->install(installed_pods_);
+      refusals_->apply(vip_open_ports(*first));
+    } catch (const std::exception& e) {
+      spdlog::error("cannot install redirect rules: {}", e.what());
+      if (callbacks_.fatal) callbacks_.fatal(3);
+      return;
+    }
+  }
+  synced_.store(true, std::memory_order_release);
+  spdlog::info("dsproxy ready: node {}, {} service port(s), {} local pod(s)", options_.snapshot.node_name,
+               first->clusters().size(), first->node_pods().size());
+  if (callbacks_.ready) callbacks_.ready();
+}
+
+void ControlPlane::build_and_publish() {
+  const std::string why = std::move(pending_why_);
+  if (options_.test_build_delay.count() > 0) {
+    spdlog::info("test hook: build ({}) sleeps {} ms", why, options_.test_build_delay.count());
+    std::this_thread::sleep_for(options_.test_build_delay);
+  }
+  std::shared_ptr<const snapshot::ClusterSnapshot> next;
+  try {
+    next = builder_.build();
+  } catch (const std::exception& e) {
+    // The last good snapshot stays in force; traffic never notices a bad edit.
+    build_failures_.fetch_add(1, std::memory_order_relaxed);
+    spdlog::error("config reload ({}) failed, keeping generation {}: {}", why, store_.generation(), e.what());
+    return;
+  }
+  store_.publish(next);
+  builds_.fetch_add(1, std::memory_order_relaxed);
+  spdlog::info("config reloaded ({}): generation {}, {} service port(s), {} local pod(s)", why, store_.generation(),
+               next->clusters().size(), next->node_pods().size());
+  apply_rules(*next);
+}
+
+void ControlPlane::apply_rules(const snapshot::ClusterSnapshot& snapshot) {
+  if (!redirector_) return;
+  auto pods = node_pod_ips(snapshot);
+  if (pods != installed_pods_) {
+    try {
+      redirector_->update_pods(pods);
+      installed_pods_ = std::move(pods);
+    } catch (const std::exception& e) {
+      spdlog::error("redirect update failed, capture still uses the previous pod list: {}", e.what());
+    }
+  }
+  try {
+    refusals_->apply(vip_open_ports(snapshot));
+  } catch (const std::exception& e) {
+    spdlog::error("refusal rules update failed, the previous ones stay: {}", e.what());
+  }
+}
+
+void ControlPlane::remove_rules() {
+  if (refusals_) {
+    try {
+      refusals_->uninstall();
+    } catch (const std::exception& e) {
+      spdlog::error("{}", e.what());
+    }
+    refusals_.reset();
+  }
+  if (!redirector_) return;
+  try {
+    redirector_->uninstall();
+  } catch (const std::exception& e) {
+    spdlog::error("redirect uninstall incomplete: {}", e.what());
+  }
+  redirector_.reset();
+}
+
+boost::json::array ControlPlane::sources_status() const {
+  boost::json::array out;
+  for (const auto& s : sources_) {
+    auto status = s->status();
+    status["name"] = s->name();
+    out.push_back(std::move(status));
+  }
+  return out;
+}
+
+}  // namespace dsproxy::daemon

@@ -1,0 +1,158 @@
+#pragma once
+// The control plane: sources → snapshot builder → SnapshotStore::publish → capture and refusal
+// rule updates, all on one thread of its own (its own io_context).
+//
+//   FileSource / KubernetesSource ──upsert/erase/replace_all──► builder ──build()──► store.publish
+//                 (control-plane thread)                          │ coalesced     │
+//   HostnameEndpoints (c-ares) ──resolved slices──────────────────┘               ▼
+//                                                                  Redirector::update_pods,
+//                                                                  VipRefusals::apply (iptables-restore)
+//
+// Nothing here runs on the front thread (DNS, admin, readiness, signals) or on a worker: they
+// only read the SnapshotStore (one atomic shared_ptr) and the atomic flags below, so a build that
+// takes seconds, or an iptables-restore that hangs until its timeout, never delays a DNS answer
+// or a readiness probe.
+//
+// Start-up: nothing is built until every source has said synced (a Kubernetes source that has
+// listed Services but not yet EndpointSlices would otherwise refuse every ClusterIP); then the
+// first snapshot is published, the capture rules are installed (--redirect) and on_ready runs.
+// After that, every change schedules one build `coalesce` later: changes arriving meanwhile
+// (a relist of 10,000 objects, a burst of watch events) share that build.
+
+#include <atomic>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/json/array.hpp>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "daemon/full_rebuild_builder.hpp"
+#include "redirect/command_runner.hpp"
+#include "redirect/redirect_options.hpp"
+#include "redirect/redirector.hpp"
+#include "redirect/vip_refusals.hpp"
+#include "resolver/io/ares_upstream.hpp"
+#include "resolver/io/hostname_endpoints.hpp"
+#include "snapshot/cluster_snapshot.hpp"
+#include "snapshot/snapshot_store.hpp"
+#include "sources/config_source.hpp"
+
+namespace dsproxy::daemon {
+
+// The one line to change when snapshot/snapshot_builder.hpp lands: the incremental builder has
+// the same upsert/erase/replace_all/build shape.
+using SnapshotBuilder = FullRebuildBuilder;
+
+// What the refusal rules need from a snapshot: every ClusterIP with its servable ports.
+std::vector<redirect::VipOpenPorts> vip_open_ports(const snapshot::ClusterSnapshot& snapshot);
+// What the capture rules need: every address of this node's pods.
+std::vector<net::IpAddress> node_pod_ips(const snapshot::ClusterSnapshot& snapshot);
+
+struct ControlPlaneOptions {
+  snapshot::ClusterSnapshot::Options snapshot;
+  bool redirect = false;  // keep the capture and refusal rules current
+  redirect::RedirectOptions redirect_options;
+  // Hostname endpoints (dsproxy.io/resolve); nullopt: off.
+  std::optional<resolver::AresOptions> hostnames;
+  // How long a change waits for more before the build it triggers.
+  std::chrono::milliseconds coalesce{5};
+  // Tests only (--test-build-delay-ms): every build after the first sleeps this long first, to
+  // show that DNS and readiness do not wait for a slow build.
+  std::chrono::milliseconds test_build_delay{0};
+};
+
+class ControlPlane final : public sources::ObjectSink {
+ public:
+  struct Callbacks {
+    // The first snapshot is live and the rules are installed. On the control-plane thread.
+    std::function<void()> ready;
+    // Start-up cannot complete (a bad first config file, rules that cannot be installed): the
+    // daemon exits with `exit_code`. On the control-plane thread.
+    std::function<void(int exit_code)> fatal;
+  };
+
+  ControlPlane(ControlPlaneOptions options, snapshot::SnapshotStore& store, redirect::CommandRunner& runner,
+               Callbacks callbacks);
+  ~ControlPlane() override;
+  ControlPlane(const ControlPlane&) = delete;
+  ControlPlane& operator=(const ControlPlane&) = delete;
+
+  // Where sources run: construct them with this, then add_source() them, all before start().
+  boost::asio::io_context& io() { return io_; }
+  void add_source(std::unique_ptr<sources::ConfigSource> source);
+
+  // Starts the thread; sources start on it.
+  void start();
+  // Any thread: every source reads everything again (SIGHUP).
+  void resync(std::string_view why);
+  // Stops the sources and the thread and joins it. Any thread but the control-plane one.
+  void stop();
+  // After stop(): removes the capture and refusal rules this control plane installed (or may
+  // have been installing when it was stopped). Best effort, logs what failed.
+  void remove_rules();
+
+  // Any thread.
+  bool synced() const { return synced_.load(std::memory_order_acquire); }
+  std::uint64_t builds() const { return builds_.load(std::memory_order_relaxed); }
+  std::uint64_t build_failures() const { return build_failures_.load(std::memory_order_relaxed); }
+  // Every source's status(), for /config_dump.
+  boost::json::array sources_status() const;
+
+  // sources::ObjectSink, on the control-plane thread.
+  void replace_all(const sources::ConfigSource& from, config::ClusterObjects objects) override;
+  void upsert(const sources::ConfigSource& from, config::Service object) override;
+  void upsert(const sources::ConfigSource& from, config::Pod object) override;
+  void upsert(const sources::ConfigSource& from, config::EndpointSlice object) override;
+  void upsert(const sources::ConfigSource& from, config::Node object) override;
+  void erase(const sources::ConfigSource& from, sources::ObjectKind kind, const std::string& ns,
+             const std::string& name) override;
+  void synced(const sources::ConfigSource& from) override;
+  void failed(const sources::ConfigSource& from, const std::string& why, int exit_code) override;
+
+ private:
+  void run_thread();
+  void schedule_build(std::string_view why);
+  void build_and_publish();
+  void first_publish();
+  void apply_rules(const snapshot::ClusterSnapshot& snapshot);
+  // Hostname endpoints: the Services annotated dsproxy.io/resolve and the FQDN slices are kept
+  // here too (few), resolved, and their addresses upserted into the builder as ordinary slices.
+  void refresh_hostnames();
+  bool hostname_relevant(const config::Service& service) const;
+
+  ControlPlaneOptions options_;
+  snapshot::SnapshotStore& store_;
+  redirect::CommandRunner& runner_;
+  Callbacks callbacks_;
+  boost::asio::io_context io_{1};
+  boost::asio::steady_timer build_timer_{io_};
+  std::thread thread_;
+  std::vector<std::unique_ptr<sources::ConfigSource>> sources_;
+  snapshot::EndpointStateRegistry endpoint_states_;  // outlier and load state, kept across builds
+  SnapshotBuilder builder_;
+  bool build_pending_ = false;
+  std::string pending_why_;  // what triggered the pending build, for its log line
+  bool first_published_ = false;
+  std::atomic<bool> synced_{false};
+  std::atomic<bool> stopping_{false};
+  std::atomic<std::uint64_t> builds_{0};
+  std::atomic<std::uint64_t> build_failures_{0};
+
+  std::unique_ptr<resolver::HostnameEndpoints> hostnames_;
+  std::map<std::string, config::Service> resolve_services_;     // "ns/name" → annotated Service
+  std::map<std::string, config::EndpointSlice> fqdn_slices_;    // "ns/name" → FQDN slice
+  std::set<std::pair<std::string, std::string>> resolved_slices_;  // (ns, name) upserted from answers
+
+  std::optional<redirect::Redirector> redirector_;
+  std::optional<redirect::VipRefusals> refusals_;
+  std::vector<net::IpAddress> installed_pods_;
+};
+
+}  // namespace dsproxy::daemon

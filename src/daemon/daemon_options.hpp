@@ -1,0 +1,38 @@
+#pragma once
+// Everything `dsproxy run` is told on its command line, as the daemon uses it.
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+#include "proxy/proxy_options.hpp"
+#include "redirect/redirect_options.hpp"
+#include "resolver/dns_proxy.hpp"
+#include "snapshot/cluster_snapshot.hpp"
+
+namespace dsproxy::daemon {
+
+struct DaemonOptions {
+  // Sources: a config file (--config).
+  std::string config_path;
+  std::chrono::milliseconds config_poll{1000};
+
+  std::string node;
+  std::string zone;  // --zone: this node's topology zone (else the Node object's label)
+  std::string cluster_domain = "cluster.local";
+  snapshot::FallbackDefault fallback_default = snapshot::FallbackDefault::policy;
+  bool redirect = false;  // install the capture rules at start, keep them current, remove at exit
+  proxy::ProxyOptions proxy;
+  redirect::RedirectOptions redirect_options;
+  resolver::DnsProxyOptions dns;  // the DNS proxy on :15053, unless dns.enabled is false
+  std::uint16_t admin_port = 15000;     // 127.0.0.1 and [::1]
+  std::uint16_t readiness_port = 15021;  // 0.0.0.0 and [::]: kubelet probes it from the node
+  // The admin API and readiness listeners per family; restrict_to_families clears the one that is off.
+  bool admin_v4 = true;
+  bool admin_v6 = true;
+  std::chrono::milliseconds drain_grace{5000};
+  // Tests only (--test-build-delay-ms): every snapshot build after the first sleeps this long.
+  std::chrono::milliseconds test_build_delay{0};
+};
+
+}  // namespace dsproxy::daemon
