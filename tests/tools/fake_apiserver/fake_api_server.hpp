@@ -45,16 +45,16 @@ namespace dsproxy::fake_api {
 
 struct FakeApiServerOptions {
   // Directory the TLS material, token and kubeconfigs are written to (created if missing). Required.
-  std::filesystem::path dir;
+  std::filesystem::path dir{};
   // Address to listen on: "127.0.0.1", "::1" or any local address (e.g. a netns's).
   std::string listen_address = "127.0.0.1";
   std::uint16_t port = 0;  // 0: the kernel picks one; port() tells
   // Extra IP addresses for the server certificate's subjectAltName (the listen address,
   // 127.0.0.1 and ::1 are always in it, plus DNS:localhost).
-  std::vector<std::string> extra_san_addresses;
+  std::vector<std::string> extra_san_addresses{};
   // Bearer token required on every API request (not /healthz, /version). Empty: a random one is
   // generated. Set require_token=false to serve anonymous clients.
-  std::string token;
+  std::string token{};
   bool require_token = true;
   // Events retained for watches and continue tokens; older ones are compacted away.
   std::size_t history_limit = 10000;
@@ -68,10 +68,10 @@ struct FakeApiServerOptions {
 
 // Which requests an injected failure applies to.
 struct FailOptions {
-  std::string path_prefix;               // empty: every API path
-  std::optional<bool> watch;             // true: watches only, false: non-watch requests only
-  std::optional<int> retry_after;        // seconds, sent as Retry-After (default 1 for 429)
-  std::string message;                   // Status.message; empty: what the real server says
+  std::string path_prefix{};             // empty: every API path
+  std::optional<bool> watch{};           // true: watches only, false: non-watch requests only
+  std::optional<int> retry_after{};      // seconds, sent as Retry-After (default 1 for 429)
+  std::string message{};                 // Status.message; empty: what the real server says
 };
 
 // How watch events are framed into HTTP chunks (the client must not care).
