@@ -8,6 +8,7 @@ packages=(
   libspdlog-dev libcli11-dev libyaml-cpp-dev libssl-dev libc-ares-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   iptables iproute2 netcat-openbsd procps kmod jq   # jq: the e2e tests read the admin JSON
+  curl   # the e2e tests steer the fake Kubernetes API server over its control port
   # DNS: dnsmasq is the e2e test's and benchmark's upstream/reference server, dig and getent the
   # pods' clients, dnsperf the load generator; clang + compiler-rt build the libFuzzer target.
   dnsmasq-base bind9-dnsutils libc-bin dnsperf clang libclang-rt-14-dev

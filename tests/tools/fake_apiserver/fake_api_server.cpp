@@ -33,6 +33,7 @@
 #include <thread>
 
 #include "fake_apiserver/object_store.hpp"
+#include "fake_apiserver/objects_file.hpp"
 #include "fake_apiserver/tls_material.hpp"
 
 namespace dsproxy::fake_api {
@@ -966,15 +967,8 @@ FakeApiServer::Impl::Response FakeApiServer::Impl::handle_control(const http::re
     if (request.method() != http::verb::post)
       return json_response(405, json::object{{"error", "control commands are POST"}}, keep_alive);
     if (path == "/control/upsert") {
-      json::value body = json::parse(request.body());
-      std::vector<json::object> objects;
-      if (body.is_object() && body.as_object().contains("items")) {
-        for (auto& item : body.as_object()["items"].as_array()) objects.push_back(item.as_object());
-      } else if (body.is_array()) {
-        for (auto& item : body.as_array()) objects.push_back(item.as_object());
-      } else {
-        objects.push_back(body.as_object());
-      }
+      // JSON or YAML: one object, several documents, a List or an array.
+      std::vector<json::object> objects = parse_objects(request.body());
       std::uint64_t version = 0;
       for (auto& object : objects) {
         std::string plural = param("resource");
@@ -1121,8 +1115,13 @@ void FakeApiServer::stop() {
   s.running = false;
 }
 
-std::uint16_t FakeApiServer::port() const { return impl_->endpoint.port(); }
-std::string FakeApiServer::url() const { return impl_->url(); }
+// Through the server thread: a pause's timer re-binds (and rewrites the endpoint) there.
+std::uint16_t FakeApiServer::port() const {
+  return impl_->call([this] { return impl_->endpoint.port(); });
+}
+std::string FakeApiServer::url() const {
+  return impl_->call([this] { return impl_->url(); });
+}
 std::filesystem::path FakeApiServer::ca_file() const { return impl_->dir / "ca.crt"; }
 std::filesystem::path FakeApiServer::wrong_ca_file() const { return impl_->dir / "wrong-ca.crt"; }
 std::filesystem::path FakeApiServer::token_file() const { return impl_->dir / "token"; }
