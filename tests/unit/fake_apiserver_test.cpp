@@ -18,8 +18,10 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "fake_apiserver/fake_api_server.hpp"
+#include "fake_apiserver/objects_file.hpp"
 
 namespace {
 
@@ -31,6 +33,7 @@ using dsproxy::fake_api::ChunkMode;
 using dsproxy::fake_api::FailOptions;
 using dsproxy::fake_api::FakeApiServer;
 using dsproxy::fake_api::FakeApiServerOptions;
+using dsproxy::fake_api::parse_objects;
 using namespace std::chrono_literals;
 
 std::string read_file(const std::filesystem::path& path) {
@@ -124,7 +127,7 @@ class RawClient {
     std::size_t size = std::stoul(buffer_.substr(0, line_end), nullptr, 16);
     buffer_.erase(0, line_end + 2);
     if (size == 0) {
-      fill_until("\r\n");  // the empty trailer
+      if (fill_until("\r\n")) buffer_.erase(0, buffer_.find("\r\n") + 2);  // the empty trailer
       ended_ = true;
       return std::nullopt;
     }
@@ -152,6 +155,11 @@ class RawClient {
     return json::parse(line).as_object();
   }
 
+  // Bytes received and not consumed yet (TLS records included): 0 means the server sent nothing.
+  std::size_t bytes_waiting() {
+    boost::system::error_code ec;
+    return stream_->next_layer().available(ec) + buffer_.size();
+  }
   bool ended() const { return ended_; }                   // the last chunk arrived
   const std::string& truncated() const { return truncated_; }  // data of a chunk cut short
   int chunks() const { return chunks_; }
@@ -552,6 +560,77 @@ TEST_F(FakeApiServerTest, PauseRefusesConnectionsUntilResumedOnTheSamePort) {
   RawClient after(server());
   ASSERT_FALSE(after.connect());
   EXPECT_EQ(after.get("/api/v1/services").status, 200u);
+}
+
+TEST_F(FakeApiServerTest, StalledWatchesSendNothingUntilReleasedAndClosedConnectionsDrop) {
+  RawClient client(server());
+  ASSERT_FALSE(client.connect());
+  client.send("/api/v1/services?watch=1&allowWatchBookmarks=true&resourceVersion=" +
+              std::to_string(server().resource_version()));
+  ASSERT_EQ(client.read_header().status, 200u);
+  ASSERT_TRUE(server().wait_for_watches(1, 2s));
+  server().stall_watches();
+  server().upsert("services", service("default", "held"));
+  server().send_bookmarks();
+  // Held back while stalled: nothing reached the socket in 50 ms, both arrive after the release.
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(client.bytes_waiting(), 0u);
+  server().stall_watches(false);
+  auto held = client.next_event();
+  ASSERT_TRUE(held);
+  EXPECT_EQ(held->at("type").as_string(), "ADDED");
+  EXPECT_EQ(client.next_event()->at("type").as_string(), "BOOKMARK");
+  EXPECT_EQ(client.chunks(), 2);
+
+  server().close_connections();
+  EXPECT_FALSE(client.next_event());
+  EXPECT_FALSE(client.ended()) << "a dropped connection is not a clean end of the stream";
+  EXPECT_TRUE(server().wait_for_requests([&](const auto&) { return server().open_watches() == 0; }, 2s));
+}
+
+// timeoutSeconds ends the stream cleanly (last chunk), the connection stays usable, and a
+// bookmark interval sends BOOKMARKs meanwhile. The one test that waits (1 s).
+TEST(FakeApiServerOptionsTest, WatchEndsAtTimeoutSecondsWithPeriodicBookmarksAndTheConnectionIsReused) {
+  auto dir = std::filesystem::temp_directory_path() / ("dsproxy-fakeapi-timeout-" + std::to_string(::getpid()));
+  FakeApiServer server({.dir = dir, .listen_address = "127.0.0.1", .bookmark_interval = 200ms});
+  server.start();
+  RawClient client(server);
+  ASSERT_FALSE(client.connect());
+  client.send("/api/v1/pods?watch=1&allowWatchBookmarks=true&timeoutSeconds=1&resourceVersion=" +
+              std::to_string(server.resource_version()));
+  ASSERT_EQ(client.read_header().status, 200u);
+  auto started = std::chrono::steady_clock::now();
+  int bookmarks = 0;
+  while (auto event = client.next_event()) {
+    EXPECT_EQ(event->at("type").as_string(), "BOOKMARK");
+    ++bookmarks;
+  }
+  auto elapsed = std::chrono::steady_clock::now() - started;
+  EXPECT_TRUE(client.ended()) << "the stream must end with the last chunk, not a dropped connection";
+  EXPECT_GE(bookmarks, 2);
+  EXPECT_GE(elapsed, 800ms);
+  EXPECT_EQ(client.get("/api/v1/pods").status, 200u);  // same connection, next request
+  server.stop();
+  std::filesystem::remove_all(dir);
+}
+
+TEST(FakeApiServerObjectsTest, YamlAndJsonFilesBecomeObjectsWithTypedScalars) {
+  auto objects = parse_objects(
+      "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: x}\n"
+      "spec: {ports: [{port: 80, name: \"8080\"}], publishNotReadyAddresses: false, clusterIP: ~}\n"
+      "---\n"
+      "apiVersion: v1\nkind: List\nitems:\n- {kind: Pod, metadata: {name: p}}\n- {kind: Node, metadata: {name: n}}\n");
+  ASSERT_EQ(objects.size(), 3u);
+  const auto& port = objects[0].at("spec").at("ports").as_array()[0];
+  EXPECT_TRUE(port.at("port").is_int64());
+  EXPECT_TRUE(port.at("name").is_string());  // quoted: stays a string
+  EXPECT_TRUE(objects[0].at("spec").at("publishNotReadyAddresses").is_bool());
+  EXPECT_TRUE(objects[0].at("spec").at("clusterIP").is_null());
+  EXPECT_EQ(objects[2].at("kind").as_string(), "Node");
+  // A typed JSON list lends its item kind to items that lack one.
+  auto typed = parse_objects(R"({"kind":"ServiceList","apiVersion":"v1","items":[{"metadata":{"name":"s"}}]})");
+  ASSERT_EQ(typed.size(), 1u);
+  EXPECT_EQ(typed[0].at("kind").as_string(), "Service");
 }
 
 }  // namespace

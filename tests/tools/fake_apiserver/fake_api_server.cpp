@@ -311,6 +311,8 @@ struct FakeApiServer::Impl {
       // SO_LINGER 0 would send a RST; a plain close is what a crashed process's kernel does (FIN).
       socket->close(ignored);
     }
+    // A watch waiting for events would only notice at its next write: wake it to unregister now.
+    wake_watches();
   }
 
   void wake_watches() {
