@@ -9,6 +9,9 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   iptables iproute2 netcat-openbsd procps kmod jq   # jq: the e2e tests read the admin JSON
   curl   # the e2e tests steer the fake Kubernetes API server over its control port
+  # ipset: the capture and refusal rules match pod addresses and ClusterIP(:port)s in kernel
+  # sets (one rule, one hash lookup per packet) instead of one rule per pod or per port.
+  ipset
   # DNS: dnsmasq is the e2e test's and benchmark's upstream/reference server, dig and getent the
   # pods' clients, dnsperf the load generator; clang + compiler-rt build the libFuzzer target.
   dnsmasq-base bind9-dnsutils libc-bin dnsperf clang libclang-rt-14-dev

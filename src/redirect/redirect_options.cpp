@@ -90,7 +90,8 @@ std::vector<std::string> validate(const RedirectOptions& o) {
       {"ip6tables", &o.ip6tables},
       {"iptables_restore", &o.iptables_restore},
       {"ip6tables_restore", &o.ip6tables_restore},
-      {"ip", &o.ip}};
+      {"ip", &o.ip},
+      {"ipset", &o.ipset}};
   for (const auto& [name, value] : programs)
     if (value->empty()) problems.push_back(fmt::format("{} must name a program", name));
   return problems;

@@ -46,6 +46,8 @@ struct RedirectOptions {
   std::string iptables_restore = "iptables-restore";
   std::string ip6tables_restore = "ip6tables-restore";
   std::string ip = "ip";
+  // Fills the sets the rules match (ip_sets.hpp); independent of the iptables backend.
+  std::string ipset = "ipset";
 };
 
 // The families that are on, IPv4 first: the order rules are applied and removed in.

@@ -7,6 +7,7 @@
 #include <charconv>
 #include <string_view>
 
+#include "redirect/ip_sets.hpp"
 #include "redirect/rule_renderer.hpp"
 
 namespace dsproxy::redirect {
@@ -72,6 +73,14 @@ std::string plural(std::size_t n, std::string_view one, std::string_view many) {
   return fmt::format("{} {}", n, n == 1 ? one : many);
 }
 
+// The pods set's members for `family`, sorted as strings (the order `difference` needs).
+std::vector<std::string> pod_members(net::Family family, const std::vector<net::IpAddress>& ips) {
+  std::vector<std::string> out;
+  for (const auto& ip : addresses_of(family, ips)) out.push_back(ip_set_member(ip));
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 }  // namespace
 
 Redirector::Redirector(RedirectOptions options, CommandRunner& runner)
@@ -117,13 +126,15 @@ void Redirector::ensure_policy_rule(net::Family family) {
 void Redirector::install_family(net::Family family, const std::vector<net::IpAddress>& node_pod_ips) {
   const auto ipt = iptables_commands(family, options_);
   const auto routing = policy_routing_commands(family, options_);
-  auto pods = addresses_of(family, node_pod_ips);
+  auto pods = pod_members(family, node_pod_ips);
 
   // Routing before the rules: the capture mark is useless (captured packets would be forwarded
-  // as if nothing happened) until the rule and the local route exist.
+  // as if nothing happened) until the rule and the local route exist. The set before the
+  // chains: a rule naming a set that does not exist is refused.
   ensure_policy_rule(family);
   run_checked(Command{routing.replace_route, {}});
-  run_checked(Command{ipt.restore, render_iptables(family, pods, options_)});
+  run_checked(Command{ipset_restore_argv(options_), render_ip_set_fill(pods_set(options_, family), pods)});
+  run_checked(Command{ipt.restore, render_iptables(family, options_)});
 
   // The jump last: it is what switches capture on.
   const Command check{ipt.check_jump, {}};
@@ -139,6 +150,7 @@ void Redirector::install_family(net::Family family, const std::vector<net::IpAdd
 
   auto& st = state(family);
   st.installed = true;
+  st.pods_known = true;
   st.pods = std::move(pods);
   spdlog::info("redirect: {} capture installed for {} (outbound :{}, inbound :{}, table {}{})",
                net::to_string(family), plural(st.pods.size(), "node pod address", "node pod addresses"),
@@ -170,18 +182,32 @@ void Redirector::update_family(net::Family family, const std::vector<net::IpAddr
     install_family(family, node_pod_ips);
     return;
   }
-  auto pods = addresses_of(family, node_pod_ips);
-  if (pods == st.pods) {
+  auto pods = pod_members(family, node_pod_ips);
+  const IpSetSpec set = pods_set(options_, family);
+  if (!st.pods_known) {
+    // The last update failed part way (ipset applies line by line): what the set holds is not
+    // known, so it is refilled whole, atomically, instead of patched.
+    run_checked(Command{ipset_restore_argv(options_), render_ip_set_fill(set, pods)});
+    st.pods = std::move(pods);
+    st.pods_known = true;
+    spdlog::info("redirect: {} capture now covers {} (set refilled)", net::to_string(family),
+                 plural(st.pods.size(), "node pod address", "node pod addresses"));
+    return;
+  }
+  const SetDifference diff = difference(st.pods, pods);
+  if (diff.empty()) {
     spdlog::debug("redirect: {} node pod addresses unchanged ({})", net::to_string(family), pods.size());
     return;
   }
-  run_checked(Command{iptables_commands(family, options_).restore,
-                      render_iptables_pod_update(family, pods, options_)});
-  std::size_t added = 0, removed = 0;
-  for (const auto& ip : pods) added += std::binary_search(st.pods.begin(), st.pods.end(), ip) ? 0 : 1;
-  for (const auto& ip : st.pods) removed += std::binary_search(pods.begin(), pods.end(), ip) ? 0 : 1;
+  // Only the difference, additions first: a pod being added is captured from the next packet
+  // on, and every other pod's capture is never interrupted.
+  st.pods_known = false;
+  run_checked(Command{ipset_restore_argv(options_),
+                      render_ip_set_adds(set.name, diff.added) + render_ip_set_dels(set.name, diff.removed)});
+  st.pods_known = true;
   spdlog::info("redirect: {} capture now covers {} (+{} -{})", net::to_string(family),
-               plural(pods.size(), "node pod address", "node pod addresses"), added, removed);
+               plural(pods.size(), "node pod address", "node pod addresses"), diff.added.size(),
+               diff.removed.size());
   st.pods = std::move(pods);
 }
 
@@ -242,7 +268,10 @@ void Redirector::uninstall_family(net::Family family, std::vector<std::string>& 
     if (!removed.ok()) fail(removal, removed);
   }
 
-  // 3. Our ip rule(s): `del pref N` removes one per call.
+  // 3. The pods set, now that no rule matches it.
+  destroy_ip_sets(runner_, options_, {pods_set(options_, family).name}, errors);
+
+  // 4. Our ip rule(s): `del pref N` removes one per call.
   int rules = 0;
   for (int i = 0; i < kMaxRepeatedDeletes; ++i) {
     const Command del{routing.delete_rule, {}};
@@ -254,7 +283,7 @@ void Redirector::uninstall_family(net::Family family, std::vector<std::string>& 
     ++rules;
   }
 
-  // 4. The local route(s) of our table.
+  // 5. The local route(s) of our table.
   const Command flush{routing.flush_routes, {}};
   const CommandResult flushed = runner_.run(flush);
   if (!flushed.ok() && !nothing_to_flush(flushed)) fail(flush, flushed);

@@ -4,12 +4,14 @@
 // in the options (RedirectOptions::ipv4/ipv6) are touched, by every call below: a family that is
 // off on this node gets no rule, no update and no removal attempt.
 //
-//   install      policy routing first, then the chains in one iptables-restore --noflush, and
-//                last the PREROUTING jump that starts capture; safe to repeat (nothing is added
-//                twice). On failure it throws and may leave a partial install: call uninstall().
-//   update_pods  swaps the OUTBOUND/INBOUND chains' pod lists atomically, one restore per family
-//                whose list changed; a family whose list is unchanged is not touched.
-//   uninstall    removes every jump, chain, ip rule and route, whether or not this object (or
+//   install      policy routing first, then the pods set (filled aside and swapped in), the
+//                chains in one iptables-restore --noflush, and last the PREROUTING jump that
+//                starts capture; safe to repeat (nothing is added twice). On failure it throws
+//                and may leave a partial install: call uninstall().
+//   update_pods  changes only the pods set, by its difference: one `ipset restore` per family
+//                whose pods changed, additions before deletions; no rule is touched, so the
+//                cost is that of the change, not of the node's pod count.
+//   uninstall    removes every jump, chain, set, ip rule and route, whether or not this object (or
 //                this process) installed them; best effort: it carries on past failures and
 //                reports them all at the end.
 //
@@ -54,7 +56,8 @@ class Redirector {
  private:
   struct FamilyState {
     bool installed = false;
-    std::vector<net::IpAddress> pods;  // as applied: this family only, sorted, unique
+    std::vector<std::string> pods;  // the pods set's members as applied: this family only, sorted, unique
+    bool pods_known = true;         // false after an update failed part way: refill, do not patch
   };
 
   void install_family(net::Family family, const std::vector<net::IpAddress>& node_pod_ips);

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "redirect/command_runner.hpp"
+#include "redirect/ip_sets.hpp"
 
 namespace dsproxy::redirect {
 
@@ -23,12 +24,8 @@ std::string mark_match(std::uint32_t value, std::uint32_t mask) {
 }
 
 std::string tproxy_target(net::Family family, std::uint16_t port, const RedirectOptions& o) {
-  return fmt::format("-p tcp -j TPROXY --on-port {} --on-ip {} --tproxy-mark {}", port,
+  return fmt::format("-j TPROXY --on-port {} --on-ip {} --tproxy-mark {}", port,
                      is_v4(family) ? "0.0.0.0" : "::", hex_pair(o.capture_mark, o.capture_mask));
-}
-
-std::string host_prefix(const net::IpAddress& ip) {
-  return ip.to_string() + "/" + std::to_string(ip.host_prefix());
 }
 
 void declare(std::string& text, const std::string& chain) { text += ":" + chain + " - [0:0]\n"; }
@@ -37,19 +34,17 @@ void append(std::string& text, const std::string& chain, const std::string& rule
   text += "-A " + chain + " " + rule + "\n";
 }
 
-void append_pod_rules(std::string& text, net::Family family, const std::vector<net::IpAddress>& ips,
-                      const RedirectOptions& o, const ChainNames& c) {
-  const auto pods = addresses_of(family, ips);
-  for (const auto& ip : pods)
-    append(text, c.outbound, "-s " + host_prefix(ip) + " " + tproxy_target(family, o.outbound_port, o));
-  for (const auto& ip : pods)
-    append(text, c.inbound, "-d " + host_prefix(ip) + " " + tproxy_target(family, o.inbound_port, o));
+// One rule per chain, whatever the number of pods: the pod addresses are in the <prefix>_PODS4/6
+// set (ip_sets.hpp), looked up in O(1), and changed without touching a rule.
+void append_pod_rules(std::string& text, net::Family family, const RedirectOptions& o, const ChainNames& c) {
+  const std::string pods = pods_set(o, family).name;
+  append(text, c.outbound, "-p tcp -m set --match-set " + pods + " src " + tproxy_target(family, o.outbound_port, o));
+  append(text, c.inbound, "-p tcp -m set --match-set " + pods + " dst " + tproxy_target(family, o.inbound_port, o));
   if (!o.dns_capture) return;
   const std::string on = fmt::format("-j TPROXY --on-port {} --on-ip {} --tproxy-mark {}", o.dns_port,
                                      is_v4(family) ? "0.0.0.0" : "::", hex_pair(o.capture_mark, o.capture_mask));
-  for (const auto& ip : pods)
-    for (const char* proto : {"udp", "tcp"})
-      append(text, c.dns, fmt::format("-s {} -p {} -m {} --dport 53 {}", host_prefix(ip), proto, proto, on));
+  for (const char* proto : {"udp", "tcp"})
+    append(text, c.dns, fmt::format("-p {} -m {} --dport 53 -m set --match-set {} src {}", proto, proto, pods, on));
 }
 
 std::string ip_family_flag(net::Family family) { return is_v4(family) ? "-4" : "-6"; }
@@ -74,8 +69,7 @@ std::vector<net::IpAddress> addresses_of(net::Family family, const std::vector<n
   return out;
 }
 
-std::string render_iptables(net::Family family, const std::vector<net::IpAddress>& node_pod_ips,
-                            const RedirectOptions& o) {
+std::string render_iptables(net::Family family, const RedirectOptions& o) {
   const auto c = chain_names(o);
   std::string text = "*mangle\n";
   for (const auto* chain : {&c.prerouting, &c.divert, &c.outbound, &c.inbound}) declare(text, *chain);
@@ -91,22 +85,17 @@ std::string render_iptables(net::Family family, const std::vector<net::IpAddress
   append(text, c.prerouting, "-p tcp -j " + c.inbound);
   append(text, c.divert, "-j MARK --set-xmark " + hex_pair(o.capture_mark, o.capture_mask));
   append(text, c.divert, "-j ACCEPT");
-  append_pod_rules(text, family, node_pod_ips, o, c);
+  append_pod_rules(text, family, o, c);
   text += "COMMIT\n";
   return text;
 }
 
-std::string render_iptables_pod_update(net::Family family,
-                                       const std::vector<net::IpAddress>& node_pod_ips,
-                                       const RedirectOptions& o) {
-  const auto c = chain_names(o);
-  std::string text = "*mangle\n";
-  declare(text, c.outbound);
-  declare(text, c.inbound);
-  if (o.dns_capture) declare(text, c.dns);
-  append_pod_rules(text, family, node_pod_ips, o, c);
-  text += "COMMIT\n";
-  return text;
+std::string render_pods_fill(net::Family family, const std::vector<net::IpAddress>& node_pod_ips,
+                             const RedirectOptions& o) {
+  std::vector<std::string> members;
+  for (const auto& ip : addresses_of(family, node_pod_ips)) members.push_back(ip_set_member(ip));
+  std::sort(members.begin(), members.end());
+  return render_ip_set_fill(pods_set(o, family), members);
 }
 
 std::string render_iptables_removal(net::Family, const RedirectOptions& o) {
@@ -168,7 +157,7 @@ std::string render_script(const std::vector<net::IpAddress>& node_pod_ips, const
   if (o.dns_capture)
     s += fmt::format("# DNS (UDP and TCP port 53) from node pods -> :{} (the DNS proxy).\n", o.dns_port);
   s += "# Sysctls are left alone (forwarding is on on any Kubernetes node); the kernel modules\n";
-  s += "# xt_TPROXY, xt_socket, xt_mark and xt_addrtype are loaded on first use.\n";
+  s += "# xt_TPROXY, xt_socket, xt_mark, xt_addrtype and xt_set are loaded on first use.\n";
   for (net::Family family : {net::Family::v4, net::Family::v6})
     if (!family_on(o, family))
       s += fmt::format("# {} is off on this node: no {} rules.\n", net::to_string(family), net::to_string(family));
@@ -182,8 +171,10 @@ std::string render_script(const std::vector<net::IpAddress>& node_pod_ips, const
     s += "# Policy routing: packets with the capture mark are delivered locally, to the proxy.\n";
     s += format_argv(route.show_rule) + " | grep -q . || " + format_argv(route.add_rule) + "\n";
     s += format_argv(route.replace_route) + "\n";
+    s += "# The node's pod addresses, in the set the rules match (filled aside, then swapped in).\n";
+    s += format_argv(ipset_restore_argv(o)) + " <<'EOF'\n" + render_pods_fill(family, node_pod_ips, o) + "EOF\n";
     s += "# The chains, replaced atomically (\":CHAIN - [0:0]\" flushes an existing chain under --noflush).\n";
-    s += format_argv(ipt.restore) + " <<'EOF'\n" + render_iptables(family, node_pod_ips, o) + "EOF\n";
+    s += format_argv(ipt.restore) + " <<'EOF'\n" + render_iptables(family, o) + "EOF\n";
     s += "# Capture starts with the jump from PREROUTING, added once.\n";
     s += format_argv(ipt.check_jump) + " 2>/dev/null || " + format_argv(ipt.insert_jump) + "\n";
   }
@@ -203,6 +194,7 @@ std::string render_script(const std::vector<net::IpAddress>& node_pod_ips, const
     s += "# EOF\n";
     s += "# while " + format_argv(route.delete_rule) + " 2>/dev/null; do :; done\n";
     s += "# " + format_argv(route.flush_routes) + "\n";
+    s += "# " + format_argv(ipset_destroy_argv(o, pods_set(o, family).name)) + "\n";
   }
   return s;
 }

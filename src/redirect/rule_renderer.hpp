@@ -11,12 +11,14 @@
 //     -p tcp -j DSPROXY_OUTBOUND
 //     -p tcp -j DSPROXY_INBOUND
 //   DSPROXY_DIVERT    set the capture mark, ACCEPT
-//   DSPROXY_OUTBOUND  -s <pod>/32|128 -p tcp -j TPROXY --on-port <outbound_port> ...
-//   DSPROXY_INBOUND   -d <pod>/32|128 -p tcp -j TPROXY --on-port <inbound_port> ...
+//   DSPROXY_OUTBOUND  -p tcp -m set --match-set DSPROXY_PODS4|6 src -j TPROXY --on-port <outbound_port> ...
+//   DSPROXY_INBOUND   -p tcp -m set --match-set DSPROXY_PODS4|6 dst -j TPROXY --on-port <inbound_port> ...
+// One rule each: the node's pod addresses are members of the hash:ip set DSPROXY_PODS4 (PODS6),
+// one O(1) lookup per packet however many pods the node runs (ip_sets.hpp).
 //
 // With options.dns_capture, PREROUTING also sends UDP and TCP to port 53 (right after the
 // socket divert, before the LOCAL return, so a node-local nameserver is captured too) to
-//   DSPROXY_DNS       -s <pod>/32|128 -p udp|tcp --dport 53 -j TPROXY --on-port <dns_port> ...
+//   DSPROXY_DNS       -p udp|tcp --dport 53 -m set --match-set DSPROXY_PODS4|6 src -j TPROXY --on-port <dns_port> ...
 // The removal always deletes DSPROXY_DNS too, whoever installed it.
 //
 // plus policy routing: `ip rule fwmark <capture_mark>/<capture_mask> lookup <route_table>` and a
@@ -49,16 +51,16 @@ ChainNames chain_names(const RedirectOptions& options);
 // rendered in, so equal pod sets always give equal text.
 std::vector<net::IpAddress> addresses_of(net::Family family, const std::vector<net::IpAddress>& ips);
 
-// iptables-restore --noflush input ("*mangle" ... "COMMIT") that (re)creates all four chains
-// with their rules; addresses of the other family in `node_pod_ips` are ignored. Declaring a
-// chain flushes it under --noflush, so applying this is an atomic replace and is idempotent.
-// The PREROUTING jump is not in it (see IptablesCommands).
-std::string render_iptables(net::Family family, const std::vector<net::IpAddress>& node_pod_ips,
-                            const RedirectOptions& options);
-// Only the OUTBOUND and INBOUND chains, redeclared and refilled: the atomic pod-list update.
-std::string render_iptables_pod_update(net::Family family,
-                                       const std::vector<net::IpAddress>& node_pod_ips,
-                                       const RedirectOptions& options);
+// iptables-restore --noflush input ("*mangle" ... "COMMIT") that (re)creates all the chains
+// with their rules. The rules name the pods set (<prefix>_PODS4/6, ip_sets.hpp), not the pods,
+// so the text is the same whatever pods the node has and the set must exist before it is
+// applied. Declaring a chain flushes it under --noflush, so applying this is an atomic replace
+// and is idempotent. The PREROUTING jump is not in it (see IptablesCommands).
+std::string render_iptables(net::Family family, const RedirectOptions& options);
+// `ipset -exist restore` input that makes the pods set of `family` hold exactly that family's
+// addresses among `node_pod_ips` (a fill and swap: see ip_sets.hpp).
+std::string render_pods_fill(net::Family family, const std::vector<net::IpAddress>& node_pod_ips,
+                             const RedirectOptions& options);
 // Flushes and deletes all four chains (declared first, so it also succeeds when some are absent).
 // Fails while PREROUTING still jumps to DSPROXY_PREROUTING: delete the jump first.
 std::string render_iptables_removal(net::Family family, const RedirectOptions& options);

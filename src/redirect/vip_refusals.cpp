@@ -3,6 +3,9 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
+#include "redirect/ip_sets.hpp"
 #include "redirect/redirector.hpp"
 
 namespace dsproxy::redirect {
@@ -11,6 +14,8 @@ namespace {
 
 constexpr int kMaxRepeatedDeletes = 64;  // bounds "delete until gone" against a misbehaving tool
 
+std::size_t index_of(net::Family f) { return f == net::Family::v4 ? 0 : 1; }
+
 const std::string& iptables_of(net::Family f, const RedirectOptions& o) {
   return f == net::Family::v4 ? o.iptables : o.ip6tables;
 }
@@ -18,11 +23,28 @@ const std::string& restore_of(net::Family f, const RedirectOptions& o) {
   return f == net::Family::v4 ? o.iptables_restore : o.ip6tables_restore;
 }
 
-std::vector<std::string> jump_args(const RedirectOptions& o, const char* op) {
-  std::vector<std::string> args{"-w", "-t", "filter", op, "INPUT"};
+struct Jump {
+  std::string table;
+  std::string hook;
+  std::vector<std::string> match;
+  std::string target;
+};
+
+std::vector<Jump> jumps_of(const RedirectOptions& o) {
+  return {
+      {"filter", "INPUT", {"-p", "tcp", "-m", "tcp", "--syn"}, refuse_chain_name(o)},
+      // raw: before conntrack, so before any NAT (see the header).
+      {"raw", "PREROUTING", {}, notrack_chain_name(o)},
+      {"raw", "OUTPUT", {}, notrack_chain_name(o)},
+  };
+}
+
+std::vector<std::string> jump_args(const Jump& j, const char* op) {
+  std::vector<std::string> args{"-w", "-t", j.table, op, j.hook};
   if (std::string_view(op) == "-I") args.push_back("1");
-  for (const char* a : {"-p", "tcp", "-m", "tcp", "--syn", "-j"}) args.emplace_back(a);
-  args.push_back(refuse_chain_name(o));
+  args.insert(args.end(), j.match.begin(), j.match.end());
+  args.push_back("-j");
+  args.push_back(j.target);
   return args;
 }
 
@@ -37,89 +59,182 @@ std::string failure(const Command& c, const CommandResult& r) {
   return fmt::format("`{}` failed (exit {}){}{}", format_argv(c.argv), r.exit_code, err.empty() ? "" : ": ", err);
 }
 
+std::array<VipSetMembers, 2> members_of(const std::vector<VipOpenPorts>& vips) {
+  return {vip_set_members(net::Family::v4, vips), vip_set_members(net::Family::v6, vips)};
+}
+
 }  // namespace
 
 std::string refuse_chain_name(const RedirectOptions& options) { return options.chain_prefix + "_REFUSE"; }
+std::string notrack_chain_name(const RedirectOptions& options) { return options.chain_prefix + "_NOTRACK"; }
 
-std::string render_refusals(net::Family family, const std::vector<VipOpenPorts>& vips, const RedirectOptions& o) {
-  const std::string chain = refuse_chain_name(o);
-  std::string out = "*filter\n:" + chain + " - [0:0]\n";
-  // With DNS capture, TCP port 53 to any address (the DNS VIP above all) belongs to the DNS
-  // proxy, whatever endpoints the Service has: never refuse it.
-  if (o.dns_capture) out += fmt::format("-A {} -p tcp -m tcp --dport 53 -j RETURN\n", chain);
+VipSetMembers vip_set_members(net::Family family, const std::vector<VipOpenPorts>& vips) {
+  VipSetMembers m;
   for (const auto& v : vips) {
     if (v.vip.family() != family) continue;
-    const std::string dst = v.vip.to_string() + "/" + std::to_string(v.vip.host_prefix());
-    for (auto port : v.open_ports)
-      out += fmt::format("-A {} -d {} -p tcp -m tcp --dport {} -j RETURN\n", chain, dst, port);
-    out += fmt::format("-A {} -d {} -p tcp -j REJECT --reject-with tcp-reset\n", chain, dst);
+    m.vips.push_back(ip_set_member(v.vip));
+    for (auto port : v.open_ports) m.open.push_back(ip_set_member(v.vip, port));
+  }
+  for (auto* list : {&m.vips, &m.open}) {
+    std::sort(list->begin(), list->end());
+    list->erase(std::unique(list->begin(), list->end()), list->end());
+  }
+  return m;
+}
+
+std::string render_refusal_rules(net::Family family, const RedirectOptions& o) {
+  const std::string refuse = refuse_chain_name(o), notrack = notrack_chain_name(o);
+  const std::string vips = vips_set(o, family).name, open = open_set(o, family).name, pods = pods_set(o, family).name;
+  std::string out = "*filter\n:" + refuse + " - [0:0]\n";
+  // With DNS capture, TCP port 53 to any address (the DNS VIP above all) belongs to the DNS
+  // proxy, whatever endpoints the Service has: never refuse it.
+  if (o.dns_capture) out += fmt::format("-A {} -p tcp -m tcp --dport 53 -j RETURN\n", refuse);
+  out += fmt::format("-A {} -p tcp -m set --match-set {} dst,dst -j RETURN\n", refuse, open);
+  out += fmt::format("-A {} -p tcp -m set --match-set {} dst -j REJECT --reject-with tcp-reset\n", refuse, vips);
+  out += "COMMIT\n*raw\n:" + notrack + " - [0:0]\n";
+  // Requests (pod -> ClusterIP, in PREROUTING) and the proxy's answers (ClusterIP -> pod, in
+  // OUTPUT) in one chain: a packet of either shape seen at the other hook is not one kube-proxy
+  // would translate either.
+  out += fmt::format("-A {} -p tcp -m set --match-set {} src -m set --match-set {} dst -j CT --notrack\n", notrack,
+                     pods, vips);
+  out += fmt::format("-A {} -p tcp -m set --match-set {} src -m set --match-set {} dst -j CT --notrack\n", notrack,
+                     vips, pods);
+  if (o.dns_capture) {
+    out += fmt::format(
+        "-A {} -p udp -m udp --dport 53 -m set --match-set {} src -m set --match-set {} dst -j CT --notrack\n",
+        notrack, pods, vips);
+    out += fmt::format(
+        "-A {} -p udp -m udp --sport 53 -m set --match-set {} src -m set --match-set {} dst -j CT --notrack\n",
+        notrack, vips, pods);
   }
   return out + "COMMIT\n";
 }
 
-std::string render_refusals_script(const std::vector<VipOpenPorts>& vips, const RedirectOptions& o) {
-  std::string out =
-      "\n# ---- Refusals: ClusterIP ports with no servable endpoint answer SYN with a TCP reset ----\n";
+std::string render_vip_sets_fill(const std::vector<VipOpenPorts>& vips, const RedirectOptions& o) {
+  std::string out;
   for (auto family : families(o)) {
-    out += fmt::format("{} -w --noflush <<'EOF'\n{}EOF\n", restore_of(family, o), render_refusals(family, vips, o));
-    const auto check = jump_args(o, "-C"), insert = jump_args(o, "-I");
-    out += fmt::format("{} {} 2>/dev/null || {} {}\n", iptables_of(family, o), format_argv(check),
-                       iptables_of(family, o), format_argv(insert));
+    const auto m = vip_set_members(family, vips);
+    out += ip_set_create_line(pods_set(o, family));
+    out += render_ip_set_fill(open_set(o, family), m.open);
+    out += render_ip_set_fill(vips_set(o, family), m.vips);
   }
   return out;
 }
 
-void VipRefusals::apply(const std::vector<VipOpenPorts>& vips) {
-  if (installed_ && vips == applied_) return;
+std::string render_vip_sets_update(const std::array<VipSetMembers, 2>& before, const std::array<VipSetMembers, 2>& after,
+                                   const RedirectOptions& o) {
+  std::array<SetDifference, 2> vips, open;
+  for (auto family : families(o)) {
+    const auto i = index_of(family);
+    vips[i] = difference(before[i].vips, after[i].vips);
+    open[i] = difference(before[i].open, after[i].open);
+  }
+  // ipset applies the lines one at a time, so every prefix of this text is a state some SYN may
+  // see. Open ports first, then VIPs: a new Service is never refused on a port it serves. VIPs
+  // leave before their open ports, for the same reason. A port that closes goes last.
+  std::string out;
+  for (auto family : families(o)) out += render_ip_set_adds(open_set(o, family).name, open[index_of(family)].added);
+  for (auto family : families(o)) out += render_ip_set_adds(vips_set(o, family).name, vips[index_of(family)].added);
+  for (auto family : families(o)) out += render_ip_set_dels(vips_set(o, family).name, vips[index_of(family)].removed);
+  for (auto family : families(o)) out += render_ip_set_dels(open_set(o, family).name, open[index_of(family)].removed);
+  return out;
+}
+
+std::string render_refusals_script(const std::vector<VipOpenPorts>& vips, const RedirectOptions& o) {
+  std::string out =
+      "\n# ---- ClusterIPs: ports with no servable endpoint answer SYN with a TCP reset; captured ----\n"
+      "# ---- ClusterIP traffic is untracked, so kube-proxy's DNAT never rewrites it            ----\n";
+  out += format_argv(ipset_restore_argv(o)) + " <<'EOF'\n" + render_vip_sets_fill(vips, o) + "EOF\n";
+  for (auto family : families(o)) {
+    out += fmt::format("{} -w --noflush <<'EOF'\n{}EOF\n", restore_of(family, o), render_refusal_rules(family, o));
+    for (const auto& j : jumps_of(o))
+      out += fmt::format("{} {} 2>/dev/null || {} {}\n", iptables_of(family, o), format_argv(jump_args(j, "-C")),
+                         iptables_of(family, o), format_argv(jump_args(j, "-I")));
+  }
+  return out;
+}
+
+void VipRefusals::install(const std::vector<VipOpenPorts>& vips, const std::array<VipSetMembers, 2>& members) {
+  // Sets before the rules that name them; the jumps last.
+  const Command fill{ipset_restore_argv(options_), render_vip_sets_fill(vips, options_)};
+  if (auto r = runner_.run(fill); !r.ok()) throw RedirectError("redirect: " + failure(fill, r));
   for (auto family : families(options_)) {
-    const Command restore{{restore_of(family, options_), "-w", "--noflush"}, render_refusals(family, vips, options_)};
+    const Command restore{{restore_of(family, options_), "-w", "--noflush"}, render_refusal_rules(family, options_)};
     if (auto r = runner_.run(restore); !r.ok()) throw RedirectError("redirect: " + failure(restore, r));
-    const Command check = iptables_command(family, options_, jump_args(options_, "-C"));
-    const auto checked = runner_.run(check);
-    if (checked.exit_code == 1 || checked.exit_code == 2) {
-      const Command insert = iptables_command(family, options_, jump_args(options_, "-I"));
-      if (auto r = runner_.run(insert); !r.ok()) throw RedirectError("redirect: " + failure(insert, r));
-    } else if (!checked.ok()) {
-      throw RedirectError("redirect: " + failure(check, checked));
+    for (const auto& j : jumps_of(options_)) {
+      const Command check = iptables_command(family, options_, jump_args(j, "-C"));
+      const auto checked = runner_.run(check);
+      if (checked.exit_code == 1 || checked.exit_code == 2) {
+        const Command insert = iptables_command(family, options_, jump_args(j, "-I"));
+        if (auto r = runner_.run(insert); !r.ok()) throw RedirectError("redirect: " + failure(insert, r));
+      } else if (!checked.ok()) {
+        throw RedirectError("redirect: " + failure(check, checked));
+      }
     }
   }
-  std::size_t refused_vips = 0;
-  for (const auto& v : vips) refused_vips += v.open_ports.empty() ? 1 : 0;
-  spdlog::info("redirect: refusing unserved ports on {} ClusterIP(s) ({} with no servable port at all)", vips.size(),
-               refused_vips);
-  applied_ = vips;
+  applied_ = members;
   installed_ = true;
+}
+
+void VipRefusals::apply(const std::vector<VipOpenPorts>& vips) {
+  const auto members = members_of(vips);
+  if (installed_ && members == applied_) return;
+  if (!installed_) {
+    install(vips, members);
+  } else {
+    const Command update{ipset_restore_argv(options_), render_vip_sets_update(applied_, members, options_)};
+    if (update.input.empty()) {
+      applied_ = members;  // only a family that is off changed
+      return;
+    }
+    // A failure part way leaves the sets somewhere between: install again (a whole refill) next time.
+    installed_ = false;
+    if (auto r = runner_.run(update); !r.ok()) throw RedirectError("redirect: " + failure(update, r));
+    installed_ = true;
+    applied_ = members;
+  }
+  std::size_t open = 0, vip_count = 0;
+  for (auto family : families(options_)) {
+    open += members[index_of(family)].open.size();
+    vip_count += members[index_of(family)].vips.size();
+  }
+  spdlog::info("redirect: {} ClusterIP(s) in the refusal sets, {} open ClusterIP:port(s)", vip_count, open);
 }
 
 void VipRefusals::uninstall() {
   std::vector<std::string> errors;
-  const std::string chain = refuse_chain_name(options_);
   for (auto family : families(options_)) {
-    for (int i = 0; i < kMaxRepeatedDeletes; ++i) {
-      const Command check = iptables_command(family, options_, jump_args(options_, "-C"));
-      const auto checked = runner_.run(check);
-      if (checked.exit_code == 1 || checked.exit_code == 2) break;
-      if (!checked.ok()) {
-        errors.push_back(failure(check, checked));
-        break;
-      }
-      const Command del = iptables_command(family, options_, jump_args(options_, "-D"));
-      if (auto r = runner_.run(del); !r.ok()) {
-        errors.push_back(failure(del, r));
-        break;
+    for (const auto& j : jumps_of(options_)) {
+      for (int i = 0; i < kMaxRepeatedDeletes; ++i) {
+        const Command check = iptables_command(family, options_, jump_args(j, "-C"));
+        const auto checked = runner_.run(check);
+        if (checked.exit_code == 1 || checked.exit_code == 2) break;
+        if (!checked.ok()) {
+          errors.push_back(failure(check, checked));
+          break;
+        }
+        const Command del = iptables_command(family, options_, jump_args(j, "-D"));
+        if (auto r = runner_.run(del); !r.ok()) {
+          errors.push_back(failure(del, r));
+          break;
+        }
       }
     }
-    // Only touch the table if our chain exists: restoring into a namespace without a filter
-    // table would create one (iptables-nft), a trace where we had none.
-    const Command list = iptables_command(family, options_, {"-w", "-t", "filter", "-S"});
-    const auto listed = runner_.run(list);
-    if (listed.ok() && listed.out.find("-N " + chain + "\n") == std::string::npos) continue;
-    const Command removal{{restore_of(family, options_), "-w", "--noflush"},
-                          "*filter\n:" + chain + " - [0:0]\n-X " + chain + "\nCOMMIT\n"};
-    if (auto r = runner_.run(removal); !r.ok()) errors.push_back(failure(removal, r));
+    // Only touch a table if our chain exists there: restoring into a namespace without that
+    // table would create it (iptables-nft), a trace where we had none.
+    for (const auto& [table, chain] : {std::pair<std::string, std::string>{"filter", refuse_chain_name(options_)},
+                                       std::pair<std::string, std::string>{"raw", notrack_chain_name(options_)}}) {
+      const Command list = iptables_command(family, options_, {"-w", "-t", table, "-S"});
+      const auto listed = runner_.run(list);
+      if (listed.ok() && listed.out.find("-N " + chain + "\n") == std::string::npos) continue;
+      const Command removal{{restore_of(family, options_), "-w", "--noflush"},
+                            "*" + table + "\n:" + chain + " - [0:0]\n-X " + chain + "\nCOMMIT\n"};
+      if (auto r = runner_.run(removal); !r.ok()) errors.push_back(failure(removal, r));
+    }
+    destroy_ip_sets(runner_, options_, {vips_set(options_, family).name, open_set(options_, family).name}, errors);
   }
   installed_ = false;
-  applied_.clear();
+  applied_ = {};
   if (errors.empty()) return;
   std::string text = "redirect: refusal rules not fully removed:";
   for (const auto& e : errors) text += "\n  - " + e;

@@ -1,19 +1,40 @@
 #pragma once
-// Fast refusal of ClusterIP:ports that have nowhere to go.
+// The rules keyed by ClusterIP: fast refusal of ports with nowhere to go, and the conntrack
+// exemption of captured ClusterIP traffic that lets dsproxy work next to kube-proxy.
 //
-// A captured SYN to a VIP:port whose Service has no servable endpoint (or to a port the Service
-// does not have) would otherwise be accepted by the proxy and then reset: the client sees a
-// connection that opened and died. With these rules the kernel answers the SYN itself with a
-// TCP reset, so the client's connect() fails at once with "connection refused", as it would
-// against a host with nothing listening. The rules follow every config reload: a VIP:port
+// Refusal. A captured SYN to a VIP:port whose Service has no servable endpoint (or to a port the
+// Service does not have) would otherwise be accepted by the proxy and then reset: the client
+// sees a connection that opened and died. With these rules the kernel answers the SYN itself
+// with a TCP reset, so the client's connect() fails at once with "connection refused", as it
+// would against a host with nothing listening. The sets follow every config change: a VIP:port
 // opens again as soon as an endpoint appears.
 //
-// Shape (filter table, per family; captured packets reach INPUT because TPROXY delivers them
-// locally):
-//   INPUT -p tcp --syn -> DSPROXY_REFUSE            only new connections pay for the lookup
-//   DSPROXY_REFUSE -d <vip> -p tcp --dport <open port> -j RETURN     per servable port
-//   DSPROXY_REFUSE -d <vip> -p tcp -j REJECT --reject-with tcp-reset per VIP
+// Conntrack exemption (why): kube-proxy (iptables or nftables mode) DNATs ClusterIP:port to an
+// endpoint in nat PREROUTING (priority -100). Our TPROXY runs earlier (mangle, -150) and assigns
+// the packet to the proxy's listener, but NAT still rewrites the destination before the packet
+// reaches the socket: the proxy would accept a connection "to" the pod kube-proxy picked,
+// losing the ClusterIP and with it the Service's family policy (conntrack then un-NATs the
+// replies, so the client never notices). NAT only ever happens to tracked packets, so the
+// captured pod -> ClusterIP packets (and the proxy's replies, ClusterIP -> pod) are untracked
+// in the raw table, which runs before conntrack (-300 < -200) and before any NAT. Nothing else
+// loses tracking: not the proxy's upstream connections (their SNAT/masquerade on the way out of
+// the cluster needs conntrack), not traffic to Services from other nodes or from the node
+// itself (kube-proxy keeps serving those), not UDP other than DNS. TPROXY and `-m socket`
+// look sockets up by the packet's own addresses, so untracked packets are captured as before.
+//
+// Shape, per family (filter and raw tables; sets from ip_sets.hpp):
+//   filter INPUT -p tcp --syn -> DSPROXY_REFUSE          only new connections pay for the lookup
+//   DSPROXY_REFUSE [-p tcp --dport 53 -j RETURN]         with DNS capture: port 53 is the DNS proxy's
+//   DSPROXY_REFUSE -p tcp -m set --match-set DSPROXY_OPEN4 dst,dst -j RETURN
+//   DSPROXY_REFUSE -p tcp -m set --match-set DSPROXY_VIPS4 dst -j REJECT --reject-with tcp-reset
+//   raw PREROUTING -> DSPROXY_NOTRACK, raw OUTPUT -> DSPROXY_NOTRACK
+//   DSPROXY_NOTRACK -p tcp -m set --match-set DSPROXY_PODS4 src -m set --match-set DSPROXY_VIPS4 dst -j CT --notrack
+//   DSPROXY_NOTRACK -p tcp -m set --match-set DSPROXY_VIPS4 src -m set --match-set DSPROXY_PODS4 dst -j CT --notrack
+//   (and the same for UDP port 53 with DNS capture)
+// A fixed number of rules: the ClusterIPs and open ports are set members, so a SYN costs two
+// hash lookups however many Services the cluster has, and an update changes only members.
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -31,8 +52,27 @@ struct VipOpenPorts {
 };
 
 std::string refuse_chain_name(const RedirectOptions& options);
-// iptables-restore --noflush input that (re)creates the chain for one family's VIPs.
-std::string render_refusals(net::Family family, const std::vector<VipOpenPorts>& vips, const RedirectOptions& options);
+std::string notrack_chain_name(const RedirectOptions& options);
+
+// The members of one family's VIPS and OPEN sets, sorted.
+struct VipSetMembers {
+  std::vector<std::string> vips;
+  std::vector<std::string> open;
+  bool operator==(const VipSetMembers&) const = default;
+};
+VipSetMembers vip_set_members(net::Family family, const std::vector<VipOpenPorts>& vips);
+
+// iptables-restore --noflush input that (re)creates the REFUSE (filter) and NOTRACK (raw) chains
+// of one family. Independent of the VIPs: they are in the sets.
+std::string render_refusal_rules(net::Family family, const RedirectOptions& options);
+// `ipset -exist restore` input that fills the VIPS and OPEN sets of every family that is on
+// (fill and swap), and creates the pods sets if missing (the NOTRACK rules name them).
+std::string render_vip_sets_fill(const std::vector<VipOpenPorts>& vips, const RedirectOptions& options);
+// `ipset -exist restore` input that turns `before` into `after` (index 0: IPv4, 1: IPv6), in an
+// order that never refuses a port open both before and after: open ports added, VIPs added, VIPs
+// deleted, open ports deleted. Empty when nothing changes.
+std::string render_vip_sets_update(const std::array<VipSetMembers, 2>& before, const std::array<VipSetMembers, 2>& after,
+                                   const RedirectOptions& options);
 // Shell lines for `dsproxy redirect print`.
 std::string render_refusals_script(const std::vector<VipOpenPorts>& vips, const RedirectOptions& options);
 
@@ -40,16 +80,19 @@ class VipRefusals {
  public:
   VipRefusals(RedirectOptions options, CommandRunner& runner) : options_(std::move(options)), runner_(runner) {}
 
-  // Replaces the chain atomically per family and makes sure INPUT jumps to it. Idempotent;
-  // throws RedirectError naming the failing command.
+  // First call: fills the sets, (re)creates the chains and makes sure the jumps exist; later
+  // calls change only the set members that differ, in one `ipset restore`. Idempotent; throws
+  // RedirectError naming the failing command (the next call then refills the sets whole).
   void apply(const std::vector<VipOpenPorts>& vips);
-  // Removes the jumps and the chain; best effort, reports every failure at the end.
+  // Removes the jumps, the chains and the VIPS/OPEN sets; best effort, reports every failure at the end.
   void uninstall();
 
  private:
+  void install(const std::vector<VipOpenPorts>& vips, const std::array<VipSetMembers, 2>& members);
+
   RedirectOptions options_;
   CommandRunner& runner_;
-  std::vector<VipOpenPorts> applied_;
+  std::array<VipSetMembers, 2> applied_;
   bool installed_ = false;
 };
 

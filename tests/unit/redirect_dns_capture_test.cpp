@@ -47,14 +47,13 @@ void expect_golden(const std::string& name, const std::string& actual) {
 }
 
 TEST(RedirectDnsCapture, RulesMatchGoldenForBothFamilies) {
-  expect_golden("dns_capture_v4.rules", render_iptables(Family::v4, node_pods(), with_dns()));
-  expect_golden("dns_capture_v6.rules", render_iptables(Family::v6, node_pods(), with_dns()));
-  expect_golden("dns_capture_pod_update_v6.rules", render_iptables_pod_update(Family::v6, node_pods(), with_dns()));
+  expect_golden("dns_capture_v4.rules", render_iptables(Family::v4, with_dns()));
+  expect_golden("dns_capture_v6.rules", render_iptables(Family::v6, with_dns()));
   expect_golden("dns_capture_print.sh", render_script(node_pods(), with_dns()));
 }
 
 TEST(RedirectDnsCapture, JumpsComeBeforeTheLocalReturnAndTheTcpCapture) {
-  const std::string text = render_iptables(Family::v4, node_pods(), with_dns());
+  const std::string text = render_iptables(Family::v4, with_dns());
   const auto divert = text.find("-A DSPROXY_PREROUTING -p tcp -m socket --transparent -j DSPROXY_DIVERT\n");
   const auto udp = text.find("-A DSPROXY_PREROUTING -p udp -m udp --dport 53 -j DSPROXY_DNS\n");
   const auto tcp = text.find("-A DSPROXY_PREROUTING -p tcp -m tcp --dport 53 -j DSPROXY_DNS\n");
@@ -65,18 +64,18 @@ TEST(RedirectDnsCapture, JumpsComeBeforeTheLocalReturnAndTheTcpCapture) {
   EXPECT_LT(divert, udp);
   EXPECT_LT(tcp, local);
   EXPECT_LT(tcp, outbound);
-  EXPECT_NE(text.find("-A DSPROXY_DNS -s 10.244.0.5/32 -p udp -m udp --dport 53 -j TPROXY --on-port 15053 "
-                      "--on-ip 0.0.0.0 --tproxy-mark 0x1000/0x1000\n"),
+  EXPECT_NE(text.find("-A DSPROXY_DNS -p udp -m udp --dport 53 -m set --match-set DSPROXY_PODS4 src -j TPROXY "
+                      "--on-port 15053 --on-ip 0.0.0.0 --tproxy-mark 0x1000/0x1000\n"),
             std::string::npos);
-  const std::string v6 = render_iptables(Family::v6, node_pods(), with_dns());
-  EXPECT_NE(v6.find("-A DSPROXY_DNS -s fd00:10:244::5/128 -p tcp -m tcp --dport 53 -j TPROXY --on-port 15053 "
-                    "--on-ip :: --tproxy-mark 0x1000/0x1000\n"),
+  const std::string v6 = render_iptables(Family::v6, with_dns());
+  EXPECT_NE(v6.find("-A DSPROXY_DNS -p tcp -m tcp --dport 53 -m set --match-set DSPROXY_PODS6 src -j TPROXY "
+                    "--on-port 15053 --on-ip :: --tproxy-mark 0x1000/0x1000\n"),
             std::string::npos);
 }
 
 TEST(RedirectDnsCapture, OffLeavesTheTcpRulesAsTheyWere) {
-  EXPECT_EQ(render_iptables(Family::v4, node_pods(), RedirectOptions{}).find("--dport"), std::string::npos);
-  EXPECT_EQ(render_iptables(Family::v4, node_pods(), RedirectOptions{}).find("DSPROXY_DNS"), std::string::npos);
+  EXPECT_EQ(render_iptables(Family::v4, RedirectOptions{}).find("--dport"), std::string::npos);
+  EXPECT_EQ(render_iptables(Family::v4, RedirectOptions{}).find("DSPROXY_DNS"), std::string::npos);
   // Removal deletes the DNS chain whatever the options: an earlier run may have created it.
   EXPECT_NE(render_iptables_removal(Family::v4, RedirectOptions{}).find("-X DSPROXY_DNS\n"), std::string::npos);
 }
@@ -94,12 +93,11 @@ TEST(RedirectDnsCapture, PortIsValidated) {
 
 TEST(RedirectDnsCapture, TcpDnsToAVipWithoutEndpointsIsNotRefused) {
   // kube-dns has no endpoints dsproxy knows of, but its TCP port 53 is the DNS proxy's.
-  const std::vector<VipOpenPorts> vips = {{ip("10.96.0.10"), {}}};
-  const std::string with = render_refusals(Family::v4, vips, with_dns());
+  const std::string with = render_refusal_rules(Family::v4, with_dns());
   const auto ret = with.find("-A DSPROXY_REFUSE -p tcp -m tcp --dport 53 -j RETURN\n");
   ASSERT_NE(ret, std::string::npos) << with;
-  EXPECT_LT(ret, with.find("-A DSPROXY_REFUSE -d 10.96.0.10/32 -p tcp -j REJECT"));
-  EXPECT_EQ(render_refusals(Family::v4, vips, RedirectOptions{}).find("--dport 53"), std::string::npos);
+  EXPECT_LT(ret, with.find("-A DSPROXY_REFUSE -p tcp -m set --match-set DSPROXY_VIPS4 dst -j REJECT"));
+  EXPECT_EQ(render_refusal_rules(Family::v4, RedirectOptions{}).find("--dport 53"), std::string::npos);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include <map>
 #include <set>
+#include <sstream>
 
 #include "redirect/command_runner.hpp"
 #include "redirect/redirector.hpp"
@@ -34,6 +35,7 @@ class FakeNode final : public CommandRunner {
     calls.push_back(c);
     const std::string line = format_argv(c.argv);
     if (auto it = failures.find(line); it != failures.end()) return it->second;
+    if (c.argv[0] == "ipset") return ipset(c);
     const bool v6 = c.argv[0].find("ip6") == 0 || (c.argv.size() > 1 && c.argv[1] == "-6");
     FamilyState& f = v6 ? v6_state : v4_state;
     const std::string verb = c.argv.size() > 4 ? c.argv[4] : "";
@@ -81,7 +83,7 @@ class FakeNode final : public CommandRunner {
   bool empty() const {
     for (const auto* f : {&v4_state, &v6_state})
       if (f->jumps || !f->chains.empty() || !f->rules.empty() || f->route) return false;
-    return true;
+    return sets.empty();
   }
 
   std::vector<std::string> lines() const {
@@ -93,8 +95,33 @@ class FakeNode final : public CommandRunner {
   std::vector<Command> calls;
   std::map<std::string, CommandResult> failures;  // by format_argv
   FamilyState v4_state, v6_state;
+  std::map<std::string, std::set<std::string>> sets;  // ipsets by name
 
  private:
+  // `ipset -exist restore` (create, flush, add, del, swap, destroy) and `ipset destroy NAME`.
+  CommandResult ipset(const Command& c) {
+    if (c.argv.size() == 3 && c.argv[1] == "destroy") {
+      if (!sets.erase(c.argv[2])) return {1, "", "ipset v7.17: The set with the given name does not exist\n"};
+      return {};
+    }
+    EXPECT_EQ(c.argv, (std::vector<std::string>{"ipset", "-exist", "restore"}));
+    std::istringstream in(c.input);
+    for (std::string l; std::getline(in, l);) {
+      std::istringstream words(l);
+      std::string verb, name, arg;
+      words >> verb >> name >> arg;
+      if (verb == "create") sets[name];
+      else if (!sets.count(name)) return {1, "", "ipset v7.17: Error in line 1: The set with the given name does not exist\n"};
+      else if (verb == "flush") sets[name].clear();
+      else if (verb == "add") sets[name].insert(arg);
+      else if (verb == "del") sets[name].erase(arg);
+      else if (verb == "swap") std::swap(sets[name], sets[arg]);
+      else if (verb == "destroy") sets.erase(name);
+      else ADD_FAILURE() << "unexpected ipset line " << l;
+    }
+    return {};
+  }
+
   static CommandResult restore(FamilyState& f, const std::string& input) {
     f.restored = input;
     std::size_t pos = 0;
@@ -119,8 +146,9 @@ std::vector<std::string> expected_install(Family family) {
   const RedirectOptions o;
   const auto ipt = iptables_commands(family, o);
   const auto r = policy_routing_commands(family, o);
-  return {format_argv(r.show_rule), format_argv(r.add_rule), format_argv(r.replace_route),
-          format_argv(ipt.restore), format_argv(ipt.check_jump), format_argv(ipt.insert_jump)};
+  return {format_argv(r.show_rule),      format_argv(r.add_rule),  format_argv(r.replace_route),
+          "ipset -exist restore",          format_argv(ipt.restore), format_argv(ipt.check_jump),
+          format_argv(ipt.insert_jump)};
 }
 
 TEST(RedirectRedirector, InstallIssuesRoutingThenChainsThenJumpPerFamily) {
@@ -134,11 +162,16 @@ TEST(RedirectRedirector, InstallIssuesRoutingThenChainsThenJumpPerFamily) {
   EXPECT_EQ(node.lines()[0], "ip -4 rule show pref 32000");
   EXPECT_EQ(node.lines()[1], "ip -4 rule add fwmark 0x1000/0x1000 lookup 133 pref 32000");
   EXPECT_EQ(node.lines()[2], "ip -4 route replace local 0.0.0.0/0 dev lo table 133");
-  EXPECT_EQ(node.lines()[8], "ip -6 route replace local ::/0 dev lo table 133");
-  EXPECT_EQ(node.calls[3].input, render_iptables(Family::v4, kPods, RedirectOptions{}));
-  EXPECT_EQ(node.calls[9].input, render_iptables(Family::v6, kPods, RedirectOptions{}));
+  EXPECT_EQ(node.lines()[9], "ip -6 route replace local ::/0 dev lo table 133");
+  EXPECT_EQ(node.calls[3].input, render_pods_fill(Family::v4, kPods, RedirectOptions{}));
+  EXPECT_EQ(node.calls[4].input, render_iptables(Family::v4, RedirectOptions{}));
+  EXPECT_EQ(node.calls[11].input, render_iptables(Family::v6, RedirectOptions{}));
+  // The set is filled before the rules that name it exist.
+  EXPECT_EQ(node.sets.at("DSPROXY_PODS4"), (std::set<std::string>{"10.244.0.5"}));
+  EXPECT_EQ(node.sets.at("DSPROXY_PODS6"), (std::set<std::string>{"fd00:10:244::5"}));
+  EXPECT_EQ(node.sets.size(), 2u);  // no _NEXT left behind
   for (const auto& c : node.calls) {
-    if (c.argv[0].find("restore") == std::string::npos) {
+    if (c.argv[0].find("restore") == std::string::npos && c.argv.back() != "restore") {
       EXPECT_TRUE(c.input.empty()) << format_argv(c.argv);
     }
   }
@@ -156,7 +189,7 @@ TEST(RedirectRedirector, InstallTwiceAddsNothingTwice) {
     EXPECT_EQ(l.find(" -I "), std::string::npos) << l;
     EXPECT_EQ(l.find("rule add"), std::string::npos) << l;
   }
-  EXPECT_EQ(node.calls.size(), 8u);  // per family: show, route replace, restore, check
+  EXPECT_EQ(node.calls.size(), 10u);  // per family: show, route replace, ipset fill, restore, check
   EXPECT_EQ(node.v4_state.jumps, 1);
   EXPECT_EQ(node.v6_state.jumps, 1);
   EXPECT_EQ(node.v4_state.rules.size(), 1u);
@@ -216,39 +249,72 @@ TEST(RedirectRedirector, UnexpectedJumpCheckFailureIsAnError) {
   EXPECT_EQ(node.v4_state.jumps, 0);
 }
 
-TEST(RedirectRedirector, UpdatePodsRefillsOnlyThePodChainsOfChangedFamilies) {
+TEST(RedirectRedirector, UpdatePodsChangesOnlyTheDifferenceOfChangedFamilies) {
   FakeNode node;
   Redirector redirector(RedirectOptions{}, node);
-  redirector.install(kPods);
+  redirector.install({ip("10.244.0.5"), ip("10.244.0.7"), ip("fd00:10:244::5")});
   node.calls.clear();
 
+  // One pod in, one pod out, IPv6 unchanged: one restore with exactly those two lines, the
+  // addition first; no rule is touched.
   const std::vector<IpAddress> pods = {ip("10.244.0.9"), ip("10.244.0.5"), ip("fd00:10:244::5")};
   redirector.update_pods(pods);
-  ASSERT_EQ(node.lines(), (std::vector<std::string>{"iptables-restore -w --noflush"}));
-  EXPECT_EQ(node.calls[0].input, render_iptables_pod_update(Family::v4, pods, RedirectOptions{}));
+  ASSERT_EQ(node.lines(), (std::vector<std::string>{"ipset -exist restore"}));
+  EXPECT_EQ(node.calls[0].input, "add DSPROXY_PODS4 10.244.0.9\ndel DSPROXY_PODS4 10.244.0.7\n");
+  EXPECT_EQ(node.sets.at("DSPROXY_PODS4"), (std::set<std::string>{"10.244.0.5", "10.244.0.9"}));
 
   node.calls.clear();
   redirector.update_pods({ip("fd00:10:244::5"), ip("10.244.0.5"), ip("10.244.0.9"), ip("10.244.0.9")});
   EXPECT_TRUE(node.calls.empty());  // same sets
 
   redirector.update_pods({});
-  EXPECT_EQ(node.lines(), (std::vector<std::string>{"iptables-restore -w --noflush", "ip6tables-restore -w --noflush"}));
-  EXPECT_EQ(node.calls[1].input, "*mangle\n:DSPROXY_OUTBOUND - [0:0]\n:DSPROXY_INBOUND - [0:0]\nCOMMIT\n");
+  EXPECT_EQ(node.lines(), (std::vector<std::string>{"ipset -exist restore", "ipset -exist restore"}));
+  EXPECT_EQ(node.calls[0].input, "del DSPROXY_PODS4 10.244.0.5\ndel DSPROXY_PODS4 10.244.0.9\n");
+  EXPECT_EQ(node.calls[1].input, "del DSPROXY_PODS6 fd00:10:244::5\n");
+  EXPECT_TRUE(node.sets.at("DSPROXY_PODS4").empty());
+  EXPECT_TRUE(node.sets.at("DSPROXY_PODS6").empty());
 }
 
-TEST(RedirectRedirector, UpdatePodsTriesBothFamiliesBeforeReporting) {
+TEST(RedirectRedirector, UpdateCostIsTheChangeNotTheNodeSize) {
+  FakeNode node;
+  Redirector redirector(RedirectOptions{}, node);
+  std::vector<IpAddress> pods;
+  for (int i = 0; i < 500; ++i) pods.push_back(ip(fmt::format("10.244.{}.{}", i / 200, i % 200 + 1).c_str()));
+  redirector.install(pods);
+  node.calls.clear();
+  pods.push_back(ip("10.244.9.9"));
+  redirector.update_pods(pods);
+  ASSERT_EQ(node.calls.size(), 1u);
+  EXPECT_EQ(node.calls[0].input, "add DSPROXY_PODS4 10.244.9.9\n");
+  EXPECT_EQ(node.sets.at("DSPROXY_PODS4").size(), 501u);
+}
+
+TEST(RedirectRedirector, UpdatePodsTriesBothFamiliesThenRefillsWhatFailed) {
   FakeNode node;
   Redirector redirector(RedirectOptions{}, node);
   redirector.install(kPods);
   node.calls.clear();
-  node.failures["iptables-restore -w --noflush"] = {1, "", "iptables-restore: line 3 failed\n"};
-  EXPECT_THROW(redirector.update_pods({ip("10.244.0.6"), ip("fd00:10:244::6")}), RedirectError);
-  EXPECT_EQ(node.lines(), (std::vector<std::string>{"iptables-restore -w --noflush", "ip6tables-restore -w --noflush"}));
-  // The failed family is retried on the next update, the applied one is not.
+  node.failures["ipset -exist restore"] = {1, "", "ipset v7.17: Error in line 1: Hash is full, cannot add more elements\n"};
+  try {
+    redirector.update_pods({ip("10.244.0.6"), ip("fd00:10:244::6")});
+    FAIL() << "expected RedirectError";
+  } catch (const RedirectError& e) {
+    EXPECT_NE(std::string(e.what()).find("Hash is full"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(node.lines(), (std::vector<std::string>{"ipset -exist restore", "ipset -exist restore"}));
+  // What a set holds after a failure part way is unknown: the next update refills it whole.
   node.failures.clear();
   node.calls.clear();
   redirector.update_pods({ip("10.244.0.6"), ip("fd00:10:244::6")});
-  EXPECT_EQ(node.lines(), (std::vector<std::string>{"iptables-restore -w --noflush"}));
+  ASSERT_EQ(node.lines(), (std::vector<std::string>{"ipset -exist restore", "ipset -exist restore"}));
+  EXPECT_EQ(node.calls[0].input, render_pods_fill(Family::v4, {ip("10.244.0.6")}, RedirectOptions{}));
+  EXPECT_EQ(node.sets.at("DSPROXY_PODS4"), (std::set<std::string>{"10.244.0.6"}));
+  EXPECT_EQ(node.sets.at("DSPROXY_PODS6"), (std::set<std::string>{"fd00:10:244::6"}));
+  // And then differences again.
+  node.calls.clear();
+  redirector.update_pods({ip("10.244.0.6"), ip("10.244.0.8"), ip("fd00:10:244::6")});
+  ASSERT_EQ(node.calls.size(), 1u);
+  EXPECT_EQ(node.calls[0].input, "add DSPROXY_PODS4 10.244.0.8\n");
 }
 
 TEST(RedirectRedirector, UpdatePodsBeforeInstallInstalls) {
@@ -257,7 +323,7 @@ TEST(RedirectRedirector, UpdatePodsBeforeInstallInstalls) {
   redirector.update_pods(kPods);
   EXPECT_EQ(node.v4_state.jumps, 1);
   EXPECT_EQ(node.v6_state.jumps, 1);
-  EXPECT_EQ(node.calls.size(), 12u);
+  EXPECT_EQ(node.calls.size(), 14u);
 }
 
 TEST(RedirectRedirector, UninstallRemovesEverythingInOrder) {
@@ -273,14 +339,16 @@ TEST(RedirectRedirector, UninstallRemovesEverythingInOrder) {
       "iptables -w -t mangle -C PREROUTING -j DSPROXY_PREROUTING",
       "iptables -w -t mangle -S",
       "iptables-restore -w --noflush",
+      "ipset destroy DSPROXY_PODS4",  // after the rules naming it
+      "ipset destroy DSPROXY_PODS4_NEXT",
       "ip -4 rule del pref 32000",
       "ip -4 rule del pref 32000",
       "ip -4 route flush table 133"};
-  ASSERT_EQ(node.calls.size(), 16u);
+  ASSERT_EQ(node.calls.size(), 20u);
   const auto lines = node.lines();
-  EXPECT_EQ(std::vector<std::string>(lines.begin(), lines.begin() + 8), v4);
+  EXPECT_EQ(std::vector<std::string>(lines.begin(), lines.begin() + 10), v4);
   EXPECT_EQ(node.calls[4].input, render_iptables_removal(Family::v4, RedirectOptions{}));
-  EXPECT_EQ(node.lines()[15], "ip -6 route flush table 133");
+  EXPECT_EQ(node.lines()[19], "ip -6 route flush table 133");
 
   // Again: nothing left, nothing fails, and no restore (which would create a mangle table).
   node.calls.clear();
@@ -292,7 +360,7 @@ TEST(RedirectRedirector, UninstallOnAFreshNodeSucceeds) {
   FakeNode node;
   Redirector redirector(RedirectOptions{}, node);
   EXPECT_NO_THROW(redirector.uninstall());
-  EXPECT_EQ(node.calls.size(), 8u);  // per family: check, list, rule del, route flush
+  EXPECT_EQ(node.calls.size(), 12u);  // per family: check, list, 2 set destroys, rule del, route flush
 }
 
 TEST(RedirectRedirector, UninstallRemovesRepeatedJumpsAndRules) {
@@ -387,7 +455,15 @@ TEST(RedirectRedirector, FamilyOffIsNeverTouched) {
     redirector.update_pods({ip("10.244.0.5"), ip("10.244.0.6"), ip("fd00:10:244::5"), ip("fd00:10:244::6")});
     redirector.uninstall();
     EXPECT_FALSE(node.calls.empty());
-    for (const auto& c : node.calls) EXPECT_EQ(is_v6_command(c), off == Family::v4) << format_argv(c.argv);
+    for (const auto& c : node.calls) {
+      if (c.argv[0] == "ipset") {  // one tool for both families: the set names tell
+        const std::string text = format_argv(c.argv) + "\n" + c.input;
+        EXPECT_EQ(text.find(off == Family::v6 ? "_PODS6" : "_PODS4"), std::string::npos) << text;
+        EXPECT_EQ(text.find(off == Family::v6 ? "fd00:" : "10.244."), std::string::npos) << text;
+      } else {
+        EXPECT_EQ(is_v6_command(c), off == Family::v4) << format_argv(c.argv);
+      }
+    }
     EXPECT_TRUE(node.empty());
     const auto script = redirector.print(kPods);
     EXPECT_EQ(script.find(off == Family::v6 ? "ip6tables" : "iptables-restore"), std::string::npos) << script;

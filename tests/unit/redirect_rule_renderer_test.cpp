@@ -63,61 +63,63 @@ std::vector<std::string> lines_starting(const std::string& text, const std::stri
 }
 
 // What the capture must do, stated from the design (README "How it works") rather than read back
-// from the renderer: the proxy's own marked traffic leaves first; each node pod address of the
-// family, once (a v4-mapped address is IPv4), is diverted to 15001 as a source and to 15006 as a
-// destination, with the capture mark; and nothing of the other family appears.
+// from the renderer: the proxy's own marked traffic leaves first; every node pod address of the
+// family (a member of the family's pods set, once; a v4-mapped address is IPv4) is diverted to
+// 15001 as a source and to 15006 as a destination, with the capture mark, by ONE rule each
+// whatever the number of pods; and nothing of the other family appears.
 TEST(RedirectRuleRenderer, CaptureRulesHoldTheirProperties) {
   struct Expect {
     Family family;
     std::vector<std::string> pods;  // by hand, not from addresses_of
-    std::string on_ip, other_family_sign;
+    std::string set, on_ip, other_family_sign;
   };
-  for (const Expect& e : {Expect{Family::v4, {"10.244.0.5/32", "10.244.0.7/32", "10.244.0.12/32"}, "0.0.0.0", ":"},
-                          Expect{Family::v6, {"fd00:10:244::5/128", "fd00:10:244::1a/128"}, "::", "10.244."}}) {
-    const std::string text = render_iptables(e.family, node_pods(), RedirectOptions{});
+  for (const Expect& e : {Expect{Family::v4, {"10.244.0.5", "10.244.0.7", "10.244.0.12"}, "DSPROXY_PODS4", "0.0.0.0", ":"},
+                          Expect{Family::v6, {"fd00:10:244::5", "fd00:10:244::1a"}, "DSPROXY_PODS6", "::", "10.244."}}) {
+    const std::string text = render_iptables(e.family, RedirectOptions{});
     SCOPED_TRACE(text);
     const auto prerouting = lines_starting(text, "-A DSPROXY_PREROUTING ");
     ASSERT_FALSE(prerouting.empty());
     EXPECT_EQ(prerouting.front(), "-A DSPROXY_PREROUTING -m mark --mark 0x539/0xfff -j RETURN");
 
-    for (const auto& [chain, match, port] : {std::tuple{"DSPROXY_OUTBOUND", "-s", "15001"},
-                                             std::tuple{"DSPROXY_INBOUND", "-d", "15006"}}) {
+    for (const auto& [chain, direction, port] : {std::tuple{"DSPROXY_OUTBOUND", "src", "15001"},
+                                                 std::tuple{"DSPROXY_INBOUND", "dst", "15006"}}) {
       const auto rules = lines_starting(text, std::string("-A ") + chain + " ");
-      std::vector<std::string> diverted;
-      for (const auto& r : rules) {
-        std::istringstream words(r);
-        std::vector<std::string> w{std::istream_iterator<std::string>(words), {}};
-        ASSERT_EQ(w.size(), 14u) << r;
-        EXPECT_EQ(w[2], match) << r;
-        EXPECT_EQ(std::vector(w.begin() + 4, w.end()),
-                  (std::vector<std::string>{"-p", "tcp", "-j", "TPROXY", "--on-port", port, "--on-ip", e.on_ip,
-                                            "--tproxy-mark", "0x1000/0x1000"}))
-            << r;
-        diverted.push_back(w[3]);
-      }
-      std::sort(diverted.begin(), diverted.end());
-      std::vector<std::string> want = e.pods;
-      std::sort(want.begin(), want.end());
-      EXPECT_EQ(diverted, want) << chain;
+      ASSERT_EQ(rules.size(), 1u) << chain;
+      std::istringstream words(rules[0]);
+      std::vector<std::string> w{std::istream_iterator<std::string>(words), {}};
+      EXPECT_EQ(std::vector(w.begin() + 2, w.end()),
+                (std::vector<std::string>{"-p", "tcp", "-m", "set", "--match-set", e.set, direction, "-j", "TPROXY",
+                                          "--on-port", port, "--on-ip", e.on_ip, "--tproxy-mark", "0x1000/0x1000"}))
+          << rules[0];
     }
     for (const auto& line : lines_starting(text, "-A "))
       EXPECT_EQ(line.find(e.other_family_sign), std::string::npos) << "other family in: " << line;
+
+    // The set: filled aside and swapped in, each pod once.
+    const std::string fill = render_pods_fill(e.family, node_pods(), RedirectOptions{});
+    SCOPED_TRACE(fill);
+    std::vector<std::string> added;
+    for (const auto& l : lines_starting(fill, "add " + e.set + "_NEXT ")) added.push_back(l.substr(l.rfind(' ') + 1));
+    std::sort(added.begin(), added.end());
+    std::vector<std::string> want = e.pods;
+    std::sort(want.begin(), want.end());
+    EXPECT_EQ(added, want);
+    EXPECT_EQ(lines_starting(fill, "swap "), (std::vector<std::string>{"swap " + e.set + "_NEXT " + e.set}));
+    EXPECT_EQ(fill.find(e.other_family_sign == ":" ? "fd00" : "10.244."), std::string::npos);
   }
 }
 
 TEST(RedirectRuleRenderer, OutboundInboundV4MatchesGolden) {
-  expect_golden("outbound_inbound_v4.rules", render_iptables(Family::v4, node_pods(), RedirectOptions{}));
+  expect_golden("outbound_inbound_v4.rules", render_iptables(Family::v4, RedirectOptions{}));
 }
 
 TEST(RedirectRuleRenderer, OutboundInboundV6MatchesGolden) {
-  expect_golden("outbound_inbound_v6.rules", render_iptables(Family::v6, node_pods(), RedirectOptions{}));
+  expect_golden("outbound_inbound_v6.rules", render_iptables(Family::v6, RedirectOptions{}));
 }
 
-TEST(RedirectRuleRenderer, PodUpdateMatchesGolden) {
-  expect_golden("pod_update_v4.rules",
-                render_iptables_pod_update(Family::v4, node_pods(), RedirectOptions{}));
-  expect_golden("pod_update_v6.rules",
-                render_iptables_pod_update(Family::v6, node_pods(), RedirectOptions{}));
+TEST(RedirectRuleRenderer, PodsFillMatchesGolden) {
+  expect_golden("pods_fill_v4.ipset", render_pods_fill(Family::v4, node_pods(), RedirectOptions{}));
+  expect_golden("pods_fill_v6.ipset", render_pods_fill(Family::v6, node_pods(), RedirectOptions{}));
 }
 
 TEST(RedirectRuleRenderer, RemovalMatchesGoldenForBothFamilies) {
@@ -130,13 +132,14 @@ TEST(RedirectRuleRenderer, PrintScriptMatchesGolden) {
   expect_golden("print.sh", render_script(node_pods(), RedirectOptions{}));
 }
 
-TEST(RedirectRuleRenderer, NoPodsStillDeclaresEveryChain) {
-  const std::string text = render_iptables(Family::v4, {}, RedirectOptions{});
-  EXPECT_NE(text.find(":DSPROXY_OUTBOUND - [0:0]\n"), std::string::npos);
-  EXPECT_NE(text.find(":DSPROXY_INBOUND - [0:0]\n"), std::string::npos);
-  EXPECT_EQ(text.find("TPROXY"), std::string::npos);
-  EXPECT_EQ(render_iptables_pod_update(Family::v6, {ip("10.0.0.1")}, RedirectOptions{}),
-            "*mangle\n:DSPROXY_OUTBOUND - [0:0]\n:DSPROXY_INBOUND - [0:0]\nCOMMIT\n");
+TEST(RedirectRuleRenderer, NoPodsGivesAnEmptySetNotFewerRules) {
+  EXPECT_EQ(render_pods_fill(Family::v6, {ip("10.0.0.1")}, RedirectOptions{}),
+            "create DSPROXY_PODS6 hash:ip family inet6 hashsize 1024 maxelem 1048576\n"
+            "create DSPROXY_PODS6_NEXT hash:ip family inet6 hashsize 1024 maxelem 1048576\n"
+            "flush DSPROXY_PODS6_NEXT\n"
+            "swap DSPROXY_PODS6_NEXT DSPROXY_PODS6\n"
+            "destroy DSPROXY_PODS6_NEXT\n");
+  EXPECT_NE(render_iptables(Family::v6, RedirectOptions{}).find("TPROXY"), std::string::npos);
 }
 
 TEST(RedirectRuleRenderer, AddressesOfFiltersSortsAndDeduplicates) {
@@ -156,14 +159,14 @@ TEST(RedirectRuleRenderer, OptionsShapeTheText) {
   o.capture_mask = 0x80;
   o.proxy_mark = 0x2;
   o.proxy_mask = 0xffffffff;  // a full mask is printed without "/mask" by iptables-save
-  const std::string text = render_iptables(Family::v6, {ip("fd00::9")}, o);
+  const std::string text = render_iptables(Family::v6, o);
   EXPECT_NE(text.find("-A ZT_PREROUTING -m mark --mark 0x2 -j RETURN\n"), std::string::npos) << text;
   EXPECT_NE(text.find("-A ZT_PREROUTING -p tcp -m socket --transparent -j ZT_DIVERT\n"), std::string::npos);
   EXPECT_NE(text.find("-A ZT_DIVERT -j MARK --set-xmark 0x80/0x80\n"), std::string::npos);
-  EXPECT_NE(text.find("-A ZT_OUTBOUND -s fd00::9/128 -p tcp -j TPROXY --on-port 16001 --on-ip :: "
+  EXPECT_NE(text.find("-A ZT_OUTBOUND -p tcp -m set --match-set ZT_PODS6 src -j TPROXY --on-port 16001 --on-ip :: "
                       "--tproxy-mark 0x80/0x80\n"),
             std::string::npos);
-  EXPECT_NE(text.find("-A ZT_INBOUND -d fd00::9/128 -p tcp -j TPROXY --on-port 16006 --on-ip :: "
+  EXPECT_NE(text.find("-A ZT_INBOUND -p tcp -m set --match-set ZT_PODS6 dst -j TPROXY --on-port 16006 --on-ip :: "
                       "--tproxy-mark 0x80/0x80\n"),
             std::string::npos);
   EXPECT_EQ(fwmark_selector(o), "fwmark 0x80/0x80");

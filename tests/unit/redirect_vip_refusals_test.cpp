@@ -1,9 +1,16 @@
-// Refusal rules for ClusterIP ports with nowhere to go.
+// The ClusterIP rules: refusal of ports with nowhere to go and the conntrack exemption, with the
+// VIPs and open ports in sets that are updated by their difference.
 
 #include "redirect/vip_refusals.hpp"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "redirect/ip_sets.hpp"
 #include "redirect/redirector.hpp"
 
 namespace dsproxy::redirect {
@@ -11,17 +18,43 @@ namespace {
 
 net::IpAddress ip(const char* s) { return *net::IpAddress::parse(s); }
 
-// Records commands; `iptables -C` answers "absent" until an insert was seen.
+// Records commands and models the ipsets; `iptables -C` answers "absent" until an insert was seen.
 struct RecordingRunner : CommandRunner {
   std::vector<Command> commands;
-  bool jump_present = false;
+  std::set<std::string> jumps;  // "<program> <table> <hook>"
+  std::map<std::string, std::set<std::string>> sets;
+  std::vector<std::string> set_lines;  // every line ipset applied, in order
+
   CommandResult run(const Command& c) override {
     commands.push_back(c);
     auto has = [&](const char* a) { return std::find(c.argv.begin(), c.argv.end(), a) != c.argv.end(); };
-    if (has("-C")) return {jump_present ? 0 : 1, "", ""};
-    if (has("-I")) jump_present = true;
-    if (has("-D")) jump_present = false;
-    if (has("-S")) return {0, "-P INPUT ACCEPT\n-N DSPROXY_REFUSE\n", ""};
+    if (c.argv[0] == "ipset") {
+      if (c.argv[1] == "destroy") {
+        if (!sets.erase(c.argv[2])) return {1, "", "ipset v7.17: The set with the given name does not exist\n"};
+        return {};
+      }
+      std::istringstream in(c.input);
+      for (std::string l; std::getline(in, l);) {
+        set_lines.push_back(l);
+        std::istringstream words(l);
+        std::string verb, name, arg;
+        words >> verb >> name >> arg;
+        if (verb == "create") sets[name];
+        else if (verb == "flush") sets[name].clear();
+        else if (verb == "add") sets[name].insert(arg);
+        else if (verb == "del") sets[name].erase(arg);
+        else if (verb == "swap") std::swap(sets[name], sets[arg]);
+        else if (verb == "destroy") sets.erase(name);
+      }
+      return {};
+    }
+    if (c.argv.size() > 5 && c.argv[1] == "-w") {
+      const std::string key = c.argv[0] + " " + c.argv[3] + " " + c.argv[5];
+      if (has("-C")) return {jumps.count(key) ? 0 : 1, "", ""};
+      if (has("-I")) jumps.insert(key);
+      if (has("-D")) jumps.erase(key);
+    }
+    if (has("-S")) return {0, "-P INPUT ACCEPT\n-N DSPROXY_REFUSE\n-N DSPROXY_NOTRACK\n", ""};
     return {0, "", ""};
   }
 };
@@ -32,57 +65,191 @@ const std::vector<VipOpenPorts> kVips{
     {ip("10.96.0.99"), {}},  // a Service with no endpoint at all
 };
 
-TEST(VipRefusals, RendersReturnForServablePortsAndResetForTheRest) {
+TEST(VipRefusals, RulesAreAFixedFewWhateverTheVips) {
   RedirectOptions o;
-  EXPECT_EQ(render_refusals(net::Family::v4, kVips, o),
+  EXPECT_EQ(render_refusal_rules(net::Family::v4, o),
             "*filter\n"
             ":DSPROXY_REFUSE - [0:0]\n"
-            "-A DSPROXY_REFUSE -d 10.96.106.11/32 -p tcp -m tcp --dport 9000 -j RETURN\n"
-            "-A DSPROXY_REFUSE -d 10.96.106.11/32 -p tcp -m tcp --dport 9001 -j RETURN\n"
-            "-A DSPROXY_REFUSE -d 10.96.106.11/32 -p tcp -j REJECT --reject-with tcp-reset\n"
-            "-A DSPROXY_REFUSE -d 10.96.0.99/32 -p tcp -j REJECT --reject-with tcp-reset\n"
+            "-A DSPROXY_REFUSE -p tcp -m set --match-set DSPROXY_OPEN4 dst,dst -j RETURN\n"
+            "-A DSPROXY_REFUSE -p tcp -m set --match-set DSPROXY_VIPS4 dst -j REJECT --reject-with tcp-reset\n"
+            "COMMIT\n"
+            "*raw\n"
+            ":DSPROXY_NOTRACK - [0:0]\n"
+            "-A DSPROXY_NOTRACK -p tcp -m set --match-set DSPROXY_PODS4 src -m set --match-set DSPROXY_VIPS4 dst -j CT "
+            "--notrack\n"
+            "-A DSPROXY_NOTRACK -p tcp -m set --match-set DSPROXY_VIPS4 src -m set --match-set DSPROXY_PODS4 dst -j CT "
+            "--notrack\n"
             "COMMIT\n");
-  EXPECT_EQ(render_refusals(net::Family::v6, kVips, o),
-            "*filter\n"
-            ":DSPROXY_REFUSE - [0:0]\n"
-            "-A DSPROXY_REFUSE -d fd00:10:96::f9fc/128 -p tcp -m tcp --dport 9000 -j RETURN\n"
-            "-A DSPROXY_REFUSE -d fd00:10:96::f9fc/128 -p tcp -j REJECT --reject-with tcp-reset\n"
-            "COMMIT\n");
+  const std::string v6 = render_refusal_rules(net::Family::v6, o);
+  EXPECT_NE(v6.find("--match-set DSPROXY_OPEN6 dst,dst -j RETURN"), std::string::npos) << v6;
+  EXPECT_EQ(v6.find("4 "), std::string::npos) << v6;
+  o.dns_capture = true;
+  const std::string dns = render_refusal_rules(net::Family::v4, o);
+  EXPECT_NE(dns.find("-A DSPROXY_NOTRACK -p udp -m udp --dport 53 -m set --match-set DSPROXY_PODS4 src -m set "
+                     "--match-set DSPROXY_VIPS4 dst -j CT --notrack\n"),
+            std::string::npos)
+      << dns;
 }
 
-TEST(VipRefusals, ApplyIsIdempotentAndOnlyJumpsForSyn) {
+TEST(VipRefusals, SetMembersPerFamily) {
+  const auto v4 = vip_set_members(net::Family::v4, kVips);
+  EXPECT_EQ(v4.vips, (std::vector<std::string>{"10.96.0.99", "10.96.106.11"}));
+  EXPECT_EQ(v4.open, (std::vector<std::string>{"10.96.106.11,tcp:9000", "10.96.106.11,tcp:9001"}));
+  const auto v6 = vip_set_members(net::Family::v6, kVips);
+  EXPECT_EQ(v6.vips, (std::vector<std::string>{"fd00:10:96::f9fc"}));
+  EXPECT_EQ(v6.open, (std::vector<std::string>{"fd00:10:96::f9fc,tcp:9000"}));
+}
+
+TEST(VipRefusals, InstallFillsSetsBeforeRulesAndJumpsOnce) {
   RecordingRunner runner;
   VipRefusals refusals(RedirectOptions{}, runner);
   refusals.apply(kVips);
+  ASSERT_FALSE(runner.commands.empty());
+  EXPECT_EQ(runner.commands[0].argv, (std::vector<std::string>{"ipset", "-exist", "restore"}));
+  EXPECT_EQ(runner.sets.at("DSPROXY_VIPS4"), (std::set<std::string>{"10.96.0.99", "10.96.106.11"}));
+  EXPECT_EQ(runner.sets.at("DSPROXY_OPEN6"), (std::set<std::string>{"fd00:10:96::f9fc,tcp:9000"}));
+  EXPECT_TRUE(runner.sets.count("DSPROXY_PODS4"));  // the NOTRACK rules name it
+  EXPECT_FALSE(runner.sets.count("DSPROXY_VIPS4_NEXT"));
   int inserts = 0;
   for (const auto& c : runner.commands)
-    if (std::find(c.argv.begin(), c.argv.end(), "-I") != c.argv.end()) {
-      ++inserts;
+    if (std::find(c.argv.begin(), c.argv.end(), "-I") != c.argv.end()) ++inserts;
+  EXPECT_EQ(inserts, 6);  // per family: filter INPUT, raw PREROUTING, raw OUTPUT
+  EXPECT_TRUE(runner.jumps.count("iptables filter INPUT"));
+  EXPECT_TRUE(runner.jumps.count("ip6tables raw PREROUTING"));
+  EXPECT_TRUE(runner.jumps.count("ip6tables raw OUTPUT"));
+  for (const auto& c : runner.commands) {
+    if (std::find(c.argv.begin(), c.argv.end(), "INPUT") != c.argv.end()) {
       EXPECT_NE(std::find(c.argv.begin(), c.argv.end(), "--syn"), c.argv.end());
     }
-  EXPECT_EQ(inserts, 1) << "the fake shares one jump flag for both families";
+  }
+
   const auto before = runner.commands.size();
   refusals.apply(kVips);
   EXPECT_EQ(runner.commands.size(), before) << "unchanged VIP ports: nothing to do";
+}
+
+TEST(VipRefusals, UpdatesAreOneRestoreOfTheDifferenceOnly) {
+  RecordingRunner runner;
+  VipRefusals refusals(RedirectOptions{}, runner);
+  refusals.apply(kVips);
+  runner.commands.clear();
   auto changed = kVips;
   changed[2].open_ports = {80};  // an endpoint appeared
   refusals.apply(changed);
-  EXPECT_GT(runner.commands.size(), before);
+  ASSERT_EQ(runner.commands.size(), 1u);
+  EXPECT_EQ(runner.commands[0].argv, (std::vector<std::string>{"ipset", "-exist", "restore"}));
+  EXPECT_EQ(runner.commands[0].input, "add DSPROXY_OPEN4 10.96.0.99,tcp:80\n");
+
+  // Thousands of VIPs, one changes: the update is that one line.
+  std::vector<VipOpenPorts> many;
+  for (int i = 0; i < 2000; ++i)
+    many.push_back({ip(fmt::format("10.96.{}.{}", i / 250, i % 250 + 1).c_str()), {80, 443}});
+  RecordingRunner big;
+  VipRefusals large(RedirectOptions{}, big);
+  large.apply(many);
+  big.commands.clear();
+  many[7].open_ports = {80};
+  large.apply(many);
+  ASSERT_EQ(big.commands.size(), 1u);
+  EXPECT_EQ(big.commands[0].input, "del DSPROXY_OPEN4 10.96.0.8,tcp:443\n");
+  EXPECT_EQ(big.sets.at("DSPROXY_OPEN4").size(), 3999u);
 }
 
-TEST(VipRefusals, UninstallRemovesJumpAndChain) {
+// Every prefix of an update is a state some SYN may see: a port open before and after must never
+// be refused in between. Checked by replaying the update line by line against the sets.
+TEST(VipRefusals, NoIntermediateStateRefusesAPortOpenBeforeAndAfter) {
+  const std::vector<VipOpenPorts> before{{ip("10.96.0.1"), {80}}, {ip("10.96.0.2"), {80}}, {ip("fd00::1"), {80}}};
+  const std::vector<VipOpenPorts> after{{ip("10.96.0.2"), {80, 81}},  // gains a port
+                                        {ip("10.96.0.3"), {443}},     // new Service
+                                        {ip("10.96.0.4"), {}},        // new, nothing to serve
+                                        {ip("fd00::1"), {80}}};       // unchanged; 10.96.0.1 left
+  RecordingRunner runner;
+  VipRefusals refusals(RedirectOptions{}, runner);
+  refusals.apply(before);
+  runner.set_lines.clear();
+  refusals.apply(after);
+  ASSERT_FALSE(runner.set_lines.empty());
+
+  // Replay on a copy of the sets as they were before the update.
+  std::map<std::string, std::set<std::string>> sets{{"DSPROXY_VIPS4", {"10.96.0.1", "10.96.0.2"}},
+                                                    {"DSPROXY_OPEN4", {"10.96.0.1,tcp:80", "10.96.0.2,tcp:80"}}};
+  auto refused = [&](const std::string& vip, int port) {
+    return sets["DSPROXY_VIPS4"].count(vip) && !sets["DSPROXY_OPEN4"].count(vip + ",tcp:" + std::to_string(port));
+  };
+  for (const auto& l : runner.set_lines) {
+    std::istringstream words(l);
+    std::string verb, name, arg;
+    words >> verb >> name >> arg;
+    if (verb == "add") sets[name].insert(arg);
+    if (verb == "del") sets[name].erase(arg);
+    EXPECT_FALSE(refused("10.96.0.2", 80)) << "after: " << l;  // open before and after
+  }
+  // ... and the end state is the wanted one.
+  EXPECT_FALSE(refused("10.96.0.2", 81));
+  EXPECT_FALSE(refused("10.96.0.3", 443));
+  EXPECT_TRUE(refused("10.96.0.3", 80));
+  EXPECT_TRUE(refused("10.96.0.4", 80));
+  EXPECT_FALSE(sets["DSPROXY_VIPS4"].count("10.96.0.1"));
+  EXPECT_EQ(sets["DSPROXY_OPEN4"], (std::set<std::string>{"10.96.0.2,tcp:80", "10.96.0.2,tcp:81", "10.96.0.3,tcp:443"}));
+  // A new Service's port is open before its VIP joins the refused set.
+  const auto open_at = std::find(runner.set_lines.begin(), runner.set_lines.end(), "add DSPROXY_OPEN4 10.96.0.3,tcp:443");
+  const auto vip_at = std::find(runner.set_lines.begin(), runner.set_lines.end(), "add DSPROXY_VIPS4 10.96.0.3");
+  ASSERT_NE(open_at, runner.set_lines.end());
+  ASSERT_NE(vip_at, runner.set_lines.end());
+  EXPECT_LT(open_at, vip_at);
+  // The unchanged IPv6 set is not touched.
+  for (const auto& l : runner.set_lines) EXPECT_EQ(l.find("6 "), std::string::npos) << l;
+}
+
+TEST(VipRefusals, FailedUpdateIsFollowedByAWholeRefill) {
+  struct Failing : RecordingRunner {
+    bool fail = false;
+    CommandResult run(const Command& c) override {
+      if (fail && c.argv[0] == "ipset") {
+        commands.push_back(c);
+        return {1, "", "ipset v7.17: Error in line 3: Hash is full, cannot add more elements\n"};
+      }
+      return RecordingRunner::run(c);
+    }
+  } runner;
+  VipRefusals refusals(RedirectOptions{}, runner);
+  refusals.apply(kVips);
+  runner.fail = true;
+  auto changed = kVips;
+  changed[0].open_ports = {9000};
+  EXPECT_THROW(refusals.apply(changed), RedirectError);
+  runner.fail = false;
+  runner.commands.clear();
+  refusals.apply(changed);
+  ASSERT_FALSE(runner.commands.empty());
+  EXPECT_NE(runner.commands[0].input.find("swap DSPROXY_OPEN4_NEXT DSPROXY_OPEN4"), std::string::npos)
+      << runner.commands[0].input;
+  EXPECT_EQ(runner.sets.at("DSPROXY_OPEN4"), (std::set<std::string>{"10.96.106.11,tcp:9000"}));
+}
+
+TEST(VipRefusals, UninstallRemovesJumpsChainsAndSets) {
   RecordingRunner runner;
   VipRefusals refusals(RedirectOptions{}, runner);
   refusals.apply(kVips);
   runner.commands.clear();
   refusals.uninstall();
-  bool deleted_jump = false, deleted_chain = false;
-  for (const auto& c : runner.commands) {
-    if (std::find(c.argv.begin(), c.argv.end(), "-D") != c.argv.end()) deleted_jump = true;
-    if (c.input.find("-X DSPROXY_REFUSE") != std::string::npos) deleted_chain = true;
+  bool deleted_refuse = false, deleted_notrack = false;
+  std::size_t last_rule_change = 0, first_destroy = runner.commands.size();
+  for (std::size_t i = 0; i < runner.commands.size(); ++i) {
+    const auto& c = runner.commands[i];
+    if (c.input.find("-X DSPROXY_REFUSE") != std::string::npos) deleted_refuse = true;
+    if (c.input.find("-X DSPROXY_NOTRACK") != std::string::npos) deleted_notrack = true;
+    if (c.argv[0] == "ipset") first_destroy = std::min(first_destroy, i);
+    if (c.argv[0].find("ip6") == 0 && c.argv[0].find("restore") != std::string::npos) last_rule_change = i;
   }
-  EXPECT_TRUE(deleted_jump);
-  EXPECT_TRUE(deleted_chain);
+  EXPECT_TRUE(deleted_refuse);
+  EXPECT_TRUE(deleted_notrack);
+  EXPECT_TRUE(runner.jumps.empty());
+  EXPECT_FALSE(runner.sets.count("DSPROXY_VIPS4"));
+  EXPECT_FALSE(runner.sets.count("DSPROXY_OPEN6"));
+  EXPECT_TRUE(runner.sets.count("DSPROXY_PODS4")) << "the pods sets are the Redirector's to remove";
+  EXPECT_LT(first_destroy, last_rule_change) << "IPv4 sets go once the IPv4 rules are gone";
+  EXPECT_NO_THROW(refusals.uninstall());  // again: nothing left, nothing fails
 }
 
 TEST(VipRefusals, FamilyOffGetsNoRefusalRules) {
@@ -96,9 +263,12 @@ TEST(VipRefusals, FamilyOffGetsNoRefusalRules) {
   for (const auto& c : runner.commands) {
     EXPECT_EQ(c.argv[0].find("ip6"), std::string::npos) << format_argv(c.argv);
     EXPECT_EQ(c.input.find("fd00:"), std::string::npos) << c.input;
+    EXPECT_EQ(format_argv(c.argv).find("6"), std::string::npos) << format_argv(c.argv);
+    EXPECT_EQ(c.input.find("inet6"), std::string::npos) << c.input;
   }
   const auto script = render_refusals_script(kVips, o);
   EXPECT_EQ(script.find("ip6tables"), std::string::npos) << script;
+  EXPECT_EQ(script.find("inet6"), std::string::npos) << script;
   EXPECT_NE(script.find("iptables-restore"), std::string::npos) << script;
 }
 

@@ -168,11 +168,11 @@ cluster_namespaces() {
 cluster_require() {
   local missing=() cmd
   [[ $(id -u) == 0 ]] || cluster_die "must run as root (network namespaces, iptables); run with sudo"
-  for cmd in ip iptables ip6tables iptables-save ip6tables-save nc timeout sysctl awk; do
+  for cmd in ip iptables ip6tables iptables-save ip6tables-save ipset nc timeout sysctl awk; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
   done
   ((${#missing[@]} == 0)) ||
-    cluster_die "missing commands: ${missing[*]} (run scripts/install-deps.sh: iproute2, iptables, netcat-openbsd, procps)"
+    cluster_die "missing commands: ${missing[*]} (run scripts/install-deps.sh: iproute2, iptables, ipset, netcat-openbsd, procps)"
   # -N (shut down the write side on stdin EOF) is OpenBSD netcat's; other netcats never let the
   # echo server see EOF, or reject the option.
   nc -h 2>&1 | grep -q -- '-N' ||
@@ -462,6 +462,10 @@ snapshot_netfilter() {
     echo "## $tool"
     in_node "$tool" | grep -v '^#' | sed -E 's/ \[[0-9]+:[0-9]+\]$//'
   done
+  # The sets the rules match (members sorted: a hash set lists them in no stable order; initval
+  # is the hash seed, new with every fill-and-swap).
+  echo "## ipset save"
+  in_node ipset save | sed -E "s/ initval 0x[0-9a-f]+//" | sort
   echo "## ip -4 rule"
   in_node ip -4 rule show
   echo "## ip -6 rule"
