@@ -93,11 +93,12 @@ TEST(VipRefusals, RulesAreAFixedFewWhateverTheVips) {
 
 TEST(VipRefusals, SetMembersPerFamily) {
   const auto v4 = vip_set_members(net::Family::v4, kVips);
-  EXPECT_EQ(v4.vips, (std::vector<std::string>{"10.96.0.99", "10.96.106.11"}));
-  EXPECT_EQ(v4.open, (std::vector<std::string>{"10.96.106.11,tcp:9000", "10.96.106.11,tcp:9001"}));
+  EXPECT_EQ(v4.vips, (std::vector<net::IpAddress>{ip("10.96.0.99"), ip("10.96.106.11")}));
+  EXPECT_EQ(v4.open, (std::vector<VipPort>{{ip("10.96.106.11"), 9000}, {ip("10.96.106.11"), 9001}}));
   const auto v6 = vip_set_members(net::Family::v6, kVips);
-  EXPECT_EQ(v6.vips, (std::vector<std::string>{"fd00:10:96::f9fc"}));
-  EXPECT_EQ(v6.open, (std::vector<std::string>{"fd00:10:96::f9fc,tcp:9000"}));
+  EXPECT_EQ(v6.vips, (std::vector<net::IpAddress>{ip("fd00:10:96::f9fc")}));
+  EXPECT_EQ(v6.open, (std::vector<VipPort>{{ip("fd00:10:96::f9fc"), 9000}}));
+  EXPECT_EQ(ip_set_member(ip("fd00:10:96::f9fc"), 9000), "fd00:10:96::f9fc,tcp:9000");
 }
 
 TEST(VipRefusals, InstallFillsSetsBeforeRulesAndJumpsOnce) {
