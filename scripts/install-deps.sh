@@ -12,6 +12,8 @@ packages=(
   # ipset: the capture and refusal rules match pod addresses and ClusterIP(:port)s in kernel
   # sets (one rule, one hash lookup per packet) instead of one rule per pod or per port.
   ipset
+  # nftables (nft): e2e.kube_proxy_coexistence writes kube-proxy's nftables-mode tables.
+  nftables
   # DNS: dnsmasq is the e2e test's and benchmark's upstream/reference server, dig and getent the
   # pods' clients, dnsperf the load generator; clang + compiler-rt build the libFuzzer target.
   dnsmasq-base bind9-dnsutils libc-bin dnsperf clang libclang-rt-14-dev

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# dsproxy next to kube-proxy (issue 10): the tcp-echo experiment run twice on the same netns
-# cluster, once with kube-proxy-style iptables rules for the experiment's Services in the node
+# dsproxy next to kube-proxy (issue 10): the tcp-echo experiment run three times on the same
+# netns cluster: with kube-proxy-style iptables rules for the experiment's Services in the node
 # namespace (iptables mode: nat PREROUTING/OUTPUT -> KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-*
-# DNAT, KUBE-MARK-MASQ and the KUBE-POSTROUTING masquerade, plus kube-proxy's filter chains) and
-# once without, and the results must be identical: for every ClusterIP and port, the answer, the
+# DNAT, KUBE-MARK-MASQ and the KUBE-POSTROUTING masquerade, plus kube-proxy's filter chains),
+# with kube-proxy's nftables mode instead (its own `kube-proxy` tables, a service-ips verdict
+# map, dnat in endpoint chains at priority dstnat), and without kube-proxy. The results must be
+# identical: for every ClusterIP and port, the answer, the
 # pod that answered, the client address that pod saw (so the family of the endpoint reached),
 # and that dsproxy routed the connection as Service traffic (not as passthrough to a pod IP);
 # the refusals; and `proxy-config listeners` / `proxy-config endpoints`.
@@ -15,7 +17,7 @@
 #
 #   kube_proxy_coexistence.sh DSPROXY_BIN ECHO_BIN
 #
-# Needs root, iproute2, iptables, ipset, OpenBSD nc and python3 or jq; fails (never skips)
+# Needs root, iproute2, iptables, ipset, nft, OpenBSD nc and python3 or jq; fails (never skips)
 # without them. Prints one PASS/FAIL line per check, "N passed, M failed" last, exits non-zero
 # on any failure. Everything it creates is removed on exit, also on failure or interruption.
 
@@ -32,8 +34,8 @@ ECHO_BIN=$(realpath -- "$2")
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib/cluster.sh"
 
 # Traffic checks not started after this many seconds fail without running; a normal run takes
-# about 15 s. What always runs after it (stopping dsproxy, cleanup) is bounded by the harness.
-E2E_DEADLINE=${E2E_DEADLINE:-120}
+# about 45 s. What always runs after it (stopping dsproxy, cleanup) is bounded by the harness.
+E2E_DEADLINE=${E2E_DEADLINE:-150}
 
 # shellcheck source=tests/e2e/lib/checks.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib/checks.sh"
@@ -50,6 +52,7 @@ cluster_trap
 cluster_require
 [[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
 [[ -x $ECHO_BIN ]] || cluster_die "echo binary $ECHO_BIN is not an executable"
+command -v nft >/dev/null 2>&1 || cluster_die "nft is not installed (scripts/install-deps.sh: nftables)"
 command -v python3 >/dev/null 2>&1 || command -v jq >/dev/null 2>&1 ||
   cluster_die "neither python3 nor jq is installed (needed to read GET :15000/stats)"
 
@@ -158,6 +161,44 @@ kube_proxy_dnat_count() {
   echo "$total"
 }
 
+# ---- kube-proxy, nftables mode ------------------------------------------------------------
+# What kube-proxy's nftables mode (v1.31+) writes, cut down to these Services: a table of its
+# own per family, base chains at the nat hooks, a verdict map from ClusterIP . protocol . port
+# to a service chain, one endpoint chain per endpoint (hairpin masquerade mark + dnat), the
+# masquerade in postrouting. Every endpoint chain counts its packets.
+kube_proxy_nft_rules() {
+  local family=$1 nf=ip cidr=$CLUSTER_CIDR4 entry svc vip fam pod payload port n=0 ip elements=
+  ((family == 6)) && nf=ip6 cidr=$CLUSTER_CIDR6
+  echo "table $nf kube-proxy {"
+  echo "  chain mark-for-masquerade { meta mark set meta mark | 0x4000; }"
+  echo "  chain masquerading { meta mark & 0x4000 == 0 return; meta mark set meta mark ^ 0x4000; masquerade fully-random; }"
+  for entry in "${VIPS[@]}"; do
+    read -r svc vip fam pod payload <<<"$entry"
+    ((fam == family)) || continue
+    ip=$(pod_ip "$pod" "$family")
+    for port in 9000 9001; do
+      n=$((n + 1))
+      echo "  chain endpoint-e2e$n { $nf saddr $ip jump mark-for-masquerade; counter meta l4proto tcp dnat to $( ((family == 6)) && echo "[$ip]" || echo "$ip"):$port; }"
+      echo "  chain service-e2e$n { $nf saddr != $cidr jump mark-for-masquerade; numgen random mod 1 vmap { 0 : goto endpoint-e2e$n }; }"
+      elements+="${elements:+, }$vip . tcp . $port : goto service-e2e$n"
+    done
+  done
+  echo "  map service-ips { type $( ((family == 6)) && echo ipv6_addr || echo ipv4_addr) . inet_proto . inet_service : verdict; elements = { $elements }; }"
+  echo "  chain services { $nf daddr . meta l4proto . th dport vmap @service-ips; }"
+  echo "  chain nat-prerouting { type nat hook prerouting priority dstnat; policy accept; jump services; }"
+  echo "  chain nat-output { type nat hook output priority -100; policy accept; jump services; }"
+  echo "  chain nat-postrouting { type nat hook postrouting priority srcnat; policy accept; jump masquerading; }"
+  echo "  chain filter-forward { type filter hook forward priority -110; policy accept; ct state invalid drop; }"
+  echo "}"
+}
+kube_proxy_nft_install() { { kube_proxy_nft_rules 4 && kube_proxy_nft_rules 6; } | in_node nft -f -; }
+kube_proxy_nft_remove() { in_node nft delete table ip kube-proxy && in_node nft delete table ip6 kube-proxy; }
+# Packets the nftables-mode endpoint chains DNATed, both families.
+kube_proxy_nft_dnat_count() {
+  { in_node nft list table ip kube-proxy && in_node nft list table ip6 kube-proxy; } 2>/dev/null |
+    awk '/counter packets/ { for (i = 1; i < NF; i++) if ($i == "packets") s += $(i + 1) } END { print s + 0 }'
+}
+
 # ---- the experiment -----------------------------------------------------------------------
 # Prints "counter value" for every numeric counter of dsproxy's admin GET :15000/stats.
 stats_now() {
@@ -239,8 +280,10 @@ cluster_up
 # A real node reaches the Service range by its default route; this one has no route out, so it
 # gets one for the Service CIDRs over its link to "kind-worker2" (kube-proxy's DNAT then reroutes
 # the node's own connections to the pod). In place for both runs.
+# IPv6 also needs a global source address (the node's links carry only fe80::1).
 _must in_node ip -4 route add 10.96.0.0/16 dev "${CLUSTER_POD_LINK[remote]}"
-_must in_node ip -6 route add fd00:10:96::/112 dev "${CLUSTER_POD_LINK[remote]}"
+_must in_node ip -6 addr add fd00:10:255::1/128 dev lo
+_must in_node ip -6 route add fd00:10:96::/112 dev "${CLUSTER_POD_LINK[remote]}" src fd00:10:255::1
 before=$(snapshot_netfilter)
 
 kube_proxy_install
@@ -249,12 +292,14 @@ with_kube=$(snapshot_netfilter)
 
 # The rules are live: the node's own connection to a ClusterIP (not captured by dsproxy, which
 # only takes pods' traffic) is DNATed by them to the pod.
-dnat0=$(kube_proxy_dnat_count)
-answer=$(echo node | in_node timeout 8 nc -N -w 3 10.96.104.229 9000 2>&1)
-dnat1=$(kube_proxy_dnat_count)
-[[ $answer == "hello node" ]] && ((dnat1 == dnat0 + 1))
-check "kube-proxy's rules work: the node reaches 10.96.104.229:9000 through their DNAT" $? \
-  "answer '$answer', DNAT packets $dnat0 -> $dnat1"
+for vip in 10.96.104.229 fd00:10:96::f9fc; do
+  dnat0=$(kube_proxy_dnat_count)
+  answer=$(echo node | in_node timeout 8 nc -N -w 3 "$vip" 9000 2>&1)
+  dnat1=$(kube_proxy_dnat_count)
+  [[ $answer == "hello node" ]] && ((dnat1 == dnat0 + 1))
+  check "kube-proxy's rules work: the node reaches $vip port 9000 through their DNAT" $? \
+    "answer '$answer', DNAT packets $dnat0 -> $dnat1"
+done
 
 # shellcheck disable=SC2119 # no extra dsproxy arguments
 start_dsproxy
@@ -284,7 +329,41 @@ now=$(snapshot_netfilter)
 [[ $now == "$before" ]]
 check "the node is as before kube-proxy's rules" $? "$(diff <(echo "$before") <(echo "$now") | head -n 20 | tr '\n' ' ')"
 
-# ---- 2. the same experiment without kube-proxy ---------------------------------------------
+# ---- 2. kube-proxy's nftables mode, then dsproxy --------------------------------------------
+kube_proxy_nft_install
+check "kube-proxy nftables-mode tables installed in the node namespace" $?
+for vip in 10.96.106.11 fd00:10:96::9c3a; do
+  dnat0=$(kube_proxy_nft_dnat_count)
+  answer=$(echo node | in_node timeout 8 nc -N -w 3 "$vip" 9000 2>&1)
+  dnat1=$(kube_proxy_nft_dnat_count)
+  [[ $answer == "hello node" ]] && ((dnat1 == dnat0 + 1))
+  check "kube-proxy's nftables rules work: the node reaches $vip port 9000 through their dnat" $? \
+    "answer '$answer', dnat packets $dnat0 -> $dnat1"
+done
+# shellcheck disable=SC2119
+start_dsproxy
+check "dsproxy started with --redirect next to kube-proxy's nftables rules" $? || {
+  summary
+  exit 1
+}
+dnat0=$(kube_proxy_nft_dnat_count)
+results_nft=$(run_experiment)
+dnat1=$(kube_proxy_nft_dnat_count)
+check_results "with kube-proxy (nftables)" "$results_nft"
+((dnat1 == dnat0))
+check "kube-proxy's nftables dnat never saw the pods' captured ClusterIP connections" $? \
+  "dnat packets $dnat0 -> $dnat1"
+stop_dsproxy
+((DSPROXY_EXIT_STATUS == 0))
+check "dsproxy exits on SIGTERM with status 0" $? "exit status $DSPROXY_EXIT_STATUS"
+kube_proxy_nft_remove
+check "kube-proxy's nftables tables removed" $?
+now=$(snapshot_netfilter)
+[[ $now == "$before" ]]
+check "the node is as before (dsproxy left nothing next to the nftables tables)" $? \
+  "$(diff <(echo "$before") <(echo "$now") | head -n 20 | tr '\n' ' ')"
+
+# ---- 3. the same experiment without kube-proxy ---------------------------------------------
 # shellcheck disable=SC2119
 start_dsproxy
 check "dsproxy started with --redirect without kube-proxy" $? || {
@@ -295,13 +374,16 @@ results_plain=$(run_experiment)
 check_results "without kube-proxy" "$results_plain"
 stop_dsproxy
 
-# ---- 3. identical ---------------------------------------------------------------------------
-if [[ $results_kube == "$results_plain" ]]; then
-  pass "the experiment's results (answers, endpoint families, client addresses, dsproxy's routing, listeners, endpoints) are identical with and without kube-proxy"
-else
-  fail "the experiment's results differ with and without kube-proxy:"
-  diff -u <(echo "$results_plain") <(echo "$results_kube") | sed 's/^/    /' | head -n 60
-fi
+# ---- 4. identical ---------------------------------------------------------------------------
+for mode in iptables nftables; do
+  if [[ $mode == iptables ]]; then results=$results_kube; else results=$results_nft; fi
+  if [[ $results == "$results_plain" ]]; then
+    pass "the experiment's results (answers, endpoint families, client addresses, dsproxy's routing, listeners, endpoints) are identical with kube-proxy ($mode mode) and without"
+  else
+    fail "the experiment's results differ with kube-proxy ($mode mode) and without:"
+    diff -u <(echo "$results_plain") <(echo "$results") | sed 's/^/    /' | head -n 60
+  fi
+done
 grep -q '"name"' <<<"$results_plain"
 check "proxy-config listeners answered (compared above)" $?
 grep -q 'HEALTHY' <<<"$results_plain"
