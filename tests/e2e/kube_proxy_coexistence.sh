@@ -258,20 +258,22 @@ run_experiment() {
 # 9001 from its own pod, which sees the sleep pod's own address of the ClusterIP's family, and
 # dsproxy routed it to the Service; 9002 is refused before dsproxy sees it.
 check_results() {
-  local label=$1 results=$2 entry svc vip family pod payload port want line
+  local label=$1 results=$2 entry svc vip family pod payload port want line ok
   for entry in "${VIPS[@]}"; do
     read -r svc vip family pod payload <<<"$entry"
     for port in 9000 9001; do
       want="$vip $port: answer [hello $payload] reached [$pod($port $(pod_ip sleep "$family"))] service +1 passthrough +0 outbound +1"
       line=$(grep -F "$vip $port: " <<<"$results")
       [[ $line == "$want" ]]
-      check "$label: sleep -> $svc $vip:$port reaches $pod over IPv$family as $(pod_ip sleep "$family"), routed to the Service" $? \
+      ok=$? # before the check's arguments run anything
+      check "$label: sleep -> $svc $vip:$port reaches $pod over IPv$family as $(pod_ip sleep "$family"), routed to the Service" $ok \
         "got '$line'"
     done
     want="$vip 9002: answer [nc: connect to $vip port 9002 (tcp) failed: Connection refused] reached [] service +0 passthrough +0 outbound +0"
     line=$(grep -F "$vip 9002: " <<<"$results")
     [[ $line == "$want" ]]
-    check "$label: $vip:9002 (not a Service port) is refused in the kernel" $? "got '$line'"
+    ok=$?
+    check "$label: $vip:9002 (not a Service port) is refused in the kernel" $ok "got '$line'"
   done
 }
 
