@@ -20,7 +20,18 @@ packages=(
   # scripts/test.sh builds four trees (Release, ASan+UBSan, TSan, the fuzzers); ccache makes a
   # rerun recompile only what changed. The sanitizer runtimes come with g++ (libgcc-12-dev).
   ccache
+  # The image (scripts/build-image.sh, e2e.image): mmdebstrap builds the Debian root filesystem
+  # from the archive, podman imports and runs it (with runc: this machine has no systemd).
+  mmdebstrap podman runc
+  # lint.shell checks the deployment scripts (tests/e2e/kind, scripts/build-image.sh).
+  shellcheck
 )
+# deploy.manifests renders deploy/ with kubectl's built-in kustomize and validates it with npm
+# packages. Machines of this kind ship a kubectl (Google Cloud SDK's) and a nodejs with npm that
+# Debian's packages would conflict with; install Debian's only where they are missing.
+command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
+command -v node >/dev/null 2>&1 || packages+=(nodejs)
+command -v npm >/dev/null 2>&1 || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -18,7 +18,8 @@ import { createRequire } from 'node:module';
 import { parseAllDocuments } from 'yaml';
 
 const require = createRequire(import.meta.url);
-const clientNode = require('@kubernetes/client-node');
+// The generated models only: the package's entry point would also load its HTTP stack (slower).
+const clientNode = require('@kubernetes/client-node/dist/gen/models/all.js');
 
 const problems = [];
 const problem = (where, message) => problems.push(`${where}: ${message}`);

@@ -80,6 +80,21 @@ check "tests/e2e/kind/experiment.yaml is valid and its Services match config/tcp
 out=$(validate --policy kind-config "$kind_dir/kind-cluster.yaml" 2>&1)
 check "tests/e2e/kind/kind-cluster.yaml is a dual-stack kind config with 1 control plane + 2 workers" $? "$out"
 
+# ---- the Containerfile's build stage installs only what scripts/install-deps.sh installs ----
+# (the two lists would otherwise drift apart: the Containerfile is not built on our machines).
+build_packages=$(awk '/^FROM .* AS build/ { on = 1; next } /^FROM / { on = 0 }
+  on && /--no-install-recommends/ { grab = 1; sub(/.*--no-install-recommends/, "") }
+  grab { for (i = 1; i <= NF; i++) { if ($i == "&&") { grab = 0; break } if ($i != "\\") print $i } }' \
+  "$repo/Containerfile")
+missing=
+for p in $build_packages; do
+  grep -v '^\s*#' "$repo/scripts/install-deps.sh" | grep -qwF -- "$p" || missing+=" $p"
+done
+[[ -n $build_packages && -z $missing ]]
+ok=$?
+check "the Containerfile's build packages ($(wc -w <<<"$build_packages")) are all in scripts/install-deps.sh" $ok \
+  "not there:${missing:- (no package found in the Containerfile)}"
+
 # ---- the check can fail: broken copies of deploy/ ---------------------------------------------
 # broken NAME FILE SED-EXPRESSION EXPECTED-MESSAGE: applies the edit to a copy of deploy/, which
 # must still render, and expects validate.mjs to reject it with a message containing EXPECTED.

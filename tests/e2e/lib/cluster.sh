@@ -402,8 +402,15 @@ start_dsproxy() {
   # Not through in_node: a backgrounded function is a forked subshell, and $! would be its pid
   # instead of dsproxy's. A plain command is exec'd by the fork, and `ip netns exec` execs
   # dsproxy in turn, so $! is dsproxy's own pid and SIGTERM reaches it.
-  ip netns exec "$(node_ns)" "$DSPROXY_BIN" run --config "$DSPROXY_CONFIG" \
-    --node "$CLUSTER_NODE_NAME" --redirect "$@" >>"$DSPROXY_LOG" 2>&1 &
+  # DSPROXY_LAUNCHER (tests/e2e/image.sh) runs it another way, e.g. from the image: it gets
+  # the node namespace and the arguments, and must exec the process SIGTERM stops.
+  if [[ -n ${DSPROXY_LAUNCHER:-} ]]; then
+    "$DSPROXY_LAUNCHER" "$(node_ns)" run --config "$DSPROXY_CONFIG" \
+      --node "$CLUSTER_NODE_NAME" --redirect "$@" >>"$DSPROXY_LOG" 2>&1 &
+  else
+    ip netns exec "$(node_ns)" "$DSPROXY_BIN" run --config "$DSPROXY_CONFIG" \
+      --node "$CLUSTER_NODE_NAME" --redirect "$@" >>"$DSPROXY_LOG" 2>&1 &
+  fi
   DSPROXY_PID=$!
   # Bounded in time (a probe can take up to 3 s when the port accepts but never answers) and
   # in count.
