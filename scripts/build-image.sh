@@ -9,11 +9,12 @@
 #
 # Environment:
 #   DSPROXY_IMAGE        the image to create (default localhost/dsproxy:dev)
-#   DSPROXY_IMAGE_CACHE  where the root filesystem tarballs are kept (default build/image)
+#   DSPROXY_IMAGE_CACHE  where the root filesystem tarballs are kept (default
+#                        ~/.cache/dsproxy/image, shared by every checkout like ccache's cache)
 #   DSPROXY_APT_SOURCES  the apt sources mmdebstrap reads (default: this machine's, i.e.
 #                        /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list)
 #
-# The root filesystem is cached: build/image/rootfs-<key>.tar, where the key is a hash of the
+# The root filesystem is cached: <cache>/rootfs-<key>.tar, where the key is a hash of the
 # package list, the suite and the apt sources. A rebuild with an unchanged list only imports the
 # binary (seconds); a changed list builds a new rootfs (about a minute, mostly downloads).
 # Needs root (mmdebstrap's root mode, podman's root storage), mmdebstrap and podman
@@ -28,12 +29,12 @@ die() {
 
 binary=${1:-$repo/build/dsproxy}
 image=${DSPROXY_IMAGE:-localhost/dsproxy:dev}
-cache=${DSPROXY_IMAGE_CACHE:-$repo/build/image}
+cache=${DSPROXY_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dsproxy/image}
 suite=bookworm
 list=$repo/deploy/image/runtime-packages.txt
 
 [[ $(id -u) == 0 ]] || die "must run as root (mmdebstrap builds the rootfs as root; podman uses root's storage)"
-for cmd in mmdebstrap podman sha256sum tar; do
+for cmd in mmdebstrap podman sha256sum flock; do
   command -v "$cmd" >/dev/null 2>&1 || die "$cmd is not installed (run scripts/install-deps.sh)"
 done
 [[ -x $binary ]] || die "dsproxy binary '$binary' is not an executable (build it first: cmake --build build --target dsproxy)"
@@ -65,6 +66,10 @@ rootfs=$cache/rootfs-$key.tar
 base=localhost/dsproxy-rootfs:$key
 mkdir -p "$cache"
 
+# One builder per cache at a time: concurrent runs (two checkouts' tests) wait for the first
+# one's rootfs instead of downloading it twice into the same file.
+exec 9>"$cache/lock"
+flock 9
 if [[ -f $rootfs ]]; then
   echo "build-image: rootfs cached: $rootfs" >&2
 else
@@ -76,7 +81,8 @@ else
   # the usrmerge package, which would pull in perl (40 MB). The tar is written under a
   # temporary name (mmdebstrap picks the format from the extension) and renamed when complete,
   # so an interrupted build never leaves a cache entry that looks good.
-  mmdebstrap --quiet --variant=apt --include="$include" \
+  partial=$cache/partial-$key.$$.tar
+  if ! mmdebstrap --quiet --variant=apt --include="$include" \
     --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
     --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/doc/*' \
@@ -84,13 +90,15 @@ else
     --dpkgopt='path-exclude=/usr/share/locale/*' \
     --dpkgopt='path-exclude=/usr/share/info/*' \
     --aptopt='APT::Install-Recommends "false"' \
-    "$suite" "$cache/partial-$key.tar" "$DSPROXY_APT_SOURCES" >&2
-  mv -f -- "$cache/partial-$key.tar" "$rootfs"
+    "$suite" "$partial" "$DSPROXY_APT_SOURCES" >&2; then
+    rm -f -- "$partial"
+    die "mmdebstrap failed (is Debian's archive reachable through $DSPROXY_APT_SOURCES?)"
+  fi
+  mv -f -- "$partial" "$rootfs"
   echo "build-image: rootfs built in $((SECONDS - start)) s: $rootfs ($(du -h "$rootfs" | cut -f1))" >&2
-  # Older rootfs tarballs (other package lists) are of no further use.
-  find "$cache" -maxdepth 1 \( -name 'rootfs-*.tar' -o -name 'partial-*.tar' \) ! -name "rootfs-$key.tar" -delete
+  # Tarballs of other package lists that no build used for a week are of no further use.
+  find "$cache" -maxdepth 1 -name 'rootfs-*.tar' ! -name "rootfs-$key.tar" -mtime +7 -delete
 fi
-
 if ! podman image exists "$base"; then
   podman import --quiet "$rootfs" "$base" >/dev/null || die "podman import $rootfs failed"
 fi
@@ -106,8 +114,16 @@ COPY dsproxy /usr/local/bin/dsproxy
 ENTRYPOINT ["/usr/local/bin/dsproxy"]
 CMD ["--help"]
 EOF
+previous=$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
 podman build --quiet --pull=never --label "io.dsproxy.rootfs=$key" -t "$image" "$context" >/dev/null ||
   die "podman build of $image failed"
+# The image this tag named before (an older binary) is now untagged: remove it unless a
+# container or another tag still uses it, so rebuilds do not pile up dangling images.
+if [[ -n $previous && $previous != "$(podman image inspect --format '{{.Id}}' "$image")" ]] &&
+  [[ $(podman image inspect --format '{{len .RepoTags}}' "$previous" 2>/dev/null) == 0 ]]; then
+  podman rmi "$previous" >/dev/null 2>&1 || true
+fi
+exec 9>&- # the image is complete: release the lock
 # A binary that misses a shared library in the image fails here, not in a cluster. runc and
 # cgroupfs because this machine has no systemd to manage cgroups; explicit ulimits because
 # podman otherwise asks for limits above the hard ones a sandboxed host allows (EPERM in runc;

@@ -6,8 +6,8 @@
 #
 #   tests/deploy/validate.sh WORK_DIR
 #
-# WORK_DIR holds the pinned npm packages (npm ci from tests/deploy/package-lock.json, redone only
-# when the lock file changes) and the rendered output. Needs kubectl (its built-in kustomize;
+# WORK_DIR holds the rendered output; the pinned npm packages (npm ci from
+# tests/deploy/package-lock.json) are cached per lock file in ~/.cache/dsproxy. Needs kubectl (its built-in kustomize;
 # scripts/install-deps.sh installs Debian's kubernetes-client when no kubectl is present), node
 # and npm, and the npm registry for the first run. Missing any of them is a failure.
 set -uo pipefail
@@ -27,7 +27,7 @@ die() {
   exit 1
 }
 
-for cmd in kubectl node npm sha256sum; do
+for cmd in kubectl node npm sha256sum flock; do
   command -v "$cmd" >/dev/null 2>&1 || die "$cmd is not installed (run scripts/install-deps.sh)"
 done
 mkdir -p "$work" || die "cannot create $work"
@@ -35,14 +35,23 @@ tmp=$(mktemp -d)
 trap 'rm -rf -- "$tmp"' EXIT
 
 # ---- the validator's packages, pinned by package-lock.json ---------------------------------
+# Installed once per lock file into a cache shared by every checkout (like ccache's), so a fresh
+# clone (CI) pays npm ci only when the lock file changed; flock keeps concurrent runs apart.
 stamp=$(cat "$here/package.json" "$here/package-lock.json" | sha256sum | cut -c1-16)
-if [[ ! -f $work/npm-$stamp.ok || ! -d $work/node_modules ]]; then
-  cp "$here/package.json" "$here/package-lock.json" "$work/" || die "cannot copy the npm manifests"
-  (cd "$work" && timeout 300 npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in $work failed"
-  rm -f "$work"/npm-*.ok
-  touch "$work/npm-$stamp.ok"
-fi
-# Node resolves packages next to the script, so the script runs from the work directory.
+modules=${DSPROXY_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/dsproxy}/deploy-validate-$stamp
+mkdir -p "$modules" || die "cannot create $modules"
+(
+  flock 9
+  if [[ ! -f $modules/installed ]]; then
+    cp "$here/package.json" "$here/package-lock.json" "$modules/" &&
+      (cd "$modules" && timeout 300 npm ci --no-audit --no-fund --loglevel=error) &&
+      touch "$modules/installed"
+  fi
+) 9>"$modules.lock" || die "npm ci in $modules failed"
+[[ -f $modules/installed ]] || die "npm ci in $modules failed"
+# Node resolves packages next to the script: the script runs from the work directory, whose
+# node_modules is the cache's.
+ln -sfn "$modules/node_modules" "$work/node_modules" || die "cannot link $work/node_modules"
 cp "$here/validate.mjs" "$work/validate.mjs" || die "cannot copy validate.mjs"
 validate() { (cd "$work" && node validate.mjs "$@"); }
 

@@ -11,7 +11,7 @@
 #
 # Needs root, podman, runc, mmdebstrap (scripts/install-deps.sh) and, the first time or when
 # deploy/image/runtime-packages.txt changes, Debian's archive (about 2 minutes; then cached in
-# DSPROXY_IMAGE_CACHE, default build/image). Missing any of them is a failure. The container and
+# DSPROXY_IMAGE_CACHE, default ~/.cache/dsproxy/image). Missing any of them is a failure. The container and
 # the namespaces are removed on every exit path.
 set -uo pipefail
 
@@ -46,6 +46,7 @@ cleanup() {
   # The experiment removes its namespaces itself; the container is ours (kept after it stopped
   # so that it could be inspected, or left running if the experiment died before stopping it).
   podman rm -f --time 5 "$DSPROXY_CONTAINER_NAME" >/dev/null 2>&1
+  podman rmi "localhost/dsproxy:e2e-$$" >/dev/null 2>&1
   if podman container exists "$DSPROXY_CONTAINER_NAME" 2>/dev/null; then
     echo "image: could not remove container $DSPROXY_CONTAINER_NAME" >&2
   fi
@@ -59,8 +60,11 @@ trap 'exit 143' TERM
 podman rm -f "$DSPROXY_CONTAINER_NAME" >/dev/null 2>&1
 
 # ---- the image --------------------------------------------------------------------------------
+# A tag of this run's own: a concurrent run (another checkout) re-tagging localhost/dsproxy:dev
+# with its binary must not change what this run tests. The layers are shared.
 start=$SECONDS
-image=$(bash "$repo/scripts/build-image.sh" "$dsproxy_bin" 2>"$CLUSTER_TMP/build-image.log" | tail -n 1)
+image=$(DSPROXY_IMAGE=localhost/dsproxy:e2e-$$ bash "$repo/scripts/build-image.sh" "$dsproxy_bin" \
+  2>"$CLUSTER_TMP/build-image.log" | tail -n 1)
 built=$?
 if ((built != 0)) || [[ -z $image ]]; then
   cat "$CLUSTER_TMP/build-image.log" >&2
