@@ -150,6 +150,14 @@ broken no-priority daemonset.yaml '/priorityClassName:/d' \
 broken sidecar daemonset.yaml 's/^(\s+)containers:/\1containers:\n\1- {name: objects, image: bitnami\/kubectl:latest}/' \
   "exactly one container (no sidecar)"
 
+# ... and of the kind manifests: a Service that no longer matches the experiment's.
+sed -E '0,/ipFamilyPolicy: RequireDualStack/s//ipFamilyPolicy: PreferDualStack/' \
+  "$kind_dir/experiment.yaml" >"$tmp/experiment.yaml"
+out=$(validate --policy "experiment=$repo/config/tcp-echo-experiment.yaml" "$tmp/experiment.yaml" 2>&1)
+status=$?
+[[ $status != 0 && $out == *"Service dual-stack/tcp-echo: differs from"* ]]
+check "a kind experiment.yaml whose dual-stack Service is PreferDualStack is rejected" $? "exit $status: $out"
+
 echo "(took ${SECONDS}s)"
 echo "$PASSED passed, $FAILED failed"
 ((FAILED == 0))
