@@ -91,6 +91,7 @@ std::string ApiResult::describe() const {
 using Stream = beast::ssl_stream<beast::tcp_stream>;
 
 struct ApiClient::Impl {
+  using LineHandler = ApiClient::LineHandler;
   asio::any_io_executor executor;
   ApiClientOptions options;
   std::string host;
@@ -233,7 +234,7 @@ struct ApiClient::Impl {
     if (auto it = header.find(http::field::retry_after); it != header.end()) r.retry_after = parse_retry_after(it->value());
   }
 
-  asio::awaitable<ApiResult> get(std::string target) {
+  asio::awaitable<ApiResult> get(const std::string& target) {
     if (stopped) co_return failure(ApiErrorKind::stopped, "stopped");
     for (int attempt = 0; attempt < 2; ++attempt) {
       http::response_parser<http::string_body> parser;
@@ -263,8 +264,8 @@ struct ApiClient::Impl {
     co_return failure(ApiErrorKind::io, "the server closed the connection twice");
   }
 
-  asio::awaitable<ApiResult> watch(std::string target, std::chrono::milliseconds stall_timeout,
-                                   std::function<bool(std::string_view)> on_line) {
+  asio::awaitable<ApiResult> watch(const std::string& target, std::chrono::milliseconds stall_timeout,
+                                   const LineHandler& on_line) {
     if (stopped) co_return failure(ApiErrorKind::stopped, "stopped");
     for (int attempt = 0; attempt < 2; ++attempt) {
       http::response_parser<http::buffer_body> parser;
@@ -342,15 +343,17 @@ ApiClient::~ApiClient() {
   if (impl_) stop();
 }
 
-asio::awaitable<ApiResult> ApiClient::get(std::string target) {
+asio::awaitable<ApiResult> ApiClient::get(const std::string& target) {
   auto impl = impl_;  // the coroutine keeps the connection alive while it is suspended
-  co_return co_await impl->get(std::move(target));
+  ApiResult result = co_await impl->get(target);
+  co_return result;
 }
 
-asio::awaitable<ApiResult> ApiClient::watch(std::string target, std::chrono::milliseconds stall_timeout,
-                                            std::function<bool(std::string_view)> on_line) {
+asio::awaitable<ApiResult> ApiClient::watch(const std::string& target, std::chrono::milliseconds stall_timeout,
+                                            const LineHandler& on_line) {
   auto impl = impl_;
-  co_return co_await impl->watch(std::move(target), stall_timeout, std::move(on_line));
+  ApiResult result = co_await impl->watch(target, stall_timeout, on_line);
+  co_return result;
 }
 
 void ApiClient::stop() {

@@ -76,15 +76,20 @@ class ApiClient {
   ApiClient(const ApiClient&) = delete;
   ApiClient& operator=(const ApiClient&) = delete;
 
+  // Arguments are references (the caller co_awaits at once, so they outlive the call): GCC 12
+  // mishandles class temporaries in a co_await expression (double destruction), so callers pass
+  // named locals.
+
   // GET `target` (path and query, including the server's base path) and read the whole body.
-  boost::asio::awaitable<ApiResult> get(std::string target);
+  boost::asio::awaitable<ApiResult> get(const std::string& target);
 
   // GET a WATCH `target` and, on 200, call on_line for every complete line of the streamed body
   // as it arrives, on the executor's thread, until the server ends the body (error none), no
   // byte arrives for `stall_timeout` (stalled), the stream breaks (io; the unfinished line is
   // dropped, never parsed), or on_line returns false (error none; the connection is closed).
-  boost::asio::awaitable<ApiResult> watch(std::string target, std::chrono::milliseconds stall_timeout,
-                                          std::function<bool(std::string_view line)> on_line);
+  using LineHandler = std::function<bool(std::string_view line)>;
+  boost::asio::awaitable<ApiResult> watch(const std::string& target, std::chrono::milliseconds stall_timeout,
+                                          const LineHandler& on_line);
 
   // Ends the request in progress (it completes with `stopped`) and every later one. Call on the
   // executor's thread.

@@ -202,7 +202,8 @@ struct Reflector::State {
     std::string continue_token;
     std::uint64_t items = 0;
     for (;;) {
-      ApiResult r = co_await client.get(list_target(client.base_path(), resource, options.page_size, continue_token));
+      const std::string target = list_target(client.base_path(), resource, options.page_size, continue_token);
+      ApiResult r = co_await client.get(target);
       if (stopped) co_return ListOutcome::stopped;
       if (!r.ok()) {
         if (r.error == ApiErrorKind::none && r.status == 410 && !continue_token.empty()) {
@@ -283,60 +284,60 @@ struct Reflector::State {
     std::string failure_kind;  // set by the line handler when it ends the watch on an error
     std::string failure_line;
     const auto started = std::chrono::steady_clock::now();
-    ApiResult r = co_await client.watch(
-        watch_target(client.base_path(), resource, resource_version, timeout_seconds), options.stall_timeout,
-        [&](std::string_view line) {
-          if (stopped) return false;
-          boost::system::error_code ec;
-          json::value v = json::parse(line, ec);
-          const json::object* event = ec ? nullptr : v.if_object();
-          const std::string type = string_at(event, "type");
-          const json::object* object = event ? object_at(*event, "object") : nullptr;
-          if (!object || type.empty()) {
-            failure_kind = "decode";
-            failure_line = fmt::format("kubernetes: watch {}: an event that is not {{type, object}} JSON{}", name,
-                                       ec ? ": " + ec.message() : "");
-            return false;
-          }
-          if (type == "ERROR") {
-            // A Status object; 410 = the resourceVersion is older than the server's history.
-            const auto* code = object->if_contains("code");
-            if (code && code->is_int64() && code->get_int64() == 410) {
-              gone = true;
-            } else {
-              failure_kind = "watch_error";
-              failure_line = fmt::format("kubernetes: watch {}: ERROR event: {}", name,
-                                         string_at(object, "message").substr(0, 300));
-            }
-            return false;
-          }
-          const std::string rv = resource_version_of(*object);
-          if (type == "BOOKMARK") {
-            if (!rv.empty()) resource_version = rv;
-            update_status([&](ReflectorStatus& s) {
-              ++s.bookmarks;
-              s.resource_version = resource_version;
-            });
-            return true;
-          }
-          WatchEventType t;
-          if (type == "ADDED") {
-            t = WatchEventType::added;
-          } else if (type == "MODIFIED") {
-            t = WatchEventType::modified;
-          } else if (type == "DELETED") {
-            t = WatchEventType::deleted;
-          } else {
-            return true;  // a type from a newer server: nothing we can apply
-          }
-          deliver("watch", [&] { sink.event(resource, t, *object); });
-          if (!rv.empty()) resource_version = rv;
-          update_status([&](ReflectorStatus& s) {
-            ++s.events;
-            s.resource_version = resource_version;
-          });
-          return !stopped;
+    const std::string target = watch_target(client.base_path(), resource, resource_version, timeout_seconds);
+    const ApiClient::LineHandler on_line = [&](std::string_view line) {
+      if (stopped) return false;
+      boost::system::error_code ec;
+      json::value v = json::parse(line, ec);
+      const json::object* event = ec ? nullptr : v.if_object();
+      const std::string type = string_at(event, "type");
+      const json::object* object = event ? object_at(*event, "object") : nullptr;
+      if (!object || type.empty()) {
+        failure_kind = "decode";
+        failure_line = fmt::format("kubernetes: watch {}: an event that is not {{type, object}} JSON{}", name,
+                                   ec ? ": " + ec.message() : "");
+        return false;
+      }
+      if (type == "ERROR") {
+        // A Status object; 410 = the resourceVersion is older than the server's history.
+        const auto* code = object->if_contains("code");
+        if (code && code->is_int64() && code->get_int64() == 410) {
+          gone = true;
+        } else {
+          failure_kind = "watch_error";
+          failure_line = fmt::format("kubernetes: watch {}: ERROR event: {}", name,
+                                     string_at(object, "message").substr(0, 300));
+        }
+        return false;
+      }
+      const std::string rv = resource_version_of(*object);
+      if (type == "BOOKMARK") {
+        if (!rv.empty()) resource_version = rv;
+        update_status([&](ReflectorStatus& s) {
+          ++s.bookmarks;
+          s.resource_version = resource_version;
         });
+        return true;
+      }
+      WatchEventType t;
+      if (type == "ADDED") {
+        t = WatchEventType::added;
+      } else if (type == "MODIFIED") {
+        t = WatchEventType::modified;
+      } else if (type == "DELETED") {
+        t = WatchEventType::deleted;
+      } else {
+        return true;  // a type from a newer server: nothing we can apply
+      }
+      deliver("watch", [&] { sink.event(resource, t, *object); });
+      if (!rv.empty()) resource_version = rv;
+      update_status([&](ReflectorStatus& s) {
+        ++s.events;
+        s.resource_version = resource_version;
+      });
+      return !stopped;
+    };
+    ApiResult r = co_await client.watch(target, options.stall_timeout, on_line);
     if (stopped || r.error == ApiErrorKind::stopped) co_return WatchOutcome::stopped;
     if (r.lines > 0) backoff.reset();
     if (gone || (r.error == ApiErrorKind::none && r.status == 410)) {
