@@ -336,6 +336,22 @@ TEST_F(KubernetesReflector, GoneOnTheWatchRequestItselfRelists) {
   EXPECT_EQ(reflector->status().errors.count("http_5xx"), 0u);
 }
 
+TEST_F(KubernetesReflector, RepeatedGoneWithoutProgressBacksOffInsteadOfLooping) {
+  server->upsert("services", service("a"));
+  FailOptions watch_only;
+  watch_only.watch = true;
+  server->fail_next(4, 410, watch_only);  // every watch refused, even from a fresh list's version
+  const auto started = std::chrono::steady_clock::now();
+  start(k8s::resources::services());
+  ASSERT_TRUE(server->wait_for_requests([](const auto& r) {
+    return std::count_if(r.begin(), r.end(), [](const auto& x) { return x.watch && x.status == 200; }) >= 1;
+  }, 5s));
+  EXPECT_EQ(list_requests().size(), 5u);
+  EXPECT_EQ(reflector->status().relists, 4u);
+  // The first relist is immediate, the next ones wait 40, 80, 160 ms (-20 %): not a tight loop.
+  EXPECT_GE(std::chrono::steady_clock::now() - started, 220ms);
+}
+
 TEST_F(KubernetesReflector, ExpiredContinueTokenRestartsTheList) {
   for (int i = 0; i < 6; ++i) server->upsert("services", service("s" + std::to_string(i)));
   bool expired = false;

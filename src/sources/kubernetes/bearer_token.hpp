@@ -14,6 +14,7 @@
 // name the file only. Not thread-safe: one BearerToken per control thread (share it between the
 // reflectors of that thread).
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -40,7 +41,7 @@ class BearerToken {
   bool file_backed() const { return !path_.empty(); }
   const std::string& path() const { return path_; }
   // How many times the file was read successfully (1 after from_file); for tests and status.
-  std::uint64_t reads() const { return reads_; }
+  std::uint64_t reads() const { return reads_.load(std::memory_order_relaxed); }
 
  private:
   struct FileIdentity {
@@ -55,7 +56,7 @@ class BearerToken {
   std::string token_;
   FileIdentity identity_;
   bool stale_ = false;
-  std::uint64_t reads_ = 0;
+  std::atomic<std::uint64_t> reads_{0};  // read by tests and status from other threads
 };
 
 }  // namespace dsproxy::sources::kubernetes

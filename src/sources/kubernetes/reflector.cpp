@@ -101,6 +101,11 @@ struct Reflector::State {
   ApiClient client;
   asio::steady_timer timer;
   Backoff backoff;
+  // Relists that follow a watch which delivered nothing (410 at once) wait on this one: a server
+  // whose watch cache lags its LIST would otherwise be relisted in a tight loop. Reset only when
+  // a watch makes progress (an event or a bookmark), not by the LIST succeeding.
+  Backoff relist_backoff;
+  bool watch_progressed = false;
   std::mt19937_64 random{std::random_device{}()};
   proxy::LogThrottle log_throttle;
   bool stopped = false;
@@ -121,6 +126,7 @@ struct Reflector::State {
         client(executor, config, o.client),
         timer(executor),
         backoff(o.backoff),
+        relist_backoff(o.backoff),
         log_throttle(o.log_interval) {
     status.resource = name;
   }
@@ -311,6 +317,7 @@ struct Reflector::State {
         return false;
       }
       const std::string rv = resource_version_of(*object);
+      watch_progressed = true;
       if (type == "BOOKMARK") {
         if (!rv.empty()) resource_version = rv;
         update_status([&](ReflectorStatus& s) {
@@ -337,9 +344,11 @@ struct Reflector::State {
       });
       return !stopped;
     };
+    watch_progressed = false;
     ApiResult r = co_await client.watch(target, options.stall_timeout, on_line);
     if (stopped || r.error == ApiErrorKind::stopped) co_return WatchOutcome::stopped;
     if (r.lines > 0) backoff.reset();
+    if (watch_progressed) relist_backoff.reset();
     if (gone || (r.error == ApiErrorKind::none && r.status == 410)) {
       const std::string line = fmt::format(
           "kubernetes: watch {}: resourceVersion {} is too old (410 Gone); relisting", name, resource_version);
@@ -391,6 +400,12 @@ struct Reflector::State {
         const WatchOutcome w = co_await watch_once();
         if (w == WatchOutcome::stopped) break;
         need_list = w == WatchOutcome::relist;
+        if (need_list && !watch_progressed) {
+          // A second relist in a row without a single event or bookmark in between (the watch
+          // from a fresh LIST's version was refused at once): give the server time.
+          const auto wait = relist_backoff.next();
+          if (relist_backoff.attempts() > 1) co_await sleep(wait);
+        }
       } catch (const std::exception& e) {
         // Not expected (allocation failure, a bug); the reflector must outlive it.
         const std::string line = fmt::format("kubernetes: {}: unexpected error: {}", name, e.what());

@@ -112,7 +112,7 @@ class Reflector {
   // start(). `sink` must outlive the reflector.
   Reflector(boost::asio::any_io_executor executor, const ApiServerConfig& config, Resource resource,
             ReflectorSink& sink, ReflectorOptions options = {});
-  ~Reflector();  // stop()s
+  ~Reflector();  // stop()s: destroy on the executor's thread, or after its io_context stopped
   Reflector(const Reflector&) = delete;
   Reflector& operator=(const Reflector&) = delete;
 
