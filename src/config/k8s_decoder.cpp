@@ -1,7 +1,6 @@
 #include "config/k8s_decoder.hpp"
 
-#include <yaml-cpp/eventhandler.h>
-#include <yaml-cpp/yaml.h>
+#include <boost/json/value.hpp>
 
 #include <algorithm>
 #include <array>
@@ -9,28 +8,46 @@
 #include <charconv>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <fstream>
+#include <istream>
 #include <map>
-#include <optional>
 #include <set>
-#include <sstream>
-#include <tuple>
+#include <streambuf>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
+#include "config/field_path.hpp"
+#include "config/json_reader.hpp"
+#include "config/json_tree_builder.hpp"
+#include "config/yaml_reader.hpp"
+
 namespace dsproxy::config {
 namespace {
 
-// Scalars are read as text and interpreted by the field's type, so `name: 123` is a name and
-// `port: "80"` a port, whichever way the YAML or JSON writer quoted them. Structure is strict: a
-// mapping or list where a scalar belongs is an error, never silently stringified.
+namespace json = boost::json;
 
-bool is_set(const YAML::Node& n) {
-  // Kubernetes treats an explicit null like an absent field (JSON `"field": null`).
-  return n.IsDefined() && !n.IsNull();
-}
+// A field's path, rendered only when a message needs it: decoding 100,000 endpoints builds no
+// path strings at all.
+class Path {
+ public:
+  Path() = default;
+  explicit Path(std::string_view text) : text_(text) {}
+  Path(const Path& parent, std::string_view key) : parent_(&parent), text_(key) {}
+  Path(const Path& parent, std::size_t index) : parent_(&parent), index_(index), is_index_(true) {}
+  std::string str() const {
+    if (!parent_) return std::string(text_);
+    return is_index_ ? index_path(parent_->str(), index_) : key_path(parent_->str(), text_);
+  }
+
+ private:
+  const Path* parent_ = nullptr;
+  std::string_view text_;
+  std::size_t index_ = 0;
+  bool is_index_ = false;
+};
 
 std::string quote(std::string_view s) {
   // A value pasted into the wrong field can be huge; the message only needs enough to spot it.
@@ -45,15 +62,38 @@ std::string quote(std::string_view s) {
   return out + "\"";
 }
 
-std::string describe(const YAML::Node& n) {
-  switch (n.Type()) {
-    case YAML::NodeType::Map: return "a mapping";
-    case YAML::NodeType::Sequence: return "a list";
-    case YAML::NodeType::Scalar: return quote(n.Scalar());
-    case YAML::NodeType::Null: return "null";
-    case YAML::NodeType::Undefined: break;
+bool is_set(const json::value* v) {
+  // Kubernetes treats an explicit null like an absent field (JSON `"field": null`).
+  return v && !v->is_null();
+}
+
+bool is_scalar(const json::value& v) { return v.is_string() || v.is_number() || v.is_bool(); }
+
+// A number or boolean as text. The readers keep every scalar that would not print back as
+// written as a string, so this is the input's own text; only objects from elsewhere (the API
+// watch) can hold other doubles, printed shortest.
+std::string render(const json::value& v) {
+  char buf[64];
+  std::to_chars_result r{};
+  switch (v.kind()) {
+    case json::kind::int64: r = std::to_chars(buf, buf + sizeof buf, v.get_int64()); break;
+    case json::kind::uint64: r = std::to_chars(buf, buf + sizeof buf, v.get_uint64()); break;
+    case json::kind::double_: r = std::to_chars(buf, buf + sizeof buf, v.get_double()); break;
+    case json::kind::bool_: return v.get_bool() ? "true" : "false";
+    case json::kind::string: return std::string(v.get_string());
+    default: return {};
   }
-  return "nothing";
+  return std::string(buf, r.ptr);
+}
+
+std::string describe(const json::value& v) {
+  switch (v.kind()) {
+    case json::kind::object: return "a mapping";
+    case json::kind::array: return "a list";
+    case json::kind::null: return "null";
+    case json::kind::string: return quote(v.get_string());
+    default: return quote(render(v));
+  }
 }
 
 std::optional<std::uint16_t> parse_port(std::string_view text) {
@@ -64,6 +104,27 @@ std::optional<std::uint16_t> parse_port(std::string_view text) {
   return static_cast<std::uint16_t>(v);
 }
 
+// An integer field given as a number or as text of digits (`"80"`), in [lo, hi].
+std::optional<std::uint64_t> integer_in(const json::value& v, std::uint64_t lo, std::uint64_t hi) {
+  std::uint64_t n = 0;
+  if (v.is_int64()) {
+    if (v.get_int64() < 0) return std::nullopt;
+    n = static_cast<std::uint64_t>(v.get_int64());
+  } else if (v.is_uint64()) {
+    n = v.get_uint64();
+  } else if (v.is_string()) {
+    const json::string& s = v.get_string();
+    unsigned long long parsed = 0;
+    auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), parsed);
+    if (ec != std::errc{} || ptr != s.data() + s.size()) return std::nullopt;
+    n = parsed;
+  } else {
+    return std::nullopt;
+  }
+  if (n < lo || n > hi) return std::nullopt;
+  return n;
+}
+
 // True for text an IntOrString holds as a number: "9000", "-1", "+80". Such text is validated as
 // a port number, so "-1" or "70000" is a range error rather than a port name nothing matches.
 bool looks_numeric(std::string_view text) {
@@ -71,263 +132,252 @@ bool looks_numeric(std::string_view text) {
   return !text.empty() && std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
-std::string index_path(const std::string& path, std::size_t i) { return path + "[" + std::to_string(i) + "]"; }
-
-// "metadata.labels.app", but "metadata.labels[kubernetes.io/service-name]": a key with dots in
-// it would read as more path.
-std::string key_path(const std::string& path, const std::string& key) {
-  const bool plain = !key.empty() && std::all_of(key.begin(), key.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
-  });
-  if (path.empty()) return key;
-  return plain ? path + "." + key : path + "[" + key + "]";
+bool is_known_kind(std::string_view kind) {
+  return kind == "Service" || kind == "Pod" || kind == "EndpointSlice" || kind == "Node";
 }
 
-const std::set<std::string> kServiceTypes = {"ClusterIP", "NodePort", "LoadBalancer", "ExternalName"};
+const std::set<std::string, std::less<>> kServiceTypes = {"ClusterIP", "NodePort", "LoadBalancer", "ExternalName"};
 
-// Where the object being decoded is, as error messages name it.
-struct Location {
-  std::string source;
-  std::size_t document = 0;  // 1-based
-  std::size_t item = 0;      // 1-based within a List; 0 outside one
-  std::string kind;          // set once the kind is known to be one we decode
-  std::string ns;
-  std::string name;
+// A copy of the whole object as last applied by `kubectl apply`: often the largest thing in a
+// Service, and nothing dsproxy reads.
+constexpr std::string_view kLastApplied = "kubectl.kubernetes.io/last-applied-configuration";
 
-  std::string where() const {
-    std::string s = "document " + std::to_string(document);
-    if (item != 0) s += " item " + std::to_string(item);
-    return s;
-  }
+// Decodes one object; knows nothing of other objects. Every accessor treats an absent or null
+// field as unset.
+class ObjectDecoder {
+ public:
+  explicit ObjectDecoder(std::string where) : where_(std::move(where)) {}
+
   std::string prefix() const {
-    std::string s = source + ": " + where();
-    if (!kind.empty()) {
-      s += " (" + kind;
-      if (!name.empty()) s += " " + ns + "/" + name;
+    std::string s = where_;
+    if (!kind_.empty()) {
+      s += " (" + kind_;
+      if (!name_.empty()) s += " " + ns_ + "/" + name_;
       s += ")";
     }
     return s;
   }
-};
 
-class StreamDecoder {
- public:
-  explicit StreamDecoder(std::string_view source) : source_(source) {}
-
-  void document(const YAML::Node& doc, std::size_t index) {
-    loc_ = Location{source_, index, 0, {}, {}, {}};
-    if (!is_set(doc)) return;  // `---` with nothing after it, or a bare `null`
-    if (!doc.IsMap()) fail("", "expected a mapping (a Kubernetes object), got " + describe(doc));
-    object(doc, "", "");
-  }
-
-  ClusterObjects take() { return std::move(out_); }
-
- private:
   [[noreturn]] void fail(const std::string& path, const std::string& message) const {
-    throw ConfigError(loc_.prefix() + ": " + (path.empty() ? "" : path + ": ") + message);
+    throw ConfigError(prefix() + ": " + (path.empty() ? "" : path + ": ") + message);
   }
-  void warn(const std::string& message) { out_.warnings.push_back(loc_.prefix() + ": " + message); }
+  [[noreturn]] void fail(const Path& path, const std::string& message) const { fail(path.str(), message); }
 
-  // ---- typed field access; every accessor treats an absent or null field as unset ----
-
-  static YAML::Node get(const YAML::Node& parent, const char* key) {
-    return parent.IsMap() ? parent[key] : YAML::Node();
-  }
-
-  YAML::Node mapping(const YAML::Node& parent, const char* key, const std::string& path) const {
-    YAML::Node n = get(parent, key);
-    if (!is_set(n)) return YAML::Node();
-    if (!n.IsMap()) fail(path, "expected a mapping, got " + describe(n));
-    return n;
-  }
-
-  YAML::Node sequence(const YAML::Node& parent, const char* key, const std::string& path) const {
-    YAML::Node n = get(parent, key);
-    if (!is_set(n)) return YAML::Node();
-    if (!n.IsSequence()) fail(path, "expected a list, got " + describe(n));
-    return n;
-  }
-
-  // Calls f(element, path) for each element of a list field, requiring each to be a mapping.
-  template <typename F>
-  void each_mapping(const YAML::Node& parent, const char* key, const std::string& path, F&& f) const {
-    YAML::Node seq = sequence(parent, key, path);
-    for (std::size_t i = 0; i < seq.size(); ++i) {
-      const YAML::Node item = seq[i];
-      const std::string p = index_path(path, i);
-      if (!item.IsMap()) fail(p, "expected a mapping, got " + describe(item));
-      f(item, p);
-    }
-  }
-
-  std::string text(const YAML::Node& n, const std::string& path) const {
-    if (!n.IsScalar()) fail(path, "expected a string, got " + describe(n));
-    return n.Scalar();
-  }
-
-  std::optional<std::string> string(const YAML::Node& parent, const char* key, const std::string& path) const {
-    YAML::Node n = get(parent, key);
-    if (!is_set(n)) return std::nullopt;
-    return text(n, path);
-  }
-
-  std::uint16_t port(const YAML::Node& n, const std::string& path) const {
-    if (n.IsScalar())
-      if (auto p = parse_port(n.Scalar())) return *p;
-    fail(path, "expected an integer 1-65535, got " + describe(n));
-  }
-
-  std::uint16_t required_port(const YAML::Node& parent, const char* key, const std::string& path) const {
-    YAML::Node n = get(parent, key);
-    if (!is_set(n)) fail(path, "required");
-    return port(n, path);
-  }
-
-  std::optional<bool> boolean(const YAML::Node& parent, const char* key, const std::string& path) const {
-    YAML::Node n = get(parent, key);
-    if (!is_set(n)) return std::nullopt;
-    if (n.IsScalar()) {
-      const std::string& s = n.Scalar();
-      if (s == "true" || s == "True" || s == "TRUE") return true;
-      if (s == "false" || s == "False" || s == "FALSE") return false;
-    }
-    fail(path, "expected true or false, got " + describe(n));
-  }
-
-  std::string protocol(const YAML::Node& parent, const std::string& path) const {
-    std::string p = string(parent, "protocol", path + ".protocol").value_or("TCP");
-    if (p != "TCP" && p != "UDP" && p != "SCTP") fail(path + ".protocol", "expected TCP, UDP or SCTP, got " + quote(p));
-    return p;
-  }
-
-  // labels, annotations, selector: string to string. A null value is "", as in Kubernetes JSON.
-  Labels string_map(const YAML::Node& parent, const char* key, const std::string& path) const {
-    Labels out;
-    YAML::Node m = mapping(parent, key, path);
-    for (const auto& kv : m) {
-      const std::string k = text(kv.first, path);
-      const std::string p = key_path(path, k);
-      out[k] = kv.second.IsNull() ? std::string() : text(kv.second, p);
-    }
-    return out;
-  }
-
-  net::IpAddress ip(const std::string& s, const std::string& path) const {
-    auto a = net::IpAddress::parse(s);
-    if (!a) fail(path, "expected an IP address, got " + quote(s));
-    return *a;
-  }
-
-  // yaml-cpp keeps both entries of a repeated key and lookups see only the first; kubectl rejects
-  // such input, and silently using half of it would hide the mistake.
-  void check_duplicate_keys(const YAML::Node& n, const std::string& path) const {
-    if (n.IsMap()) {
-      std::set<std::string> seen;
-      for (const auto& kv : n) {
-        if (!kv.first.IsScalar()) continue;
-        const std::string& k = kv.first.Scalar();
-        const std::string p = key_path(path, k);
-        if (!seen.insert(k).second) fail(p, "duplicate key");
-        check_duplicate_keys(kv.second, p);
-      }
-    } else if (n.IsSequence()) {
-      for (std::size_t i = 0; i < n.size(); ++i) check_duplicate_keys(n[i], index_path(path, i));
-    }
-  }
-
-  // ---- objects ----
-
-  // `inherited_*` come from a typed list (ServiceList, ...), whose items the API server sends
-  // without kind and apiVersion.
-  void object(const YAML::Node& node, const std::string& inherited_kind, const std::string& inherited_api) {
-    const std::string kind = string(node, "kind", "kind").value_or(inherited_kind);
+  // The kind and apiVersion of `node`, those of its typed list if it has none.
+  std::pair<std::string, std::string> resolve(const json::object& node, std::string_view inherited_kind,
+                                              std::string_view inherited_api) const {
+    std::string kind = string(&node, "kind", Path("kind")).value_or(std::string(inherited_kind));
     if (kind.empty()) fail("kind", "required");
-    const std::string api = string(node, "apiVersion", "apiVersion").value_or(inherited_api);
+    std::string api = string(&node, "apiVersion", Path("apiVersion")).value_or(std::string(inherited_api));
+    return {std::move(kind), std::move(api)};
+  }
 
-    if (loc_.item == 0 && kind == "List") {
-      list(node, "", "");
-      return;
-    }
-    if (loc_.item == 0 && kind.size() > 4 && kind.ends_with("List") && get(node, "items").IsSequence()) {
-      list(node, kind.substr(0, kind.size() - 4), api);
-      return;
-    }
-
-    const bool known = kind == "Service" || kind == "Pod" || kind == "EndpointSlice" || kind == "Node";
-    if (!known) return;
-    loc_.kind = kind;
+  // nullopt: a kind dsproxy ignores, or another API group's kind of the same name (warned).
+  std::optional<DecodedObject> decode(const std::string& kind, std::string_view api, const json::object& node,
+                                      const std::optional<std::string>& duplicate) {
+    if (!is_known_kind(kind)) return std::nullopt;
+    kind_ = kind;
     const std::string_view want_api = kind == "EndpointSlice" ? "discovery.k8s.io/v1" : "v1";
     if (!api.empty() && api != want_api) {
       // Most likely another API group's kind of the same name (a Knative Service); but a typo'd
       // core object would otherwise vanish without a trace.
       warn("apiVersion " + quote(api) + " is not " + std::string(want_api) + "; object ignored");
-      return;
+      return std::nullopt;
     }
 
-    const YAML::Node meta = mapping(node, "metadata", "metadata");
-    loc_.name = string(meta, "name", "metadata.name").value_or("");
-    loc_.ns = string(meta, "namespace", "metadata.namespace").value_or("");
-    if (loc_.ns.empty()) loc_.ns = "default";
-    check_duplicate_keys(node, "");
-    // Kubernetes has one object per kind/namespace/name; a second copy (the same dump pasted
-    // twice, an edited copy left behind) would make which one wins an accident of ordering.
-    if (!loc_.name.empty()) {
-      auto [it, inserted] = seen_.emplace(std::tuple{loc_.kind, loc_.ns, loc_.name}, loc_.where());
-      if (!inserted) fail("metadata.name", "the same " + kind + " is already defined in " + it->second);
-    }
+    const Path meta_path("metadata");
+    const json::object* meta = mapping(&node, "metadata", meta_path);
+    name_ = string(meta, "name", Path(meta_path, "name")).value_or("");
+    ns_ = string(meta, "namespace", Path(meta_path, "namespace")).value_or("");
+    if (ns_.empty()) ns_ = "default";
+    // The readers keep a repeated key's first value and name the first repetition: kubectl
+    // rejects such input, and silently using half of it would hide the mistake.
+    if (duplicate) fail(*duplicate, "duplicate key");
+    past_identity_ = true;
 
-    if (kind == "Service") service(node, meta);
-    else if (kind == "Pod") pod(node, meta);
-    else if (kind == "Node") out_.nodes.push_back({loc_.name, string_map(meta, "labels", "metadata.labels")});
-    else endpoint_slice(node, meta);
+    if (kind == "Service") return service(node, meta);
+    if (kind == "Pod") return pod(node, meta);
+    if (kind == "Node") return Node{name_, string_map(meta, "labels", Path(meta_path, "labels"))};
+    return endpoint_slice(node, meta);
   }
 
-  void list(const YAML::Node& node, const std::string& item_kind, const std::string& item_api) {
-    const YAML::Node items = sequence(node, "items", "items");
-    for (std::size_t i = 0; i < items.size(); ++i) {
-      loc_ = Location{source_, loc_.document, i + 1, {}, {}, {}};
-      const YAML::Node item = items[i];
-      if (!is_set(item)) continue;
-      if (!item.IsMap()) fail("", "expected a mapping (a Kubernetes object), got " + describe(item));
-      object(item, item_kind, item_api);
+  std::vector<std::string> warnings;
+  bool ips_from_list = false;  // a Service's cluster IPs came from spec.clusterIPs (their paths in messages)
+  bool past_identity() const { return past_identity_; }
+  const std::string& kind() const { return kind_; }
+  const std::string& ns() const { return ns_; }
+  const std::string& name() const { return name_; }
+
+ private:
+  void warn(const std::string& message) { warnings.push_back(prefix() + ": " + message); }
+
+  // ---- typed field access ----
+
+  static const json::value* get(const json::object* parent, std::string_view key) {
+    return parent ? parent->if_contains(key) : nullptr;
+  }
+
+  const json::object* mapping(const json::object* parent, std::string_view key, const Path& path) const {
+    const json::value* n = get(parent, key);
+    if (!is_set(n)) return nullptr;
+    if (!n->is_object()) fail(path, "expected a mapping, got " + describe(*n));
+    return &n->get_object();
+  }
+
+  const json::array* sequence(const json::object* parent, std::string_view key, const Path& path) const {
+    const json::value* n = get(parent, key);
+    if (!is_set(n)) return nullptr;
+    if (!n->is_array()) fail(path, "expected a list, got " + describe(*n));
+    return &n->get_array();
+  }
+
+  // Calls f(element, path) for each element of a list field, requiring each to be a mapping.
+  template <typename F>
+  void each_mapping(const json::object* parent, std::string_view key, const Path& path, F&& f) const {
+    const json::array* seq = sequence(parent, key, path);
+    if (!seq) return;
+    for (std::size_t i = 0; i < seq->size(); ++i) {
+      const json::value& item = (*seq)[i];
+      const Path p(path, i);
+      if (!item.is_object()) fail(p, "expected a mapping, got " + describe(item));
+      f(item.get_object(), p);
     }
   }
 
-  void service(const YAML::Node& node, const YAML::Node& meta) {
+  std::string text(const json::value& n, const Path& path) const {
+    if (n.is_string()) return std::string(n.get_string());
+    if (!is_scalar(n)) fail(path, "expected a string, got " + describe(n));
+    return render(n);
+  }
+
+  std::optional<std::string> string(const json::object* parent, std::string_view key, const Path& path) const {
+    const json::value* n = get(parent, key);
+    if (!is_set(n)) return std::nullopt;
+    return text(*n, path);
+  }
+
+  // A field compared with a few keywords: no copy when it is a string, as nearly all are.
+  std::optional<std::string_view> word(const json::object* parent, std::string_view key, const Path& path) {
+    const json::value* n = get(parent, key);
+    if (!is_set(n)) return std::nullopt;
+    if (n->is_string()) return std::string_view(n->get_string());
+    return rendered_.emplace_back(text(*n, path));
+  }
+
+  std::uint16_t port(const json::value& n, const Path& path) const {
+    if (n.is_string()) {
+      if (auto p = parse_port(n.get_string())) return *p;
+    } else if (auto p = integer_in(n, 1, 65535)) {
+      return static_cast<std::uint16_t>(*p);
+    }
+    fail(path, "expected an integer 1-65535, got " + describe(n));
+  }
+
+  std::uint16_t required_port(const json::object* parent, std::string_view key, const Path& path) const {
+    const json::value* n = get(parent, key);
+    if (!is_set(n)) fail(path, "required");
+    return port(*n, path);
+  }
+
+  std::optional<bool> boolean(const json::object* parent, std::string_view key, const Path& path) const {
+    const json::value* n = get(parent, key);
+    if (!is_set(n)) return std::nullopt;
+    if (n->is_bool()) return n->get_bool();
+    if (n->is_string()) {
+      const std::string_view s = n->get_string();
+      if (s == "true" || s == "True" || s == "TRUE") return true;
+      if (s == "false" || s == "False" || s == "FALSE") return false;
+    }
+    fail(path, "expected true or false, got " + describe(*n));
+  }
+
+  std::string protocol(const json::object& parent, const Path& path) {
+    const Path p(path, "protocol");
+    const std::string_view proto = word(&parent, "protocol", p).value_or("TCP");
+    if (proto != "TCP" && proto != "UDP" && proto != "SCTP") fail(p, "expected TCP, UDP or SCTP, got " + quote(proto));
+    return std::string(proto);
+  }
+
+  // labels, annotations, selector: string to string. A null value is "", as in Kubernetes JSON.
+  Labels string_map(const json::object* parent, std::string_view key, const Path& path,
+                    std::string_view skip = {}) const {
+    Labels out;
+    const json::object* m = mapping(parent, key, path);
+    if (!m) return out;
+    for (const auto& kv : *m) {
+      const std::string_view k = kv.key();
+      const Path p(path, k);
+      std::string v = kv.value().is_null() ? std::string() : text(kv.value(), p);
+      if (!skip.empty() && k == skip) continue;
+      out.emplace_hint(out.end(), std::string(k), std::move(v));
+    }
+    return out;
+  }
+
+  // One value of a string map, the rest only checked: an EndpointSlice needs one label.
+  std::optional<std::string> string_map_value(const json::object* parent, std::string_view key, const Path& path,
+                                              std::string_view wanted) const {
+    std::optional<std::string> found;
+    const json::object* m = mapping(parent, key, path);
+    if (!m) return found;
+    for (const auto& kv : *m) {
+      if (kv.value().is_null()) {
+        if (kv.key() == wanted) found.emplace();
+      } else if (kv.value().is_string()) {
+        if (kv.key() == wanted) found.emplace(kv.value().get_string());
+      } else {
+        std::string v = text(kv.value(), Path(path, kv.key()));
+        if (kv.key() == wanted) found = std::move(v);
+      }
+    }
+    return found;
+  }
+
+  net::IpAddress ip(std::string_view s, const Path& path) const {
+    auto a = net::IpAddress::parse(s);
+    if (!a) fail(path, "expected an IP address, got " + quote(s));
+    return *a;
+  }
+
+  // ---- objects ----
+
+  Service service(const json::object& node, const json::object* meta) {
     Service s;
-    s.name = loc_.name;
-    s.ns = loc_.ns;
-    if (s.name.empty()) fail("metadata.name", "required");
-    s.labels = string_map(meta, "labels", "metadata.labels");
-    s.annotations = string_map(meta, "annotations", "metadata.annotations");
+    s.name = name_;
+    s.ns = ns_;
+    const Path meta_path("metadata");
+    if (s.name.empty()) fail(Path(meta_path, "name"), "required");
+    s.labels = string_map(meta, "labels", Path(meta_path, "labels"));
+    s.annotations = string_map(meta, "annotations", Path(meta_path, "annotations"), kLastApplied);
 
-    const YAML::Node spec = mapping(node, "spec", "spec");
-    s.type = string(spec, "type", "spec.type").value_or("ClusterIP");
+    const Path spec_path("spec");
+    const json::object* spec = mapping(&node, "spec", spec_path);
+    s.type = string(spec, "type", Path(spec_path, "type")).value_or("ClusterIP");
     if (!kServiceTypes.count(s.type))
       fail("spec.type", "expected one of ClusterIP, NodePort, LoadBalancer, ExternalName, got " + quote(s.type));
-    s.external_name = string(spec, "externalName", "spec.externalName").value_or("");
+    s.external_name = string(spec, "externalName", Path(spec_path, "externalName")).value_or("");
     if (s.type == "ExternalName" && s.external_name.empty()) fail("spec.externalName", "required for type ExternalName");
-    if (is_set(get(spec, "selector"))) s.selector = string_map(spec, "selector", "spec.selector");
+    if (is_set(get(spec, "selector"))) s.selector = string_map(spec, "selector", Path(spec_path, "selector"));
 
     const std::vector<std::string> ip_paths = cluster_ips(spec, s);
     ip_families(spec, s, ip_paths);
     service_ports(spec, s);
     service_policies(spec, s);
-    check_vips_unique(s, ip_paths);
-    out_.services.push_back(std::move(s));
+    return s;
   }
 
   // Fills cluster_ips/headless; returns the field path of each cluster IP for later messages.
-  std::vector<std::string> cluster_ips(const YAML::Node& spec, Service& s) const {
+  std::vector<std::string> cluster_ips(const json::object* spec, Service& s) {
     std::vector<std::pair<std::string, std::string>> entries;  // text, path
-    const YAML::Node list = sequence(spec, "clusterIPs", "spec.clusterIPs");
-    for (std::size_t i = 0; i < list.size(); ++i) {
-      const std::string p = index_path("spec.clusterIPs", i);
-      entries.emplace_back(text(list[i], p), p);
-    }
+    const Path list_path("spec.clusterIPs");
+    if (const json::array* list = sequence(spec, "clusterIPs", list_path))
+      for (std::size_t i = 0; i < list->size(); ++i) {
+        const Path p(list_path, i);
+        entries.emplace_back(text((*list)[i], p), p.str());
+      }
+    ips_from_list = !entries.empty();
     // "" is how an object asks for an allocation; in a snapshot of a cluster it means none yet.
-    const std::optional<std::string> single = string(spec, "clusterIP", "spec.clusterIP");
+    const std::optional<std::string> single = string(spec, "clusterIP", Path("spec.clusterIP"));
     const bool has_single = single && !single->empty();
     if (entries.empty() && has_single) entries.emplace_back(*single, "spec.clusterIP");
 
@@ -342,38 +392,40 @@ class StreamDecoder {
       fail("spec.clusterIPs", "expected at most 2 addresses, one per IP family, got " + std::to_string(entries.size()));
 
     std::vector<std::string> paths;
-    for (const auto& [t, p] : entries) {
-      s.cluster_ips.push_back(ip(t, p));
-      paths.push_back(p);
+    for (auto& [t, p] : entries) {
+      s.cluster_ips.push_back(ip(t, Path(p)));
+      paths.push_back(std::move(p));
     }
-    if (has_single && paths[0] != "spec.clusterIP" && ip(*single, "spec.clusterIP") != s.cluster_ips[0])
+    if (has_single && paths[0] != "spec.clusterIP" && ip(*single, Path("spec.clusterIP")) != s.cluster_ips[0])
       fail("spec.clusterIP", quote(*single) + " differs from spec.clusterIPs[0] " + quote(entries[0].first));
     if (s.cluster_ips.size() == 2 && s.cluster_ips[0].family() == s.cluster_ips[1].family())
       fail(paths[1], "same IP family as " + paths[0] + "; a dual-stack service has one cluster IP per family");
     return paths;
   }
 
-  void ip_families(const YAML::Node& spec, Service& s, const std::vector<std::string>& ip_paths) const {
-    const YAML::Node fams = sequence(spec, "ipFamilies", "spec.ipFamilies");
+  void ip_families(const json::object* spec, Service& s, const std::vector<std::string>& ip_paths) {
+    const Path fams_path("spec.ipFamilies");
+    const json::array* fams = sequence(spec, "ipFamilies", fams_path);
     std::vector<net::Family> families;
-    for (std::size_t i = 0; i < fams.size(); ++i) {
-      const std::string p = index_path("spec.ipFamilies", i);
-      const std::string t = text(fams[i], p);
-      net::Family f;
-      if (t == "IPv4") f = net::Family::v4;
-      else if (t == "IPv6") f = net::Family::v6;
-      else fail(p, "expected IPv4 or IPv6, got " + quote(t));
-      if (std::find(families.begin(), families.end(), f) != families.end()) fail(p, t + " is listed twice");
-      families.push_back(f);
-    }
+    if (fams)
+      for (std::size_t i = 0; i < fams->size(); ++i) {
+        const Path p(fams_path, i);
+        const std::string t = text((*fams)[i], p);
+        net::Family f;
+        if (t == "IPv4") f = net::Family::v4;
+        else if (t == "IPv6") f = net::Family::v6;
+        else fail(p, "expected IPv4 or IPv6, got " + quote(t));
+        if (std::find(families.begin(), families.end(), f) != families.end()) fail(p, t + " is listed twice");
+        families.push_back(f);
+      }
 
-    const std::string policy = string(spec, "ipFamilyPolicy", "spec.ipFamilyPolicy").value_or("SingleStack");
+    const std::string_view policy = word(spec, "ipFamilyPolicy", Path("spec.ipFamilyPolicy")).value_or("SingleStack");
     if (policy == "SingleStack") s.ip_family_policy = IpFamilyPolicy::SingleStack;
     else if (policy == "PreferDualStack") s.ip_family_policy = IpFamilyPolicy::PreferDualStack;
     else if (policy == "RequireDualStack") s.ip_family_policy = IpFamilyPolicy::RequireDualStack;
     else fail("spec.ipFamilyPolicy", "expected SingleStack, PreferDualStack or RequireDualStack, got " + quote(policy));
 
-    if (fams.size() > 0) {
+    if (fams && !fams->empty()) {
       // The API server allocates clusterIPs[i] from the family ipFamilies[i]; an object where
       // they disagree was not read from a cluster and would route by the wrong family.
       if (s.cluster_ips.size() > families.size())
@@ -398,382 +450,628 @@ class StreamDecoder {
                                   std::to_string(s.cluster_ips.size()));
   }
 
-  void service_ports(const YAML::Node& spec, Service& s) const {
-    const std::size_t count = sequence(spec, "ports", "spec.ports").size();
+  void service_ports(const json::object* spec, Service& s) {
+    const Path ports_path("spec.ports");
+    const json::array* list = sequence(spec, "ports", ports_path);
+    const std::size_t count = list ? list->size() : 0;
+    s.ports.reserve(count);
     // Indexes of the ports seen so far: comparing each port with every earlier one was quadratic,
     // minutes of CPU for a service with 60,000 ports.
     std::map<std::pair<std::uint16_t, std::string>, std::size_t> by_port;  // port, protocol -> index
-    std::map<std::string, std::size_t> by_name;
-    each_mapping(spec, "ports", "spec.ports", [&](const YAML::Node& n, const std::string& p) {
+    std::map<std::string, std::size_t, std::less<>> by_name;
+    each_mapping(spec, "ports", ports_path, [&](const json::object& n, const Path& p) {
       ServicePort sp;
-      sp.name = string(n, "name", p + ".name").value_or("");
+      sp.name = string(&n, "name", Path(p, "name")).value_or("");
       // EndpointSlice ports are matched to service ports by name, so names must tell them apart.
-      if (count > 1 && sp.name.empty()) fail(p + ".name", "required when a service has more than one port");
-      sp.port = required_port(n, "port", p + ".port");
+      if (count > 1 && sp.name.empty()) fail(Path(p, "name"), "required when a service has more than one port");
+      sp.port = required_port(&n, "port", Path(p, "port"));
       sp.protocol = protocol(n, p);
-      sp.app_protocol = string(n, "appProtocol", p + ".appProtocol").value_or("");
+      sp.app_protocol = string(&n, "appProtocol", Path(p, "appProtocol")).value_or("");
       sp.target_port = sp.port;
-      const YAML::Node tp = get(n, "targetPort");
-      if (is_set(tp)) {
-        if (!tp.IsScalar() || tp.Scalar().empty())
-          fail(p + ".targetPort", "expected a port number 1-65535 or a port name, got " + describe(tp));
-        if (looks_numeric(tp.Scalar()))
-          sp.target_port = port(tp, p + ".targetPort");
+      if (const json::value* tp = get(&n, "targetPort"); is_set(tp)) {
+        const Path tpp(p, "targetPort");
+        const std::string t = is_scalar(*tp) ? render(*tp) : std::string();
+        if (t.empty()) fail(tpp, "expected a port number 1-65535 or a port name, got " + describe(*tp));
+        if (looks_numeric(t))
+          sp.target_port = port(*tp, tpp);
         else
-          sp.target_port = tp.Scalar();
+          sp.target_port = t;
       }
       const std::size_t index = s.ports.size();
       if (auto [it, fresh] = by_port.emplace(std::pair{sp.port, sp.protocol}, index); !fresh)
-        fail(p + ".port", std::to_string(sp.port) + "/" + sp.protocol + " is already " + index_path("spec.ports", it->second));
+        fail(Path(p, "port"), std::to_string(sp.port) + "/" + sp.protocol + " is already " + index_path("spec.ports", it->second));
       if (!sp.name.empty())
         if (auto [it, fresh] = by_name.emplace(sp.name, index); !fresh)
-          fail(p + ".name", quote(sp.name) + " is already " + index_path("spec.ports", it->second) + ".name");
+          fail(Path(p, "name"), quote(sp.name) + " is already " + index_path("spec.ports", it->second) + ".name");
       s.ports.push_back(std::move(sp));
     });
   }
 
   // The kube-proxy semantics fields. Values the API server would reject are errors here too: a
   // typo'd policy silently meaning "Cluster" would send traffic where the user said it must not go.
-  void service_policies(const YAML::Node& spec, Service& s) const {
-    const std::string itp = string(spec, "internalTrafficPolicy", "spec.internalTrafficPolicy").value_or("Cluster");
+  void service_policies(const json::object* spec, Service& s) {
+    const std::string_view itp =
+        word(spec, "internalTrafficPolicy", Path("spec.internalTrafficPolicy")).value_or("Cluster");
     if (itp == "Cluster") s.internal_traffic_policy = TrafficPolicy::Cluster;
     else if (itp == "Local") s.internal_traffic_policy = TrafficPolicy::Local;
     else fail("spec.internalTrafficPolicy", "expected Cluster or Local, got " + quote(itp));
 
-    const std::string sa = string(spec, "sessionAffinity", "spec.sessionAffinity").value_or("None");
+    const std::string_view sa = word(spec, "sessionAffinity", Path("spec.sessionAffinity")).value_or("None");
     if (sa == "None") s.session_affinity = SessionAffinity::None;
     else if (sa == "ClientIP") s.session_affinity = SessionAffinity::ClientIP;
     else fail("spec.sessionAffinity", "expected None or ClientIP, got " + quote(sa));
-    const YAML::Node cfg = mapping(spec, "sessionAffinityConfig", "spec.sessionAffinityConfig");
-    const YAML::Node client = mapping(cfg, "clientIP", "spec.sessionAffinityConfig.clientIP");
+    const json::object* cfg = mapping(spec, "sessionAffinityConfig", Path("spec.sessionAffinityConfig"));
+    const json::object* client = mapping(cfg, "clientIP", Path("spec.sessionAffinityConfig.clientIP"));
     const std::string tp = "spec.sessionAffinityConfig.clientIP.timeoutSeconds";
-    if (const YAML::Node t = get(client, "timeoutSeconds"); is_set(t)) {
-      unsigned long v = 0;
-      const std::string txt = t.IsScalar() ? t.Scalar() : std::string();
-      auto [ptr, ec] = std::from_chars(txt.data(), txt.data() + txt.size(), v);
-      if (!t.IsScalar() || ec != std::errc{} || ptr != txt.data() + txt.size() || v < 1 || v > 86400)
-        fail(tp, "expected an integer 1-86400, got " + describe(t));
-      s.affinity_timeout_s = static_cast<std::uint32_t>(v);
+    if (const json::value* t = get(client, "timeoutSeconds"); is_set(t)) {
+      const auto v = integer_in(*t, 1, 86400);
+      if (!v) fail(tp, "expected an integer 1-86400, got " + describe(*t));
+      s.affinity_timeout_s = static_cast<std::uint32_t>(*v);
     }
 
-    s.traffic_distribution = string(spec, "trafficDistribution", "spec.trafficDistribution").value_or("");
+    s.traffic_distribution = string(spec, "trafficDistribution", Path("spec.trafficDistribution")).value_or("");
     // The API server's values. PreferSameNode validates, but node hints (hints.forNodes) are not
     // implemented: only its slices' zone hints apply.
     if (const auto& td = s.traffic_distribution;
         !td.empty() && td != "PreferClose" && td != "PreferSameZone" && td != "PreferSameNode")
       fail("spec.trafficDistribution", "expected PreferClose, PreferSameZone or PreferSameNode, got " + quote(td));
     s.publish_not_ready_addresses =
-        boolean(spec, "publishNotReadyAddresses", "spec.publishNotReadyAddresses").value_or(false);
+        boolean(spec, "publishNotReadyAddresses", Path("spec.publishNotReadyAddresses")).value_or(false);
   }
 
-  // Two services with one ClusterIP would make a VIP lookup ambiguous; a real cluster's
-  // allocator never does it, so it is a mistake in hand-written input.
-  void check_vips_unique(const Service& s, const std::vector<std::string>& ip_paths) {
-    for (std::size_t i = 0; i < s.cluster_ips.size(); ++i) {
-      auto [it, inserted] = vip_owner_.emplace(s.cluster_ips[i], s.ns + "/" + s.name + " (" + loc_.where() + ")");
-      if (!inserted)
-        fail(ip_paths[i], s.cluster_ips[i].to_string() + " is already the cluster IP of Service " + it->second);
-    }
-  }
-
-  void pod(const YAML::Node& node, const YAML::Node& meta) {
+  Pod pod(const json::object& node, const json::object* meta) {
     Pod p;
-    p.name = loc_.name;
-    p.ns = loc_.ns;
+    p.name = name_;
+    p.ns = ns_;
+    const Path meta_path("metadata");
     if (p.name.empty()) fail("metadata.name", "required");
-    p.labels = string_map(meta, "labels", "metadata.labels");
+    p.labels = string_map(meta, "labels", Path(meta_path, "labels"));
     // Set when deletion has begun: the pod is terminating (it may still serve through a preStop delay).
-    p.terminating = string(meta, "deletionTimestamp", "metadata.deletionTimestamp").has_value();
+    p.terminating = string(meta, "deletionTimestamp", Path(meta_path, "deletionTimestamp")).has_value();
 
-    const YAML::Node spec = mapping(node, "spec", "spec");
-    p.node_name = string(spec, "nodeName", "spec.nodeName").value_or("");
+    const Path spec_path("spec");
+    const json::object* spec = mapping(&node, "spec", spec_path);
+    p.node_name = string(spec, "nodeName", Path(spec_path, "nodeName")).value_or("");
     // serviceAccount is the deprecated spelling older objects still carry.
-    std::string sa = string(spec, "serviceAccountName", "spec.serviceAccountName").value_or("");
-    if (sa.empty()) sa = string(spec, "serviceAccount", "spec.serviceAccount").value_or("");
-    if (!sa.empty()) p.service_account = sa;
-    p.host_network = boolean(spec, "hostNetwork", "spec.hostNetwork").value_or(false);
-    each_mapping(spec, "containers", "spec.containers", [&](const YAML::Node& c, const std::string& cp) {
-      each_mapping(c, "ports", cp + ".ports", [&](const YAML::Node& n, const std::string& pp) {
+    std::string sa = string(spec, "serviceAccountName", Path(spec_path, "serviceAccountName")).value_or("");
+    if (sa.empty()) sa = string(spec, "serviceAccount", Path(spec_path, "serviceAccount")).value_or("");
+    if (!sa.empty()) p.service_account = std::move(sa);
+    p.host_network = boolean(spec, "hostNetwork", Path(spec_path, "hostNetwork")).value_or(false);
+    each_mapping(spec, "containers", Path(spec_path, "containers"), [&](const json::object& c, const Path& cp) {
+      each_mapping(&c, "ports", Path(cp, "ports"), [&](const json::object& n, const Path& pp) {
         ContainerPort port;
-        port.name = string(n, "name", pp + ".name").value_or("");
-        port.port = required_port(n, "containerPort", pp + ".containerPort");
+        port.name = string(&n, "name", Path(pp, "name")).value_or("");
+        port.port = required_port(&n, "containerPort", Path(pp, "containerPort"));
         port.protocol = protocol(n, pp);
         p.container_ports.push_back(std::move(port));
       });
     });
 
-    const YAML::Node status = mapping(node, "status", "status");
-    each_mapping(status, "podIPs", "status.podIPs", [&](const YAML::Node& n, const std::string& ipp) {
-      const auto t = string(n, "ip", ipp + ".ip");
-      if (!t) fail(ipp + ".ip", "required");
-      const net::IpAddress a = ip(*t, ipp + ".ip");
+    const Path status_path("status");
+    const json::object* status = mapping(&node, "status", status_path);
+    each_mapping(status, "podIPs", Path(status_path, "podIPs"), [&](const json::object& n, const Path& ipp) {
+      const Path ip_path(ipp, "ip");
+      const auto t = string(&n, "ip", ip_path);
+      if (!t) fail(ip_path, "required");
+      const net::IpAddress a = ip(*t, ip_path);
       for (const auto& prev : p.pod_ips)
-        if (prev.family() == a.family()) fail(ipp + ".ip", "a pod has at most one address per IP family");
+        if (prev.family() == a.family()) fail(ip_path, "a pod has at most one address per IP family");
       p.pod_ips.push_back(a);
     });
     if (p.pod_ips.empty())
-      if (auto t = string(status, "podIP", "status.podIP"); t && !t->empty()) p.pod_ips.push_back(ip(*t, "status.podIP"));
-    each_mapping(status, "conditions", "status.conditions", [&](const YAML::Node& n, const std::string& cp) {
-      if (string(n, "type", cp + ".type") == "Ready") p.ready = string(n, "status", cp + ".status") == "True";
+      if (auto t = string(status, "podIP", Path(status_path, "podIP")); t && !t->empty())
+        p.pod_ips.push_back(ip(*t, Path(status_path, "podIP")));
+    each_mapping(status, "conditions", Path(status_path, "conditions"), [&](const json::object& n, const Path& cp) {
+      if (word(&n, "type", Path(cp, "type")) == "Ready") p.ready = word(&n, "status", Path(cp, "status")) == "True";
     });
-    out_.pods.push_back(std::move(p));
+    return p;
   }
 
-  void endpoint_slice(const YAML::Node& node, const YAML::Node& meta) {
-    EndpointSlice es;
-    es.name = loc_.name;
-    es.ns = loc_.ns;
-    const Labels labels = string_map(meta, "labels", "metadata.labels");
-    if (auto it = labels.find("kubernetes.io/service-name"); it != labels.end()) es.service_name = it->second;
+  void slice_ports(const json::object& node, EndpointSlice& es) {
+    each_mapping(&node, "ports", Path("ports"), [&](const json::object& n, const Path& pp) {
+      EndpointSlicePort port;
+      port.name = string(&n, "name", Path(pp, "name"));
+      // A null port is legal: it means "all ports", which only selector-less services use.
+      if (const json::value* pn = get(&n, "port"); is_set(pn)) port.port = this->port(*pn, Path(pp, "port"));
+      port.protocol = protocol(n, pp);
+      es.ports.push_back(std::move(port));
+    });
+  }
 
-    const auto type = string(node, "addressType", "addressType");
+  EndpointSlice endpoint_slice(const json::object& node, const json::object* meta) {
+    EndpointSlice es;
+    es.name = name_;
+    es.ns = ns_;
+    es.service_name =
+        string_map_value(meta, "labels", Path(Path("metadata"), "labels"), "kubernetes.io/service-name").value_or("");
+
+    const auto type = word(&node, "addressType", Path("addressType"));
     if (!type) fail("addressType", "required");
     if (*type == "IPv4") es.address_type = AddressType::IPv4;
     else if (*type == "IPv6") es.address_type = AddressType::IPv6;
     else if (*type == "FQDN") {
       warn("addressType FQDN is not routed as is (a proxy for ClusterIPs needs addresses); its hostnames are "
            "resolved only for a Service annotated dsproxy.io/resolve: \"true\"");
-      fqdn_slice(node, std::move(es));
-      return;
+      return fqdn_slice(node, std::move(es));
     } else fail("addressType", "expected IPv4, IPv6 or FQDN, got " + quote(*type));
     const net::Family family = es.address_type == AddressType::IPv4 ? net::Family::v4 : net::Family::v6;
 
-    each_mapping(node, "endpoints", "endpoints", [&](const YAML::Node& n, const std::string& ep) {
+    const Path eps_path("endpoints");
+    if (const json::array* eps = sequence(&node, "endpoints", eps_path)) es.endpoints.reserve(eps->size());
+    each_mapping(&node, "endpoints", eps_path, [&](const json::object& n, const Path& ep) {
       SliceEndpoint e;
-      const YAML::Node addrs = sequence(n, "addresses", ep + ".addresses");
-      for (std::size_t i = 0; i < addrs.size(); ++i) {
-        const std::string ap = index_path(ep + ".addresses", i);
-        const net::IpAddress a = ip(text(addrs[i], ap), ap);
-        if (a.family() != family)
-          fail(ap, "expected an " + std::string(to_string(es.address_type)) + " address (the slice's addressType), got " +
-                       quote(addrs[i].Scalar()));
-        e.addresses.push_back(a);
+      const Path addrs_path(ep, "addresses");
+      if (const json::array* addrs = sequence(&n, "addresses", addrs_path)) {
+        e.addresses.reserve(addrs->size());
+        for (std::size_t i = 0; i < addrs->size(); ++i) {
+          const Path ap(addrs_path, i);
+          const json::value& av = (*addrs)[i];
+          const net::IpAddress a = av.is_string() ? ip(av.get_string(), ap) : ip(text(av, ap), ap);
+          if (a.family() != family)
+            fail(ap, "expected an " + std::string(to_string(es.address_type)) +
+                         " address (the slice's addressType), got " + quote(render(av)));
+          e.addresses.push_back(a);
+        }
       }
-      const YAML::Node cond = mapping(n, "conditions", ep + ".conditions");
-      e.ready = boolean(cond, "ready", ep + ".conditions.ready").value_or(true);
-      e.serving = boolean(cond, "serving", ep + ".conditions.serving").value_or(e.ready);
-      e.terminating = boolean(cond, "terminating", ep + ".conditions.terminating").value_or(false);
-      e.node_name = string(n, "nodeName", ep + ".nodeName").value_or("");
-      e.zone = string(n, "zone", ep + ".zone").value_or("");
-      const YAML::Node hints = mapping(n, "hints", ep + ".hints");
-      each_mapping(hints, "forZones", ep + ".hints.forZones", [&](const YAML::Node& z, const std::string& zp) {
-        const auto name = string(z, "name", zp + ".name");
-        if (!name || name->empty()) fail(zp + ".name", "required");
+      const Path cond_path(ep, "conditions");
+      const json::object* cond = mapping(&n, "conditions", cond_path);
+      e.ready = boolean(cond, "ready", Path(cond_path, "ready")).value_or(true);
+      e.serving = boolean(cond, "serving", Path(cond_path, "serving")).value_or(e.ready);
+      e.terminating = boolean(cond, "terminating", Path(cond_path, "terminating")).value_or(false);
+      e.node_name = string(&n, "nodeName", Path(ep, "nodeName")).value_or("");
+      e.zone = string(&n, "zone", Path(ep, "zone")).value_or("");
+      const Path hints_path(ep, "hints");
+      const json::object* hints = mapping(&n, "hints", hints_path);
+      each_mapping(hints, "forZones", Path(hints_path, "forZones"), [&](const json::object& z, const Path& zp) {
+        const auto name = string(&z, "name", Path(zp, "name"));
+        if (!name || name->empty()) fail(Path(zp, "name"), "required");
         e.zone_hints.push_back(*name);
       });
-      const YAML::Node ref = mapping(n, "targetRef", ep + ".targetRef");
-      if (string(ref, "kind", ep + ".targetRef.kind") == "Pod")
-        e.target_pod = string(ref, "name", ep + ".targetRef.name").value_or("");
+      const Path ref_path(ep, "targetRef");
+      const json::object* ref = mapping(&n, "targetRef", ref_path);
+      if (word(ref, "kind", Path(ref_path, "kind")) == "Pod")
+        e.target_pod = string(ref, "name", Path(ref_path, "name")).value_or("");
       es.endpoints.push_back(std::move(e));
     });
-
-    each_mapping(node, "ports", "ports", [&](const YAML::Node& n, const std::string& pp) {
-      EndpointSlicePort port;
-      port.name = string(n, "name", pp + ".name");
-      // A null port is legal: it means "all ports", which only selector-less services use.
-      if (const YAML::Node pn = get(n, "port"); is_set(pn)) port.port = this->port(pn, pp + ".port");
-      port.protocol = protocol(n, pp);
-      es.ports.push_back(std::move(port));
-    });
-    out_.endpoint_slices.push_back(std::move(es));
+    slice_ports(node, es);
+    return es;
   }
 
-  // An FQDN slice: hostnames instead of addresses, kept in fqdn_slices.
-  void fqdn_slice(const YAML::Node& node, EndpointSlice es) {
+  // An FQDN slice: hostnames instead of addresses.
+  EndpointSlice fqdn_slice(const json::object& node, EndpointSlice es) {
     es.address_type = AddressType::FQDN;
-    each_mapping(node, "endpoints", "endpoints", [&](const YAML::Node& n, const std::string& ep) {
+    each_mapping(&node, "endpoints", Path("endpoints"), [&](const json::object& n, const Path& ep) {
       SliceEndpoint e;
-      const YAML::Node addrs = sequence(n, "addresses", ep + ".addresses");
-      for (std::size_t i = 0; i < addrs.size(); ++i) {
-        const std::string ap = index_path(ep + ".addresses", i);
-        std::string host = text(addrs[i], ap);
-        if (host.empty() || host.size() > 253 || host.find_first_not_of("abcdefghijklmnopqrstuvwxyz"
-                                                                         "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.") !=
-                                                     std::string::npos)
-          fail(ap, "expected a hostname (letters, digits, '-' and '.'), got " + quote(host));
-        e.hostnames.push_back(std::move(host));
-      }
-      const YAML::Node cond = mapping(n, "conditions", ep + ".conditions");
-      e.ready = boolean(cond, "ready", ep + ".conditions.ready").value_or(true);
-      e.node_name = string(n, "nodeName", ep + ".nodeName").value_or("");
+      const Path addrs_path(ep, "addresses");
+      if (const json::array* addrs = sequence(&n, "addresses", addrs_path))
+        for (std::size_t i = 0; i < addrs->size(); ++i) {
+          const Path ap(addrs_path, i);
+          std::string host = text((*addrs)[i], ap);
+          if (host.empty() || host.size() > 253 ||
+              host.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.") !=
+                  std::string::npos)
+            fail(ap, "expected a hostname (letters, digits, '-' and '.'), got " + quote(host));
+          e.hostnames.push_back(std::move(host));
+        }
+      const Path cond_path(ep, "conditions");
+      const json::object* cond = mapping(&n, "conditions", cond_path);
+      e.ready = boolean(cond, "ready", Path(cond_path, "ready")).value_or(true);
+      e.node_name = string(&n, "nodeName", Path(ep, "nodeName")).value_or("");
       es.endpoints.push_back(std::move(e));
     });
-    each_mapping(node, "ports", "ports", [&](const YAML::Node& n, const std::string& pp) {
-      EndpointSlicePort port;
-      port.name = string(n, "name", pp + ".name");
-      if (const YAML::Node pn = get(n, "port"); is_set(pn)) port.port = this->port(pn, pp + ".port");
-      port.protocol = protocol(n, pp);
-      es.ports.push_back(std::move(port));
-    });
-    out_.fqdn_slices.push_back(std::move(es));
+    slice_ports(node, es);
+    return es;
   }
 
-  std::string source_;
-  Location loc_;
-  ClusterObjects out_;
-  std::map<std::tuple<std::string, std::string, std::string>, std::string> seen_;  // kind, ns, name -> where
-  std::map<net::IpAddress, std::string> vip_owner_;                                // cluster IP -> "ns/name (where)"
+  std::string where_;
+  std::string kind_;  // set once the kind is known to be one we decode
+  std::string ns_;
+  std::string name_;
+  bool past_identity_ = false;
+  std::deque<std::string> rendered_;  // text of non-string scalars read by word()
 };
 
-std::string syntax_error(std::string_view source, const YAML::Exception& e) {
-  std::string s(source);
-  if (!e.mark.is_null())
-    s += ": line " + std::to_string(e.mark.line + 1) + ", column " + std::to_string(e.mark.column + 1);
-  return s + ": invalid YAML: " + e.msg;
-}
+// ---- streams of objects: documents, Lists, the checks across objects ----
 
-// A pass over the parser's events before any node is built: yaml-cpp's node builder would
-// allocate every node (memory) and the decoder walks alias targets once per alias (CPU, and
-// forever for a cycle), so the limits must hold before either runs. Counting is linear in the
-// input: each anchored node's expanded size is remembered, and an alias adds that size instead
-// of walking it again. Sizes saturate, so 9^100 nodes cannot overflow the counters.
-class LimitGuard final : public YAML::EventHandler {
+// What decoding one object gave, kept until its document says whether it belongs to a List.
+struct Outcome {
+  std::size_t item = 0;  // 1-based within a List; 0 for the document itself
+  std::optional<DecodedObject> object;
+  bool ips_from_list = false;
+  std::vector<std::string> warnings;
+  std::optional<std::string> error;
+  bool past_identity = false;  // the error came after kind, namespace and name were read
+  std::string kind, ns, name;
+};
+
+class StreamDecoder final : public TreeSink {
  public:
-  LimitGuard(std::string_view source, const DecodeLimits& limits) : source_(source), limits_(limits) {}
+  explicit StreamDecoder(std::string_view source) : source_(source) {}
 
-  void OnDocumentStart(const YAML::Mark& mark) override {
-    // yaml-cpp 0.7 can stop consuming input after some malformed flow collections and then
-    // report empty documents at the same place forever (found by the config fuzzer: 381 bytes
-    // of broken JSON, endless CPU and memory). Every real document starts past the last one.
-    ++document_;
-    if (document_ > 1 && mark.pos == last_start_)
-      fail(mark, "invalid YAML: the parser stopped advancing here (check the brackets and quotes before this point)");
-    last_start_ = mark.pos;
-    // Anchors are scoped to their document (yaml-cpp numbers them afresh in each).
-    anchors_.clear();
-    open_.clear();
+  // The first decode error is kept and thrown once the whole input has been read: a syntax
+  // error or a limit anywhere in the input is reported first, as when the input was parsed
+  // whole before decoding.
+  ClusterObjects take() {
+    if (error_) throw ConfigError(*error_);
+    return std::move(out_);
   }
-  void OnDocumentEnd() override {}
 
-  void OnNull(const YAML::Mark& mark, YAML::anchor_t anchor) override { leaf(mark, anchor); }
-  void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor, const std::string&) override {
-    leaf(mark, anchor);
+  void item(std::size_t document, std::size_t index, json::value&& v, const std::optional<std::string>& duplicate,
+            const json::object& root) override {
+    if (error_) return;
+    document_ = document;
+    const std::size_t item_no = index + 1;
+    try {
+      const json::value* kind = root.if_contains("kind");
+      const json::value* api = root.if_contains("apiVersion");
+      const bool kind_known = kind && kind->is_string();
+      const std::string_view k = kind_known ? std::string_view(kind->get_string()) : std::string_view();
+      if (kind_known && k == "List") {
+        apply(evaluate(item_no, v, duplicate, "", ""));
+        return;
+      }
+      if (kind_known && !(k.size() > 4 && k.ends_with("List"))) return;  // an "items" field of some object
+      if (kind_known && api && api->is_string()) {
+        apply(evaluate(item_no, v, duplicate, k.substr(0, k.size() - 4), api->get_string()));
+        return;
+      }
+      // The kind comes later (kubectl sorts keys: "items" before "kind"). An item that names its
+      // own kind and apiVersion decodes the same in any List; keep what it gave. Anything else
+      // waits for the document's end.
+      if (!is_set(&v)) return;
+      const json::object* o = v.if_object();
+      const json::value* own_kind = o ? o->if_contains("kind") : nullptr;
+      const json::value* own_api = o ? o->if_contains("apiVersion") : nullptr;
+      if (o && own_kind && own_kind->is_string() && own_api && own_api->is_string()) {
+        staged_.push_back({evaluate(item_no, v, duplicate, "", ""), json::value()});
+      } else {
+        Outcome pending;
+        pending.item = item_no;
+        staged_.push_back({std::move(pending), json::value(v, json::storage_ptr())});
+        staged_.back().duplicate = duplicate;
+        staged_.back().retained = true;
+      }
+    } catch (const ConfigError& e) {
+      error_ = e.what();
+    }
   }
-  void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor,
-                       YAML::EmitterStyle::value) override {
-    open(mark, anchor);
-  }
-  void OnSequenceEnd() override { close(); }
-  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor,
-                  YAML::EmitterStyle::value) override {
-    open(mark, anchor);
-  }
-  void OnMapEnd() override { close(); }
 
-  void OnAlias(const YAML::Mark& mark, YAML::anchor_t anchor) override {
-    // yaml-cpp rejects an alias to an undefined anchor, so one not yet complete is an alias to a
-    // mapping or list that contains it: a cycle, which no Kubernetes object has.
-    const auto it = anchors_.find(anchor);
-    if (it == anchors_.end()) fail(mark, "an alias refers to a mapping or list that contains it (a cycle)");
-    alias_nodes_ = saturating_add(alias_nodes_, it->second);
-    if (alias_nodes_ > limits_.max_alias_nodes)
-      fail(mark, "aliases repeat more than " + std::to_string(limits_.max_alias_nodes) +
-                     " nodes in total (the config alias-expansion limit)");
-    add_to_parent(it->second);
+  void document(std::size_t index, json::value&& root, const std::optional<std::string>& duplicate) override {
+    document_ = index;
+    if (error_) {
+      staged_.clear();
+      return;
+    }
+    try {
+      if (is_set(&root)) document_object(root, duplicate);
+    } catch (const ConfigError& e) {
+      error_ = e.what();
+    }
+    staged_.clear();
   }
 
  private:
-  struct Open {
-    YAML::anchor_t anchor;
-    std::size_t nodes;  // expanded size so far, the collection itself included
+  struct Staged {
+    Outcome outcome;
+    json::value value;  // an item kept whole until its List's kind is known
+    std::optional<std::string> duplicate{};
+    bool retained = false;
   };
 
-  static std::size_t saturating_add(std::size_t a, std::size_t b) {
-    return a > SIZE_MAX - b ? SIZE_MAX : a + b;
+  std::string where(std::size_t item) const {
+    std::string s = "document " + std::to_string(document_);
+    if (item != 0) s += " item " + std::to_string(item);
+    return s;
   }
 
-  [[noreturn]] void fail(const YAML::Mark& mark, const std::string& message) const {
-    std::string s(source_);
-    s += ": document " + std::to_string(document_);
-    if (!mark.is_null()) s += ": line " + std::to_string(mark.line + 1) + ", column " + std::to_string(mark.column + 1);
-    throw ConfigError(s + ": " + message);
+  void document_object(const json::value& root, const std::optional<std::string>& duplicate) {
+    ObjectDecoder d(source_ + ": " + where(0));
+    if (!root.is_object()) d.fail("", "expected a mapping (a Kubernetes object), got " + describe(root));
+    const json::object& node = root.get_object();
+    auto [kind, api] = d.resolve(node, "", "");
+    const json::value* items = node.if_contains("items");
+    if (kind == "List" || (kind.size() > 4 && kind.ends_with("List") && items && items->is_array())) {
+      const std::string item_kind = kind == "List" ? "" : kind.substr(0, kind.size() - 4);
+      const std::string item_api = kind == "List" ? "" : api;
+      if (kind == "List" && is_set(items) && !items->is_array())
+        d.fail("items", "expected a list, got " + describe(*items));
+      for (Staged& s : staged_) {
+        if (s.retained) apply(evaluate(s.outcome.item, s.value, s.duplicate, item_kind, item_api));
+        else apply(std::move(s.outcome));
+      }
+      return;
+    }
+    staged_.clear();
+    apply(decode(d, 0, kind, api, node, duplicate));
   }
 
-  void count_node(const YAML::Mark& mark) {
-    if (++nodes_ > limits_.max_nodes)
-      fail(mark, "more than " + std::to_string(limits_.max_nodes) + " nodes (the config node limit)");
-  }
-  void add_to_parent(std::size_t n) {
-    if (!open_.empty()) open_.back().nodes = saturating_add(open_.back().nodes, n);
-  }
-  void leaf(const YAML::Mark& mark, YAML::anchor_t anchor) {
-    count_node(mark);
-    if (anchor != YAML::NullAnchor) anchors_[anchor] = 1;
-    add_to_parent(1);
-  }
-  void open(const YAML::Mark& mark, YAML::anchor_t anchor) {
-    count_node(mark);
-    if (open_.size() >= limits_.max_depth)
-      fail(mark, "nested deeper than " + std::to_string(limits_.max_depth) + " levels (the config nesting limit)");
-    open_.push_back({anchor, 1});
-  }
-  void close() {
-    const Open done = open_.back();
-    open_.pop_back();
-    if (done.anchor != YAML::NullAnchor) anchors_[done.anchor] = done.nodes;
-    add_to_parent(done.nodes);
+  Outcome evaluate(std::size_t item, const json::value& v, const std::optional<std::string>& duplicate,
+                   std::string_view item_kind, std::string_view item_api) {
+    Outcome o;
+    o.item = item;
+    if (!is_set(&v)) return o;
+    ObjectDecoder d(source_ + ": " + where(item));
+    try {
+      if (!v.is_object()) d.fail("", "expected a mapping (a Kubernetes object), got " + describe(v));
+      auto [kind, api] = d.resolve(v.get_object(), item_kind, item_api);
+      return decode(d, item, kind, api, v.get_object(), duplicate);
+    } catch (const ConfigError& e) {
+      o.error = e.what();
+      return o;
+    }
   }
 
-  std::string_view source_;
-  const DecodeLimits& limits_;
+  static Outcome decode(ObjectDecoder& d, std::size_t item, const std::string& kind, const std::string& api,
+                        const json::object& node, const std::optional<std::string>& duplicate) {
+    Outcome o;
+    o.item = item;
+    try {
+      o.object = d.decode(kind, api, node, duplicate);
+      o.ips_from_list = d.ips_from_list;
+    } catch (const ConfigError& e) {
+      o.error = e.what();
+      o.past_identity = d.past_identity();
+    }
+    o.kind = d.kind();
+    o.ns = d.ns();
+    o.name = d.name();
+    o.warnings = std::move(d.warnings);
+    return o;
+  }
+
+  static std::string identity(std::string_view kind, std::string_view ns, std::string_view name) {
+    std::string k(kind);
+    k += '\0';
+    k.append(ns);
+    k += '\0';
+    k.append(name);
+    return k;
+  }
+
+  // Kubernetes has one object per kind/namespace/name; a second copy (the same dump pasted
+  // twice, an edited copy left behind) would make which one wins an accident of ordering.
+  void check_unique(std::size_t item, const std::string& kind, const std::string& ns, const std::string& name) {
+    if (name.empty()) return;
+    auto [it, inserted] = seen_.emplace(identity(kind, ns, name), std::pair{document_, item});
+    if (!inserted) {
+      std::string where_then = "document " + std::to_string(it->second.first);
+      if (it->second.second != 0) where_then += " item " + std::to_string(it->second.second);
+      throw ConfigError(source_ + ": " + where(item) + " (" + kind + " " + ns + "/" + name +
+                        "): metadata.name: the same " + kind + " is already defined in " + where_then);
+    }
+  }
+
+  void apply(Outcome&& o) {
+    if (o.error) {
+      if (o.past_identity) check_unique(o.item, o.kind, o.ns, o.name);
+      throw ConfigError(*o.error);
+    }
+    for (auto& w : o.warnings) out_.warnings.push_back(std::move(w));
+    if (!o.object) return;
+    check_unique(o.item, o.kind, o.ns, o.name);
+    std::visit(
+        [&](auto& obj) {
+          using T = std::decay_t<decltype(obj)>;
+          if constexpr (std::is_same_v<T, Service>) {
+            check_vips_unique(o.item, obj, o.ips_from_list);
+            out_.services.push_back(std::move(obj));
+          } else if constexpr (std::is_same_v<T, Pod>) {
+            out_.pods.push_back(std::move(obj));
+          } else if constexpr (std::is_same_v<T, EndpointSlice>) {
+            if (obj.address_type == AddressType::FQDN) out_.fqdn_slices.push_back(std::move(obj));
+            else out_.endpoint_slices.push_back(std::move(obj));
+          } else {
+            out_.nodes.push_back(std::move(obj));
+          }
+        },
+        *o.object);
+  }
+
+  // Two services with one ClusterIP would make a VIP lookup ambiguous; a real cluster's
+  // allocator never does it, so it is a mistake in hand-written input.
+  void check_vips_unique(std::size_t item, const Service& s, bool ips_from_list) {
+    for (std::size_t i = 0; i < s.cluster_ips.size(); ++i) {
+      auto [it, inserted] = vip_owner_.emplace(s.cluster_ips[i], Owner{out_.services.size(), document_, item});
+      if (inserted) continue;
+      const Service& other = out_.services[it->second.service];
+      std::string where_then = "document " + std::to_string(it->second.document);
+      if (it->second.item != 0) where_then += " item " + std::to_string(it->second.item);
+      const std::string path = ips_from_list ? index_path("spec.clusterIPs", i) : "spec.clusterIP";
+      throw ConfigError(source_ + ": " + where(item) + " (Service " + s.ns + "/" + s.name + "): " + path + ": " +
+                        s.cluster_ips[i].to_string() + " is already the cluster IP of Service " + other.ns + "/" +
+                        other.name + " (" + where_then + ")");
+    }
+  }
+
+  struct Owner {
+    std::size_t service;  // index in out_.services
+    std::size_t document;
+    std::size_t item;
+  };
+
+  std::string source_;
   std::size_t document_ = 0;
-  int last_start_ = 0;           // where the last document started (YAML::Mark::pos)
-  std::size_t nodes_ = 0;        // nodes yaml-cpp will build, over all documents
-  std::size_t alias_nodes_ = 0;  // nodes the decoder would walk again through aliases, over all documents
-  std::unordered_map<YAML::anchor_t, std::size_t> anchors_;  // complete anchored node -> expanded size
-  std::vector<Open> open_;
+  ClusterObjects out_;
+  std::optional<std::string> error_;
+  std::vector<Staged> staged_;
+  std::unordered_map<std::string, std::pair<std::size_t, std::size_t>> seen_;  // kind\0ns\0name -> document, item
+  std::map<net::IpAddress, Owner> vip_owner_;
 };
 
-void check_limits(std::string_view text, std::string_view source, const DecodeLimits& limits) {
-  if (text.size() > limits.max_bytes)
-    throw ConfigError(std::string(source) + ": " + std::to_string(text.size()) + " bytes, more than " +
-                      std::to_string(limits.max_bytes) + " (the config size limit)");
-  std::istringstream in{std::string(text)};
-  YAML::Parser parser(in);
-  LimitGuard guard(source, limits);
-  while (parser.HandleNextDocument(guard)) {
-  }
+bool looks_like_json(std::string_view text) {
+  const std::size_t at = text.find_first_not_of(" \t\r\n");
+  return at != std::string_view::npos && (text[at] == '{' || text[at] == '[');
 }
+
+// An istream over text the caller holds, without copying it (yaml-cpp reads from a stream).
+class ViewBuffer : public std::streambuf {
+ public:
+  explicit ViewBuffer(std::string_view text) {
+    char* p = const_cast<char*>(text.data());
+    setg(p, p, p + text.size());
+  }
+};
+
+ClusterObjects decode_yaml(std::istream& in, std::string_view source, const DecodeLimits& limits) {
+  StreamDecoder decoder(source);
+  JsonTreeBuilder builder(decoder, limits);
+  read_yaml(in, builder, source, limits);
+  return decoder.take();
+}
+
+ClusterObjects decode_yaml_text(std::string_view text, std::string_view source, const DecodeLimits& limits) {
+  ViewBuffer buffer(text);
+  std::istream in(&buffer);
+  return decode_yaml(in, source, limits);
+}
+
+// A file read in chunks, never past the byte limit (nor forever: a FIFO or /dev/zero named by
+// mistake); `exceeded` says the limit stopped it. The first chunk is read ahead (prime) to tell
+// JSON from YAML without seeking, which a FIFO cannot.
+class FileBuffer : public std::streambuf {
+ public:
+  FileBuffer(std::ifstream& in, std::size_t limit) : in_(in), limit_(limit) {}
+  bool exceeded() const { return exceeded_; }
+  bool failed() const { return in_.bad(); }
+
+  std::string_view prime() {
+    primed_ = read();
+    return primed_;
+  }
+
+  // The next chunk, or empty at the end.
+  std::string_view next() {
+    if (!primed_.empty()) return std::exchange(primed_, std::string_view());
+    return read();
+  }
+
+ protected:
+  int_type underflow() override {
+    const std::string_view c = next();
+    if (c.empty()) return traits_type::eof();
+    char* p = const_cast<char*>(c.data());
+    setg(p, p, p + c.size());
+    return traits_type::to_int_type(c[0]);
+  }
+
+ private:
+  std::string_view read() {
+    if (exceeded_ || !in_) return {};
+    in_.read(chunk_.data(), static_cast<std::streamsize>(chunk_.size()));
+    const auto got = static_cast<std::size_t>(in_.gcount());
+    total_ += got;
+    if (total_ > limit_) {
+      exceeded_ = true;
+      return {};
+    }
+    return {chunk_.data(), got};
+  }
+
+  std::ifstream& in_;
+  std::size_t limit_;
+  std::size_t total_ = 0;
+  bool exceeded_ = false;
+  std::string_view primed_;
+  std::array<char, 64 * 1024> chunk_;
+};
 
 }  // namespace
 
 ClusterObjects decode_objects(std::string_view text, std::string_view source, const DecodeLimits& limits) {
-  std::vector<YAML::Node> docs;
+  if (text.size() > limits.max_bytes)
+    throw ConfigError(std::string(source) + ": " + std::to_string(text.size()) + " bytes, more than " +
+                      std::to_string(limits.max_bytes) + " (the config size limit)");
+  if (!looks_like_json(text)) return decode_yaml_text(text, source, limits);
   try {
-    check_limits(text, source, limits);
-    docs = YAML::LoadAll(std::string(text));
-  } catch (const YAML::Exception& e) {
-    throw ConfigError(syntax_error(source, e));
+    StreamDecoder decoder(source);
+    JsonTreeBuilder builder(decoder, limits);
+    JsonReader reader(builder, source, limits);
+    reader.write(text);
+    reader.finish();
+    return decoder.take();
+  } catch (const JsonSyntaxError& json_error) {
+    // Flow-style YAML looks like JSON too.
+    try {
+      return decode_yaml_text(text, source, limits);
+    } catch (const ConfigError&) {
+      throw ConfigError(json_error.what());
+    }
   }
-  StreamDecoder decoder(source);
-  try {
-    for (std::size_t i = 0; i < docs.size(); ++i) decoder.document(docs[i], i + 1);
-  } catch (const YAML::Exception& e) {
-    // The accessors check node types first, so this is a yaml-cpp surprise; still the user's input.
-    throw ConfigError(syntax_error(source, e));
-  }
-  return decoder.take();
 }
 
 ClusterObjects load_objects_file(const std::string& path, const DecodeLimits& limits) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) throw ConfigError(path + ": is a directory, expected a YAML or JSON file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError(path + ": cannot open: " + std::strerror(errno));
-  // Read one byte past the limit, never the whole of an oversized file (or an endless one: a
-  // FIFO or /dev/zero named by mistake); decode_objects reports the size.
-  std::string text;
-  std::array<char, 64 * 1024> chunk;
-  while (text.size() <= limits.max_bytes) {
-    in.read(chunk.data(), chunk.size());
-    const auto got = static_cast<std::size_t>(in.gcount());
-    if (got == 0) break;
-    text.append(chunk.data(), std::min(got, limits.max_bytes + 1 - text.size()));
+  const auto open = [&] {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw ConfigError(path + ": cannot open: " + std::strerror(errno));
+    return in;
+  };
+  const auto too_big = [&] {
+    return ConfigError(path + ": more than " + std::to_string(limits.max_bytes) + " bytes (the config size limit)");
+  };
+  const auto read_failed = [&] { return ConfigError(path + ": read failed: " + std::strerror(errno)); };
+  const auto as_yaml = [&](FileBuffer& buffer) {
+    std::istream stream(&buffer);
+    try {
+      ClusterObjects o = decode_yaml(stream, path, limits);
+      if (buffer.exceeded()) throw too_big();
+      if (buffer.failed()) throw read_failed();
+      return o;
+    } catch (const ConfigError&) {
+      // Input cut at the limit is not the user's syntax error.
+      if (buffer.exceeded()) throw too_big();
+      if (buffer.failed()) throw read_failed();
+      throw;
+    }
+  };
+
+  std::ifstream in = open();
+  FileBuffer buffer(in, limits.max_bytes);
+  // The first chunk says which format: a file that starts with `{` or `[` is read as JSON.
+  const std::string_view first = buffer.prime();
+  if (buffer.failed()) throw read_failed();
+  if (!looks_like_json(first)) return as_yaml(buffer);
+  try {
+    StreamDecoder decoder(path);
+    JsonTreeBuilder builder(decoder, limits);
+    JsonReader reader(builder, path, limits);
+    for (std::string_view chunk = buffer.next(); !chunk.empty(); chunk = buffer.next()) reader.write(chunk);
+    if (buffer.exceeded()) throw too_big();
+    if (buffer.failed()) throw read_failed();
+    reader.finish();
+    return decoder.take();
+  } catch (const JsonSyntaxError& json_error) {
+    // Flow-style YAML looks like JSON too; read again, if the file can be read again.
+    if (!std::filesystem::is_regular_file(path, ec)) throw;
+    try {
+      std::ifstream again = open();
+      FileBuffer yaml_buffer(again, limits.max_bytes);
+      return as_yaml(yaml_buffer);
+    } catch (const ConfigError&) {
+      throw ConfigError(json_error.what());
+    }
   }
-  if (in.bad()) throw ConfigError(path + ": read failed: " + std::strerror(errno));
-  if (text.size() > limits.max_bytes)
-    throw ConfigError(path + ": more than " + std::to_string(limits.max_bytes) + " bytes (the config size limit)");
-  return decode_objects(text, path, limits);
+}
+
+// ---- one object at a time ----
+
+std::optional<DecodedObject> decode_object(std::string_view kind, const json::object& object, std::string_view where,
+                                           std::vector<std::string>* warnings) {
+  ObjectDecoder d{std::string(where)};
+  auto [own_kind, api] = d.resolve(object, kind, "");
+  if (own_kind != kind) d.fail("kind", "expected " + quote(kind) + " (the resource's kind), got " + quote(own_kind));
+  auto result = d.decode(own_kind, api, object, std::nullopt);
+  if (warnings)
+    for (auto& w : d.warnings) warnings->push_back(std::move(w));
+  return result;
+}
+
+std::optional<DecodedObject> decode_object(const json::object& object, std::string_view where,
+                                           std::vector<std::string>* warnings) {
+  ObjectDecoder d{std::string(where)};
+  const std::string kind = d.resolve(object, "", "").first;
+  return decode_object(kind, object, where, warnings);
 }
 
 }  // namespace dsproxy::config
