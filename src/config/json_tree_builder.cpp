@@ -140,7 +140,7 @@ void JsonTreeBuilder::attach(json::value&& v) {
   if (top.items) {
     {
       json::value item = std::move(v);
-      sink_.item(document_, top.handed_out++, std::move(item), item_duplicate_, frames_[0].value.get_object());
+      sink_.item(document_, top.handed_out++, std::move(item), unit_nodes_, item_duplicate_, frames_[0].value.get_object());
     }
     item_duplicate_.reset();
     unit_nodes_ = 0;

@@ -35,11 +35,12 @@ class InputLimitError : public std::runtime_error {
 class TreeSink {
  public:
   virtual ~TreeSink() = default;
-  // Element `index` (from 0) of the document root's first "items" list. `root` is the root
-  // mapping as read so far (without its items). `duplicate` is the path, inside the element, of
-  // the first repeated key. `v` lives in storage the builder reuses after the call returns.
-  virtual void item(std::size_t document, std::size_t index, boost::json::value&& v, const std::optional<std::string>& duplicate,
-                    const boost::json::object& root) = 0;
+  // Element `index` (from 0) of the document root's first "items" list, of `nodes` nodes.
+  // `root` is the root mapping as read so far (without its items). `duplicate` is the path,
+  // inside the element, of the first repeated key. `v` lives in storage the builder reuses after
+  // the call returns. May throw InputLimitError.
+  virtual void item(std::size_t document, std::size_t index, boost::json::value&& v, std::size_t nodes,
+                    const std::optional<std::string>& duplicate, const boost::json::object& root) = 0;
   // A whole document (1-based `index`); a root's streamed "items" list is left in it empty.
   virtual void document(std::size_t index, boost::json::value&& root, const std::optional<std::string>& duplicate) = 0;
 };

@@ -673,7 +673,7 @@ class ObjectDecoder {
 
 // ---- streams of objects: documents, Lists, the checks across objects ----
 
-// What decoding one object gave, kept until its document says whether it belongs to a List.
+// What decoding one object gave.
 struct Outcome {
   std::size_t item = 0;  // 1-based within a List; 0 for the document itself
   std::optional<DecodedObject> object;
@@ -686,7 +686,7 @@ struct Outcome {
 
 class StreamDecoder final : public TreeSink {
  public:
-  explicit StreamDecoder(std::string_view source) : source_(source) {}
+  StreamDecoder(std::string_view source, const DecodeLimits& limits) : source_(source), limits_(limits) {}
 
   // The first decode error is kept and thrown once the whole input has been read: a syntax
   // error or a limit anywhere in the input is reported first, as when the input was parsed
@@ -696,10 +696,10 @@ class StreamDecoder final : public TreeSink {
     return std::move(out_);
   }
 
-  void item(std::size_t document, std::size_t index, json::value&& v, const std::optional<std::string>& duplicate,
-            const json::object& root) override {
+  void item(std::size_t document, std::size_t index, json::value&& v, std::size_t nodes,
+            const std::optional<std::string>& duplicate, const json::object& root) override {
     if (error_) return;
-    document_ = document;
+    start(document);
     const std::size_t item_no = index + 1;
     try {
       const json::value* kind = root.if_contains("kind");
@@ -715,48 +715,96 @@ class StreamDecoder final : public TreeSink {
         apply(evaluate(item_no, v, duplicate, k.substr(0, k.size() - 4), api->get_string()));
         return;
       }
-      // The kind comes later (kubectl sorts keys: "items" before "kind"). An item that names its
-      // own kind and apiVersion decodes the same in any List; keep what it gave. Anything else
-      // waits for the document's end.
-      if (!is_set(&v)) return;
-      const json::object* o = v.if_object();
-      const json::value* own_kind = o ? o->if_contains("kind") : nullptr;
-      const json::value* own_api = o ? o->if_contains("apiVersion") : nullptr;
-      if (o && own_kind && own_kind->is_string() && own_api && own_api->is_string()) {
-        staged_.push_back({evaluate(item_no, v, duplicate, "", ""), json::value()});
-      } else {
-        Outcome pending;
-        pending.item = item_no;
-        staged_.push_back({std::move(pending), json::value(v, json::storage_ptr())});
-        staged_.back().duplicate = duplicate;
-        staged_.back().retained = true;
-      }
+      speculate(item_no, v, nodes, duplicate);
     } catch (const ConfigError& e) {
       error_ = e.what();
     }
   }
 
   void document(std::size_t index, json::value&& root, const std::optional<std::string>& duplicate) override {
-    document_ = index;
-    if (error_) {
-      staged_.clear();
-      return;
+    start(index);
+    if (!error_) {
+      try {
+        if (is_set(&root)) document_object(root, duplicate);
+        else rollback();
+      } catch (const ConfigError& e) {
+        error_ = e.what();
+      }
     }
-    try {
-      if (is_set(&root)) document_object(root, duplicate);
-    } catch (const ConfigError& e) {
-      error_ = e.what();
-    }
-    staged_.clear();
+    spec_ = Speculation{};
+    document_ = 0;
   }
 
  private:
-  struct Staged {
-    Outcome outcome;
-    json::value value;  // an item kept whole until its List's kind is known
-    std::optional<std::string> duplicate{};
-    bool retained = false;
+  // The items of a document whose kind is not known yet (kubectl sorts keys: "items" before
+  // "kind"). An item that names its own kind and apiVersion decodes the same in any List, so it
+  // is decoded and kept right away, with what it added to the checks across objects noted to be
+  // taken back if the document turns out not to be a List after all. From the first item that
+  // does not name them, items wait whole for the document's end, in order.
+  struct Speculation {
+    std::size_t services = 0, pods = 0, slices = 0, nodes = 0, fqdn_slices = 0, warnings = 0;
+    std::vector<const std::string*> seen;  // keys added to seen_
+    std::vector<net::IpAddress> vips;      // keys added to vip_owner_
+    std::optional<std::string> error;      // the first failure; later items do not matter
+    struct Waiting {
+      std::size_t item;
+      json::value value;
+      std::optional<std::string> duplicate;
+    };
+    std::vector<Waiting> waiting;
+    std::size_t waiting_nodes = 0;
   };
+
+  void start(std::size_t document) {
+    if (document_ == document) return;
+    document_ = document;
+    spec_ = Speculation{};
+    spec_.services = out_.services.size();
+    spec_.pods = out_.pods.size();
+    spec_.slices = out_.endpoint_slices.size();
+    spec_.nodes = out_.nodes.size();
+    spec_.fqdn_slices = out_.fqdn_slices.size();
+    spec_.warnings = out_.warnings.size();
+  }
+
+  void speculate(std::size_t item_no, const json::value& v, std::size_t nodes,
+                 const std::optional<std::string>& duplicate) {
+    if (spec_.error || !is_set(&v)) return;
+    const json::object* o = v.if_object();
+    const json::value* own_kind = o ? o->if_contains("kind") : nullptr;
+    const json::value* own_api = o ? o->if_contains("apiVersion") : nullptr;
+    const bool self_described = !o || (own_kind && own_kind->is_string() && own_api && own_api->is_string());
+    if (spec_.waiting.empty() && self_described) {
+      speculating_ = true;
+      try {
+        apply(evaluate(item_no, v, duplicate, "", ""));
+      } catch (const ConfigError& e) {
+        spec_.error = e.what();
+      }
+      speculating_ = false;
+      return;
+    }
+    // Kept whole, so bounded like one object's tree.
+    spec_.waiting_nodes += nodes;
+    if (spec_.waiting_nodes > limits_.max_object_nodes)
+      throw InputLimitError("the items of a List whose kind comes after them, and that do not name their own kind "
+                            "and apiVersion, hold more than " + std::to_string(limits_.max_object_nodes) +
+                            " nodes (the config object-size limit)");
+    spec_.waiting.push_back({item_no, json::value(v, json::storage_ptr()), duplicate});
+  }
+
+  // The document is not a List: what its "items" gave is taken back.
+  void rollback() {
+    out_.services.resize(spec_.services);
+    out_.pods.resize(spec_.pods);
+    out_.endpoint_slices.resize(spec_.slices);
+    out_.nodes.resize(spec_.nodes);
+    out_.fqdn_slices.resize(spec_.fqdn_slices);
+    out_.warnings.resize(spec_.warnings);
+    for (const std::string* key : spec_.seen) seen_.erase(std::string(*key));
+    for (const net::IpAddress& vip : spec_.vips) vip_owner_.erase(vip);
+    spec_ = Speculation{};
+  }
 
   std::string where(std::size_t item) const {
     std::string s = "document " + std::to_string(document_);
@@ -775,13 +823,11 @@ class StreamDecoder final : public TreeSink {
       const std::string item_api = kind == "List" ? "" : api;
       if (kind == "List" && is_set(items) && !items->is_array())
         d.fail("items", "expected a list, got " + describe(*items));
-      for (Staged& s : staged_) {
-        if (s.retained) apply(evaluate(s.outcome.item, s.value, s.duplicate, item_kind, item_api));
-        else apply(std::move(s.outcome));
-      }
+      if (spec_.error) throw ConfigError(*spec_.error);
+      for (auto& w : spec_.waiting) apply(evaluate(w.item, w.value, w.duplicate, item_kind, item_api));
       return;
     }
-    staged_.clear();
+    rollback();
     apply(decode(d, 0, kind, api, node, duplicate));
   }
 
@@ -833,12 +879,14 @@ class StreamDecoder final : public TreeSink {
   void check_unique(std::size_t item, const std::string& kind, const std::string& ns, const std::string& name) {
     if (name.empty()) return;
     auto [it, inserted] = seen_.emplace(identity(kind, ns, name), std::pair{document_, item});
-    if (!inserted) {
-      std::string where_then = "document " + std::to_string(it->second.first);
-      if (it->second.second != 0) where_then += " item " + std::to_string(it->second.second);
-      throw ConfigError(source_ + ": " + where(item) + " (" + kind + " " + ns + "/" + name +
-                        "): metadata.name: the same " + kind + " is already defined in " + where_then);
+    if (inserted) {
+      if (speculating_) spec_.seen.push_back(&it->first);
+      return;
     }
+    std::string where_then = "document " + std::to_string(it->second.first);
+    if (it->second.second != 0) where_then += " item " + std::to_string(it->second.second);
+    throw ConfigError(source_ + ": " + where(item) + " (" + kind + " " + ns + "/" + name +
+                      "): metadata.name: the same " + kind + " is already defined in " + where_then);
   }
 
   void apply(Outcome&& o) {
@@ -872,7 +920,10 @@ class StreamDecoder final : public TreeSink {
   void check_vips_unique(std::size_t item, const Service& s, bool ips_from_list) {
     for (std::size_t i = 0; i < s.cluster_ips.size(); ++i) {
       auto [it, inserted] = vip_owner_.emplace(s.cluster_ips[i], Owner{out_.services.size(), document_, item});
-      if (inserted) continue;
+      if (inserted) {
+        if (speculating_) spec_.vips.push_back(s.cluster_ips[i]);
+        continue;
+      }
       const Service& other = out_.services[it->second.service];
       std::string where_then = "document " + std::to_string(it->second.document);
       if (it->second.item != 0) where_then += " item " + std::to_string(it->second.item);
@@ -890,10 +941,12 @@ class StreamDecoder final : public TreeSink {
   };
 
   std::string source_;
+  const DecodeLimits& limits_;
   std::size_t document_ = 0;
   ClusterObjects out_;
   std::optional<std::string> error_;
-  std::vector<Staged> staged_;
+  Speculation spec_;
+  bool speculating_ = false;
   std::unordered_map<std::string, std::pair<std::size_t, std::size_t>> seen_;  // kind\0ns\0name -> document, item
   std::map<net::IpAddress, Owner> vip_owner_;
 };
@@ -913,7 +966,7 @@ class ViewBuffer : public std::streambuf {
 };
 
 ClusterObjects decode_yaml(std::istream& in, std::string_view source, const DecodeLimits& limits) {
-  StreamDecoder decoder(source);
+  StreamDecoder decoder(source, limits);
   JsonTreeBuilder builder(decoder, limits);
   read_yaml(in, builder, source, limits);
   return decoder.take();
@@ -983,7 +1036,7 @@ ClusterObjects decode_objects(std::string_view text, std::string_view source, co
                       std::to_string(limits.max_bytes) + " (the config size limit)");
   if (!looks_like_json(text)) return decode_yaml_text(text, source, limits);
   try {
-    StreamDecoder decoder(source);
+    StreamDecoder decoder(source, limits);
     JsonTreeBuilder builder(decoder, limits);
     JsonReader reader(builder, source, limits);
     reader.write(text);
@@ -1033,7 +1086,7 @@ ClusterObjects load_objects_file(const std::string& path, const DecodeLimits& li
   if (buffer.failed()) throw read_failed();
   if (!looks_like_json(first)) return as_yaml(buffer);
   try {
-    StreamDecoder decoder(path);
+    StreamDecoder decoder(path, limits);
     JsonTreeBuilder builder(decoder, limits);
     JsonReader reader(builder, path, limits);
     for (std::string_view chunk = buffer.next(); !chunk.empty(); chunk = buffer.next()) reader.write(chunk);
