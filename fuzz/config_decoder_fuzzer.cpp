@@ -1,19 +1,27 @@
-// libFuzzer target for the config decoder: YAML and JSON Kubernetes objects (JSON is YAML to
-// yaml-cpp, so one entry point reads both) through decode_objects and on into
-// ClusterSnapshot::build, the path a reload takes. Build and run: fuzz/run_fuzz.sh config_decoder.
+// libFuzzer target for the config decoder: YAML and JSON Kubernetes objects through both of its
+// transports. decode_objects reads the text (JSON, by Boost.JSON's parser, when it starts with
+// `{` or `[`; YAML, by yaml-cpp's events, otherwise or when it is not JSON after all) and goes on
+// into ClusterSnapshot::build, the path a reload takes; decode_object reads the text parsed as
+// one JSON object, the path of the API watch. Build and run: fuzz/run_fuzz.sh config_decoder.
 //
 // The contract checked, besides "no crash, no sanitizer report, no hang" (-timeout): bad input
 // fails only with ConfigError (any other exception escapes and is a finding), the message names
-// the source, and what decodes holds the invariants the decoder promises its users.
+// the source, what decodes holds the invariants the decoder promises its users, and the two
+// transports agree: an object the file path accepts on its own, the watch path accepts too.
 
 #include <spdlog/spdlog.h>
 
 #include <cstdint>
 #include <cstdlib>
+#include <optional>
+#include <type_traits>
+#include <variant>
 #include <set>
 #include <string>
 #include <string_view>
 #include <utility>
+
+#include <boost/json/parse.hpp>
 
 #include "snapshot/cluster_snapshot.hpp"
 #include "config/k8s_decoder.hpp"
@@ -50,6 +58,19 @@ void check_service(const Service& s) {
   }
 }
 
+void check_slice(const EndpointSlice& es) {
+  if (es.address_type == AddressType::FQDN) {
+    for (const SliceEndpoint& e : es.endpoints) require(e.addresses.empty());
+    return;
+  }
+  const net::Family f = es.address_type == AddressType::IPv4 ? net::Family::v4 : net::Family::v6;
+  for (const SliceEndpoint& e : es.endpoints) {
+    require(e.hostnames.empty());
+    for (const net::IpAddress& a : e.addresses) require(a.family() == f);
+  }
+  for (const EndpointSlicePort& p : es.ports) require(!p.port || *p.port != 0);
+}
+
 void check_objects(const ClusterObjects& o) {
   for (const Service& s : o.services) check_service(s);
   for (const Pod& p : o.pods) {
@@ -60,12 +81,55 @@ void check_objects(const ClusterObjects& o) {
   }
   for (const EndpointSlice& es : o.endpoint_slices) {
     require(es.address_type != AddressType::FQDN);
-    const net::Family f = es.address_type == AddressType::IPv4 ? net::Family::v4 : net::Family::v6;
-    for (const SliceEndpoint& e : es.endpoints)
-      for (const net::IpAddress& a : e.addresses) require(a.family() == f);
-    for (const EndpointSlicePort& p : es.ports) require(!p.port || *p.port != 0);
+    check_slice(es);
   }
-  for (const EndpointSlice& es : o.fqdn_slices) require(es.address_type == AddressType::FQDN);
+  for (const EndpointSlice& es : o.fqdn_slices) {
+    require(es.address_type == AddressType::FQDN);
+    check_slice(es);
+  }
+}
+
+std::size_t count(const ClusterObjects& o) {
+  return o.services.size() + o.pods.size() + o.endpoint_slices.size() + o.nodes.size() + o.fqdn_slices.size();
+}
+
+// The watch's path: the same text as one Boost.JSON object (what the API client parses).
+void watch_path(std::string_view text, const ClusterObjects* from_file) {
+  boost::json::error_code ec;
+  const boost::json::value v = boost::json::parse(text, ec);
+  if (ec || !v.is_object()) return;
+  const boost::json::object& object = v.get_object();
+  std::optional<DecodedObject> decoded;
+  bool failed = false;
+  try {
+    decoded = decode_object(object, "watch");
+  } catch (const ConfigError& e) {
+    require(std::string_view(e.what()).starts_with("watch"));
+    failed = true;
+  }
+  if (decoded) {
+    std::visit(
+        [](const auto& o) {
+          using T = std::decay_t<decltype(o)>;
+          if constexpr (std::is_same_v<T, Service>) check_service(o);
+          else if constexpr (std::is_same_v<T, EndpointSlice>) check_slice(o);
+          else if constexpr (std::is_same_v<T, Pod>) require(!o.name.empty() && o.pod_ips.size() <= 2);
+        },
+        *decoded);
+  }
+  // One object the file path took, not a List: the watch path takes it too. (The reverse need
+  // not hold: the file path also refuses repeated keys, which Boost.JSON's parse folds.)
+  if (from_file && count(*from_file) == 1) {
+    const auto* kind = object.if_contains("kind");
+    if (kind && kind->is_string() && !std::string_view(kind->get_string()).ends_with("List")) require(!failed && decoded);
+  }
+  // Each kind given explicitly, as a LIST item without "kind" comes: no crash, ConfigError only.
+  for (const char* kind : {"Service", "Pod", "EndpointSlice", "Node"}) {
+    try {
+      if (!object.contains("kind")) (void)decode_object(kind, object, "watch");
+    } catch (const ConfigError&) {
+    }
+  }
 }
 
 }  // namespace
@@ -82,9 +146,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     objects = decode_objects(text, "fuzz.yaml");
   } catch (const ConfigError& e) {
     require(std::string_view(e.what()).starts_with("fuzz.yaml: "));
+    watch_path(text, nullptr);
     return 0;
   }
   check_objects(objects);
+  watch_path(text, &objects);
   try {
     const auto snapshot = dsproxy::snapshot::ClusterSnapshot::build(std::move(objects), {"node-a", "cluster.local"});
     require(snapshot != nullptr);

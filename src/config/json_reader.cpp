@@ -3,6 +3,7 @@
 #include <boost/json/basic_parser_impl.hpp>
 
 #include <charconv>
+#include <cstring>
 #include <cstdint>
 #include <optional>
 
@@ -139,11 +140,12 @@ JsonReader::JsonReader(JsonTreeBuilder& builder, std::string_view source, const 
 JsonReader::~JsonReader() = default;
 
 void JsonReader::advance(std::string_view chunk) {
-  for (std::size_t i = 0; i < chunk.size(); ++i)
-    if (chunk[i] == '\n') {
-      ++line_;
-      line_start_ = offset_ + i + 1;
-    }
+  // Only line numbers for messages, but over every byte: memchr's speed, not a byte loop's.
+  for (const char* p = chunk.data(); const void* nl = std::memchr(p, '\n', static_cast<std::size_t>(chunk.data() + chunk.size() - p));) {
+    p = static_cast<const char*>(nl) + 1;
+    ++line_;
+    line_start_ = offset_ + static_cast<std::size_t>(p - chunk.data());
+  }
   offset_ += chunk.size();
 }
 

@@ -94,8 +94,13 @@ class Converter final : public YAML::EventHandler {
                      " nodes in total (the config alias-expansion limit)");
     const json::value& v = it->second.value;
     if (builder_.expecting_key()) {
-      if (!v.is_string()) fail(mark, "a mapping key must be a string");
-      guarded(mark, [&] { builder_.key(v.get_string()); });
+      // The anchored scalar's text: a key is text whatever the schema made of the value.
+      std::string text;
+      if (v.is_string()) text = v.get_string();
+      else if (v.is_int64()) text = std::to_string(v.get_int64());
+      else if (v.is_bool()) text = v.get_bool() ? "true" : "false";
+      else fail(mark, std::string("a mapping key must be a string, got ") + (v.is_null() ? "null" : v.is_object() ? "a mapping" : "a list"));
+      guarded(mark, [&] { builder_.key(text); });
     } else {
       guarded(mark, [&] { builder_.copy_of(v, it->second.nodes); });
     }
