@@ -141,6 +141,7 @@ JsonReader::~JsonReader() = default;
 
 void JsonReader::advance(std::string_view chunk) {
   // Only line numbers for messages, but over every byte: memchr's speed, not a byte loop's.
+  if (chunk.empty()) return;  // finish() has no chunk, and memchr no null pointer (found by the fuzzer)
   for (const char* p = chunk.data(); const void* nl = std::memchr(p, '\n', static_cast<std::size_t>(chunk.data() + chunk.size() - p));) {
     p = static_cast<const char*>(nl) + 1;
     ++line_;
