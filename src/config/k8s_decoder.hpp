@@ -43,15 +43,16 @@ class ConfigError : public std::runtime_error {
 // the limit; a reload keeps the last good config. JSON and YAML have the same limits.
 //
 // The text is decoded one object at a time (each document, each item of a List), so memory is
-// bounded by the largest object (max_object_nodes) plus what is decoded, not by the input: a
-// 10,000-Service cluster with 100,000 endpoints is about 40 MB of `kubectl -o json` and 5
-// million nodes. The byte and node limits bound CPU (about 0.1 us a node for JSON, 1 us for YAML
-// through yaml-cpp's parser), and admit several times that cluster. One object: the API server
-// stores at most 1.5 MiB per object (etcd's request limit), a few hundred thousand nodes even if
-// packed; a Service with 60,000 ports is 300,000. Kubernetes objects nest about 10-20 levels (a
-// `kind: List` adds two), CRD schemas (parsed, then ignored) a few dozen. Anchors in
-// hand-written files repeat a few labels or ports; 100,000 repeated nodes is a hundred times more
-// than that and still milliseconds to build.
+// bounded by the largest object (max_object_nodes) plus what is decoded, not by the input. A
+// 10,000-Service dual-stack cluster with 100,000 endpoints (bench/tools/gen_cluster.py) is 4.2
+// million nodes: 104 MB as `kubectl get -o json` prints it, 47 MB as YAML. The byte and node
+// limits bound CPU, about 0.2 us a node for JSON and 2 us for YAML (yaml-cpp's scanner), and
+// admit twice that cluster as JSON (five times as YAML). One object: the API server stores at
+// most 1.5 MiB per object (etcd's request limit), a few hundred thousand nodes even if packed; a
+// Service with 60,000 ports is 300,000; the generated cluster's largest object is 173. Objects
+// nest about 10-20 levels (a `kind: List` adds two), CRD schemas (parsed, then ignored) a few
+// dozen. Anchors in hand-written files repeat a few labels or ports; 100,000 repeated nodes is a
+// hundred times more than that and still milliseconds to build.
 inline constexpr std::size_t kMaxConfigBytes = 256u << 20;       // 256 MiB; the read stops there
 inline constexpr std::size_t kMaxConfigNodes = 40'000'000;       // scalars, keys, mappings and lists read
 inline constexpr std::size_t kMaxConfigObjectNodes = 1'000'000;  // in the tree of one object at a time
