@@ -14,6 +14,7 @@
 #include "config/k8s_decoder.hpp"
 #include "daemon/control_plane.hpp"
 #include "daemon/daemon.hpp"
+#include "sources/kubernetes/api_server_config.hpp"
 #include "redirect/command_runner.hpp"
 #include "redirect/node_families.hpp"
 #include "redirect/redirector.hpp"
@@ -58,8 +59,20 @@ int main(int argc, char** argv) {
   // run
   daemon::DaemonOptions run;
   auto* run_cmd = app.add_subcommand("run", "Run the proxy in this (the node's) network namespace");
-  run_cmd->add_option("--config", run.config_path, "Kubernetes objects (YAML or JSON); reloaded when it changes")
-      ->required();
+  auto* config_opt =
+      run_cmd->add_option("--config", run.config_path, "Kubernetes objects (YAML or JSON); reloaded when it changes");
+  auto* kubernetes_opt = run_cmd->add_flag(
+      "--kubernetes", run.kubernetes,
+      "Watch the Kubernetes API (in-cluster service account; the default when KUBERNETES_SERVICE_HOST is set and "
+      "--config is not given)");
+  auto* kubeconfig_opt = run_cmd->add_option("--kubeconfig", run.kubeconfig,
+                                             "Watch the API server of this kubeconfig's current context instead");
+  auto* sa_dir_opt = run_cmd->add_option(
+      "--service-account-dir", run.service_account_dir,
+      "Where the in-cluster service account is mounted (token, ca.crt, namespace; default "
+      "/var/run/secrets/kubernetes.io/serviceaccount)");
+  config_opt->excludes(kubernetes_opt)->excludes(kubeconfig_opt)->excludes(sa_dir_opt);
+  kubeconfig_opt->excludes(sa_dir_opt);
   run_cmd->add_option("--node", run.node, "This node's name (pods with spec.nodeName == NAME are local)")->required();
   run_cmd->add_option("--zone", run.zone,
                       "This node's topology zone for EndpointSlice zone hints (default: the topology.kubernetes.io/zone "
@@ -162,6 +175,15 @@ int main(int argc, char** argv) {
 
   try {
     if (run_cmd->parsed()) {
+      // Where the objects come from: --config, else the API (--kubeconfig and
+      // --service-account-dir imply --kubernetes, and in a pod it is the default).
+      if (!run.kubeconfig.empty() || !run.service_account_dir.empty()) run.kubernetes = true;
+      if (run.config_path.empty() && !run.kubernetes) {
+        if (!sources::kubernetes::running_in_cluster())
+          throw std::invalid_argument(
+              "run: no source of objects: give --config FILE, or --kubernetes / --kubeconfig PATH");
+        run.kubernetes = true;
+      }
       run.proxy.ports = {run.redirect_options.outbound_port, run.redirect_options.inbound_port};
       for (const auto& spec : forward_specs) {
         const auto eq = spec.find('=');

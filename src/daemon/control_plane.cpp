@@ -134,6 +134,17 @@ void ControlPlane::replace_all(const sources::ConfigSource& from, config::Cluste
 
 void ControlPlane::upsert(const sources::ConfigSource& from, config::Service object) {
   const auto key = key_of(object.ns, object.name);
+  // A Service the snapshot would refuse (a bad dsproxy.io/ annotation) must not fail every
+  // build from now on: it is checked alone, and skipped (its last good version stays) if bad.
+  // A file is refused whole instead (replace_all), as it always was.
+  try {
+    config::ClusterObjects alone;
+    alone.services.push_back(object);
+    snapshot::ClusterSnapshot::build(std::move(alone), options_.snapshot);
+  } catch (const std::exception& e) {
+    spdlog::error("{}: skipping Service {}, keeping its last good version: {}", from.name(), key, e.what());
+    return;
+  }
   const bool relevant = hostnames_ && (hostname_relevant(object) || resolve_services_.contains(key));
   if (relevant) {
     if (hostname_relevant(object))
@@ -219,13 +230,29 @@ void ControlPlane::schedule_build(std::string_view why) {
   if (!first_published_ || stopping_) return;
   if (build_pending_) return;
   build_pending_ = true;
+  pending_since_ = std::chrono::steady_clock::now();
   pending_why_ = std::string(why);
-  build_timer_.expires_after(options_.coalesce);
+  arm_build_timer(options_.coalesce);
+}
+
+void ControlPlane::arm_build_timer(std::chrono::milliseconds after) {
+  build_timer_.expires_after(after);
   build_timer_.async_wait([this](boost::system::error_code ec) {
+    if (ec || stopping_ || !build_pending_) return;
+    if (open_batches_ > 0 && std::chrono::steady_clock::now() - pending_since_ < options_.max_batch_hold) {
+      arm_build_timer(options_.coalesce);  // end_batch re-arms it sooner
+      return;
+    }
     build_pending_ = false;
-    if (ec || stopping_) return;
     build_and_publish();
   });
+}
+
+void ControlPlane::begin_batch(const sources::ConfigSource&) { ++open_batches_; }
+
+void ControlPlane::end_batch(const sources::ConfigSource&) {
+  if (open_batches_ > 0) --open_batches_;
+  if (open_batches_ == 0 && build_pending_) arm_build_timer(options_.coalesce);
 }
 
 void ControlPlane::first_publish() {

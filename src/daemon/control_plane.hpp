@@ -63,6 +63,9 @@ struct ControlPlaneOptions {
   std::optional<resolver::AresOptions> hostnames;
   // How long a change waits for more before the build it triggers.
   std::chrono::milliseconds coalesce{5};
+  // How long an open batch (a LIST streaming in) may hold a build back; past this the build
+  // happens anyway (a LIST that failed midway must not freeze the routing view).
+  std::chrono::milliseconds max_batch_hold{2000};
   // Tests only (--test-build-delay-ms): every build after the first sleeps this long first, to
   // show that DNS and readiness do not wait for a slow build.
   std::chrono::milliseconds test_build_delay{0};
@@ -113,12 +116,15 @@ class ControlPlane final : public sources::ObjectSink {
   void upsert(const sources::ConfigSource& from, config::Node object) override;
   void erase(const sources::ConfigSource& from, sources::ObjectKind kind, const std::string& ns,
              const std::string& name) override;
+  void begin_batch(const sources::ConfigSource& from) override;
+  void end_batch(const sources::ConfigSource& from) override;
   void synced(const sources::ConfigSource& from) override;
   void failed(const sources::ConfigSource& from, const std::string& why, int exit_code) override;
 
  private:
   void run_thread();
   void schedule_build(std::string_view why);
+  void arm_build_timer(std::chrono::milliseconds after);
   void build_and_publish();
   void first_publish();
   void apply_rules(const snapshot::ClusterSnapshot& snapshot);
@@ -138,6 +144,8 @@ class ControlPlane final : public sources::ObjectSink {
   snapshot::EndpointStateRegistry endpoint_states_;  // outlier and load state, kept across builds
   SnapshotBuilder builder_;
   bool build_pending_ = false;
+  std::chrono::steady_clock::time_point pending_since_;
+  int open_batches_ = 0;
   std::string pending_why_;  // what triggered the pending build, for its log line
   bool first_published_ = false;
   std::atomic<bool> synced_{false};

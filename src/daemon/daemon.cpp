@@ -18,6 +18,8 @@
 #include "resolver/dns_proxy.hpp"
 #include "snapshot/snapshot_store.hpp"
 #include "sources/file_source.hpp"
+#include "sources/kubernetes/api_server_config.hpp"
+#include "sources/kubernetes/kubernetes_source.hpp"
 
 namespace dsproxy::daemon {
 
@@ -98,10 +100,12 @@ class Daemon {
                                .ready = [this] { asio::post(front_, [this] { on_ready(); }); },
                                .fatal = [this](int code) { asio::post(front_, [this, code] { on_fatal(code); }); },
                            });
-    if (!options_.config_path.empty())
-      control_plane_->add_source(std::make_unique<sources::FileSource>(
-          control_plane_->io(), sources::FileSourceOptions{options_.config_path, options_.config_poll},
-          *control_plane_));
+    try {
+      add_sources();
+    } catch (const std::exception& e) {
+      spdlog::error("cannot start: {}", e.what());
+      return 2;
+    }
 
     proxy::ProxyServer server(options_.proxy, store_, stats_);
     admin::AdminServer admin(front_.get_executor());
@@ -135,6 +139,25 @@ class Daemon {
   }
 
  private:
+  // Before any listener or rule: a configuration that cannot work stops the start here.
+  void add_sources() {
+    if (!options_.config_path.empty())
+      control_plane_->add_source(std::make_unique<sources::FileSource>(
+          control_plane_->io(), sources::FileSourceOptions{options_.config_path, options_.config_poll},
+          *control_plane_));
+    if (options_.kubernetes) {
+      namespace k8s = sources::kubernetes;
+      k8s::KubernetesSourceOptions k;
+      k.server = !options_.kubeconfig.empty()
+                     ? k8s::kubeconfig_config(options_.kubeconfig)
+                     : k8s::in_cluster_config(options_.service_account_dir.empty() ? k8s::kDefaultServiceAccountDir
+                                                                                   : options_.service_account_dir);
+      k.node_name = options_.node;
+      control_plane_->add_source(
+          std::make_unique<k8s::KubernetesSource>(control_plane_->io(), std::move(k), *control_plane_));
+    }
+  }
+
   void shutdown(proxy::ProxyServer& server, admin::AdminServer& admin) {
     // The control plane first: once it is joined nothing installs or updates a rule any more,
     // and the rules can be removed whatever moment of its start it was stopped in.

@@ -13,9 +13,13 @@
 namespace dsproxy::daemon {
 
 struct DaemonOptions {
-  // Sources: a config file (--config).
+  // Sources: a config file (--config), or the Kubernetes API (--kubernetes: in-cluster, from
+  // the service account mounted at service_account_dir; or --kubeconfig PATH). One of the two.
   std::string config_path;
   std::chrono::milliseconds config_poll{1000};
+  bool kubernetes = false;
+  std::string kubeconfig;           // non-empty: this file instead of the in-cluster config
+  std::string service_account_dir;  // empty: /var/run/secrets/kubernetes.io/serviceaccount
 
   std::string node;
   std::string zone;  // --zone: this node's topology zone (else the Node object's label)

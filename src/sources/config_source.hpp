@@ -34,6 +34,12 @@ class ObjectSink {
   virtual void upsert(const ConfigSource& from, config::EndpointSlice object) = 0;
   virtual void upsert(const ConfigSource& from, config::Node object) = 0;
   virtual void erase(const ConfigSource& from, ObjectKind kind, const std::string& ns, const std::string& name) = 0;
+  // A run of changes that belong together is arriving (a LIST streaming in page by page): the
+  // sink may hold its build until end_batch, so a relist of 10,000 objects is one build. A
+  // batch left open (a LIST that failed midway) must not freeze the sink: it holds for a bounded
+  // time only.
+  virtual void begin_batch(const ConfigSource& from) {}
+  virtual void end_batch(const ConfigSource& from) {}
   // Said once per source, after its first complete state was delivered. The sink builds
   // nothing (and readiness stays false) until every source said it.
   virtual void synced(const ConfigSource& from) = 0;

@@ -154,7 +154,31 @@ TEST_F(ControlPlaneTest, ABurstOfChangesIsOneBuild) {
   EXPECT_NE(store.current()->find_cluster({*net::IpAddress::parse("10.96.3.250"), 80}), nullptr);
 }
 
-TEST_F(ControlPlaneTest, ABadBuildKeepsTheLastSnapshot) {
+// One Service the snapshot refuses (a bad dsproxy.io/ annotation) is skipped with its last good
+// version kept, and does not fail the builds of everything else.
+TEST_F(ControlPlaneTest, ABadServiceIsSkippedNotEveryBuild) {
+  make();
+  auto source = std::make_unique<ScriptedSource>(*cp, "a", config::ClusterObjects{});
+  auto* s = source.get();
+  cp->add_source(std::move(source));
+  cp->start();
+  ASSERT_TRUE(wait_for([&] { return cp->synced(); }));
+  s->on_thread([&] { cp->upsert(*s, service("demo", "web", "10.96.0.10")); });
+  ASSERT_TRUE(wait_for([&] { return store.current()->clusters().size() == 1; }));
+  s->on_thread([&] {
+    auto bad = service("demo", "web", "10.96.0.99");
+    bad.annotations["dsproxy.io/family-fallback"] = "sideways";
+    cp->upsert(*s, bad);
+    cp->upsert(*s, service("demo", "api", "10.96.0.11"));
+  });
+  ASSERT_TRUE(wait_for([&] { return store.current()->clusters().size() == 2; }));
+  EXPECT_EQ(cp->build_failures(), 0u);
+  EXPECT_NE(store.current()->find_cluster({*net::IpAddress::parse("10.96.0.10"), 80}), nullptr) << "last good web";
+  EXPECT_EQ(store.current()->find_cluster({*net::IpAddress::parse("10.96.0.99"), 80}), nullptr);
+}
+
+// A whole file with such a Service is refused whole, as a reload always was.
+TEST_F(ControlPlaneTest, ABadFileKeepsTheLastSnapshot) {
   make();
   auto source = std::make_unique<ScriptedSource>(*cp, "a", config::ClusterObjects{});
   auto* s = source.get();
@@ -163,12 +187,58 @@ TEST_F(ControlPlaneTest, ABadBuildKeepsTheLastSnapshot) {
   ASSERT_TRUE(wait_for([&] { return cp->synced(); }));
   const auto generation = store.generation();
   s->on_thread([&] {
-    auto bad = service("demo", "web", "10.96.0.10");
-    bad.annotations["dsproxy.io/family-fallback"] = "sideways";
-    cp->upsert(*s, bad);
+    config::ClusterObjects file;
+    file.services.push_back(service("demo", "web", "10.96.0.10"));
+    file.services.back().annotations["dsproxy.io/family-fallback"] = "sideways";
+    cp->replace_all(*s, std::move(file));
   });
   ASSERT_TRUE(wait_for([&] { return cp->build_failures() == 1; }));
   EXPECT_EQ(store.generation(), generation);
+}
+
+// While a batch (a LIST) is open, changes wait for its end: one build for the lot, even when
+// the LIST takes longer than the coalescing delay.
+TEST_F(ControlPlaneTest, AnOpenBatchHoldsTheBuildUntilItEnds) {
+  ControlPlaneOptions options;
+  options.coalesce = 5ms;
+  make(options);
+  auto source = std::make_unique<ScriptedSource>(*cp, "a", config::ClusterObjects{});
+  auto* s = source.get();
+  cp->add_source(std::move(source));
+  cp->start();
+  ASSERT_TRUE(wait_for([&] { return cp->synced(); }));
+  const auto builds = cp->builds();
+  s->on_thread([&] {
+    cp->begin_batch(*s);
+    cp->upsert(*s, service("demo", "a", "10.96.0.10"));
+  });
+  std::this_thread::sleep_for(100ms);  // twenty coalescing delays
+  EXPECT_EQ(cp->builds(), builds);
+  s->on_thread([&] {
+    cp->upsert(*s, service("demo", "b", "10.96.0.11"));
+    cp->end_batch(*s);
+  });
+  ASSERT_TRUE(wait_for([&] { return cp->builds() > builds; }));
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(cp->builds(), builds + 1);
+  EXPECT_EQ(store.current()->clusters().size(), 2u);
+}
+
+// A batch never closed (a LIST that failed midway and is not retried yet) holds for a bounded time.
+TEST_F(ControlPlaneTest, ABatchLeftOpenHoldsOnlyForAWhile) {
+  ControlPlaneOptions options;
+  options.max_batch_hold = 200ms;
+  make(options);
+  auto source = std::make_unique<ScriptedSource>(*cp, "a", config::ClusterObjects{});
+  auto* s = source.get();
+  cp->add_source(std::move(source));
+  cp->start();
+  ASSERT_TRUE(wait_for([&] { return cp->synced(); }));
+  s->on_thread([&] {
+    cp->begin_batch(*s);
+    cp->upsert(*s, service("demo", "a", "10.96.0.10"));
+  });
+  EXPECT_TRUE(wait_for([&] { return store.current()->clusters().size() == 1; }, 3s));
 }
 
 TEST_F(ControlPlaneTest, FailingSourceIsFatal) {
