@@ -20,27 +20,36 @@ std::size_t object_count(const config::ClusterObjects& o) {
   return o.services.size() + o.pods.size() + o.endpoint_slices.size() + o.nodes.size() + o.fqdn_slices.size();
 }
 
-// The file as text, at most one byte past the decoder's size limit: an oversized file (or a FIFO
-// or /dev/zero named by mistake) is never read whole; decode_objects reports the limit.
-std::string read_bounded(const std::string& path) {
+struct Fingerprint {
+  std::uint64_t hash = 14695981039346656037ull;  // FNV-1a 64
+  bool blank = true;                             // only whitespace (or nothing) in it
+};
+
+// The file's content hash, read in pieces (the decoder, too, never holds the text whole: a big
+// cluster's file costs one buffer here, not its size). Reads at most one byte past the
+// decoder's size limit; load_objects_file reports an oversized file.
+Fingerprint fingerprint(const std::string& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))
     throw config::ConfigError(path + ": is a directory, expected a YAML or JSON file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw config::ConfigError(path + ": cannot open: " + std::strerror(errno));
-  const std::size_t limit = config::kMaxConfigBytes;
-  std::string text;
+  Fingerprint f;
   std::array<char, 64 * 1024> chunk;
-  while (text.size() <= limit) {
+  std::size_t total = 0;
+  while (total <= config::kMaxConfigBytes) {
     in.read(chunk.data(), chunk.size());
     const auto got = static_cast<std::size_t>(in.gcount());
     if (got == 0) break;
-    text.append(chunk.data(), std::min(got, limit + 1 - text.size()));
+    total += got;
+    for (std::size_t i = 0; i < got; ++i) {
+      const auto c = static_cast<unsigned char>(chunk[i]);
+      f.hash = (f.hash ^ c) * 1099511628211ull;
+      if (f.blank && c != ' ' && c != '\t' && c != '\r' && c != '\n') f.blank = false;
+    }
   }
   if (in.bad()) throw config::ConfigError(path + ": read failed: " + std::strerror(errno));
-  if (text.size() > limit)
-    throw config::ConfigError(path + ": more than " + std::to_string(limit) + " bytes (the config size limit)");
-  return text;
+  return f;
 }
 
 }  // namespace
@@ -124,20 +133,24 @@ void FileSource::load(std::string_view why, bool force) {
   config::ClusterObjects objects;
   std::uint64_t hash = 0;
   try {
-    const std::string text = read_bounded(options_.path);
-    hash = std::hash<std::string_view>{}(text) ^ text.size();
+    const auto print = fingerprint(options_.path);
+    hash = print.hash;
     if (!force && delivered_ && *delivered_ == hash) {
       std::lock_guard lock(status_mutex_);
       ++unchanged_;
       spdlog::debug("config file {} rewritten with the same content: nothing to reload", options_.path);
       return;
     }
-    objects = config::decode_objects(text, options_.path);
+    if (print.blank)
+      throw config::ConfigError(options_.path +
+                                ": the file is empty; refusing it rather than removing every capture and refusal rule");
+    // Read a second time, by the decoder: a write between the two reads changes the stamp, so
+    // the next poll reads it again.
+    objects = config::load_objects_file(options_.path);
     if (object_count(objects) == 0)
-      throw config::ConfigError(options_.path + ": " + (text.find_first_not_of(" \t\r\n") == std::string::npos
-                                                            ? "the file is empty"
-                                                            : "no Service, Pod, EndpointSlice or Node in the file") +
-                                "; refusing it rather than removing every capture and refusal rule");
+      throw config::ConfigError(options_.path +
+                                ": no Service, Pod, EndpointSlice or Node in the file; refusing it rather than "
+                                "removing every capture and refusal rule");
   } catch (const std::exception& e) {
     count_failure(e.what());
     if (synced())
