@@ -188,6 +188,12 @@ for delay in 0 0.02 0.05 0.1 0.2 0.3 0.5 1; do
   ip netns exec "$(node_ns)" "$DSPROXY_BIN" run --config "$DSPROXY_CONFIG" --node "$CLUSTER_NODE_NAME" \
     --redirect >"$log" 2>&1 &
   pid=$!
+  # The background child is a copy of this shell (with its traps) until it execs: signal it only
+  # once it is dsproxy, or the SIGTERM would run this script's cleanup in the child.
+  for ((i = 0; i < 400; i++)); do
+    [[ $(readlink "/proc/$pid/exe" 2>/dev/null) == "$DSPROXY_BIN" ]] && break
+    sleep 0.005
+  done
   sleep "$delay"
   kill -TERM "$pid" 2>/dev/null
   exited=1
