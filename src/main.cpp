@@ -16,6 +16,7 @@
 #include "daemon/daemon.hpp"
 #include "sources/kubernetes/api_server_config.hpp"
 #include "redirect/command_runner.hpp"
+#include "redirect/iptables_backend.hpp"
 #include "redirect/node_families.hpp"
 #include "redirect/redirector.hpp"
 #include "redirect/vip_refusals.hpp"
@@ -29,6 +30,12 @@ void add_redirect_flags(CLI::App& cmd, redirect::RedirectOptions& r) {
   cmd.add_option("--inbound-port", r.inbound_port, "Inbound capture listener port")->capture_default_str();
   cmd.add_option("--route-table", r.route_table, "Policy routing table for diverted packets")->capture_default_str();
   cmd.add_option("--rule-priority", r.rule_priority, "Priority of the fwmark ip rule")->capture_default_str();
+  cmd.add_option_function<std::string>(
+         "--iptables-backend",
+         [&r](const std::string& value) { r.iptables_backend = *redirect::parse_iptables_backend(value); },
+         "auto (the one the node's kubelet/kube-proxy rules are in), nft or legacy")
+      ->check(CLI::IsMember({"auto", "nft", "legacy"}))
+      ->default_str("auto");
 }
 
 // DNS capture is on unless --no-dns-capture, in `run` and `redirect` alike.
@@ -230,6 +237,7 @@ int main(int argc, char** argv) {
       redirect_options.ipv4 = families.has(net::Family::v4);
       redirect_options.ipv6 = families.has(net::Family::v6);
       redirect::ProcessRunner runner;
+      spdlog::info("{}", redirect::resolve_iptables_backend(redirect_options, runner));
       redirect::Redirector redirector(redirect_options, runner);
       redirect::VipRefusals refusals(redirect_options, runner);
       if (redirect_cmd->got_subcommand("uninstall")) {

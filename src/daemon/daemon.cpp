@@ -15,6 +15,7 @@
 #include "daemon/control_plane.hpp"
 #include "proxy/proxy_server.hpp"
 #include "redirect/command_runner.hpp"
+#include "redirect/iptables_backend.hpp"
 #include "resolver/dns_proxy.hpp"
 #include "snapshot/snapshot_store.hpp"
 #include "sources/file_source.hpp"
@@ -69,6 +70,8 @@ class Daemon {
       spdlog::warn("{}", off);
     }
     options_ = restrict_to_families(std::move(options_), families);
+    // Also once, read-only: the rules go to the iptables backend the node's rules are in.
+    if (options_.redirect) spdlog::info("{}", redirect::resolve_iptables_backend(options_.redirect_options, runner_));
     raise_descriptor_limit();
 
     // Signal handling exists before any rule can be installed (the control plane installs them

@@ -11,6 +11,9 @@
 
 namespace dsproxy::redirect {
 
+// --iptables-backend: which iptables flavour the rules are written with (iptables_backend.hpp).
+enum class IptablesBackend { automatic, nft, legacy };
+
 struct RedirectOptions {
   std::uint16_t outbound_port = 15001;  // TCP from this node's pods
   std::uint16_t inbound_port = 15006;   // TCP to this node's pods from elsewhere
@@ -36,11 +39,14 @@ struct RedirectOptions {
   bool ipv4 = true;
   bool ipv6 = true;
 
+  // What --iptables-backend asked for. resolve_iptables_backend() (iptables_backend.hpp) turns
+  // automatic into the backend the node uses and points the four iptables programs below at its
+  // variants (iptables-nft-restore, iptables-legacy-restore, ...): the two backends' rules
+  // coexist in the kernel but neither tool shows or orders against the other's.
+  IptablesBackend iptables_backend = IptablesBackend::automatic;
   // The programs the rules are applied with: a bare name is looked up in PATH, then in
   // /usr/local/sbin, /usr/sbin and /sbin (daemons often run with a PATH lacking the sbin
-  // directories). Override to pin an iptables backend, e.g. "iptables-legacy" and
-  // "iptables-legacy-restore" on a node whose kube-proxy still writes legacy rules: the two
-  // backends' rules coexist in the kernel but neither tool shows the other's.
+  // directories).
   std::string iptables = "iptables";
   std::string ip6tables = "ip6tables";
   std::string iptables_restore = "iptables-restore";

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# dsproxy next to kube-proxy (issue 10): the tcp-echo experiment run three times on the same
+# dsproxy next to kube-proxy (issue 10): the tcp-echo experiment run four times on the same
 # netns cluster: with kube-proxy-style iptables rules for the experiment's Services in the node
 # namespace (iptables mode: nat PREROUTING/OUTPUT -> KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-*
 # DNAT, KUBE-MARK-MASQ and the KUBE-POSTROUTING masquerade, plus kube-proxy's filter chains),
+# the same rules written with iptables-legacy (dsproxy must detect that backend and use it: its
+# mangle/raw/filter rules, -m set, TPROXY and CT --notrack in x_tables),
 # with kube-proxy's nftables mode instead (its own `kube-proxy` tables, a service-ips verdict
 # map, dnat in endpoint chains at priority dstnat), and without kube-proxy. The results must be
 # identical: for every ClusterIP and port, the answer, the
@@ -34,7 +36,7 @@ ECHO_BIN=$(realpath -- "$2")
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib/cluster.sh"
 
 # Traffic checks not started after this many seconds fail without running; a normal run takes
-# about 45 s. What always runs after it (stopping dsproxy, cleanup) is bounded by the harness.
+# about 40 s. What always runs after it (stopping dsproxy, cleanup) is bounded by the harness.
 E2E_DEADLINE=${E2E_DEADLINE:-150}
 
 # shellcheck source=tests/e2e/lib/checks.sh
@@ -122,15 +124,19 @@ kube_proxy_rules() {
   echo "COMMIT"
 }
 
+# The iptables variant kube-proxy's rules are written with: "" (the plain tools: nf_tables on
+# Debian 12) or "-legacy" (iptables-legacy, as on a node whose kube-proxy image picked legacy).
+KP_VARIANT=
+
 kube_proxy_install() {
-  kube_proxy_rules 4 | in_node iptables-restore -w --noflush &&
-    kube_proxy_rules 6 | in_node ip6tables-restore -w --noflush
+  kube_proxy_rules 4 | in_node "iptables$KP_VARIANT-restore" -w --noflush &&
+    kube_proxy_rules 6 | in_node "ip6tables$KP_VARIANT-restore" -w --noflush
 }
 
 # Removes the jumps, then the chains (a chain cannot go while referenced).
 kube_proxy_remove() {
   local tool chain status=0
-  for tool in iptables ip6tables; do
+  for tool in "iptables$KP_VARIANT" "ip6tables$KP_VARIANT"; do
     in_node "$tool" -w -t nat -D PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES || status=1
     in_node "$tool" -w -t nat -D OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES || status=1
     in_node "$tool" -w -t nat -D POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING || status=1
@@ -153,7 +159,7 @@ kube_proxy_remove() {
 # connections kube-proxy's rules translated.
 kube_proxy_dnat_count() {
   local tool total=0 n
-  for tool in iptables ip6tables; do
+  for tool in "iptables$KP_VARIANT" "ip6tables$KP_VARIANT"; do
     n=$(in_node "$tool" -w -t nat -L -v -x -n 2>/dev/null |
       awk '/^Chain KUBE-SEP-/ { sep = 1; next } /^Chain / { sep = 0 } sep && / DNAT / { s += $1 } END { print s + 0 }')
     total=$((total + n))
@@ -331,6 +337,53 @@ now=$(snapshot_netfilter)
 [[ $now == "$before" ]]
 check "the node is as before kube-proxy's rules" $? "$(diff <(echo "$before") <(echo "$now") | head -n 20 | tr '\n' ' ')"
 
+# ---- 1b. the same rules in the legacy iptables backend, then dsproxy choosing it itself -------
+# A node whose kube-proxy writes legacy rules: dsproxy, started without --iptables-backend, must
+# find them (more rules there than in nf_tables) and put its own rules next to them, in legacy,
+# where they are ordered against kube-proxy's and `iptables-legacy-save` shows them.
+KP_VARIANT=-legacy
+kube_proxy_install
+check "kube-proxy-style rules installed with iptables-legacy in the node namespace" $?
+with_kube_legacy=$(snapshot_netfilter)
+dnat0=$(kube_proxy_dnat_count)
+answer=$(echo node | in_node timeout 8 nc -N -w 3 10.96.104.229 9000 2>&1)
+dnat1=$(kube_proxy_dnat_count)
+[[ $answer == "hello node" ]] && ((dnat1 == dnat0 + 1))
+check "kube-proxy's legacy rules work: the node reaches 10.96.104.229 port 9000 through their DNAT" $? \
+  "answer '$answer', DNAT packets $dnat0 -> $dnat1"
+# shellcheck disable=SC2119
+start_dsproxy
+check "dsproxy started with --redirect next to kube-proxy's legacy rules" $? || {
+  summary
+  exit 1
+}
+grep -q "iptables backend: legacy (auto: no kubelet hint chain; the legacy backend holds" "$DSPROXY_LOG"
+check "dsproxy chose the legacy backend itself, and said why" $? "$(grep -m1 'iptables backend' "$DSPROXY_LOG")"
+ours_legacy=$( (in_node iptables-legacy-save && in_node ip6tables-legacy-save) | grep -c -- '-j DSPROXY_')
+ours_nft=$( (in_node iptables-nft-save && in_node ip6tables-nft-save) 2>/dev/null | grep -c -- '-j DSPROXY_')
+((ours_legacy >= 10 && ours_nft == 0))
+check "dsproxy's rules are in the legacy backend only" $? "jumps to DSPROXY_* chains: legacy $ours_legacy, nf_tables $ours_nft"
+dnat0=$(kube_proxy_dnat_count)
+results_legacy=$(run_experiment)
+dnat1=$(kube_proxy_dnat_count)
+check_results "with kube-proxy (legacy iptables)" "$results_legacy"
+((dnat1 == dnat0))
+check "kube-proxy's legacy DNAT never saw the pods' captured ClusterIP connections (untracked)" $? \
+  "DNAT packets $dnat0 -> $dnat1"
+stop_dsproxy
+((DSPROXY_EXIT_STATUS == 0))
+check "dsproxy exits on SIGTERM with status 0" $? "exit status $DSPROXY_EXIT_STATUS"
+now=$(snapshot_netfilter)
+[[ $now == "$with_kube_legacy" ]]
+check "after dsproxy stopped, kube-proxy's legacy rules are intact and nothing of dsproxy's is left" $? \
+  "$(diff <(echo "$with_kube_legacy") <(echo "$now") | head -n 20 | tr '\n' ' ')"
+kube_proxy_remove
+check "kube-proxy's legacy rules removed" $?
+KP_VARIANT=
+now=$(snapshot_netfilter)
+[[ $now == "$before" ]]
+check "the node is as before kube-proxy's legacy rules" $? "$(diff <(echo "$before") <(echo "$now") | head -n 20 | tr '\n' ' ')"
+
 # ---- 2. kube-proxy's nftables mode, then dsproxy --------------------------------------------
 kube_proxy_nft_install
 check "kube-proxy nftables-mode tables installed in the node namespace" $?
@@ -377,8 +430,12 @@ check_results "without kube-proxy" "$results_plain"
 stop_dsproxy
 
 # ---- 4. identical ---------------------------------------------------------------------------
-for mode in iptables nftables; do
-  if [[ $mode == iptables ]]; then results=$results_kube; else results=$results_nft; fi
+for mode in iptables "legacy iptables" nftables; do
+  case $mode in
+    iptables) results=$results_kube ;;
+    legacy*) results=$results_legacy ;;
+    *) results=$results_nft ;;
+  esac
   if [[ $results == "$results_plain" ]]; then
     pass "the experiment's results (answers, endpoint families, client addresses, dsproxy's routing, listeners, endpoints) are identical with kube-proxy ($mode mode) and without"
   else

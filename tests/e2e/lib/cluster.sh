@@ -168,7 +168,7 @@ cluster_namespaces() {
 cluster_require() {
   local missing=() cmd
   [[ $(id -u) == 0 ]] || cluster_die "must run as root (network namespaces, iptables); run with sudo"
-  for cmd in ip iptables ip6tables iptables-save ip6tables-save ipset nc timeout sysctl awk; do
+  for cmd in ip iptables ip6tables iptables-save ip6tables-save iptables-legacy-save ip6tables-legacy-save ipset nc timeout sysctl awk; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
   done
   ((${#missing[@]} == 0)) ||
@@ -467,7 +467,17 @@ snapshot_netfilter() {
   local tool
   for tool in iptables-save ip6tables-save; do
     echo "## $tool"
-    in_node "$tool" | grep -v '^#' | sed -E 's/ \[[0-9]+:[0-9]+\]$//'
+    # (iptables-nft-save warns on stderr whenever legacy tables exist, which they may: below.)
+    in_node "$tool" 2> >(grep -v '^# Warning: .*-legacy tables present' >&2) | grep -v '^#' |
+      sed -E 's/ \[[0-9]+:[0-9]+\]$//'
+  done
+  # The legacy (x_tables) backend too, where --iptables-backend legacy (or a legacy node) puts
+  # the rules. Only its chains and rules count: a legacy table, once any tool named it, exists
+  # with its built-in chains until the namespace goes, and a save never creates one.
+  for tool in iptables-legacy-save ip6tables-legacy-save; do
+    echo "## $tool"
+    in_node "$tool" | awk '/^\*/ { table = $0; next }
+      /^-A / || /^:[^ ]+ - / { if (table != shown) { print table; shown = table }; print }'
   done
   # The sets the rules match (members sorted: a hash set lists them in no stable order; initval
   # is the hash seed, new with every fill-and-swap).
