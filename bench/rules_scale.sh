@@ -18,7 +18,8 @@
 # The injected members are exactly what dsproxy would add for such Services: the sets and the
 # rules are dsproxy's own, only their contents grow.
 # Then, in a namespace of its own, dsproxy_rules_update times the daemon's refusal-set updates
-# with N Services: install, and one-Service changes (the incremental path).
+# with N Services: install, and one-Service changes through both entry points (apply: the whole
+# list, diffed; apply_changes: only the change), and again without the kernel (dsproxy's share).
 #
 # Needs root, cmake and a C++ toolchain (builds dsproxy, its rules_update tool and the bench
 # tools if missing), ipset, iptables, jq, iperf3 (topo.sh's server; installed unless
@@ -41,7 +42,7 @@ while (($#)); do
     --rounds) ROUNDS=$2; shift ;;
     --seconds) SECONDS_PER=$2; shift ;;
     --no-install) INSTALL=0 ;;
-    -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "rules_scale: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -245,6 +246,12 @@ echo "## Refusal-set updates with $SERVICES dual-stack Services (dsproxy_rules_u
 echo
 result=$(ip netns exec "$RULES_NS" "$BENCH_TMP/dsproxy_rules_update" --services "$SERVICES" --rounds 9) ||
   die "dsproxy_rules_update failed"
-jq -r '"| what | ms |\n| --- | --- |\n| install (\(.clusterips) ClusterIPs, \(.open_ports) open ports, fill + swap) | \(.install_ms) |\n| close one port (median / max of \(.rounds)) | \(.close_one_port.median_ms) / \(.close_one_port.max_ms) |\n| open one port | \(.open_one_port.median_ms) / \(.open_one_port.max_ms) |\n| add one Service | \(.add_one_service.median_ms) / \(.add_one_service.max_ms) |\n| remove one Service | \(.remove_one_service.median_ms) / \(.remove_one_service.max_ms) |\n| uninstall | \(.uninstall_ms) |"' <<<"$result"
+jq -r '"| what | apply (whole list, diffed): ms | apply_changes (the change only): ms |\n| --- | --- | --- |\n| install (\(.clusterips) ClusterIPs, \(.open_ports) open ports, fill + swap) | \(.install_ms) | |\n| close one port (median / max of \(.rounds)) | \(.close_one_port.median_ms) / \(.close_one_port.max_ms) | \(.changes.close_one_port.median_ms) / \(.changes.close_one_port.max_ms) |\n| open one port | \(.open_one_port.median_ms) / \(.open_one_port.max_ms) | \(.changes.open_one_port.median_ms) / \(.changes.open_one_port.max_ms) |\n| add one Service | \(.add_one_service.median_ms) / \(.add_one_service.max_ms) | \(.changes.add_one_service.median_ms) / \(.changes.add_one_service.max_ms) |\n| remove one Service | \(.remove_one_service.median_ms) / \(.remove_one_service.max_ms) | \(.changes.remove_one_service.median_ms) / \(.changes.remove_one_service.max_ms) |\n| uninstall | \(.uninstall_ms) | |"' <<<"$result"
+echo
+echo "dsproxy's own share (the same, with a runner that runs nothing: diffing and formatting only):"
+echo
+result=$("$BENCH_TMP/dsproxy_rules_update" --services "$SERVICES" --rounds 9 --no-kernel) ||
+  die "dsproxy_rules_update --no-kernel failed"
+jq -r '"| one-Service change (median of \(.rounds)) | apply: ms | apply_changes: ms |\n| --- | --- | --- |\n| close one port | \(.close_one_port.median_ms) | \(.changes.close_one_port.median_ms) |\n| open one port | \(.open_one_port.median_ms) | \(.changes.open_one_port.median_ms) |\n| add one Service | \(.add_one_service.median_ms) | \(.changes.add_one_service.median_ms) |\n| remove one Service | \(.remove_one_service.median_ms) | \(.changes.remove_one_service.median_ms) |"' <<<"$result"
 echo
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs"

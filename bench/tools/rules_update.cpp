@@ -2,12 +2,16 @@
 // code the daemon runs (VipRefusals + ProcessRunner -> ipset / iptables-restore). Not a test:
 // bench/rules_scale.sh runs it inside a network namespace of its own and prints the numbers.
 //
-//   rules_update --services N [--rounds R]
+//   rules_update --services N [--rounds R] [--no-kernel]
+//
+// --no-kernel: a runner that runs nothing and answers success, so only dsproxy's own work is
+// timed (diffing, formatting), not ipset's.
 //
 // N dual-stack Services (an IPv4 and an IPv6 ClusterIP, two open ports each), then per round:
-// close one port of one Service, open it again, add a Service, remove it. Prints one JSON
-// object: install time, the median and max of each kind of one-Service update, uninstall time,
-// all in milliseconds.
+// close one port of one Service, open it again, add a Service, remove it; each once through
+// apply (the whole list, diffed) and once through apply_changes (only the change, as the control
+// plane can hand it over). Prints one JSON object: install time, the median and max of each kind
+// of one-Service update per entry point, uninstall time, all in milliseconds.
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -39,6 +43,11 @@ redirect::VipOpenPorts service_v6(int i) {
   return {*net::IpAddress::parse(fmt::format("fd00:10:96::{:x}:{:x}", i / 65536 + 1, i % 65536)), {80, 443}};
 }
 
+class NullRunner final : public redirect::CommandRunner {
+ public:
+  redirect::CommandResult run(const redirect::Command&) override { return {}; }
+};
+
 struct Series {
   std::vector<double> ms;
   std::string json(const char* name) const {
@@ -52,10 +61,12 @@ struct Series {
 
 int main(int argc, char** argv) {
   int services = 20000, rounds = 5;
-  for (int i = 1; i + 1 < argc; i += 2) {
+  bool kernel = true;
+  for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
-    if (flag == "--services") services = std::atoi(argv[i + 1]);
-    else if (flag == "--rounds") rounds = std::atoi(argv[i + 1]);
+    if (flag == "--no-kernel") kernel = false;
+    else if (flag == "--services" && i + 1 < argc) services = std::atoi(argv[++i]);
+    else if (flag == "--rounds" && i + 1 < argc) rounds = std::atoi(argv[++i]);
   }
   if (services < 2 || services > 1000000 || rounds < 1 || rounds > 1000) {
     std::fprintf(stderr, "usage: rules_update --services N (2..1000000) [--rounds R (1..1000)]\n");
@@ -64,7 +75,9 @@ int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::warn);
   redirect::RedirectOptions options;
   options.dns_capture = true;  // as `dsproxy run` has it
-  redirect::ProcessRunner runner;
+  redirect::ProcessRunner process_runner;
+  NullRunner null_runner;
+  redirect::CommandRunner& runner = kernel ? static_cast<redirect::CommandRunner&>(process_runner) : null_runner;
   redirect::Redirector capture(options, runner);
   redirect::VipRefusals refusals(options, runner);
   try {
@@ -79,6 +92,12 @@ int main(int argc, char** argv) {
     const double install_ms = ms_since(t0);
 
     Series close_port, open_port, add_service, remove_service;
+    Series close_port_delta, open_port_delta, add_service_delta, remove_service_delta;
+    auto timed = [&](Series& series, const redirect::VipChanges& changes) {
+      const auto start = Clock::now();
+      refusals.apply_changes(changes);
+      series.ms.push_back(ms_since(start));
+    };
     for (int r = 0; r < rounds; ++r) {
       auto& victim = vips[static_cast<std::size_t>(2 * (r * 7919 % services))];
       victim.open_ports = {80};
@@ -98,16 +117,24 @@ int main(int argc, char** argv) {
       t0 = Clock::now();
       refusals.apply(vips);
       remove_service.ms.push_back(ms_since(t0));
+
+      const auto vip = victim.vip;
+      timed(close_port_delta, {{{vip, {80}}}, {}});
+      timed(open_port_delta, {{{vip, {80, 443}}}, {}});
+      timed(add_service_delta, {{service_v4(services + r), service_v6(services + r)}, {}});
+      timed(remove_service_delta, {{}, {service_v4(services + r).vip, service_v6(services + r).vip}});
     }
     t0 = Clock::now();
     refusals.uninstall();
     const double uninstall_ms = ms_since(t0);
     capture.uninstall();
     std::printf("{\"services\":%d,\"clusterips\":%d,\"open_ports\":%d,\"rounds\":%d,\"install_ms\":%.1f,%s,%s,%s,%s,"
-                "\"uninstall_ms\":%.1f}\n",
+                "\"changes\":{%s,%s,%s,%s},\"uninstall_ms\":%.1f}\n",
                 services, 2 * services, 4 * services, rounds, install_ms, close_port.json("close_one_port").c_str(),
                 open_port.json("open_one_port").c_str(), add_service.json("add_one_service").c_str(),
-                remove_service.json("remove_one_service").c_str(), uninstall_ms);
+                remove_service.json("remove_one_service").c_str(), close_port_delta.json("close_one_port").c_str(),
+                open_port_delta.json("open_one_port").c_str(), add_service_delta.json("add_one_service").c_str(),
+                remove_service_delta.json("remove_one_service").c_str(), uninstall_ms);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "rules_update: %s\n", e.what());
     try {

@@ -95,10 +95,6 @@ std::pair<std::vector<T>, std::vector<T>> changes(const std::vector<T>& before, 
   return out;
 }
 
-std::array<VipSetMembers, 2> members_of(const std::vector<VipOpenPorts>& vips) {
-  return {vip_set_members(net::Family::v4, vips), vip_set_members(net::Family::v6, vips)};
-}
-
 }  // namespace
 
 std::string refuse_chain_name(const RedirectOptions& options) { return options.chain_prefix + "_REFUSE"; }
@@ -194,10 +190,58 @@ std::string render_refusals_script(const std::vector<VipOpenPorts>& vips, const 
   return out;
 }
 
-void VipRefusals::install(const std::vector<VipOpenPorts>& vips, const std::array<VipSetMembers, 2>& members) {
+namespace {
+
+bool normalised(const std::vector<std::uint16_t>& ports) {
+  return std::adjacent_find(ports.begin(), ports.end(), std::greater_equal<>()) == ports.end();
+}
+void normalise(std::vector<std::uint16_t>& ports) {
+  if (normalised(ports)) return;
+  std::sort(ports.begin(), ports.end());
+  ports.erase(std::unique(ports.begin(), ports.end()), ports.end());
+}
+
+// One entry per VIP, ports sorted and unique, the union where a VIP came twice. The lists this
+// sees are small (a change), or a whole cluster once in a rare fallback.
+void merge_duplicates(std::vector<VipOpenPorts>& vips) {
+  for (auto& v : vips) normalise(v.open_ports);
+  if (vips.size() < 2) return;
+  std::sort(vips.begin(), vips.end(), [](const auto& a, const auto& b) { return a.vip < b.vip; });
+  std::size_t out = 0;
+  for (std::size_t i = 1; i < vips.size(); ++i) {
+    if (vips[i].vip == vips[out].vip) {
+      auto& ports = vips[out].open_ports;
+      ports.insert(ports.end(), vips[i].open_ports.begin(), vips[i].open_ports.end());
+      normalise(ports);
+    } else if (++out != i) {
+      vips[out] = std::move(vips[i]);
+    }
+  }
+  vips.resize(out + 1);
+}
+
+}  // namespace
+
+void VipRefusals::install() {
+  // Sorted by address before formatting: the same state always gives the same text.
+  std::array<VipSetMembers, 2> members;
+  for (const auto& [vip, wanted] : wanted_) {
+    auto& m = members[index_of(vip.family())];
+    m.vips.push_back(vip);
+    for (auto port : wanted.ports) m.open.push_back({vip, port});
+  }
+  std::string fill;
+  for (auto family : families(options_)) {
+    auto& m = members[index_of(family)];
+    std::sort(m.vips.begin(), m.vips.end(), [](const auto& a, const auto& b) { return fast_less(a, b); });
+    std::sort(m.open.begin(), m.open.end(), [](const auto& a, const auto& b) { return fast_less(a, b); });
+    fill += ip_set_create_line(pods_set(options_, family));
+    fill += render_ip_set_fill(open_set(options_, family), text_of(m.open));
+    fill += render_ip_set_fill(vips_set(options_, family), text_of(m.vips));
+  }
   // Sets before the rules that name them; the jumps last.
-  const Command fill{ipset_restore_argv(options_), render_vip_sets_fill(vips, options_)};
-  if (auto r = runner_.run(fill); !r.ok()) throw RedirectError("redirect: " + failure(fill, r));
+  const Command fill_command{ipset_restore_argv(options_), std::move(fill)};
+  if (auto r = runner_.run(fill_command); !r.ok()) throw RedirectError("redirect: " + failure(fill_command, r));
   for (auto family : families(options_)) {
     const Command restore{{restore_of(family, options_), "-w", "--noflush"}, render_refusal_rules(family, options_)};
     if (auto r = runner_.run(restore); !r.ok()) throw RedirectError("redirect: " + failure(restore, r));
@@ -212,33 +256,125 @@ void VipRefusals::install(const std::vector<VipOpenPorts>& vips, const std::arra
       }
     }
   }
-  applied_ = members;
   installed_ = true;
 }
 
 void VipRefusals::apply(const std::vector<VipOpenPorts>& vips) {
-  const auto members = members_of(vips);
-  if (installed_ && members == applied_) return;
   if (!installed_) {
-    install(vips, members);
-  } else {
-    const Command update{ipset_restore_argv(options_), render_vip_sets_update(applied_, members, options_)};
-    if (update.input.empty()) {
-      applied_ = members;  // only a family that is off changed
+    // Nothing to diff against that the sets are known to hold: the list is the new state.
+    wanted_.clear();
+    open_count_ = 0;
+    VipChanges all;
+    all.changed.reserve(vips.size());
+    for (const auto& v : vips)
+      if (family_on(options_, v.vip.family())) all.changed.push_back(v);
+    update(std::move(all));
+    return;
+  }
+  // One hash lookup per VIP; only the VIPs that differ are copied. Every VIP met is stamped
+  // with this pass, so those never met (removed) are found without a second set, and a VIP
+  // met twice (a duplicate, never from a snapshot) sends the list the slow way.
+  const std::uint64_t pass = ++pass_;
+  VipChanges changes;
+  std::size_t met = 0;
+  for (const auto& v : vips) {
+    if (!family_on(options_, v.vip.family())) continue;
+    auto it = wanted_.find(v.vip);
+    if (it == wanted_.end()) {
+      changes.changed.push_back(v);
+      continue;
+    }
+    if (it->second.seen == pass) {
+      auto merged = vips;
+      merge_duplicates(merged);
+      apply(merged);
       return;
     }
-    // A failure part way leaves the sets somewhere between: install again (a whole refill) next time.
+    it->second.seen = pass;
+    ++met;
+    const bool same = normalised(v.open_ports) ? v.open_ports == it->second.ports : [&] {
+      auto ports = v.open_ports;
+      normalise(ports);
+      return ports == it->second.ports;
+    }();
+    if (!same) changes.changed.push_back(v);
+  }
+  if (met < wanted_.size())
+    for (const auto& [vip, wanted] : wanted_)
+      if (wanted.seen != pass) changes.removed.push_back(vip);
+  update(std::move(changes));
+}
+
+void VipRefusals::apply_changes(const VipChanges& changes) {
+  VipChanges own;
+  for (const auto& v : changes.changed)
+    if (family_on(options_, v.vip.family())) own.changed.push_back(v);
+  for (const auto& vip : changes.removed)
+    if (family_on(options_, vip.family())) own.removed.push_back(vip);
+  update(std::move(own));
+}
+
+void VipRefusals::update(VipChanges changes) {
+  merge_duplicates(changes.changed);
+  // A VIP both removed and changed is changed: drop the removal (`changed` is sorted now).
+  std::erase_if(changes.removed, [&](const net::IpAddress& vip) {
+    return std::binary_search(changes.changed.begin(), changes.changed.end(), VipOpenPorts{vip, {}},
+                              [](const auto& a, const auto& b) { return a.vip < b.vip; });
+  });
+  if (changes.empty() && installed_) return;
+
+  // The lines per family and kind, formatted only for what differs, from wanted_ as the sets hold it.
+  std::array<std::vector<std::string>, 2> open_added, open_removed, vips_added, vips_removed;
+  for (auto& c : changes.changed) {
+    const auto i = index_of(c.vip.family());
+    auto [it, inserted] = wanted_.try_emplace(c.vip);
+    auto& old_ports = it->second.ports;
+    if (inserted) vips_added[i].push_back(ip_set_member(c.vip));
+    auto o = old_ports.begin();
+    auto n = c.open_ports.begin();
+    while (o != old_ports.end() || n != c.open_ports.end()) {
+      if (n == c.open_ports.end() || (o != old_ports.end() && *o < *n)) {
+        open_removed[i].push_back(ip_set_member(c.vip, *o++));
+      } else if (o == old_ports.end() || *n < *o) {
+        open_added[i].push_back(ip_set_member(c.vip, *n++));
+      } else {
+        ++o, ++n;
+      }
+    }
+    open_count_ = open_count_ - old_ports.size() + c.open_ports.size();
+    old_ports = std::move(c.open_ports);
+    it->second.seen = pass_;
+  }
+  for (const auto& vip : changes.removed) {
+    auto it = wanted_.find(vip);
+    if (it == wanted_.end()) continue;
+    const auto i = index_of(vip.family());
+    vips_removed[i].push_back(ip_set_member(vip));
+    for (auto port : it->second.ports) open_removed[i].push_back(ip_set_member(vip, port));
+    open_count_ -= it->second.ports.size();
+    wanted_.erase(it);
+  }
+
+  if (!installed_) {
+    // First call, or the sets are somewhere between two states after a failure: refill whole.
+    install();
+  } else {
+    // ipset applies the lines one at a time, so every prefix of this text is a state some SYN
+    // may see. Open ports first, then VIPs: a new Service is never refused on a port it serves.
+    // VIPs leave before their open ports, for the same reason. A port that closes goes last.
+    std::string text;
+    for (auto family : families(options_)) text += render_ip_set_adds(open_set(options_, family).name, open_added[index_of(family)]);
+    for (auto family : families(options_)) text += render_ip_set_adds(vips_set(options_, family).name, vips_added[index_of(family)]);
+    for (auto family : families(options_)) text += render_ip_set_dels(vips_set(options_, family).name, vips_removed[index_of(family)]);
+    for (auto family : families(options_)) text += render_ip_set_dels(open_set(options_, family).name, open_removed[index_of(family)]);
+    if (text.empty()) return;  // ports listed in another order, nothing else
+    const Command command{ipset_restore_argv(options_), std::move(text)};
+    // A failure part way leaves the sets somewhere between: the next call refills them whole.
     installed_ = false;
-    if (auto r = runner_.run(update); !r.ok()) throw RedirectError("redirect: " + failure(update, r));
+    if (auto r = runner_.run(command); !r.ok()) throw RedirectError("redirect: " + failure(command, r));
     installed_ = true;
-    applied_ = members;
   }
-  std::size_t open = 0, vip_count = 0;
-  for (auto family : families(options_)) {
-    open += members[index_of(family)].open.size();
-    vip_count += members[index_of(family)].vips.size();
-  }
-  spdlog::info("redirect: {} ClusterIP(s) in the refusal sets, {} open ClusterIP:port(s)", vip_count, open);
+  spdlog::info("redirect: {} ClusterIP(s) in the refusal sets, {} open ClusterIP:port(s)", wanted_.size(), open_count_);
 }
 
 void VipRefusals::uninstall() {
@@ -274,7 +410,8 @@ void VipRefusals::uninstall() {
     destroy_ip_sets(runner_, options_, {vips_set(options_, family).name, open_set(options_, family).name}, errors);
   }
   installed_ = false;
-  applied_ = {};
+  wanted_.clear();
+  open_count_ = 0;
   if (errors.empty()) return;
   std::string text = "redirect: refusal rules not fully removed:";
   for (const auto& e : errors) text += "\n  - " + e;

@@ -37,6 +37,7 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "net/ip_address.hpp"
@@ -54,10 +55,9 @@ struct VipOpenPorts {
 std::string refuse_chain_name(const RedirectOptions& options);
 std::string notrack_chain_name(const RedirectOptions& options);
 
-// The members of one family's VIPS and OPEN sets, sorted and unique. Kept as addresses, not as
-// ipset text: a config change recomputes them for the whole cluster, and comparing 16-byte keys
-// is what keeps that cheap (formatting 100,000 members as text took ~170 ms); only the members
-// that differ are ever formatted.
+// The members of one family's VIPS and OPEN sets, sorted and unique, as addresses (formatting
+// 100,000 members as ipset text takes ~170 ms: VipRefusals only ever formats what differs, and
+// the whole sets only on install). For `redirect print` and the full fill.
 struct VipPort {
   net::IpAddress vip;
   std::uint16_t port = 0;
@@ -84,24 +84,55 @@ std::string render_vip_sets_update(const std::array<VipSetMembers, 2>& before, c
 // Shell lines for `dsproxy redirect print`.
 std::string render_refusals_script(const std::vector<VipOpenPorts>& vips, const RedirectOptions& options);
 
+// A change of the refusal sets between two states, for VipRefusals::apply_changes: `changed`
+// holds the complete new open-port list of every VIP that is new or whose ports differ (not a
+// delta of ports), `removed` the VIPs that are gone. A VIP in both is changed; a VIP listed
+// twice in `changed` gets the union of its ports; removing an unknown VIP does nothing.
+struct VipChanges {
+  std::vector<VipOpenPorts> changed;
+  std::vector<net::IpAddress> removed;
+  bool empty() const { return changed.empty() && removed.empty(); }
+};
+
 class VipRefusals {
  public:
   VipRefusals(RedirectOptions options, CommandRunner& runner) : options_(std::move(options)), runner_(runner) {}
 
+  // The whole list of ClusterIPs (any order; a VIP listed twice gets the union of its ports).
   // First call: fills the sets, (re)creates the chains and makes sure the jumps exist; later
-  // calls change only the set members that differ, in one `ipset restore`. Idempotent; throws
-  // RedirectError naming the failing command (the next call then refills the sets whole).
+  // calls change only the set members that differ, in one `ipset restore`. The diff is one hash
+  // lookup per VIP against what was applied, and only the difference is formatted. Idempotent;
+  // throws RedirectError naming the failing command (the next call then refills the sets whole).
   void apply(const std::vector<VipOpenPorts>& vips);
+  // Only what changed (e.g. the control plane's diff of two snapshots): costs the size of the
+  // change, whatever the cluster's size. Same guarantees as apply(); before any successful
+  // apply, or after a failure, it refills the sets whole from what it knows (everything it was
+  // ever told), so a first call with the whole cluster in `changed` is an install.
+  void apply_changes(const VipChanges& changes);
   // Removes the jumps, the chains and the VIPS/OPEN sets; best effort, reports every failure at the end.
   void uninstall();
 
+  // What the sets hold (or are to hold, after a failed update): VIPs and open VIP:ports of the
+  // families that are on.
+  std::size_t vip_count() const { return wanted_.size(); }
+  std::size_t open_count() const { return open_count_; }
+
  private:
-  void install(const std::vector<VipOpenPorts>& vips, const std::array<VipSetMembers, 2>& members);
+  struct Wanted {
+    std::vector<std::uint16_t> ports;  // sorted, unique
+    std::uint64_t seen = 0;            // apply(): the pass that last saw this VIP
+  };
+  void install();
+  // Applies `changes` (duplicates merged) to wanted_ and, when the sets are known to match
+  // wanted_, the difference to the sets; else refills them whole.
+  void update(VipChanges changes);
 
   RedirectOptions options_;
   CommandRunner& runner_;
-  std::array<VipSetMembers, 2> applied_;
-  bool installed_ = false;
+  std::unordered_map<net::IpAddress, Wanted, net::IpAddressHash> wanted_;
+  std::size_t open_count_ = 0;
+  std::uint64_t pass_ = 0;
+  bool installed_ = false;  // the chains and jumps exist and the sets hold exactly wanted_
 };
 
 }  // namespace dsproxy::redirect

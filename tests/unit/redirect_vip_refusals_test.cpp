@@ -275,3 +275,110 @@ TEST(VipRefusals, FamilyOffGetsNoRefusalRules) {
 
 }  // namespace
 }  // namespace dsproxy::redirect
+
+namespace dsproxy::redirect {
+namespace {
+
+// apply_changes against apply: any sequence of changes leaves the same sets as handing over the
+// whole resulting list, and each update is the difference only.
+TEST(VipRefusalsChanges, MatchApplyingTheWholeListStepByStep) {
+  std::map<net::IpAddress, std::vector<std::uint16_t>> state;
+  RecordingRunner by_changes, by_list;
+  VipRefusals changes_side(RedirectOptions{}, by_changes), list_side(RedirectOptions{}, by_list);
+  auto whole = [&] {
+    std::vector<VipOpenPorts> out;
+    for (const auto& [vip, ports] : state) out.push_back({vip, ports});
+    return out;
+  };
+  std::uint32_t seed = 12345;
+  auto next = [&](std::uint32_t n) {
+    seed = seed * 1103515245u + 12345u;
+    return (seed >> 8) % n;
+  };
+  for (int step = 0; step < 300; ++step) {
+    VipChanges change;
+    std::set<net::IpAddress> edited;  // one edit per VIP and step (twice in `changed` would be a union)
+    const int edits = step == 0 ? 40 : 1 + static_cast<int>(next(3));
+    for (int e = 0; e < edits; ++e) {
+      const auto n = next(60);
+      const auto vip = n % 2 ? ip(fmt::format("10.96.0.{}", n + 1).c_str()) : ip(fmt::format("fd00::{:x}", n + 1).c_str());
+      if (!edited.insert(vip).second) continue;
+      if (next(4) == 0 && state.count(vip)) {
+        state.erase(vip);
+        change.removed.push_back(vip);
+      } else {
+        std::vector<std::uint16_t> ports;
+        for (std::uint16_t p = 80; p < 84; ++p)
+          if (next(2)) ports.push_back(p);
+        state[vip] = ports;
+        change.changed.push_back({vip, ports});
+      }
+    }
+    changes_side.apply_changes(change);
+    list_side.apply(whole());
+    ASSERT_EQ(by_changes.sets, by_list.sets) << "step " << step;
+    ASSERT_EQ(changes_side.vip_count(), state.size());
+    ASSERT_EQ(changes_side.open_count(), list_side.open_count());
+  }
+  EXPECT_EQ(by_changes.sets.at("DSPROXY_VIPS4").size() + by_changes.sets.at("DSPROXY_VIPS6").size(), state.size());
+}
+
+TEST(VipRefusalsChanges, OneChangeIsOneShortRestore) {
+  RecordingRunner runner;
+  VipRefusals refusals(RedirectOptions{}, runner);
+  refusals.apply_changes({kVips, {}});  // the first call installs
+  EXPECT_EQ(runner.sets.at("DSPROXY_VIPS4"), (std::set<std::string>{"10.96.0.99", "10.96.106.11"}));
+  EXPECT_TRUE(runner.jumps.count("iptables filter INPUT"));
+  runner.commands.clear();
+  refusals.apply_changes({{{ip("10.96.106.11"), {9001, 9002}}}, {ip("fd00:10:96::f9fc"), ip("10.1.1.1")}});
+  ASSERT_EQ(runner.commands.size(), 1u);
+  EXPECT_EQ(runner.commands[0].input,
+            "add DSPROXY_OPEN4 10.96.106.11,tcp:9002\n"
+            "del DSPROXY_VIPS6 fd00:10:96::f9fc\n"
+            "del DSPROXY_OPEN4 10.96.106.11,tcp:9000\n"
+            "del DSPROXY_OPEN6 fd00:10:96::f9fc,tcp:9000\n");
+  runner.commands.clear();
+  refusals.apply_changes({{{ip("10.96.106.11"), {9002, 9001, 9002}}}, {ip("10.1.1.1")}});
+  EXPECT_TRUE(runner.commands.empty()) << "the same ports in another order, an unknown removal: nothing";
+  EXPECT_EQ(refusals.vip_count(), 2u);
+  EXPECT_EQ(refusals.open_count(), 2u);
+}
+
+TEST(VipRefusalsChanges, DuplicatesGetTheUnionAndChangedBeatsRemoved) {
+  RecordingRunner runner;
+  VipRefusals refusals(RedirectOptions{}, runner);
+  refusals.apply({{ip("10.96.0.1"), {80}}, {ip("10.96.0.1"), {443}}});
+  EXPECT_EQ(runner.sets.at("DSPROXY_OPEN4"), (std::set<std::string>{"10.96.0.1,tcp:80", "10.96.0.1,tcp:443"}));
+  // Duplicate of a VIP already applied: the slow path, same result.
+  refusals.apply({{ip("10.96.0.1"), {80}}, {ip("10.96.0.2"), {}}, {ip("10.96.0.1"), {8080}}});
+  EXPECT_EQ(runner.sets.at("DSPROXY_OPEN4"), (std::set<std::string>{"10.96.0.1,tcp:80", "10.96.0.1,tcp:8080"}));
+  EXPECT_EQ(runner.sets.at("DSPROXY_VIPS4"), (std::set<std::string>{"10.96.0.1", "10.96.0.2"}));
+  refusals.apply_changes({{{ip("10.96.0.2"), {22}}}, {ip("10.96.0.2")}});
+  EXPECT_EQ(runner.sets.at("DSPROXY_VIPS4"), (std::set<std::string>{"10.96.0.1", "10.96.0.2"}));
+  EXPECT_TRUE(runner.sets.at("DSPROXY_OPEN4").count("10.96.0.2,tcp:22"));
+}
+
+TEST(VipRefusalsChanges, AFailedChangeIsRefilledWholeNextTime) {
+  struct Failing : RecordingRunner {
+    bool fail = false;
+    CommandResult run(const Command& c) override {
+      if (fail && c.argv[0] == "ipset") return {1, "", "ipset v7.17: Error in line 1: Hash is full\n"};
+      return RecordingRunner::run(c);
+    }
+  } runner;
+  VipRefusals refusals(RedirectOptions{}, runner);
+  refusals.apply(kVips);
+  runner.fail = true;
+  EXPECT_THROW(refusals.apply_changes({{{ip("10.96.0.99"), {80}}}, {}}), RedirectError);
+  runner.fail = false;
+  runner.commands.clear();
+  refusals.apply_changes({{{ip("10.96.0.7"), {}}}, {}});
+  ASSERT_FALSE(runner.commands.empty());
+  EXPECT_NE(runner.commands[0].input.find("swap DSPROXY_OPEN4_NEXT DSPROXY_OPEN4"), std::string::npos);
+  // Both the failed change and the new one are in.
+  EXPECT_TRUE(runner.sets.at("DSPROXY_OPEN4").count("10.96.0.99,tcp:80"));
+  EXPECT_TRUE(runner.sets.at("DSPROXY_VIPS4").count("10.96.0.7"));
+}
+
+}  // namespace
+}  // namespace dsproxy::redirect
