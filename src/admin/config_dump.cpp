@@ -61,10 +61,14 @@ json::array endpoints(const DumpContext& ctx) {
   const auto now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
                           std::chrono::steady_clock::now().time_since_epoch())
                           .count();
+  const auto index = ctx.endpoint_states ? ctx.endpoint_states->current() : nullptr;
+  const proxy::EndpointState fresh;
   for (const auto& c : ctx.snapshot.clusters()) {
     json::array eps;
-    for (const auto& e : c.endpoints) {
-      const auto& st = *e.state;
+    const proxy::ClusterStates* states = index ? index->find(c) : nullptr;
+    for (std::size_t i = 0; i < c.endpoints.size(); ++i) {
+      const auto& e = c.endpoints[i];
+      const proxy::EndpointState& st = states && states->size() == c.endpoints.size() ? (*states)[i] : fresh;
       const bool ejected = st.ejected_until_ns.load(std::memory_order_relaxed) > now_ns;
       json::object ep{{"address", socket_address(e.address.ip.to_string(), e.address.port)},
                       {"healthStatus", e.health()},

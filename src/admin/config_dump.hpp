@@ -6,6 +6,7 @@
 #include <string>
 
 #include "snapshot/cluster_snapshot.hpp"
+#include "proxy/endpoint_states.hpp"
 #include "proxy/proxy_options.hpp"
 #include "proxy/proxy_stats.hpp"
 #include "resolver/dns_handler.hpp"
@@ -21,6 +22,9 @@ struct DumpContext {
   // The daemon's control plane: its sources' status (synced, errors, ...), shown as
   // "controlPlane" when set.
   boost::json::value control_plane = nullptr;
+  // The endpoints' outlier and load state; null (or an index not covering `snapshot` yet) prints
+  // every endpoint as fresh.
+  const proxy::EndpointStates* endpoint_states = nullptr;
 };
 
 std::string render_config_dump(const DumpContext& context);  // /config_dump

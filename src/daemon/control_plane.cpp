@@ -36,7 +36,7 @@ ControlPlane::ControlPlane(ControlPlaneOptions options, snapshot::SnapshotStore&
       store_(store),
       runner_(runner),
       callbacks_(std::move(callbacks)),
-      builder_(options_.snapshot, &endpoint_states_) {
+      builder_(options_.snapshot) {
   if (options_.hostnames) {
     // Its c-ares channel and timers live on this io_context: created here, before the thread
     // runs, and used only from the thread afterwards (c-ares channels are single-threaded).

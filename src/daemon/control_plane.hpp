@@ -141,7 +141,6 @@ class ControlPlane final : public sources::ObjectSink {
   boost::asio::steady_timer build_timer_{io_};
   std::thread thread_;
   std::vector<std::unique_ptr<sources::ConfigSource>> sources_;
-  snapshot::EndpointStateRegistry endpoint_states_;  // outlier and load state, kept across builds
   SnapshotBuilder builder_;
   bool build_pending_ = false;
   std::chrono::steady_clock::time_point pending_since_;

@@ -225,7 +225,11 @@ class Daemon {
     auto api = [this](std::string_view path) -> admin::AdminResponse {
       if (path == "/config_dump") {
         const auto snapshot = store_.current();
+        // The endpoints' runtime states for exactly this snapshot (a no-op when a worker synced
+        // them already; O(changed) otherwise).
+        if (server_) server_->endpoint_states().sync(snapshot);
         admin::DumpContext context{*snapshot, options_.proxy, stats_, store_.generation(), dns_stats()};
+        context.endpoint_states = server_ ? &server_->endpoint_states() : nullptr;
         context.control_plane = boost::json::object{{"synced", control_plane_->synced()},
                                                     {"builds", control_plane_->builds()},
                                                     {"buildFailures", control_plane_->build_failures()},

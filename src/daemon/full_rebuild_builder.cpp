@@ -56,9 +56,7 @@ void FullRebuildBuilder::Table<T>::compact() {
   slots = std::move(kept);
 }
 
-FullRebuildBuilder::FullRebuildBuilder(snapshot::ClusterSnapshot::Options options,
-                                       snapshot::EndpointStateRegistry* registry)
-    : options_(std::move(options)), registry_(registry) {}
+FullRebuildBuilder::FullRebuildBuilder(snapshot::ClusterSnapshot::Options options) : options_(std::move(options)) {}
 
 void FullRebuildBuilder::upsert(config::Service object) { services_.upsert(std::move(object)); }
 void FullRebuildBuilder::upsert(config::Pod object) { pods_.upsert(std::move(object)); }
@@ -104,7 +102,7 @@ std::shared_ptr<const snapshot::ClusterSnapshot> FullRebuildBuilder::build() {
   for (const auto& s : nodes_.slots)
     if (s) objects.nodes.push_back(*s);
   objects.warnings = warnings_;
-  return snapshot::ClusterSnapshot::build(std::move(objects), options_, registry_);
+  return snapshot::ClusterSnapshot::build(std::move(objects), options_);
 }
 
 std::size_t FullRebuildBuilder::size() const { return services_.live + pods_.live + slices_.live + nodes_.live; }

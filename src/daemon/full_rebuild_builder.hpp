@@ -22,8 +22,8 @@ namespace dsproxy::daemon {
 
 class FullRebuildBuilder {
  public:
-  // `registry` (may be null) keeps endpoint runtime state across snapshots; it must outlive this.
-  FullRebuildBuilder(snapshot::ClusterSnapshot::Options options, snapshot::EndpointStateRegistry* registry);
+  // Endpoint runtime state is the proxy's (proxy/endpoint_states.hpp): snapshots hold none.
+  explicit FullRebuildBuilder(snapshot::ClusterSnapshot::Options options);
 
   void upsert(config::Service object);
   void upsert(config::Pod object);
@@ -53,7 +53,6 @@ class FullRebuildBuilder {
   };
 
   snapshot::ClusterSnapshot::Options options_;
-  snapshot::EndpointStateRegistry* registry_;
   Table<config::Service> services_;
   Table<config::Pod> pods_;
   Table<config::EndpointSlice> slices_;  // FQDN ones included

@@ -42,7 +42,7 @@ struct GaugeGuard {
 // destroyed without completing (its io_context going away).
 class RelayEnd {
  public:
-  RelayEnd(ProxyStats& stats, GaugeGuard<ProxyStats::Counter> active, std::shared_ptr<snapshot::EndpointState> endpoint,
+  RelayEnd(ProxyStats& stats, GaugeGuard<ProxyStats::Counter> active, std::shared_ptr<EndpointState> endpoint,
            Direction direction, const net::SocketAddress& source, const net::SocketAddress& destination)
       : stats_(&stats),
         endpoint_(std::move(endpoint)),
@@ -66,7 +66,7 @@ class RelayEnd {
  private:
   ProxyStats* stats_;
   // Declared before the guards: the endpoint state outlives the gauge that points into it.
-  std::shared_ptr<snapshot::EndpointState> endpoint_;
+  std::shared_ptr<EndpointState> endpoint_;
   GaugeGuard<ProxyStats::Counter> active_;
   GaugeGuard<std::atomic<std::uint32_t>> outstanding_;
   Direction direction_;
@@ -98,10 +98,12 @@ class BackendSource {
   // node's own address (a captured client with no address of that family); such addresses are
   // never offered.
   BackendSource(const ConnectionContext& ctx, const RouteDecision& decision, const snapshot::ClusterSnapshot& snapshot,
-                net::Family dialled, bool other_family_allowed, const net::IpAddress& client)
+                const ClusterStates* states, net::Family dialled, bool other_family_allowed,
+                const net::IpAddress& client)
       : ctx_(ctx),
         decision_(decision),
         snapshot_(snapshot),
+        states_(states),
         dialled_(dialled),
         other_family_allowed_(other_family_allowed),
         client_(client) {}
@@ -118,7 +120,7 @@ class BackendSource {
       return t;
     }
     for (;;) {
-      auto pick = ctx_.picker.pick(*decision_.cluster, dialled_, Clock::now(), tried_, client_);
+      auto pick = ctx_.picker.pick(*decision_.cluster, states_, dialled_, Clock::now(), tried_, client_);
       if (!pick) return std::nullopt;
       tried_.push_back(pick->backend);
       BackendTargets t{{}, static_cast<int>(picks_.size())};
@@ -132,12 +134,13 @@ class BackendSource {
     }
   }
 
-  // The endpoint an attempt dialled; nullptr for passthrough.
-  const snapshot::Endpoint* endpoint_of(const ConnectScheduler::Attempt& a) const {
-    if (a.tag < 0) return nullptr;
+  // The runtime state of the endpoint an attempt dialled; null for passthrough (and for a
+  // cluster the state index did not cover yet).
+  std::shared_ptr<EndpointState> state_of(const ConnectScheduler::Attempt& a) const {
+    if (a.tag < 0 || !states_) return nullptr;
     const auto& pick = picks_[static_cast<std::size_t>(a.tag)];
-    for (int i = 0; i < pick.count; ++i)
-      if (pick.endpoints[static_cast<std::size_t>(i)]->address == a.address) return pick.endpoints[static_cast<std::size_t>(i)];
+    for (std::size_t i = 0; i < static_cast<std::size_t>(pick.count); ++i)
+      if (pick.endpoints[i]->address == a.address) return states_->share(static_cast<std::size_t>(pick.indices[i]));
     return nullptr;
   }
 
@@ -145,6 +148,7 @@ class BackendSource {
   const ConnectionContext& ctx_;
   const RouteDecision& decision_;
   const snapshot::ClusterSnapshot& snapshot_;
+  const ClusterStates* states_;
   net::Family dialled_;
   bool other_family_allowed_;
   net::IpAddress client_;  // the session-affinity key
@@ -155,12 +159,13 @@ class BackendSource {
 
 struct ConnectedUpstream {
   net::SocketAddress address;
-  const snapshot::Endpoint* endpoint = nullptr;  // nullptr for passthrough
+  std::shared_ptr<EndpointState> endpoint;  // null for passthrough
 };
 
 awaitable<std::optional<ConnectedUpstream>> establish_upstream(const ConnectionContext& ctx,
                                                                const RouteDecision& decision,
                                                                const snapshot::ClusterSnapshot& snapshot,
+                                                               const ClusterStates* states,
                                                                const net::SocketAddress& source,
                                                                const net::SocketAddress& destination,
                                                                bool transparent, tcp::socket& upstream) {
@@ -174,7 +179,7 @@ awaitable<std::optional<ConnectedUpstream>> establish_upstream(const ConnectionC
     upstream_options.source = source.ip;
     upstream_options.other_family_source = snapshot.other_family_address(source.ip);
   }
-  BackendSource backends(ctx, decision, snapshot, destination.ip.family(),
+  BackendSource backends(ctx, decision, snapshot, states, destination.ip.family(),
                          !transparent || upstream_options.other_family_source.has_value(), source.ip);
   ConnectScheduler scheduler(
       {ctx.options.attempt_delay, ctx.options.connect_timeout, std::max(1, ctx.options.max_connect_attempts)},
@@ -187,15 +192,15 @@ awaitable<std::optional<ConnectedUpstream>> establish_upstream(const ConnectionC
           ProxyStats::add(ctx.stats.local_errors);
           return;
         }
-        const snapshot::Endpoint* endpoint = backends.endpoint_of(attempt);
-        if (!endpoint) return;
+        const auto state = backends.state_of(attempt);
+        if (!state) return;
         if (result == AttemptResult::connected) {
-          ctx.outliers.record_success(*endpoint->state);
-        } else if (ctx.outliers.record_failure(*endpoint->state, Clock::now())) {
+          ctx.outliers.record_success(*state);
+        } else if (ctx.outliers.record_failure(*state, Clock::now())) {
           ProxyStats::add(ctx.stats.outlier_ejections);
           spdlog::warn("outlier: ejecting {} of {} after {} consecutive connect failures (ejection #{})",
-                       endpoint->address.to_string(), cluster_name, ctx.outliers.options().consecutive_failures,
-                       endpoint->state->ejections.load(std::memory_order_relaxed));
+                       attempt.address.to_string(), cluster_name, ctx.outliers.options().consecutive_failures,
+                       state->ejections.load(std::memory_order_relaxed));
         }
       });
   if (scheduler.backends_tried() > 1) ProxyStats::add(ctx.stats.connect_retries, scheduler.backends_tried() - 1);
@@ -218,13 +223,13 @@ awaitable<std::optional<ConnectedUpstream>> establish_upstream(const ConnectionC
   const auto& winner = scheduler.attempts()[static_cast<std::size_t>(outcome.winner)];
   if (winner.address.ip.family() != destination.ip.family()) ProxyStats::add(ctx.stats.family_fallbacks);
   if (winner.second_family) ProxyStats::add(ctx.stats.happy_eyeballs_other_family);
-  co_return ConnectedUpstream{winner.address, backends.endpoint_of(winner)};
+  co_return ConnectedUpstream{winner.address, backends.state_of(winner)};
 }
 
 // What the relay phase keeps of the connect phase.
 struct Connected {
   net::SocketAddress address;
-  std::shared_ptr<snapshot::EndpointState> endpoint;  // null for passthrough
+  std::shared_ptr<EndpointState> endpoint;  // null for passthrough
 };
 
 awaitable<std::optional<Connected>> route_and_connect(const ConnectionContext& ctx, Direction direction,
@@ -236,6 +241,14 @@ awaitable<std::optional<Connected>> route_and_connect(const ConnectionContext& c
   const auto snapshot = ctx.store.current();
   const RouteDecision decision =
       route(*snapshot, direction, destination, ctx.options.ports, ctx.local_addresses, transparent, source.ip);
+  // The endpoints' runtime states, looked up once per connection; the index is kept with the
+  // snapshot for the whole decision.
+  std::shared_ptr<const EndpointStateIndex> state_index;
+  const ClusterStates* states = nullptr;
+  if (decision.cluster) {
+    state_index = ctx.endpoint_states.index_for(snapshot);
+    states = state_index->find(*decision.cluster);
+  }
   const std::string_view cluster_name = decision.cluster ? std::string_view(decision.cluster->cluster_name) : "-";
   if (decision.kind == RouteKind::reject) {
     count_reject(ctx.stats, decision.reason);
@@ -245,14 +258,14 @@ awaitable<std::optional<Connected>> route_and_connect(const ConnectionContext& c
   }
   ProxyStats::add(decision.kind == RouteKind::service ? ctx.stats.routed_to_service : ctx.stats.passthrough);
   const auto connected =
-      co_await establish_upstream(ctx, decision, *snapshot, source, destination, transparent, upstream);
+      co_await establish_upstream(ctx, decision, *snapshot, states, source, destination, transparent, upstream);
   if (!connected) co_return std::nullopt;
   // Guarded: the arguments would be formatted (inet_ntop, allocations) even with debug off, and
   // that cost per connection showed up in profiles.
   if (spdlog::should_log(spdlog::level::debug))
     spdlog::debug("{} {} -> {} via {} (cluster {})", to_string(direction), source.to_string(),
                   destination.to_string(), connected->address.to_string(), cluster_name);
-  co_return Connected{connected->address, connected->endpoint ? connected->endpoint->state : nullptr};
+  co_return Connected{connected->address, connected->endpoint};
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 
 #include "snapshot/snapshot_store.hpp"
 #include "proxy/endpoint_picker.hpp"
+#include "proxy/endpoint_states.hpp"
 #include "proxy/local_address_check.hpp"
 #include "proxy/proxy_options.hpp"
 #include "proxy/proxy_stats.hpp"
@@ -22,6 +23,7 @@ struct ConnectionContext {
   const snapshot::SnapshotStore& store;
   ProxyStats& stats;
   const OutlierDetector& outliers;
+  EndpointStates& endpoint_states;  // shared by every worker; readers take no lock
   EndpointPicker& picker;  // the worker's own: not shared between threads
   LocalAddressCheck& local_addresses;  // likewise
 };

@@ -19,9 +19,19 @@ constexpr std::size_t kInline = 64;
 
 }  // namespace
 
-std::optional<BackendPick> EndpointPicker::pick(const snapshot::ServiceCluster& cluster, net::Family dialled,
-                                                Clock::time_point now, std::span<const int> tried,
+std::optional<BackendPick> EndpointPicker::pick(const snapshot::ServiceCluster& cluster, const ClusterStates* states,
+                                                net::Family dialled, Clock::time_point now, std::span<const int> tried,
                                                 std::optional<net::IpAddress> client) {
+  // A cluster whose states the index does not have yet (see EndpointStateIndex::find) is picked
+  // from as if every endpoint were fresh.
+  if (states && states->size() != cluster.endpoints.size()) states = nullptr;
+  auto state_of = [&](const snapshot::Endpoint* e) -> EndpointState* {
+    return states ? &(*states)[static_cast<std::size_t>(e - cluster.endpoints.data())] : nullptr;
+  };
+  auto ejected = [&](const snapshot::Endpoint* e) {
+    const EndpointState* st = state_of(e);
+    return st && outliers_.is_ejected(*st, now);
+  };
   const bool may_cross = cluster.family_fallback == snapshot::FamilyFallback::other;
   // The backend this client is pinned to, if any and still in the snapshot (-1 otherwise).
   const bool affine = affinity_ && client && cluster.session_affinity == config::SessionAffinity::ClientIP;
@@ -35,7 +45,7 @@ std::optional<BackendPick> EndpointPicker::pick(const snapshot::ServiceCluster& 
   auto usable = [&](std::size_t b, net::Family f, bool allow_ejected) {
     if (std::find(tried.begin(), tried.end(), static_cast<int>(b)) != tried.end()) return false;
     const auto* e = endpoint_of(cluster, cluster.backends[b], f);
-    return e && (allow_ejected || !outliers_.is_ejected(*e->state, now));
+    return e && (allow_ejected || !ejected(e));
   };
 
   // Healthy before ejected ("skipped while others remain", of either family), and within each,
@@ -69,9 +79,10 @@ std::optional<BackendPick> EndpointPicker::pick(const snapshot::ServiceCluster& 
         const std::size_t j = (i + 1 + rng_() % (n - 1)) % n;  // distinct from i
         const auto* a = endpoint_of(cluster, cluster.backends[candidate(i)], family);
         const auto* b = endpoint_of(cluster, cluster.backends[candidate(j)], family);
-        auto load = [](const snapshot::Endpoint* e) {
-          return std::pair(e->state->active.load(std::memory_order_relaxed),
-                           e->state->picks.load(std::memory_order_relaxed));
+        auto load = [&](const snapshot::Endpoint* e) {
+          const EndpointState* st = state_of(e);
+          return st ? std::pair(st->active.load(std::memory_order_relaxed), st->picks.load(std::memory_order_relaxed))
+                    : std::pair(std::uint32_t{0}, std::uint64_t{0});
         };
         chosen = load(b) < load(a) ? candidate(j) : candidate(i);
       }
@@ -81,7 +92,7 @@ std::optional<BackendPick> EndpointPicker::pick(const snapshot::ServiceCluster& 
       pick.backend = chosen;
       pick.fallback = family != dialled;
       pick.endpoints[pick.count++] = endpoint_of(cluster, backend, family);
-      pick.endpoints[0]->state->picks.fetch_add(1, std::memory_order_relaxed);
+      if (EndpointState* st = state_of(pick.endpoints[0])) st->picks.fetch_add(1, std::memory_order_relaxed);
       // Refreshes the pin's timeout, or moves it: the last pick of a connection is the backend it
       // ends up on unless every attempt fails.
       if (affine)
@@ -91,8 +102,11 @@ std::optional<BackendPick> EndpointPicker::pick(const snapshot::ServiceCluster& 
       // dialled family after a fallback (it has no ready endpoint, or we would not be here).
       if (may_cross && !pick.fallback)
         if (const auto* other = endpoint_of(cluster, backend, net::other(family));
-            other && !outliers_.is_ejected(*other->state, now))
+            other && !ejected(other))
           pick.endpoints[pick.count++] = other;
+      for (int i = 0; i < pick.count; ++i)
+        pick.indices[static_cast<std::size_t>(i)] =
+            static_cast<int>(pick.endpoints[static_cast<std::size_t>(i)] - cluster.endpoints.data());
       return pick;
     }
   }

@@ -27,6 +27,7 @@ struct BackendPick {
   // Endpoints to race, preferred first: the chosen family's, then (Happy Eyeballs) the same
   // pod's other-family endpoint when it is ready, healthy and the Service allows crossing.
   std::array<const snapshot::Endpoint*, 2> endpoints{nullptr, nullptr};
+  std::array<int, 2> indices{-1, -1};  // of those endpoints in ServiceCluster::endpoints (and ClusterStates)
   int count = 0;
   bool fallback = false;  // the preferred endpoint is of the other family than the dialled one
 };
@@ -37,10 +38,13 @@ class EndpointPicker {
   EndpointPicker(const OutlierDetector& outliers, std::uint64_t seed, SessionAffinityTable* affinity = nullptr)
       : outliers_(outliers), affinity_(affinity), rng_(seed) {}
 
-  // `tried` are backends this connection already failed on (retries go elsewhere). `client` is
-  // the connection's source address, the key of ClientIP session affinity.
-  std::optional<BackendPick> pick(const snapshot::ServiceCluster& cluster, net::Family dialled, Clock::time_point now,
-                                  std::span<const int> tried = {}, std::optional<net::IpAddress> client = std::nullopt);
+  // `states` are the runtime states of the cluster's endpoints (EndpointStateIndex::find); null
+  // picks without outlier or load information (and records no pick). `tried` are backends this
+  // connection already failed on (retries go elsewhere). `client` is the connection's source
+  // address, the key of ClientIP session affinity.
+  std::optional<BackendPick> pick(const snapshot::ServiceCluster& cluster, const ClusterStates* states,
+                                  net::Family dialled, Clock::time_point now, std::span<const int> tried = {},
+                                  std::optional<net::IpAddress> client = std::nullopt);
 
  private:
   const OutlierDetector& outliers_;

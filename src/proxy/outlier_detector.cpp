@@ -10,15 +10,15 @@ std::int64_t ticks(Clock::time_point t) {
 }
 }  // namespace
 
-bool OutlierDetector::is_ejected(const snapshot::EndpointState& state, Clock::time_point now) const {
+bool OutlierDetector::is_ejected(const EndpointState& state, Clock::time_point now) const {
   return state.ejected_until_ns.load(std::memory_order_relaxed) > ticks(now);
 }
 
-void OutlierDetector::record_success(snapshot::EndpointState& state) const {
+void OutlierDetector::record_success(EndpointState& state) const {
   state.consecutive_failures.store(0, std::memory_order_relaxed);
 }
 
-bool OutlierDetector::record_failure(snapshot::EndpointState& state, Clock::time_point now) const {
+bool OutlierDetector::record_failure(EndpointState& state, Clock::time_point now) const {
   const auto failures = state.consecutive_failures.fetch_add(1, std::memory_order_relaxed) + 1;
   // Exactly one of the workers that race past the threshold performs the ejection.
   if (failures != options_.consecutive_failures) return false;

@@ -6,7 +6,7 @@
 #include <chrono>
 #include <cstdint>
 
-#include "snapshot/cluster_snapshot.hpp"
+#include "proxy/endpoint_states.hpp"
 
 namespace dsproxy::proxy {
 
@@ -22,12 +22,12 @@ class OutlierDetector {
  public:
   explicit OutlierDetector(OutlierOptions options = {}) : options_(options) {}
 
-  bool is_ejected(const snapshot::EndpointState& state, Clock::time_point now) const;
+  bool is_ejected(const EndpointState& state, Clock::time_point now) const;
   // A connect that succeeded: the failure streak ends.
-  void record_success(snapshot::EndpointState& state) const;
+  void record_success(EndpointState& state) const;
   // A connect that failed (refused, unreachable, timed out). Returns true when this failure
   // ejected the endpoint, for `base_ejection x times ejected` (capped at max_ejection).
-  bool record_failure(snapshot::EndpointState& state, Clock::time_point now) const;
+  bool record_failure(EndpointState& state, Clock::time_point now) const;
 
   const OutlierOptions& options() const { return options_; }
 

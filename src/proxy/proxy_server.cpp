@@ -125,10 +125,11 @@ void validate_forwards(const ProxyOptions& options) {
 class Worker {
  public:
   Worker(const ProxyOptions& options, const snapshot::SnapshotStore& store, ProxyStats& stats,
-         const OutlierDetector& outliers, SessionAffinityTable& affinity, std::uint64_t seed)
+         const OutlierDetector& outliers, EndpointStates& endpoint_states, SessionAffinityTable& affinity,
+         std::uint64_t seed)
       : picker_(outliers, seed, &affinity),
         local_addresses_(options.upstream_mark),
-        context_{options, store, stats, outliers, picker_, local_addresses_} {}
+        context_{options, store, stats, outliers, endpoint_states, picker_, local_addresses_} {}
 
   void listen(const net::SocketAddress& address, Direction direction, const net::ListenerSocketOptions& options,
               std::optional<net::SocketAddress> forward_to = std::nullopt) {
@@ -224,7 +225,8 @@ void ProxyServer::start() {
   CapturePorts ports = options_.ports;
   std::vector<Forward> forwards = options_.forwards;
   for (int i = 0; i < std::max(1, options_.workers); ++i) {
-    auto worker = std::make_unique<Worker>(options_, store_, stats_, outliers_, affinity_, std::random_device{}() + i);
+    auto worker = std::make_unique<Worker>(options_, store_, stats_, outliers_, endpoint_states_, affinity_,
+                                           std::random_device{}() + i);
     std::size_t opened = 0;
     for (const auto& ip : binds) {
       worker->listen({ip, ports.outbound}, Direction::outbound, socket_options);

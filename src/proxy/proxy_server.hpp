@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "snapshot/snapshot_store.hpp"
+#include "proxy/endpoint_states.hpp"
 #include "proxy/outlier_detector.hpp"
 #include "proxy/proxy_options.hpp"
 #include "proxy/proxy_stats.hpp"
@@ -42,12 +43,17 @@ class ProxyServer {
   // The --forward listeners as bound (port 0 replaced by the kernel's choice), after start().
   const std::vector<Forward>& forwards() const { return options_.forwards; }
   bool running() const { return started_ && !stopped_; }
+  // The endpoints' runtime states. The control thread calls endpoint_states().sync(snapshot) after
+  // each publish so that no worker has to; the admin dump reads them.
+  EndpointStates& endpoint_states() { return endpoint_states_; }
+  const EndpointStates& endpoint_states() const { return endpoint_states_; }
 
  private:
   ProxyOptions options_;
   const snapshot::SnapshotStore& store_;
   ProxyStats& stats_;
   OutlierDetector outliers_;
+  EndpointStates endpoint_states_;
   SessionAffinityTable affinity_;  // shared by every worker: a client's connections land on any of them
   CapturePorts bound_;
   std::vector<std::unique_ptr<Worker>> workers_;

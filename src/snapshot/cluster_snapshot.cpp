@@ -16,18 +16,6 @@ using namespace config;
 
 std::string_view to_string(FamilyFallback f) { return f == FamilyFallback::never ? "never" : "other"; }
 
-std::shared_ptr<EndpointState> EndpointStateRegistry::get(const net::SocketAddress& address) {
-  std::lock_guard lock(mutex_);
-  auto& weak = states_[address];
-  if (auto state = weak.lock()) return state;
-  auto state = std::make_shared<EndpointState>();
-  weak = state;
-  // Forget addresses no snapshot holds any more, so churn does not grow the map forever.
-  if (states_.size() > 1024 && states_.size() % 256 == 0)
-    std::erase_if(states_, [](const auto& kv) { return kv.second.expired(); });
-  return state;
-}
-
 bool ServiceCluster::serves(net::Family dialled) const {
   bool other = false;
   for (const Endpoint& e : endpoints) {
@@ -253,9 +241,10 @@ FamilyFallback family_fallback(const Service& svc, FallbackDefault node_default)
 
 }  // namespace
 
-std::shared_ptr<const ClusterSnapshot> ClusterSnapshot::build(ClusterObjects objects, const Options& options,
-                                                              EndpointStateRegistry* registry) {
+std::shared_ptr<const ClusterSnapshot> ClusterSnapshot::build(ClusterObjects objects, const Options& options) {
+  static std::atomic<std::uint64_t> serials{0};
   auto snap = std::make_shared<ClusterSnapshot>();
+  snap->serial_ = serials.fetch_add(1, std::memory_order_relaxed) + 1;
   snap->objects_ = std::move(objects);
   snap->options_ = options;
   const ClusterObjects& objs = snap->objects_;
@@ -328,8 +317,6 @@ std::shared_ptr<const ClusterSnapshot> ClusterSnapshot::build(ClusterObjects obj
     c.affinity_timeout_s = svc.affinity_timeout_s;
     c.traffic_distribution = svc.traffic_distribution;
     c.app_protocol = sp.app_protocol;
-    for (Endpoint& e : c.endpoints)
-      e.state = registry ? registry->get(e.address) : std::make_shared<EndpointState>();
     c.backends = group_backends(c.endpoints);
     c.family_fallback = family_fallback(svc, options.fallback_default);
   }
@@ -366,6 +353,17 @@ std::shared_ptr<const ClusterSnapshot> ClusterSnapshot::build(ClusterObjects obj
               [](const NodePod& a, const NodePod& b) { return std::tie(a.ns, a.name) < std::tie(b.ns, b.name); });
   }
   return snap;
+}
+
+void ClusterSnapshot::for_each_cluster_change(
+    const ClusterSnapshot* older, const std::function<void(const ServiceCluster&)>& removed,
+    const std::function<void(const std::shared_ptr<const ServiceCluster>&)>& added) const {
+  if (older == this) return;
+  // Each build makes its clusters anew: every cluster of the older snapshot is gone.
+  if (older)
+    for (const ServiceCluster& c : older->clusters_) removed(c);
+  const auto self = shared_from_this();
+  for (const ServiceCluster& c : clusters_) added(std::shared_ptr<const ServiceCluster>(self, &c));
 }
 
 const ServiceCluster* ClusterSnapshot::find_cluster(const net::SocketAddress& vip) const {

@@ -2,13 +2,14 @@
 // The immutable routing view derived from ClusterObjects for one node.
 //
 // Built on the control path (config load or reload), then shared read-only by every worker
-// thread through a std::shared_ptr<const ClusterSnapshot>. Nothing in it changes after build();
-// the per-endpoint runtime state it points to (EndpointState) lives outside it, in atomics.
+// thread through a std::shared_ptr<const ClusterSnapshot>. Nothing in it changes after build(),
+// and it holds no runtime state: outlier and load state of endpoints is the proxy's
+// (proxy/endpoint_states.hpp), keyed by endpoint address.
 
 #include <atomic>
 #include <cstdint>
 #include <memory>
-#include <mutex>
+#include <functional>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -34,34 +35,10 @@ std::string_view to_string(FamilyFallback f);
 // never for SingleStack ones.
 enum class FallbackDefault : std::uint8_t { policy, never, other };
 
-// Runtime state of one endpoint address (ip:port): outlier detection and load counts.
-// Shared by every snapshot that lists the address, so a config reload neither forgets an
-// ejection nor resets outstanding-connection counts. Plain relaxed atomics: written by whichever
-// worker saw the outcome, once per connection, never per packet.
-struct EndpointState {
-  std::atomic<std::uint32_t> consecutive_failures{0};
-  std::atomic<std::uint32_t> ejections{0};
-  std::atomic<std::int64_t> ejected_until_ns{0};  // steady_clock time since epoch; 0 = never
-  std::atomic<std::uint32_t> active{0};           // connections currently relayed to it
-  std::atomic<std::uint64_t> picks{0};            // connections ever sent to it
-};
-
-// Hands out the EndpointState of an address: the same object for as long as any snapshot holds
-// it. Used on the control thread while building snapshots; the mutex is never taken on the data path.
-class EndpointStateRegistry {
- public:
-  std::shared_ptr<EndpointState> get(const net::SocketAddress& address);
-
- private:
-  std::mutex mutex_;
-  std::unordered_map<net::SocketAddress, std::weak_ptr<EndpointState>, net::SocketAddressHash> states_;
-};
-
 struct Endpoint {
   net::SocketAddress address;  // pod (or slice) address with the translated target port
   bool ready = false;
   std::string pod;  // "ns/name" when known, for logs
-  std::shared_ptr<EndpointState> state;  // never null in a built snapshot
   // EndpointSlice conditions (for selector-matched pods: serving = the pod's readiness,
   // terminating = deletionTimestamp set, ready = serving and not terminating).
   bool serving = false;
@@ -141,7 +118,7 @@ struct NodePod {
   std::vector<net::IpAddress> ips;
 };
 
-class ClusterSnapshot {
+class ClusterSnapshot : public std::enable_shared_from_this<ClusterSnapshot> {
  public:
   struct Options {
     std::string node_name;
@@ -152,10 +129,17 @@ class ClusterSnapshot {
     std::string zone{};
   };
 
-  // Throws ConfigError for a bad dsproxy.io/ annotation. With a registry, endpoint states are
-  // shared with earlier snapshots; without one (tests, one-shot commands) they start fresh.
-  static std::shared_ptr<const ClusterSnapshot> build(ClusterObjects objects, const Options& options,
-                                                      EndpointStateRegistry* registry = nullptr);
+  // Throws ConfigError for a bad dsproxy.io/ annotation.
+  static std::shared_ptr<const ClusterSnapshot> build(ClusterObjects objects, const Options& options);
+
+  // Increases with every snapshot built in this process: tells which of two snapshots is newer.
+  std::uint64_t serial() const { return serial_; }
+  // The clusters of `older` (nullptr: none) that this snapshot no longer has, and this snapshot's
+  // clusters that `older` did not have (a changed cluster is both). Clusters both share are not
+  // visited. The shared_ptr keeps the cluster (and what it belongs to) alive.
+  void for_each_cluster_change(const ClusterSnapshot* older,
+                               const std::function<void(const ServiceCluster&)>& removed,
+                               const std::function<void(const std::shared_ptr<const ServiceCluster>&)>& added) const;
 
   // The ServiceCluster whose ClusterIP:port is `vip`, or nullptr.
   const ServiceCluster* find_cluster(const net::SocketAddress& vip) const;
@@ -178,6 +162,7 @@ class ClusterSnapshot {
  private:
   ClusterObjects objects_;
   Options options_;
+  std::uint64_t serial_ = 0;
   std::string zone_;
   std::vector<ServiceCluster> clusters_;  // sorted by hostname, then port
   std::vector<NodePod> node_pods_;        // this node's pods, hostNetwork excluded

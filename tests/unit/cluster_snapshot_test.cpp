@@ -373,17 +373,6 @@ TEST(ServiceCluster, BadFallbackAnnotationNamesTheField) {
   }
 }
 
-TEST(ClusterSnapshot, EndpointStateSurvivesRebuildThroughRegistry) {
-  EndpointStateRegistry registry;
-  auto objects = load_objects_file(DSPROXY_SOURCE_DIR "/config/tcp-echo-experiment.yaml");
-  auto a = ClusterSnapshot::build(objects, {.node_name = "kind-worker"}, &registry);
-  cluster(*a, "10.96.104.229", 9000).endpoints[0].state->ejections = 3;
-  auto b = ClusterSnapshot::build(objects, {.node_name = "kind-worker"}, &registry);
-  EXPECT_EQ(cluster(*b, "10.96.104.229", 9000).endpoints[0].state->ejections.load(), 3u);
-  EXPECT_EQ(cluster(*a, "10.96.104.229", 9000).endpoints[0].state,
-            cluster(*b, "10.96.104.229", 9000).endpoints[0].state);
-}
-
 TEST(ClusterSnapshot, VipPortsListServablePortsPerClusterIp) {
   auto objects = load_objects_file(DSPROXY_SOURCE_DIR "/config/tcp-echo-experiment.yaml");
   for (auto& pod : objects.pods)

@@ -9,7 +9,7 @@ using namespace std::chrono_literals;
 
 TEST(OutlierDetector, EjectsAfterConsecutiveFailuresForGrowingIntervals) {
   OutlierDetector d;  // 5 failures, 30 s base, 300 s max
-  snapshot::EndpointState st;
+  EndpointState st;
   auto t = Clock::time_point{} + 1000s;
   for (int i = 0; i < 4; ++i) EXPECT_FALSE(d.record_failure(st, t));
   EXPECT_TRUE(d.record_failure(st, t));
@@ -25,7 +25,7 @@ TEST(OutlierDetector, EjectsAfterConsecutiveFailuresForGrowingIntervals) {
 
 TEST(OutlierDetector, SuccessEndsTheStreak) {
   OutlierDetector d;
-  snapshot::EndpointState st;
+  EndpointState st;
   auto t = Clock::time_point{} + 1000s;
   for (int i = 0; i < 4; ++i) d.record_failure(st, t);
   d.record_success(st);
@@ -35,7 +35,7 @@ TEST(OutlierDetector, SuccessEndsTheStreak) {
 
 TEST(OutlierDetector, EjectionTimeIsCappedAndForgivenAfterAQuietSpell) {
   OutlierDetector d({.consecutive_failures = 1, .base_ejection = 100s, .max_ejection = 250s});
-  snapshot::EndpointState st;
+  EndpointState st;
   auto t = Clock::time_point{} + 1000s;
   d.record_failure(st, t);  // 100 s
   t += 101s;

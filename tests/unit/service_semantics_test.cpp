@@ -72,7 +72,7 @@ Addrs picked(const ServiceCluster& c, net::Family dialled) {
   proxy::EndpointPicker picker(outliers, 7);
   Addrs out;
   for (int i = 0; i < 200; ++i)
-    if (auto p = picker.pick(c, dialled, proxy::Clock::now())) out.insert(p->endpoints[0]->address.ip.to_string());
+    if (auto p = picker.pick(c, nullptr, dialled, proxy::Clock::now())) out.insert(p->endpoints[0]->address.ip.to_string());
   return out;
 }
 
@@ -161,7 +161,7 @@ TEST(EndpointConditions, HappyEyeballsPartnerMustBeEligibleInItsFamily) {
   const auto s = build(service_yaml({{"10.0.0.1", "conditions: {}" + pod}, {"fd00::1", kTerm + pod}, {"fd00::9", ""}}));
   proxy::OutlierDetector outliers;
   proxy::EndpointPicker picker(outliers, 1);
-  auto p = picker.pick(web(*s), net::Family::v4, proxy::Clock::now());
+  auto p = picker.pick(web(*s), nullptr, net::Family::v4, proxy::Clock::now());
   ASSERT_TRUE(p);
   EXPECT_EQ(p->count, 1);
 }
@@ -424,10 +424,11 @@ class SessionAffinityTest : public ::testing::Test {
   }
   std::string pick(const ServiceCluster& c, const char* client, net::Family f, proxy::Clock::time_point t,
                    std::span<const int> tried = {}) {
-    auto p = pickers[n++ % 2].pick(c, f, t, tried, ip(client));
+    auto p = pickers[n++ % 2].pick(c, states.current()->find(c), f, t, tried, ip(client));
     return p ? p->endpoints[0]->address.ip.to_string() : "";
   }
   proxy::OutlierDetector outliers;
+  proxy::EndpointStates states;  // synced by the tests that need outlier state
   proxy::SessionAffinityTable table;
   // Two pickers (two workers) share one table: a client's connections land on either.
   proxy::EndpointPicker pickers[2] = {{outliers, 1, &table}, {outliers, 2, &table}};
@@ -446,7 +447,7 @@ TEST_F(SessionAffinityTest, SameClientSameBackendAcrossWorkersPerFamily) {
   // Without affinity the same client spreads.
   proxy::EndpointPicker plain(outliers, 3);
   Addrs seen;
-  for (int i = 0; i < 50; ++i) seen.insert(plain.pick(web(*s), net::Family::v4, now, {}, ip("10.1.0.1"))->endpoints[0]->address.ip.to_string());
+  for (int i = 0; i < 50; ++i) seen.insert(plain.pick(web(*s), nullptr, net::Family::v4, now, {}, ip("10.1.0.1"))->endpoints[0]->address.ip.to_string());
   EXPECT_EQ(seen.size(), 3u);
   // Different clients are spread too (not all pinned to one pod).
   Addrs clients;
@@ -487,6 +488,7 @@ TEST_F(SessionAffinityTest, ExpiresAfterTimeoutSinceLastUse) {
 
 TEST_F(SessionAffinityTest, RetriesAndEjectionsMoveThePin) {
   const auto s = build(yaml());
+  states.sync(s);
   const auto& c = web(*s);
   const std::string first = pick(c, "10.1.0.1", net::Family::v4, now);
   int first_backend = -1;
@@ -498,7 +500,7 @@ TEST_F(SessionAffinityTest, RetriesAndEjectionsMoveThePin) {
   EXPECT_EQ(pick(c, "10.1.0.1", net::Family::v4, now), retry) << "the pin follows the connection's last pick";
 
   const auto& ep = c.endpoints[static_cast<std::size_t>(c.backends[0].v4)];
-  for (std::uint32_t i = 0; i < outliers.options().consecutive_failures; ++i) outliers.record_failure(*ep.state, now);
+  for (std::uint32_t i = 0; i < outliers.options().consecutive_failures; ++i) outliers.record_failure((*states.current()->find(c))[static_cast<std::size_t>(c.backends[0].v4)], now);
   table.remember(c.cluster_name, ip("10.1.0.9"), ep.address, std::chrono::seconds(30), now);
   EXPECT_NE(pick(c, "10.1.0.9", net::Family::v4, now), ep.address.ip.to_string()) << "an ejected pin is not honoured";
 }
