@@ -276,10 +276,13 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (validate_cmd->parsed()) {
-      const auto snapshot = load_snapshot(validate_config, validate_node, "cluster.local");
-      std::cout << "ok: " << snapshot->objects().services.size() << " service(s), " << snapshot->objects().pods.size()
-                << " pod(s), " << snapshot->objects().endpoint_slices.size() << " endpoint slice(s)\n";
-      for (const auto& c : snapshot->clusters()) {
+      auto objects = config::load_objects_file(validate_config);
+      for (const auto& w : objects.warnings) spdlog::warn("config: {}", w);
+      const std::size_t services = objects.services.size(), pods = objects.pods.size(),
+                        slices = objects.endpoint_slices.size();
+      const auto snapshot = snapshot::ClusterSnapshot::build(std::move(objects), {validate_node, "cluster.local"});
+      std::cout << "ok: " << services << " service(s), " << pods << " pod(s), " << slices << " endpoint slice(s)\n";
+      for (const snapshot::ServiceCluster& c : snapshot->clusters()) {
         std::cout << "  " << c.cluster_name << " (" << config::to_string(c.ip_family_policy) << "):";
         for (const auto& ip : c.cluster_ips) std::cout << ' ' << ip.to_string();
         std::cout << " -> " << c.endpoints.size() << " endpoint(s)\n";

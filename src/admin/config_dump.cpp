@@ -43,7 +43,7 @@ json::array listeners(const DumpContext& ctx) {
     l["forwardTo"] = f.target.to_string();
     out.push_back(std::move(l));
   }
-  for (const auto& c : ctx.snapshot.clusters()) {
+  for (const snapshot::ServiceCluster& c : ctx.snapshot.clusters()) {
     if (c.cluster_ips.empty()) continue;
     const std::string primary = c.cluster_ips.front().to_string();
     std::vector<std::string> additional;
@@ -63,7 +63,7 @@ json::array endpoints(const DumpContext& ctx) {
                           .count();
   const auto index = ctx.endpoint_states ? ctx.endpoint_states->current() : nullptr;
   const proxy::EndpointState fresh;
-  for (const auto& c : ctx.snapshot.clusters()) {
+  for (const snapshot::ServiceCluster& c : ctx.snapshot.clusters()) {
     json::array eps;
     const proxy::ClusterStates* states = index ? index->find(c) : nullptr;
     for (std::size_t i = 0; i < c.endpoints.size(); ++i) {
@@ -83,12 +83,12 @@ json::array endpoints(const DumpContext& ctx) {
                       {"connections", st.picks.load(std::memory_order_relaxed)},
                       {"consecutiveFailures", st.consecutive_failures.load(std::memory_order_relaxed)},
                       {"ejections", st.ejections.load(std::memory_order_relaxed)}};
-      if (!e.pod.empty()) ep["pod"] = e.pod;
-      if (!e.node_name.empty()) ep["nodeName"] = e.node_name;
-      if (!e.zone.empty()) ep["zone"] = e.zone;
+      if (!e.pod.empty()) ep["pod"] = e.pod.str();
+      if (!e.node_name.empty()) ep["nodeName"] = e.node_name.str();
+      if (!e.zone.empty()) ep["zone"] = e.zone.str();
       if (!e.zone_hints.empty()) {
         json::array hints;
-        for (const auto& z : e.zone_hints) hints.push_back(json::string(z));
+        for (const auto& z : e.zone_hints) hints.push_back(json::string(z.str()));
         ep["zoneHints"] = std::move(hints);
       }
       eps.push_back(std::move(ep));
@@ -163,7 +163,7 @@ std::string render_config_dump(const DumpContext& ctx) {
                     {"endpoints", endpoints(ctx)},
                     {"stats", all_counters(ctx.stats, ctx.dns)}};
   json::array warnings;
-  for (const auto& w : ctx.snapshot.objects().warnings) warnings.push_back(json::string(w));
+  for (const auto& w : ctx.snapshot.warnings()) warnings.push_back(json::string(w));
   dump["warnings"] = std::move(warnings);
   // Endpoints the snapshot refused to route to (loopback, link-local, multicast, ClusterIPs, ...):
   // what an operator looks for when a Service has fewer endpoints than its slices list.

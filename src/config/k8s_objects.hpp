@@ -33,6 +33,8 @@ struct ServicePort {
   std::variant<std::uint16_t, std::string> target_port = std::uint16_t{0};
   std::string protocol = "TCP";
   std::string app_protocol{};  // spec.ports[].appProtocol; informational for an L4 proxy
+  // Whole-object equality: the snapshot builder skips an update that changes nothing.
+  friend bool operator==(const ServicePort&, const ServicePort&) = default;
 };
 
 struct Service {
@@ -53,12 +55,14 @@ struct Service {
   std::uint32_t affinity_timeout_s = 10800;  // sessionAffinityConfig.clientIP.timeoutSeconds (1..86400)
   std::string traffic_distribution;          // spec.trafficDistribution ("" = none)
   bool publish_not_ready_addresses = false;  // spec.publishNotReadyAddresses
+  friend bool operator==(const Service&, const Service&) = default;
 };
 
 struct ContainerPort {
   std::string name;
   std::uint16_t port = 0;
   std::string protocol = "TCP";
+  friend bool operator==(const ContainerPort&, const ContainerPort&) = default;
 };
 
 struct Pod {
@@ -72,6 +76,7 @@ struct Pod {
   bool ready = false;                   // status.conditions[type=Ready].status == "True"
   bool terminating = false;             // metadata.deletionTimestamp is set
   std::vector<ContainerPort> container_ports;  // spec.containers[].ports[]
+  friend bool operator==(const Pod&, const Pod&) = default;
 };
 
 enum class AddressType { IPv4, IPv6, FQDN };
@@ -81,6 +86,7 @@ struct EndpointSlicePort {
   std::optional<std::string> name;  // matches ServicePort::name ("" and absent are the same)
   std::optional<std::uint16_t> port;
   std::string protocol = "TCP";
+  friend bool operator==(const EndpointSlicePort&, const EndpointSlicePort&) = default;
 };
 
 struct SliceEndpoint {
@@ -95,6 +101,7 @@ struct SliceEndpoint {
   bool terminating = false;
   std::string zone{};                   // endpoints[].zone
   std::vector<std::string> zone_hints{};  // endpoints[].hints.forZones[].name
+  friend bool operator==(const SliceEndpoint&, const SliceEndpoint&) = default;
 };
 
 struct EndpointSlice {
@@ -104,12 +111,14 @@ struct EndpointSlice {
   AddressType address_type = AddressType::IPv4;
   std::vector<SliceEndpoint> endpoints;
   std::vector<EndpointSlicePort> ports;
+  friend bool operator==(const EndpointSlice&, const EndpointSlice&) = default;
 };
 
 // A v1 Node: only its name and labels (topology.kubernetes.io/zone gives this node's zone).
 struct Node {
   std::string name;
   Labels labels;
+  friend bool operator==(const Node&, const Node&) = default;
 };
 
 struct ClusterObjects {

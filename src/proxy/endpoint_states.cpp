@@ -3,8 +3,8 @@
 namespace dsproxy::proxy {
 
 const ClusterStates* EndpointStateIndex::find(const snapshot::ServiceCluster& cluster) const {
-  auto it = clusters_.find(&cluster);
-  return it == clusters_.end() ? nullptr : it->second.states.get();
+  const Entry* entry = clusters_.find(&cluster);
+  return entry ? entry->states.get() : nullptr;
 }
 
 EndpointStates::EndpointStates() { index_.store(std::make_shared<const EndpointStateIndex>()); }
@@ -65,20 +65,20 @@ void EndpointStates::sync_locked(const std::shared_ptr<const snapshot::ClusterSn
   next->clusters_ = old->clusters_;
   // What the previous sync retired has had its one sync of grace.
   for (const auto* gone : old->retired_) {
-    auto it = next->clusters_.find(gone);
-    if (it == next->clusters_.end()) continue;
-    for (const auto& e : it->second.cluster->endpoints) {
+    const auto* entry = next->clusters_.find(gone);
+    if (!entry) continue;
+    for (const auto& e : entry->cluster->endpoints) {
       auto reg = by_address_.find(e.address);
       if (reg != by_address_.end() && --reg->second.listings == 0) unlisted_.push_back(e.address);
     }
-    next->clusters_.erase(it);
+    next->clusters_.erase(gone);
   }
   // Clusters the new snapshot shares with the old one keep their states as they are; changed or
   // new ones look their addresses up in the registry, so an address that stays finds its state.
   snapshot->for_each_cluster_change(
       synced_.get(), [&](const snapshot::ServiceCluster& removed) { next->retired_.push_back(&removed); },
       [&](const std::shared_ptr<const snapshot::ServiceCluster>& added) {
-        next->clusters_.emplace(added.get(), EndpointStateIndex::Entry{added, states_of(*added)});
+        next->clusters_.set(added.get(), EndpointStateIndex::Entry{added, states_of(*added)});
       });
   synced_ = snapshot;
   index_.store(std::shared_ptr<const EndpointStateIndex>(std::move(next)), std::memory_order_release);

@@ -32,6 +32,7 @@
 
 #include "net/ip_address.hpp"
 #include "snapshot/cluster_snapshot.hpp"
+#include "snapshot/persistent_map.hpp"
 
 namespace dsproxy::proxy {
 
@@ -73,7 +74,8 @@ class EndpointStateIndex {
     std::shared_ptr<const ClusterStates> states;
   };
   std::uint64_t serial_ = 0;  // the ClusterSnapshot::serial() it covers
-  std::unordered_map<const snapshot::ServiceCluster*, Entry> clusters_;
+  // Shares its structure with the previous index: a sync copies the paths of changed clusters only.
+  snapshot::PersistentMap<const snapshot::ServiceCluster*, Entry> clusters_;
   std::vector<const snapshot::ServiceCluster*> retired_;  // kept until the next sync
 };
 

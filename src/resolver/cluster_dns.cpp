@@ -1,7 +1,8 @@
 #include "resolver/cluster_dns.hpp"
 
 #include <algorithm>
-#include <map>
+#include <optional>
+#include <utility>
 
 namespace dsproxy::resolver {
 
@@ -12,45 +13,41 @@ bool has_family(const std::vector<net::Family>& families, net::Family f) {
   return families.empty() || std::find(families.begin(), families.end(), f) != families.end();
 }
 
-bool selects(const config::Labels& selector, const config::Labels& labels) {
-  for (const auto& [k, v] : selector) {
-    auto it = labels.find(k);
-    if (it == labels.end() || it->second != v) return false;
-  }
-  return true;
-}
-
 void add_unique(std::vector<net::IpAddress>& to, const net::IpAddress& ip) {
   if (std::find(to.begin(), to.end(), ip) == to.end()) to.push_back(ip);
 }
 
-// Ready endpoint addresses of a headless Service: its EndpointSlices when it has any (they also
-// carry selector-less, hand-managed endpoints), else the ready pods its selector matches (a pod
-// being deleted is not ready, as the EndpointSlice controller writes it). With
-// publishNotReadyAddresses every endpoint is answered, ready or not, as CoreDNS does (the
-// controller then marks them all ready).
-std::vector<net::IpAddress> headless_addresses(const config::Service& svc, const config::ClusterObjects& objs) {
-  std::vector<net::IpAddress> out;
-  bool sliced = false;
-  for (const auto& slice : objs.endpoint_slices) {
-    if (slice.ns != svc.ns || slice.service_name != svc.name) continue;
-    sliced = true;
-    if (slice.address_type == config::AddressType::FQDN) continue;
-    for (const auto& e : slice.endpoints)
-      if (e.ready || svc.publish_not_ready_addresses)
-        for (const auto& a : e.addresses)
-          if (has_family(svc.ip_families, a.family())) add_unique(out, a);
+// The address a reverse name (as reverse_name() writes it) stands for.
+std::optional<net::IpAddress> reverse_address(const std::string& key) {
+  static const std::string v4_suffix = ".in-addr.arpa";
+  static const std::string v6_suffix = ".ip6.arpa";
+  auto ends_with = [&](const std::string& suffix) {
+    return key.size() > suffix.size() && key.compare(key.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  std::optional<net::IpAddress> ip;
+  if (ends_with(v4_suffix)) {
+    std::vector<std::string> labels;
+    std::string label;
+    for (char c : key.substr(0, key.size() - v4_suffix.size())) {
+      if (c == '.') labels.push_back(std::exchange(label, {}));
+      else label += c;
+    }
+    labels.push_back(label);
+    if (labels.size() != 4) return std::nullopt;
+    ip = net::IpAddress::parse(labels[3] + "." + labels[2] + "." + labels[1] + "." + labels[0]);
+  } else if (ends_with(v6_suffix)) {
+    const std::string nibbles = key.substr(0, key.size() - v6_suffix.size());
+    if (nibbles.size() != 63) return std::nullopt;
+    std::string text;
+    for (int i = 31; i >= 0; --i) {
+      text += nibbles[static_cast<std::size_t>(i) * 2];
+      if (i % 4 == 0 && i != 0) text += ':';
+    }
+    ip = net::IpAddress::parse(text);
   }
-  if (sliced || !svc.selector || svc.selector->empty()) return out;
-  for (const auto& pod : objs.pods) {
-    const bool ready = pod.ready && !pod.terminating;
-    if (pod.ns != svc.ns || (!ready && !svc.publish_not_ready_addresses) || pod.host_network ||
-        !selects(*svc.selector, pod.labels))
-      continue;
-    for (const auto& a : pod.pod_ips)
-      if (has_family(svc.ip_families, a.family())) add_unique(out, a);
-  }
-  return out;
+  // Only the canonical spelling names the address (no leading zeros, lower-case nibbles).
+  if (!ip || reverse_name(*ip) != key) return std::nullopt;
+  return ip;
 }
 
 }  // namespace
@@ -76,61 +73,78 @@ std::string reverse_name(const net::IpAddress& ip) {
   return out + "ip6.arpa";
 }
 
-std::shared_ptr<const ClusterDns> ClusterDns::build(const config::ClusterObjects& objects,
+std::shared_ptr<const ClusterDns> ClusterDns::build(std::shared_ptr<const snapshot::ClusterSnapshot> snapshot,
                                                     const ClusterDnsOptions& options) {
   auto dns = std::make_shared<ClusterDns>();
   dns->options_ = options;
   dns->zone_ = Name::from_text(options.domain).value_or(Name{});
   dns->zone_key_ = dns->zone_.key();
+  dns->snapshot_ = std::move(snapshot);
+  return dns;
+}
 
-  auto add_ents = [&](const std::string& key) {
-    // Every ancestor between the name and the zone exists, as an empty non-terminal.
-    std::string k = key;
-    for (;;) {
-      const auto dot = k.find('.');
-      if (dot == std::string::npos) break;
-      k = k.substr(dot + 1);
-      if (!in_zone(k, dns->zone_key_)) break;
-      dns->empty_nonterminals_.insert(k);
-      if (k == dns->zone_key_) break;
-    }
-  };
-  dns->empty_nonterminals_.insert(dns->zone_key_);
-  dns->empty_nonterminals_.insert("svc." + dns->zone_key_);
+std::shared_ptr<const ClusterDns> ClusterDns::build(const config::ClusterObjects& objects,
+                                                    const ClusterDnsOptions& options) {
+  snapshot::ClusterSnapshot::Options snapshot_options;
+  snapshot_options.cluster_domain = options.domain;
+  return build(snapshot::ClusterSnapshot::build(objects, snapshot_options), options);
+}
 
-  for (const auto& svc : objects.services) {
-    auto name = Name::from_text(svc.name + "." + svc.ns + ".svc." + options.domain);
-    if (!name) continue;  // not a valid DNS name; nothing could ask for it
-    const std::string key = name->key();
-    Node& node = dns->nodes_[key];
-    add_ents(key);
-    if (svc.type == "ExternalName") {
-      if (auto target = Name::from_text(svc.external_name)) node.cname = std::move(*target);
-      // Resolved by dsproxy (dsproxy.io/resolve): the target's addresses follow the CNAME.
-      for (const auto& ip : headless_addresses(svc, objects)) add_unique(ip.is_v4() ? node.v4 : node.v6, ip);
-      continue;
-    }
-    const std::vector<net::IpAddress> addresses =
-        svc.headless || svc.cluster_ips.empty() ? headless_addresses(svc, objects) : svc.cluster_ips;
-    for (const auto& ip : addresses) {
-      if (!has_family(svc.ip_families, ip.family())) continue;
-      add_unique(ip.is_v4() ? node.v4 : node.v6, ip);
-    }
-    if (!svc.headless)
-      for (const auto& ip : svc.cluster_ips) dns->nodes_[reverse_name(ip)].ptr = *name;
+std::optional<ClusterDns::Node> ClusterDns::node(const std::string& key) const {
+  if (!snapshot_) return std::nullopt;
+  if (!in_zone(key, zone_key_)) {
+    // A reverse name: the PTR of a ClusterIP names its Service (never a headless one's: it has none).
+    const auto ip = reverse_address(key);
+    if (!ip) return std::nullopt;
+    const auto* view = snapshot_->cluster_ip_owner(*ip);
+    if (!view || view->headless) return std::nullopt;
+    auto name = Name::from_text(view->name + "." + view->ns + ".svc." + options_.domain);
+    if (!name) return std::nullopt;
+    Node node;
+    node.ptr = std::move(*name);
+    return node;
+  }
+  if (key.size() <= zone_key_.size() || key.find('\\') != std::string::npos) return std::nullopt;
+  // <name>.<ns>.svc.<zone>, and nothing else below the zone, is a Service's name.
+  const std::string rest = key.substr(0, key.size() - zone_key_.size() - 1);
+  const auto first = rest.find('.');
+  if (first == std::string::npos) return std::nullopt;
+  const auto second = rest.find('.', first + 1);
+  if (second == std::string::npos || rest.compare(second, std::string::npos, ".svc") != 0) return std::nullopt;
+  const auto* view =
+      snapshot_->service(std::string_view(rest).substr(first + 1, second - first - 1), std::string_view(rest).substr(0, first));
+  if (!view) return std::nullopt;
+  Node node;
+  if (view->type == "ExternalName") {
+    if (auto target = Name::from_text(view->external_name)) node.cname = std::move(*target);
+    // Resolved by dsproxy (dsproxy.io/resolve): the target's addresses follow the CNAME.
+    for (const auto& ip : view->dns_addresses) add_unique(ip.is_v4() ? node.v4 : node.v6, ip);
+  } else {
+    const auto& addresses = view->headless || view->cluster_ips.empty() ? view->dns_addresses : view->cluster_ips;
+    for (const auto& ip : addresses)
+      if (has_family(view->ip_families, ip.family())) add_unique(ip.is_v4() ? node.v4 : node.v6, ip);
   }
   // Deterministic answer order: sorted addresses.
-  for (auto& [key, node] : dns->nodes_) {
-    std::sort(node.v4.begin(), node.v4.end());
-    std::sort(node.v6.begin(), node.v6.end());
-  }
-  return dns;
+  std::sort(node.v4.begin(), node.v4.end());
+  std::sort(node.v6.begin(), node.v6.end());
+  return node;
+}
+
+bool ClusterDns::empty_nonterminal(const std::string& key) const {
+  // Every ancestor between a Service's name and the zone exists: the zone, svc.<zone> and
+  // <ns>.svc.<zone> of each namespace with a Service.
+  if (key == zone_key_ || key == "svc." + zone_key_) return true;
+  const std::string suffix = ".svc." + zone_key_;
+  if (!snapshot_ || key.size() <= suffix.size() || key.compare(key.size() - suffix.size(), suffix.size(), suffix) != 0)
+    return false;
+  const std::string ns = key.substr(0, key.size() - suffix.size());
+  return ns.find('.') == std::string::npos && snapshot_->has_namespace(ns);
 }
 
 bool ClusterDns::authoritative_for(const std::string& key) const {
   if (in_zone(key, zone_key_)) return true;
-  auto it = nodes_.find(key);
-  return it != nodes_.end() && it->second.ptr.has_value();
+  const auto found = node(key);
+  return found && found->ptr.has_value();
 }
 
 Record ClusterDns::soa() const {
@@ -152,17 +166,17 @@ ResponseSpec ClusterDns::answer(const Question& q) const {
   }
   const std::string key = q.name.key();
   const auto ttl = static_cast<std::uint32_t>(options_.ttl.count());
-  auto it = nodes_.find(key);
-  if (it == nodes_.end()) {
+  const auto found = node(key);
+  if (!found) {
     if (key == zone_key_ && (q.type == rrtype::SOA || q.type == rrtype::ANY)) {
       spec.answers.push_back(soa());
       return spec;
     }
-    if (!empty_nonterminals_.count(key)) spec.rcode = Rcode::NxDomain;
+    if (!empty_nonterminal(key)) spec.rcode = Rcode::NxDomain;
     spec.authority.push_back(soa());
     return spec;
   }
-  const Node& node = it->second;
+  const Node& node = *found;
   if (node.cname) {
     // A CNAME owns the name for every type (RFC 1034 3.6.2); the client follows it, unless
     // dsproxy resolved the target itself (then its addresses come along, as CoreDNS does).

@@ -16,18 +16,19 @@
 //                             "tcp-echo.dual-stack.svc.cluster.local" answers)
 //   <reversed ClusterIP>.in-addr.arpa / .ip6.arpa  PTR to the Service's name
 //
-// Built once per config generation from ClusterObjects; immutable after, lookups are map finds.
+// A view over one ClusterSnapshot: building it copies and indexes nothing (the snapshot's
+// per-Service views and its ClusterIP index answer every name), so a snapshot published for one
+// API event costs the DNS side nothing, and an answer is a few map finds.
 
 #include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
-#include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include "config/k8s_objects.hpp"
 #include "resolver/dns_message.hpp"
+#include "snapshot/cluster_snapshot.hpp"
 
 namespace dsproxy::resolver {
 
@@ -42,6 +43,10 @@ std::vector<std::string> pod_search_list(const std::string& ns, const std::strin
 
 class ClusterDns {
  public:
+  // `snapshot` may be null (no configuration yet: only the zone's empty names exist).
+  static std::shared_ptr<const ClusterDns> build(std::shared_ptr<const snapshot::ClusterSnapshot> snapshot,
+                                                 const ClusterDnsOptions& options);
+  // Over a snapshot built from `objects` with options.domain (tests and tools).
   static std::shared_ptr<const ClusterDns> build(const config::ClusterObjects& objects,
                                                  const ClusterDnsOptions& options);
 
@@ -62,12 +67,14 @@ class ClusterDns {
   };
 
   Record soa() const;
+  // The records owned by `key` (a Name::key()), if the name exists with any.
+  std::optional<Node> node(const std::string& key) const;
+  bool empty_nonterminal(const std::string& key) const;
 
   ClusterDnsOptions options_;
   Name zone_;
   std::string zone_key_;
-  std::unordered_map<std::string, Node> nodes_;     // by name key
-  std::unordered_set<std::string> empty_nonterminals_;
+  std::shared_ptr<const snapshot::ClusterSnapshot> snapshot_;
 };
 
 // The in-addr.arpa / ip6.arpa name of an address, as a Name::key().

@@ -1,22 +1,28 @@
 #pragma once
-// The immutable routing view derived from ClusterObjects for one node.
+// The immutable routing view derived from the Kubernetes objects for one node.
 //
-// Built on the control path (config load or reload), then shared read-only by every worker
-// thread through a std::shared_ptr<const ClusterSnapshot>. Nothing in it changes after build(),
-// and it holds no runtime state: outlier and load state of endpoints is the proxy's
-// (proxy/endpoint_states.hpp), keyed by endpoint address.
+// Made by a SnapshotBuilder (snapshot_builder.hpp) on the control thread, then shared read-only
+// by every worker thread through a std::shared_ptr<const ClusterSnapshot>. Nothing in it changes
+// after it is built, and it holds no runtime state: outlier and load state of endpoints is the
+// proxy's (proxy/endpoint_states.hpp), keyed by endpoint address.
+//
+// Consecutive snapshots share what did not change: each Service's derived view (ServiceView, with
+// its ServiceClusters) is one shared object, replaced only when one of its inputs changes, and
+// the lookup indexes are PersistentMaps, of which a new snapshot copies only the changed paths.
+// The snapshot keeps no copy of the objects it was built from.
 
-#include <atomic>
 #include <cstdint>
-#include <memory>
 #include <functional>
+#include <memory>
 #include <optional>
+#include <ostream>
 #include <string>
-#include <unordered_map>
+#include <string_view>
 #include <vector>
 
 #include "config/k8s_objects.hpp"
 #include "net/ip_address.hpp"
+#include "snapshot/persistent_map.hpp"
 
 namespace dsproxy::snapshot {
 
@@ -35,17 +41,41 @@ std::string_view to_string(FamilyFallback f);
 // never for SingleStack ones.
 enum class FallbackDefault : std::uint8_t { policy, never, other };
 
+// An immutable string shared by every copy: the pod name of a dual-stack pod's endpoints in every
+// port of a Service, a node's name or zone in all of its endpoints. One pointer per use instead
+// of a std::string (and its heap buffer) each.
+class SharedString {
+ public:
+  SharedString() = default;
+  explicit SharedString(std::string s)
+      : s_(s.empty() ? nullptr : std::make_shared<const std::string>(std::move(s))) {}
+  const std::string& str() const { return s_ ? *s_ : empty_string(); }
+  operator const std::string&() const { return str(); }
+  bool empty() const { return !s_; }
+  friend bool operator==(const SharedString& a, const SharedString& b) { return a.s_ == b.s_ || a.str() == b.str(); }
+  friend bool operator==(const SharedString& a, std::string_view b) { return a.str() == b; }
+  friend auto operator<=>(const SharedString& a, const SharedString& b) { return a.str() <=> b.str(); }
+  friend std::ostream& operator<<(std::ostream& out, const SharedString& s) { return out << s.str(); }
+
+ private:
+  static const std::string& empty_string() {
+    static const std::string empty;
+    return empty;
+  }
+  std::shared_ptr<const std::string> s_;  // null: empty
+};
+
 struct Endpoint {
   net::SocketAddress address;  // pod (or slice) address with the translated target port
   bool ready = false;
-  std::string pod;  // "ns/name" when known, for logs
+  SharedString pod;  // "ns/name" when known, for logs
   // EndpointSlice conditions (for selector-matched pods: serving = the pod's readiness,
   // terminating = deletionTimestamp set, ready = serving and not terminating).
   bool serving = false;
   bool terminating = false;
-  std::string node_name;
-  std::string zone;
-  std::vector<std::string> zone_hints;  // hints.forZones
+  SharedString node_name;
+  SharedString zone;
+  std::vector<SharedString> zone_hints;  // hints.forZones
   // Whether the Service's rules leave this endpoint to be chosen, decided per family at build
   // time (see select_endpoints in cluster_snapshot.cpp): ready endpoints, else serving-terminating
   // ones; only this node's under internalTrafficPolicy Local; only this zone's when every ready
@@ -118,7 +148,28 @@ struct NodePod {
   std::vector<net::IpAddress> ips;
 };
 
-class ClusterSnapshot : public std::enable_shared_from_this<ClusterSnapshot> {
+// Everything derived from one Service: its clusters (one per TCP port), the endpoints refused,
+// and what the DNS answers for its name. Shared by consecutive snapshots until one of the
+// Service's inputs changes (its object, its EndpointSlices, the pods its selector matches when it
+// has no slice, the ClusterIPs its endpoints may not be, this node's zone).
+struct ServiceView {
+  std::string name;
+  std::string ns;
+  std::string hostname;  // <name>.<ns>.svc.<cluster domain>
+  std::string type;      // ClusterIP, NodePort, LoadBalancer, ExternalName
+  bool headless = false;
+  std::vector<net::IpAddress> cluster_ips;  // primary first
+  std::vector<net::Family> ip_families;
+  std::string external_name;
+  // Sorted by port; a Service with no ClusterIP (headless, ExternalName) has none.
+  std::vector<std::shared_ptr<const ServiceCluster>> clusters;
+  std::vector<DroppedEndpoint> dropped;
+  // Headless and ExternalName Services: the addresses their name resolves to (the ready
+  // endpoints of its families, or all of them with publishNotReadyAddresses), sorted.
+  std::vector<net::IpAddress> dns_addresses;
+};
+
+class ClusterSnapshot {
  public:
   struct Options {
     std::string node_name;
@@ -129,7 +180,8 @@ class ClusterSnapshot : public std::enable_shared_from_this<ClusterSnapshot> {
     std::string zone{};
   };
 
-  // Throws ConfigError for a bad dsproxy.io/ annotation.
+  // A fresh SnapshotBuilder fed `objects` at once (tests and one-shot commands; the daemon keeps
+  // one builder and feeds it changes). Throws ConfigError for a bad dsproxy.io/ annotation.
   static std::shared_ptr<const ClusterSnapshot> build(ClusterObjects objects, const Options& options);
 
   // Increases with every snapshot built in this process: tells which of two snapshots is newer.
@@ -140,6 +192,11 @@ class ClusterSnapshot : public std::enable_shared_from_this<ClusterSnapshot> {
   void for_each_cluster_change(const ClusterSnapshot* older,
                                const std::function<void(const ServiceCluster&)>& removed,
                                const std::function<void(const std::shared_ptr<const ServiceCluster>&)>& added) const;
+  // The Services whose views differ between `older` (nullptr: none) and this snapshot, with the
+  // view before and after (nullptr where missing): what a consumer that keeps its own state per
+  // Service (refusal rules, DNS caches) updates, in time proportional to the change.
+  void for_each_service_change(const ClusterSnapshot* older,
+                               const std::function<void(const ServiceView* before, const ServiceView* after)>& changed) const;
 
   // The ServiceCluster whose ClusterIP:port is `vip`, or nullptr.
   const ServiceCluster* find_cluster(const net::SocketAddress& vip) const;
@@ -149,27 +206,49 @@ class ClusterSnapshot : public std::enable_shared_from_this<ClusterSnapshot> {
   // (Happy Eyeballs for passthrough connections to pods).
   std::optional<net::IpAddress> other_family_address(const net::IpAddress& ip) const;
   // Every ClusterIP with the ports that can be served; the redirect rules refuse the rest.
+  // O(cluster): for a full rule set; an incremental consumer uses for_each_service_change.
   std::vector<VipPorts> vip_ports() const;
 
-  const std::vector<ServiceCluster>& clusters() const { return clusters_; }
-  const std::vector<NodePod>& node_pods() const { return node_pods_; }
-  const std::vector<DroppedEndpoint>& dropped_endpoints() const { return dropped_endpoints_; }
-  const ClusterObjects& objects() const { return objects_; }
+  // Every cluster, sorted by hostname then port. O(cluster log cluster) per call: for the admin
+  // view, the CLI and tests, never the data path (which uses find_cluster).
+  std::vector<std::reference_wrapper<const ServiceCluster>> clusters() const;
+  std::size_t cluster_count() const { return cluster_count_; }
+  std::size_t service_count() const { return services_.size(); }
+  // This node's pods (hostNetwork excluded), sorted by namespace and name.
+  const std::vector<NodePod>& node_pods() const { return *node_pods_; }
+  // Every endpoint refused, by cluster name. O(cluster), like clusters().
+  std::vector<DroppedEndpoint> dropped_endpoints() const;
+  // What the source said about its input that the admin view shows (decoder warnings).
+  const std::vector<std::string>& warnings() const { return *warnings_; }
   const Options& options() const { return options_; }
   // The zone topology hints are matched against: Options::zone, else the Node's label.
   const std::string& zone() const { return zone_; }
 
+  // The DNS side's queries. The view of Service ns/name, or nullptr.
+  const ServiceView* service(std::string_view ns, std::string_view name) const;
+  // True when some Service lives in namespace `ns` (<ns>.svc.<domain> then exists in DNS).
+  bool has_namespace(std::string_view ns) const { return namespaces_.contains(std::string(ns)); }
+  // The Service owning ClusterIP `ip` (for PTR), or nullptr.
+  const ServiceView* cluster_ip_owner(const net::IpAddress& ip) const;
+
  private:
-  ClusterObjects objects_;
+  friend class SnapshotBuilder;
+  using ServiceViews = std::vector<std::shared_ptr<const ServiceView>>;
+
   Options options_;
   std::uint64_t serial_ = 0;
   std::string zone_;
-  std::vector<ServiceCluster> clusters_;  // sorted by hostname, then port
-  std::vector<NodePod> node_pods_;        // this node's pods, hostNetwork excluded
-  std::vector<DroppedEndpoint> dropped_endpoints_;
-  std::unordered_map<net::SocketAddress, std::size_t, net::SocketAddressHash> by_vip_;
-  std::unordered_map<net::IpAddress, bool, net::IpAddressHash> cluster_ips_;
-  std::unordered_map<net::IpAddress, net::IpAddress, net::IpAddressHash> pod_other_family_;
+  std::size_t cluster_count_ = 0;
+  PersistentMap<std::string, std::shared_ptr<const ServiceView>> services_;  // by "ns/name"
+  // ClusterIP -> the Services claiming it, by hostname (the decoder refuses shared ClusterIPs, so
+  // one but for hand-built objects; then the first by hostname wins, on every build alike).
+  PersistentMap<net::IpAddress, ServiceViews, net::IpAddressHash> cluster_ips_;
+  // A dual-stack pod's address -> its other-family address, from Pod objects and from the
+  // EndpointSlices that name the pod in both families: (other, contributors), smallest other first.
+  PersistentMap<net::IpAddress, std::vector<std::pair<net::IpAddress, std::uint32_t>>, net::IpAddressHash> other_family_;
+  PersistentMap<std::string, std::uint32_t> namespaces_;  // Services per namespace
+  std::shared_ptr<const std::vector<NodePod>> node_pods_;
+  std::shared_ptr<const std::vector<std::string>> warnings_;
 };
 
 }  // namespace dsproxy::snapshot

@@ -57,6 +57,7 @@ TEST(ExperimentFile, ClustersAreNamedAndSortedLikeIstio) {
                        "outbound|9001||tcp-echo.ipv6.svc.cluster.local",
                    }));
   const ServiceCluster& dual = s->clusters()[1];
+  EXPECT_EQ(s->cluster_count(), 7u);
   EXPECT_EQ(dual.hostname, "tcp-echo.dual-stack.svc.cluster.local");
   EXPECT_EQ(dual.service_name, "tcp-echo");
   EXPECT_EQ(dual.service_ns, "dual-stack");
@@ -121,7 +122,8 @@ TEST(ExperimentFile, NodePodsAreThisNodesPods) {
                                              "ipv4/tcp-echo-5b8f9d6c7-q4wlr", "ipv6/tcp-echo-7c9d8b5f6-m2nzp"}));
   EXPECT_EQ(s->node_pods()[0].ips, (std::vector{ip("10.244.0.5"), ip("fd00:10:244::5")}));
 
-  auto other = ClusterSnapshot::build(s->objects(), {.node_name = "kind-worker2"});
+  auto other = ClusterSnapshot::build(load_objects_file(DSPROXY_SOURCE_DIR "/config/tcp-echo-experiment.yaml"),
+                                      {.node_name = "kind-worker2"});
   ASSERT_EQ(other->node_pods().size(), 1u);
   EXPECT_EQ(other->node_pods()[0].name, "remote-client-0");
 }
@@ -231,6 +233,7 @@ TEST(ClusterSnapshot, SlicesOverrideSelector) {
   v6.address_type = AddressType::IPv6;
   v6.endpoints = {{{ip("fd00:244:1::9")}, true, "node-b", "from-slice"}};
   EndpointSlice stray = v4;  // another service's slice
+  stray.name = "not-web-v4";  // objects are keyed by namespace and name, as in the API
   stray.service_name = "not-web";
   stray.endpoints = {{{ip("10.244.1.77")}, true, "", ""}};
   o.endpoint_slices = {v6, v4, stray};
@@ -298,8 +301,10 @@ TEST(ClusterSnapshot, HeadlessExternalNameAndNonTcpPortsGetNoClusters) {
   o.services = {headless, ext, dns};
   auto snap = ClusterSnapshot::build(o, {.node_name = "n", .cluster_domain = "corp.example"});
   ASSERT_EQ(snap->clusters().size(), 1u);
-  EXPECT_EQ(snap->clusters()[0].cluster_name, "outbound|53||kube-dns.kube-system.svc.corp.example");
-  EXPECT_EQ(snap->objects().services.size(), 3u);  // kept for the admin view
+  EXPECT_EQ(snap->clusters()[0].get().cluster_name, "outbound|53||kube-dns.kube-system.svc.corp.example");
+  EXPECT_EQ(snap->service_count(), 3u);
+  ASSERT_NE(snap->service("ns", "ext"), nullptr);  // kept for the DNS side
+  EXPECT_EQ(snap->service("ns", "ext")->external_name, "db.example.com");
   EXPECT_TRUE(snap->is_cluster_ip(ip("10.96.0.10")));
   EXPECT_EQ(snap->find_cluster(sa("10.96.0.10", 9153)), nullptr);
 }
@@ -330,7 +335,7 @@ TEST(ClusterSnapshot, BuildIsDeterministic) {
   auto b = ClusterSnapshot::build(reversed, {.node_name = "kind-worker"});
   ASSERT_EQ(a->clusters().size(), b->clusters().size());
   for (std::size_t i = 0; i < a->clusters().size(); ++i) {
-    EXPECT_EQ(a->clusters()[i].cluster_name, b->clusters()[i].cluster_name);
+    EXPECT_EQ(a->clusters()[i].get().cluster_name, b->clusters()[i].get().cluster_name);
     EXPECT_EQ(addresses(a->clusters()[i]), addresses(b->clusters()[i]));
   }
 }
