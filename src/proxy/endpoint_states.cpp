@@ -34,13 +34,16 @@ std::shared_ptr<const ClusterStates> EndpointStates::states_of(const snapshot::S
   std::vector<std::shared_ptr<EndpointState>> states;
   states.reserve(cluster.endpoints.size());
   for (const auto& e : cluster.endpoints) {
-    auto& registered = by_address_[e.address];
-    ++registered.listings;
-    auto state = registered.state.lock();
-    if (!state) {
-      state = std::make_shared<EndpointState>();
-      registered.state = state;
-    }
+    if (!by_address_.contains(e.address)) by_address_.set(e.address, {});
+    std::shared_ptr<EndpointState> state;
+    by_address_.update(e.address, [&](Registered& registered) {
+      ++registered.listings;
+      state = registered.state.lock();
+      if (!state) {
+        state = std::make_shared<EndpointState>();
+        registered.state = state;
+      }
+    });
     states.push_back(std::move(state));
   }
   return std::make_shared<const ClusterStates>(std::move(states));
@@ -53,9 +56,9 @@ void EndpointStates::sync_locked(const std::shared_ptr<const snapshot::ClusterSn
   // cluster left the index, when the readers of that index are most likely gone.
   std::vector<net::SocketAddress> still_held;
   for (const auto& address : unlisted_) {
-    auto it = by_address_.find(address);
-    if (it == by_address_.end() || it->second.listings > 0) continue;  // listed again: it stays
-    if (it->second.state.expired()) by_address_.erase(it);
+    const Registered* registered = by_address_.find(address);
+    if (!registered || registered->listings > 0) continue;  // listed again: it stays
+    if (registered->state.expired()) by_address_.erase(address);
     else still_held.push_back(address);  // a relayed connection still counts on it: look later
   }
   unlisted_ = std::move(still_held);
@@ -68,8 +71,10 @@ void EndpointStates::sync_locked(const std::shared_ptr<const snapshot::ClusterSn
     const auto* entry = next->clusters_.find(gone);
     if (!entry) continue;
     for (const auto& e : entry->cluster->endpoints) {
-      auto reg = by_address_.find(e.address);
-      if (reg != by_address_.end() && --reg->second.listings == 0) unlisted_.push_back(e.address);
+      if (!by_address_.contains(e.address)) continue;
+      by_address_.update(e.address, [&](Registered& r) {
+        if (--r.listings == 0) unlisted_.push_back(e.address);
+      });
     }
     next->clusters_.erase(gone);
   }

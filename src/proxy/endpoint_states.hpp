@@ -106,7 +106,8 @@ class EndpointStates {
     std::weak_ptr<EndpointState> state;
     std::uint32_t listings = 0;  // clusters in the index that list the address
   };
-  std::unordered_map<net::SocketAddress, Registered, net::SocketAddressHash> by_address_;
+  // A PersistentMap for its compact leaves (no node per address); never shared, so changed in place.
+  snapshot::PersistentMap<net::SocketAddress, Registered, net::SocketAddressHash> by_address_;
   std::vector<net::SocketAddress> unlisted_;  // addresses whose last cluster left the index
 };
 

@@ -316,6 +316,11 @@ void SnapshotBuilder::upsert(EndpointSlice slice) {
     erase(ObjectKind::endpoint_slice, slice.ns, slice.name);
     return;
   }
+  // Kept for as long as the slice lives: without the growth slack decoding left (up to half of a
+  // 100-endpoint slice's vector).
+  for (SliceEndpoint& e : slice.endpoints) e.addresses.shrink_to_fit();
+  slice.endpoints.shrink_to_fit();
+  slice.ports.shrink_to_fit();
   std::string key = key_of(slice.ns, slice.name);
   auto it = slices_.find(key);
   if (it != slices_.end()) {
@@ -468,9 +473,7 @@ void SnapshotBuilder::set_node_zone(const std::string& node, std::string zone) {
 
 void SnapshotBuilder::forget_pod(PodEntry& entry) {
   if (entry.counted)
-    for (const net::IpAddress& ip : entry.pod.pod_ips)
-      if (auto it = endpoint_ip_refs_.find(ip); it != endpoint_ip_refs_.end() && --it->second == 0)
-        endpoint_ip_refs_.erase(it);
+    for (const net::IpAddress& ip : entry.pod.pod_ips) count_endpoint_ip(ip, -1);
   if (entry.pair) {
     add_pair(entry.pair->first, entry.pair->second, -1);
     add_pair(entry.pair->second, entry.pair->first, -1);
@@ -483,7 +486,7 @@ void SnapshotBuilder::apply_pod(PodEntry& entry) {
   const Pod& p = entry.pod;
   if (!is_pair_candidate(p)) return;
   entry.counted = true;
-  for (const net::IpAddress& ip : p.pod_ips) ++endpoint_ip_refs_[ip];
+  for (const net::IpAddress& ip : p.pod_ips) count_endpoint_ip(ip, +1);
   // Happy Eyeballs to a pod's other address, and cross-family sources, use only addresses a pod
   // can really own.
   if (!unsafe_reason(p.pod_ips[0], is_cluster_ip(p.pod_ips[0])).empty() ||
@@ -492,6 +495,13 @@ void SnapshotBuilder::apply_pod(PodEntry& entry) {
   entry.pair.emplace(p.pod_ips[0], p.pod_ips[1]);
   add_pair(p.pod_ips[0], p.pod_ips[1], +1);
   add_pair(p.pod_ips[1], p.pod_ips[0], +1);
+}
+
+void SnapshotBuilder::count_endpoint_ip(const net::IpAddress& ip, int sign) {
+  const std::uint32_t* count = endpoint_ip_refs_.find(ip);
+  if (sign > 0) endpoint_ip_refs_.set(ip, count ? *count + 1 : 1);
+  else if (count && *count > 1) endpoint_ip_refs_.set(ip, *count - 1);
+  else endpoint_ip_refs_.erase(ip);
 }
 
 void SnapshotBuilder::add_pair(const net::IpAddress& a, const net::IpAddress& b, int sign) {
@@ -634,13 +644,7 @@ std::shared_ptr<const ServiceView> SnapshotBuilder::derive(const Service& svc, b
 }
 
 void SnapshotBuilder::add_view(const ServiceView& view, int sign) {
-  for (const net::IpAddress& ip : candidate_ips(view)) {
-    if (sign > 0) {
-      ++endpoint_ip_refs_[ip];
-    } else if (auto it = endpoint_ip_refs_.find(ip); it != endpoint_ip_refs_.end() && --it->second == 0) {
-      endpoint_ip_refs_.erase(it);
-    }
-  }
+  for (const net::IpAddress& ip : candidate_ips(view)) count_endpoint_ip(ip, sign);
   for (const auto& [v4, v6] : pod_pairs(view)) {
     add_pair(v4, v6, sign);
     add_pair(v6, v4, sign);
@@ -700,7 +704,7 @@ std::shared_ptr<const ClusterSnapshot> SnapshotBuilder::build() {
   //    Services and pods are found by a scan (a real collision is rare; the count keeps the
   //    common case free of it).
   bool collision = false;
-  for (const net::IpAddress& ip : toggled) collision = collision || endpoint_ip_refs_.count(ip);
+  for (const net::IpAddress& ip : toggled) collision = collision || endpoint_ip_refs_.contains(ip);
   if (collision) {
     last_build_.collision_scan = true;
     views_.for_each([&](const std::string& key, const std::shared_ptr<const ServiceView>& view) {

@@ -98,6 +98,7 @@ class SnapshotBuilder {
   std::shared_ptr<const ServiceView> derive(const config::Service& svc, bool& uses_pods);
   void add_view(const ServiceView& view, int sign);
   void add_pair(const net::IpAddress& a, const net::IpAddress& b, int sign);
+  void count_endpoint_ip(const net::IpAddress& ip, int sign);
   bool is_cluster_ip(const net::IpAddress& ip) const { return claims_.count(ip) != 0; }
   void recompute_owners(const net::IpAddress& ip);
   void rebuild_node_pods();
@@ -117,7 +118,8 @@ class SnapshotBuilder {
   std::unordered_map<net::IpAddress, std::vector<std::string>, net::IpAddressHash> claims_;  // ClusterIP -> Service keys
   // How many Services list each address as an endpoint (before dropping) plus the dual-stack pods
   // that have it: a ClusterIP appearing at a counted address forces those Services to be rederived.
-  std::unordered_map<net::IpAddress, std::uint32_t, net::IpAddressHash> endpoint_ip_refs_;
+  // (A PersistentMap for its compact leaves: one sorted array entry per address, no node each.)
+  PersistentMap<net::IpAddress, std::uint32_t, net::IpAddressHash> endpoint_ip_refs_;
   std::unordered_map<std::string, SharedString> interned_;  // node names and zones
 
   // Changes waiting for build().
