@@ -6,8 +6,12 @@
 #   rss/hwm   VmRSS and VmHWM (peak RSS) once ready, and again after one reload
 #   cpu       user+system CPU seconds of the process once ready
 #   reload    one Service port changed in a copy renamed over the file (as `kubectl ... > tmp &&
-#             mv` does): the file source's read+decode time and the snapshot build+publish time,
-#             both from dsproxy's log, and the slowest readiness answer while it reloaded
+#             mv` does): from the rename to the new snapshot live (dsproxy's log; includes up to
+#             one poll interval, 1 s), of which the file source's read (hash + decode, if its log
+#             line says) and the snapshot build+publish; the CPU seconds the reload cost; RSS/HWM
+#             after it; and the slowest readiness answer while it reloaded
+# On a machine shared with other work, wall times grow with the load; CPU seconds and RSS do not
+# (much), so compare those.
 # Not a test: it prints numbers and asserts nothing about them.
 #
 #   sudo bash bench/file_source_scale.sh [--dsproxy BIN] [--dir DIR] [--timeout S] [FILE...]
@@ -124,7 +128,8 @@ measure() {
   rss=$(status_kb "$PID" VmRSS)
   hwm=$(status_kb "$PID" VmHWM)
   cpu=$(cpu_s "$PID")
-  first_read=$(grep -m1 'config file read (start)' "$logf" | sed -E 's/.* in ([0-9]+) ms.*/\1/')
+  first_read=-
+  [[ $(grep -m1 'config file read (start)' "$logf") =~ \ in\ ([0-9]+)\ ms ]] && first_read=${BASH_REMATCH[1]}
 
   # One reload: the first port 9000 becomes 9001, written beside the file and renamed over it.
   local before_reloads
@@ -142,6 +147,9 @@ measure() {
     done
   ) &
   PROBE_PID=$!
+  local mv_ms cpu_before
+  cpu_before=$(cpu_s "$PID")
+  mv_ms=$(date +%s%3N)
   mv "$copy.new" "$copy"
   deadline=$(($(date +%s%3N) + TIMEOUT * 1000))
   while (($(grep -c 'config reloaded' "$logf") <= before_reloads)) && (($(date +%s%3N) < deadline)); do
@@ -154,17 +162,25 @@ measure() {
   wait "$PROBE_PID" 2>/dev/null
   PROBE_PID=""
   (($(grep -c 'config reloaded' "$logf") > before_reloads)) || die "$name: no reload within ${TIMEOUT}s"
-  local read_line done_line read_ms build_ms rss2 hwm2 probe_ms
+  local read_line done_line read_ms build_ms total_ms reload_cpu rss2 hwm2 probe_ms
   read_line=$(grep 'config file read (file changed)' "$logf" | tail -n 1)
   done_line=$(grep 'config reloaded' "$logf" | tail -n 1)
-  read_ms=$(sed -E 's/.* in ([0-9]+) ms.*/\1/' <<<"$read_line")
-  build_ms=$(($(line_ms "$done_line") - $(line_ms "$read_line")))
+  total_ms=$(($(line_ms "$done_line") - mv_ms))
+  reload_cpu=$(awk -v a="$cpu_before" -v b="$(cpu_s "$PID")" 'BEGIN { printf "%.1f", b - a }')
+  # Older builds log the read without its time: then only the total is known.
+  read_ms=-
+  build_ms=-
+  if [[ $read_line =~ \ in\ ([0-9]+)\ ms ]]; then
+    read_ms=${BASH_REMATCH[1]}
+    build_ms=$(($(line_ms "$done_line") - $(line_ms "$read_line")))
+  fi
   rss2=$(status_kb "$PID" VmRSS)
   hwm2=$(status_kb "$PID" VmHWM)
   probe_ms=$(awk -v s="$(cat "$WORK/probe" 2>/dev/null || echo 0)" 'BEGIN { printf "%.0f", s * 1000 }')
-  printf '%-34s %6s MB %7s s %7s ms %5s/%-5s MB %6s s %7s ms %7s ms %5s/%-5s MB %6s ms\n' \
-    "$name" "$(awk -v b="$(stat -c %s "$file")" 'BEGIN { printf "%.0f", b / 1e6 }')" "$ready_s" "$first_read" "$(mb "$rss")" "$(mb "$hwm")" "$cpu" \
-    "$read_ms" "$build_ms" "$(mb "$rss2")" "$(mb "$hwm2")" "$probe_ms"
+  printf '%-34s %4s %6s %6s %5s/%-5s %5s | %6s %6s %6s %5s %5s/%-5s %5s\n' \
+    "$name" "$(awk -v b="$(stat -c %s "$file")" 'BEGIN { printf "%.0f", b / 1e6 }')" "$ready_s" "$first_read" \
+    "$(mb "$rss")" "$(mb "$hwm")" "$cpu" "$total_ms" "$read_ms" "$build_ms" "$reload_cpu" "$(mb "$rss2")" \
+    "$(mb "$hwm2")" "$probe_ms"
 
   kill -TERM "$PID" 2>/dev/null
   for _ in $(seq 1 100); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
@@ -176,8 +192,9 @@ measure() {
 }
 
 log "dsproxy: $DSPROXY ($("$DSPROXY" --version 2>/dev/null || echo '?')); $(nproc) CPU(s), load $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-34s %9s %9s %10s %13s %8s | %10s %10s %13s %9s\n' file size ready "1st read" "rss/hwm" cpu \
-  "reload:read" build "rss/hwm" "ready max"
+printf '%-34s %4s %6s %6s %11s %5s | %6s %6s %6s %5s %11s %5s\n' "" MB "ready" "read" "RSS/HWM" CPU \
+  reload "read" build CPU "RSS/HWM" probe
+printf '%-34s %4s %6s %6s %11s %5s | %6s %6s %6s %5s %11s %5s\n' file size s ms MB s ms ms ms s MB ms
 for f in "${FILES[@]}"; do
   [[ -r $f ]] || die "cannot read $f"
   measure "$f"
