@@ -26,6 +26,18 @@ std::vector<net::IpAddress> node_pod_ips(const snapshot::ClusterSnapshot& snapsh
 
 namespace {
 
+// The sources' kinds and the builder's are the same four; kept apart so sources/ does not
+// depend on the snapshot's headers.
+snapshot::ObjectKind to_builder_kind(sources::ObjectKind kind) {
+  switch (kind) {
+    case sources::ObjectKind::service: return snapshot::ObjectKind::service;
+    case sources::ObjectKind::pod: return snapshot::ObjectKind::pod;
+    case sources::ObjectKind::endpoint_slice: return snapshot::ObjectKind::endpoint_slice;
+    case sources::ObjectKind::node: return snapshot::ObjectKind::node;
+  }
+  return snapshot::ObjectKind::service;  // unreachable: every kind is listed above
+}
+
 std::string key_of(const std::string& ns, const std::string& name) { return ns + '/' + name; }
 
 }  // namespace
@@ -128,7 +140,21 @@ void ControlPlane::replace_all(const sources::ConfigSource& from, config::Cluste
     for (std::size_t i = before; i < objects.endpoint_slices.size(); ++i)
       resolved_slices_.emplace(objects.endpoint_slices[i].ns, objects.endpoint_slices[i].name);
   }
-  builder_.replace_all(std::move(objects));
+  // The incremental builder checks a whole file before it changes anything (a bad dsproxy.io/
+  // annotation throws here, not at build time): the file is refused whole and the last good
+  // state stays, as a failed build does; at start there is none, and dsproxy cannot start.
+  try {
+    builder_.replace_all(std::move(objects));
+  } catch (const std::exception& e) {
+    if (!first_published_) {
+      spdlog::error("cannot start: {}", e.what());
+      if (callbacks_.fatal) callbacks_.fatal(2);
+      return;
+    }
+    build_failures_.fetch_add(1, std::memory_order_relaxed);
+    spdlog::error("config reload ({}) failed, keeping generation {}: {}", from.name(), store_.generation(), e.what());
+    return;
+  }
   schedule_build(from.name());
 }
 
@@ -184,7 +210,7 @@ void ControlPlane::upsert(const sources::ConfigSource& from, config::Node object
 
 void ControlPlane::erase(const sources::ConfigSource& from, sources::ObjectKind kind, const std::string& ns,
                          const std::string& name) {
-  builder_.erase(kind, ns, name);
+  builder_.erase(to_builder_kind(kind), ns, name);
   bool relevant = false;
   if (hostnames_ && kind == sources::ObjectKind::service) relevant = resolve_services_.erase(key_of(ns, name)) > 0;
   if (hostnames_ && kind == sources::ObjectKind::endpoint_slice) relevant = fqdn_slices_.erase(key_of(ns, name)) > 0;
@@ -221,7 +247,7 @@ void ControlPlane::refresh_hostnames() {
     builder_.upsert(std::move(slice));
   }
   for (const auto& [ns, name] : resolved_slices_)
-    if (!now.contains({ns, name})) builder_.erase(sources::ObjectKind::endpoint_slice, ns, name);
+    if (!now.contains({ns, name})) builder_.erase(snapshot::ObjectKind::endpoint_slice, ns, name);
   resolved_slices_ = std::move(now);
 }
 
@@ -284,7 +310,7 @@ void ControlPlane::first_publish() {
   }
   synced_.store(true, std::memory_order_release);
   spdlog::info("dsproxy ready: node {}, {} service port(s), {} local pod(s)", options_.snapshot.node_name,
-               first->clusters().size(), first->node_pods().size());
+               first->cluster_count(), first->node_pods().size());
   if (callbacks_.ready) callbacks_.ready();
 }
 
@@ -306,7 +332,7 @@ void ControlPlane::build_and_publish() {
   store_.publish(next);
   builds_.fetch_add(1, std::memory_order_relaxed);
   spdlog::info("config reloaded ({}): generation {}, {} service port(s), {} local pod(s)", why, store_.generation(),
-               next->clusters().size(), next->node_pods().size());
+               next->cluster_count(), next->node_pods().size());
   apply_rules(*next);
 }
 

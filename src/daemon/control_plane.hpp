@@ -33,7 +33,6 @@
 #include <thread>
 #include <vector>
 
-#include "daemon/full_rebuild_builder.hpp"
 #include "redirect/command_runner.hpp"
 #include "redirect/redirect_options.hpp"
 #include "redirect/redirector.hpp"
@@ -41,14 +40,15 @@
 #include "resolver/io/ares_upstream.hpp"
 #include "resolver/io/hostname_endpoints.hpp"
 #include "snapshot/cluster_snapshot.hpp"
+#include "snapshot/snapshot_builder.hpp"
 #include "snapshot/snapshot_store.hpp"
 #include "sources/config_source.hpp"
 
 namespace dsproxy::daemon {
 
-// The one line to change when snapshot/snapshot_builder.hpp lands: the incremental builder has
-// the same upsert/erase/replace_all/build shape.
-using SnapshotBuilder = FullRebuildBuilder;
+// The incremental builder: an event rebuilds only the Services it touches, and consecutive
+// snapshots share the rest.
+using snapshot::SnapshotBuilder;
 
 // What the refusal rules need from a snapshot: every ClusterIP with its servable ports.
 std::vector<redirect::VipOpenPorts> vip_open_ports(const snapshot::ClusterSnapshot& snapshot);
