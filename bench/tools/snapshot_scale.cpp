@@ -5,9 +5,10 @@
 //   snapshot_scale events [--services N] [--endpoints N] [--events N] [--all-pods]
 //       objects handed to a SnapshotBuilder one by one (what the API watch does after its LIST),
 //       then N single-slice events, each followed by build + publish + endpoint-state sync
-//   snapshot_scale file [--services N] [--endpoints N] [--dual-stack-percent P] [--all-pods]
-//       the same cluster as a JSON file: decode, replace_all, build; then a reload of the file
-//       with one slice changed (what the file source does on every poll that sees a change)
+//   snapshot_scale file [--input FILE | --services N --endpoints N --dual-stack-percent P --all-pods]
+//       a cluster file (bench/tools/gen_cluster.py's, or the same cluster as above written as
+//       JSON): decode, replace_all, build; then a reload of the file with one endpoint changed
+//       (what the file source does on every poll that sees a change)
 //
 // Each mode runs in its own process so that RSS is the mode's own. RSS is read from
 // /proc/self/status after malloc_trim(0) (freed heap given back, as a long-running daemon's
@@ -69,6 +70,7 @@ struct Args {
   std::string mode;
   bench::ClusterShape shape;
   int events = 1000;
+  std::string input;  // file mode: decode this file instead of a generated one
 };
 
 // The control thread's work for one change: build, publish, and let the state index cover it.
@@ -91,11 +93,11 @@ void print_latencies(const char* what, std::vector<std::chrono::nanoseconds> d) 
               ms(d.back()));
 }
 
-void describe(const snapshot::ClusterSnapshot& s, const bench::ClusterShape& shape, std::size_t pods) {
+void describe(const snapshot::ClusterSnapshot& s, std::size_t pods) {
   std::size_t endpoints = 0;
   for (const snapshot::ServiceCluster& c : s.clusters()) endpoints += c.endpoints.size();
-  std::printf("cluster: %d Services, %zu clusters, %zu endpoints, %zu Pod objects kept, %zu node pods\n",
-              shape.services, s.cluster_count(), endpoints, pods, s.node_pods().size());
+  std::printf("cluster: %zu Services, %zu clusters, %zu endpoints, %zu Pod objects kept, %zu node pods\n",
+              s.service_count(), s.cluster_count(), endpoints, pods, s.node_pods().size());
 }
 
 int run_events(const Args& a) {
@@ -115,7 +117,7 @@ int run_events(const Args& a) {
   const auto synced = Clock::now() - start;
   objects = {};  // the source's own copy is gone once handed over
   std::printf("initial sync (upsert every object, build, publish, state sync): %.1f ms\n", ms(synced));
-  describe(*p.store.current(), a.shape, p.builder.pods());
+  describe(*p.store.current(), p.builder.pods());
   std::printf("after sync: %s\n", memory().c_str());
 
   std::vector<std::chrono::nanoseconds> cpu;
@@ -189,7 +191,10 @@ std::string to_json(const config::ClusterObjects& o) {
       json_string(out, s.cluster_ips[i].to_string());
     }
     out += R"(],"ipFamilies":[)";
-    for (std::size_t i = 0; i < s.ip_families.size(); ++i) out += (i ? "," : "") + std::string(s.ip_families[i] == net::Family::v4 ? "\"IPv4\"" : "\"IPv6\"");
+    for (std::size_t i = 0; i < s.ip_families.size(); ++i) {
+      if (i) out += ',';
+      out += s.ip_families[i] == net::Family::v4 ? "\"IPv4\"" : "\"IPv6\"";
+    }
     out += R"(],"ipFamilyPolicy":)";
     json_string(out, std::string(config::to_string(s.ip_family_policy)));
     out += R"(,"ports":[{"name":"http","port":80,"targetPort":8080,"protocol":"TCP"}]}})";
@@ -249,12 +254,22 @@ std::string to_json(const config::ClusterObjects& o) {
 
 int run_file(const Args& a) {
   std::string text;
-  {
+  if (!a.input.empty()) {
+    std::ifstream in(a.input, std::ios::binary);
+    if (!in) {
+      std::fprintf(stderr, "cannot read %s\n", a.input.c_str());
+      return 1;
+    }
+    std::ostringstream buffer;
+    buffer << in.rdbuf();
+    text = buffer.str();
+    std::printf("file: %s, %.1f MB\n", a.input.c_str(), static_cast<double>(text.size()) / 1e6);
+  } else {
     auto objects = bench::make_cluster(a.shape);
     text = to_json(objects);
+    std::printf("file: %.1f MB of generated JSON (%d Services, %d endpoints)\n",
+                static_cast<double>(text.size()) / 1e6, a.shape.services, a.shape.endpoints);
   }
-  std::printf("file: %.1f MB of JSON (%d Services, %d endpoints)\n", static_cast<double>(text.size()) / 1e6,
-              a.shape.services, a.shape.endpoints);
   // The file is larger than what dsproxy's default decode limits admit (16 MiB, 2 million nodes):
   // measured here with room, as the decoder's own limits are the decoder's business.
   config::DecodeLimits limits{.max_bytes = 1u << 30, .max_nodes = 200'000'000};
@@ -268,7 +283,7 @@ int run_file(const Args& a) {
   p.publish();
   const auto loaded = Clock::now() - start;
   std::printf("initial load: decode %.1f ms, total with build and publish %.1f ms\n", ms(decoded), ms(loaded));
-  describe(*p.store.current(), a.shape, p.builder.pods());
+  describe(*p.store.current(), p.builder.pods());
   std::printf("after load: %s\n", memory().c_str());
 
   // A reload of the same file with one endpoint flipped: the file source re-reads everything,
@@ -277,7 +292,8 @@ int run_file(const Args& a) {
     start = Clock::now();
     auto again = config::decode_objects(text, "synthetic.json", limits);
     const auto decoded_again = Clock::now() - start;
-    again.endpoint_slices[0].endpoints[0].ready = !again.endpoint_slices[0].endpoints[0].ready;
+    if (!again.endpoint_slices.empty() && !again.endpoint_slices[0].endpoints.empty())
+      again.endpoint_slices[0].endpoints[0].ready = !again.endpoint_slices[0].endpoints[0].ready;
     p.builder.replace_all(std::move(again));
     p.publish();
     const auto reloaded = Clock::now() - start;
@@ -296,7 +312,7 @@ int main(int argc, char** argv) {
   Args a;
   if (argc < 2) {
     std::fprintf(stderr, "usage: %s events|file [--services N] [--endpoints N] [--events N] "
-                         "[--dual-stack-percent P] [--all-pods]\n", argv[0]);
+                         "[--dual-stack-percent P] [--all-pods] [--input FILE]\n", argv[0]);
     return 2;
   }
   a.mode = argv[1];
@@ -308,6 +324,7 @@ int main(int argc, char** argv) {
     else if (arg == "--events") a.events = number();
     else if (arg == "--dual-stack-percent") a.shape.dual_stack_percent = number();
     else if (arg == "--all-pods") a.shape.all_pods = true;
+    else if (arg == "--input" && i + 1 < argc) a.input = argv[++i];
     else {
       std::fprintf(stderr, "unknown argument %s\n", arg.c_str());
       return 2;
