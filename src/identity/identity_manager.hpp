@@ -95,6 +95,7 @@ class IdentityManager {
   mutable std::mutex status_mutex_;  // guards the fields below (admin thread reads them)
   std::map<SpiffeId, std::string> errors_;
   std::string bundle_error_;
+  boost::json::object provider_description_;  // the provider itself is the identity thread's
 
   boost::asio::io_context io_{1};
   boost::asio::steady_timer timer_{io_};

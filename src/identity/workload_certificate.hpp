@@ -73,11 +73,31 @@ std::vector<std::string> uri_sans(X509* cert);
 // The SpiffeId of a leaf: exactly one URI SAN, and it parses. nullopt otherwise.
 std::optional<SpiffeId> spiffe_id_of(X509* cert);
 
+// Text that held key material: wiped (OPENSSL_cleanse) when it goes, so a key read from a file
+// does not linger in freed heap memory. Not printable on purpose: no operator<<, no formatter.
+class SensitiveText {
+ public:
+  SensitiveText() = default;
+  explicit SensitiveText(std::string text) : text_(std::move(text)) {}
+  SensitiveText(SensitiveText&& other) noexcept : text_(std::move(other.text_)) { other.wipe(); }
+  SensitiveText& operator=(SensitiveText&& other) noexcept;
+  SensitiveText(const SensitiveText&) = delete;
+  SensitiveText& operator=(const SensitiveText&) = delete;
+  ~SensitiveText() { wipe(); }
+  std::string_view view() const { return text_; }
+
+ private:
+  void wipe();
+  std::string text_;
+};
+
 // Reads a private key file, refusing one that is group- or world-accessible (mode & 077) or not
 // a regular file: a key that others on the node can read is no longer private, and a missing
-// check would let a mis-deployed Secret go unnoticed. Throws IdentityError naming the path and
-// the mode, never the contents.
-std::string read_private_key_file(const std::filesystem::path& path);
+// check would let a mis-deployed Secret go unnoticed. Symlinks are followed (Kubernetes volumes
+// are symlinks into ..data/); the mode checked is that of the file actually opened (fstat on the
+// open descriptor, so it cannot be swapped between check and read). Throws IdentityError naming
+// the path and the mode, never the contents.
+SensitiveText read_private_key_file(const std::filesystem::path& path);
 // A whole (public) file; throws IdentityError naming the path.
 std::string read_text_file(const std::filesystem::path& path);
 
