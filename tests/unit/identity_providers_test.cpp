@@ -160,10 +160,20 @@ TEST_F(Issuer, RenewsAtHalfLife) {
   const auto first = issuer.certificate(local);
   EXPECT_TRUE(issuer.refresh({local}, now + seconds(1700)).changed.empty());
   EXPECT_EQ(issuer.certificate(local), first);
-  const auto r = issuer.refresh({local}, now + seconds(1800 + 60));  // half of 3600, plus the backdate
+  // Half of 3600 s from issuance, whatever the backdated notBefore says (with a 60 s lifetime and
+  // a 60 s backdate the leaf would otherwise be due the moment it is issued).
+  const auto r = issuer.refresh({local}, now + seconds(1801));
   EXPECT_EQ(r.changed, std::vector<SpiffeId>{local});
   EXPECT_NE(issuer.certificate(local)->fingerprint(), first->fingerprint());
   EXPECT_EQ(issuer.issued(), 2u);
+}
+
+TEST_F(Issuer, AShortLifetimeIsNotRenewedAtOnce) {
+  LocalIssuer quick{pki.ca_chain(), dsproxy::identity::share(pki.ca_key()), "cluster.local", seconds(60)};
+  quick.refresh({local}, now);
+  EXPECT_TRUE(quick.refresh({local}, now + seconds(1)).changed.empty());
+  EXPECT_TRUE(quick.refresh({local}, now + seconds(29)).changed.empty());
+  EXPECT_EQ(quick.refresh({local}, now + seconds(31)).changed.size(), 1u);
 }
 
 TEST_F(Issuer, RefusesIdentitiesOfPodsNotOnThisNode) {
