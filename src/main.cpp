@@ -9,6 +9,7 @@
 #include <iostream>
 
 #include "cli/admin_client.hpp"
+#include "cli/identity_flags.hpp"
 #include "cli/proxy_config_view.hpp"
 #include "snapshot/cluster_snapshot.hpp"
 #include "config/k8s_decoder.hpp"
@@ -144,6 +145,7 @@ int main(int argc, char** argv) {
   // show that DNS and readiness keep answering while the control plane is busy.
   std::int64_t test_build_delay_ms = 0;
   run_cmd->add_option("--test-build-delay-ms", test_build_delay_ms)->group("")->check(CLI::Range(0, 60000));
+  cli::add_identity_flags(*run_cmd, run.identity, run.hbone_port);
 
   // redirect
   redirect::RedirectOptions redirect_options;
@@ -191,6 +193,7 @@ int main(int argc, char** argv) {
               "run: no source of objects: give --config FILE, or --kubernetes / --kubeconfig PATH");
         run.kubernetes = true;
       }
+      cli::check_identity_flags(run.identity);
       run.proxy.ports = {run.redirect_options.outbound_port, run.redirect_options.inbound_port};
       for (const auto& spec : forward_specs) {
         const auto eq = spec.find('=');

@@ -13,6 +13,8 @@
 #include "admin/admin_server.hpp"
 #include "admin/config_dump.hpp"
 #include "daemon/control_plane.hpp"
+#include "identity/identity_error.hpp"
+#include "identity/identity_manager.hpp"
 #include "proxy/proxy_server.hpp"
 #include "redirect/command_runner.hpp"
 #include "redirect/iptables_backend.hpp"
@@ -105,6 +107,7 @@ class Daemon {
                            });
     try {
       add_sources();
+      start_identities();
     } catch (const std::exception& e) {
       spdlog::error("cannot start: {}", e.what());
       return 2;
@@ -161,10 +164,30 @@ class Daemon {
     }
   }
 
+  // mTLS: the identity thread issues (or reads) the certificates of this node's pods and keeps
+  // them and the trust bundle current. Which pods are local comes from the published snapshot,
+  // read once per poll; until the first sync it is empty, and the identities follow within a
+  // poll of it. Without a certificate source nothing changes: plaintext as before.
+  void start_identities() {
+    if (!options_.identity.enabled()) {
+      spdlog::info("mTLS off: no certificates configured (give --ca-cert/--ca-key or --cert-dir)");
+      return;
+    }
+    const std::string trust_domain = options_.identity.trust_domain;
+    identity_.emplace(options_.identity, [this, trust_domain] {
+      std::set<identity::SpiffeId> wanted;
+      for (const auto& pod : store_.current()->node_pods())
+        if (auto id = identity::SpiffeId::make(trust_domain, pod.ns, pod.service_account)) wanted.insert(*id);
+      return wanted;
+    });
+    identity_->start();
+  }
+
   void shutdown(proxy::ProxyServer& server, admin::AdminServer& admin) {
     // The control plane first: once it is joined nothing installs or updates a rule any more,
     // and the rules can be removed whatever moment of its start it was stopped in.
     control_plane_->stop();
+    if (identity_) identity_->stop();
     server.stop();
     stop_dns();
     admin.close();
@@ -234,6 +257,7 @@ class Daemon {
                                                     {"builds", control_plane_->builds()},
                                                     {"buildFailures", control_plane_->build_failures()},
                                                     {"sources", control_plane_->sources_status()}};
+        if (identity_) context.identity = identity_->describe();
         return {200, "application/json", admin::render_config_dump(context)};
       }
       if (path == "/stats") return {200, "application/json", admin::render_stats(stats_, dns_stats())};
@@ -302,6 +326,7 @@ class Daemon {
   asio::steady_timer drain_timer_{front_};
   std::chrono::steady_clock::time_point drain_deadline_;
   std::optional<ControlPlane> control_plane_;  // after store_ and runner_: stopped before they go
+  std::optional<identity::IdentityManager> identity_;  // after store_: its thread reads the snapshot
   std::optional<resolver::DnsProxy> dns_;      // last: torn down before front_ and store_
 };
 

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 
+#include "identity/identity_options.hpp"
 #include "proxy/proxy_options.hpp"
 #include "redirect/redirect_options.hpp"
 #include "resolver/dns_proxy.hpp"
@@ -35,6 +36,9 @@ struct DaemonOptions {
   bool admin_v4 = true;
   bool admin_v6 = true;
   std::chrono::milliseconds drain_grace{5000};
+  // mTLS (issue 11): where workload certificates come from; !identity.enabled(): plaintext only.
+  identity::IdentityOptions identity;
+  std::uint16_t hbone_port = 15008;  // HBONE listener (0.0.0.0 and [::]), for the hbone data path
   // Tests only (--test-build-delay-ms): every snapshot build after the first sleeps this long.
   std::chrono::milliseconds test_build_delay{0};
 };
