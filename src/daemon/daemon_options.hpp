@@ -35,6 +35,14 @@ struct DaemonOptions {
   bool admin_v4 = true;
   bool admin_v6 = true;
   std::chrono::milliseconds drain_grace{5000};
+  // Sessions at once on the admin API (127.0.0.1/[::1]:15000) and on readiness/liveness
+  // (0.0.0.0/[::]:15021); past them a new connection is reset (admin::SessionLimit).
+  std::uint64_t max_admin_sessions = 32;
+  std::uint64_t max_readiness_sessions = 64;
+  // /healthz/live fails when a worker's loop, or the control plane's, has not run a heartbeat
+  // for this long (daemon/liveness.hpp).
+  std::chrono::milliseconds liveness_worker_stall{10000};
+  std::chrono::milliseconds liveness_control_stall{120000};
   // Tests only (--test-build-delay-ms): every snapshot build after the first sleeps this long.
   std::chrono::milliseconds test_build_delay{0};
 };
