@@ -156,11 +156,12 @@ TEST_F(FailSafeProxyTest, AFaultInARelayCallbackResetsThatConnectionOnlyAndLeaks
   for (int i = 1; i <= 4; ++i) {
     const int fd = client_v4(port);
     ASSERT_GE(fd, 0);
-    ASSERT_EQ(::send(fd, "ping", 4, MSG_NOSIGNAL), 4);
     std::string got;
-    const int event = next_event(fd, 3s, &got);
+    // The relay of a faulted connection throws as it starts, so its reset may beat our send.
+    const int event = ::send(fd, "ping", 4, MSG_NOSIGNAL) == 4 ? next_event(fd, 3s, &got) : errno;
     if (i % 2 == 0) {
-      EXPECT_EQ(event, ECONNRESET) << "connection " << i << " got '" << got << "': a fault must reset, never FIN";
+      EXPECT_TRUE(event == ECONNRESET || event == EPIPE)
+          << "connection " << i << ": event " << event << ", got '" << got << "': a fault must reset, never FIN";
     } else {
       EXPECT_EQ(event, 1) << "connection " << i;
       EXPECT_EQ(got, "ping") << "connection " << i;
@@ -188,11 +189,10 @@ TEST_F(FailSafeProxyTest, AFaultWhileRoutingResetsTheClientAndTheWorkerGoesOn) {
   for (int i = 1; i <= 4; ++i) {
     const int fd = client_v4(port);
     ASSERT_GE(fd, 0);
-    ASSERT_EQ(::send(fd, "ping", 4, MSG_NOSIGNAL), 4);
     std::string got;
-    const int event = next_event(fd, 3s, &got);
+    const int event = ::send(fd, "ping", 4, MSG_NOSIGNAL) == 4 ? next_event(fd, 3s, &got) : errno;
     if (i % 2 == 0)
-      EXPECT_EQ(event, ECONNRESET) << "connection " << i;
+      EXPECT_TRUE(event == ECONNRESET || event == EPIPE) << "connection " << i << ": event " << event;
     else
       EXPECT_EQ(got, "ping") << "connection " << i;
     ::close(fd);
