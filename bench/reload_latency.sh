@@ -18,8 +18,8 @@
 #
 # Without FILE, issue 10's 10,000 Services with 100,000 endpoints are generated with
 # bench/tools/gen_cluster.py into DIR (default: a temporary directory; with --dir they are kept
-# and reused), as JSON (104 MB, reload about 2-3 s) and as YAML (47 MB, reload about 8-10 s: the
-# longer window). Needs root, curl and python3. dsproxy, the probe and everything the script
+# and reused), as JSON (104 MB) and as YAML (47 MB, whose decode takes about ten times longer:
+# the longer window). Needs root, curl and python3. dsproxy, the probe and everything the script
 # creates are removed on exit, also on failure or Ctrl-C.
 
 set -uo pipefail
