@@ -30,7 +30,7 @@ ECHO_BIN=$(realpath -- "$2")
 
 # shellcheck source=lib/cluster.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib/cluster.sh"
-# Checks not started after this many seconds fail without running; a normal run takes ~30 s.
+# Checks not started after this many seconds fail without running; a normal run takes ~15 s.
 E2E_DEADLINE=${E2E_DEADLINE:-150}
 CHECK_SHOW_DETAIL=1
 # shellcheck source=tests/e2e/lib/checks.sh
