@@ -12,6 +12,7 @@
 
 #include "admin/admin_server.hpp"
 #include "admin/config_dump.hpp"
+#include "admin/limits_status.hpp"
 #include "daemon/control_plane.hpp"
 #include "daemon/liveness.hpp"
 #include "proxy/proxy_server.hpp"
@@ -309,42 +310,15 @@ class Daemon {
     return {verdict.live ? 200 : 503, "text/plain", std::move(verdict.detail)};
   }
 
-  // The limits in force and how often each was hit, under "limits" in /stats and /config_dump
-  // (the flat counters are in the proxy's and the DNS proxy's stats too).
+  // The limits in force and how often each was hit, under "limits" in /stats and /config_dump.
   boost::json::object limits_status() const {
-    auto session = [](const std::shared_ptr<admin::SessionLimit>& l) {
-      if (!l) return boost::json::object{};
-      return boost::json::object{{"limit", l->max},
-                                 {"active", l->active.load(std::memory_order_relaxed)},
-                                 {"refused", l->refused.load(std::memory_order_relaxed)}};
-    };
-    const auto& p = options_.proxy.limits;
-    boost::json::array workers;
-    if (server_)
-      for (const auto& w : server_->worker_loads())
-        workers.push_back(boost::json::object{{"connections", w.connections}, {"connecting", w.connecting}});
-    boost::json::object out{
-        {"connectionsPerWorker",
-         boost::json::object{{"limit", p.connections_per_worker},
-                             {"refused", stats_.rejected_worker_connection_limit.load(std::memory_order_relaxed)}}},
-        {"pendingConnectsPerWorker",
-         boost::json::object{{"limit", p.pending_connects_per_worker},
-                             {"refused", stats_.rejected_pending_connect_limit.load(std::memory_order_relaxed)}}},
-        {"workers", std::move(workers)},
-        {"adminSessions", session(admin_sessions_)},
-        {"readinessSessions", session(probe_sessions_)}};
-    if (const auto* dns = dns_stats()) {
-      const auto& d = options_.dns;
-      out["dnsTcpConnections"] = boost::json::object{{"limit", d.max_tcp_connections},
-                                                     {"refused", dns->tcp_limit.load(std::memory_order_relaxed)}};
-      out["dnsTcpConnectionsPerClient"] =
-          boost::json::object{{"limit", d.max_tcp_connections_per_client},
-                              {"refused", dns->tcp_client_limit.load(std::memory_order_relaxed)}};
-      out["dnsTcpMessageDeadlineMs"] =
-          boost::json::object{{"limit", d.tcp_message_timeout.count()},
-                              {"expired", dns->tcp_message_timeouts.load(std::memory_order_relaxed)}};
-    }
-    return out;
+    admin::LimitsContext c{.proxy = options_.proxy.limits, .stats = stats_};
+    if (server_) c.workers = server_->worker_loads();
+    c.admin_sessions = admin_sessions_.get();
+    c.readiness_sessions = probe_sessions_.get();
+    c.dns = dns_ ? &options_.dns : nullptr;
+    c.dns_stats = dns_stats();
+    return admin::limits_status(c);
   }
 
   void stop_dns() {
