@@ -89,14 +89,23 @@ class Relay {
  public:
   using Handler = boost::asio::any_completion_handler<void(RelayResult)>;
 
-  static void start(tcp::socket downstream, tcp::socket upstream, const RelayOptions& options, Handler handler) {
+  // Takes the sockets and the handler only once the relay exists: if allocating it throws, they
+  // are still the caller's (start_relay resets the sockets).
+  static void start(tcp::socket&& downstream, tcp::socket&& upstream, const RelayOptions& options,
+                    Handler&& handler) {
     // Registration can throw (bad_alloc); until it has succeeded no wait holds the relay, so it
-    // can still be destroyed (closing both sockets) rather than leaked.
+    // can still be destroyed (closing both sockets, after a reset) rather than leaked.
     auto destroy = [](Relay* r) { delete r; };  // the destructor is private: only we end a relay
     std::unique_ptr<Relay, decltype(destroy)> owned(
         new Relay(std::move(downstream), std::move(upstream), options, std::move(handler)), destroy);
-    owned->sweeper_ = &IdleSweeper::of(owned->downstream_.get_executor());
-    owned->sweeper_->add(*owned, owned->idle_timeout_, owned->downstream_.get_executor());
+    try {
+      owned->sweeper_ = &IdleSweeper::of(owned->downstream_.get_executor());
+      owned->sweeper_->add(*owned, owned->idle_timeout_, owned->downstream_.get_executor());
+    } catch (...) {
+      net::reset_connection(owned->downstream_);
+      net::reset_connection(owned->upstream_);
+      throw;
+    }
     Relay* relay = owned.release();
     try {
       relay->begin();
@@ -501,7 +510,15 @@ void IdleSweeper::tick(std::chrono::milliseconds period, Wheel& wheel) {
 
 void start_relay(tcp::socket downstream, tcp::socket upstream, const RelayOptions& options,
                  boost::asio::any_completion_handler<void(RelayResult)> handler) {
-  Relay::start(std::move(downstream), std::move(upstream), options, std::move(handler));
+  try {
+    Relay::start(std::move(downstream), std::move(upstream), options, std::move(handler));
+  } catch (...) {
+    // No relay could be made (std::bad_alloc): the connection ends by a reset, as any fault's
+    // does, never by the plain close these sockets would otherwise get here.
+    net::reset_connection(downstream);
+    net::reset_connection(upstream);
+    throw;
+  }
 }
 
 }  // namespace dsproxy::proxy

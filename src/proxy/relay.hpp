@@ -44,7 +44,8 @@ struct RelayResult {
 // ends and then posts `handler` with the result. No coroutine frame stays alive while a proxied
 // connection waits for bytes; what an idle connection costs is this object and its two pending
 // waits. If the io_context is destroyed first, its relays are destroyed with it (sockets closed,
-// handler destroyed without being called).
+// handler destroyed without being called). Throws only if the relay cannot be made at all
+// (std::bad_alloc), after resetting both sockets.
 void start_relay(tcp::socket downstream, tcp::socket upstream, const RelayOptions& options,
                  boost::asio::any_completion_handler<void(RelayResult)> handler);
 
