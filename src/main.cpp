@@ -141,6 +141,49 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--dns-ttl-s", dns_ttl_s, "TTL of the cluster DNS answers")
       ->capture_default_str()
       ->check(CLI::Range(0, 86400));
+  // Limits: past each, a new connection is reset at once and counted (see "Limits" in the README).
+  run_cmd->add_option("--max-connections-per-worker", run.proxy.limits.connections_per_worker,
+                      "Connections one worker holds at once; more are reset at accept")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 10000000));
+  run_cmd->add_option("--max-pending-connects-per-worker", run.proxy.limits.pending_connects_per_worker,
+                      "Connections one worker routes or connects upstream at once; more are reset")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 10000000));
+  run_cmd->add_option("--max-admin-sessions", run.max_admin_sessions, "Admin API sessions at once; more are reset")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  run_cmd->add_option("--max-readiness-sessions", run.max_readiness_sessions,
+                      "Readiness/liveness port sessions at once; more are reset")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  run_cmd->add_option("--dns-tcp-max-connections", run.dns.max_tcp_connections,
+                      "DNS-over-TCP connections at once; more are reset")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  run_cmd->add_option("--dns-tcp-max-per-client", run.dns.max_tcp_connections_per_client,
+                      "DNS-over-TCP connections at once from one client address; more are reset")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  std::int64_t dns_tcp_message_timeout_ms = 2000;
+  run_cmd->add_option("--dns-tcp-message-timeout-ms", dns_tcp_message_timeout_ms,
+                      "A DNS-over-TCP message must arrive whole (and its answer be taken) within this")
+      ->capture_default_str()
+      ->check(CLI::Range(100, 60000));
+  std::int64_t liveness_worker_stall_ms = 10000, liveness_control_stall_ms = 120000;
+  run_cmd->add_option("--liveness-worker-stall-ms", liveness_worker_stall_ms,
+                      "/healthz/live fails once a worker's loop has not run a heartbeat for this long")
+      ->capture_default_str()
+      ->check(CLI::Range(1000, 600000));
+  run_cmd->add_option("--liveness-control-stall-ms", liveness_control_stall_ms,
+                      "The same for the control plane's loop (snapshot builds and rule updates block it)")
+      ->capture_default_str()
+      ->check(CLI::Range(1000, 3600000));
+  // Tests only, hence not in --help: faults injected on the workers (relay:N, connection:N: every
+  // Nth connection of a worker meets a std::bad_alloc there; stall-worker:MS: worker 0's loop
+  // blocks MS after start). Repeatable.
+  std::vector<std::string> test_faults;
+  run_cmd->add_option("--test-fault", test_faults)->group("");
   // Tests only, hence not in --help: every snapshot build after the first sleeps this long, to
   // show that DNS and readiness keep answering while the control plane is busy.
   std::int64_t test_build_delay_ms = 0;
@@ -230,6 +273,20 @@ int main(int argc, char** argv) {
       run.dns.ttl = std::chrono::seconds(dns_ttl_s);
       run.dns.mark = run.redirect_options.proxy_mark;
       run.test_build_delay = std::chrono::milliseconds(test_build_delay_ms);
+      run.dns.tcp_message_timeout = std::chrono::milliseconds(dns_tcp_message_timeout_ms);
+      run.liveness_worker_stall = std::chrono::milliseconds(liveness_worker_stall_ms);
+      run.liveness_control_stall = std::chrono::milliseconds(liveness_control_stall_ms);
+      for (const auto& spec : test_faults) {
+        const auto colon = spec.find(':');
+        const std::string kind = spec.substr(0, colon);
+        const long value = colon == std::string::npos ? 0 : std::strtol(spec.c_str() + colon + 1, nullptr, 10);
+        if (value <= 0 || value > 1000000 || (kind != "relay" && kind != "connection" && kind != "stall-worker"))
+          throw std::invalid_argument("--test-fault '" + spec + "': want relay:N, connection:N or stall-worker:MS");
+        spdlog::warn("test hook: --test-fault {} (never use this outside tests)", spec);
+        if (kind == "relay") run.proxy.test_faults.relay_every = static_cast<std::uint32_t>(value);
+        if (kind == "connection") run.proxy.test_faults.connection_every = static_cast<std::uint32_t>(value);
+        if (kind == "stall-worker") run.proxy.test_faults.stall_worker_after = std::chrono::milliseconds(value);
+      }
       return daemon::run_daemon(run);
     }
     if (redirect_cmd->parsed()) {

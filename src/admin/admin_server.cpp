@@ -25,7 +25,25 @@ namespace {
 
 constexpr auto as_values = asio::as_tuple(asio::use_awaitable);
 
-asio::awaitable<void> serve_session(tcp::socket socket, std::shared_ptr<AdminHandler> handler) {
+// Holds one place of a SessionLimit for a session's whole life (its coroutine frame).
+class SessionSlot {
+ public:
+  explicit SessionSlot(std::shared_ptr<SessionLimit> limit) : limit_(std::move(limit)) {
+    if (limit_) limit_->active.fetch_add(1, std::memory_order_relaxed);
+  }
+  SessionSlot(SessionSlot&& other) noexcept : limit_(std::move(other.limit_)) {}
+  SessionSlot(const SessionSlot&) = delete;
+  SessionSlot& operator=(const SessionSlot&) = delete;
+  SessionSlot& operator=(SessionSlot&&) = delete;
+  ~SessionSlot() {
+    if (limit_) limit_->active.fetch_sub(1, std::memory_order_relaxed);
+  }
+
+ private:
+  std::shared_ptr<SessionLimit> limit_;
+};
+
+asio::awaitable<void> serve_session(tcp::socket socket, std::shared_ptr<AdminHandler> handler, SessionSlot) {
   beast::tcp_stream stream(std::move(socket));
   beast::flat_buffer buffer;
   for (;;) {
@@ -65,7 +83,8 @@ struct AdminServer::Impl {
   asio::any_io_executor executor;
   std::list<tcp::acceptor> acceptors;  // list: stable addresses for the accept coroutines
 
-  asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, std::shared_ptr<AdminHandler> handler) {
+  asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, std::shared_ptr<AdminHandler> handler,
+                                    std::shared_ptr<SessionLimit> limit) {
     asio::steady_timer pause(executor);
     for (;;) {
       auto [ec, socket] = co_await acceptor.async_accept(as_values);
@@ -76,7 +95,16 @@ struct AdminServer::Impl {
         co_await pause.async_wait(as_values);
         continue;
       }
-      asio::co_spawn(executor, serve_session(std::move(socket), handler), asio::detached);
+      if (limit && limit->active.load(std::memory_order_relaxed) >= limit->max) {
+        // Full (a flood, or clients that connect and say nothing): refused at once with a
+        // reset, so the front thread's memory and descriptors stay bounded.
+        limit->refused.fetch_add(1, std::memory_order_relaxed);
+        net::reset_connection(socket);
+        continue;
+      }
+      // The place is taken here, before the session's first turn: a burst of accepts cannot
+      // overshoot the limit.
+      asio::co_spawn(executor, serve_session(std::move(socket), handler, SessionSlot(limit)), asio::detached);
     }
   }
 };
@@ -87,11 +115,14 @@ AdminServer::AdminServer(asio::any_io_executor executor) : impl_(std::make_uniqu
 
 AdminServer::~AdminServer() { close(); }
 
-void AdminServer::listen(const net::SocketAddress& address, AdminHandler handler) {
+std::uint16_t AdminServer::listen(const net::SocketAddress& address, AdminHandler handler,
+                         std::shared_ptr<SessionLimit> limit) {
   net::ListenerSocketOptions options{.transparent = false, .reuse_port = false, .backlog = 128};
   auto& acceptor = impl_->acceptors.emplace_back(net::open_listener(impl_->executor, address, options));
   asio::co_spawn(impl_->executor,
-                 impl_->accept_loop(acceptor, std::make_shared<AdminHandler>(std::move(handler))), asio::detached);
+                 impl_->accept_loop(acceptor, std::make_shared<AdminHandler>(std::move(handler)), std::move(limit)),
+                 asio::detached);
+  return acceptor.local_endpoint().port();
 }
 
 void AdminServer::close() {

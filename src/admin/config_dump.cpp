@@ -125,6 +125,9 @@ json::object counters(const proxy::ProxyStats& s) {
           {"outlier_ejections", v(s.outlier_ejections)},
           {"local_errors", v(s.local_errors)},
           {"accept_shed", v(s.accept_shed)},
+          {"worker_faults", v(s.worker_faults)},
+          {"rejected_worker_connection_limit", v(s.rejected_worker_connection_limit)},
+          {"rejected_pending_connect_limit", v(s.rejected_pending_connect_limit)},
           {"upstream_connect_timeout", v(s.upstream_connect_timeout)},
           {"idle_timeouts", v(s.idle_timeouts)},
           {"resets_propagated", v(s.resets_propagated)},
@@ -173,11 +176,15 @@ std::string render_config_dump(const DumpContext& ctx) {
   dump["droppedEndpoints"] = std::move(dropped);
   if (!ctx.control_plane.is_null()) dump["controlPlane"] = ctx.control_plane;
   dump["identity"] = ctx.identity.is_null() ? boost::json::value(boost::json::object{{"mtls", false}}) : ctx.identity;
+
+  if (!ctx.limits.is_null()) dump["limits"] = ctx.limits;
   return json::serialize(dump);
 }
 
-std::string render_stats(const proxy::ProxyStats& stats, const resolver::DnsStats* dns) {
-  return json::serialize(all_counters(stats, dns));
+std::string render_stats(const proxy::ProxyStats& stats, const resolver::DnsStats* dns, const json::value& limits) {
+  json::object out = all_counters(stats, dns);
+  if (!limits.is_null()) out["limits"] = limits;
+  return json::serialize(out);
 }
 
 }  // namespace dsproxy::admin

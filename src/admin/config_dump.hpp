@@ -28,10 +28,14 @@ struct DumpContext {
   // The endpoints' outlier and load state; null (or an index not covering `snapshot` yet) prints
   // every endpoint as fresh.
   const proxy::EndpointStates* endpoint_states = nullptr;
+  // The limits in force and how often each was hit, shown as "limits" when set.
+  boost::json::value limits = nullptr;
 };
 
 std::string render_config_dump(const DumpContext& context);  // /config_dump
 // /stats: the proxy's counters, and the DNS proxy's under "dns" when it runs.
-std::string render_stats(const proxy::ProxyStats& stats, const resolver::DnsStats* dns = nullptr);
+// `limits`, when set, goes under "limits".
+std::string render_stats(const proxy::ProxyStats& stats, const resolver::DnsStats* dns = nullptr,
+                         const boost::json::value& limits = nullptr);
 
 }  // namespace dsproxy::admin

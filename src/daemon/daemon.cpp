@@ -12,9 +12,12 @@
 
 #include "admin/admin_server.hpp"
 #include "admin/config_dump.hpp"
+#include "admin/limits_status.hpp"
 #include "daemon/control_plane.hpp"
 #include "identity/identity_error.hpp"
 #include "identity/identity_manager.hpp"
+
+#include "daemon/liveness.hpp"
 #include "proxy/proxy_server.hpp"
 #include "redirect/command_runner.hpp"
 #include "redirect/iptables_backend.hpp"
@@ -131,6 +134,7 @@ class Daemon {
     }
 
     control_plane_->start();
+    start_liveness(server);
     try {
       front_.run();
     } catch (const std::exception& e) {
@@ -188,6 +192,8 @@ class Daemon {
     // and the rules can be removed whatever moment of its start it was stopped in.
     control_plane_->stop();
     if (identity_) identity_->stop();
+
+    if (liveness_) liveness_->stop();
     server.stop();
     stop_dns();
     admin.close();
@@ -253,6 +259,7 @@ class Daemon {
         if (server_) server_->endpoint_states().sync(snapshot);
         admin::DumpContext context{*snapshot, options_.proxy, stats_, store_.generation(), dns_stats()};
         context.endpoint_states = server_ ? &server_->endpoint_states() : nullptr;
+        context.limits = limits_status();
         context.control_plane = boost::json::object{{"synced", control_plane_->synced()},
                                                     {"builds", control_plane_->builds()},
                                                     {"buildFailures", control_plane_->build_failures()},
@@ -260,36 +267,44 @@ class Daemon {
         if (identity_) context.identity = identity_->describe();
         return {200, "application/json", admin::render_config_dump(context)};
       }
-      if (path == "/stats") return {200, "application/json", admin::render_stats(stats_, dns_stats())};
+      if (path == "/stats")
+        return {200, "application/json", admin::render_stats(stats_, dns_stats(), limits_status())};
       if (path == "/healthz/ready") return readiness();
-      return {404, "text/plain", "unknown path; try /config_dump, /stats, /healthz/ready\n"};
+      if (path == "/healthz/live") return liveness();
+      return {404, "text/plain", "unknown path; try /config_dump, /stats, /healthz/ready, /healthz/live\n"};
     };
     auto probe = [this](std::string_view path) -> admin::AdminResponse {
       if (path == "/healthz/ready") return readiness();
+      if (path == "/healthz/live") return liveness();
       return {404, "text/plain", "not found\n"};
     };
+    // Each kind of listener has its own budget: a flood on the readiness port (reachable from
+    // the network) cannot lock the operator out of the loopback admin API.
+    admin_sessions_ = std::make_shared<admin::SessionLimit>(options_.max_admin_sessions);
+    probe_sessions_ = std::make_shared<admin::SessionLimit>(options_.max_readiness_sessions);
     const auto loopback4 = *net::IpAddress::parse("127.0.0.1");
     const auto loopback6 = *net::IpAddress::parse("::1");
     // A family that is off has no listener here. With both on, the IPv6 ones only warn when
     // they cannot bind (a half-configured lo must not stop the proxy); the only family there is
     // must bind.
     if (options_.admin_v4) {
-      admin.listen({loopback4, options_.admin_port}, api);
-      admin.listen({*net::IpAddress::parse("0.0.0.0"), options_.readiness_port}, probe);
+      admin.listen({loopback4, options_.admin_port}, api, admin_sessions_);
+      admin.listen({*net::IpAddress::parse("0.0.0.0"), options_.readiness_port}, probe, probe_sessions_);
     }
     if (options_.admin_v6 && options_.admin_v4) {
-      listen_optional(admin, {loopback6, options_.admin_port}, api);
-      listen_optional(admin, {*net::IpAddress::parse("::"), options_.readiness_port}, probe);
+      listen_optional(admin, {loopback6, options_.admin_port}, api, admin_sessions_);
+      listen_optional(admin, {*net::IpAddress::parse("::"), options_.readiness_port}, probe, probe_sessions_);
     } else if (options_.admin_v6) {
-      admin.listen({loopback6, options_.admin_port}, api);
-      admin.listen({*net::IpAddress::parse("::"), options_.readiness_port}, probe);
+      admin.listen({loopback6, options_.admin_port}, api, admin_sessions_);
+      admin.listen({*net::IpAddress::parse("::"), options_.readiness_port}, probe, probe_sessions_);
     }
   }
 
   // With IPv4 serving, a missing IPv6 admin listener is worth a warning, not a failed start.
-  static void listen_optional(admin::AdminServer& admin, const net::SocketAddress& at, admin::AdminHandler h) {
+  static void listen_optional(admin::AdminServer& admin, const net::SocketAddress& at, admin::AdminHandler h,
+                              std::shared_ptr<admin::SessionLimit> limit) {
     try {
-      admin.listen(at, std::move(h));
+      admin.listen(at, std::move(h), std::move(limit));
     } catch (const std::exception& e) {
       spdlog::warn("admin: {} (continuing without it)", e.what());
     }
@@ -301,6 +316,35 @@ class Daemon {
   admin::AdminResponse readiness() const {
     if (ready_.load(std::memory_order_acquire)) return {200, "text/plain", "ready\n"};
     return {503, "text/plain", "not ready\n"};
+  }
+
+  // Every event loop that does the node's work must keep running handlers: the workers within
+  // --liveness-worker-stall-ms, the control plane (whose loop legitimately blocks for a
+  // snapshot build or an iptables-restore) within --liveness-control-stall-ms.
+  void start_liveness(proxy::ProxyServer& server) {
+    liveness_.emplace(front_.get_executor(), std::chrono::milliseconds(500));
+    int i = 0;
+    for (auto& executor : server.worker_executors())
+      liveness_->watch("worker " + std::to_string(i++), executor, options_.liveness_worker_stall);
+    liveness_->watch("control plane", control_plane_->io().get_executor(), options_.liveness_control_stall);
+    liveness_->start();
+  }
+
+  admin::AdminResponse liveness() const {
+    if (!liveness_) return {200, "text/plain", "live\n"};
+    auto verdict = liveness_->check();
+    return {verdict.live ? 200 : 503, "text/plain", std::move(verdict.detail)};
+  }
+
+  // The limits in force and how often each was hit, under "limits" in /stats and /config_dump.
+  boost::json::object limits_status() const {
+    admin::LimitsContext c{.proxy = options_.proxy.limits, .stats = stats_};
+    if (server_) c.workers = server_->worker_loads();
+    c.admin_sessions = admin_sessions_.get();
+    c.readiness_sessions = probe_sessions_.get();
+    c.dns = dns_ ? &options_.dns : nullptr;
+    c.dns_stats = dns_stats();
+    return admin::limits_status(c);
   }
 
   void stop_dns() {
@@ -328,6 +372,9 @@ class Daemon {
   std::optional<ControlPlane> control_plane_;  // after store_ and runner_: stopped before they go
   std::optional<identity::IdentityManager> identity_;  // after store_: its thread reads the snapshot
   std::optional<resolver::DnsProxy> dns_;      // last: torn down before front_ and store_
+  std::shared_ptr<admin::SessionLimit> admin_sessions_;  // --max-admin-sessions
+  std::shared_ptr<admin::SessionLimit> probe_sessions_;  // --max-readiness-sessions
+  std::optional<LivenessMonitor> liveness_;  // its timer is on front_
 };
 
 }  // namespace

@@ -39,6 +39,15 @@ struct DaemonOptions {
   // mTLS (issue 11): where workload certificates come from; !identity.enabled(): plaintext only.
   identity::IdentityOptions identity;
   std::uint16_t hbone_port = 15008;  // HBONE listener (0.0.0.0 and [::]), for the hbone data path
+
+  // Sessions at once on the admin API (127.0.0.1/[::1]:15000) and on readiness/liveness
+  // (0.0.0.0/[::]:15021); past them a new connection is reset (admin::SessionLimit).
+  std::uint64_t max_admin_sessions = 32;
+  std::uint64_t max_readiness_sessions = 64;
+  // /healthz/live fails when a worker's loop, or the control plane's, has not run a heartbeat
+  // for this long (daemon/liveness.hpp).
+  std::chrono::milliseconds liveness_worker_stall{10000};
+  std::chrono::milliseconds liveness_control_stall{120000};
   // Tests only (--test-build-delay-ms): every snapshot build after the first sleeps this long.
   std::chrono::milliseconds test_build_delay{0};
 };

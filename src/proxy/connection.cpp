@@ -42,11 +42,13 @@ struct GaugeGuard {
 // destroyed without completing (its io_context going away).
 class RelayEnd {
  public:
-  RelayEnd(ProxyStats& stats, GaugeGuard<ProxyStats::Counter> active, std::shared_ptr<EndpointState> endpoint,
+  RelayEnd(ProxyStats& stats, GaugeGuard<ProxyStats::Counter> active,
+           GaugeGuard<std::atomic<std::uint64_t>> on_worker, std::shared_ptr<EndpointState> endpoint,
            Direction direction, const net::SocketAddress& source, const net::SocketAddress& destination)
       : stats_(&stats),
         endpoint_(std::move(endpoint)),
         active_(std::move(active)),
+        on_worker_(std::move(on_worker)),
         outstanding_(endpoint_ ? &endpoint_->active : nullptr),
         direction_(direction),
         source_(source),
@@ -57,6 +59,7 @@ class RelayEnd {
     ProxyStats::add(stats_->bytes_to_downstream, result.bytes_to_downstream);
     if (result.idle_timeout) ProxyStats::add(stats_->idle_timeouts);
     if (result.reset) ProxyStats::add(stats_->resets_propagated);
+    if (result.fault) ProxyStats::add(stats_->worker_faults);
     if (spdlog::should_log(spdlog::level::debug))
       spdlog::debug("{} {} -> {} closed: {} B up, {} B down{}{}", to_string(direction_), source_.to_string(),
                     destination_.to_string(), result.bytes_to_upstream, result.bytes_to_downstream,
@@ -68,6 +71,7 @@ class RelayEnd {
   // Declared before the guards: the endpoint state outlives the gauge that points into it.
   std::shared_ptr<EndpointState> endpoint_;
   GaugeGuard<ProxyStats::Counter> active_;
+  GaugeGuard<std::atomic<std::uint64_t>> on_worker_;  // WorkerLoad::connections
   GaugeGuard<std::atomic<std::uint32_t>> outstanding_;
   Direction direction_;
   net::SocketAddress source_;
@@ -268,39 +272,79 @@ awaitable<std::optional<Connected>> route_and_connect(const ConnectionContext& c
   co_return Connected{connected->address, connected->endpoint};
 }
 
+// A fault (an exception from anything a connection calls; the data path itself uses error
+// codes, so in practice std::bad_alloc) is one connection's problem: the client is reset, the
+// worker goes on. One line a second for all workers.
+LogThrottle& fault_log() {
+  static LogThrottle throttle;
+  return throttle;
+}
+
+// Tests only (ProxyOptions::test_faults): is this worker's next connection the Nth?
+bool inject(std::uint32_t every, WorkerLoad& load) {
+  return every != 0 && ++load.test_faults_seen % every == 0;
+}
+
 }  // namespace
 
 awaitable<void> serve_connection(tcp::socket client, tcp::endpoint peer, Direction direction,
                                  ConnectionContext ctx, std::optional<net::SocketAddress> forward_to) {
   GaugeGuard<ProxyStats::Counter> active(&ctx.stats.active_connections);
+  GaugeGuard<std::atomic<std::uint64_t>> on_worker(&ctx.load.connections);
   ProxyStats::add(direction == Direction::outbound ? ctx.stats.outbound_accepted : ctx.stats.inbound_accepted);
+  try {
+    // With TPROXY the accepted socket's local address is the destination the client dialled.
+    net::SocketAddress destination;
+    if (forward_to) {
+      destination = *forward_to;
+    } else {
+      boost::system::error_code ec;
+      const auto local = client.local_endpoint(ec);
+      if (ec) co_return;  // the client vanished between accept and now
+      destination = net::to_socket_address(local);
+    }
+    const net::SocketAddress source = net::to_socket_address(peer);
 
-  // With TPROXY the accepted socket's local address is the destination the client dialled.
-  net::SocketAddress destination;
-  if (forward_to) {
-    destination = *forward_to;
-  } else {
-    boost::system::error_code ec;
-    const auto local = client.local_endpoint(ec);
-    if (ec) co_return;  // the client vanished between accept and now
-    destination = net::to_socket_address(local);
-  }
-  const net::SocketAddress source = net::to_socket_address(peer);
-
-  // Routing and connecting run in their own coroutine: their state (the snapshot reference,
-  // scheduler, candidate lists, attempt sockets) is freed before the relay starts, so an old
-  // snapshot is not kept alive by long-lived connections after a reload.
-  tcp::socket upstream(client.get_executor());
-  const bool transparent = ctx.options.transparent && !forward_to;
-  const auto connected = co_await route_and_connect(ctx, direction, source, destination, transparent, upstream);
-  if (!connected) {
+    // Routing and connecting run in their own coroutine: their state (the snapshot reference,
+    // scheduler, candidate lists, attempt sockets) is freed before the relay starts, so an old
+    // snapshot is not kept alive by long-lived connections after a reload.
+    tcp::socket upstream(client.get_executor());
+    const bool transparent = ctx.options.transparent && !forward_to;
+    // Connections still routing or connecting are bounded per worker: past the limit (an
+    // upstream black hole holding every attempt for the whole connect timeout) new clients are
+    // reset at once rather than piling up behind it.
+    if (ctx.load.connecting.load(std::memory_order_relaxed) >= ctx.options.limits.pending_connects_per_worker) {
+      ProxyStats::add(ctx.stats.rejected_pending_connect_limit);
+      net::reset_connection(client);
+      co_return;
+    }
+    std::optional<Connected> connected;
+    {
+      GaugeGuard<std::atomic<std::uint64_t>> connecting(&ctx.load.connecting);
+      if (inject(ctx.options.test_faults.connection_every, ctx.load)) throw std::bad_alloc();
+      connected = co_await route_and_connect(ctx, direction, source, destination, transparent, upstream);
+    }
+    if (!connected) {
+      net::reset_connection(client);
+      co_return;
+    }
+    // The relay takes the connection over; this coroutine ends here and its frame is freed, so
+    // an idle proxied connection costs only the relay and what RelayEnd keeps.
+    RelayOptions relay_options{ctx.options.idle_timeout};
+    if (inject(ctx.options.test_faults.relay_every, ctx.load)) relay_options.test_fault_at_move = 1;
+    start_relay(std::move(client), std::move(upstream), relay_options,
+                RelayEnd(ctx.stats, std::move(active), std::move(on_worker), connected->endpoint, direction, source,
+                         destination));
+  } catch (const std::exception& e) {
+    // Whatever was not handed to the relay yet is closed with this frame; the client learns of
+    // it by a reset, never by a clean end of stream.
+    ProxyStats::add(ctx.stats.worker_faults);
     net::reset_connection(client);
-    co_return;
+    if (const auto suppressed = fault_log().admit(std::chrono::steady_clock::now()))
+      spdlog::error("connection: {} ({} similar fault(s) not logged; see worker_faults); the client is reset, the "
+                    "worker goes on",
+                    e.what(), *suppressed);
   }
-  // The relay takes the connection over; this coroutine ends here and its frame is freed, so
-  // an idle proxied connection costs only the relay and what RelayEnd keeps.
-  start_relay(std::move(client), std::move(upstream), RelayOptions{ctx.options.idle_timeout},
-              RelayEnd(ctx.stats, std::move(active), connected->endpoint, direction, source, destination));
 }
 
 }  // namespace dsproxy::proxy

@@ -1,7 +1,9 @@
 #pragma once
 // One captured connection, from routing decision to the end of the relay.
 
+#include <atomic>
 #include <boost/asio/awaitable.hpp>
+#include <cstdint>
 
 #include "snapshot/snapshot_store.hpp"
 #include "proxy/endpoint_picker.hpp"
@@ -16,6 +18,14 @@ namespace dsproxy::proxy {
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
 
+// One worker's own load, checked against ProxyOptions::limits. Written only by the worker's
+// thread; atomics so that the admin API can read them.
+struct WorkerLoad {
+  std::atomic<std::uint64_t> connections{0};  // accepted and not yet closed, relaying included
+  std::atomic<std::uint64_t> connecting{0};   // routing or connecting upstream (no relay yet)
+  std::uint64_t test_faults_seen = 0;         // connections counted for ProxyOptions::test_faults
+};
+
 // What every connection on a worker shares. The references point into ProxyServer and the
 // worker, which outlive the worker's io_context and so every connection coroutine.
 struct ConnectionContext {
@@ -26,13 +36,16 @@ struct ConnectionContext {
   EndpointStates& endpoint_states;  // shared by every worker; readers take no lock
   EndpointPicker& picker;  // the worker's own: not shared between threads
   LocalAddressCheck& local_addresses;  // likewise
+  WorkerLoad& load;  // likewise
 };
 
 // Owns `client` until the upstream is connected, then hands both sockets to the relay, which owns
 // the connection from there (the coroutine ends). `peer` is the client's address as accept() returned it. A captured connection goes where the
 // client dialled (the accepted socket's local address, with TPROXY); one accepted on a --forward
 // listener goes to `forward_to`, from the node's own address. Never throws; every failure ends
-// this connection only, with a log line and a counter.
+// this connection only, with a log line and a counter: an exception from anything it calls
+// (std::bad_alloc) resets the client and counts `worker_faults`. Past the worker's
+// pending-connect limit the client is reset at once (`rejected_pending_connect_limit`).
 boost::asio::awaitable<void> serve_connection(tcp::socket client, tcp::endpoint peer, Direction direction,
                                               ConnectionContext context,
                                               std::optional<net::SocketAddress> forward_to = std::nullopt);

@@ -22,6 +22,28 @@ struct Forward {
   net::SocketAddress target;
 };
 
+// What one worker takes on at most; past a limit a new connection is reset at once (the client
+// sees "connection reset" within a round trip), never queued. Each refusal is counted.
+struct ProxyLimits {
+  // Accepted and not yet closed, relaying ones included (--max-connections-per-worker). An
+  // idle connection costs about 1.5 KiB of proxy memory plus two descriptors and the kernel's
+  // socket buffers: the default bounds one worker to about 75 MB of proxy memory.
+  std::uint64_t connections_per_worker = 50000;  // rejected_worker_connection_limit
+  // Routing or connecting upstream (--max-pending-connects-per-worker): what a black-holed
+  // upstream piles up for the whole connect timeout.
+  std::uint64_t pending_connects_per_worker = 4096;  // rejected_pending_connect_limit
+};
+
+// Tests only (run --test-fault, hidden): every Nth connection of a worker meets an injected
+// std::bad_alloc, to show that a fault costs that connection and nothing else. Zero: off.
+struct TestFaults {
+  std::uint32_t relay_every = 0;       // thrown from the relay's first callback
+  std::uint32_t connection_every = 0;  // thrown while the connection is being routed
+  // Worker 0's loop blocks (a handler that never returns) this long after start: the liveness
+  // check must report it.
+  std::chrono::milliseconds stall_worker_after{0};
+};
+
 struct ProxyOptions {
   CapturePorts ports;             // outbound 15001, inbound 15006
   // Empty: no listener of that family (a node with IPv6 off, where [::] may not even bind);
@@ -42,6 +64,8 @@ struct ProxyOptions {
   OutlierOptions outlier;
   std::chrono::milliseconds idle_timeout{std::chrono::hours(1)};
   std::vector<Forward> forwards;
+  ProxyLimits limits;
+  TestFaults test_faults;
 };
 
 }  // namespace dsproxy::proxy

@@ -34,6 +34,12 @@ LogThrottle& accept_error_log() {
   return throttle;
 }
 
+// Connections refused by a worker's limits come in floods too.
+LogThrottle& limit_log() {
+  static LogThrottle throttle;
+  return throttle;
+}
+
 awaitable<void> accept_loop(tcp::acceptor& acceptor, Direction direction, ConnectionContext context,
                             std::optional<net::SocketAddress> forward_to, DescriptorReserve& reserve) {
   const auto executor = co_await boost::asio::this_coro::executor;
@@ -65,12 +71,23 @@ awaitable<void> accept_loop(tcp::acceptor& acceptor, Direction direction, Connec
                        acceptor.local_endpoint(ignored).port(), ec.message(), shed,
                        back_off ? ", pausing 50 ms" : "", *suppressed);
         }
+      } else if (context.load.connections.load(std::memory_order_relaxed) >=
+                 context.options.limits.connections_per_worker) {
+        // Full: a reset now tells the client at once, where leaving it in the accept queue
+        // would let it time out (and the queue hold SYNs nobody will serve soon).
+        ProxyStats::add(context.stats.rejected_worker_connection_limit);
+        net::reset_connection(socket);
+        if (const auto suppressed = limit_log().admit(std::chrono::steady_clock::now()))
+          spdlog::warn("a worker holds {} connections (--max-connections-per-worker): new ones are reset ({} "
+                       "similar event(s) not logged; see rejected_worker_connection_limit)",
+                       context.options.limits.connections_per_worker, *suppressed);
       } else {
         if (!reserve.held()) reserve.replenish();  // lost to another thread during a shed
         boost::asio::co_spawn(executor, serve_connection(std::move(socket), peer, direction, context, forward_to),
                               boost::asio::detached);
       }
     } catch (const std::exception& e) {
+      ProxyStats::add(context.stats.worker_faults);
       spdlog::error("accept loop: {}", e.what());
       back_off = true;
     }
@@ -126,10 +143,11 @@ class Worker {
  public:
   Worker(const ProxyOptions& options, const snapshot::SnapshotStore& store, ProxyStats& stats,
          const OutlierDetector& outliers, EndpointStates& endpoint_states, SessionAffinityTable& affinity,
-         std::uint64_t seed)
-      : picker_(outliers, seed, &affinity),
+         std::uint64_t seed, int index)
+      : index_(index),
+        picker_(outliers, seed, &affinity),
         local_addresses_(options.upstream_mark),
-        context_{options, store, stats, outliers, endpoint_states, picker_, local_addresses_} {}
+        context_{options, store, stats, outliers, endpoint_states, picker_, local_addresses_, load_} {}
 
   void listen(const net::SocketAddress& address, Direction direction, const net::ListenerSocketOptions& options,
               std::optional<net::SocketAddress> forward_to = std::nullopt) {
@@ -141,20 +159,36 @@ class Worker {
     for (auto& l : acceptors_)
       boost::asio::co_spawn(io_, accept_loop(l.acceptor, l.direction, context_, l.forward_to, reserve_),
                             boost::asio::detached);
+    if (const auto stall = context_.options.test_faults.stall_worker_after; stall.count() > 0 && index_ == 0) {
+      // Tests only: this worker's loop stops answering (a handler that never returns), as a
+      // deadlock would; the liveness check must see it. It gives way to stop() only.
+      stall_timer_.expires_after(stall);
+      stall_timer_.async_wait([this](boost::system::error_code ec) {
+        if (ec) return;
+        spdlog::warn("test hook: worker {} stalls its loop until it is stopped", index_);
+        while (!io_.stopped()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      });
+    }
     thread_ = std::thread([this] {
-      // A handler that throws (realistically only std::bad_alloc in a relay callback) must cost
-      // its own connection, never the process: a dead worker would leave the capture rules
-      // installed with nobody serving them. run() resumes where it stopped.
+      // Connections contain their own faults (serve_connection, the relay); what reaches here
+      // came from elsewhere on the loop (a timer, the accept machinery), realistically
+      // std::bad_alloc. asio leaves the io_context consistent after a handler throws and run()
+      // resumes where it stopped, so the worker goes on: a dead worker would leave its share of
+      // the SO_REUSEPORT group, and the capture rules, with nobody serving them.
       for (;;) {
         try {
           io_.run();
           return;
         } catch (const std::exception& e) {
+          ProxyStats::add(context_.stats.worker_faults);
           spdlog::error("worker: a handler threw ({}); the worker goes on", e.what());
         }
       }
     });
   }
+
+  boost::asio::any_io_executor executor() { return io_.get_executor(); }
+  const WorkerLoad& load() const { return load_; }
 
   // Closing the acceptors ends the accept loops; established connections keep running.
   void stop_accepting() {
@@ -177,6 +211,8 @@ class Worker {
     Direction direction;
     std::optional<net::SocketAddress> forward_to;  // a --forward listener's target
   };
+  int index_;
+  WorkerLoad load_;
   EndpointPicker picker_;  // this thread's random state for power-of-two choices
   KernelLocalAddressCheck local_addresses_;  // this thread's netlink socket for the loop guard
   DescriptorReserve reserve_;  // shared by this thread's accept loops, which never run at once
@@ -189,6 +225,7 @@ class Worker {
   // posts (stop_accepting) and stops it.
   boost::asio::io_context io_{BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO};
   std::vector<Listener> acceptors_;
+  boost::asio::steady_timer stall_timer_{io_};  // TestFaults::stall_worker_after
   std::thread thread_;
 };
 
@@ -226,7 +263,7 @@ void ProxyServer::start() {
   std::vector<Forward> forwards = options_.forwards;
   for (int i = 0; i < std::max(1, options_.workers); ++i) {
     auto worker = std::make_unique<Worker>(options_, store_, stats_, outliers_, endpoint_states_, affinity_,
-                                           std::random_device{}() + i);
+                                           std::random_device{}() + i, i);
     std::size_t opened = 0;
     for (const auto& ip : binds) {
       worker->listen({ip, ports.outbound}, Direction::outbound, socket_options);
@@ -272,6 +309,20 @@ void ProxyServer::drain(std::chrono::milliseconds grace) {
   const auto left = stats_.active_connections.load(std::memory_order_relaxed);
   if (left > 0) spdlog::info("drain: closing {} connection(s) still open after {} ms", left, grace.count());
   stop();
+}
+
+std::vector<boost::asio::any_io_executor> ProxyServer::worker_executors() {
+  std::vector<boost::asio::any_io_executor> out;
+  for (auto& w : workers_) out.push_back(w->executor());
+  return out;
+}
+
+std::vector<ProxyServer::WorkerLoadView> ProxyServer::worker_loads() const {
+  std::vector<WorkerLoadView> out;
+  for (const auto& w : workers_)
+    out.push_back({w->load().connections.load(std::memory_order_relaxed),
+                   w->load().connecting.load(std::memory_order_relaxed)});
+  return out;
 }
 
 void ProxyServer::stop_accepting() {

@@ -6,7 +6,9 @@
 // whole life, so nothing on the data path is shared between threads except the snapshot pointer
 // and the outcome counters.
 
+#include <boost/asio/any_io_executor.hpp>
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <vector>
 
@@ -43,6 +45,15 @@ class ProxyServer {
   // The --forward listeners as bound (port 0 replaced by the kernel's choice), after start().
   const std::vector<Forward>& forwards() const { return options_.forwards; }
   bool running() const { return started_ && !stopped_; }
+  // Each worker's io_context, after start(): the liveness check posts a heartbeat to each. Valid
+  // until stop().
+  std::vector<boost::asio::any_io_executor> worker_executors();
+  // Each worker's load against ProxyOptions::limits, for the admin API (relaxed reads).
+  struct WorkerLoadView {
+    std::uint64_t connections = 0;
+    std::uint64_t connecting = 0;
+  };
+  std::vector<WorkerLoadView> worker_loads() const;
   // The endpoints' runtime states. The control thread calls endpoint_states().sync(snapshot) after
   // each publish so that no worker has to; the admin dump reads them.
   EndpointStates& endpoint_states() { return endpoint_states_; }

@@ -31,6 +31,14 @@ struct ProxyStats {
   Counter local_errors{0};
   // Connections reset straight out of the accept queue because no descriptor was left for them.
   Counter accept_shed{0};
+  // A handler on a worker threw (realistically std::bad_alloc): the one connection it served was
+  // reset on both sides and the worker went on (see "Fail safe" in the README).
+  Counter worker_faults{0};
+  // Reset at accept: the worker already held ProxyLimits::connections_per_worker connections.
+  Counter rejected_worker_connection_limit{0};
+  // Reset before routing: the worker already had ProxyLimits::pending_connects_per_worker
+  // connections routing or connecting.
+  Counter rejected_pending_connect_limit{0};
   Counter upstream_connect_timeout{0};
   Counter idle_timeouts{0};
   Counter resets_propagated{0};

@@ -14,6 +14,11 @@
 #include <map>
 #include <memory>
 
+#include <spdlog/spdlog.h>
+
+#include <new>
+
+#include "proxy/log_throttle.hpp"
 #include "proxy/pipe_pool.hpp"
 
 namespace dsproxy::proxy {
@@ -84,16 +89,29 @@ class Relay {
  public:
   using Handler = boost::asio::any_completion_handler<void(RelayResult)>;
 
-  static void start(tcp::socket downstream, tcp::socket upstream, const RelayOptions& options, Handler handler) {
+  // Takes the sockets and the handler only once the relay exists: if allocating it throws, they
+  // are still the caller's (start_relay resets the sockets).
+  static void start(tcp::socket&& downstream, tcp::socket&& upstream, const RelayOptions& options,
+                    Handler&& handler) {
     // Registration can throw (bad_alloc); until it has succeeded no wait holds the relay, so it
-    // can still be destroyed (closing both sockets) rather than leaked.
+    // can still be destroyed (closing both sockets, after a reset) rather than leaked.
     auto destroy = [](Relay* r) { delete r; };  // the destructor is private: only we end a relay
     std::unique_ptr<Relay, decltype(destroy)> owned(
         new Relay(std::move(downstream), std::move(upstream), options, std::move(handler)), destroy);
-    owned->sweeper_ = &IdleSweeper::of(owned->downstream_.get_executor());
-    owned->sweeper_->add(*owned, owned->idle_timeout_, owned->downstream_.get_executor());
+    try {
+      owned->sweeper_ = &IdleSweeper::of(owned->downstream_.get_executor());
+      owned->sweeper_->add(*owned, owned->idle_timeout_, owned->downstream_.get_executor());
+    } catch (...) {
+      net::reset_connection(owned->downstream_);
+      net::reset_connection(owned->upstream_);
+      throw;
+    }
     Relay* relay = owned.release();
-    relay->begin();
+    try {
+      relay->begin();
+    } catch (const std::exception& e) {
+      relay->fault(e);
+    }
     // Both directions may have ended before any wait was started (a peer that sent its data and
     // FIN at once, and the other end likewise): nothing else would finish it.
     if (relay->pending_ == 0) relay->finish();
@@ -140,7 +158,8 @@ class Relay {
       : downstream_(std::move(downstream)),
         upstream_(std::move(upstream)),
         idle_timeout_(options.idle_timeout),
-        handler_(std::move(handler)) {
+        handler_(std::move(handler)),
+        test_fault_countdown_(options.test_fault_at_move) {
     dirs_[0].from = &downstream_;
     dirs_[0].to = &upstream_;
     dirs_[0].bytes = &result_.bytes_to_upstream;
@@ -179,22 +198,62 @@ class Relay {
 
   // ---- lifetime: every started wait holds one count; the last one to finish ends the relay ----
 
+  // Every callback runs inside this: an exception (the data path uses error codes, so in
+  // practice std::bad_alloc) ends this connection only, with a reset of both sides, and the
+  // relay still finishes normally once its last wait is back. Left to escape, it would unwind
+  // through the worker's io_context::run() with the count below never decremented: the relay,
+  // its sockets and its gauges would leak, and a drain would wait for it until the grace ran out.
   template <typename Fn>
   auto guarded(Fn fn) {
     ++pending_;
     return [this, fn](auto... args) {
-      fn(args...);
+      try {
+        fn(args...);
+      } catch (const std::exception& e) {
+        fault(e);
+      }
       if (--pending_ == 0) finish();
     };
   }
 
+  // Scheduling a wait or a post allocates: if that throws, the count taken for the callback that
+  // will never run is given back before the exception goes on to the caller's guard.
+  template <typename Schedule>
+  void schedule(Schedule&& schedule_it) {
+    const int before = pending_;
+    try {
+      schedule_it();
+    } catch (...) {
+      pending_ = before;
+      throw;
+    }
+  }
+
+  void fault(const std::exception& e) {
+    result_.fault = true;
+    static LogThrottle throttle;
+    if (const auto suppressed = throttle.admit(std::chrono::steady_clock::now()))
+      spdlog::error("relay: a callback threw ({}); its connection is reset on both sides, the worker goes on "
+                    "({} similar fault(s) not logged; see worker_faults)",
+                    e.what(), *suppressed);
+    net::reset_connection(downstream_);
+    net::reset_connection(upstream_);
+    for (auto& d : dirs_)
+      if (!d.done) direction_done(d);
+  }
+
   void finish() {
     // Both directions ended and no wait is outstanding: the sockets close with this object, and
-    // the handler is posted, so it runs on a clean stack after they are closed.
+    // the handler is posted, so it runs on a clean stack after they are closed. A post that
+    // cannot allocate destroys the handler uncalled (its gauges are released all the same);
+    // the relay must still go.
     auto executor = downstream_.get_executor();
-    boost::asio::post(executor, [handler = std::move(handler_), result = result_]() mutable {
-      std::move(handler)(result);
-    });
+    try {
+      boost::asio::post(executor, [handler = std::move(handler_), result = result_]() mutable {
+        std::move(handler)(result);
+      });
+    } catch (const std::exception&) {
+    }
     delete this;
   }
 
@@ -218,13 +277,15 @@ class Relay {
   }
 
   void wait(tcp::socket& socket, tcp::socket::wait_type type, int index) {
-    socket.async_wait(type, guarded([this, index](boost::system::error_code ec) {
-      Direction& d = dirs_[index];
-      if (d.done) return;
-      // Aborted, or the other direction closed a socket meanwhile: this direction is over.
-      if (ec || !d.from->is_open() || !d.to->is_open()) return direction_done(d);
-      move(index);
-    }));
+    schedule([&] {
+      socket.async_wait(type, guarded([this, index](boost::system::error_code ec) {
+        Direction& d = dirs_[index];
+        if (d.done) return;
+        // Aborted, or the other direction closed a socket meanwhile: this direction is over.
+        if (ec || !d.from->is_open() || !d.to->is_open()) return direction_done(d);
+        move(index);
+      }));
+    });
   }
 
   // Moves as much as the sockets allow right now, then waits for whichever side stopped it.
@@ -238,6 +299,7 @@ class Relay {
   // direction's own buffer). Descriptors are re-read from the sockets on every call: a cached
   // number could belong to another connection by now.
   void move(int index) {
+    if (test_fault_countdown_ > 0 && --test_fault_countdown_ == 0) throw std::bad_alloc();  // tests only
     Direction& d = dirs_[index];
     for (int budget = kBudget; budget > 0; --budget) {
       if (d.done) return;
@@ -262,9 +324,11 @@ class Relay {
       }
     }
     // A busy direction yields after its budget, so one bulk stream cannot starve the others.
-    boost::asio::post(downstream_.get_executor(), guarded([this, index] {
-      if (!dirs_[index].done) move(index);
-    }));
+    schedule([&] {
+      boost::asio::post(downstream_.get_executor(), guarded([this, index] {
+        if (!dirs_[index].done) move(index);
+      }));
+    });
   }
 
   // progress: a full read, more may be waiting; drained: a short read, the socket had nothing
@@ -382,6 +446,7 @@ class Relay {
   RelayResult result_;
   std::uint64_t activity_ = 0;  // bumped per successful read; the sweeper compares snapshots
   int pending_ = 0;
+  int test_fault_countdown_ = 0;  // RelayOptions::test_fault_at_move
 };
 
 void IdleSweeper::add(Relay& relay, std::chrono::milliseconds period, const boost::asio::any_io_executor& executor) {
@@ -445,7 +510,15 @@ void IdleSweeper::tick(std::chrono::milliseconds period, Wheel& wheel) {
 
 void start_relay(tcp::socket downstream, tcp::socket upstream, const RelayOptions& options,
                  boost::asio::any_completion_handler<void(RelayResult)> handler) {
-  Relay::start(std::move(downstream), std::move(upstream), options, std::move(handler));
+  try {
+    Relay::start(std::move(downstream), std::move(upstream), options, std::move(handler));
+  } catch (...) {
+    // No relay could be made (std::bad_alloc): the connection ends by a reset, as any fault's
+    // does, never by the plain close these sockets would otherwise get here.
+    net::reset_connection(downstream);
+    net::reset_connection(upstream);
+    throw;
+  }
 }
 
 }  // namespace dsproxy::proxy

@@ -17,6 +17,10 @@ struct RelayOptions {
   // A connection with no byte in either direction for this long is reset on both sides.
   // Checked once per period, so it fires between 1x and 2x this value.
   std::chrono::milliseconds idle_timeout{std::chrono::hours(1)};
+  // Tests only (run --test-fault relay:N): the relay's Nth turn of moving bytes throws
+  // std::bad_alloc, to show that a fault costs this one connection and nothing else. Turns 1 and
+  // 2 run inside start_relay (one per direction); later ones in callbacks. Zero: never.
+  int test_fault_at_move = 0;
 };
 
 struct RelayResult {
@@ -24,18 +28,24 @@ struct RelayResult {
   std::uint64_t bytes_to_downstream = 0;
   bool idle_timeout = false;
   bool reset = false;  // a reset or I/O error on one side was propagated to the other
+  // One of the relay's callbacks threw (realistically std::bad_alloc): both sides were reset and
+  // the relay ended as any other would, so its gauges and counters stay right.
+  bool fault = false;
 };
 
 // Copies both directions at once until both have ended. A FIN from one side becomes a
 // shutdown(SHUT_WR) towards the other while the opposite direction keeps flowing (half-close);
 // a reset or write error on one side resets the other. Never fails for I/O errors: they are
-// values here, and a misbehaving peer only ends its own connection.
+// values here, and a misbehaving peer only ends its own connection. An exception thrown inside
+// one of its callbacks is contained the same way: both sides are reset (never a clean FIN, which
+// would pass a truncated stream off as complete) and the handler gets `fault`.
 //
 // The relay takes both sockets: from here on it owns the connection, closes both sockets when it
 // ends and then posts `handler` with the result. No coroutine frame stays alive while a proxied
 // connection waits for bytes; what an idle connection costs is this object and its two pending
 // waits. If the io_context is destroyed first, its relays are destroyed with it (sockets closed,
-// handler destroyed without being called).
+// handler destroyed without being called). Throws only if the relay cannot be made at all
+// (std::bad_alloc), after resetting both sockets.
 void start_relay(tcp::socket downstream, tcp::socket upstream, const RelayOptions& options,
                  boost::asio::any_completion_handler<void(RelayResult)> handler);
 

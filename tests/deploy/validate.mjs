@@ -245,6 +245,11 @@ function policyDsproxy(docs) {
   if (!probe || String(probe.port) !== '15021' || probe.path !== '/healthz/ready') {
     at(`readinessProbe must be httpGet :15021/healthz/ready, got ${JSON.stringify(c.readinessProbe)}`);
   }
+  // A hung dsproxy keeps its capture rules: only the kubelet's restart helps (issue 13).
+  const live = c.livenessProbe?.httpGet;
+  if (!live || String(live.port) !== '15021' || live.path !== '/healthz/live') {
+    at(`livenessProbe must be httpGet :15021/healthz/live, got ${JSON.stringify(c.livenessProbe)}`);
+  }
   const cmd = c.args ?? [];
   for (const want of ['run', '--kubernetes', '--node=$(NODE_NAME)', '--redirect']) {
     if (!cmd.includes(want)) at(`args must include ${want}, got ${JSON.stringify(cmd)}`);

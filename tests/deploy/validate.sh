@@ -139,6 +139,8 @@ broken extra-capability daemonset.yaml 's/add: \[NET_ADMIN, NET_RAW\]/add: [NET_
   "capabilities.add must be exactly NET_ADMIN and NET_RAW"
 broken readiness-port daemonset.yaml 's/port: 15021/port: 15000/' \
   "readinessProbe must be httpGet :15021/healthz/ready"
+broken no-liveness daemonset.yaml 's#path: /healthz/live#path: /healthz/ready#' \
+  "livenessProbe must be httpGet :15021/healthz/live"
 broken short-grace daemonset.yaml 's/terminationGracePeriodSeconds: 30/terminationGracePeriodSeconds: 10/' \
   "terminationGracePeriodSeconds (10) must cover"
 broken rbac-write clusterrole.yaml '0,/verbs: \[get, list, watch\]/s//verbs: [get, list, watch, create]/' \

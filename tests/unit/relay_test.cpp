@@ -336,6 +336,42 @@ TEST_F(RelayTest, ClientResetResetsServer) {
   EXPECT_TRUE(result().reset);
 }
 
+TEST_F(RelayTest, AnExceptionInACallbackResetsBothSidesAndTheRelayStillFinishes) {
+  // RelayOptions::test_fault_at_move: the relay's third turn (the first that runs in a callback:
+  // start_relay runs one per direction) throws std::bad_alloc, as an allocation failure would. The connection must end by a reset on both sides (a FIN would pass a truncated
+  // stream off as complete), and the relay must finish (its handler called with `fault`), or it
+  // would leak with its sockets and hold the active-connection gauge up for ever.
+  RelayOptions options;
+  options.test_fault_at_move = 3;
+  start(options);
+  write_all(client_, "hello");
+  // If the relay found "hello" already there as it started, it moved it without a callback: the
+  // server has it, and the next bytes wake the relay's first callback. Otherwise that callback
+  // already threw, the server's read fails, and the second send goes nowhere.
+  char buf[5];
+  int server_err = 0;
+  if (::recv(server_, buf, sizeof buf, MSG_WAITALL) == 5) {
+    ::send(client_, "again", 5, MSG_NOSIGNAL);
+    server_err = read_to_end(server_).second;
+  } else {
+    server_err = errno;  // the reset, which a socket reports once
+  }
+  EXPECT_EQ(server_err, ECONNRESET);
+  auto [to_client, client_err] = read_to_end(client_);
+  EXPECT_EQ(client_err, ECONNRESET);
+  EXPECT_TRUE(result().fault);
+}
+
+TEST_F(RelayTest, AnExceptionAsTheRelayStartsResetsBothSidesToo) {
+  RelayOptions options;
+  options.test_fault_at_move = 1;  // inside start_relay, before a byte has moved
+  start(options);
+  write_all(client_, "hello");
+  EXPECT_EQ(read_to_end(client_).second, ECONNRESET);
+  EXPECT_EQ(read_to_end(server_).second, ECONNRESET);
+  EXPECT_TRUE(result().fault);
+}
+
 TEST_F(RelayTest, ServerResetResetsClient) {
   start();
   write_all(server_, "data");

@@ -1,0 +1,354 @@
+// Issue 13, "fail safe and bounded", on loopback (port 0, no TPROXY): a fault injected on a
+// worker costs one connection and nothing else; each limit resets the connection past it at once
+// and counts it; the liveness check notices a loop that stops running handlers.
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <chrono>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "admin/admin_server.hpp"
+#include "config/k8s_decoder.hpp"
+#include "daemon/liveness.hpp"
+#include "proxy/proxy_server.hpp"
+
+namespace dsproxy {
+namespace {
+
+using namespace std::chrono_literals;
+
+int listen_v4(std::uint16_t& port, int backlog) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  EXPECT_EQ(::listen(fd, backlog), 0);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  port = ntohs(a.sin_port);
+  return fd;
+}
+
+// A connected client with a 5 s receive timeout (no test may hang), or -1.
+int client_v4(std::uint16_t port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// What the peer did next: ECONNRESET for a reset, 0 for a clean close, EAGAIN when nothing came
+// within `wait`, or 1 when bytes came (put into *got).
+int next_event(int fd, std::chrono::milliseconds wait, std::string* got = nullptr) {
+  timeval tv{static_cast<time_t>(wait.count() / 1000), static_cast<suseconds_t>(wait.count() % 1000 * 1000)};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char buf[256];
+  const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+  if (n > 0) {
+    if (got) got->assign(buf, static_cast<std::size_t>(n));
+    return 1;
+  }
+  return n == 0 ? 0 : errno;
+}
+
+bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds within = 3s) {
+  const auto deadline = std::chrono::steady_clock::now() + within;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(5ms);
+  }
+  return condition();
+}
+
+// An upstream that echoes every connection's bytes back, each connection on a thread of its own,
+// until the test ends.
+class EchoServer {
+ public:
+  EchoServer() : fd_(listen_v4(port_, 64)) {
+    thread_ = std::thread([this] {
+      for (;;) {
+        const int c = ::accept(fd_, nullptr, nullptr);
+        if (c < 0) return;  // shut down by the destructor
+        if (stopping_) {
+          ::close(c);
+          return;
+        }
+        connections_.emplace_back([c] {
+          char buf[512];
+          for (;;) {
+            const ssize_t n = ::recv(c, buf, sizeof buf, 0);
+            if (n <= 0 || ::send(c, buf, static_cast<std::size_t>(n), MSG_NOSIGNAL) != n) break;
+          }
+          ::close(c);
+        });
+      }
+    });
+  }
+  ~EchoServer() {
+    stopping_ = true;
+    ::shutdown(fd_, SHUT_RDWR);
+    thread_.join();
+    ::close(fd_);
+    for (auto& t : connections_) t.join();
+  }
+  std::uint16_t port() const { return port_; }
+
+ private:
+  std::uint16_t port_ = 0;
+  int fd_;
+  std::atomic<bool> stopping_{false};
+  std::thread thread_;
+  std::vector<std::thread> connections_;
+};
+
+class FailSafeProxyTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    store.publish(snapshot::ClusterSnapshot::build(config::decode_objects(""), {"n1", "cluster.local"}));
+    options.ports = {0, 0};
+    options.transparent = false;
+    options.upstream_mark = 0;  // SO_MARK needs CAP_NET_ADMIN; not what these tests are about
+    options.workers = 1;        // the limits are per worker: one makes the counts exact
+    options.connect_timeout = 3s;
+  }
+  // One --forward listener on 127.0.0.1 towards `target_port`; returns its port.
+  std::uint16_t start(std::uint16_t target_port) {
+    options.forwards = {{*net::SocketAddress::parse("127.0.0.1:0", true),
+                         *net::SocketAddress::parse("127.0.0.1:" + std::to_string(target_port))}};
+    server.emplace(options, store, stats);
+    server->start();
+    return server->forwards().front().listen.port;
+  }
+  void TearDown() override {
+    if (server) server->drain(2s);
+  }
+
+  snapshot::SnapshotStore store;
+  proxy::ProxyStats stats;
+  proxy::ProxyOptions options;
+  std::optional<proxy::ProxyServer> server;
+};
+
+TEST_F(FailSafeProxyTest, AFaultInARelayCallbackResetsThatConnectionOnlyAndLeaksNothing) {
+  EchoServer echo;
+  options.test_faults.relay_every = 2;  // the 2nd and 4th connections' relays throw bad_alloc
+  const auto port = start(echo.port());
+  for (int i = 1; i <= 4; ++i) {
+    const int fd = client_v4(port);
+    ASSERT_GE(fd, 0);
+    std::string got;
+    // The relay of a faulted connection throws as it starts, so its reset may beat our send.
+    const int event = ::send(fd, "ping", 4, MSG_NOSIGNAL) == 4 ? next_event(fd, 3s, &got) : errno;
+    if (i % 2 == 0) {
+      EXPECT_TRUE(event == ECONNRESET || event == EPIPE)
+          << "connection " << i << ": event " << event << ", got '" << got << "': a fault must reset, never FIN";
+    } else {
+      EXPECT_EQ(event, 1) << "connection " << i;
+      EXPECT_EQ(got, "ping") << "connection " << i;
+    }
+    ::close(fd);
+  }
+  EXPECT_TRUE(eventually([&] { return stats.worker_faults.load() == 2; })) << stats.worker_faults.load();
+  // The faulted relays ended like any other: nothing stays counted as open, so a drain would not
+  // wait for them.
+  EXPECT_TRUE(eventually([&] { return stats.active_connections.load() == 0; })) << stats.active_connections.load();
+  EXPECT_EQ(server->worker_loads().at(0).connections, 0u);
+  // The worker goes on.
+  const int fd = client_v4(port);
+  ASSERT_EQ(::send(fd, "after", 5, MSG_NOSIGNAL), 5);
+  std::string got;
+  EXPECT_EQ(next_event(fd, 3s, &got), 1);
+  EXPECT_EQ(got, "after");
+  ::close(fd);
+}
+
+TEST_F(FailSafeProxyTest, AFaultWhileRoutingResetsTheClientAndTheWorkerGoesOn) {
+  EchoServer echo;
+  options.test_faults.connection_every = 2;
+  const auto port = start(echo.port());
+  for (int i = 1; i <= 4; ++i) {
+    const int fd = client_v4(port);
+    ASSERT_GE(fd, 0);
+    std::string got;
+    const int event = ::send(fd, "ping", 4, MSG_NOSIGNAL) == 4 ? next_event(fd, 3s, &got) : errno;
+    if (i % 2 == 0)
+      EXPECT_TRUE(event == ECONNRESET || event == EPIPE) << "connection " << i << ": event " << event;
+    else
+      EXPECT_EQ(got, "ping") << "connection " << i;
+    ::close(fd);
+  }
+  EXPECT_EQ(stats.worker_faults.load(), 2u);
+  EXPECT_TRUE(eventually([&] { return stats.active_connections.load() == 0; }));
+  EXPECT_TRUE(eventually([&] { return server->worker_loads().at(0).connecting == 0; }));
+}
+
+TEST_F(FailSafeProxyTest, PastTheConnectionsPerWorkerLimitANewConnectionIsResetAtOnce) {
+  EchoServer echo;
+  options.limits.connections_per_worker = 2;
+  const auto port = start(echo.port());
+  const int a = client_v4(port), b = client_v4(port);
+  ASSERT_GE(a, 0);
+  ASSERT_GE(b, 0);
+  ASSERT_TRUE(eventually([&] { return server->worker_loads().at(0).connections == 2; }));
+  const auto started = std::chrono::steady_clock::now();
+  const int c = client_v4(port);
+  if (c >= 0) {
+    EXPECT_EQ(next_event(c, 3s), ECONNRESET) << "the third connection must be reset";
+    ::close(c);
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - started, 1s) << "refused quickly, not queued";
+  EXPECT_EQ(stats.rejected_worker_connection_limit.load(), 1u);
+  // The two held connections are untouched, and a place that frees up is usable again.
+  ASSERT_EQ(::send(a, "still", 5, MSG_NOSIGNAL), 5);
+  std::string got;
+  EXPECT_EQ(next_event(a, 3s, &got), 1);
+  EXPECT_EQ(got, "still");
+  ::close(b);
+  ASSERT_TRUE(eventually([&] { return server->worker_loads().at(0).connections == 1; }));
+  const int d = client_v4(port);
+  ASSERT_EQ(::send(d, "again", 5, MSG_NOSIGNAL), 5);
+  EXPECT_EQ(next_event(d, 3s, &got), 1);
+  EXPECT_EQ(got, "again");
+  EXPECT_EQ(stats.rejected_worker_connection_limit.load(), 1u);
+  ::close(a);
+  ::close(d);
+}
+
+TEST_F(FailSafeProxyTest, PastThePendingConnectLimitANewConnectionIsResetAtOnce) {
+  // An upstream whose accept queue is full: the kernel drops further SYNs, so a connect to it
+  // stays pending (SYN retransmits at 1 s, 3 s, ...) until the proxy's connect timeout.
+  std::uint16_t stuck_port = 0;
+  const int stuck = listen_v4(stuck_port, 0);
+  std::vector<int> fillers;
+  for (int i = 0; i < 4; ++i) {
+    const int f = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(stuck_port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::connect(f, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    fillers.push_back(f);
+  }
+  std::this_thread::sleep_for(50ms);
+  options.limits.pending_connects_per_worker = 1;
+  const auto port = start(stuck_port);
+  const int a = client_v4(port);
+  ASSERT_GE(a, 0);
+  ASSERT_TRUE(eventually([&] { return server->worker_loads().at(0).connecting == 1; }))
+      << "the first connection should be waiting for its upstream";
+  const auto started = std::chrono::steady_clock::now();
+  const int b = client_v4(port);
+  if (b >= 0) {
+    EXPECT_EQ(next_event(b, 2s), ECONNRESET);
+    ::close(b);
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - started, 1s) << "refused quickly, not queued behind the first";
+  EXPECT_EQ(stats.rejected_pending_connect_limit.load(), 1u);
+  ::close(a);
+  for (int f : fillers) ::close(f);
+  ::close(stuck);
+}
+
+// ---- admin/readiness sessions ----------------------------------------------------------------
+
+TEST(AdminSessionLimit, PastTheLimitANewSessionIsResetAtOnceAndCounted) {
+  boost::asio::io_context io;
+  admin::AdminServer server(io.get_executor());
+  auto limit = std::make_shared<admin::SessionLimit>(2);
+  const auto port = server.listen(
+      *net::SocketAddress::parse("127.0.0.1:0", true),
+      [](std::string_view) { return admin::AdminResponse{200, "text/plain", "ok\n"}; }, limit);
+  std::thread thread([&] { io.run_for(10s); });
+  // Two clients that connect and say nothing hold both places (for up to 10 s each).
+  const int a = client_v4(port), b = client_v4(port);
+  ASSERT_TRUE(eventually([&] { return limit->active.load() == 2; }));
+  const int c = client_v4(port);
+  if (c >= 0) {
+    EXPECT_EQ(next_event(c, 2s), ECONNRESET);
+    ::close(c);
+  }
+  EXPECT_EQ(limit->refused.load(), 1u);
+  ::close(a);
+  ASSERT_TRUE(eventually([&] { return limit->active.load() == 1; }));
+  const int d = client_v4(port);
+  const std::string request = "GET /healthz/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  ASSERT_EQ(::send(d, request.data(), request.size(), MSG_NOSIGNAL), static_cast<ssize_t>(request.size()));
+  std::string got;
+  EXPECT_EQ(next_event(d, 3s, &got), 1);
+  EXPECT_EQ(got.rfind("HTTP/1.1 200", 0), 0u) << got;
+  EXPECT_EQ(limit->refused.load(), 1u);
+  ::close(b);
+  ::close(d);
+  io.stop();
+  thread.join();
+}
+
+// ---- liveness --------------------------------------------------------------------------------
+
+TEST(LivenessMonitor, ALoopThatStopsRunningHandlersFailsTheCheckAndOneThatRunsPasses) {
+  boost::asio::io_context front, healthy, stuck;
+  daemon::LivenessMonitor monitor(front.get_executor(), 20ms);
+  monitor.watch("worker 0", healthy.get_executor(), 200ms);
+  monitor.watch("worker 1", stuck.get_executor(), 200ms);
+  auto work = boost::asio::make_work_guard(healthy);
+  std::thread healthy_thread([&] { healthy.run(); });
+  // `stuck` never runs: its heartbeats wait in its queue, as behind a handler that never returns.
+  monitor.start();
+  front.run_for(100ms);
+  EXPECT_TRUE(monitor.check().live) << "within the bound nothing is stuck yet: " << monitor.check().detail;
+  front.run_for(300ms);
+  const auto verdict = monitor.check();
+  EXPECT_FALSE(verdict.live);
+  EXPECT_NE(verdict.detail.find("worker 1 has not run a heartbeat"), std::string::npos) << verdict.detail;
+  EXPECT_EQ(verdict.detail.find("worker 0"), std::string::npos) << verdict.detail;
+  // Only one heartbeat waits on the stuck loop, however long it stays stuck.
+  EXPECT_EQ(stuck.poll(), 1u);
+  // Once it runs again, it is live again at the next heartbeat.
+  front.run_for(100ms);
+  stuck.restart();  // poll() stopped it when it ran out of work
+  stuck.poll();
+  EXPECT_TRUE(monitor.check().live) << monitor.check().detail;
+  monitor.stop();
+  work.reset();
+  healthy.stop();
+  healthy_thread.join();
+}
+
+TEST_F(FailSafeProxyTest, AStalledWorkerIsSeenByTheLivenessCheck) {
+  EchoServer echo;
+  options.test_faults.stall_worker_after = 100ms;
+  start(echo.port());
+  boost::asio::io_context front;
+  daemon::LivenessMonitor monitor(front.get_executor(), 20ms);
+  for (auto& executor : server->worker_executors()) monitor.watch("worker 0", executor, 300ms);
+  monitor.start();
+  front.run_for(50ms);
+  EXPECT_TRUE(monitor.check().live) << monitor.check().detail;
+  front.run_for(800ms);
+  EXPECT_FALSE(monitor.check().live) << "worker 0 stalled 100 ms after start";
+  monitor.stop();
+  server->stop();  // the stalled handler gives way to stop()
+}
+
+}  // namespace
+}  // namespace dsproxy
