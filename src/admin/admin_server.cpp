@@ -88,7 +88,9 @@ AdminServer::AdminServer(asio::any_io_executor executor) : impl_(std::make_uniqu
 AdminServer::~AdminServer() { close(); }
 
 void AdminServer::listen(const net::SocketAddress& address, AdminHandler handler) {
-  net::ListenerSocketOptions options{.transparent = false, .reuse_port = false, .backlog = 128};
+  // SO_REUSEPORT on a fixed port: a successor dsproxy binds the admin and readiness ports while
+  // this one runs; the old one closes its listeners once the successor has taken over.
+  net::ListenerSocketOptions options{.transparent = false, .reuse_port = address.port != 0, .backlog = 128};
   auto& acceptor = impl_->acceptors.emplace_back(net::open_listener(impl_->executor, address, options));
   asio::co_spawn(impl_->executor,
                  impl_->accept_loop(acceptor, std::make_shared<AdminHandler>(std::move(handler))), asio::detached);

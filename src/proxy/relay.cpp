@@ -70,7 +70,7 @@ class IdleSweeper : public boost::asio::execution_context::service {
   void arm(std::chrono::milliseconds period, Wheel& wheel);
   void tick(std::chrono::milliseconds period, Wheel& wheel);
   // The io_context is going away with relays still open (a stop without drain, or a drain whose
-  // grace ran out): they own their connections, so destroying them closes the sockets, and their
+  // grace ran out): they own their connections, so destroying them resets the sockets, and their
   // handlers are destroyed without being called. Runs before the reactor shuts down (services
   // stop in reverse order of creation), so the sockets can still deregister.
   void shutdown() override;
@@ -158,6 +158,13 @@ class Relay {
         ::close(d.pipe.write_fd);
         d.pipe = Pipe{};
       }
+  }
+
+  // SO_LINGER {1, 0} on both sockets: the close in the destructor then sends RST, not FIN.
+  void linger_reset() {
+    boost::system::error_code ignored;
+    for (auto* s : {&downstream_, &upstream_})
+      if (s->is_open()) s->set_option(boost::asio::socket_base::linger(true, 0), ignored);
   }
 
   // Closes both sockets (members): the last FIN or the reset goes out here.
@@ -414,6 +421,10 @@ void IdleSweeper::shutdown() {
     while (Relay* r = wheel->head) {
       remove(*r);
       r->close_pipes();
+      // A relay still open here is being cut short (a drain whose grace ran out, a stop): its
+      // peers must see a reset, never a FIN, which would read as a clean end of stream and
+      // silently truncate a transfer.
+      r->linger_reset();
       delete r;
     }
   wheels_.clear();

@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Hitless restarts (issue 13): a new dsproxy starts next to the running one (SO_REUSEPORT on every
+# listener), takes the capture rules over (handoff.hpp), the old one gets SIGTERM and drains.
+#
+#   1. three restarts in a row, each "start the new instance, wait until it is ready, SIGTERM the
+#      old one", under a bounded connection loop (~500 connections/s to the IPv4 and IPv6
+#      ClusterIPs) and 20 long transfers with checksums: zero failed connections, none slower than
+#      1 s (a dropped SYN costs 1 s), every checksum intact, every old instance exits 0 and leaves
+#      the rules to its successor;
+#   2. plain SIGTERM with no successor under the same loop (to pod addresses, which work with or
+#      without capture; a ClusterIP needs kube-proxy once the capture is gone): zero failures,
+#      zero stalls, and the node's rules are as before dsproxy;
+#   3. the drain grace running out: the client of a transfer still open sees a reset, not an EOF.
+#
+#   restart.sh DSPROXY_BIN ECHO_BIN
+set -uo pipefail
+
+DSPROXY_BIN=${1:?usage: restart.sh DSPROXY_BIN ECHO_BIN}
+ECHO_BIN=${2:?usage: restart.sh DSPROXY_BIN ECHO_BIN}
+HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+CLIENT=$HERE/../tools/restart_client.mjs
+# shellcheck source=tests/e2e/lib/cluster.sh
+source "$HERE/lib/cluster.sh"
+# shellcheck source=tests/e2e/lib/checks.sh
+source "$HERE/lib/checks.sh"
+E2E_DEADLINE=${E2E_DEADLINE:-85}
+CHECK_SHOW_DETAIL=1
+
+command -v node >/dev/null || { echo "FAIL: node (Node.js) is required"; exit 1; }
+cluster_trap
+cluster_up
+
+CLUSTERIPS="10.96.104.229:9000,[fd00:10:96::9c3a]:9000"
+POD_IPS="10.244.0.19:9000,[fd00:10:244::18]:9000"
+declare -A PID_OF=()
+INSTANCES=()
+
+# start_instance NAME [ARGS...]: dsproxy in the node namespace, logging to $CLUSTER_TMP/NAME.log.
+start_instance() {
+  local name=$1
+  shift
+  ip netns exec "$(node_ns)" "$DSPROXY_BIN" run --config "$DSPROXY_CONFIG" --node "$CLUSTER_NODE_NAME" \
+    --redirect --workers 2 "$@" >"$CLUSTER_TMP/$name.log" 2>&1 &
+  PID_OF[$name]=$!
+  CLUSTER_BG_PIDS+=("$!")
+  INSTANCES+=("$name")
+}
+
+# wait_ready NAME: its own log says it installed the rules and is ready (the readiness port is
+# shared by both instances, so a probe could be answered by either).
+wait_ready() {
+  local i
+  for ((i = 0; i < 100; i++)); do
+    grep -q "dsproxy ready" "$CLUSTER_TMP/$1.log" 2>/dev/null && return 0
+    kill -0 "${PID_OF[$1]}" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+# wait_exit NAME STEPS: waits (STEPS x 0.1 s) for the exit; prints the status ("timeout" if none).
+wait_exit() {
+  local pid=${PID_OF[$1]} i rc
+  for ((i = 0; i < $2; i++)); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      rc=0
+      wait "$pid" 2>/dev/null || rc=$?
+      echo "$rc"
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo timeout
+}
+
+rules_present() { in_node iptables-save -t mangle | grep -q -- '-j DSPROXY_PREROUTING'; }
+
+json_field() { node -e 'const o = JSON.parse(process.argv[1]); console.log(o[process.argv[2]])' "$1" "$2"; }
+
+before=$(snapshot_netfilter)
+
+# ---- 1. three restarts in a row -----------------------------------------------------------
+section() { echo "== $*"; }
+section "three restarts under load"
+start_instance gen0 --drain-grace-ms 15000
+wait_ready gen0 || { fail "gen0 ready"; cat "$CLUSTER_TMP/gen0.log"; exit 1; }
+
+LOAD_OUT=$CLUSTER_TMP/load.json
+BULK_OUT=$CLUSTER_TMP/bulk.json
+# ~500/s for 14 s at most, 7,000 connections at most; 20 transfers of 1 MB over 10 s each.
+in_pod sleep timeout 60 node "$CLIENT" load "$CLUSTERIPS" 500 7000 14 >"$LOAD_OUT" 2>&1 &
+load_pid=$!
+in_pod sleep timeout 60 node "$CLIENT" bulk "$CLUSTERIPS" 20 1000000 10 >"$BULK_OUT" 2>&1 &
+bulk_pid=$!
+sleep 1.5
+prev=gen0
+restart_ok=0
+for gen in gen1 gen2 gen3; do
+  start_instance "$gen" --drain-grace-ms 15000
+  if ! wait_ready "$gen"; then
+    fail "$gen ready next to $prev"
+    tail -n 20 "$CLUSTER_TMP/$gen.log"
+    break
+  fi
+  kill -TERM "${PID_OF[$prev]}"
+  restart_ok=$((restart_ok + 1))
+  prev=$gen
+  sleep 2.5
+done
+check "three successors started next to the running instance and took over" "$((restart_ok == 3 ? 0 : 1))" \
+  "$restart_ok of 3"
+wait "$load_pid"
+wait "$bulk_pid"
+load=$(tail -n 1 "$LOAD_OUT")
+bulk=$(tail -n 1 "$BULK_OUT")
+echo "load: $load"
+echo "bulk: $bulk"
+opened=$(json_field "$load" opened)
+failed=$(json_field "$load" failed)
+stalls=$(json_field "$load" over_1s)
+intact=$(json_field "$bulk" intact)
+check "load through three restarts: zero failed connections" "$([[ $failed == 0 && $opened -ge 3000 ]]; echo $?)" \
+  "$opened opened, $failed failed"
+check "load through three restarts: no connection over 1 s" "$([[ $stalls == 0 ]]; echo $?)" \
+  "slowest $(json_field "$load" slowest_ms) ms"
+check "20 long transfers through three restarts: every checksum intact" "$([[ $intact == 20 ]]; echo $?)" "$intact of 20"
+for gen in gen0 gen1 gen2; do
+  rc=$(wait_exit "$gen" 200)
+  check "$gen exits 0 after draining" "$([[ $rc == 0 ]]; echo $?)" "status $rc"
+  check "$gen handed the rules over and removed none" \
+    "$(grep -q 'superseded' "$CLUSTER_TMP/$gen.log" && ! grep -q 'capture removed' "$CLUSTER_TMP/$gen.log"; echo $?)"
+done
+check "the rules stay installed for the last instance" "$(rules_present; echo $?)"
+
+# ---- 2. plain SIGTERM, no successor ---------------------------------------------------------
+section "plain SIGTERM with no successor"
+in_pod sleep timeout 30 node "$CLIENT" load "$POD_IPS" 500 3000 6 >"$LOAD_OUT" 2>&1 &
+load_pid=$!
+sleep 2
+kill -TERM "${PID_OF[gen3]}"
+rc=$(wait_exit gen3 200)
+wait "$load_pid"
+load=$(tail -n 1 "$LOAD_OUT")
+echo "load: $load"
+check "plain SIGTERM: exits 0" "$([[ $rc == 0 ]]; echo $?)" "status $rc"
+check "plain SIGTERM: zero failed connections, none over 1 s" \
+  "$([[ $(json_field "$load" failed) == 0 && $(json_field "$load" over_1s) == 0 ]]; echo $?)" \
+  "$(json_field "$load" opened) opened, $(json_field "$load" failed) failed, slowest $(json_field "$load" slowest_ms) ms"
+after=$(snapshot_netfilter)
+check "plain SIGTERM: the node's rules are as before dsproxy" "$([[ $after == "$before" ]]; echo $?)" \
+  "$(diff <(echo "$before") <(echo "$after") | head -n 5 | tr '\n' ' ')"
+
+# ---- 3. the drain grace runs out ------------------------------------------------------------
+section "drain grace expiry resets, never a clean EOF"
+start_instance last --drain-grace-ms 1500
+wait_ready last || fail "last ready"
+in_pod sleep timeout 40 node "$CLIENT" bulk "10.96.104.229:9000" 1 1000000 10 >"$BULK_OUT" 2>&1 &
+bulk_pid=$!
+sleep 1.5
+kill -TERM "${PID_OF[last]}"
+rc=$(wait_exit last 100)
+wait "$bulk_pid"
+bulk=$(tail -n 1 "$BULK_OUT")
+echo "bulk: $bulk"
+check "grace expiry: exits 0 within the grace" "$([[ $rc == 0 ]]; echo $?)" "status $rc"
+check "grace expiry: the transfer's client sees a reset, not an EOF" \
+  "$([[ $bulk == *'"reset after'* ]]; echo $?)" "$bulk"
+after=$(snapshot_netfilter)
+check "grace expiry: the node's rules are as before dsproxy" "$([[ $after == "$before" ]]; echo $?)"
+
+echo "$PASSED passed, $FAILED failed"
+((FAILED == 0))
