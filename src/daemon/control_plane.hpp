@@ -173,6 +173,7 @@ class ControlPlane final : public sources::ObjectSink {
   std::optional<redirect::VipRefusals> refusals_;
   std::vector<net::IpAddress> installed_pods_;
   bool relinquished_ = false;  // control-plane thread only
+  bool removed_ = false;       // remove_rules() ran (after stop(), on whichever thread stopped us)
 };
 
 }  // namespace dsproxy::daemon

@@ -439,7 +439,8 @@ class Daemon {
   }
 
   void stop_dns() {
-    if (!dns_) return;
+    if (!dns_ || dns_stopped_) return;
+    dns_stopped_ = true;
     dns_->stop();
     const auto& s = dns_->stats();
     spdlog::info("dns: {} udp + {} tcp queries, {} cluster answers ({} NXDOMAIN), {} forwarded, {} cache hits, "
@@ -465,6 +466,7 @@ class Daemon {
   bool superseded_ = false;         // a successor took the rules over
   bool released_capture_ = false;   // draining without a successor: the rules are removed
   bool accepting_stopped_ = false;
+  bool dns_stopped_ = false;
   std::optional<Handoff> handoff_;
   asio::steady_timer drain_timer_{front_};
   std::chrono::steady_clock::time_point drain_deadline_;

@@ -160,11 +160,11 @@ class Relay {
       }
   }
 
-  // SO_LINGER {1, 0} on both sockets: the close in the destructor then sends RST, not FIN.
+  // Resets both sockets now. Not left to the destructor: asio's socket destructor turns a
+  // user-set SO_LINGER off again before closing (so that it never blocks), which would send a FIN.
   void linger_reset() {
-    boost::system::error_code ignored;
-    for (auto* s : {&downstream_, &upstream_})
-      if (s->is_open()) s->set_option(boost::asio::socket_base::linger(true, 0), ignored);
+    net::reset_connection(downstream_);
+    net::reset_connection(upstream_);
   }
 
   // Closes both sockets (members): the last FIN or the reset goes out here.
