@@ -132,6 +132,26 @@ for gen in gen0 gen1 gen2; do
 done
 check "the rules stay installed for the last instance" "$(rules_present; echo $?)"
 
+# ---- 1b. a successor stopped during its start leaves the owner's rules ------------------------
+section "a successor stopped during its start"
+for delay in 0 0.02; do
+  name=dud$delay
+  start_instance "$name" --drain-grace-ms 2000
+  # Once it is dsproxy (not the forked shell), then after the delay.
+  for ((i = 0; i < 200; i++)); do
+    [[ $(readlink "/proc/${PID_OF[$name]}/exe" 2>/dev/null) == "$DSPROXY_BIN" ]] && break
+    sleep 0.005
+  done
+  sleep "$delay"
+  kill -TERM "${PID_OF[$name]}"
+  wait_exit "$name" 100
+  ready=1
+  for ((i = 0; i < 30; i++)); do dsproxy_ready && { ready=0; break; }; sleep 0.1; done
+  check "successor SIGTERMed ${delay} s into its start: exits (status $RC), the owner keeps its rules and is ready" \
+    "$([[ $RC == 0 || $RC == 143 ]] && rules_present && ((ready == 0)) && ! grep -q superseded "$CLUSTER_TMP/gen3.log"; echo $?)" \
+    "$(grep -c 'capture removed' "$CLUSTER_TMP/$name.log") removal line(s)"
+done
+
 # ---- 2. plain SIGTERM, no successor ---------------------------------------------------------
 section "plain SIGTERM with no successor"
 # Once the capture is gone, the proxy's upstream connections that ended in TIME_WAIT (bound to the
@@ -174,6 +194,47 @@ check "grace expiry: the transfer's client sees a reset, not an EOF" \
   "$([[ $bulk == *'"reset after'* ]]; echo $?)" "$bulk"
 after=$(snapshot_netfilter)
 check "grace expiry: the node's rules are as before dsproxy" "$([[ $after == "$before" ]]; echo $?)"
+
+# ---- 4. signals at any moment of the start and of the drain ---------------------------------
+section "SIGINT, SIGHUP then SIGTERM during the start; more signals during the drain"
+for sig in INT HUP; do
+  for delay in 0.05 0.3; do
+    in_time "SIG$sig ${delay} s into the start" || break
+    name=sig$sig$delay
+    start_instance "$name" --drain-grace-ms 1000
+    for ((i = 0; i < 200; i++)); do
+      [[ $(readlink "/proc/${PID_OF[$name]}/exe" 2>/dev/null) == "$DSPROXY_BIN" ]] && break
+      sleep 0.005
+    done
+    sleep "$delay"
+    kill -"$sig" "${PID_OF[$name]}"
+    # SIGHUP is a reload, never a stop: the instance must still stop cleanly on the SIGTERM after.
+    [[ $sig == HUP ]] && sleep 0.05 && kill -TERM "${PID_OF[$name]}"
+    wait_exit "$name" 100
+    after=$(snapshot_netfilter)
+    check "SIG$sig ${delay} s into the start: exits (status $RC) and the node's rules are as before" \
+      "$([[ ($RC == 0 || $RC == 129 || $RC == 130 || $RC == 143) && $after == "$before" ]]; echo $?)" \
+      "$(diff <(echo "$before") <(echo "$after") | head -n 3 | tr '\n' ' ')"
+  done
+done
+if in_time "signals during the drain"; then
+  start_instance drainsig --drain-grace-ms 2000
+  wait_ready drainsig || fail "drainsig ready"
+  in_pod sleep timeout 40 node "$CLIENT" bulk "10.96.104.229:9000" 1 1000000 10 >"$BULK_OUT" 2>&1 &
+  bulk_pid=$!
+  sleep 1
+  kill -TERM "${PID_OF[drainsig]}"
+  sleep 0.3
+  kill -INT "${PID_OF[drainsig]}"
+  kill -HUP "${PID_OF[drainsig]}"
+  sleep 0.3
+  kill -TERM "${PID_OF[drainsig]}"
+  wait_exit drainsig 100
+  wait "$bulk_pid"
+  after=$(snapshot_netfilter)
+  check "SIGINT, SIGHUP and SIGTERM again during the drain: exits 0 and the node's rules are as before" \
+    "$([[ $RC == 0 && $after == "$before" ]]; echo $?)" "status $RC"
+fi
 
 echo "$PASSED passed, $FAILED failed"
 ((FAILED == 0))
