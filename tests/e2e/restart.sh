@@ -15,8 +15,8 @@
 #   restart.sh DSPROXY_BIN ECHO_BIN
 set -uo pipefail
 
-DSPROXY_BIN=${1:?usage: restart.sh DSPROXY_BIN ECHO_BIN}
-ECHO_BIN=${2:?usage: restart.sh DSPROXY_BIN ECHO_BIN}
+DSPROXY_BIN=$(realpath "${1:?usage: restart.sh DSPROXY_BIN ECHO_BIN}")
+ECHO_BIN=$(realpath "${2:?usage: restart.sh DSPROXY_BIN ECHO_BIN}")
 HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 CLIENT=$HERE/../tools/restart_client.mjs
 # shellcheck source=tests/e2e/lib/cluster.sh
@@ -134,9 +134,23 @@ check "the rules stay installed for the last instance" "$(rules_present; echo $?
 
 # ---- 1b. a successor stopped during its start leaves the owner's rules ------------------------
 section "a successor stopped during its start"
-for delay in 0 0.02; do
+# Its configuration is large (the experiment plus 6,000 Services: about a second to read), so the
+# SIGTERM surely comes before it could take over; the experiment's config is read in 5 ms.
+BIG_CONFIG=$CLUSTER_TMP/big.yaml
+{
+  cat "$DSPROXY_CONFIG"
+  for ((i = 0; i < 6000; i++)); do
+    printf -- '---\napiVersion: v1\nkind: Service\nmetadata: {name: pad%d, namespace: default}\n' "$i"
+    printf 'spec: {clusterIP: 10.97.%d.%d, ports: [{port: 80, targetPort: 8080}], selector: {app: pad}}\n' \
+      $((i / 250)) $((i % 250 + 1))
+  done
+} >"$BIG_CONFIG"
+for delay in 0 0.2; do
   name=dud$delay
-  start_instance "$name" --drain-grace-ms 2000
+  ip netns exec "$(node_ns)" "$DSPROXY_BIN" run --config "$BIG_CONFIG" --node "$CLUSTER_NODE_NAME" \
+    --redirect --workers 2 --drain-grace-ms 2000 >"$CLUSTER_TMP/$name.log" 2>&1 &
+  PID_OF[$name]=$!
+  CLUSTER_BG_PIDS+=("$!")
   # Once it is dsproxy (not the forked shell), then after the delay.
   for ((i = 0; i < 200; i++)); do
     [[ $(readlink "/proc/${PID_OF[$name]}/exe" 2>/dev/null) == "$DSPROXY_BIN" ]] && break
