@@ -370,7 +370,8 @@ void ControlPlane::relinquish_rules(std::function<void()> done) {
 }
 
 void ControlPlane::remove_rules(bool owner_of_node_rules) {
-  if (relinquished_ || removed_) return;
+  // Relinquished rules are removed only on the word of the daemon that nobody owns them now.
+  if (removed_ || (relinquished_ && !owner_of_node_rules)) return;
   removed_ = true;  // once: a drain that removed them early must not run the removal again at exit
   if (owner_of_node_rules && options_.redirect && !redirector_) {
     try {

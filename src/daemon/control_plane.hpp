@@ -104,7 +104,8 @@ class ControlPlane final : public sources::ObjectSink {
   // After stop(): removes the capture and refusal rules this control plane installed (or may
   // have been installing when it was stopped); with `owner_of_node_rules` (this instance owns the
   // node's rules, handoff.hpp) also rules it never installed, e.g. those a predecessor handed
-  // over just before we were stopped. Nothing after relinquish_rules(). Best effort, logs what failed.
+  // over just before we were stopped. After relinquish_rules() only with `owner_of_node_rules`
+  // (the successor is gone and nobody owns them). Best effort, logs what failed.
   void remove_rules(bool owner_of_node_rules = false);
   // Any thread: stop writing the capture and refusal rules without removing them (a successor
   // owns them now; see handoff.hpp): no update, no install, and remove_rules() does nothing.

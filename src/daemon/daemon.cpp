@@ -243,8 +243,15 @@ class Daemon {
 
   // The owner removes the node's rules at exit, also those it had no time to install itself; a
   // successor that has not taken over yet, or an instance that was superseded, removes nothing.
-  bool owns_node_rules() const {
-    return handoff_ && handoff_->role() == Handoff::Role::owner && !superseded_ && serving_;
+  // Superseded (or a successor stopped in the middle of its takeover): only if no live instance
+  // holds the ownership name any more, i.e. the successor died; then the last one out cleans up
+  // rather than leave rules that divert to nobody.
+  bool owns_node_rules() {
+    if (!handoff_) return false;
+    if (handoff_->role() == Handoff::Role::owner && !superseded_) return serving_;
+    const bool orphaned = handoff_->claim_if_unowned();
+    if (orphaned) spdlog::warn("handoff: no live dsproxy owns the capture rules any more; removing them");
+    return orphaned;
   }
 
   // On the control-plane thread, between the first publish and the rule install: listen, and as a

@@ -204,6 +204,11 @@ void Handoff::finish_take_over(bool released) {
   done(released);
 }
 
+bool Handoff::claim_if_unowned() {
+  if (acceptor_ && acceptor_->is_open()) return true;
+  return bind_name();
+}
+
 void Handoff::close() {
   boost::system::error_code ignored;
   timer_.cancel();

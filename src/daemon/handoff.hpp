@@ -65,6 +65,12 @@ class Handoff {
   // name and becomes the owner. `done(released)` runs on the io_context either way.
   void take_over(std::chrono::milliseconds timeout, std::function<void(bool released)> done);
 
+  // At exit, for an instance that is not the plain owner (superseded, or a successor whose
+  // takeover was cut short): true when no live instance holds the name (it is ours now), i.e.
+  // nobody else relies on the rules and the last one out removes them. A successor that died
+  // after taking over would otherwise leave rules that divert to nobody.
+  bool claim_if_unowned();
+
   Role role() const { return role_; }
   bool superseded() const { return superseded_; }
   // Closes the name and every connection (shutdown).

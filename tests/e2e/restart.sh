@@ -209,6 +209,21 @@ check "grace expiry: the transfer's client sees a reset, not an EOF" \
 after=$(snapshot_netfilter)
 check "grace expiry: the node's rules are as before dsproxy" "$([[ $after == "$before" ]]; echo $?)"
 
+# ---- 3b. the successor dies after taking over -----------------------------------------------
+section "a successor killed after taking over: the old one, last out, removes the rules"
+start_instance orphan_old --drain-grace-ms 1000
+wait_ready orphan_old || fail "orphan_old ready"
+start_instance orphan_new --drain-grace-ms 1000
+wait_ready orphan_new || fail "orphan_new ready"
+kill -KILL "${PID_OF[orphan_new]}"
+wait_exit orphan_new 50
+kill -TERM "${PID_OF[orphan_old]}"
+wait_exit orphan_old 100
+after=$(snapshot_netfilter)
+check "superseded instance whose successor died: exits 0 and the node's rules are as before" \
+  "$([[ $RC == 0 && $after == "$before" ]]; echo $?)" \
+  "status $RC; $(diff <(echo "$before") <(echo "$after") | head -n 3 | tr '\n' ' ')"
+
 # ---- 4. signals at any moment of the start and of the drain ---------------------------------
 section "SIGINT, SIGHUP then SIGTERM during the start; more signals during the drain"
 for sig in INT HUP; do

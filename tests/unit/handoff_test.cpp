@@ -101,6 +101,24 @@ TEST(Handoff, SuccessorTakesTheRulesWhenTheOwnerDied) {
   EXPECT_EQ(next.acquire(), Handoff::Role::successor) << "the successor must hold the name now";
 }
 
+TEST(Handoff, TheLastInstanceOutClaimsRulesNobodyOwns) {
+  // A superseded instance at exit: while its successor lives the rules are the successor's; once
+  // the successor is gone nobody holds the name, and the last one out removes them.
+  asio::io_context io;
+  const auto name = unique_name("orphan");
+  Handoff old_one(io, name, {});
+  ASSERT_EQ(old_one.acquire(), Handoff::Role::owner);
+  auto new_one = std::make_unique<Handoff>(io, name, Handoff::Callbacks{});
+  ASSERT_EQ(new_one->acquire(), Handoff::Role::successor);
+  std::optional<bool> result;
+  new_one->take_over(std::chrono::seconds(3), [&](bool released) { result = released; });
+  ASSERT_TRUE(run_until(io, [&] { return result.has_value(); }));
+  ASSERT_TRUE(old_one.superseded());
+  EXPECT_FALSE(old_one.claim_if_unowned()) << "the successor is alive and owns the rules";
+  new_one.reset();  // the successor dies
+  EXPECT_TRUE(old_one.claim_if_unowned()) << "nobody owns the rules: the last one out must remove them";
+}
+
 TEST(Handoff, AnOwnerThatNeverAnswersIsOverriddenAfterTheTimeout) {
   asio::io_context io;
   const auto name = unique_name("hung");
