@@ -91,6 +91,14 @@ class Daemon {
   explicit Daemon(DaemonOptions options) : options_(std::move(options)) {}
 
   int run() {
+    // Signal handling first, before anything that runs a program or could install a rule: a
+    // signal from here on is held by asio until the front loop runs, and then stops the start or
+    // drains, and removes whatever was installed. Also first because a SIGINT or SIGHUP that came
+    // earlier would be lost rather than fatal when the parent left it ignored (a shell's
+    // background job ignores SIGINT), and the start would carry on as if nothing happened.
+    asio::signal_set signals(front_, SIGINT, SIGTERM, SIGHUP);
+    wait_for_signal(signals);
+
     // Once, before anything binds or installs: a family that is off is left out everywhere,
     // said in one line here and nowhere else. Picked up again only by a restart.
     const auto families = redirect::detect_node_families();
@@ -106,13 +114,6 @@ class Daemon {
     if (options_.redirect) spdlog::info("{}", redirect::resolve_iptables_backend(options_.redirect_options, runner_));
     raise_descriptor_limit();
     if (options_.redirect) enable_request_migration();
-
-    // Signal handling exists before any rule can be installed (the control plane installs them
-    // once its sources are synced): a SIGTERM from here on is held by asio until the front loop
-    // runs, and then drains and removes whatever was installed. Before this line nothing exists
-    // that would need cleaning up.
-    asio::signal_set signals(front_, SIGINT, SIGTERM, SIGHUP);
-    wait_for_signal(signals);
 
     // Before any rule: who owns them on this node (handoff.hpp). The name carries the chain
     // prefix, so instances managing different rule sets never meet.
