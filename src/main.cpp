@@ -98,7 +98,8 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--idle-timeout-s", idle_timeout_s, "Reset connections idle this long")
       ->capture_default_str()
       ->check(CLI::Range(1, 7 * 86400));
-  run_cmd->add_option("--drain-grace-ms", drain_ms, "On SIGTERM, let connections finish this long")
+  run_cmd->add_option("--drain-grace-ms", drain_ms, "On SIGTERM, let connections finish this long (then they are reset); without a successor, "
+                      "new connections are served meanwhile")
       ->capture_default_str()
       ->check(CLI::Range(0, 600000));
   std::string family_fallback = "policy";

@@ -117,7 +117,9 @@ AdminServer::~AdminServer() { close(); }
 
 std::uint16_t AdminServer::listen(const net::SocketAddress& address, AdminHandler handler,
                          std::shared_ptr<SessionLimit> limit) {
-  net::ListenerSocketOptions options{.transparent = false, .reuse_port = false, .backlog = 128};
+  // SO_REUSEPORT on a fixed port: a successor dsproxy binds the admin and readiness ports while
+  // this one runs; the old one closes its listeners once the successor has taken over.
+  net::ListenerSocketOptions options{.transparent = false, .reuse_port = address.port != 0, .backlog = 128};
   auto& acceptor = impl_->acceptors.emplace_back(net::open_listener(impl_->executor, address, options));
   asio::co_spawn(impl_->executor,
                  impl_->accept_loop(acceptor, std::make_shared<AdminHandler>(std::move(handler)), std::move(limit)),

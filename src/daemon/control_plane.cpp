@@ -295,7 +295,11 @@ void ControlPlane::first_publish() {
   store_.publish(first);
   builds_.fetch_add(1, std::memory_order_relaxed);
   first_published_ = true;
-  if (options_.redirect) {
+  // Listening before the rules: a captured SYN that finds no listening socket is dropped by
+  // TPROXY (the client retries after a second). And not before the first snapshot: a successor
+  // in the SO_REUSEPORT groups would route with an empty configuration.
+  if (callbacks_.serving && !callbacks_.serving()) return;
+  if (options_.redirect && !relinquished_) {
     try {
       redirector_.emplace(options_.redirect_options, runner_);
       refusals_.emplace(options_.redirect_options, runner_);
@@ -337,7 +341,7 @@ void ControlPlane::build_and_publish() {
 }
 
 void ControlPlane::apply_rules(const snapshot::ClusterSnapshot& snapshot) {
-  if (!redirector_) return;
+  if (!redirector_ || relinquished_) return;
   auto pods = node_pod_ips(snapshot);
   if (pods != installed_pods_) {
     try {
@@ -354,7 +358,29 @@ void ControlPlane::apply_rules(const snapshot::ClusterSnapshot& snapshot) {
   }
 }
 
-void ControlPlane::remove_rules() {
+void ControlPlane::relinquish_rules(std::function<void()> done) {
+  asio::post(io_, [this, done = std::move(done)] {
+    // Forgetting them is enough: nothing calls the redirector again, and remove_rules() finds
+    // nothing to remove.
+    relinquished_ = true;
+    refusals_.reset();
+    redirector_.reset();
+    if (done) done();
+  });
+}
+
+void ControlPlane::remove_rules(bool owner_of_node_rules) {
+  // Relinquished rules are removed only on the word of the daemon that nobody owns them now.
+  if (removed_ || (relinquished_ && !owner_of_node_rules)) return;
+  removed_ = true;  // once: a drain that removed them early must not run the removal again at exit
+  if (owner_of_node_rules && options_.redirect && !redirector_) {
+    try {
+      redirector_.emplace(options_.redirect_options, runner_);
+      refusals_.emplace(options_.redirect_options, runner_);
+    } catch (const std::exception& e) {
+      spdlog::error("{}", e.what());
+    }
+  }
   if (refusals_) {
     try {
       refusals_->uninstall();

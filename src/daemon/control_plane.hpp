@@ -79,6 +79,10 @@ class ControlPlane final : public sources::ObjectSink {
     // Start-up cannot complete (a bad first config file, rules that cannot be installed): the
     // daemon exits with `exit_code`. On the control-plane thread.
     std::function<void(int exit_code)> fatal;
+    // The first snapshot is published and the rules are about to be installed: the daemon
+    // starts listening (and, as a successor, has the previous instance let go of the rules).
+    // Blocks the control-plane thread until it returns; false: do not install (stopping).
+    std::function<bool()> serving;
   };
 
   ControlPlane(ControlPlaneOptions options, snapshot::SnapshotStore& store, redirect::CommandRunner& runner,
@@ -98,8 +102,17 @@ class ControlPlane final : public sources::ObjectSink {
   // Stops the sources and the thread and joins it. Any thread but the control-plane one.
   void stop();
   // After stop(): removes the capture and refusal rules this control plane installed (or may
-  // have been installing when it was stopped). Best effort, logs what failed.
-  void remove_rules();
+  // have been installing when it was stopped); with `owner_of_node_rules` (this instance owns the
+  // node's rules, handoff.hpp) also rules it never installed, e.g. those a predecessor handed
+  // over just before we were stopped. After relinquish_rules() only with `owner_of_node_rules`
+  // (the successor is gone and nobody owns them). Best effort, logs what failed.
+  void remove_rules(bool owner_of_node_rules = false);
+  // Any thread: stop writing the capture and refusal rules without removing them (a successor
+  // owns them now; see handoff.hpp): no update, no install, and remove_rules() does nothing.
+  // `done` runs on the control-plane thread once no rule command of ours can run any more; never
+  // if the thread has stopped.
+  void relinquish_rules(std::function<void()> done);
+  bool stopping() const { return stopping_.load(std::memory_order_acquire); }
 
   // Any thread.
   bool synced() const { return synced_.load(std::memory_order_acquire); }
@@ -160,6 +173,8 @@ class ControlPlane final : public sources::ObjectSink {
   std::optional<redirect::Redirector> redirector_;
   std::optional<redirect::VipRefusals> refusals_;
   std::vector<net::IpAddress> installed_pods_;
+  bool relinquished_ = false;  // control-plane thread only
+  bool removed_ = false;       // remove_rules() ran (after stop(), on whichever thread stopped us)
 };
 
 }  // namespace dsproxy::daemon

@@ -292,6 +292,13 @@ awaitable<void> serve_connection(tcp::socket client, tcp::endpoint peer, Directi
   GaugeGuard<ProxyStats::Counter> active(&ctx.stats.active_connections);
   GaugeGuard<std::atomic<std::uint64_t>> on_worker(&ctx.load.connections);
   ProxyStats::add(direction == Direction::outbound ? ctx.stats.outbound_accepted : ctx.stats.inbound_accepted);
+  // A frame destroyed while still routing or connecting (a stop, a drain whose grace ran out)
+  // resets its client: asio's socket destructor would send a FIN, a clean end of stream. A no-op
+  // once the relay has the socket (moved from) or a path below has closed it.
+  struct ResetOnDestroy {
+    tcp::socket& socket;
+    ~ResetOnDestroy() { net::reset_connection(socket); }
+  } reset_on_destroy{client};
   try {
     // With TPROXY the accepted socket's local address is the destination the client dialled.
     net::SocketAddress destination;

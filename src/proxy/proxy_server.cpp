@@ -7,6 +7,7 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -155,10 +156,18 @@ class Worker {
   }
   std::uint16_t port_of(std::size_t i) const { return acceptors_.at(i).acceptor.local_endpoint().port(); }
 
-  void start() {
-    for (auto& l : acceptors_)
-      boost::asio::co_spawn(io_, accept_loop(l.acceptor, l.direction, context_, l.forward_to, reserve_),
-                            boost::asio::detached);
+  // listen(2) on every socket of this worker (on the calling thread: a failure is the caller's),
+  // then the accept loops start on the worker's thread.
+  void start_listening(int backlog) {
+    for (auto& l : acceptors_) net::start_listening(l.acceptor, backlog);
+    boost::asio::post(io_, [this] { spawn_accept_loops(); });
+  }
+
+  void start(bool listening) {
+    if (listening) spawn_accept_loops();
+    // Until stop(): without accept loops yet (start_listening comes later) run() would find no
+    // work and return at once, and the loops posted then would never run.
+    work_.emplace(io_.get_executor());
     if (const auto stall = context_.options.test_faults.stall_worker_after; stall.count() > 0 && index_ == 0) {
       // Tests only: this worker's loop stops answering (a handler that never returns), as a
       // deadlock would; the liveness check must see it. It gives way to stop() only.
@@ -206,6 +215,13 @@ class Worker {
   }
 
  private:
+  void spawn_accept_loops() {
+    for (auto& l : acceptors_)
+      if (l.acceptor.is_open())  // a stop_accepting() may have come first
+        boost::asio::co_spawn(io_, accept_loop(l.acceptor, l.direction, context_, l.forward_to, reserve_),
+                              boost::asio::detached);
+  }
+
   struct Listener {
     tcp::acceptor acceptor;
     Direction direction;
@@ -226,6 +242,7 @@ class Worker {
   boost::asio::io_context io_{BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO};
   std::vector<Listener> acceptors_;
   boost::asio::steady_timer stall_timer_{io_};  // TestFaults::stall_worker_after
+  std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work_;
   std::thread thread_;
 };
 
@@ -234,7 +251,7 @@ ProxyServer::ProxyServer(ProxyOptions options, const snapshot::SnapshotStore& st
 
 ProxyServer::~ProxyServer() { stop(); }
 
-void ProxyServer::start() {
+void ProxyServer::start(bool listen_now) {
   // splice(2) into a socket whose peer has gone raises SIGPIPE (it has no MSG_NOSIGNAL); the
   // relay handles EPIPE as a value, so the signal must never kill the process.
   std::signal(SIGPIPE, SIG_IGN);
@@ -254,7 +271,7 @@ void ProxyServer::start() {
     binds.push_back(*ip);
   }
   if (binds.empty()) throw std::invalid_argument("no bind address: neither IPv4 nor IPv6 is on");
-  const net::ListenerSocketOptions socket_options{.transparent = options_.transparent};
+  const net::ListenerSocketOptions socket_options{.transparent = options_.transparent, .listen = listen_now};
   validate_forwards(options_);
 
   // With port 0 (tests), the first worker's kernel-chosen ports are reused by the others so that
@@ -277,7 +294,8 @@ void ProxyServer::start() {
     }
     // Explicitly addressed: plain listeners, no IP_TRANSPARENT needed or wanted.
     for (std::size_t f = 0; f < forwards.size(); ++f) {
-      worker->listen(forwards[f].listen, Direction::outbound, {.transparent = false}, forwards[f].target);
+      worker->listen(forwards[f].listen, Direction::outbound, {.transparent = false, .listen = listen_now},
+                     forwards[f].target);
       if (forwards[f].listen.port == 0) forwards[f].listen.port = worker->port_of(opened);
       ++opened;
     }
@@ -287,17 +305,25 @@ void ProxyServer::start() {
   options_.forwards = forwards;
   // Loop protection compares destinations with the ports really bound.
   options_.ports = ports;
-  for (auto& w : workers_) w->start();
+  for (auto& w : workers_) w->start(listen_now);
   started_ = true;
+  listening_ = listen_now;
   std::string outbound, inbound;
   for (const auto& ip : binds) {
     outbound += (outbound.empty() ? "" : " and ") + net::SocketAddress{ip, ports.outbound}.to_string();
     inbound += (inbound.empty() ? "" : " and ") + net::SocketAddress{ip, ports.inbound}.to_string();
   }
-  spdlog::info("proxy listening: outbound {}, inbound {}, {} worker(s)", outbound, inbound, workers_.size());
+  spdlog::info("proxy {}: outbound {}, inbound {}, {} worker(s)", listen_now ? "listening" : "bound", outbound,
+               inbound, workers_.size());
   for (const auto& f : options_.forwards)
     spdlog::info("forwarding {} -> {} (explicit address, upstream from the node's own address)",
                  f.listen.to_string(), f.target.to_string());
+}
+
+void ProxyServer::start_listening() {
+  if (!started_ || stopped_ || listening_.exchange(true)) return;
+  for (auto& w : workers_) w->start_listening(net::ListenerSocketOptions{}.backlog);
+  spdlog::info("proxy listening on ports {} and {}", bound_.outbound, bound_.inbound);
 }
 
 void ProxyServer::drain(std::chrono::milliseconds grace) {

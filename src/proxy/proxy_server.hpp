@@ -7,6 +7,7 @@
 // and the outcome counters.
 
 #include <boost/asio/any_io_executor.hpp>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -31,8 +32,14 @@ class ProxyServer {
   ProxyServer& operator=(const ProxyServer&) = delete;
 
   // Binds every listener on the calling thread, so a bind failure (port in use, missing
-  // CAP_NET_ADMIN) surfaces here as std::system_error before any thread starts.
-  void start();
+  // CAP_NET_ADMIN) surfaces here as std::system_error before any thread starts. With
+  // `listen_now` false the sockets are bound but take no connection (they join no SO_REUSEPORT
+  // group) until start_listening(): a successor that has not synced its configuration yet must
+  // not take a share of the connections the running instance serves.
+  void start(bool listen_now = true);
+  // After start(false), any thread: listen(2) on every socket and start accepting. Throws
+  // std::system_error. Idempotent.
+  void start_listening();
   // Stops accepting, lets open connections finish for up to `grace`, then stops the workers;
   // connections still open then are closed when their coroutine frames are destroyed.
   void drain(std::chrono::milliseconds grace);
@@ -70,6 +77,7 @@ class ProxyServer {
   std::vector<std::unique_ptr<Worker>> workers_;
   bool started_ = false;
   bool stopped_ = false;
+  std::atomic<bool> listening_{false};
 };
 
 }  // namespace dsproxy::proxy

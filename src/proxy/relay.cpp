@@ -75,7 +75,7 @@ class IdleSweeper : public boost::asio::execution_context::service {
   void arm(std::chrono::milliseconds period, Wheel& wheel);
   void tick(std::chrono::milliseconds period, Wheel& wheel);
   // The io_context is going away with relays still open (a stop without drain, or a drain whose
-  // grace ran out): they own their connections, so destroying them closes the sockets, and their
+  // grace ran out): they own their connections, so destroying them resets the sockets, and their
   // handlers are destroyed without being called. Runs before the reactor shuts down (services
   // stop in reverse order of creation), so the sockets can still deregister.
   void shutdown() override;
@@ -177,6 +177,13 @@ class Relay {
         ::close(d.pipe.write_fd);
         d.pipe = Pipe{};
       }
+  }
+
+  // Resets both sockets now. Not left to the destructor: asio's socket destructor turns a
+  // user-set SO_LINGER off again before closing (so that it never blocks), which would send a FIN.
+  void linger_reset() {
+    net::reset_connection(downstream_);
+    net::reset_connection(upstream_);
   }
 
   // Closes both sockets (members): the last FIN or the reset goes out here.
@@ -479,6 +486,10 @@ void IdleSweeper::shutdown() {
     while (Relay* r = wheel->head) {
       remove(*r);
       r->close_pipes();
+      // A relay still open here is being cut short (a drain whose grace ran out, a stop): its
+      // peers must see a reset, never a FIN, which would read as a clean end of stream and
+      // silently truncate a transfer.
+      r->linger_reset();
       delete r;
     }
   wheels_.clear();

@@ -221,9 +221,14 @@ function policyDsproxy(docs) {
     at('tolerations must include {operator: Exists} (run on every node)');
   }
   const strategy = ds.spec?.updateStrategy ?? {};
-  if (strategy.type !== 'RollingUpdate' || strategy.rollingUpdate?.maxUnavailable === undefined ||
-      ![undefined, 0, '0', '0%'].includes(strategy.rollingUpdate?.maxSurge)) {
-    at('updateStrategy must be RollingUpdate with maxUnavailable and no maxSurge (hostNetwork ports)');
+  if (strategy.type !== 'RollingUpdate' || ![1, '1'].includes(strategy.rollingUpdate?.maxSurge) ||
+      ![0, '0', '0%'].includes(strategy.rollingUpdate?.maxUnavailable)) {
+    at('updateStrategy must be RollingUpdate with maxSurge 1 and maxUnavailable 0 (the new pod takes over before the old one stops)');
+  }
+  // With hostNetwork a declared containerPort is a host port to the scheduler, which would refuse
+  // the surge pod next to the old one.
+  if ((spec.containers ?? []).some((c) => (c.ports ?? []).length)) {
+    at('no container ports (with hostNetwork they are host ports, and the surge pod could not be scheduled)');
   }
   const containers = spec.containers ?? [];
   if (containers.length !== 1) at(`exactly one container (no sidecar), got ${containers.map((c) => c.name).join(', ')}`);

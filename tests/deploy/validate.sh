@@ -131,8 +131,12 @@ broken misplaced-field daemonset.yaml 's/^(\s+)hostNetwork: true/\1hostNetwork: 
   "spec.template.spec.hostPort: unknown field"
 broken wrong-type daemonset.yaml 's/terminationGracePeriodSeconds: 30/terminationGracePeriodSeconds: thirty/' \
   "terminationGracePeriodSeconds must be integer"
-broken bad-enum daemonset.yaml 's/protocol: UDP/protocol: QUIC/' \
+broken bad-enum daemonset.yaml 's/type: RollingUpdate/type: Rolling/' \
   "must be equal to one of the allowed values"
+broken no-surge daemonset.yaml 's/maxSurge: 1/maxSurge: 0/' \
+  "updateStrategy must be RollingUpdate with maxSurge 1 and maxUnavailable 0"
+broken host-ports daemonset.yaml 's/^(\s+)readinessProbe:/\1ports: [{containerPort: 15021}]\n\1readinessProbe:/' \
+  "no container ports"
 broken privileged daemonset.yaml 's/privileged: false/privileged: true/' \
   "privileged: false"
 broken extra-capability daemonset.yaml 's/add: \[NET_ADMIN, NET_RAW\]/add: [NET_ADMIN, NET_RAW, SYS_ADMIN]/' \

@@ -230,10 +230,11 @@ TEST_F(RelayTest, AlternatingSmallAndBulkTransfersStayIntact) {
   EXPECT_FALSE(result().reset);
 }
 
-TEST(RelayOwnership, DestroyingTheIoContextClosesOpenRelays) {
+TEST(RelayOwnership, DestroyingTheIoContextResetsOpenRelays) {
   // A relay owns its connection. When its io_context is destroyed with the relay still open (a
-  // stop without drain), the sockets must close, so both peers see the end, and the handler is
-  // destroyed (releasing what it holds) without being called.
+  // stop without drain, a drain whose grace ran out), both peers must see a reset: a FIN would
+  // read as a clean end of stream and silently truncate a transfer. The handler is destroyed
+  // (releasing what it holds) without being called.
   std::uint16_t proxy_port = 0, server_port = 0;
   int proxy_listener = listen_loopback(proxy_port), server_listener = listen_loopback(server_port);
   int client = connect_loopback(proxy_port);
@@ -263,8 +264,8 @@ TEST(RelayOwnership, DestroyingTheIoContextClosesOpenRelays) {
   }
   EXPECT_FALSE(called);
   EXPECT_TRUE(handler_state.expired()) << "the handler was leaked";
-  EXPECT_EQ(read_to_end(client).second, 0) << "the client never saw its connection close";
-  EXPECT_EQ(read_to_end(server).second, 0) << "the server never saw its connection close";
+  EXPECT_EQ(read_to_end(client).second, ECONNRESET) << "the client must see a reset, not an EOF";
+  EXPECT_EQ(read_to_end(server).second, ECONNRESET) << "the server must see a reset, not an EOF";
   for (int fd : {client, server, proxy_listener, server_listener}) ::close(fd);
 }
 

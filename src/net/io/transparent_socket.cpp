@@ -71,9 +71,22 @@ tcp::acceptor open_listener(const asio::any_io_executor& executor, const net::So
   if ((ec = set_int_option(fd, SOL_SOCKET, SO_OOBINLINE, 1))) fail(ec, "SO_OOBINLINE");
   acceptor.bind(endpoint, bec);
   if (bec) fail(bec, "bind");
-  acceptor.listen(options.backlog, bec);
-  if (bec) fail(bec, "listen");
+  if (options.listen) {
+    acceptor.listen(options.backlog, bec);
+    if (bec) fail(bec, "listen");
+  }
   return acceptor;
+}
+
+void start_listening(tcp::acceptor& acceptor, int backlog) {
+  // The raw call: the acceptor belongs to a worker's io_context (unlocked reactor), and listen(2)
+  // touches only the kernel's socket, never asio's state, so any thread may make it.
+  if (::listen(acceptor.native_handle(), backlog) != 0) {
+    const std::error_code ec(errno, std::generic_category());
+    boost::system::error_code ignored;
+    throw std::system_error(ec, "listener " + to_socket_address(acceptor.local_endpoint(ignored)).to_string() +
+                                    ": listen");
+  }
 }
 
 std::error_code prepare_upstream(tcp::socket& socket, net::Family family, const UpstreamSocketOptions& options) {

@@ -27,12 +27,20 @@ struct ListenerSocketOptions {
   // them with no shared accept queue lock.
   bool reuse_port = true;
   int backlog = 4096;
+  // false: bind only. A bound socket that is not listening is in no SO_REUSEPORT group and
+  // receives nothing (TPROXY looks up listening sockets only), so an instance that is still
+  // syncing its configuration can hold its ports without taking a share of the connections
+  // from the instance it replaces; start_listening() joins the group later.
+  bool listen = true;
 };
 
 // Binds `address`. IPv6 listeners are IPV6_V6ONLY, so "[::]" and "0.0.0.0" are separate sockets and
 // an IPv4 client is never seen as ::ffff:a.b.c.d. Throws std::system_error naming the address.
 tcp::acceptor open_listener(const asio::any_io_executor& executor, const SocketAddress& address,
                             const ListenerSocketOptions& options);
+
+// listen(2) on a socket open_listener() bound with `listen = false`. Throws std::system_error.
+void start_listening(tcp::acceptor& acceptor, int backlog);
 
 struct UpstreamSocketOptions {
   std::uint32_t mark = 0;  // SO_MARK, so the redirect rules never capture our own traffic; 0 = none

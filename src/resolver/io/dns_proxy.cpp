@@ -45,7 +45,7 @@ void set_option(int fd, int level, int name, int value, const std::string& what,
 }
 
 // The UDP listener bound to `at`, non-blocking, asking for every datagram's original destination.
-int open_udp_listener(const net::SocketAddress& at, bool transparent) {
+int open_udp_listener(const net::SocketAddress& at, bool transparent, bool reuse_port) {
   const bool v4 = at.ip.is_v4();
   const std::string what = "dns listener udp " + at.to_string();
   const int fd = ::socket(v4 ? AF_INET : AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -53,6 +53,9 @@ int open_udp_listener(const net::SocketAddress& at, bool transparent) {
   try {
     if (!v4) set_option(fd, IPPROTO_IPV6, IPV6_V6ONLY, 1, what, "IPV6_V6ONLY");
     set_option(fd, SOL_SOCKET, SO_REUSEADDR, 1, what, "SO_REUSEADDR");
+    // A successor dsproxy binds the same port while this one still runs (handoff.hpp); the
+    // kernel spreads the datagrams over both until this socket closes.
+    if (reuse_port) set_option(fd, SOL_SOCKET, SO_REUSEPORT, 1, what, "SO_REUSEPORT");
     if (transparent)
       set_option(fd, v4 ? SOL_IP : SOL_IPV6, v4 ? IP_TRANSPARENT : IPV6_TRANSPARENT, 1, what,
                  "IP_TRANSPARENT (needs CAP_NET_ADMIN)");
@@ -247,7 +250,10 @@ struct DnsProxy::Impl : std::enable_shared_from_this<Impl> {
       if (!ip) throw std::runtime_error("dns: bad bind address \"" + text + "\"");
       const net::SocketAddress at{*ip, port};
       auto listener = std::make_unique<UdpListener>(io);
-      const int fd = open_udp_listener(at, options.transparent);
+      // A fixed port only: with port 0 (tests) a kernel-chosen number must not join a group of
+      // some other socket of ours that happens to hold it.
+      const bool reuse_port = options.port != 0;
+      const int fd = open_udp_listener(at, options.transparent, reuse_port);
       listener->socket.assign(ip->is_v4() ? udp::v4() : udp::v6(), fd);
       if (port == 0) port = local_port(fd);
       listener->bound = {*ip, port};
@@ -255,7 +261,7 @@ struct DnsProxy::Impl : std::enable_shared_from_this<Impl> {
 
       net::ListenerSocketOptions tcp_options;
       tcp_options.transparent = options.transparent;
-      tcp_options.reuse_port = false;
+      tcp_options.reuse_port = reuse_port;
       tcp_options.backlog = 128;
       acceptors.push_back(std::make_unique<tcp::acceptor>(net::open_listener(io.get_executor(), {*ip, port}, tcp_options)));
     }
