@@ -246,6 +246,10 @@ void Session::init() {
 void Session::start() {
   if (started_) return;
   started_ = true;
+  // Frames are small and latency matters (a WINDOW_UPDATE or a 200 held back by Nagle waits
+  // for the peer's delayed ACK); writes are already batched per turn of the loop.
+  error_code ignored;
+  io_->lowest_layer().set_option(tcp::no_delay(true), ignored);
   handshake_timer_.expires_after(options_.handshake_timeout);
   handshake_timer_.async_wait([self = shared_from_this()](error_code ec) {
     if (!ec && !self->settings_received_ && !self->closed_) self->fail("no HTTP/2 SETTINGS in time");
@@ -504,7 +508,7 @@ void Session::open_stream(std::string authority, Headers headers, OpenHandler ha
   }
   stream->id_ = id;
   streams_[id] = stream;
-  opens_[id] = PendingOpen{std::move(handler), 0};
+  opens_.emplace(id, PendingOpen{std::move(handler), 0});
   ++stats_.streams_opened;
   do_write();
 }

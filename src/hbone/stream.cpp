@@ -17,7 +17,7 @@ Stream::Stream(std::shared_ptr<Session> session, std::int32_t id) : session_(std
 
 void Stream::async_read_some(asio::mutable_buffer buffer, ReadHandler handler) {
   read_buffer_ = buffer;
-  read_handler_ = std::move(handler);
+  ReadHandler(std::move(handler)).swap(read_handler_);
   complete_read();
 }
 
@@ -50,7 +50,7 @@ void Stream::complete_read() {
   }
   asio::post(session_->get_executor(),
              [h = std::move(read_handler_), ec, n]() mutable { std::move(h)(ec, n); });
-  read_handler_ = {};
+  read_handler_ = nullptr;
 }
 
 void Stream::async_write(asio::const_buffer buffer, WriteHandler handler) {
@@ -65,7 +65,7 @@ void Stream::async_write(asio::const_buffer buffer, WriteHandler handler) {
     return;
   }
   write_buffer_ = buffer;
-  write_handler_ = std::move(handler);
+  WriteHandler(std::move(handler)).swap(write_handler_);
   session_->stream_resume(*this);
 }
 
@@ -112,7 +112,7 @@ void Stream::on_closed(std::uint32_t h2_error_code, bool by_peer) {
     asio::post(session_->get_executor(), [h = std::move(write_handler_)]() mutable {
       std::move(h)(asio::error::connection_reset);
     });
-    write_handler_ = {};
+    write_handler_ = nullptr;
   }
 }
 
@@ -123,7 +123,7 @@ long Stream::read_for_send(std::uint8_t* out, std::size_t length, std::uint32_t*
     write_buffer_ += n;
     if (write_buffer_.size() == 0 && write_handler_) {
       asio::post(session_->get_executor(), [h = std::move(write_handler_)]() mutable { std::move(h)(error_code{}); });
-      write_handler_ = {};
+      write_handler_ = nullptr;
     }
     return static_cast<long>(n);
   }

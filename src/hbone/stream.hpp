@@ -18,6 +18,8 @@ class Session;
 // Flow control: bytes received on the stream are credited back to the peer (WINDOW_UPDATE) only
 // as async_read_some hands them out, so a reader that stops reading (its socket does not drain)
 // stops its own stream at the peer after one window, and no other stream of the connection.
+// (Handlers are stored with swap, never move-assigned: Boost 1.81's any_completion_handler move
+// assignment wraps the source in a new handler, recursively, until the stack overflows.)
 class Stream : public std::enable_shared_from_this<Stream> {
  public:
   using ReadHandler = boost::asio::any_completion_handler<void(boost::system::error_code, std::size_t)>;
