@@ -153,7 +153,7 @@ TEST(HboneTunnel, SlowStreamDoesNotStallAFastOneOnTheSameConnection) {
   ASSERT_EQ(fast.status, 200);
   EXPECT_EQ(h.pool_connections(), 1u);
   EXPECT_EQ(h.server_connections.load(), 1);
-  auto data = random_bytes(16 << 20, 9);
+  auto data = random_bytes(8 << 20, 9);
   std::thread writer([&] {
     EXPECT_TRUE(write_all(fast.fd, data.data(), data.size()));
     ::shutdown(fast.fd, SHUT_WR);
@@ -264,6 +264,72 @@ TEST(HboneTunnel, GarbageAfterTlsClosesThatConnectionOnly) {
   auto after = h.open(authority_of(h.echo_endpoint()));
   EXPECT_EQ(after.status, 200);
   ::close(after.fd);
+}
+
+// A client that ignores SETTINGS_MAX_CONCURRENT_STREAMS and opens 150 streams at once on one
+// connection (frames built by hand here, the only way past a conforming HTTP/2 library): the
+// server refuses the streams beyond 100 (RST_STREAM REFUSED_STREAM) or ends that connection
+// (GOAWAY); either way the process and other connections go on.
+TEST(HboneTunnel, StreamFloodIsRefusedPerTheProtocol) {
+  Harness h;
+  auto before = h.open(authority_of(h.echo_endpoint()));
+  ASSERT_EQ(before.status, 200);
+  int fd = connect_to(h.hbone_endpoint());
+  ASSERT_GE(fd, 0);
+  set_timeouts(fd, 5s);
+  std::unique_ptr<SSL, decltype(&SSL_free)> ssl(SSL_new(h.client_ctx.get()), SSL_free);
+  SSL_set_fd(ssl.get(), fd);
+  ASSERT_EQ(SSL_connect(ssl.get()), 1);
+  nghttp2_hd_deflater* deflater = nullptr;
+  ASSERT_EQ(nghttp2_hd_deflate_new(&deflater, 4096), 0);
+  std::string method = ":method", connect = "CONNECT", auth = ":authority", target = authority_of(h.echo_endpoint());
+  auto nv = [](std::string& n, std::string& v) {
+    return nghttp2_nv{reinterpret_cast<uint8_t*>(n.data()), reinterpret_cast<uint8_t*>(v.data()), n.size(), v.size(),
+                      NGHTTP2_NV_FLAG_NONE};
+  };
+  std::string out = NGHTTP2_CLIENT_MAGIC;
+  out += std::string("\x00\x00\x00\x04\x00\x00\x00\x00\x00", 9);  // our (empty) SETTINGS, never ACKing theirs
+  for (std::uint32_t i = 0; i < 150; ++i) {
+    nghttp2_nv nva[] = {nv(method, connect), nv(auth, target)};
+    std::uint8_t block[256];
+    auto len = nghttp2_hd_deflate_hd(deflater, block, sizeof block, nva, 2);
+    ASSERT_GT(len, 0);
+    std::uint32_t id = 2 * i + 1;
+    char hd[9] = {0, 0, static_cast<char>(len), NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS,
+                  static_cast<char>(id >> 24), static_cast<char>(id >> 16), static_cast<char>(id >> 8),
+                  static_cast<char>(id)};
+    out.append(hd, 9);
+    out.append(reinterpret_cast<char*>(block), static_cast<std::size_t>(len));
+  }
+  nghttp2_hd_deflate_del(deflater);
+  ASSERT_GT(SSL_write(ssl.get(), out.data(), static_cast<int>(out.size())), 0);
+  // Read the server's frames: count refused streams, stop at GOAWAY or the connection's end.
+  int refused = 0, answered = 0;
+  bool goaway = false;
+  std::string in;
+  char buf[16384];
+  for (int reads = 0; reads < 1000 && refused < 50 && !goaway; ++reads) {
+    int n = SSL_read(ssl.get(), buf, sizeof buf);
+    if (n <= 0) break;
+    in.append(buf, static_cast<std::size_t>(n));
+    while (in.size() >= 9) {
+      std::size_t len = (std::uint8_t(in[0]) << 16) | (std::uint8_t(in[1]) << 8) | std::uint8_t(in[2]);
+      if (in.size() < 9 + len) break;
+      auto type = std::uint8_t(in[3]);
+      if (type == NGHTTP2_RST_STREAM && len == 4 && std::uint8_t(in[12]) == NGHTTP2_REFUSED_STREAM) ++refused;
+      if (type == NGHTTP2_HEADERS) ++answered;
+      if (type == NGHTTP2_GOAWAY) goaway = true;
+      in.erase(0, 9 + len);
+    }
+  }
+  ERR_clear_error();
+  ::close(fd);
+  EXPECT_TRUE(refused >= 50 || goaway) << "refused " << refused << " answered " << answered;
+  EXPECT_LE(answered, 100);
+  char c;
+  ASSERT_TRUE(write_all(before.fd, "k", 1));
+  ASSERT_TRUE(read_exact(before.fd, &c, 1));
+  ::close(before.fd);
 }
 
 TEST(HboneTunnel, PlaintextClientIsRefused) {
