@@ -22,18 +22,12 @@ struct ConnectionPool::Pending {
 };
 
 std::shared_ptr<ConnectionPool> ConnectionPool::create(asio::any_io_executor executor, const PoolOptions& options,
-                                                       ContextFor context_for, Verifier verifier, Dialer dialer) {
-  return std::shared_ptr<ConnectionPool>(
-      new ConnectionPool(std::move(executor), options, std::move(context_for), std::move(verifier), std::move(dialer)));
+                                                       Hooks hooks) {
+  return std::shared_ptr<ConnectionPool>(new ConnectionPool(std::move(executor), options, std::move(hooks)));
 }
 
-ConnectionPool::ConnectionPool(asio::any_io_executor executor, const PoolOptions& options, ContextFor context_for,
-                               Verifier verifier, Dialer dialer)
-    : executor_(std::move(executor)),
-      options_(options),
-      context_for_(std::move(context_for)),
-      verifier_(std::move(verifier)),
-      dialer_(std::move(dialer)) {}
+ConnectionPool::ConnectionPool(asio::any_io_executor executor, const PoolOptions& options, Hooks hooks)
+    : executor_(std::move(executor)), options_(options), hooks_(std::move(hooks)) {}
 
 void ConnectionPool::open_stream(const PoolKey& key, std::string authority, Headers headers,
                                  Session::OpenHandler handler) {
@@ -90,7 +84,7 @@ void ConnectionPool::connect(const PoolKey& key, std::shared_ptr<Pending> pendin
       self->fail_pending(key, pending, ec);
       return;
     }
-    auto context = self->context_for_ ? self->context_for_(key) : nullptr;
+    auto context = self->hooks_.context_for ? self->hooks_.context_for(key) : nullptr;
     if (!context) {
       ++self->stats_.connect_failures;
       self->fail_pending(key, pending, asio::error::no_protocol_option);
@@ -101,18 +95,24 @@ void ConnectionPool::connect(const PoolKey& key, std::shared_ptr<Pending> pendin
       self->fail_pending(key, pending, asio::error::no_memory);
       return;
     }
+    if (self->hooks_.before_handshake && !self->hooks_.before_handshake(key, pending->io->native_handle())) {
+      ++self->stats_.connect_failures;
+      self->fail_pending(key, pending, asio::error::no_memory);
+      return;
+    }
     pending->io->async_handshake(asio::ssl::stream_base::client, [weak, key, pending](error_code ec) {
       auto self = weak.lock();
       if (!self || pending->done) return;
       if (!ec && !negotiated_h2(pending->io->native_handle())) ec = asio::error::no_protocol_option;
       if (ec) {
         ++self->stats_.connect_failures;
+        if (self->hooks_.on_handshake_failure) self->hooks_.on_handshake_failure(key, pending->io->native_handle(), ec);
         spdlog::debug("hbone: TLS with {}:{} failed: {}", key.destination.address().to_string(),
                       key.destination.port(), ec.message());
         self->fail_pending(key, pending, ec);
         return;
       }
-      if (self->verifier_ && !self->verifier_(key, pending->io->native_handle())) {
+      if (!self->hooks_.verify || !self->hooks_.verify(key, pending->io->native_handle())) {
         ++self->stats_.identity_mismatches;
         spdlog::warn("hbone: {}:{} did not prove identity {}; connection refused",
                      key.destination.address().to_string(), key.destination.port(), key.destination_identity);
@@ -123,8 +123,8 @@ void ConnectionPool::connect(const PoolKey& key, std::shared_ptr<Pending> pendin
     });
   };
 
-  if (dialer_) {
-    dialer_(key, std::move(on_dialed));
+  if (hooks_.dial) {
+    hooks_.dial(key, std::move(on_dialed));
     return;
   }
   pending->socket = std::make_unique<tcp::socket>(executor_);

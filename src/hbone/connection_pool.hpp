@@ -52,8 +52,20 @@ class ConnectionPool : public std::enable_shared_from_this<ConnectionPool> {
   // certificate carry key.destination_identity? false fails every stream waiting for it.
   using Verifier = std::function<bool(const PoolKey&, SSL*)>;
 
+  struct Hooks {
+    ContextFor context_for;  // required
+    Verifier verify;         // required: the pool never uses an unverified server
+    // Optional, on the fresh SSL before the handshake, e.g. identity::expect_peer_identity so the
+    // handshake itself fails for the wrong server; false fails the connection.
+    std::function<bool(const PoolKey&, SSL*)> before_handshake;
+    // Optional, after a failed handshake (identity::handshake_failure/report_refusal).
+    std::function<void(const PoolKey&, SSL*, boost::system::error_code)> on_handshake_failure;
+    // Optional; default: a plain async_connect to key.destination.
+    Dialer dial;
+  };
+
   static std::shared_ptr<ConnectionPool> create(boost::asio::any_io_executor executor, const PoolOptions& options,
-                                                ContextFor context_for, Verifier verifier, Dialer dialer = {});
+                                                Hooks hooks);
 
   // A CONNECT stream to `authority` over a pooled connection for `key`: an open connection with a
   // free stream slot, else one being set up with room, else a new one. Completion as
@@ -87,8 +99,7 @@ class ConnectionPool : public std::enable_shared_from_this<ConnectionPool> {
     std::vector<std::shared_ptr<Pending>> pending;
   };
 
-  ConnectionPool(boost::asio::any_io_executor executor, const PoolOptions& options, ContextFor context_for,
-                 Verifier verifier, Dialer dialer);
+  ConnectionPool(boost::asio::any_io_executor executor, const PoolOptions& options, Hooks hooks);
   void connect(const PoolKey& key, std::shared_ptr<Pending> pending);
   void on_connected(const PoolKey& key, std::shared_ptr<Pending> pending, std::unique_ptr<SslStream> io);
   void fail_pending(const PoolKey& key, const std::shared_ptr<Pending>& pending, boost::system::error_code ec);
@@ -96,9 +107,7 @@ class ConnectionPool : public std::enable_shared_from_this<ConnectionPool> {
 
   boost::asio::any_io_executor executor_;
   PoolOptions options_;
-  ContextFor context_for_;
-  Verifier verifier_;
-  Dialer dialer_;
+  Hooks hooks_;
   std::map<PoolKey, Entry> entries_;
   PoolStats stats_;
   bool closing_ = false;

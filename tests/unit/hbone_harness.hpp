@@ -135,9 +135,10 @@ class Harness {
       a->listen(1024);
     }
     handler = [this](std::shared_ptr<IncomingRequest> r) { connect_and_relay(std::move(r)); };
-    pool = ConnectionPool::create(
-        io.get_executor(), options, [this](const PoolKey&) { return client_ctx; },
-        [](const PoolKey& key, SSL* ssl) { return TestPki::peer_uri(ssl) == key.destination_identity; });
+    ConnectionPool::Hooks hooks;
+    hooks.context_for = [this](const PoolKey&) { return client_ctx; };
+    hooks.verify = [](const PoolKey& key, SSL* ssl) { return TestPki::peer_uri(ssl) == key.destination_identity; };
+    pool = ConnectionPool::create(io.get_executor(), options, std::move(hooks));
     accept_hbone();
     accept_echo();
     accept_sink();
