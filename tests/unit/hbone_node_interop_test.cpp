@@ -109,7 +109,7 @@ TEST(HboneNodeInterop, NodeClientGetsOurErrorStatuses) {
   EXPECT_EQ(run_node_client(h, format_authority(h.echo_endpoint()), "GET", 0)["status"].as_int64(), 400);
   EXPECT_EQ(run_node_client(h, "example.com:80", "CONNECT", 0)["status"].as_int64(), 400);
   EXPECT_EQ(run_node_client(h, "127.0.0.1:1", "CONNECT", 0)["status"].as_int64(), 503);
-  h.handler = [](std::shared_ptr<IncomingRequest> r) { r->reject(401); };
+  h.post_and_wait([&h] { h.handler = [](std::shared_ptr<IncomingRequest> r) { r->reject(401); }; });
   EXPECT_EQ(run_node_client(h, format_authority(h.echo_endpoint()), "CONNECT", 0)["status"].as_int64(), 401);
 }
 

@@ -170,10 +170,12 @@ TEST(HboneTunnel, ServerAnswersItsHandlersStatuses) {
   Harness h;
   auto unreachable = h.sink_endpoint();
   unreachable.port(1);
-  h.handler = [&h](std::shared_ptr<IncomingRequest> r) {
-    if (r->target().port() == 2) return r->reject(401);
-    h.connect_and_relay(std::move(r));  // port 1: connection refused -> 503
-  };
+  h.post_and_wait([&h] {
+    h.handler = [&h](std::shared_ptr<IncomingRequest> r) {
+      if (r->target().port() == 2) return r->reject(401);
+      h.connect_and_relay(std::move(r));  // port 1: connection refused -> 503
+    };
+  });
   auto refused = h.open(authority_of(unreachable));
   EXPECT_EQ(refused.status, 503);
   EXPECT_EQ(refused.ec, asio::error::connection_refused);
@@ -348,7 +350,7 @@ TEST(HboneTunnel, PlaintextClientIsRefused) {
 
 TEST(HboneTunnel, ForeignCaClientIsRefused) {
   Harness h;
-  h.client_ctx = h.pki.client_context("foreign-client");
+  h.post_and_wait([&h] { h.client_ctx = h.pki.client_context("foreign-client"); });
   auto r = h.open(authority_of(h.echo_endpoint()));
   EXPECT_NE(r.status, 200);
   EXPECT_TRUE(r.ec);
