@@ -55,8 +55,17 @@ std::string format_authority(const ip::tcp::endpoint& endpoint) {
   auto address = endpoint.address();
   if (address.is_v6() && address.to_v6().is_v4_mapped())
     address = ip::make_address_v4(ip::v4_mapped, address.to_v6());
-  std::string out = address.is_v6() ? "[" + address.to_string() + "]" : address.to_string();
-  return out + ":" + std::to_string(endpoint.port());
+  std::string out;
+  if (address.is_v6()) {
+    out += '[';
+    out += address.to_string();
+    out += ']';
+  } else {
+    out += address.to_string();
+  }
+  out += ':';
+  out += std::to_string(endpoint.port());
+  return out;
 }
 
 std::string format_forwarded(const ip::tcp::endpoint& client, std::string_view service_host) {

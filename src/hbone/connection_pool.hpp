@@ -24,10 +24,13 @@ struct PoolKey {
   std::string source_identity;       // SPIFFE URI we present
   std::string destination_identity;  // SPIFFE URI the server must prove
   tcp::endpoint destination;         // outer connection's address
+  // The outer connection's source address when the dialer binds one (ztunnel keys on it too, as
+  // it spoofs the client pod's address); unspecified (default) when it does not.
+  boost::asio::ip::address source_address{};
   bool operator==(const PoolKey&) const = default;
   bool operator<(const PoolKey& other) const {
-    return std::tie(source_identity, destination_identity, destination) <
-           std::tie(other.source_identity, other.destination_identity, other.destination);
+    return std::tie(source_identity, destination_identity, destination, source_address) <
+           std::tie(other.source_identity, other.destination_identity, other.destination, other.source_address);
   }
 };
 
