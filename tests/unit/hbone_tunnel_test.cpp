@@ -1,0 +1,362 @@
+// The HBONE transport over real TLS on loopback: our client pool and our server session, with
+// the relay on both ends (tests/unit/hbone_harness.hpp).
+
+#include <gtest/gtest.h>
+#include <nghttp2/nghttp2.h>
+#include <openssl/err.h>
+
+#include "hbone_harness.hpp"
+
+namespace dsproxy::hbone::test {
+namespace {
+
+std::string authority_of(const asio::ip::tcp::endpoint& ep) { return format_authority(ep); }
+
+TEST(HboneTunnel, EchoesBytesBothWaysWithHalfClose) {
+  Harness h;
+  auto r = h.open(authority_of(h.echo_endpoint()));
+  ASSERT_EQ(r.status, 200) << r.ec.message();
+  auto data = random_bytes(8 << 20);
+  // The app half-closes after sending; the echo pod sees EOF (END_STREAM became FIN) only then,
+  // and its FIN after the echo comes back as our EOF (its END_STREAM) with every byte before it.
+  std::thread writer([&] {
+    EXPECT_TRUE(write_all(r.fd, data.data(), data.size()));
+    ::shutdown(r.fd, SHUT_WR);
+  });
+  std::vector<char> back;
+  EXPECT_TRUE(read_to_eof(r.fd, back));
+  writer.join();
+  ::close(r.fd);
+  EXPECT_EQ(back.size(), data.size());
+  EXPECT_EQ(sha256(back.data(), back.size()), sha256(data.data(), data.size()));
+  EXPECT_EQ(h.echo_eofs.load(), 1);
+  EXPECT_EQ(h.pool_connections(), 1u);
+}
+
+TEST(HboneTunnel, DirectionAfterHalfCloseKeepsFlowing) {
+  Harness h;
+  auto r = h.open(authority_of(h.echo_endpoint()));
+  ASSERT_EQ(r.status, 200);
+  ASSERT_TRUE(write_all(r.fd, "hello", 5));
+  ::shutdown(r.fd, SHUT_WR);
+  // Wait for the echo pod to see our FIN before anything comes back: its echo then travels the
+  // direction that is still open.
+  for (int i = 0; i < 500 && h.echo_eofs.load() == 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(h.echo_eofs.load(), 1);
+  std::vector<char> back;
+  EXPECT_TRUE(read_to_eof(r.fd, back));
+  EXPECT_EQ(std::string(back.begin(), back.end()), "hello");
+  ::close(r.fd);
+}
+
+TEST(HboneTunnel, AppResetResetsThePod) {
+  Harness h;
+  auto r = h.open(authority_of(h.echo_endpoint()));
+  ASSERT_EQ(r.status, 200);
+  char buf[4];
+  ASSERT_TRUE(write_all(r.fd, "ping", 4));
+  ASSERT_TRUE(read_exact(r.fd, buf, 4));
+  linger l{1, 0};
+  setsockopt(r.fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+  ::close(r.fd);  // RST -> RST_STREAM -> RST to the pod
+  for (int i = 0; i < 500 && h.echo_resets.load() == 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(h.echo_resets.load(), 1);
+  EXPECT_EQ(h.echo_eofs.load(), 0);
+  // The connection outlives the stream.
+  EXPECT_EQ(h.pool_connections(), 1u);
+}
+
+TEST(HboneTunnel, PodResetResetsTheApp) {
+  Harness h;
+  auto r = h.open(authority_of(h.resetter_endpoint()));
+  ASSERT_EQ(r.status, 200);
+  ASSERT_TRUE(write_all(r.fd, "ping", 4));
+  char buf[16];
+  errno = 0;
+  auto n = ::recv(r.fd, buf, sizeof buf, 0);
+  EXPECT_EQ(n, -1);
+  EXPECT_EQ(errno, ECONNRESET);
+  ::close(r.fd);
+  // A new stream on the same connection still works.
+  auto again = h.open(authority_of(h.echo_endpoint()));
+  ASSERT_EQ(again.status, 200);
+  ASSERT_TRUE(write_all(again.fd, "x", 1));
+  ASSERT_TRUE(read_exact(again.fd, buf, 1));
+  ::close(again.fd);
+  EXPECT_EQ(h.server_connections.load(), 1);
+}
+
+TEST(HboneTunnel, HundredAndFirstStreamOpensASecondConnection) {
+  Harness h;
+  std::vector<int> fds;
+  for (int i = 0; i < 101; ++i) {
+    auto r = h.open(authority_of(h.echo_endpoint()));
+    ASSERT_EQ(r.status, 200) << i << " " << r.ec.message();
+    fds.push_back(r.fd);
+  }
+  EXPECT_EQ(h.pool_connections(), 2u);
+  EXPECT_EQ(h.server_connections.load(), 2);
+  // Every tunnel is live.
+  for (int fd : fds) {
+    char c = 0;
+    ASSERT_TRUE(write_all(fd, "z", 1));
+    ASSERT_TRUE(read_exact(fd, &c, 1));
+    EXPECT_EQ(c, 'z');
+    ::close(fd);
+  }
+}
+
+TEST(HboneTunnel, IdleConnectionIsClosed) {
+  PoolOptions options;
+  options.idle_timeout = 200ms;
+  Harness h(options);
+  auto r = h.open(authority_of(h.echo_endpoint()));
+  ASSERT_EQ(r.status, 200);
+  ::shutdown(r.fd, SHUT_WR);
+  std::vector<char> back;
+  EXPECT_TRUE(read_to_eof(r.fd, back));
+  ::close(r.fd);
+  EXPECT_EQ(h.pool_connections(), 1u);
+  std::size_t pooled = 1, serving = 1;
+  for (int i = 0; i < 300 && (pooled || serving); ++i) {
+    std::this_thread::sleep_for(10ms);
+    pooled = h.pool_connections();
+    serving = h.open_server_sessions();
+  }
+  EXPECT_EQ(pooled, 0u);
+  EXPECT_EQ(serving, 0u);  // the GOAWAY closed the server's end too
+  EXPECT_EQ(h.post_and_wait([&] { return h.pool->stats().idle_closed; }), 1u);
+  // The next tunnel gets a new connection.
+  auto again = h.open(authority_of(h.echo_endpoint()));
+  EXPECT_EQ(again.status, 200);
+  ::close(again.fd);
+  EXPECT_EQ(h.server_connections.load(), 2);
+}
+
+TEST(HboneTunnel, SlowStreamDoesNotStallAFastOneOnTheSameConnection) {
+  Harness h;
+  auto slow = h.open(authority_of(h.sink_endpoint()));
+  ASSERT_EQ(slow.status, 200);
+  // Fill the slow tunnel until it pushes back: the sink pod never reads.
+  set_timeouts(slow.fd, 300ms);
+  auto chunk = random_bytes(1 << 20, 7);
+  std::size_t pushed = 0;
+  const std::size_t cap = 256u << 20;
+  while (pushed < cap) {
+    auto w = ::send(slow.fd, chunk.data(), chunk.size(), MSG_NOSIGNAL);
+    if (w <= 0) break;
+    pushed += static_cast<std::size_t>(w);
+  }
+  EXPECT_LT(pushed, cap) << "the slow stream never pushed back";
+  // Its stream window is used up now; a second stream on the same connection still flows.
+  auto fast = h.open(authority_of(h.echo_endpoint()));
+  ASSERT_EQ(fast.status, 200);
+  EXPECT_EQ(h.pool_connections(), 1u);
+  EXPECT_EQ(h.server_connections.load(), 1);
+  auto data = random_bytes(8 << 20, 9);
+  std::thread writer([&] {
+    EXPECT_TRUE(write_all(fast.fd, data.data(), data.size()));
+    ::shutdown(fast.fd, SHUT_WR);
+  });
+  std::vector<char> back;
+  EXPECT_TRUE(read_to_eof(fast.fd, back));
+  writer.join();
+  EXPECT_EQ(sha256(back.data(), back.size()), sha256(data.data(), data.size()));
+  ::close(fast.fd);
+  ::close(slow.fd);
+}
+
+TEST(HboneTunnel, ServerAnswersItsHandlersStatuses) {
+  Harness h;
+  auto unreachable = h.sink_endpoint();
+  unreachable.port(1);
+  h.post_and_wait([&h] {
+    h.handler = [&h](std::shared_ptr<IncomingRequest> r) {
+      if (r->target().port() == 2) return r->reject(401);
+      h.connect_and_relay(std::move(r));  // port 1: connection refused -> 503
+    };
+  });
+  auto refused = h.open(authority_of(unreachable));
+  EXPECT_EQ(refused.status, 503);
+  EXPECT_EQ(refused.ec, asio::error::connection_refused);
+  auto denied = h.open("127.0.0.1:2");
+  EXPECT_EQ(denied.status, 401);
+  // Not an IP:port authority: 400 from the session itself, before any handler.
+  EXPECT_EQ(h.open("example.com:80").status, 400);
+  EXPECT_EQ(h.open("[fd00::1]").status, 400);
+  EXPECT_EQ(h.open("10.0.0.1:0").status, 400);
+  // All on one connection, which still serves.
+  auto ok = h.open(authority_of(h.echo_endpoint()));
+  EXPECT_EQ(ok.status, 200);
+  ::close(ok.fd);
+  EXPECT_EQ(h.server_connections.load(), 1);
+}
+
+TEST(HboneTunnel, HeadersAndPeerIdentityReachTheServer) {
+  Harness h;
+  asio::ip::tcp::endpoint client(asio::ip::make_address("fd00::7"), 40000);
+  Baggage baggage{.cluster = "Kubernetes", .ns = "default", .workload_type = "deployment",
+                  .workload_name = "sleep", .service_name = "sleep", .service_version = "v1"};
+  auto r = h.open(authority_of(h.echo_endpoint()),
+                  {{"forwarded", format_forwarded(client)}, {"baggage", format_baggage(baggage)}});
+  ASSERT_EQ(r.status, 200);
+  ::close(r.fd);
+  auto [headers, identity] = h.post_and_wait([&] { return std::make_pair(h.seen_headers.at(0), h.seen_identities.at(0)); });
+  EXPECT_EQ(identity, TestPki::spiffe("client"));
+  auto* forwarded = find_header(headers, "forwarded");
+  ASSERT_NE(forwarded, nullptr);
+  EXPECT_EQ(*forwarded, "for=\"[fd00::7]:40000\"");
+  EXPECT_EQ(parse_forwarded_for(*forwarded), client);
+  auto* b = find_header(headers, "baggage");
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(parse_baggage(*b), baggage);
+}
+
+TEST(HboneTunnel, WrongServerIdentityIsRefusedBeforeUse) {
+  Harness h;
+  auto r = h.open(authority_of(h.echo_endpoint()), {}, h.key(TestPki::spiffe("other")));
+  EXPECT_EQ(r.status, 0);
+  EXPECT_EQ(r.ec, asio::error::access_denied);
+  EXPECT_EQ(h.post_and_wait([&] { return h.pool->stats().identity_mismatches; }), 1u);
+  EXPECT_EQ(h.pool_connections(), 0u);
+  EXPECT_EQ(h.echo_eofs.load() + h.echo_resets.load(), 0);
+}
+
+// A TLS client that completes the handshake (ALPN h2, a good certificate) and then writes
+// `bytes` instead of the HTTP/2 preface: the server must close that connection.
+bool server_closes_after(Harness& h, const std::string& bytes) {
+  int fd = connect_to(h.hbone_endpoint());
+  if (fd < 0) return false;
+  set_timeouts(fd, 5s);
+  std::unique_ptr<SSL, decltype(&SSL_free)> ssl(SSL_new(h.client_ctx.get()), SSL_free);
+  SSL_set_fd(ssl.get(), fd);
+  bool closed = false;
+  if (SSL_connect(ssl.get()) == 1 && SSL_write(ssl.get(), bytes.data(), static_cast<int>(bytes.size())) > 0) {
+    // The server may answer with its SETTINGS and a GOAWAY first; then the connection ends.
+    char buf[4096];
+    for (int i = 0; i < 64; ++i) {
+      int n = SSL_read(ssl.get(), buf, sizeof buf);
+      if (n <= 0) {
+        int err = SSL_get_error(ssl.get(), n);
+        closed = err == SSL_ERROR_ZERO_RETURN || err == SSL_ERROR_SYSCALL || err == SSL_ERROR_SSL;
+        break;
+      }
+    }
+  }
+  ERR_clear_error();
+  ::close(fd);
+  return closed;
+}
+
+TEST(HboneTunnel, GarbageAfterTlsClosesThatConnectionOnly) {
+  Harness h;
+  auto before = h.open(authority_of(h.echo_endpoint()));
+  ASSERT_EQ(before.status, 200);
+  EXPECT_TRUE(server_closes_after(h, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+  // A valid preface followed by a frame that breaks the protocol (DATA on stream 0).
+  std::string preface = NGHTTP2_CLIENT_MAGIC;
+  preface += std::string("\x00\x00\x00\x04\x00\x00\x00\x00\x00", 9);  // empty SETTINGS
+  preface += std::string("\x00\x00\x04\x00\x00\x00\x00\x00\x00" "abcd", 13);  // DATA on stream 0
+  EXPECT_TRUE(server_closes_after(h, preface));
+  // The existing tunnel is untouched, and new ones are served.
+  char c;
+  ASSERT_TRUE(write_all(before.fd, "k", 1));
+  ASSERT_TRUE(read_exact(before.fd, &c, 1));
+  ::close(before.fd);
+  auto after = h.open(authority_of(h.echo_endpoint()));
+  EXPECT_EQ(after.status, 200);
+  ::close(after.fd);
+}
+
+// A client that ignores SETTINGS_MAX_CONCURRENT_STREAMS and opens 150 streams at once on one
+// connection (frames built by hand here, the only way past a conforming HTTP/2 library): the
+// server refuses the streams beyond 100 (RST_STREAM REFUSED_STREAM) or ends that connection
+// (GOAWAY); either way the process and other connections go on.
+TEST(HboneTunnel, StreamFloodIsRefusedPerTheProtocol) {
+  Harness h;
+  auto before = h.open(authority_of(h.echo_endpoint()));
+  ASSERT_EQ(before.status, 200);
+  int fd = connect_to(h.hbone_endpoint());
+  ASSERT_GE(fd, 0);
+  set_timeouts(fd, 5s);
+  std::unique_ptr<SSL, decltype(&SSL_free)> ssl(SSL_new(h.client_ctx.get()), SSL_free);
+  SSL_set_fd(ssl.get(), fd);
+  ASSERT_EQ(SSL_connect(ssl.get()), 1);
+  nghttp2_hd_deflater* deflater = nullptr;
+  ASSERT_EQ(nghttp2_hd_deflate_new(&deflater, 4096), 0);
+  std::string method = ":method", connect = "CONNECT", auth = ":authority", target = authority_of(h.echo_endpoint());
+  auto nv = [](std::string& n, std::string& v) {
+    return nghttp2_nv{reinterpret_cast<uint8_t*>(n.data()), reinterpret_cast<uint8_t*>(v.data()), n.size(), v.size(),
+                      NGHTTP2_NV_FLAG_NONE};
+  };
+  std::string out = NGHTTP2_CLIENT_MAGIC;
+  out += std::string("\x00\x00\x00\x04\x00\x00\x00\x00\x00", 9);  // our (empty) SETTINGS, never ACKing theirs
+  for (std::uint32_t i = 0; i < 150; ++i) {
+    nghttp2_nv nva[] = {nv(method, connect), nv(auth, target)};
+    std::uint8_t block[256];
+    auto len = nghttp2_hd_deflate_hd(deflater, block, sizeof block, nva, 2);
+    ASSERT_GT(len, 0);
+    std::uint32_t id = 2 * i + 1;
+    char hd[9] = {0, 0, static_cast<char>(len), NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS,
+                  static_cast<char>(id >> 24), static_cast<char>(id >> 16), static_cast<char>(id >> 8),
+                  static_cast<char>(id)};
+    out.append(hd, 9);
+    out.append(reinterpret_cast<char*>(block), static_cast<std::size_t>(len));
+  }
+  nghttp2_hd_deflate_del(deflater);
+  ASSERT_GT(SSL_write(ssl.get(), out.data(), static_cast<int>(out.size())), 0);
+  // Read the server's frames: count refused streams, stop at GOAWAY or the connection's end.
+  int refused = 0, answered = 0;
+  bool goaway = false;
+  std::string in;
+  char buf[16384];
+  for (int reads = 0; reads < 1000 && refused < 50 && !goaway; ++reads) {
+    int n = SSL_read(ssl.get(), buf, sizeof buf);
+    if (n <= 0) break;
+    in.append(buf, static_cast<std::size_t>(n));
+    while (in.size() >= 9) {
+      std::size_t len = (std::uint8_t(in[0]) << 16) | (std::uint8_t(in[1]) << 8) | std::uint8_t(in[2]);
+      if (in.size() < 9 + len) break;
+      auto type = std::uint8_t(in[3]);
+      if (type == NGHTTP2_RST_STREAM && len == 4 && std::uint8_t(in[12]) == NGHTTP2_REFUSED_STREAM) ++refused;
+      if (type == NGHTTP2_HEADERS) ++answered;
+      if (type == NGHTTP2_GOAWAY) goaway = true;
+      in.erase(0, 9 + len);
+    }
+  }
+  ERR_clear_error();
+  ::close(fd);
+  EXPECT_TRUE(refused >= 50 || goaway) << "refused " << refused << " answered " << answered;
+  EXPECT_LE(answered, 100);
+  char c;
+  ASSERT_TRUE(write_all(before.fd, "k", 1));
+  ASSERT_TRUE(read_exact(before.fd, &c, 1));
+  ::close(before.fd);
+}
+
+TEST(HboneTunnel, PlaintextClientIsRefused) {
+  Harness h;
+  int fd = connect_to(h.hbone_endpoint());
+  ASSERT_GE(fd, 0);
+  set_timeouts(fd, 5s);
+  std::string preface = NGHTTP2_CLIENT_MAGIC;
+  write_all(fd, preface.data(), preface.size());
+  std::vector<char> out;
+  read_to_eof(fd, out, 1 << 16);  // EOF or reset, bounded by the timeout
+  ::close(fd);
+  for (int i = 0; i < 300 && h.tls_failures.load() == 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(h.tls_failures.load(), 1);
+}
+
+TEST(HboneTunnel, ForeignCaClientIsRefused) {
+  Harness h;
+  h.post_and_wait([&h] { h.client_ctx = h.pki.client_context("foreign-client"); });
+  auto r = h.open(authority_of(h.echo_endpoint()));
+  EXPECT_NE(r.status, 200);
+  EXPECT_TRUE(r.ec);
+  for (int i = 0; i < 300 && h.tls_failures.load() == 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(h.tls_failures.load(), 1);
+}
+
+}  // namespace
+}  // namespace dsproxy::hbone::test
