@@ -7,10 +7,12 @@
 // and the outcome counters.
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <vector>
 
 #include "snapshot/snapshot_store.hpp"
+#include "proxy/connection_result.hpp"
 #include "proxy/endpoint_states.hpp"
 #include "proxy/outlier_detector.hpp"
 #include "proxy/proxy_options.hpp"
@@ -31,6 +33,9 @@ class ProxyServer {
   // Binds every listener on the calling thread, so a bind failure (port in use, missing
   // CAP_NET_ADMIN) surfaces here as std::system_error before any thread starts.
   void start();
+  // Before start(): the sink of worker i's connection records (it must outlive this server and is
+  // called on that worker's thread only). Without: connections are counted in ProxyStats only.
+  void set_connection_sinks(std::function<ConnectionSink*(int worker)> sinks) { sinks_ = std::move(sinks); }
   // Stops accepting, lets open connections finish for up to `grace`, then stops the workers;
   // connections still open then are closed when their coroutine frames are destroyed.
   void drain(std::chrono::milliseconds grace);
@@ -59,6 +64,7 @@ class ProxyServer {
   std::vector<std::unique_ptr<Worker>> workers_;
   bool started_ = false;
   bool stopped_ = false;
+  std::function<ConnectionSink*(int)> sinks_;
 };
 
 }  // namespace dsproxy::proxy

@@ -24,6 +24,7 @@ struct RelayResult {
   std::uint64_t bytes_to_downstream = 0;
   bool idle_timeout = false;
   bool reset = false;  // a reset or I/O error on one side was propagated to the other
+  bool upstream_reset = false;  // ... and that side was the upstream (else the client)
 };
 
 // Copies both directions at once until both have ended. A FIN from one side becomes a
