@@ -12,6 +12,8 @@
 
 #include "admin/admin_server.hpp"
 #include "admin/config_dump.hpp"
+#include "admin/metrics_exporter.hpp"
+#include "proxy/connection_telemetry.hpp"
 #include "daemon/control_plane.hpp"
 #include "identity/identity_error.hpp"
 #include "identity/identity_manager.hpp"
@@ -114,6 +116,7 @@ class Daemon {
     }
 
     proxy::ProxyServer server(options_.proxy, store_, stats_);
+    server.set_connection_sinks([this](int worker) { return telemetry_.sink(worker); });
     admin::AdminServer admin(front_.get_executor());
     server_ = &server;
     try {
@@ -284,6 +287,31 @@ class Daemon {
       admin.listen({loopback6, options_.admin_port}, api);
       admin.listen({*net::IpAddress::parse("::"), options_.readiness_port}, probe);
     }
+    serve_metrics(admin);
+  }
+
+  // Prometheus on both families, like readiness: it is scraped from outside the node.
+  void serve_metrics(admin::AdminServer& admin) {
+    if (options_.metrics_port == 0) return;
+    exporter_.add([this] { return telemetry_.collect(); });
+    exporter_.add([this] { return admin::proxy_stats_families(stats_); });
+    exporter_.add([this] {
+      return admin::config_families(control_plane_->builds(), control_plane_->build_failures());
+    });
+    exporter_.add([this] {
+      // The DNS proxy starts after the listeners; a scrape before it has nothing to say yet.
+      return dns_ ? admin::dns_stats_families(dns_->stats()) : std::vector<prometheus::MetricFamily>{};
+    });
+    auto metrics = [this](std::string_view path) -> admin::AdminResponse {
+      if (path == "/metrics" || path == "/stats/prometheus")
+        return {200, "text/plain; version=0.0.4; charset=utf-8", exporter_.render()};
+      return {404, "text/plain", "not found; try /metrics\n"};
+    };
+    if (options_.admin_v4) admin.listen({*net::IpAddress::parse("0.0.0.0"), options_.metrics_port}, metrics);
+    if (options_.admin_v6 && options_.admin_v4)
+      listen_optional(admin, {*net::IpAddress::parse("::"), options_.metrics_port}, metrics);
+    else if (options_.admin_v6)
+      admin.listen({*net::IpAddress::parse("::"), options_.metrics_port}, metrics);
   }
 
   // With IPv4 serving, a missing IPv6 admin listener is worth a warning, not a failed start.
@@ -318,6 +346,11 @@ class Daemon {
   asio::io_context front_{1};
   snapshot::SnapshotStore store_;
   proxy::ProxyStats stats_;
+  // Outlives the ProxyServer (run()'s local): the workers' sinks live here.
+  proxy::ConnectionTelemetry telemetry_{
+      options_.proxy.workers,
+      {.access_log = options_.access_log, .metrics = options_.metrics_port != 0}};
+  admin::MetricsExporter exporter_;
   redirect::ProcessRunner runner_;
   std::atomic<bool> ready_{false};
   bool draining_ = false;
