@@ -134,6 +134,7 @@ class Daemon {
     }
 
     control_plane_->start();
+    flush_access_log();
     try {
       front_.run();
     } catch (const std::exception& e) {
@@ -290,6 +291,15 @@ class Daemon {
     serve_metrics(admin);
   }
 
+  // The access log is written in batches: what a quiet second left behind goes out now.
+  void flush_access_log() {
+    telemetry_.flush();
+    log_flush_timer_.expires_after(std::chrono::seconds(1));
+    log_flush_timer_.async_wait([this](boost::system::error_code ec) {
+      if (!ec) flush_access_log();
+    });
+  }
+
   // Prometheus on both families, like readiness: it is scraped from outside the node.
   void serve_metrics(admin::AdminServer& admin) {
     if (options_.metrics_port == 0) return;
@@ -351,6 +361,7 @@ class Daemon {
       options_.proxy.workers,
       {.access_log = options_.access_log, .metrics = options_.metrics_port != 0}};
   admin::MetricsExporter exporter_;
+  asio::steady_timer log_flush_timer_{front_};
   redirect::ProcessRunner runner_;
   std::atomic<bool> ready_{false};
   bool draining_ = false;

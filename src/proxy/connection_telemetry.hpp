@@ -9,8 +9,9 @@
 //    used only at scrape time: a Collectable (collect()) walks every worker's series and sums
 //    them. A worker publishes a new label set by pushing it onto a list whose head is atomic; a
 //    series is never removed, so a scrape can walk the lists while workers add to them.
-//  * access log: the line is formatted on the worker and written through spdlog; the only lock is
-//    the access logger's sink mutex (spdlog's own), once per line.
+//  * access log: the line is formatted on the worker and handed to spdlog; the only lock is the
+//    access logger's sink mutex (spdlog's own), once per line. The sink batches lines into
+//    writes of up to 4 KiB; flush() writes what is left (the daemon: every second).
 //
 // Cardinality is bounded: labels name workloads (a Deployment, StatefulSet, ...: see
 // describe_pod), Services and namespaces from the snapshot, never pods or addresses; anything
@@ -67,6 +68,8 @@ class ConnectionTelemetry {
   ConnectionSink* sink(int worker);
   // Any thread (the scrape): the istio_tcp_* families and dsproxy's outcomes by reason.
   std::vector<prometheus::MetricFamily> collect() const;
+  // Any thread: writes the access-log lines still buffered (call every second or so, and at exit).
+  void flush();
 
   class WorkerSink;
 
