@@ -14,7 +14,9 @@
 #   on    --access-log json, metrics on :15020 (scraped once after each measurement, to check)
 # TELEMETRY_ON_ARGS replaces the "on" arguments (e.g. "--access-log off": metrics alone).
 # The access log goes to a file in the run's temporary directory. Prints the median connection
-# rate of each configuration and family and the difference.
+# rate and the median proxy CPU time per connection (user + system, from /proc) of each
+# configuration and family, and the differences: on a shared machine the rate swings with
+# whatever else runs, the proxy's own CPU per connection much less.
 #
 # Needs root, cmake and a C++ toolchain (builds dsproxy and the bench tools if missing), iptables,
 # ipset, jq, iperf3 (topo.sh's server; installed unless --no-install). Everything it creates is
@@ -124,19 +126,26 @@ start_proxy() {
   die "dsproxy not ready after 10 s"
 }
 
-# measure FAMILY: prints "rate errors ops".
+# The proxy's CPU time so far (user + system), in clock ticks.
+proxy_ticks() { awk '{ print $14 + $15 }' "/proc/$DSPROXY_PID/stat" 2>/dev/null || echo 0; }
+
+# measure FAMILY: prints "rate errors ops cpu_us_per_connection".
 measure() {
-  local vip=$VIP4 res
+  local vip=$VIP4 res c0 c1
   [[ $1 == 6 ]] && vip=$VIP6
+  c0=$(proxy_ticks)
   res=$(in_client timeout $((SECONDS_PER + 30)) "$BENCH_LOAD" conn --addr "$vip" --port "$ECHO_PORT" \
     --seconds "$SECONDS_PER" --max-ops 4000000 --threads 4 2>>"$BENCH_TMP/load.err" | tail -n 1)
-  jq -r '"\(.rate) \(.errors) \(.ops)"' <<<"$res" 2>/dev/null || echo "0 1 0"
+  c1=$(proxy_ticks)
+  jq -r --argjson ticks $((c1 - c0)) --argjson hz "$(getconf CLK_TCK)" \
+    '"\(.rate) \(.errors) \(.ops) \(if .ops > 0 then ($ticks / $hz * 1e6 / .ops * 10 | round / 10) else 0 end)"' \
+    <<<"$res" 2>/dev/null || echo "0 1 0 0"
 }
 
 topo_up
 topo_write_k8s_config "$BENCH_TMP/cluster.yaml"
 
-declare -A rates=()
+declare -A rates=() cpus=()
 for ((r = 0; r < ROUNDS; r++)); do
   order=(off on)
   ((r % 2)) && order=(on off)
@@ -146,15 +155,16 @@ for ((r = 0; r < ROUNDS; r++)); do
       vip=$VIP4
       [[ $family == 6 ]] && vip=$VIP6
       in_client timeout 10 "$BENCH_LOAD" conn --addr "$vip" --port "$ECHO_PORT" --seconds 1 --threads 4 >/dev/null 2>&1 # warm-up
-      read -r rate err ops < <(measure "$family")
+      read -r rate err ops cpu < <(measure "$family")
       extra=
       if [[ $mode == on ]]; then
         closed=$(http_get 15020 /metrics | awk 'index($0, "istio_tcp_connections_closed_total{") == 1 { s += $NF } END { print s + 0 }')
         lines=$(grep -c '"message":"connection complete"' "$BENCH_TMP/dsproxy-on.log")
         extra=" (metrics: $closed closed; access log: $lines lines)"
       fi
-      log "round $((r + 1)) $mode IPv$family: $rate connections/s, $ops connections, $err errors$extra"
+      log "round $((r + 1)) $mode IPv$family: $rate connections/s, proxy CPU $cpu µs/connection, $ops connections, $err errors$extra"
       rates[$mode.$family]+="$rate "
+      cpus[$mode.$family]+="$cpu "
     done
     stop_proxy
   done
@@ -164,13 +174,20 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { prin
 echo
 echo "## Connection rate through a captured ClusterIP, telemetry off vs on (bench_load conn, 4 threads, ${SECONDS_PER} s; median of $ROUNDS interleaved rounds)"
 echo
-echo "| family | off (connections/s) | on: json access log + metrics | difference | rounds off | rounds on |"
-echo "| --- | --- | --- | --- | --- | --- |"
+# The rate depends on everything else the machine runs; the proxy's own CPU time per connection
+# much less, so both are printed.
+echo "| family | what | off | on: json access log + metrics | difference | rounds off | rounds on |"
+echo "| --- | --- | --- | --- | --- | --- | --- |"
+diff_pct() { awk -v a="$1" -v b="$2" 'BEGIN { print b ? 100 * (a - b) / b : 0 }'; }
 for family in 4 6; do
   off=$(median <<<"${rates[off.$family]}")
   on=$(median <<<"${rates[on.$family]}")
-  printf '| IPv%s | %.0f | %.0f | %+.1f %% | %s| %s|\n' "$family" "$off" "$on" \
-    "$(awk -v a="$on" -v b="$off" 'BEGIN { print b ? 100 * (a - b) / b : 0 }')" "${rates[off.$family]}" "${rates[on.$family]}"
+  printf '| IPv%s | connections/s | %.0f | %.0f | %+.1f %% | %s| %s|\n' "$family" "$off" "$on" "$(diff_pct "$on" "$off")" \
+    "${rates[off.$family]}" "${rates[on.$family]}"
+  off=$(median <<<"${cpus[off.$family]}")
+  on=$(median <<<"${cpus[on.$family]}")
+  printf '| IPv%s | proxy CPU µs/connection | %.1f | %.1f | %+.1f %% | %s| %s|\n' "$family" "$off" "$on" "$(diff_pct "$on" "$off")" \
+    "${cpus[off.$family]}" "${cpus[on.$family]}"
 done
 echo
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs"

@@ -261,14 +261,16 @@ metric_sum() {
 }
 access_lines() { grep -c 'access connection complete' "$DSPROXY_LOG" 2>/dev/null || true; }
 if in_time "metrics and access log"; then
-  # Every connection above has ended on the client side; the proxy closes its side at once. Wait
-  # (bounded) until every accepted connection is counted closed.
-  accepted=0 closed=-1
-  for ((i = 0; i < 30; i++)); do
+  # Every connection above has ended on the client side; the proxy closes its side at once, and
+  # writes the access log in batches at least every second. Wait (bounded) until every accepted
+  # connection is counted closed and logged.
+  accepted=0 closed=-1 lines=-1
+  for ((i = 0; i < 50; i++)); do
     accepted=$(stats_now | awk '$1 == "outbound_accepted" || $1 == "inbound_accepted" { s += $2 } END { print s + 0 }')
     body=$(metrics_get 127.0.0.1 /metrics)
     closed=$(metric_sum "$body" istio_tcp_connections_closed_total "")
-    ((closed == accepted && accepted > 0)) && break
+    lines=$(access_lines)
+    ((closed == accepted && lines == accepted && accepted > 0)) && break
     sleep 0.1
   done
   check "GET 127.0.0.1:15020/metrics counts every accepted connection closed" $((closed == accepted && accepted > 0 ? 0 : 1)) \
@@ -284,7 +286,6 @@ if in_time "metrics and access log"; then
   ((ds == 4 && n >= 4 && dsw >= 4 && rx > 0))
   check "istio_tcp_* series for sleep -> $svc count its 4 connections (both ClusterIPs, 2 ports)" $? \
     "closed $ds, sleep opened $n, destination_workload tcp-echo $dsw, received bytes $rx"
-  lines=$(access_lines)
   ((lines == accepted))
   check "the access log has one line per accepted connection" $? "$lines lines, $accepted accepted"
   v6=$(grep 'access connection complete' "$DSPROXY_LOG" | grep -c 'dst.service=tcp-echo.dual-stack.svc.cluster.local .*family=IPv6 fallback=false')
