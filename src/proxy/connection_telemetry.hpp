@@ -48,6 +48,10 @@ std::optional<AccessLogFormat> parse_access_log_format(std::string_view text);
 // server's, as ztunnel logs them), duration, error; and dsproxy's: endpoint, family (of the
 // endpoint), fallback, happy_eyeballs_other_family, retries, reason.
 std::string format_access_log_text(const ConnectionRecord& record);
+// SocketAddress::to_string()'s text ("10.0.0.1:80", "[fd00::1]:80") without inet_ntop's sprintf
+// calls, into `out`; the view points into it.
+using AddressText = std::array<char, 64>;
+std::string_view format_address(const net::SocketAddress& address, AddressText& out);
 std::string format_access_log_json(const ConnectionRecord& record);
 
 class ConnectionTelemetry {

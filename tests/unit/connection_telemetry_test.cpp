@@ -52,6 +52,28 @@ TEST(AccessLogTest, TextHasZtunnelFieldsAndOurs) {
   EXPECT_NE(line.find("reason=upstream_reset error=upstream_reset"), std::string::npos) << line;
 }
 
+TEST(AccessLogTest, AddressesAreFormattedAsToStringDoes) {
+  AddressText buf;
+  std::vector<std::string> samples = {"10.244.0.5:41234", "0.0.0.0:1", "255.255.255.255:65535", "[fd00:10:96::f9fc]:9000",
+                                      "[::1]:80", "[::]:0", "[fe80::1:0:0:1]:7", "[1:0:0:2:0:0:0:3]:8",
+                                      "[2001:db8::]:53", "[::ffff:0:1]:9", "[1:2:3:4:5:6:7:8]:10", "[0:0:1::]:11"};
+  std::uint64_t x = 88172645463325252ull;  // xorshift: random addresses with zero runs
+  for (int i = 0; i < 2000; ++i) {
+    std::array<std::uint8_t, 16> b{};
+    for (int k = 0; k < 16; k += 2) {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+      if (x % 3) b[k] = static_cast<std::uint8_t>(x >> 8), b[k + 1] = static_cast<std::uint8_t>(x >> 16);
+    }
+    samples.push_back(net::SocketAddress{net::IpAddress::v6(b), static_cast<std::uint16_t>(x)}.to_string());
+    samples.push_back(net::SocketAddress{net::IpAddress::v4({b[0], b[1], b[2], b[3]}), static_cast<std::uint16_t>(x >> 20)}.to_string());
+  }
+  for (const auto& s : samples) {
+    const auto a = net::SocketAddress::parse(s, true);
+    ASSERT_TRUE(a) << s;
+    EXPECT_EQ(format_address(*a, buf), a->to_string());
+  }
+}
+
 TEST(AccessLogTest, TextWithoutNamesOrEndpoint) {
   ConnectionRecord r;
   r.source = *net::SocketAddress::parse("10.0.0.1:1");
