@@ -176,7 +176,7 @@ echo "## Connection rate through a captured ClusterIP, telemetry off vs on (benc
 echo
 # The rate depends on everything else the machine runs; the proxy's own CPU time per connection
 # much less, so both are printed.
-echo "| family | what | off | on: json access log + metrics | difference | rounds off | rounds on |"
+echo "| family | what | off | on (${TELEMETRY_ON_ARGS:---access-log json}; metrics on) | difference | rounds off | rounds on |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"
 diff_pct() { awk -v a="$1" -v b="$2" 'BEGIN { print b ? 100 * (a - b) / b : 0 }'; }
 for family in 4 6; do
