@@ -30,6 +30,24 @@ bool strip_last_dash(std::string& name) {
   return true;
 }
 
+// The alphabet Kubernetes' generated name suffixes use (rand.SafeEncodeString: no vowels, no
+// 0, 1, 3), so a word of it is a generated suffix, not part of a name.
+bool generated(std::string_view s, std::size_t min, std::size_t max) {
+  if (s.size() < min || s.size() > max) return false;
+  return s.find_first_not_of("bcdfghjklmnpqrstvwxz2456789") == std::string_view::npos;
+}
+
+// A Deployment's pod without its labels: "<deployment>-<pod-template-hash>-<5 chars>".
+std::string deployment_of(const std::string& pod) {
+  const auto last = pod.rfind('-');
+  if (last == std::string::npos || last == 0) return {};
+  const auto hash = pod.rfind('-', last - 1);
+  if (hash == std::string::npos || hash == 0) return {};
+  if (!generated(std::string_view(pod).substr(last + 1), 5, 5)) return {};
+  if (!generated(std::string_view(pod).substr(hash + 1, last - hash - 1), 6, 10)) return {};
+  return pod.substr(0, hash);
+}
+
 }  // namespace
 
 WorkloadInfo describe_pod(const config::Pod& pod) {
@@ -47,6 +65,7 @@ WorkloadInfo describe_pod(const config::Pod& pod) {
     if (strip_last_dash(name)) w.workload = name;  // a DaemonSet's pod
   }
   if (w.workload.empty()) w.workload = label(l, {"app.kubernetes.io/name", "app"});
+  if (w.workload.empty()) w.workload = deployment_of(pod.name);  // no labels known: the name's shape
   if (w.workload.empty()) w.workload = "unknown";
   w.app = label(l, {"service.istio.io/canonical-name", "app.kubernetes.io/name", "app"});
   if (w.app.empty()) w.app = w.workload;
@@ -63,11 +82,24 @@ void WorkloadIndex::refresh(const std::shared_ptr<const snapshot::ClusterSnapsho
   pods_.clear();
   services_.clear();
   if (!snapshot) return;
-  for (const config::Pod& p : snapshot->objects().pods) {
-    if (p.host_network) continue;  // its addresses are the node's, not the pod's
-    auto info = std::make_shared<const WorkloadInfo>(describe_pod(p));
-    for (const auto& ip : p.pod_ips) pods_.emplace(ip, info);
-  }
+  // The snapshot keeps no Pod objects (nor their labels): this node's pods (the clients of
+  // outbound connections, the servers of inbound ones) and the endpoints' pods ("ns/name") are
+  // what it knows, so workloads come from the names' shape (describe_pod without labels).
+  auto add = [this](const std::string& ns, const std::string& name, const net::IpAddress& ip) {
+    config::Pod p;
+    p.name = name;
+    p.ns = ns;
+    pods_.emplace(ip, std::make_shared<const WorkloadInfo>(describe_pod(p)));
+  };
+  for (const snapshot::NodePod& p : snapshot->node_pods())
+    for (const auto& ip : p.ips) add(p.ns, p.name, ip);
+  for (const snapshot::ServiceCluster& c : snapshot->clusters())
+    for (const snapshot::Endpoint& e : c.endpoints) {
+      const std::string& pod = e.pod;
+      const auto slash = pod.find('/');
+      if (slash == std::string::npos || pods_.count(e.address.ip)) continue;
+      add(pod.substr(0, slash), pod.substr(slash + 1), e.address.ip);
+    }
 }
 
 std::shared_ptr<const WorkloadInfo> WorkloadIndex::pod(const net::IpAddress& ip) const {

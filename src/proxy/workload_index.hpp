@@ -2,8 +2,8 @@
 // Names for addresses, for the access log and the Istio metrics: which pod (and so which
 // workload, app and version) owns an IP, and the Service a routed connection went to.
 //
-// One per worker, rebuilt lazily the first time a worker sees a new snapshot (O(pods), on the
-// worker, once per reload), so lookups on the data path take no lock and share nothing with
+// One per worker, rebuilt lazily the first time a worker sees a new snapshot (O(this node's pods
+// + endpoints), on the worker, once per reload), so lookups on the data path take no lock and share nothing with
 // other threads. The entries are shared_ptrs the connection records keep: a record outlives the
 // snapshot it was routed with, and must not keep that snapshot alive.
 
@@ -21,8 +21,9 @@ namespace dsproxy::proxy {
 // The workload a pod belongs to, from what a Pod object carries (dsproxy's model has no
 // ownerReferences): a Deployment's pod is "<deployment>-<pod-template-hash>-<5 chars>", a
 // StatefulSet's "<statefulset>-<ordinal>", a DaemonSet's/Job's "<owner>-<5 chars>" with a
-// controller-revision-hash / job-name label. Else the app.kubernetes.io/name or app label, else
-// "unknown": never the pod's own name, so a bare pod cannot add a series per pod.
+// controller-revision-hash / job-name label. Else the app.kubernetes.io/name or app label; else,
+// with no labels, a name of a Deployment's shape ("<name>-<6-10 generated>-<5 generated>");
+// else "unknown": never the pod's own name, so a bare pod cannot add a series per pod.
 WorkloadInfo describe_pod(const config::Pod& pod);
 
 class WorkloadIndex {

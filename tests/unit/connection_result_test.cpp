@@ -118,6 +118,12 @@ TEST(WorkloadIndexTest, WorkloadIsTheOwnerNeverThePod) {
   EXPECT_EQ(describe_pod(p).workload, "unknown");  // a bare pod: no series of its own
   p.labels = {{"app", "sleep"}};
   EXPECT_EQ(describe_pod(p).workload, "sleep");
+  // No labels (the snapshot keeps none): a Deployment's pod is known by its name's shape.
+  p.labels = {};
+  p.name = "sleep-7656cf8794-8tqd6";
+  EXPECT_EQ(describe_pod(p).workload, "sleep");
+  p.name = "my-api-server-1";  // not generated suffixes
+  EXPECT_EQ(describe_pod(p).workload, "unknown");
 }
 
 // A loopback server: accepts, then does `behaviour` with each connection.
