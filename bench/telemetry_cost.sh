@@ -18,6 +18,11 @@
 # configuration and family, and the differences: on a shared machine the rate swings with
 # whatever else runs, the proxy's own CPU per connection much less.
 #
+# --callgrind N: instead, dsproxy runs under valgrind --tool=callgrind and the client makes N
+# connections per configuration and family (1 thread); prints the user-space instructions the
+# proxy executed per connection (counters zeroed after the warm-up, dumped after the load): a
+# count that does not move with the machine's load. The kernel's share is not in it.
+#
 # Needs root, cmake and a C++ toolchain (builds dsproxy and the bench tools if missing), iptables,
 # ipset, jq, iperf3 (topo.sh's server; installed unless --no-install). Everything it creates is
 # removed on exit, also on failure or Ctrl-C.
@@ -32,12 +37,14 @@ BENCH_BUILD_DIR=${BENCH_BUILD_DIR:-$REPO_DIR/build-bench}
 ROUNDS=3
 SECONDS_PER=5
 INSTALL=1
+CALLGRIND=0
 while (($#)); do
   case $1 in
+    --callgrind) CALLGRIND=$2; shift ;;
     --rounds) ROUNDS=$2; shift ;;
     --seconds) SECONDS_PER=$2; shift ;;
     --no-install) INSTALL=0 ;;
-    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "telemetry_cost: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -50,6 +57,8 @@ die() {
 [[ $(id -u) == 0 ]] || die "must run as root (network namespaces, iptables)"
 ((ROUNDS >= 1 && ROUNDS <= 20)) || die "--rounds must be 1-20"
 ((SECONDS_PER >= 1 && SECONDS_PER <= 60)) || die "--seconds must be 1-60"
+((CALLGRIND >= 0 && CALLGRIND <= 100000)) || die "--callgrind must be 0-100000"
+((CALLGRIND == 0)) || command -v callgrind_control >/dev/null 2>&1 || die "--callgrind needs valgrind"
 
 if ((INSTALL)) && ! command -v iperf3 >/dev/null 2>&1; then
   log "installing iperf3 (the topology's server runs it)"
@@ -115,15 +124,17 @@ start_proxy() {
   local -a args=(--access-log off --metrics-port 0)
   # TELEMETRY_ON_ARGS: another "on" configuration, to see what each part costs.
   [[ $1 == on ]] && read -r -a args <<<"${TELEMETRY_ON_ARGS:---access-log json}"
-  ip netns exec "$(ns_node)" "$DSPROXY_BIN" run --config "$BENCH_TMP/cluster.yaml" --node "$BENCH_NODE_NAME" \
+  local -a wrap=()
+  ((CALLGRIND)) && wrap=(valgrind --tool=callgrind --callgrind-out-file="$BENCH_TMP/callgrind.$1.%p")
+  ip netns exec "$(ns_node)" "${wrap[@]}" "$DSPROXY_BIN" run --config "$BENCH_TMP/cluster.yaml" --node "$BENCH_NODE_NAME" \
     --redirect --workers 1 "${args[@]}" >"$BENCH_TMP/dsproxy-$1.log" 2>&1 &
   DSPROXY_PID=$!
-  for ((i = 0; i < 100; i++)); do
+  for ((i = 0; i < 600; i++)); do
     kill -0 "$DSPROXY_PID" 2>/dev/null || die "dsproxy exited at start (log $BENCH_TMP/dsproxy-$1.log)"
     [[ $(http_get 15021 /healthz/ready) == ready* ]] && return 0
     sleep 0.1
   done
-  die "dsproxy not ready after 10 s"
+  die "dsproxy not ready after 60 s"
 }
 
 # The proxy's CPU time so far (user + system), in clock ticks.
@@ -144,6 +155,48 @@ measure() {
 
 topo_up
 topo_write_k8s_config "$BENCH_TMP/cluster.yaml"
+
+# callgrind_instructions FAMILY: the proxy's instructions per connection over CALLGRIND connections.
+callgrind_instructions() {
+  local vip=$VIP4 res ops total dump
+  [[ $1 == 6 ]] && vip=$VIP6
+  in_client timeout 120 "$BENCH_LOAD" conn --addr "$vip" --port "$ECHO_PORT" --seconds 60 --max-ops 200 --threads 1 >/dev/null 2>&1
+  callgrind_control -z "$DSPROXY_PID" >/dev/null 2>&1 || die "callgrind_control -z failed"
+  res=$(in_client timeout 600 "$BENCH_LOAD" conn --addr "$vip" --port "$ECHO_PORT" --seconds 590 --max-ops "$CALLGRIND" \
+    --threads 1 2>>"$BENCH_TMP/load.err" | tail -n 1)
+  ops=$(jq -r '.ops' <<<"$res")
+  rm -f "$BENCH_TMP"/callgrind.*.[0-9]*.[0-9]*
+  callgrind_control -d "$DSPROXY_PID" >/dev/null 2>&1 || die "callgrind_control -d failed"
+  sleep 1
+  dump=$(ls -t "$BENCH_TMP"/callgrind.*.[0-9]*.[0-9]* 2>/dev/null | head -n 1)
+  total=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump" 2>/dev/null)
+  # CALLGRIND_KEEP=DIR: the dumps are kept there, for callgrind_annotate.
+  [[ -n ${CALLGRIND_KEEP:-} && -n $dump ]] && cp "$dump" "$CALLGRIND_KEEP/callgrind.$2.$1"
+  awk -v t="${total:-0}" -v n="${ops:-0}" 'BEGIN { printf "%.0f %d\n", n ? t / n : 0, n }'
+}
+
+if ((CALLGRIND)); then
+  declare -A instr=()
+  for mode in off on; do
+    start_proxy "$mode"
+    for family in 4 6; do
+      read -r per ops < <(callgrind_instructions "$family" "$mode")
+      log "callgrind $mode IPv$family: $per instructions/connection over $ops connections"
+      instr[$mode.$family]=$per
+    done
+    stop_proxy
+  done
+  echo
+  echo "## dsproxy user-space instructions per connection (callgrind, $CALLGRIND connections through a captured ClusterIP, 1 client thread)"
+  echo
+  echo "| family | off (--access-log off --metrics-port 0) | on (${TELEMETRY_ON_ARGS:---access-log json}; metrics on) | difference |"
+  echo "| --- | --- | --- | --- |"
+  for family in 4 6; do
+    printf '| IPv%s | %s | %s | %+.1f %% |\n' "$family" "${instr[off.$family]}" "${instr[on.$family]}" \
+      "$(awk -v a="${instr[on.$family]}" -v b="${instr[off.$family]}" 'BEGIN { print b ? 100 * (a - b) / b : 0 }')"
+  done
+  exit 0
+fi
 
 declare -A rates=() cpus=()
 for ((r = 0; r < ROUNDS; r++)); do

@@ -18,6 +18,7 @@ std::string_view to_string(EndReason reason) {
     case EndReason::connect_timeout: return "connect_timeout";
     case EndReason::local_error: return "local_error";
     case EndReason::client_gone: return "client_gone";
+    case EndReason::denied_by_policy: return "denied_by_policy";
     case EndReason::shutdown: return "shutdown";
   }
   return "unknown";
@@ -31,9 +32,18 @@ std::string_view response_flags(EndReason reason) {
     case EndReason::connect_timeout:
     case EndReason::local_error: return "CONNECT";
     case EndReason::rejected_loop:
-    case EndReason::rejected_forbidden_destination: return "DENY";
+    case EndReason::rejected_forbidden_destination:
+    case EndReason::denied_by_policy: return "DENY";
     default: return "-";
   }
+}
+
+std::string_view to_string(RequestProtocol protocol) {
+  return protocol == RequestProtocol::hbone ? "HBONE" : "tcp";
+}
+
+std::string_view to_string(SecurityPolicy policy) {
+  return policy == SecurityPolicy::mutual_tls ? "mutual_tls" : "unknown";
 }
 
 EndReason reason_for(RejectReason reject) {

@@ -36,13 +36,16 @@ enum class EndReason : std::uint8_t {
   connect_timeout,  // --connect-timeout-ms ran out
   local_error,      // this node's own resources (descriptors, buffers, ports) failed us
   client_gone,      // the client vanished between accept and routing
+  // Refused by an AuthorizationPolicy (ConnectionRecord::policy names it; none named: no ALLOW
+  // policy matched while some exist). Set by the authz decision, before any upstream is dialled.
+  denied_by_policy,
   shutdown,         // still open when the worker was torn down (end of drain, process exit)
 };
 inline constexpr std::size_t kEndReasonCount = static_cast<std::size_t>(EndReason::shutdown) + 1;
 std::string_view to_string(EndReason reason);
 // Istio's response_flags as ztunnel sets them: "-" (none), "CONNECT" (no upstream connection
 // could be made: failures, timeouts, nothing to serve the family), "DENY" (refused by rule: a
-// loop or a forbidden destination).
+// loop, a forbidden destination, an AuthorizationPolicy).
 std::string_view response_flags(EndReason reason);
 EndReason reason_for(RejectReason reject);
 
@@ -64,6 +67,15 @@ struct ServiceInfo {
   std::string ns;
 };
 
+// Istio's request_protocol label: "tcp" for plain TCP, "HBONE" for a connection carried in (or
+// received through) an HTTP/2 CONNECT tunnel, as ztunnel reports it.
+enum class RequestProtocol : std::uint8_t { tcp, hbone };
+std::string_view to_string(RequestProtocol protocol);
+// Istio's connection_security_policy label: "mutual_tls" when the peer's identity was proven by
+// an mTLS handshake (HBONE), else "unknown" (plain TCP proves nothing).
+enum class SecurityPolicy : std::uint8_t { unknown, mutual_tls };
+std::string_view to_string(SecurityPolicy policy);
+
 struct ConnectionRecord {
   Direction direction = Direction::outbound;
   std::chrono::steady_clock::time_point start{};
@@ -82,6 +94,19 @@ struct ConnectionRecord {
   std::uint64_t bytes_to_downstream = 0;  // upstream -> client (the response direction)
   std::chrono::steady_clock::duration duration{};
   EndReason reason = EndReason::shutdown;
+  // Filled by the HBONE transport (unset for plain TCP). The principals are SPIFFE URIs
+  // ("spiffe://cluster.local/ns/default/sa/sleep") of identities a handshake verified: the source
+  // only from the peer's certificate (inbound) or our own workload's (outbound), the destination
+  // from the certificate the client checked. Shared, not copied: the transport keeps one string
+  // per identity (its pool is keyed by them), so a record costs a reference count, and the
+  // metrics key their series cache by the pointer.
+  RequestProtocol protocol = RequestProtocol::tcp;
+  SecurityPolicy security = SecurityPolicy::unknown;
+  std::shared_ptr<const std::string> source_principal;       // null: none proven
+  std::shared_ptr<const std::string> destination_principal;  // null: none proven
+  // Filled by the authz decision with reason denied_by_policy: the policy that refused, as
+  // "ns/name" (empty: no ALLOW policy matched). Not a metric label (policies are unbounded).
+  std::string policy;
   // The sink's own use between opened() and closed() (its metric series): looked up once.
   void* sink_slot = nullptr;
 };

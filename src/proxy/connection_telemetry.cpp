@@ -1,17 +1,11 @@
 #include "proxy/connection_telemetry.hpp"
 
-#include <spdlog/fmt/fmt.h>
-#include <spdlog/sinks/base_sink.h>
-#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <mutex>
-
-#include <boost/json/monotonic_resource.hpp>
-#include <boost/json/object.hpp>
-#include <boost/json/serialize.hpp>
+#include <cstring>
 #include <map>
+#include <mutex>
 
 namespace dsproxy::proxy {
 
@@ -24,43 +18,18 @@ std::optional<AccessLogFormat> parse_access_log_format(std::string_view text) {
 
 namespace {
 
-// stderr, in batches: a write(2) per line costs the worker a syscall per connection (measured:
-// the largest part of the access log's cost). Lines are appended under spdlog's sink mutex and
-// written when the next one would not fit in PIPE_BUF bytes, so each write holds whole lines and
-// is atomic on a pipe (a container's stderr): never interleaved mid-line with the process log.
-// What is left is written by flush(), which the daemon calls every second (Envoy flushes its
-// access logs on the same period) and at exit.
-class BufferedStderrSink final : public spdlog::sinks::base_sink<std::mutex> {
- public:
-  static constexpr std::size_t kBatch = 4096;  // PIPE_BUF on Linux
-  ~BufferedStderrSink() override {
-    std::lock_guard lock(mutex_);
-    write_out();
-  }
+// PIPE_BUF on Linux: a write(2) of at most this many bytes to a pipe is atomic.
+constexpr std::size_t kBatch = 4096;
 
- protected:
-  void sink_it_(const spdlog::details::log_msg& msg) override {
-    spdlog::memory_buf_t line;
-    formatter_->format(msg, line);
-    if (buffer_.size() + line.size() > kBatch) write_out();
-    buffer_.append(line.data(), line.size());
-    if (buffer_.size() >= kBatch) write_out();
+void write_stderr(std::string_view lines) {
+  std::size_t done = 0;
+  while (done < lines.size()) {
+    const ssize_t n = ::write(STDERR_FILENO, lines.data() + done, lines.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;  // stderr gone: the lines are lost, the connections are not affected
+    done += static_cast<std::size_t>(n);
   }
-  void flush_() override { write_out(); }
-
- private:
-  void write_out() {
-    std::size_t done = 0;
-    while (done < buffer_.size()) {
-      const ssize_t n = ::write(STDERR_FILENO, buffer_.data() + done, buffer_.size() - done);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) break;  // stderr gone: the lines are lost, the connection is not affected
-      done += static_cast<std::size_t>(n);
-    }
-    buffer_.clear();
-  }
-  std::string buffer_;
-};
+}
 
 // Istio's label for "we do not know": ztunnel's DefaultedUnknown.
 constexpr std::string_view kUnknown = "unknown";
@@ -160,84 +129,270 @@ std::uint64_t bytes_recv(const ConnectionRecord& r) {
   return r.direction == Direction::outbound ? r.bytes_to_downstream : r.bytes_to_upstream;
 }
 
-// RFC 3339 in UTC with milliseconds. The date and time of day are formatted once per second per
-// thread: gmtime_r and the formatting showed up in the per-connection profile.
-std::string end_time(const ConnectionRecord& r) {
-  thread_local std::int64_t cached_second = -1;
-  thread_local char cached[24];  // "YYYY-MM-DDTHH:MM:SS"
-  const auto end = r.start_wall + std::chrono::duration_cast<std::chrono::system_clock::duration>(r.duration);
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(end.time_since_epoch()).count();
-  const std::int64_t second = ms / 1000;
-  if (second != cached_second) {
-    const std::time_t secs = static_cast<std::time_t>(second);
-    std::tm tm{};
-    gmtime_r(&secs, &tm);
-    fmt::format_to_n(cached, sizeof cached - 1, "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", tm.tm_year + 1900,
-                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
-    cached[19] = '\0';
-    cached_second = second;
+// Writes one line into an AccessLogLine through a plain pointer: the line's bound is reserved
+// once (so no append checks capacity), and each piece is a memcpy or a few stores. fmt's buffer
+// appends cost about as much as the rest of the line together (callgrind).
+class LineWriter {
+ public:
+  // `names`: the total length of the strings from the cluster (names, principals, policy), which
+  // JSON escaping may grow up to sixfold; everything else fits in kFixed.
+  LineWriter(AccessLogLine& out, std::size_t names) : out_(out), start_(out.size()) {
+    out_.resize(start_ + kFixed + 6 * names);
+    p_ = out_.data() + start_;
   }
-  return fmt::format("{}.{:03}Z", std::string_view(cached, 19), static_cast<int>(ms % 1000));
+  ~LineWriter() { out_.resize(static_cast<std::size_t>(p_ - out_.data())); }
+  LineWriter(const LineWriter&) = delete;
+  LineWriter& operator=(const LineWriter&) = delete;
+
+  void raw(std::string_view s) {
+    std::memcpy(p_, s.data(), s.size());
+    p_ += s.size();
+  }
+  void ch(char c) { *p_++ = c; }
+  void number(std::uint64_t n) {
+    char digits[20];
+    int i = 0;
+    do {
+      digits[i++] = static_cast<char>('0' + n % 10);
+      n /= 10;
+    } while (n);
+    while (i) *p_++ = digits[--i];
+  }
+  void boolean(bool b) { raw(b ? std::string_view("true") : std::string_view("false")); }
+  void address(const net::SocketAddress& a) {
+    AddressText text;
+    raw(format_address(a, text));
+  }
+  // A JSON string's contents. Kubernetes names and SPIFFE URIs need no escaping, but nothing
+  // here relies on it: quotes, backslashes and control characters are escaped (other bytes pass
+  // as they are: the names are UTF-8).
+  void json_escaped(std::string_view s) {
+    std::size_t start = 0;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+      const auto c = static_cast<unsigned char>(s[i]);
+      if (c >= 0x20 && c != '"' && c != '\\') continue;
+      raw(s.substr(start, i - start));
+      start = i + 1;
+      ch('\\');
+      switch (c) {
+        case '"': ch('"'); break;
+        case '\\': ch('\\'); break;
+        case '\n': ch('n'); break;
+        case '\r': ch('r'); break;
+        case '\t': ch('t'); break;
+        default: {
+          static constexpr char kHex[] = "0123456789abcdef";
+          raw("u00");
+          ch(kHex[c >> 4]);
+          ch(kHex[c & 0xf]);
+        }
+      }
+    }
+    raw(s.substr(start));
+  }
+  // RFC 3339 in UTC with milliseconds, of the close. The date and time of day are formatted once
+  // per second per thread: gmtime_r and the formatting showed up in the per-connection profile.
+  void end_time(const ConnectionRecord& r) {
+    thread_local std::int64_t cached_second = -1;
+    thread_local char cached[24];  // "YYYY-MM-DDTHH:MM:SS"
+    const auto end = r.start_wall + std::chrono::duration_cast<std::chrono::system_clock::duration>(r.duration);
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(end.time_since_epoch()).count();
+    const std::int64_t second = ms / 1000;
+    if (second != cached_second) {
+      const std::time_t secs = static_cast<std::time_t>(second);
+      std::tm tm{};
+      gmtime_r(&secs, &tm);
+      fmt::format_to_n(cached, sizeof cached - 1, "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", tm.tm_year + 1900,
+                       tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+      cached[19] = '\0';
+      cached_second = second;
+    }
+    const int milli = static_cast<int>(ms % 1000);
+    raw({cached, 19});
+    ch('.');
+    ch(static_cast<char>('0' + milli / 100));
+    ch(static_cast<char>('0' + milli / 10 % 10));
+    ch(static_cast<char>('0' + milli % 10));
+    ch('Z');
+  }
+
+  // JSON: ,"key":"value" / ,"key":number / ,"key":bool (the keys are ours: no escaping).
+  void field(std::string_view key, std::string_view value) {
+    key_of(key);
+    ch('"');
+    json_escaped(value);
+    ch('"');
+  }
+  void field(std::string_view key, std::uint64_t value) {
+    key_of(key);
+    number(value);
+  }
+  void field(std::string_view key, bool value) {
+    key_of(key);
+    boolean(value);
+  }
+  void address_field(std::string_view key, const net::SocketAddress& a) {
+    key_of(key);
+    ch('"');
+    address(a);
+    ch('"');
+  }
+
+ private:
+  // Every key, address, number and word of ours in one line, with room to spare (about 900).
+  static constexpr std::size_t kFixed = 1536;
+  void key_of(std::string_view key) {
+    ch(',');
+    ch('"');
+    raw(key);
+    ch('"');
+    ch(':');
+  }
+  AccessLogLine& out_;
+  std::size_t start_;
+  char* p_ = nullptr;
+};
+
+std::size_t names_length(const ConnectionRecord& r) {
+  std::size_t n = r.policy.size();
+  if (r.source_workload) n += r.source_workload->pod.size() + r.source_workload->ns.size();
+  if (r.destination_workload) n += r.destination_workload->pod.size() + r.destination_workload->ns.size();
+  if (r.service) n += r.service->hostname.size();
+  if (r.source_principal) n += r.source_principal->size();
+  if (r.destination_principal) n += r.destination_principal->size();
+  return n;
+}
+
+// "key=value" pairs, no escaping: every value is a Kubernetes name, an address, a number or one of
+// our words, none of which holds a space.
+void text_body(const ConnectionRecord& r, LineWriter& w) {
+  w.raw("connection complete src.addr=");
+  w.address(r.source);
+  if (r.source_workload) {
+    w.raw(" src.workload=");
+    w.raw(r.source_workload->pod);
+    w.raw(" src.namespace=");
+    w.raw(r.source_workload->ns);
+  }
+  if (r.source_principal) {
+    w.raw(" src.identity=");
+    w.raw(*r.source_principal);
+  }
+  w.raw(" dst.addr=");
+  w.address(r.destination);
+  if (r.service) {
+    w.raw(" dst.service=");
+    w.raw(r.service->hostname);
+  }
+  if (r.destination_workload) {
+    w.raw(" dst.workload=");
+    w.raw(r.destination_workload->pod);
+    w.raw(" dst.namespace=");
+    w.raw(r.destination_workload->ns);
+  }
+  if (r.destination_principal) {
+    w.raw(" dst.identity=");
+    w.raw(*r.destination_principal);
+  }
+  w.raw(" direction=");
+  w.raw(to_string(r.direction));
+  if (r.protocol != RequestProtocol::tcp) {
+    w.raw(" protocol=");
+    w.raw(to_string(r.protocol));
+  }
+  if (r.endpoint) {
+    w.raw(" endpoint=");
+    w.address(*r.endpoint);
+    w.raw(" family=");
+    w.raw(family_name(r.endpoint->ip));
+    w.raw(" fallback=");
+    w.boolean(r.fell_back);
+    w.raw(" happy_eyeballs_other_family=");
+    w.boolean(r.second_family_won);
+  }
+  w.raw(" retries=");
+  w.number(r.retries);
+  w.raw(" bytes_sent=");
+  w.number(bytes_sent(r));
+  w.raw(" bytes_recv=");
+  w.number(bytes_recv(r));
+  w.raw(" duration=");
+  w.number(static_cast<std::uint64_t>(std::max<std::int64_t>(0, duration_ms(r))));
+  w.raw("ms reason=");
+  w.raw(to_string(r.reason));
+  if (r.reason != EndReason::completed) {
+    w.raw(" error=");
+    w.raw(to_string(r.reason));
+  }
+  if (!r.policy.empty()) {
+    w.raw(" policy=");
+    w.raw(r.policy);
+  }
 }
 
 }  // namespace
 
 std::string format_access_log_text(const ConnectionRecord& r) {
-  fmt::memory_buffer out;
-  auto it = std::back_inserter(out);
-  AddressText text;
-  fmt::format_to(it, "connection complete src.addr={}", format_address(r.source, text));
-  if (r.source_workload)
-    fmt::format_to(it, " src.workload={} src.namespace={}", r.source_workload->pod, r.source_workload->ns);
-  fmt::format_to(it, " dst.addr={}", format_address(r.destination, text));
-  if (r.service) fmt::format_to(it, " dst.service={}", r.service->hostname);
-  if (r.destination_workload)
-    fmt::format_to(it, " dst.workload={} dst.namespace={}", r.destination_workload->pod, r.destination_workload->ns);
-  fmt::format_to(it, " direction={}", to_string(r.direction));
-  if (r.endpoint)
-    fmt::format_to(it, " endpoint={} family={} fallback={} happy_eyeballs_other_family={}", format_address(*r.endpoint, text),
-                   family_name(r.endpoint->ip), r.fell_back, r.second_family_won);
-  fmt::format_to(it, " retries={} bytes_sent={} bytes_recv={} duration={}ms reason={}", r.retries, bytes_sent(r),
-                 bytes_recv(r), duration_ms(r), to_string(r.reason));
-  if (r.reason != EndReason::completed) fmt::format_to(it, " error={}", to_string(r.reason));
+  AccessLogLine out;
+  {
+    LineWriter w(out, names_length(r));
+    text_body(r, w);
+  }
   return fmt::to_string(out);
 }
 
-std::string format_access_log_json(const ConnectionRecord& r) {
-  // Built in a stack buffer (no allocation per field), sized for every field at once (no rehash).
-  unsigned char arena[4096];
-  boost::json::monotonic_resource memory(arena, sizeof arena);
-  boost::json::object o(&memory);
-  o.reserve(20);
-  o["timestamp"] = end_time(r);
-  o["message"] = "connection complete";
-  AddressText text;
-  o["src.addr"] = format_address(r.source, text);
-  if (r.source_workload) {
-    o["src.workload"] = r.source_workload->pod;
-    o["src.namespace"] = r.source_workload->ns;
-  }
-  o["dst.addr"] = format_address(r.destination, text);
-  if (r.service) o["dst.service"] = r.service->hostname;
-  if (r.destination_workload) {
-    o["dst.workload"] = r.destination_workload->pod;
-    o["dst.namespace"] = r.destination_workload->ns;
-  }
-  o["direction"] = to_string(r.direction);
-  if (r.endpoint) {
-    o["endpoint"] = format_address(*r.endpoint, text);
-    o["family"] = family_name(r.endpoint->ip);
-    o["fallback"] = r.fell_back;
-    o["happy_eyeballs_other_family"] = r.second_family_won;
-  }
-  o["retries"] = r.retries;
-  o["bytes_sent"] = bytes_sent(r);
-  o["bytes_recv"] = bytes_recv(r);
-  o["duration"] = fmt::format("{}ms", duration_ms(r));
-  o["reason"] = to_string(r.reason);
-  if (r.reason != EndReason::completed) o["error"] = to_string(r.reason);
-  return boost::json::serialize(o);
+void append_access_log_text(const ConnectionRecord& r, AccessLogLine& out) {
+  LineWriter w(out, names_length(r));
+  w.end_time(r);
+  w.raw(" info access ");
+  text_body(r, w);
 }
+
+// Field by field into the line (no JSON object built, no allocation): a fixed order, each key once.
+void append_access_log_json(const ConnectionRecord& r, AccessLogLine& out) {
+  LineWriter w(out, names_length(r));
+  w.raw("{\"timestamp\":\"");
+  w.end_time(r);
+  w.raw("\",\"message\":\"connection complete\"");
+  w.address_field("src.addr", r.source);
+  if (r.source_workload) {
+    w.field("src.workload", r.source_workload->pod);
+    w.field("src.namespace", r.source_workload->ns);
+  }
+  if (r.source_principal) w.field("src.identity", *r.source_principal);
+  w.address_field("dst.addr", r.destination);
+  if (r.service) w.field("dst.service", r.service->hostname);
+  if (r.destination_workload) {
+    w.field("dst.workload", r.destination_workload->pod);
+    w.field("dst.namespace", r.destination_workload->ns);
+  }
+  if (r.destination_principal) w.field("dst.identity", *r.destination_principal);
+  w.field("direction", to_string(r.direction));
+  if (r.protocol != RequestProtocol::tcp) w.field("protocol", to_string(r.protocol));
+  if (r.endpoint) {
+    w.address_field("endpoint", *r.endpoint);
+    w.field("family", family_name(r.endpoint->ip));
+    w.field("fallback", r.fell_back);
+    w.field("happy_eyeballs_other_family", r.second_family_won);
+  }
+  w.field("retries", std::uint64_t{r.retries});
+  w.field("bytes_sent", bytes_sent(r));
+  w.field("bytes_recv", bytes_recv(r));
+  w.raw(",\"duration\":\"");
+  w.number(static_cast<std::uint64_t>(std::max<std::int64_t>(0, duration_ms(r))));
+  w.raw("ms\"");
+  w.field("reason", to_string(r.reason));
+  if (r.reason != EndReason::completed) w.field("error", to_string(r.reason));
+  if (!r.policy.empty()) w.field("policy", std::string_view(r.policy));
+  w.ch('}');
+}
+
+std::string format_access_log_json(const ConnectionRecord& r) {
+  AccessLogLine out;
+  append_access_log_json(r, out);
+  return fmt::to_string(out);
+}
+
 
 namespace {
 
@@ -274,15 +429,18 @@ LabelValues label_values(const ConnectionRecord& r) {
   const WorkloadInfo* src = r.source_workload.get();
   const WorkloadInfo* dst = r.destination_workload.get();
   const ServiceInfo* svc = r.service.get();
-  // No mTLS: no identity was proven, so both principals stay "unknown" (ztunnel sets the source's
-  // only from a verified handshake) and the security policy is "unknown", not "mutual_tls".
+  // Principals only from a verified handshake (HBONE), as ztunnel sets them; plain TCP proves
+  // none, so they stay "unknown", and so does the security policy.
+  auto principal = [](const std::shared_ptr<const std::string>& p) {
+    return p && !p->empty() ? *p : std::string(kUnknown);
+  };
   return LabelValues{
       std::string(r.direction == Direction::outbound ? "source" : "destination"),
       v(src ? &src->workload : nullptr),
       v(src ? &src->app : nullptr),
       v(src ? &src->version : nullptr),
       v(src ? &src->ns : nullptr),
-      std::string(kUnknown),
+      principal(r.source_principal),
       v(src ? &src->app : nullptr),
       v(src ? &src->version : nullptr),
       std::string(src ? kClusterId : kUnknown),
@@ -293,13 +451,13 @@ LabelValues label_values(const ConnectionRecord& r) {
       v(dst ? &dst->app : nullptr),
       v(dst ? &dst->version : nullptr),
       v(dst ? &dst->ns : nullptr),
-      std::string(kUnknown),
+      principal(r.destination_principal),
       v(dst ? &dst->app : nullptr),
       v(dst ? &dst->version : nullptr),
       std::string(dst ? kClusterId : kUnknown),
-      "tcp",
+      std::string(to_string(r.protocol)),
       std::string(response_flags(r.reason)),
-      std::string(kUnknown),
+      std::string(to_string(r.security)),
   };
 }
 
@@ -308,6 +466,74 @@ LabelValues label_values(const ConnectionRecord& r) {
 void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) {
   c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
 }
+
+// What a record's label set is a function of, by identity: the shared names it points to and the
+// few enums. Two records with equal keys have equal label values (the names are immutable).
+struct SeriesKey {
+  const void* source = nullptr;
+  const void* destination = nullptr;
+  const void* service = nullptr;
+  const void* source_principal = nullptr;
+  const void* destination_principal = nullptr;
+  std::uint32_t small = 0;  // direction, reason, protocol, security policy
+  bool operator==(const SeriesKey&) const = default;
+};
+
+struct SeriesKeyHash {
+  std::size_t operator()(const SeriesKey& k) const {
+    // Pointers differ in their low bits only by alignment; a multiply-xorshift mixes each in.
+    std::uint64_t h = k.small;
+    for (const void* p : {k.source, k.destination, k.service, k.source_principal, k.destination_principal}) {
+      h ^= reinterpret_cast<std::uintptr_t>(p);
+      h *= 0x9e3779b97f4a7c15ull;
+      h ^= h >> 29;
+    }
+    return static_cast<std::size_t>(h);
+  }
+};
+
+SeriesKey series_key(const ConnectionRecord& r) {
+  return SeriesKey{r.source_workload.get(),
+                   r.destination_workload.get(),
+                   r.service.get(),
+                   r.source_principal.get(),
+                   r.destination_principal.get(),
+                   static_cast<std::uint32_t>(r.direction) | static_cast<std::uint32_t>(r.reason) << 8 |
+                       static_cast<std::uint32_t>(r.protocol) << 16 | static_cast<std::uint32_t>(r.security) << 24};
+}
+
+// One worker's access-log lines, waiting for a full batch or the next flush().
+class AccessLogBatch {
+ public:
+  explicit AccessLogBatch(const ConnectionTelemetry::Output* output) : output_(output) { buffer_.reserve(kBatch); }
+  ~AccessLogBatch() { flush(); }
+  // The worker: one whole line, with its '\n'.
+  void append(std::string_view line) {
+    std::lock_guard lock(mutex_);
+    if (buffer_.size() + line.size() > kBatch) write_out();
+    if (line.size() >= kBatch) {
+      (*output_)(line);  // longer than a batch: alone
+      return;
+    }
+    buffer_.append(line);
+  }
+  // Any thread (the daemon's once-a-second flush, exit).
+  void flush() {
+    std::lock_guard lock(mutex_);
+    write_out();
+  }
+
+ private:
+  void write_out() {
+    if (buffer_.empty()) return;
+    (*output_)(buffer_);
+    buffer_.clear();  // keeps its capacity: no allocation per batch
+  }
+  const ConnectionTelemetry::Output* output_;
+  // This worker's only, but for flush(): uncontended on the data path but once a second.
+  std::mutex mutex_;
+  std::string buffer_;
+};
 
 }  // namespace
 
@@ -318,8 +544,11 @@ class ConnectionTelemetry::WorkerSink final : public ConnectionSink {
     std::atomic<std::uint64_t> opened{0}, closed{0}, sent{0}, received{0};
     Series* next = nullptr;
   };
+  // Past this many cached keys the cache starts over (what it pins is then released): the
+  // series stay, so a new key costs one lookup by label text again.
+  static constexpr std::size_t kMaxCachedKeys = 4 * kMaxSeriesPerWorker;
 
-  WorkerSink(const Options& options, spdlog::logger* logger) : options_(options), logger_(logger) {
+  WorkerSink(const Options& options, const Output* output) : options_(options), log_(output) {
     overflow_.labels.fill("overflow");
   }
   ~WorkerSink() override {
@@ -348,18 +577,40 @@ class ConnectionTelemetry::WorkerSink final : public ConnectionSink {
       if (r.bytes_to_upstream) bump(s->received, r.bytes_to_upstream);
       if (r.bytes_to_downstream) bump(s->sent, r.bytes_to_downstream);
     }
-    if (options_.access_log == AccessLogFormat::text)
-      logger_->info(format_access_log_text(r));
-    else if (options_.access_log == AccessLogFormat::json)
-      logger_->info(format_access_log_json(r));
+    if (options_.access_log == AccessLogFormat::off) return;
+    AccessLogLine line;
+    if (options_.access_log == AccessLogFormat::text) append_access_log_text(r, line);
+    else append_access_log_json(r, line);
+    line.push_back('\n');
+    log_.append({line.data(), line.size()});
   }
 
+  void flush() { log_.flush(); }
   const Series* head() const { return head_.load(std::memory_order_acquire); }
   std::uint64_t reason_count(std::size_t i) const { return reasons_[i].load(std::memory_order_relaxed); }
   std::uint64_t overflowed() const { return overflowed_.load(std::memory_order_relaxed); }
 
  private:
+  // What the cache keeps: the series, and the names its key points to, so that no other name can
+  // be allocated at one of those addresses while the key is cached.
+  struct Cached {
+    Series* series;
+    std::shared_ptr<const WorkloadInfo> source, destination;
+    std::shared_ptr<const ServiceInfo> service;
+    std::shared_ptr<const std::string> source_principal, destination_principal;
+  };
+
   Series* series_for(const ConnectionRecord& r) {
+    const SeriesKey key = series_key(r);
+    if (auto it = cache_.find(key); it != cache_.end()) return it->second.series;
+    if (cache_.size() >= kMaxCachedKeys) cache_.clear();
+    Series* s = series_by_labels(r);
+    cache_.emplace(key, Cached{s, r.source_workload, r.destination_workload, r.service, r.source_principal,
+                               r.destination_principal});
+    return s;
+  }
+
+  Series* series_by_labels(const ConnectionRecord& r) {
     LabelValues labels = label_values(r);
     key_.clear();
     for (const auto& l : labels) {
@@ -388,8 +639,9 @@ class ConnectionTelemetry::WorkerSink final : public ConnectionSink {
   }
 
   Options options_;
-  spdlog::logger* logger_;
+  AccessLogBatch log_;
   std::string key_;  // reused: no allocation once it has grown
+  std::unordered_map<SeriesKey, Cached, SeriesKeyHash> cache_;  // this worker's only
   std::unordered_map<std::string, Series*> index_;  // this worker's only
   std::atomic<Series*> head_{nullptr};
   Series overflow_;
@@ -398,24 +650,16 @@ class ConnectionTelemetry::WorkerSink final : public ConnectionSink {
   std::array<std::atomic<std::uint64_t>, kEndReasonCount> reasons_{};
 };
 
-ConnectionTelemetry::ConnectionTelemetry(int workers, Options options, std::shared_ptr<spdlog::logger> access_logger)
-    : options_(options), access_logger_(std::move(access_logger)) {
-  if (!access_logger_) {
-    // A logger of its own, so its pattern does not change the process log's: the JSON lines are
-    // bare objects. Its sink takes its mutex per line; the process logger has another.
-    access_logger_ = std::make_shared<spdlog::logger>("access", std::make_shared<BufferedStderrSink>());
-    access_logger_->set_pattern(options_.access_log == AccessLogFormat::json ? "%v"
-                                                                              : "%Y-%m-%dT%H:%M:%S.%eZ %l access %v",
-                                spdlog::pattern_time_type::utc);
-    access_logger_->set_level(spdlog::level::info);
-  }
-  for (int i = 0; i < std::max(1, workers); ++i)
-    workers_.push_back(std::make_unique<WorkerSink>(options_, access_logger_.get()));
+ConnectionTelemetry::ConnectionTelemetry(int workers, Options options, Output output)
+    : options_(options), output_(output ? std::move(output) : Output(write_stderr)) {
+  for (int i = 0; i < std::max(1, workers); ++i) workers_.push_back(std::make_unique<WorkerSink>(options_, &output_));
 }
 
 ConnectionTelemetry::~ConnectionTelemetry() { flush(); }
 
-void ConnectionTelemetry::flush() { access_logger_->flush(); }
+void ConnectionTelemetry::flush() {
+  for (auto& w : workers_) w->flush();
+}
 
 ConnectionSink* ConnectionTelemetry::sink(int worker) {
   if (!options_.metrics && options_.access_log == AccessLogFormat::off) return nullptr;

@@ -3,10 +3,10 @@
 #include "proxy/connection_telemetry.hpp"
 
 #include <gtest/gtest.h>
-#include <spdlog/sinks/ostream_sink.h>
-#include <spdlog/spdlog.h>
 
 #include <boost/json/parse.hpp>
+#include <mutex>
+#include <set>
 #include <sstream>
 
 #include "admin/metrics_exporter.hpp"
@@ -34,6 +34,15 @@ ConnectionRecord sample_record() {
   r.bytes_to_downstream = 16;
   r.duration = 3ms;
   r.reason = EndReason::completed;
+  return r;
+}
+
+ConnectionRecord c_record_for_text() {
+  auto r = sample_record();
+  r.protocol = RequestProtocol::hbone;
+  r.source_principal = std::make_shared<const std::string>("spiffe://x/ns/a/sa/b");
+  r.policy = "a/p";
+  r.reason = EndReason::denied_by_policy;
   return r;
 }
 
@@ -116,9 +125,12 @@ const prometheus::MetricFamily& find(const std::vector<prometheus::MetricFamily>
 
 TEST(ConnectionTelemetryTest, WorkersSumIntoOneSeriesPerLabelSetAndLogOneLineEach) {
   std::ostringstream log;
-  auto logger = std::make_shared<spdlog::logger>("test-access", std::make_shared<spdlog::sinks::ostream_sink_mt>(log));
-  logger->set_pattern("%v");
-  ConnectionTelemetry t(2, {.access_log = AccessLogFormat::json, .metrics = true}, logger);
+  std::mutex log_mutex;
+  ConnectionTelemetry t(2, {.access_log = AccessLogFormat::json, .metrics = true}, [&](std::string_view lines) {
+    std::lock_guard lock(log_mutex);
+    EXPECT_EQ(lines.back(), '\n');  // whole lines only
+    log << lines;
+  });
   for (int w = 0; w < 2; ++w) {
     ConnectionResult c(t.sink(w), Direction::outbound, {}, {});
     c.record() = sample_record();
@@ -172,6 +184,7 @@ TEST(ConnectionTelemetryTest, WorkersSumIntoOneSeriesPerLabelSetAndLogOneLineEac
     EXPECT_EQ(m.counter.value, want) << l["reason"];
   }
   // One line per connection.
+  t.flush();
   std::istringstream lines(log.str());
   int n = 0;
   for (std::string line; std::getline(lines, line); ++n) EXPECT_NO_THROW(boost::json::parse(line)) << line;
@@ -196,6 +209,122 @@ TEST(ConnectionTelemetryTest, LabelSetsPastTheCapGoToOneOverflowSeries) {
     if (labels_of(m)["destination_service"] == "overflow") overflow = m.counter.value;
   EXPECT_EQ(overflow, 10.0);
   EXPECT_EQ(find(all, "dsproxy_metrics_series_overflow_total").metric.at(0).counter.value, 10.0);
+}
+
+// The series cache is keyed by the names' addresses: a name freed and another allocated at the
+// same address must not inherit the first one's series (the cache pins what it keys by).
+TEST(ConnectionTelemetryTest, ANewNameAtAFreedAddressGetsItsOwnSeries) {
+  ConnectionTelemetry t(1, {.access_log = AccessLogFormat::off, .metrics = true});
+  constexpr int kNames = 50;
+  for (int i = 0; i < kNames; ++i) {
+    ConnectionResult c(t.sink(0), Direction::outbound, {}, {});
+    std::string name = "w";  // (not "w" + to_string(i): GCC 12 warns, wrongly)
+    name += std::to_string(i);
+    c.record().source_workload = std::make_shared<WorkloadInfo>(WorkloadInfo{name + "-0", "ns", name, name, "v1"});
+    c.finish(EndReason::completed);
+  }  // each record's workload is freed here: the allocator may hand its address to the next one
+  const auto all = t.collect();
+  const auto& closed = find(all, "istio_tcp_connections_closed_total");
+  std::set<std::string> seen;
+  for (const auto& m : closed.metric) {
+    EXPECT_EQ(m.counter.value, 1.0) << labels_of(m)["source_workload"];
+    seen.insert(labels_of(m)["source_workload"]);
+  }
+  EXPECT_EQ(seen.size(), static_cast<std::size_t>(kNames));
+}
+
+// What HBONE and authz fill in (the transport and the policy decision): the Istio labels and the
+// access-log fields they feed.
+TEST(ConnectionTelemetryTest, HboneAndPolicyFieldsReachLabelsAndLog) {
+  std::string log;
+  std::mutex log_mutex;
+  ConnectionTelemetry t(1, {.access_log = AccessLogFormat::json, .metrics = true}, [&](std::string_view lines) {
+    std::lock_guard lock(log_mutex);
+    log += lines;
+  });
+  const auto src = std::make_shared<const std::string>("spiffe://cluster.local/ns/default/sa/sleep");
+  const auto dst = std::make_shared<const std::string>("spiffe://cluster.local/ns/dual-stack/sa/tcp-echo");
+  for (int i = 0; i < 2; ++i) {  // the second one through the series cache
+    ConnectionResult c(t.sink(0), Direction::inbound, {}, {});
+    c.record() = sample_record();
+    c.record().direction = Direction::inbound;
+    c.record().protocol = RequestProtocol::hbone;
+    c.record().security = SecurityPolicy::mutual_tls;
+    c.record().source_principal = src;
+    c.record().destination_principal = dst;
+    c.record().policy = "dual-stack/deny-sleep";
+    c.finish(EndReason::denied_by_policy);
+  }
+  const auto all = t.collect();
+  const auto& closed = find(all, "istio_tcp_connections_closed_total");
+  ASSERT_EQ(closed.metric.size(), 1u);
+  auto l = labels_of(closed.metric[0]);
+  EXPECT_EQ(closed.metric[0].counter.value, 2.0);
+  EXPECT_EQ(l["request_protocol"], "HBONE");
+  EXPECT_EQ(l["connection_security_policy"], "mutual_tls");
+  EXPECT_EQ(l["source_principal"], *src);
+  EXPECT_EQ(l["destination_principal"], *dst);
+  EXPECT_EQ(l["response_flags"], "DENY");
+  EXPECT_EQ(l["reporter"], "destination");
+  t.flush();
+  const auto line = log.substr(0, log.find('\n'));
+  const auto v = boost::json::parse(line).as_object();
+  EXPECT_EQ(v.at("src.identity").as_string(), *src);
+  EXPECT_EQ(v.at("dst.identity").as_string(), *dst);
+  EXPECT_EQ(v.at("protocol").as_string(), "HBONE");
+  EXPECT_EQ(v.at("policy").as_string(), "dual-stack/deny-sleep");
+  EXPECT_EQ(v.at("error").as_string(), "denied_by_policy");
+  const auto text = format_access_log_text(c_record_for_text());
+  EXPECT_NE(text.find(" src.identity=spiffe://x/ns/a/sa/b "), std::string::npos) << text;
+  EXPECT_NE(text.find(" protocol=HBONE "), std::string::npos) << text;
+  EXPECT_NE(text.find(" policy=a/p"), std::string::npos) << text;
+}
+
+TEST(AccessLogTest, JsonEscapesWhatNeedsIt) {
+  auto r = sample_record();
+  r.policy = "a\"b\\c\nd\x01e";
+  r.reason = EndReason::denied_by_policy;
+  const auto json = format_access_log_json(r);
+  const auto v = boost::json::parse(json).as_object();
+  EXPECT_EQ(v.at("policy").as_string(), r.policy) << json;
+}
+
+// A text line is written with its close time and level, as the process log's lines are.
+TEST(ConnectionTelemetryTest, TextLinesCarryTheCloseTime) {
+  std::string log;
+  ConnectionTelemetry t(1, {.access_log = AccessLogFormat::text, .metrics = false}, [&](std::string_view l) { log += l; });
+  {
+    ConnectionResult c(t.sink(0), Direction::outbound, {}, {});
+    const auto start = c.record().start_wall;
+    c.record() = sample_record();
+    c.record().start_wall = start;
+    c.finish(EndReason::completed);
+  }
+  EXPECT_TRUE(log.empty());  // batched until a batch is full or flush()
+  t.flush();
+  ASSERT_FALSE(log.empty());
+  EXPECT_EQ(log.back(), '\n');
+  EXPECT_EQ(log.find('\n'), log.size() - 1);
+  EXPECT_EQ(log[4], '-');
+  EXPECT_EQ(log.substr(23, 33), "Z info access connection complete");
+}
+
+TEST(ConnectionTelemetryTest, BatchesAreWholeLinesOfAtMostPipeBuf) {
+  std::vector<std::size_t> sizes;
+  std::size_t lines = 0;
+  ConnectionTelemetry t(1, {.access_log = AccessLogFormat::json, .metrics = false}, [&](std::string_view batch) {
+    sizes.push_back(batch.size());
+    EXPECT_EQ(batch.back(), '\n');
+    for (char c : batch) lines += c == '\n';
+  });
+  for (int i = 0; i < 100; ++i) {
+    ConnectionResult c(t.sink(0), Direction::outbound, {}, {});
+    c.record() = sample_record();
+  }
+  t.flush();
+  EXPECT_EQ(lines, 100u);
+  EXPECT_GT(sizes.size(), 1u);
+  for (auto n : sizes) EXPECT_LE(n, 4096u);
 }
 
 TEST(ConnectionTelemetryTest, BothOffMeansNoSink) {
