@@ -74,43 +74,82 @@ WorkloadInfo describe_pod(const config::Pod& pod) {
   return w;
 }
 
-void WorkloadIndex::refresh(const std::shared_ptr<const snapshot::ClusterSnapshot>& snapshot) {
-  // Same control block = same snapshot; no atomic operation for the common case.
-  // An expired weak_ptr still holds its control block, so a new snapshot never compares equal to it.
-  if (!snapshot_.owner_before(snapshot) && !snapshot.owner_before(snapshot_)) return;
-  snapshot_ = snapshot;
-  pods_.clear();
-  services_.clear();
-  if (!snapshot) return;
-  // The snapshot keeps no Pod objects (nor their labels): this node's pods (the clients of
-  // outbound connections, the servers of inbound ones) and the endpoints' pods ("ns/name") are
-  // what it knows, so workloads come from the names' shape (describe_pod without labels).
-  auto add = [this](const std::string& ns, const std::string& name, const net::IpAddress& ip) {
-    config::Pod p;
-    p.name = name;
-    p.ns = ns;
-    pods_.emplace(ip, std::make_shared<const WorkloadInfo>(describe_pod(p)));
-  };
-  for (const snapshot::NodePod& p : snapshot->node_pods())
-    for (const auto& ip : p.ips) add(p.ns, p.name, ip);
-  for (const snapshot::ServiceCluster& c : snapshot->clusters())
-    for (const snapshot::Endpoint& e : c.endpoints) {
-      const std::string& pod = e.pod;
-      const auto slash = pod.find('/');
-      if (slash == std::string::npos || pods_.count(e.address.ip)) continue;
-      add(pod.substr(0, slash), pod.substr(slash + 1), e.address.ip);
-    }
+namespace {
+
+std::shared_ptr<const WorkloadInfo> describe(std::string_view ns, std::string_view name) {
+  // The snapshot keeps no Pod objects (nor their labels): the names' shape is what is left
+  // (describe_pod without labels).
+  config::Pod p;
+  p.name = std::string(name);
+  p.ns = std::string(ns);
+  return std::make_shared<const WorkloadInfo>(describe_pod(p));
 }
 
-std::shared_ptr<const WorkloadInfo> WorkloadIndex::pod(const net::IpAddress& ip) const {
-  auto it = pods_.find(ip);
-  return it == pods_.end() ? nullptr : it->second;
+}  // namespace
+
+void WorkloadIndex::refresh(const std::shared_ptr<const snapshot::ClusterSnapshot>& snapshot) {
+  if (!snapshot || snapshot == synced_) return;
+  // A connection that loaded a snapshot older than the one described: the newer names serve.
+  if (synced_ && snapshot->serial() < synced_->serial()) return;
+  if (&snapshot->node_pods() != node_pod_list_) index_node_pods(*snapshot);
+  snapshot->for_each_cluster_change(
+      synced_.get(), [this](const snapshot::ServiceCluster& c) { remove_cluster(c); },
+      [this](const std::shared_ptr<const snapshot::ServiceCluster>& c) { add_cluster(c); });
+  synced_ = snapshot;
+}
+
+// This node's pods: the clients of outbound connections, the servers of inbound ones. Few, and
+// rebuilt only when the list changed.
+void WorkloadIndex::index_node_pods(const snapshot::ClusterSnapshot& snapshot) {
+  node_pod_list_ = &snapshot.node_pods();
+  node_pods_.clear();
+  for (const snapshot::NodePod& p : snapshot.node_pods()) {
+    auto info = describe(p.ns, p.name);
+    for (const auto& ip : p.ips) node_pods_.emplace(ip, info);
+  }
+}
+
+void WorkloadIndex::add_cluster(const std::shared_ptr<const snapshot::ServiceCluster>& cluster) {
+  services_[cluster.get()] =
+      std::make_shared<const ServiceInfo>(ServiceInfo{cluster->hostname, cluster->service_name, cluster->service_ns});
+  for (const snapshot::Endpoint& e : cluster->endpoints) {
+    if (e.pod.empty()) continue;
+    auto& entry = endpoint_pods_[e.address.ip];
+    // One address, two pods (a stale slice naming an address's previous owner): the first named
+    // keeps it until every listing of the address is gone.
+    if (entry.listings++ == 0) {
+      entry.pod = e.pod;
+      entry.info.reset();
+    }
+  }
+}
+
+void WorkloadIndex::remove_cluster(const snapshot::ServiceCluster& cluster) {
+  services_.erase(&cluster);
+  for (const snapshot::Endpoint& e : cluster.endpoints) {
+    if (e.pod.empty()) continue;
+    auto it = endpoint_pods_.find(e.address.ip);
+    if (it != endpoint_pods_.end() && --it->second.listings == 0) endpoint_pods_.erase(it);
+  }
+}
+
+std::shared_ptr<const WorkloadInfo> WorkloadIndex::pod(const net::IpAddress& ip) {
+  if (auto it = node_pods_.find(ip); it != node_pods_.end()) return it->second;
+  auto it = endpoint_pods_.find(ip);
+  if (it == endpoint_pods_.end()) return nullptr;
+  auto& entry = it->second;
+  if (!entry.info) {
+    const std::string& pod = entry.pod.str();
+    const auto slash = pod.find('/');
+    if (slash == std::string::npos) return nullptr;
+    entry.info = describe(std::string_view(pod).substr(0, slash), std::string_view(pod).substr(slash + 1));
+  }
+  return entry.info;
 }
 
 std::shared_ptr<const ServiceInfo> WorkloadIndex::service(const snapshot::ServiceCluster& cluster) {
-  auto [it, inserted] = services_.try_emplace(cluster.hostname);
-  if (inserted) it->second = std::make_shared<const ServiceInfo>(ServiceInfo{cluster.hostname, cluster.service_name, cluster.service_ns});
-  return it->second;
+  if (auto it = services_.find(&cluster); it != services_.end()) return it->second;
+  return std::make_shared<const ServiceInfo>(ServiceInfo{cluster.hostname, cluster.service_name, cluster.service_ns});
 }
 
 }  // namespace dsproxy::proxy

@@ -16,6 +16,7 @@
 #include "config/k8s_decoder.hpp"
 #include "proxy/proxy_server.hpp"
 #include "proxy/workload_index.hpp"
+#include "snapshot/snapshot_builder.hpp"
 
 namespace dsproxy::proxy {
 namespace {
@@ -124,6 +125,82 @@ TEST(WorkloadIndexTest, WorkloadIsTheOwnerNeverThePod) {
   EXPECT_EQ(describe_pod(p).workload, "sleep");
   p.name = "my-api-server-1";  // not generated suffixes
   EXPECT_EQ(describe_pod(p).workload, "unknown");
+}
+
+std::string echo_objects(const std::string& endpoints_v4) {
+  return R"(apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: web}
+spec:
+  clusterIP: 10.96.0.20
+  clusterIPs: [10.96.0.20]
+  ipFamilies: [IPv4]
+  ports: [{name: tcp, port: 9000}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: echo-v4, namespace: web, labels: {kubernetes.io/service-name: echo}}
+addressType: IPv4
+endpoints:
+)" + endpoints_v4 + R"(ports: [{name: tcp, port: 9000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: other, namespace: web}
+spec:
+  clusterIP: 10.96.0.21
+  clusterIPs: [10.96.0.21]
+  ipFamilies: [IPv4]
+  ports: [{name: tcp, port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: other-v4, namespace: web, labels: {kubernetes.io/service-name: other}}
+addressType: IPv4
+endpoints:
+- {addresses: [10.244.1.9], targetRef: {kind: Pod, name: other-6b8f9c7d4d-qwzxp, namespace: web}}
+ports: [{name: tcp, port: 80}]
+)";
+}
+
+// The index follows the snapshots by what changed: an endpoint gone is forgotten, one added is
+// known, a Service left alone keeps its names (the same objects: the metrics' series cache
+// keeps hitting).
+TEST(WorkloadIndexTest, FollowsSnapshotsByWhatChanged) {
+  snapshot::SnapshotBuilder builder({"n1", "cluster.local"});
+  builder.replace_all(config::decode_objects(echo_objects(
+      "- {addresses: [10.244.1.5], targetRef: {kind: Pod, name: echo-7d9c8b6f5d-x2x9q, namespace: web}}\n")));
+  auto first = builder.build();
+  WorkloadIndex index;
+  index.refresh(first);
+  const auto ip = [](const char* s) { return *net::IpAddress::parse(s); };
+  auto echo = index.pod(ip("10.244.1.5"));
+  ASSERT_TRUE(echo);
+  EXPECT_EQ(echo->workload, "echo");
+  EXPECT_EQ(echo->pod, "echo-7d9c8b6f5d-x2x9q");
+  EXPECT_EQ(echo->ns, "web");
+  const auto other = index.pod(ip("10.244.1.9"));
+  ASSERT_TRUE(other);
+  const auto* other_cluster = first->find_cluster(*net::SocketAddress::parse("10.96.0.21:80"));
+  ASSERT_TRUE(other_cluster);
+  const auto other_service = index.service(*other_cluster);
+  EXPECT_EQ(other_service->hostname, "other.web.svc.cluster.local");
+  EXPECT_EQ(index.pod(ip("10.244.1.6")), nullptr);
+
+  builder.replace_all(config::decode_objects(echo_objects(
+      "- {addresses: [10.244.1.6], targetRef: {kind: Pod, name: echo-7d9c8b6f5d-bbbbb, namespace: web}}\n")));
+  auto second = builder.build();
+  index.refresh(second);
+  EXPECT_EQ(index.pod(ip("10.244.1.5")), nullptr);  // gone with its endpoint
+  ASSERT_TRUE(index.pod(ip("10.244.1.6")));
+  EXPECT_EQ(index.pod(ip("10.244.1.6"))->pod, "echo-7d9c8b6f5d-bbbbb");
+  EXPECT_EQ(index.pod(ip("10.244.1.9")), other);  // untouched Service: the same names
+  const auto* again = second->find_cluster(*net::SocketAddress::parse("10.96.0.21:80"));
+  EXPECT_EQ(again, other_cluster);  // the builder shared it
+  EXPECT_EQ(index.service(*again), other_service);
+  EXPECT_EQ(index.endpoint_addresses(), 2u);
+  index.refresh(first);  // an older snapshot (a connection that loaded it before the reload)
+  EXPECT_EQ(index.pod(ip("10.244.1.5")), nullptr);  // keeps describing the newer one
 }
 
 // A loopback server: accepts, then does `behaviour` with each connection.
