@@ -281,6 +281,18 @@ TEST(ConnectionTelemetryTest, HboneAndPolicyFieldsReachLabelsAndLog) {
 }
 
 TEST(AccessLogTest, JsonEscapesWhatNeedsIt) {
+  // Every byte that needs it, at every offset of an 8-byte word (the scan takes words).
+  for (std::size_t at = 0; at < 20; ++at)
+    for (char c : {'"', '\\', '\n', '\x1f', '\x00'}) {
+      auto r = sample_record();
+      r.policy = std::string(at, 'p') + c + "tail-of-it";
+      r.reason = EndReason::denied_by_policy;
+      const auto json = format_access_log_json(r);
+      boost::json::error_code ec;
+      const auto v = boost::json::parse(json, ec);
+      ASSERT_FALSE(ec) << json;
+      EXPECT_EQ(v.as_object().at("policy").as_string(), r.policy) << json;
+    }
   auto r = sample_record();
   r.policy = "a\"b\\c\nd\x01e";
   r.reason = EndReason::denied_by_policy;
