@@ -11,6 +11,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   iptables iproute2 netcat-openbsd procps kmod jq   # jq: the e2e tests read the admin JSON
   curl   # the e2e tests steer the fake Kubernetes API server over its control port
+  # prometheus-cpp (core): the metric families and Prometheus text format behind :15020/metrics.
+  prometheus-cpp-dev
   # ipset: the capture and refusal rules match pod addresses and ClusterIP(:port)s in kernel
   # sets (one rule, one hash lookup per packet) instead of one rule per pod or per port.
   ipset

@@ -93,6 +93,15 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--admin-port", run.admin_port, "Admin API on 127.0.0.1 and [::1]")->capture_default_str();
   run_cmd->add_option("--readiness-port", run.readiness_port, "GET /healthz/ready on 0.0.0.0 and [::]")
       ->capture_default_str();
+  run_cmd->add_option("--metrics-port", run.metrics_port,
+                      "Prometheus GET /metrics (and /stats/prometheus) on 0.0.0.0 and [::]; 0: no metrics")
+      ->capture_default_str();
+  run_cmd
+      ->add_option_function<std::string>(
+          "--access-log",
+          [&run](const std::string& v) { run.access_log = *proxy::parse_access_log_format(v); },
+          "One line per connection at close: off, text or json (default text, at info)")
+      ->check(CLI::IsMember({"off", "text", "json"}));
   std::int64_t connect_timeout_ms = 10000, idle_timeout_s = 3600, drain_ms = 5000;
   run_cmd->add_option("--connect-timeout-ms", connect_timeout_ms)->capture_default_str()->check(CLI::Range(1, 600000));
   run_cmd->add_option("--idle-timeout-s", idle_timeout_s, "Reset connections idle this long")

@@ -26,6 +26,11 @@ PEER_DST6=
 PEER_ERROR=
 PEER_LOG_NAME=
 
+# Telemetry off, like the peers: HAProxy and nginx log no line per connection and export no
+# metrics as configured here, while dsproxy's defaults are an access-log line per connection
+# (text) and Prometheus counters on :15020. What those cost is bench/telemetry_cost.sh's to say.
+DSPROXY_TELEMETRY_ARGS=(--access-log off --metrics-port 0)
+
 HAPROXY_PORT=15101
 NGINX_ECHO_PORT=27000
 NGINX_IPERF_PORT=25201
@@ -36,10 +41,10 @@ NGINX_RULE_PREF=32100
 peer_describe() {
   case $1 in
     direct) echo "direct: client -> server pod, routed through the node namespace, no proxy (the limit)" ;;
-    dsproxy) echo "dsproxy --workers 1, TPROXY (dsproxy run --redirect), client -> server pod IP (passthrough)" ;;
-    dsproxy-svc) echo "dsproxy --workers 1, TPROXY, client -> Service ClusterIP (service routing)" ;;
-    dsproxy-w2) echo "dsproxy --workers 2, TPROXY, passthrough" ;;
-    dsproxy-explicit) echo "dsproxy --workers 1, explicit addressing: no --redirect, no capture rules; client -> the node's address ($NODE_GW_CLIENT4 / $NODE_IP6), --forward to the server pod, upstream from the node's own address" ;;
+    dsproxy) echo "dsproxy --workers 1, ${DSPROXY_TELEMETRY_ARGS[*]}, TPROXY (dsproxy run --redirect), client -> server pod IP (passthrough)" ;;
+    dsproxy-svc) echo "dsproxy --workers 1, ${DSPROXY_TELEMETRY_ARGS[*]}, TPROXY, client -> Service ClusterIP (service routing)" ;;
+    dsproxy-w2) echo "dsproxy --workers 2, ${DSPROXY_TELEMETRY_ARGS[*]}, TPROXY, passthrough" ;;
+    dsproxy-explicit) echo "dsproxy --workers 1, ${DSPROXY_TELEMETRY_ARGS[*]}, explicit addressing: no --redirect, no capture rules; client -> the node's address ($NODE_GW_CLIENT4 / $NODE_IP6), --forward to the server pod, upstream from the node's own address" ;;
     haproxy-splice) echo "HAProxy $(haproxy_version), nbthread 1, TPROXY, splice forced (option splice-request/splice-response)" ;;
     haproxy) echo "HAProxy $(haproxy_version), nbthread 1, TPROXY, no splice" ;;
     nginx) echo "nginx $(nginx_version) stream, worker_processes 1, nat REDIRECT capture, proxy_bind \$remote_addr transparent" ;;
@@ -68,9 +73,9 @@ peer_write_configs() {
     "$DSPROXY_BIN" redirect print --config "$dir/dsproxy-cluster.yaml" --node "$BENCH_NODE_NAME"
   } >"$dir/tproxy-capture.sh" 2>&1
   {
-    echo "dsproxy run --config dsproxy-cluster.yaml --node $BENCH_NODE_NAME --redirect --workers 1"
-    echo "dsproxy run --config dsproxy-cluster.yaml --node $BENCH_NODE_NAME --redirect --workers 2   # dsproxy-w2"
-    echo "dsproxy run --config dsproxy-cluster.yaml --node $BENCH_NODE_NAME --workers 1 $(_dsproxy_forward_args)   # dsproxy-explicit"
+    echo "dsproxy run --config dsproxy-cluster.yaml --node $BENCH_NODE_NAME --redirect --workers 1 ${DSPROXY_TELEMETRY_ARGS[*]}"
+    echo "dsproxy run --config dsproxy-cluster.yaml --node $BENCH_NODE_NAME --redirect --workers 2 ${DSPROXY_TELEMETRY_ARGS[*]}   # dsproxy-w2"
+    echo "dsproxy run --config dsproxy-cluster.yaml --node $BENCH_NODE_NAME --workers 1 ${DSPROXY_TELEMETRY_ARGS[*]} $(_dsproxy_forward_args)   # dsproxy-explicit"
     echo "haproxy -f haproxy-splice.cfg -db    # after dsproxy redirect install --outbound-port $HAPROXY_PORT --inbound-port 15106"
     echo "haproxy -f haproxy.cfg -db           # idem"
     echo "nginx -c nginx.conf -e <log>          # after nginx-capture.sh"
@@ -95,7 +100,7 @@ global
 EOF
   [[ $splice == splice ]] && echo "    maxpipes $maxpipes"
   cat <<EOF
-    # no logging: neither dsproxy (info level, no per-connection line) nor nginx (error log only) logs traffic
+    # no logging: neither dsproxy (run with --access-log off --metrics-port 0) nor nginx (error log only) logs traffic
 
 defaults
     mode tcp
@@ -225,7 +230,7 @@ _start_dsproxy() {
   # Started with ip netns exec, not in_node: $! of a backgrounded function is a subshell's pid,
   # while ip netns exec execs the program, so $! is the proxy's own pid.
   ip netns exec "$(ns_node)" "$DSPROXY_BIN" run --config "$BENCH_CONFIG_DIR/dsproxy-cluster.yaml" --node "$BENCH_NODE_NAME" \
-    --workers "$workers" "$@" >>"$BENCH_TMP/dsproxy.log" 2>&1 &
+    --workers "$workers" "${DSPROXY_TELEMETRY_ARGS[@]}" "$@" >>"$BENCH_TMP/dsproxy.log" 2>&1 &
   PEER_MAIN_PID=$!
   PEER_PIDS=("$PEER_MAIN_PID")
   for ((i = 0; i < 100; i++)); do

@@ -18,6 +18,8 @@
 #include "admin/admin_server.hpp"
 #include "admin/config_dump.hpp"
 #include "admin/limits_status.hpp"
+#include "admin/metrics_exporter.hpp"
+#include "proxy/connection_telemetry.hpp"
 #include "daemon/control_plane.hpp"
 #include "daemon/handoff.hpp"
 #include "identity/identity_error.hpp"
@@ -159,6 +161,7 @@ class Daemon {
     }
 
     proxy::ProxyServer server(options_.proxy, store_, stats_);
+    server.set_connection_sinks([this](int worker) { return telemetry_.sink(worker); });
     admin::AdminServer admin(front_.get_executor());
     server_ = &server;
     admin_ = &admin;
@@ -176,6 +179,7 @@ class Daemon {
 
     control_plane_->start();
     start_liveness(server);
+    flush_access_log();
     try {
       front_.run();
     } catch (const std::exception& e) {
@@ -437,6 +441,44 @@ class Daemon {
       admin.listen({loopback6, options_.admin_port}, api, admin_sessions_);
       admin.listen({*net::IpAddress::parse("::"), options_.readiness_port}, probe, probe_sessions_);
     }
+    serve_metrics(admin);
+  }
+
+  // The access log is written in batches: what a quiet second left behind goes out now.
+  void flush_access_log() {
+    telemetry_.flush();
+    log_flush_timer_.expires_after(std::chrono::seconds(1));
+    log_flush_timer_.async_wait([this](boost::system::error_code ec) {
+      if (!ec) flush_access_log();
+    });
+  }
+
+  // Prometheus on both families, like readiness: it is scraped from outside the node.
+  void serve_metrics(admin::AdminServer& admin) {
+    if (options_.metrics_port == 0) return;
+    exporter_.add([this] { return telemetry_.collect(); });
+    exporter_.add([this] { return admin::proxy_stats_families(stats_); });
+    exporter_.add([this] {
+      return admin::config_families(control_plane_->builds(), control_plane_->build_failures());
+    });
+    exporter_.add([this] {
+      // The DNS proxy starts after the listeners; a scrape before it has nothing to say yet.
+      return dns_ ? admin::dns_stats_families(dns_->stats()) : std::vector<prometheus::MetricFamily>{};
+    });
+    auto metrics = [this](std::string_view path) -> admin::AdminResponse {
+      if (path == "/metrics" || path == "/stats/prometheus")
+        return {200, "text/plain; version=0.0.4; charset=utf-8", exporter_.render()};
+      return {404, "text/plain", "not found; try /metrics\n"};
+    };
+    // Its own session budget (the readiness one's size): the network can reach it, and a flood of
+    // scrapes must not starve the kubelet's probes nor the reverse.
+    metrics_sessions_ = std::make_shared<admin::SessionLimit>(options_.max_readiness_sessions);
+    if (options_.admin_v4)
+      admin.listen({*net::IpAddress::parse("0.0.0.0"), options_.metrics_port}, metrics, metrics_sessions_);
+    if (options_.admin_v6 && options_.admin_v4)
+      listen_optional(admin, {*net::IpAddress::parse("::"), options_.metrics_port}, metrics, metrics_sessions_);
+    else if (options_.admin_v6)
+      admin.listen({*net::IpAddress::parse("::"), options_.metrics_port}, metrics, metrics_sessions_);
   }
 
   // With IPv4 serving, a missing IPv6 admin listener is worth a warning, not a failed start.
@@ -505,6 +547,12 @@ class Daemon {
   asio::io_context front_{1};
   snapshot::SnapshotStore store_;
   proxy::ProxyStats stats_;
+  // Outlives the ProxyServer (run()'s local): the workers' sinks live here.
+  proxy::ConnectionTelemetry telemetry_{
+      options_.proxy.workers,
+      {.access_log = options_.access_log, .metrics = options_.metrics_port != 0}};
+  admin::MetricsExporter exporter_;
+  asio::steady_timer log_flush_timer_{front_};
   redirect::ProcessRunner runner_;
   std::atomic<bool> ready_{false};
   bool draining_ = false;
@@ -526,6 +574,7 @@ class Daemon {
   std::optional<resolver::DnsProxy> dns_;      // last: torn down before front_ and store_
   std::shared_ptr<admin::SessionLimit> admin_sessions_;  // --max-admin-sessions
   std::shared_ptr<admin::SessionLimit> probe_sessions_;  // --max-readiness-sessions
+  std::shared_ptr<admin::SessionLimit> metrics_sessions_;  // :15020, as many as readiness
   std::optional<LivenessMonitor> liveness_;  // its timer is on front_
 };
 

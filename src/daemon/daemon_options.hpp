@@ -6,6 +6,7 @@
 #include <string>
 
 #include "identity/identity_options.hpp"
+#include "proxy/connection_telemetry.hpp"
 #include "proxy/proxy_options.hpp"
 #include "redirect/redirect_options.hpp"
 #include "resolver/dns_proxy.hpp"
@@ -32,6 +33,10 @@ struct DaemonOptions {
   resolver::DnsProxyOptions dns;  // the DNS proxy on :15053, unless dns.enabled is false
   std::uint16_t admin_port = 15000;     // 127.0.0.1 and [::1]
   std::uint16_t readiness_port = 15021;  // 0.0.0.0 and [::]: kubelet probes it from the node
+  // Prometheus (/metrics, /stats/prometheus) on 0.0.0.0 and [::]: scraped from outside the node,
+  // Istio's merged-metrics port. 0: no endpoint and no per-connection metrics.
+  std::uint16_t metrics_port = 15020;
+  proxy::AccessLogFormat access_log = proxy::AccessLogFormat::text;
   // The admin API and readiness listeners per family; restrict_to_families clears the one that is off.
   bool admin_v4 = true;
   bool admin_v6 = true;

@@ -44,7 +44,8 @@ class RelayEnd {
  public:
   RelayEnd(ProxyStats& stats, GaugeGuard<ProxyStats::Counter> active,
            GaugeGuard<std::atomic<std::uint64_t>> on_worker, std::shared_ptr<EndpointState> endpoint,
-           Direction direction, const net::SocketAddress& source, const net::SocketAddress& destination)
+           Direction direction, const net::SocketAddress& source, const net::SocketAddress& destination,
+           ConnectionResult result)
       : stats_(&stats),
         endpoint_(std::move(endpoint)),
         active_(std::move(active)),
@@ -52,7 +53,8 @@ class RelayEnd {
         outstanding_(endpoint_ ? &endpoint_->active : nullptr),
         direction_(direction),
         source_(source),
-        destination_(destination) {}
+        destination_(destination),
+        result_(std::move(result)) {}
 
   void operator()(RelayResult result) {
     ProxyStats::add(stats_->bytes_to_upstream, result.bytes_to_upstream);
@@ -60,6 +62,15 @@ class RelayEnd {
     if (result.idle_timeout) ProxyStats::add(stats_->idle_timeouts);
     if (result.reset) ProxyStats::add(stats_->resets_propagated);
     if (result.fault) ProxyStats::add(stats_->worker_faults);
+    if (result_.active()) {
+      auto& r = result_.record();
+      r.bytes_to_upstream = result.bytes_to_upstream;
+      r.bytes_to_downstream = result.bytes_to_downstream;
+      result_.finish(result.fault          ? EndReason::fault
+                     : result.idle_timeout ? EndReason::idle_timeout
+                     : result.reset        ? (result.upstream_reset ? EndReason::upstream_reset : EndReason::client_reset)
+                                           : EndReason::completed);
+    }
     if (spdlog::should_log(spdlog::level::debug))
       spdlog::debug("{} {} -> {} closed: {} B up, {} B down{}{}", to_string(direction_), source_.to_string(),
                     destination_.to_string(), result.bytes_to_upstream, result.bytes_to_downstream,
@@ -76,6 +87,9 @@ class RelayEnd {
   Direction direction_;
   net::SocketAddress source_;
   net::SocketAddress destination_;
+  // Emitted when the relay's handler is destroyed: after it ran, or unrun when the worker's
+  // io_context is torn down (then the reason stays `shutdown`).
+  ConnectionResult result_;
 };
 
 // Local errors come in floods (every connection fails the same way while descriptors are short):
@@ -172,7 +186,8 @@ awaitable<std::optional<ConnectedUpstream>> establish_upstream(const ConnectionC
                                                                const ClusterStates* states,
                                                                const net::SocketAddress& source,
                                                                const net::SocketAddress& destination,
-                                                               bool transparent, tcp::socket& upstream) {
+                                                               bool transparent, tcp::socket& upstream,
+                                                               ConnectionResult& result) {
   const std::string_view cluster_name = decision.cluster ? std::string_view(decision.cluster->cluster_name) : "-";
   // The client's first bytes wait in its socket's receive queue until an upstream is connected
   // (we do not read before), so retries and Happy Eyeballs lose none of them.
@@ -208,6 +223,7 @@ awaitable<std::optional<ConnectedUpstream>> establish_upstream(const ConnectionC
         }
       });
   if (scheduler.backends_tried() > 1) ProxyStats::add(ctx.stats.connect_retries, scheduler.backends_tried() - 1);
+  result.record().retries = scheduler.backends_tried() > 1 ? static_cast<std::uint32_t>(scheduler.backends_tried() - 1) : 0;
 
   if (outcome.winner < 0) {
     if (outcome.local_error) {
@@ -215,10 +231,12 @@ awaitable<std::optional<ConnectedUpstream>> establish_upstream(const ConnectionC
         spdlog::warn("{} -> {}: no upstream socket: {} (this node's own resources, not the endpoint's; "
                      "{} similar failure(s) not logged; see local_errors)",
                      source.to_string(), destination.to_string(), outcome.error.message(), *suppressed);
+      result.finish(EndReason::local_error);
       co_return std::nullopt;
     }
     const bool timed_out = outcome.error == std::errc::timed_out;
     ProxyStats::add(timed_out ? ctx.stats.upstream_connect_timeout : ctx.stats.upstream_connect_failed);
+    result.finish(timed_out ? EndReason::connect_timeout : EndReason::connect_failed);
     spdlog::warn("{} -> {}: no upstream after {} attempt(s) on {} backend(s): {} (cluster {})", source.to_string(),
                  destination.to_string(), scheduler.attempts().size(), scheduler.backends_tried(),
                  outcome.error.message(), cluster_name);
@@ -227,6 +245,8 @@ awaitable<std::optional<ConnectedUpstream>> establish_upstream(const ConnectionC
   const auto& winner = scheduler.attempts()[static_cast<std::size_t>(outcome.winner)];
   if (winner.address.ip.family() != destination.ip.family()) ProxyStats::add(ctx.stats.family_fallbacks);
   if (winner.second_family) ProxyStats::add(ctx.stats.happy_eyeballs_other_family);
+  result.record().fell_back = winner.address.ip.family() != destination.ip.family();
+  result.record().second_family_won = winner.second_family;
   co_return ConnectedUpstream{winner.address, backends.state_of(winner)};
 }
 
@@ -239,7 +259,7 @@ struct Connected {
 awaitable<std::optional<Connected>> route_and_connect(const ConnectionContext& ctx, Direction direction,
                                                       const net::SocketAddress& source,
                                                       const net::SocketAddress& destination, bool transparent,
-                                                      tcp::socket& upstream) {
+                                                      tcp::socket& upstream, ConnectionResult& result) {
   // One snapshot reference for the whole decision: a concurrent reload cannot change it or free
   // the endpoints it points to.
   const auto snapshot = ctx.store.current();
@@ -254,7 +274,15 @@ awaitable<std::optional<Connected>> route_and_connect(const ConnectionContext& c
     states = state_index->find(*decision.cluster);
   }
   const std::string_view cluster_name = decision.cluster ? std::string_view(decision.cluster->cluster_name) : "-";
+  // Names only when a sink wants them (metrics or the access log on): one hash lookup each.
+  const bool names = ctx.names && result.wants_names();
+  if (names) {
+    ctx.names->refresh(snapshot);
+    result.record().source_workload = ctx.names->pod(source.ip);
+    if (decision.cluster) result.record().service = ctx.names->service(*decision.cluster);
+  }
   if (decision.kind == RouteKind::reject) {
+    result.finish(reason_for(decision.reason));
     count_reject(ctx.stats, decision.reason);
     spdlog::warn("{} {} -> {} rejected: {} (cluster {})", to_string(direction), source.to_string(),
                  destination.to_string(), to_string(decision.reason), cluster_name);
@@ -262,8 +290,13 @@ awaitable<std::optional<Connected>> route_and_connect(const ConnectionContext& c
   }
   ProxyStats::add(decision.kind == RouteKind::service ? ctx.stats.routed_to_service : ctx.stats.passthrough);
   const auto connected =
-      co_await establish_upstream(ctx, decision, *snapshot, states, source, destination, transparent, upstream);
+      co_await establish_upstream(ctx, decision, *snapshot, states, source, destination, transparent, upstream,
+                                  result);
   if (!connected) co_return std::nullopt;
+  result.record().connected = true;
+  result.record().endpoint = connected->address;
+  if (names) result.record().destination_workload = ctx.names->pod(connected->address.ip);
+  result.mark_opened();
   // Guarded: the arguments would be formatted (inet_ntop, allocations) even with debug off, and
   // that cost per connection showed up in profiles.
   if (spdlog::should_log(spdlog::level::debug))
@@ -299,6 +332,10 @@ awaitable<void> serve_connection(tcp::socket client, tcp::endpoint peer, Directi
     tcp::socket& socket;
     ~ResetOnDestroy() { net::reset_connection(socket); }
   } reset_on_destroy{client};
+  const net::SocketAddress source = net::to_socket_address(peer);
+  // Emitted when this frame goes, whatever path it takes (a frame torn down at the end of a drain
+  // records `shutdown`), unless the relay took it over.
+  ConnectionResult result(ctx.sink, direction, source, {});
   try {
     // With TPROXY the accepted socket's local address is the destination the client dialled.
     net::SocketAddress destination;
@@ -307,10 +344,13 @@ awaitable<void> serve_connection(tcp::socket client, tcp::endpoint peer, Directi
     } else {
       boost::system::error_code ec;
       const auto local = client.local_endpoint(ec);
-      if (ec) co_return;  // the client vanished between accept and now
+      if (ec) {
+        result.finish(EndReason::client_gone);  // the client vanished between accept and now
+        co_return;
+      }
       destination = net::to_socket_address(local);
     }
-    const net::SocketAddress source = net::to_socket_address(peer);
+    result.record().destination = destination;
 
     // Routing and connecting run in their own coroutine: their state (the snapshot reference,
     // scheduler, candidate lists, attempt sockets) is freed before the relay starts, so an old
@@ -322,6 +362,7 @@ awaitable<void> serve_connection(tcp::socket client, tcp::endpoint peer, Directi
     // reset at once rather than piling up behind it.
     if (ctx.load.connecting.load(std::memory_order_relaxed) >= ctx.options.limits.pending_connects_per_worker) {
       ProxyStats::add(ctx.stats.rejected_pending_connect_limit);
+      result.finish(EndReason::rejected_overload);
       net::reset_connection(client);
       co_return;
     }
@@ -329,7 +370,7 @@ awaitable<void> serve_connection(tcp::socket client, tcp::endpoint peer, Directi
     {
       GaugeGuard<std::atomic<std::uint64_t>> connecting(&ctx.load.connecting);
       if (inject(ctx.options.test_faults.connection_every, ctx.load)) throw std::bad_alloc();
-      connected = co_await route_and_connect(ctx, direction, source, destination, transparent, upstream);
+      connected = co_await route_and_connect(ctx, direction, source, destination, transparent, upstream, result);
     }
     if (!connected) {
       net::reset_connection(client);
@@ -341,11 +382,12 @@ awaitable<void> serve_connection(tcp::socket client, tcp::endpoint peer, Directi
     if (inject(ctx.options.test_faults.relay_every, ctx.load)) relay_options.test_fault_at_move = 1;
     start_relay(std::move(client), std::move(upstream), relay_options,
                 RelayEnd(ctx.stats, std::move(active), std::move(on_worker), connected->endpoint, direction, source,
-                         destination));
+                         destination, std::move(result)));
   } catch (const std::exception& e) {
     // Whatever was not handed to the relay yet is closed with this frame; the client learns of
     // it by a reset, never by a clean end of stream.
     ProxyStats::add(ctx.stats.worker_faults);
+    if (result.active()) result.finish(EndReason::fault);
     net::reset_connection(client);
     if (const auto suppressed = fault_log().admit(std::chrono::steady_clock::now()))
       spdlog::error("connection: {} ({} similar fault(s) not logged; see worker_faults); the client is reset, the "

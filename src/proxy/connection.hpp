@@ -6,12 +6,14 @@
 #include <cstdint>
 
 #include "snapshot/snapshot_store.hpp"
+#include "proxy/connection_result.hpp"
 #include "proxy/endpoint_picker.hpp"
 #include "proxy/endpoint_states.hpp"
 #include "proxy/local_address_check.hpp"
 #include "proxy/proxy_options.hpp"
 #include "proxy/proxy_stats.hpp"
 #include "net/io/transparent_socket.hpp"
+#include "proxy/workload_index.hpp"
 
 namespace dsproxy::proxy {
 
@@ -37,6 +39,10 @@ struct ConnectionContext {
   EndpointPicker& picker;  // the worker's own: not shared between threads
   LocalAddressCheck& local_addresses;  // likewise
   WorkerLoad& load;  // likewise
+  // Where each connection's ConnectionResult goes (null: nowhere), and the names it is given;
+  // both the worker's own.
+  ConnectionSink* sink = nullptr;
+  WorkloadIndex* names = nullptr;
 };
 
 // Owns `client` until the upstream is connected, then hands both sockets to the relay, which owns

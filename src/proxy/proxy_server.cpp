@@ -144,11 +144,11 @@ class Worker {
  public:
   Worker(const ProxyOptions& options, const snapshot::SnapshotStore& store, ProxyStats& stats,
          const OutlierDetector& outliers, EndpointStates& endpoint_states, SessionAffinityTable& affinity,
-         std::uint64_t seed, int index)
+         std::uint64_t seed, int index, ConnectionSink* sink)
       : index_(index),
         picker_(outliers, seed, &affinity),
         local_addresses_(options.upstream_mark),
-        context_{options, store, stats, outliers, endpoint_states, picker_, local_addresses_, load_} {}
+        context_{options, store, stats, outliers, endpoint_states, picker_, local_addresses_, load_, sink, &names_} {}
 
   void listen(const net::SocketAddress& address, Direction direction, const net::ListenerSocketOptions& options,
               std::optional<net::SocketAddress> forward_to = std::nullopt) {
@@ -232,6 +232,7 @@ class Worker {
   EndpointPicker picker_;  // this thread's random state for power-of-two choices
   KernelLocalAddressCheck local_addresses_;  // this thread's netlink socket for the loop guard
   DescriptorReserve reserve_;  // shared by this thread's accept loops, which never run at once
+  WorkloadIndex names_;        // this thread's names for the connection records
   ConnectionContext context_;
   // Declared before the acceptors so it is destroyed after them; destroying it destroys the
   // connections still open: coroutines still connecting (their frames own their sockets) and
@@ -280,7 +281,7 @@ void ProxyServer::start(bool listen_now) {
   std::vector<Forward> forwards = options_.forwards;
   for (int i = 0; i < std::max(1, options_.workers); ++i) {
     auto worker = std::make_unique<Worker>(options_, store_, stats_, outliers_, endpoint_states_, affinity_,
-                                           std::random_device{}() + i, i);
+                                           std::random_device{}() + i, i, sinks_ ? sinks_(i) : nullptr);
     std::size_t opened = 0;
     for (const auto& ip : binds) {
       worker->listen({ip, ports.outbound}, Direction::outbound, socket_options);

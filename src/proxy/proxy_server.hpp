@@ -10,10 +10,12 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
 #include "snapshot/snapshot_store.hpp"
+#include "proxy/connection_result.hpp"
 #include "proxy/endpoint_states.hpp"
 #include "proxy/outlier_detector.hpp"
 #include "proxy/proxy_options.hpp"
@@ -40,6 +42,9 @@ class ProxyServer {
   // After start(false), any thread: listen(2) on every socket and start accepting. Throws
   // std::system_error. Idempotent.
   void start_listening();
+  // Before start(): the sink of worker i's connection records (it must outlive this server and is
+  // called on that worker's thread only). Without: connections are counted in ProxyStats only.
+  void set_connection_sinks(std::function<ConnectionSink*(int worker)> sinks) { sinks_ = std::move(sinks); }
   // Stops accepting, lets open connections finish for up to `grace`, then stops the workers;
   // connections still open then are closed when their coroutine frames are destroyed.
   void drain(std::chrono::milliseconds grace);
@@ -78,6 +83,7 @@ class ProxyServer {
   bool started_ = false;
   bool stopped_ = false;
   std::atomic<bool> listening_{false};
+  std::function<ConnectionSink*(int)> sinks_;
 };
 
 }  // namespace dsproxy::proxy

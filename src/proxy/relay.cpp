@@ -276,6 +276,7 @@ class Relay {
   // `culprit` (already broken). Pending waits on both complete with operation_aborted.
   void abort(tcp::socket& culprit, tcp::socket& victim) {
     result_.reset = true;
+    result_.upstream_reset = &culprit == &upstream_;
     net::reset_connection(victim);
     boost::system::error_code ignored;
     culprit.close(ignored);

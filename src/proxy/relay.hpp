@@ -31,6 +31,7 @@ struct RelayResult {
   // One of the relay's callbacks threw (realistically std::bad_alloc): both sides were reset and
   // the relay ended as any other would, so its gauges and counters stay right.
   bool fault = false;
+  bool upstream_reset = false;  // ... and that side was the upstream (else the client)
 };
 
 // Copies both directions at once until both have ended. A FIN from one side becomes a

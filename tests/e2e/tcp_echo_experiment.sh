@@ -246,6 +246,55 @@ done
 expect_counter "the inbound capture (15006) took every connection from the other node" \
   "$stats_before" "$(stats_now)" inbound_accepted "$ran"
 
+# ---- 4b. Istio metrics on :15020 (both families) and one access-log line per connection -----
+# metrics_get ADDRESS PATH: the body of GET http://ADDRESS:15020PATH from the node.
+metrics_get() {
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  in_node timeout 3 bash -c '
+    exec 3<>"/dev/tcp/$1/15020" || exit 1
+    printf "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" "$2" >&3
+    cat <&3' _ "$1" "$2" 2>/dev/null | tr -d '\r' | sed '1,/^$/d'
+}
+# metric_sum BODY NAME FILTER: the sum of NAME's samples whose labels contain FILTER.
+metric_sum() {
+  awk -v n="$2" -v f="$3" 'index($0, n "{") == 1 && index($0, f) { s += $NF } END { print s + 0 }' <<<"$1"
+}
+access_lines() { grep -c 'access connection complete' "$DSPROXY_LOG" 2>/dev/null || true; }
+if in_time "metrics and access log"; then
+  # Every connection above has ended on the client side; the proxy closes its side at once, and
+  # writes the access log in batches at least every second. Wait (bounded) until every accepted
+  # connection is counted closed and logged.
+  accepted=0 closed=-1 lines=-1
+  for ((i = 0; i < 50; i++)); do
+    accepted=$(stats_now | awk '$1 == "outbound_accepted" || $1 == "inbound_accepted" { s += $2 } END { print s + 0 }')
+    body=$(metrics_get 127.0.0.1 /metrics)
+    closed=$(metric_sum "$body" istio_tcp_connections_closed_total "")
+    lines=$(access_lines)
+    ((closed == accepted && lines == accepted && accepted > 0)) && break
+    sleep 0.1
+  done
+  check "GET 127.0.0.1:15020/metrics counts every accepted connection closed" $((closed == accepted && accepted > 0 ? 0 : 1)) \
+    "closed $closed, accepted $accepted"
+  body6=$(metrics_get ::1 /stats/prometheus)
+  [[ $body6 == *"# TYPE istio_tcp_connections_opened_total counter"* ]]
+  check "GET [::1]:15020/stats/prometheus answers with the istio_tcp_* families" $? "${body6:0:200}"
+  svc='destination_service="tcp-echo.dual-stack.svc.cluster.local"'
+  n=$(metric_sum "$body" istio_tcp_connections_opened_total "reporter=\"source\",source_workload=\"sleep\"")
+  ds=$(metric_sum "$body" istio_tcp_connections_closed_total "$svc")
+  dsw=$(metric_sum "$body" istio_tcp_connections_closed_total "destination_workload=\"tcp-echo\"")
+  rx=$(metric_sum "$body" istio_tcp_received_bytes_total "$svc")
+  ((ds == 4 && n >= 4 && dsw >= 4 && rx > 0))
+  check "istio_tcp_* series for sleep -> $svc count its 4 connections (both ClusterIPs, 2 ports)" $? \
+    "closed $ds, sleep opened $n, destination_workload tcp-echo $dsw, received bytes $rx"
+  ((lines == accepted))
+  check "the access log has one line per accepted connection" $? "$lines lines, $accepted accepted"
+  v6=$(grep 'access connection complete' "$DSPROXY_LOG" | grep -c 'dst.service=tcp-echo.dual-stack.svc.cluster.local .*family=IPv6 fallback=false')
+  v4=$(grep 'access connection complete' "$DSPROXY_LOG" | grep -c 'dst.service=tcp-echo.dual-stack.svc.cluster.local .*family=IPv4 fallback=false')
+  ((v6 == 2 && v4 == 2))
+  check "the access log shows the dual-stack Service served on both families (2 IPv6, 2 IPv4)" $? \
+    "IPv6 $v6, IPv4 $v4"
+fi
+
 # ---- 5. proxy-config listeners: one listener per Service port, both ClusterIPs on it -------
 if in_time "proxy-config listeners"; then
   json=$(in_node timeout 5 "$DSPROXY_BIN" proxy-config listeners --port 9000 -o json 2>&1)

@@ -1,0 +1,762 @@
+#include "proxy/connection_telemetry.hpp"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <mutex>
+
+namespace dsproxy::proxy {
+
+std::optional<AccessLogFormat> parse_access_log_format(std::string_view text) {
+  if (text == "off") return AccessLogFormat::off;
+  if (text == "text") return AccessLogFormat::text;
+  if (text == "json") return AccessLogFormat::json;
+  return std::nullopt;
+}
+
+namespace {
+
+// PIPE_BUF on Linux: a write(2) of at most this many bytes to a pipe is atomic.
+constexpr std::size_t kBatch = 4096;
+
+void write_stderr(std::string_view lines) {
+  std::size_t done = 0;
+  while (done < lines.size()) {
+    const ssize_t n = ::write(STDERR_FILENO, lines.data() + done, lines.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;  // stderr gone: the lines are lost, the connections are not affected
+    done += static_cast<std::size_t>(n);
+  }
+}
+
+// Istio's label for "we do not know": ztunnel's DefaultedUnknown.
+constexpr std::string_view kUnknown = "unknown";
+// Istio's default cluster ID (istiod's --clusterID, "Kubernetes" unless set): the only cluster
+// dsproxy knows about.
+constexpr std::string_view kClusterId = "Kubernetes";
+
+}  // namespace
+
+// glibc's inet_ntop formats every IPv4 octet and IPv6 group with sprintf: about 2,000
+// instructions an address, three addresses a line, a quarter of what a JSON line cost
+// (callgrind). The same text, written directly.
+std::string_view format_address(const net::SocketAddress& a, AddressText& out) {
+  char* p = out.data();
+  const auto& b = a.ip.bytes();
+  auto decimal = [&p](unsigned v) {
+    char digits[5];
+    int n = 0;
+    do {
+      digits[n++] = static_cast<char>('0' + v % 10);
+      v /= 10;
+    } while (v);
+    while (n) *p++ = digits[--n];
+  };
+  if (a.ip.is_v4()) {
+    for (int i = 0; i < 4; ++i) {
+      if (i) *p++ = '.';
+      decimal(b[static_cast<std::size_t>(i)]);
+    }
+  } else {
+    std::uint16_t g[8];
+    for (int i = 0; i < 8; ++i)
+      g[i] = static_cast<std::uint16_t>(b[static_cast<std::size_t>(2 * i)] << 8 | b[static_cast<std::size_t>(2 * i + 1)]);
+    // inet_ntop writes an embedded IPv4 address when the first 96 bits are zero (or a mapped
+    // prefix); those rare forms are left to it.
+    if (g[0] == 0 && g[1] == 0 && g[2] == 0 && g[3] == 0 && g[4] == 0 && (g[5] == 0 || g[5] == 0xffff)) {
+      const std::string text = a.to_string();
+      const std::size_t n = std::min(text.size(), out.size());
+      std::copy_n(text.data(), n, out.data());
+      return {out.data(), n};
+    }
+    // RFC 5952: the longest run of two or more zero groups (the first of equal ones) becomes "::".
+    int best = -1, best_len = 0;
+    for (int i = 0; i < 8;) {
+      if (g[i] != 0) {
+        ++i;
+        continue;
+      }
+      int j = i;
+      while (j < 8 && g[j] == 0) ++j;
+      if (j - i > best_len && j - i >= 2) {
+        best = i;
+        best_len = j - i;
+      }
+      i = j;
+    }
+    *p++ = '[';
+    for (int i = 0; i < 8; ++i) {
+      if (i == best) {
+        *p++ = ':';
+        *p++ = ':';
+        i += best_len - 1;
+        continue;
+      }
+      if (i && i != best + best_len) *p++ = ':';
+      static constexpr char kHex[] = "0123456789abcdef";
+      bool started = false;
+      for (int shift = 12; shift >= 0; shift -= 4) {
+        const unsigned nibble = (g[i] >> shift) & 0xf;
+        if (nibble || started || shift == 0) {
+          *p++ = kHex[nibble];
+          started = true;
+        }
+      }
+    }
+    *p++ = ']';
+  }
+  *p++ = ':';
+  decimal(a.port);
+  return {out.data(), static_cast<std::size_t>(p - out.data())};
+}
+
+namespace {
+
+std::string_view family_name(const net::IpAddress& ip) { return ip.is_v4() ? "IPv4" : "IPv6"; }
+
+std::int64_t duration_ms(const ConnectionRecord& r) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(r.duration).count();
+}
+
+// Bytes as ztunnel logs them: sent/received by this node's pod of the connection (the client,
+// outbound; the server, inbound).
+std::uint64_t bytes_sent(const ConnectionRecord& r) {
+  return r.direction == Direction::outbound ? r.bytes_to_upstream : r.bytes_to_downstream;
+}
+std::uint64_t bytes_recv(const ConnectionRecord& r) {
+  return r.direction == Direction::outbound ? r.bytes_to_downstream : r.bytes_to_upstream;
+}
+
+// Writes one line into an AccessLogLine through a plain pointer: the line's bound is reserved
+// once (so no append checks capacity), and each piece is a memcpy or a few stores. fmt's buffer
+// appends cost about as much as the rest of the line together (callgrind).
+class LineWriter {
+ public:
+  // `names`: the total length of the strings from the cluster (names, principals, policy), which
+  // JSON escaping may grow up to sixfold; everything else fits in kFixed.
+  LineWriter(AccessLogLine& out, std::size_t names) : out_(out), start_(out.size()) {
+    out_.resize(start_ + kFixed + 6 * names);
+    p_ = out_.data() + start_;
+  }
+  ~LineWriter() { out_.resize(static_cast<std::size_t>(p_ - out_.data())); }
+  LineWriter(const LineWriter&) = delete;
+  LineWriter& operator=(const LineWriter&) = delete;
+
+  void raw(std::string_view s) {
+    std::memcpy(p_, s.data(), s.size());
+    p_ += s.size();
+  }
+  void ch(char c) { *p_++ = c; }
+  void number(std::uint64_t n) {
+    char digits[20];
+    int i = 0;
+    do {
+      digits[i++] = static_cast<char>('0' + n % 10);
+      n /= 10;
+    } while (n);
+    while (i) *p_++ = digits[--i];
+  }
+  void boolean(bool b) { raw(b ? std::string_view("true") : std::string_view("false")); }
+  void address(const net::SocketAddress& a) {
+    AddressText text;
+    raw(format_address(a, text));
+  }
+  // A JSON string's contents. Kubernetes names and SPIFFE URIs need no escaping, but nothing
+  // here relies on it: quotes, backslashes and control characters are escaped (other bytes pass
+  // as they are: the names are UTF-8).
+  void json_escaped(std::string_view s) {
+    if (!needs_escape(s)) {
+      raw(s);
+      return;
+    }
+    std::size_t start = 0;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+      const auto c = static_cast<unsigned char>(s[i]);
+      if (c >= 0x20 && c != '"' && c != '\\') continue;
+      raw(s.substr(start, i - start));
+      start = i + 1;
+      ch('\\');
+      switch (c) {
+        case '"': ch('"'); break;
+        case '\\': ch('\\'); break;
+        case '\n': ch('n'); break;
+        case '\r': ch('r'); break;
+        case '\t': ch('t'); break;
+        default: {
+          static constexpr char kHex[] = "0123456789abcdef";
+          raw("u00");
+          ch(kHex[c >> 4]);
+          ch(kHex[c & 0xf]);
+        }
+      }
+    }
+    raw(s.substr(start));
+  }
+  // Eight bytes at a time (a byte-wise test cost more than the rest of the line): whether any
+  // byte is a control character, '"' or '\\'.
+  static bool needs_escape(std::string_view s) {
+    constexpr std::uint64_t kOnes = 0x0101010101010101ull, kHigh = 0x8080808080808080ull;
+    auto any_zero = [](std::uint64_t x) { return (x - kOnes) & ~x & kHigh; };
+    std::size_t i = 0;
+    for (; i + 8 <= s.size(); i += 8) {
+      std::uint64_t x;
+      std::memcpy(&x, s.data() + i, 8);
+      if (((x - 0x20 * kOnes) & ~x & kHigh) | any_zero(x ^ ('"' * kOnes)) | any_zero(x ^ ('\\' * kOnes)))
+        return true;
+    }
+    for (; i < s.size(); ++i) {
+      const auto c = static_cast<unsigned char>(s[i]);
+      if (c < 0x20 || c == '"' || c == '\\') return true;
+    }
+    return false;
+  }
+  // RFC 3339 in UTC with milliseconds, of the close. The date and time of day are formatted once
+  // per second per thread: gmtime_r and the formatting showed up in the per-connection profile.
+  void end_time(const ConnectionRecord& r) {
+    thread_local std::int64_t cached_second = -1;
+    thread_local char cached[24];  // "YYYY-MM-DDTHH:MM:SS"
+    const auto end = r.start_wall + std::chrono::duration_cast<std::chrono::system_clock::duration>(r.duration);
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(end.time_since_epoch()).count();
+    const std::int64_t second = ms / 1000;
+    if (second != cached_second) {
+      const std::time_t secs = static_cast<std::time_t>(second);
+      std::tm tm{};
+      gmtime_r(&secs, &tm);
+      fmt::format_to_n(cached, sizeof cached - 1, "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", tm.tm_year + 1900,
+                       tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+      cached[19] = '\0';
+      cached_second = second;
+    }
+    const int milli = static_cast<int>(ms % 1000);
+    raw({cached, 19});
+    ch('.');
+    ch(static_cast<char>('0' + milli / 100));
+    ch(static_cast<char>('0' + milli / 10 % 10));
+    ch(static_cast<char>('0' + milli % 10));
+    ch('Z');
+  }
+
+  // JSON: ,"key":"value" / ,"key":number / ,"key":bool (the keys are ours: no escaping).
+  void field(std::string_view key, std::string_view value) {
+    key_of(key);
+    ch('"');
+    json_escaped(value);
+    ch('"');
+  }
+  void field(std::string_view key, std::uint64_t value) {
+    key_of(key);
+    number(value);
+  }
+  void field(std::string_view key, bool value) {
+    key_of(key);
+    boolean(value);
+  }
+  // One of our own words (enum names): nothing to escape.
+  void word(std::string_view key, std::string_view value) {
+    key_of(key);
+    ch('"');
+    raw(value);
+    ch('"');
+  }
+  void address_field(std::string_view key, const net::SocketAddress& a) {
+    key_of(key);
+    ch('"');
+    address(a);
+    ch('"');
+  }
+
+ private:
+  // Every key, address, number and word of ours in one line, with room to spare (about 900).
+  static constexpr std::size_t kFixed = 1536;
+  void key_of(std::string_view key) {
+    ch(',');
+    ch('"');
+    raw(key);
+    ch('"');
+    ch(':');
+  }
+  AccessLogLine& out_;
+  std::size_t start_;
+  char* p_ = nullptr;
+};
+
+std::size_t names_length(const ConnectionRecord& r) {
+  std::size_t n = r.policy.size();
+  if (r.source_workload) n += r.source_workload->pod.size() + r.source_workload->ns.size();
+  if (r.destination_workload) n += r.destination_workload->pod.size() + r.destination_workload->ns.size();
+  if (r.service) n += r.service->hostname.size();
+  if (r.source_principal) n += r.source_principal->size();
+  if (r.destination_principal) n += r.destination_principal->size();
+  return n;
+}
+
+// "key=value" pairs, no escaping: every value is a Kubernetes name, an address, a number or one of
+// our words, none of which holds a space.
+void text_body(const ConnectionRecord& r, LineWriter& w) {
+  w.raw("connection complete src.addr=");
+  w.address(r.source);
+  if (r.source_workload) {
+    w.raw(" src.workload=");
+    w.raw(r.source_workload->pod);
+    w.raw(" src.namespace=");
+    w.raw(r.source_workload->ns);
+  }
+  if (r.source_principal) {
+    w.raw(" src.identity=");
+    w.raw(*r.source_principal);
+  }
+  w.raw(" dst.addr=");
+  w.address(r.destination);
+  if (r.service) {
+    w.raw(" dst.service=");
+    w.raw(r.service->hostname);
+  }
+  if (r.destination_workload) {
+    w.raw(" dst.workload=");
+    w.raw(r.destination_workload->pod);
+    w.raw(" dst.namespace=");
+    w.raw(r.destination_workload->ns);
+  }
+  if (r.destination_principal) {
+    w.raw(" dst.identity=");
+    w.raw(*r.destination_principal);
+  }
+  w.raw(" direction=");
+  w.raw(to_string(r.direction));
+  if (r.protocol != RequestProtocol::tcp) {
+    w.raw(" protocol=");
+    w.raw(to_string(r.protocol));
+  }
+  if (r.endpoint) {
+    w.raw(" endpoint=");
+    w.address(*r.endpoint);
+    w.raw(" family=");
+    w.raw(family_name(r.endpoint->ip));
+    w.raw(" fallback=");
+    w.boolean(r.fell_back);
+    w.raw(" happy_eyeballs_other_family=");
+    w.boolean(r.second_family_won);
+  }
+  w.raw(" retries=");
+  w.number(r.retries);
+  w.raw(" bytes_sent=");
+  w.number(bytes_sent(r));
+  w.raw(" bytes_recv=");
+  w.number(bytes_recv(r));
+  w.raw(" duration=");
+  w.number(static_cast<std::uint64_t>(std::max<std::int64_t>(0, duration_ms(r))));
+  w.raw("ms reason=");
+  w.raw(to_string(r.reason));
+  if (r.reason != EndReason::completed) {
+    w.raw(" error=");
+    w.raw(to_string(r.reason));
+  }
+  if (!r.policy.empty()) {
+    w.raw(" policy=");
+    w.raw(r.policy);
+  }
+}
+
+}  // namespace
+
+std::string format_access_log_text(const ConnectionRecord& r) {
+  AccessLogLine out;
+  {
+    LineWriter w(out, names_length(r));
+    text_body(r, w);
+  }
+  return fmt::to_string(out);
+}
+
+void append_access_log_text(const ConnectionRecord& r, AccessLogLine& out) {
+  LineWriter w(out, names_length(r));
+  w.end_time(r);
+  w.raw(" info access ");
+  text_body(r, w);
+}
+
+// Field by field into the line (no JSON object built, no allocation): a fixed order, each key once.
+void append_access_log_json(const ConnectionRecord& r, AccessLogLine& out) {
+  LineWriter w(out, names_length(r));
+  w.raw("{\"timestamp\":\"");
+  w.end_time(r);
+  w.raw("\",\"message\":\"connection complete\"");
+  w.address_field("src.addr", r.source);
+  if (r.source_workload) {
+    w.field("src.workload", r.source_workload->pod);
+    w.field("src.namespace", r.source_workload->ns);
+  }
+  if (r.source_principal) w.field("src.identity", *r.source_principal);
+  w.address_field("dst.addr", r.destination);
+  if (r.service) w.field("dst.service", r.service->hostname);
+  if (r.destination_workload) {
+    w.field("dst.workload", r.destination_workload->pod);
+    w.field("dst.namespace", r.destination_workload->ns);
+  }
+  if (r.destination_principal) w.field("dst.identity", *r.destination_principal);
+  w.word("direction", to_string(r.direction));
+  if (r.protocol != RequestProtocol::tcp) w.word("protocol", to_string(r.protocol));
+  if (r.endpoint) {
+    w.address_field("endpoint", *r.endpoint);
+    w.word("family", family_name(r.endpoint->ip));
+    w.field("fallback", r.fell_back);
+    w.field("happy_eyeballs_other_family", r.second_family_won);
+  }
+  w.field("retries", std::uint64_t{r.retries});
+  w.field("bytes_sent", bytes_sent(r));
+  w.field("bytes_recv", bytes_recv(r));
+  w.raw(",\"duration\":\"");
+  w.number(static_cast<std::uint64_t>(std::max<std::int64_t>(0, duration_ms(r))));
+  w.raw("ms\"");
+  w.word("reason", to_string(r.reason));
+  if (r.reason != EndReason::completed) w.word("error", to_string(r.reason));
+  if (!r.policy.empty()) w.field("policy", std::string_view(r.policy));
+  w.ch('}');
+}
+
+std::string format_access_log_json(const ConnectionRecord& r) {
+  AccessLogLine out;
+  append_access_log_json(r, out);
+  return fmt::to_string(out);
+}
+
+
+namespace {
+
+// The Istio TCP label names, in ztunnel's order; the values below follow the same order.
+constexpr std::array<std::string_view, 23> kLabelNames = {
+    "reporter",
+    "source_workload",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "destination_service",
+    "destination_service_namespace",
+    "destination_service_name",
+    "destination_workload",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_cluster",
+    "request_protocol",
+    "response_flags",
+    "connection_security_policy",
+};
+using LabelValues = std::array<std::string, kLabelNames.size()>;
+
+LabelValues label_values(const ConnectionRecord& r) {
+  auto v = [](const std::string* s) { return s && !s->empty() ? *s : std::string(kUnknown); };
+  const WorkloadInfo* src = r.source_workload.get();
+  const WorkloadInfo* dst = r.destination_workload.get();
+  const ServiceInfo* svc = r.service.get();
+  // Principals only from a verified handshake (HBONE), as ztunnel sets them; plain TCP proves
+  // none, so they stay "unknown", and so does the security policy.
+  auto principal = [](const std::shared_ptr<const std::string>& p) {
+    return p && !p->empty() ? *p : std::string(kUnknown);
+  };
+  return LabelValues{
+      std::string(r.direction == Direction::outbound ? "source" : "destination"),
+      v(src ? &src->workload : nullptr),
+      v(src ? &src->app : nullptr),
+      v(src ? &src->version : nullptr),
+      v(src ? &src->ns : nullptr),
+      principal(r.source_principal),
+      v(src ? &src->app : nullptr),
+      v(src ? &src->version : nullptr),
+      std::string(src ? kClusterId : kUnknown),
+      v(svc ? &svc->hostname : nullptr),
+      v(svc ? &svc->ns : nullptr),
+      v(svc ? &svc->name : nullptr),
+      v(dst ? &dst->workload : nullptr),
+      v(dst ? &dst->app : nullptr),
+      v(dst ? &dst->version : nullptr),
+      v(dst ? &dst->ns : nullptr),
+      principal(r.destination_principal),
+      v(dst ? &dst->app : nullptr),
+      v(dst ? &dst->version : nullptr),
+      std::string(dst ? kClusterId : kUnknown),
+      std::string(to_string(r.protocol)),
+      std::string(response_flags(r.reason)),
+      std::string(to_string(r.security)),
+  };
+}
+
+// Single writer (the owning worker), any number of readers (scrapes): a plain load and store
+// instead of a locked read-modify-write.
+void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) {
+  c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
+// What a record's label set is a function of, by identity: the shared names it points to and the
+// few enums. Two records with equal keys have equal label values (the names are immutable).
+struct SeriesKey {
+  const void* source = nullptr;
+  const void* destination = nullptr;
+  const void* service = nullptr;
+  const void* source_principal = nullptr;
+  const void* destination_principal = nullptr;
+  std::uint32_t small = 0;  // direction, reason, protocol, security policy
+  bool operator==(const SeriesKey&) const = default;
+};
+
+struct SeriesKeyHash {
+  std::size_t operator()(const SeriesKey& k) const {
+    // Pointers differ in their low bits only by alignment; a multiply-xorshift mixes each in.
+    std::uint64_t h = k.small;
+    for (const void* p : {k.source, k.destination, k.service, k.source_principal, k.destination_principal}) {
+      h ^= reinterpret_cast<std::uintptr_t>(p);
+      h *= 0x9e3779b97f4a7c15ull;
+      h ^= h >> 29;
+    }
+    return static_cast<std::size_t>(h);
+  }
+};
+
+SeriesKey series_key(const ConnectionRecord& r) {
+  return SeriesKey{r.source_workload.get(),
+                   r.destination_workload.get(),
+                   r.service.get(),
+                   r.source_principal.get(),
+                   r.destination_principal.get(),
+                   static_cast<std::uint32_t>(r.direction) | static_cast<std::uint32_t>(r.reason) << 8 |
+                       static_cast<std::uint32_t>(r.protocol) << 16 | static_cast<std::uint32_t>(r.security) << 24};
+}
+
+// One worker's access-log lines, waiting for a full batch or the next flush().
+class AccessLogBatch {
+ public:
+  explicit AccessLogBatch(const ConnectionTelemetry::Output* output) : output_(output) { buffer_.reserve(kBatch); }
+  ~AccessLogBatch() { flush(); }
+  // The worker: one whole line, with its '\n'.
+  void append(std::string_view line) {
+    std::lock_guard lock(mutex_);
+    if (buffer_.size() + line.size() > kBatch) write_out();
+    if (line.size() >= kBatch) {
+      (*output_)(line);  // longer than a batch: alone
+      return;
+    }
+    buffer_.append(line);
+  }
+  // Any thread (the daemon's once-a-second flush, exit).
+  void flush() {
+    std::lock_guard lock(mutex_);
+    write_out();
+  }
+
+ private:
+  void write_out() {
+    if (buffer_.empty()) return;
+    (*output_)(buffer_);
+    buffer_.clear();  // keeps its capacity: no allocation per batch
+  }
+  const ConnectionTelemetry::Output* output_;
+  // This worker's only, but for flush(): uncontended on the data path but once a second.
+  std::mutex mutex_;
+  std::string buffer_;
+};
+
+}  // namespace
+
+class ConnectionTelemetry::WorkerSink final : public ConnectionSink {
+ public:
+  struct Series {
+    LabelValues labels;
+    std::atomic<std::uint64_t> opened{0}, closed{0}, sent{0}, received{0};
+    Series* next = nullptr;
+  };
+  // Past this many cached keys the cache starts over (what it pins is then released): the
+  // series stay, so a new key costs one lookup by label text again.
+  static constexpr std::size_t kMaxCachedKeys = 4 * kMaxSeriesPerWorker;
+
+  WorkerSink(const Options& options, const Output* output) : options_(options), log_(output) {
+    overflow_.labels.fill("overflow");
+  }
+  ~WorkerSink() override {
+    for (Series* s = head_.load(std::memory_order_acquire); s;) {
+      Series* next = s->next;
+      if (s != &overflow_) delete s;
+      s = next;
+    }
+  }
+
+  void opened(ConnectionRecord& r) override {
+    if (!options_.metrics) return;
+    Series* s = series_for(r);
+    r.sink_slot = s;
+    bump(s->opened);
+  }
+
+  void closed(const ConnectionRecord& r) override {
+    bump(reasons_[static_cast<std::size_t>(r.reason)]);
+    if (options_.metrics) {
+      auto* s = static_cast<Series*>(r.sink_slot);
+      if (!s) s = series_for(r);
+      bump(s->closed);
+      // Istio's meaning: received = bytes of the request direction (client to server), sent = of
+      // the response, whoever reports.
+      if (r.bytes_to_upstream) bump(s->received, r.bytes_to_upstream);
+      if (r.bytes_to_downstream) bump(s->sent, r.bytes_to_downstream);
+    }
+    if (options_.access_log == AccessLogFormat::off) return;
+    AccessLogLine line;
+    if (options_.access_log == AccessLogFormat::text) append_access_log_text(r, line);
+    else append_access_log_json(r, line);
+    line.push_back('\n');
+    log_.append({line.data(), line.size()});
+  }
+
+  void flush() { log_.flush(); }
+  const Series* head() const { return head_.load(std::memory_order_acquire); }
+  std::uint64_t reason_count(std::size_t i) const { return reasons_[i].load(std::memory_order_relaxed); }
+  std::uint64_t overflowed() const { return overflowed_.load(std::memory_order_relaxed); }
+
+ private:
+  // What the cache keeps: the series, and the names its key points to, so that no other name can
+  // be allocated at one of those addresses while the key is cached.
+  struct Cached {
+    Series* series;
+    std::shared_ptr<const WorkloadInfo> source, destination;
+    std::shared_ptr<const ServiceInfo> service;
+    std::shared_ptr<const std::string> source_principal, destination_principal;
+  };
+
+  Series* series_for(const ConnectionRecord& r) {
+    const SeriesKey key = series_key(r);
+    if (auto it = cache_.find(key); it != cache_.end()) return it->second.series;
+    if (cache_.size() >= kMaxCachedKeys) cache_.clear();
+    Series* s = series_by_labels(r);
+    cache_.emplace(key, Cached{s, r.source_workload, r.destination_workload, r.service, r.source_principal,
+                               r.destination_principal});
+    return s;
+  }
+
+  Series* series_by_labels(const ConnectionRecord& r) {
+    LabelValues labels = label_values(r);
+    key_.clear();
+    for (const auto& l : labels) {
+      key_ += l;
+      key_ += '\x1f';  // not in any label value Kubernetes allows
+    }
+    if (auto it = index_.find(key_); it != index_.end()) return it->second;
+    if (index_.size() >= kMaxSeriesPerWorker) {
+      bump(overflowed_);
+      if (!overflow_published_) {
+        overflow_published_ = true;
+        publish(&overflow_);
+      }
+      return &overflow_;
+    }
+    auto* s = new Series;
+    s->labels = std::move(labels);
+    index_.emplace(key_, s);
+    publish(s);
+    return s;
+  }
+  // The series is complete before the release store makes it visible to scrapes.
+  void publish(Series* s) {
+    s->next = head_.load(std::memory_order_relaxed);
+    head_.store(s, std::memory_order_release);
+  }
+
+  Options options_;
+  AccessLogBatch log_;
+  std::string key_;  // reused: no allocation once it has grown
+  std::unordered_map<SeriesKey, Cached, SeriesKeyHash> cache_;  // this worker's only
+  std::unordered_map<std::string, Series*> index_;  // this worker's only
+  std::atomic<Series*> head_{nullptr};
+  Series overflow_;
+  bool overflow_published_ = false;
+  std::atomic<std::uint64_t> overflowed_{0};
+  std::array<std::atomic<std::uint64_t>, kEndReasonCount> reasons_{};
+};
+
+ConnectionTelemetry::ConnectionTelemetry(int workers, Options options, Output output)
+    : options_(options), output_(output ? std::move(output) : Output(write_stderr)) {
+  for (int i = 0; i < std::max(1, workers); ++i) workers_.push_back(std::make_unique<WorkerSink>(options_, &output_));
+}
+
+ConnectionTelemetry::~ConnectionTelemetry() { flush(); }
+
+void ConnectionTelemetry::flush() {
+  for (auto& w : workers_) w->flush();
+}
+
+ConnectionSink* ConnectionTelemetry::sink(int worker) {
+  if (!options_.metrics && options_.access_log == AccessLogFormat::off) return nullptr;
+  return workers_.at(static_cast<std::size_t>(worker)).get();
+}
+
+std::vector<prometheus::MetricFamily> ConnectionTelemetry::collect() const {
+  struct Sums {
+    std::uint64_t opened = 0, closed = 0, sent = 0, received = 0;
+  };
+  std::map<LabelValues, Sums> sums;  // the same label set on several workers is one series
+  std::array<std::uint64_t, kEndReasonCount> reasons{};
+  std::uint64_t overflowed = 0;
+  for (const auto& w : workers_) {
+    for (const auto* s = w->head(); s; s = s->next) {
+      auto& x = sums[s->labels];
+      x.opened += s->opened.load(std::memory_order_relaxed);
+      x.closed += s->closed.load(std::memory_order_relaxed);
+      x.sent += s->sent.load(std::memory_order_relaxed);
+      x.received += s->received.load(std::memory_order_relaxed);
+    }
+    for (std::size_t i = 0; i < kEndReasonCount; ++i) reasons[i] += w->reason_count(i);
+    overflowed += w->overflowed();
+  }
+  auto family = [](std::string name, std::string help) {
+    prometheus::MetricFamily f;
+    f.name = std::move(name);
+    f.help = std::move(help);
+    f.type = prometheus::MetricType::Counter;
+    return f;
+  };
+  std::vector<prometheus::MetricFamily> out;
+  if (options_.metrics) {
+    auto opened = family("istio_tcp_connections_opened_total", "The total number of TCP connections opened");
+    auto closed = family("istio_tcp_connections_closed_total", "The total number of TCP connections closed");
+    auto received = family("istio_tcp_received_bytes_total",
+                           "The size of total bytes received during request in case of a TCP connection");
+    auto sent = family("istio_tcp_sent_bytes_total",
+                       "The size of total bytes sent during response in case of a TCP connection");
+    for (const auto& [labels, x] : sums) {
+      prometheus::ClientMetric m;
+      for (std::size_t i = 0; i < labels.size(); ++i) m.label.push_back({std::string(kLabelNames[i]), labels[i]});
+      auto add = [&m](prometheus::MetricFamily& f, std::uint64_t v) {
+        f.metric.push_back(m);
+        f.metric.back().counter.value = static_cast<double>(v);
+      };
+      add(opened, x.opened);
+      add(closed, x.closed);
+      add(received, x.received);
+      add(sent, x.sent);
+    }
+    out.push_back(std::move(opened));
+    out.push_back(std::move(closed));
+    out.push_back(std::move(received));
+    out.push_back(std::move(sent));
+    auto over = family("dsproxy_metrics_series_overflow_total",
+                       "Connections counted in the overflow series because a worker had too many label sets");
+    over.metric.emplace_back().counter.value = static_cast<double>(overflowed);
+    out.push_back(std::move(over));
+  }
+  auto by_reason = family("dsproxy_connections_total", "Connections ended, by why they ended");
+  for (std::size_t i = 0; i < kEndReasonCount; ++i) {
+    auto& m = by_reason.metric.emplace_back();
+    m.label.push_back({"reason", std::string(to_string(static_cast<EndReason>(i)))});
+    m.counter.value = static_cast<double>(reasons[i]);
+  }
+  out.push_back(std::move(by_reason));
+  return out;
+}
+
+}  // namespace dsproxy::proxy

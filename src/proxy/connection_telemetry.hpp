@@ -1,0 +1,104 @@
+#pragma once
+// What dsproxy tells about each connection: one access-log line and the Istio TCP metrics, both
+// written from the connection's ConnectionResult when it closes.
+//
+// Data path cost, per connection, on the worker that owns it and without any lock shared with
+// another worker:
+//  * metrics: one lookup of the connection's label set in the worker's own hash map and a few
+//    plain stores into counters only this worker writes. prometheus-cpp's own Family::Add takes a
+//    mutex for every lookup and its Counter is one atomic cell shared by all workers, so it is
+//    used only at scrape time: a Collectable (collect()) walks every worker's series and sums
+//    them. A worker publishes a new label set by pushing it onto a list whose head is atomic; a
+//    series is never removed, so a scrape can walk the lists while workers add to them.
+//    The label set of a connection is found through a cache keyed by the identities of the shared
+//    names the record points to (workload, Service, principals: pointers, pinned by the cache so
+//    they cannot be reused) plus the direction, protocol and reason: a hash of a few words, no
+//    string built or compared. Only a miss builds the 23 label values and looks them up by text.
+//  * access log: the line is written straight into a stack buffer (fmt, JSON escaping of our
+//    own) and appended to the worker's own batch under the worker's own mutex, which only
+//    flush() (once a second, from the front thread) ever contends for. A batch is written when
+//    the next line would not fit in PIPE_BUF bytes, so each write(2) holds whole lines and is
+//    atomic on a pipe (a container's stderr): never interleaved mid-line with another worker's
+//    lines or the process log. flush() writes what is left (the daemon: every second, as Envoy
+//    flushes its access logs, and at exit).
+//
+// Cardinality is bounded: labels name workloads (a Deployment, StatefulSet, ...: see
+// describe_pod), Services and namespaces from the snapshot, never pods or addresses; anything
+// not in the snapshot is "unknown". Past kMaxSeriesPerWorker label sets on one worker, further
+// ones are counted in a single overflow series (every workload and Service label "overflow") and
+// in dsproxy_metrics_series_overflow_total.
+
+#include <array>
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include <prometheus/metric_family.h>
+#include <spdlog/fmt/fmt.h>
+
+#include "proxy/connection_result.hpp"
+
+namespace dsproxy::proxy {
+
+enum class AccessLogFormat { off, text, json };
+std::optional<AccessLogFormat> parse_access_log_format(std::string_view text);
+
+// One access-log line (without the trailing newline). ztunnel's field names where they exist:
+// src.addr, src.workload (the pod), src.namespace, dst.addr (what the client dialled),
+// dst.service, dst.workload (the endpoint's pod), dst.namespace, direction, bytes_sent,
+// bytes_recv (from the point of view of this node's pod: outbound, the client's; inbound, the
+// server's, as ztunnel logs them), duration, error; and dsproxy's: endpoint, family (of the
+// endpoint), fallback, happy_eyeballs_other_family, retries, reason.
+// HBONE and authz add src.identity / dst.identity (the principals), protocol (HBONE only) and
+// policy (a refusal by policy).
+std::string format_access_log_text(const ConnectionRecord& record);
+// The buffer the data path formats a line into: on the stack, large enough for any usual line.
+using AccessLogLine = fmt::basic_memory_buffer<char, 2048>;
+// The text line as written: "<close time RFC 3339> info access <format_access_log_text>".
+void append_access_log_text(const ConnectionRecord& record, AccessLogLine& out);
+void append_access_log_json(const ConnectionRecord& record, AccessLogLine& out);
+// SocketAddress::to_string()'s text ("10.0.0.1:80", "[fd00::1]:80") without inet_ntop's sprintf
+// calls, into `out`; the view points into it.
+using AddressText = std::array<char, 64>;
+std::string_view format_address(const net::SocketAddress& address, AddressText& out);
+std::string format_access_log_json(const ConnectionRecord& record);
+
+class ConnectionTelemetry {
+ public:
+  static constexpr std::size_t kMaxSeriesPerWorker = 4096;
+  struct Options {
+    AccessLogFormat access_log = AccessLogFormat::text;
+    bool metrics = true;
+  };
+  // Where batches of access-log lines go: whole lines, each ending in '\n', at most PIPE_BUF
+  // bytes unless one line alone is longer. Called from the workers and from flush()'s caller,
+  // by several threads at once (one batch per call): it must be thread-safe.
+  using Output = std::function<void(std::string_view lines)>;
+  // `output`: empty = stderr.
+  ConnectionTelemetry(int workers, Options options, Output output = {});
+  ~ConnectionTelemetry();
+  ConnectionTelemetry(const ConnectionTelemetry&) = delete;
+  ConnectionTelemetry& operator=(const ConnectionTelemetry&) = delete;
+
+  // Worker i's sink (null when both metrics and the access log are off: the data path then
+  // builds no record at all).
+  ConnectionSink* sink(int worker);
+  // Any thread (the scrape): the istio_tcp_* families and dsproxy's outcomes by reason.
+  std::vector<prometheus::MetricFamily> collect() const;
+  // Any thread: writes the access-log lines still buffered (call every second or so, and at exit).
+  void flush();
+
+  class WorkerSink;
+
+ private:
+  Options options_;
+  Output output_;
+  std::vector<std::unique_ptr<WorkerSink>> workers_;
+};
+
+}  // namespace dsproxy::proxy

@@ -1,0 +1,366 @@
+// Access-log formatting (text and JSON) and the Istio TCP metrics written from connection records.
+
+#include "proxy/connection_telemetry.hpp"
+
+#include <gtest/gtest.h>
+
+#include <boost/json/parse.hpp>
+#include <mutex>
+#include <set>
+#include <sstream>
+
+#include "admin/metrics_exporter.hpp"
+
+namespace dsproxy::proxy {
+namespace {
+
+using namespace std::chrono_literals;
+
+ConnectionRecord sample_record() {
+  ConnectionRecord r;
+  r.direction = Direction::outbound;
+  r.start_wall = std::chrono::system_clock::time_point(std::chrono::milliseconds(1'700'000'000'123));
+  r.source = *net::SocketAddress::parse("10.244.0.5:41234");
+  r.destination = *net::SocketAddress::parse("[fd00:10:96::f9fc]:9000");
+  r.source_workload = std::make_shared<WorkloadInfo>(WorkloadInfo{"sleep-5f7d-abcde", "default", "sleep", "sleep", "latest"});
+  r.destination_workload =
+      std::make_shared<WorkloadInfo>(WorkloadInfo{"tcp-echo-6c9-xyz12", "dual-stack", "tcp-echo", "tcp-echo", "v1"});
+  r.service = std::make_shared<ServiceInfo>(ServiceInfo{"tcp-echo.dual-stack.svc.cluster.local", "tcp-echo", "dual-stack"});
+  r.endpoint = *net::SocketAddress::parse("10.244.0.26:9000");
+  r.fell_back = true;
+  r.retries = 1;
+  r.connected = true;
+  r.bytes_to_upstream = 10;
+  r.bytes_to_downstream = 16;
+  r.duration = 3ms;
+  r.reason = EndReason::completed;
+  return r;
+}
+
+ConnectionRecord c_record_for_text() {
+  auto r = sample_record();
+  r.protocol = RequestProtocol::hbone;
+  r.source_principal = std::make_shared<const std::string>("spiffe://x/ns/a/sa/b");
+  r.policy = "a/p";
+  r.reason = EndReason::denied_by_policy;
+  return r;
+}
+
+TEST(AccessLogTest, TextHasZtunnelFieldsAndOurs) {
+  EXPECT_EQ(format_access_log_text(sample_record()),
+            "connection complete src.addr=10.244.0.5:41234 src.workload=sleep-5f7d-abcde src.namespace=default "
+            "dst.addr=[fd00:10:96::f9fc]:9000 dst.service=tcp-echo.dual-stack.svc.cluster.local "
+            "dst.workload=tcp-echo-6c9-xyz12 dst.namespace=dual-stack direction=outbound endpoint=10.244.0.26:9000 "
+            "family=IPv4 fallback=true happy_eyeballs_other_family=false retries=1 bytes_sent=10 bytes_recv=16 "
+            "duration=3ms reason=completed");
+  auto r = sample_record();
+  r.direction = Direction::inbound;  // bytes from the server pod's side, as ztunnel logs them
+  r.reason = EndReason::upstream_reset;
+  const auto line = format_access_log_text(r);
+  EXPECT_NE(line.find("bytes_sent=16 bytes_recv=10"), std::string::npos) << line;
+  EXPECT_NE(line.find("reason=upstream_reset error=upstream_reset"), std::string::npos) << line;
+}
+
+TEST(AccessLogTest, AddressesAreFormattedAsToStringDoes) {
+  AddressText buf;
+  std::vector<std::string> samples = {"10.244.0.5:41234", "0.0.0.0:1", "255.255.255.255:65535", "[fd00:10:96::f9fc]:9000",
+                                      "[::1]:80", "[::]:0", "[fe80::1:0:0:1]:7", "[1:0:0:2:0:0:0:3]:8",
+                                      "[2001:db8::]:53", "[::ffff:0:1]:9", "[1:2:3:4:5:6:7:8]:10", "[0:0:1::]:11"};
+  std::uint64_t x = 88172645463325252ull;  // xorshift: random addresses with zero runs
+  for (int i = 0; i < 2000; ++i) {
+    std::array<std::uint8_t, 16> b{};
+    for (int k = 0; k < 16; k += 2) {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+      if (x % 3) b[k] = static_cast<std::uint8_t>(x >> 8), b[k + 1] = static_cast<std::uint8_t>(x >> 16);
+    }
+    samples.push_back(net::SocketAddress{net::IpAddress::v6(b), static_cast<std::uint16_t>(x)}.to_string());
+    samples.push_back(net::SocketAddress{net::IpAddress::v4({b[0], b[1], b[2], b[3]}), static_cast<std::uint16_t>(x >> 20)}.to_string());
+  }
+  for (const auto& s : samples) {
+    const auto a = net::SocketAddress::parse(s, true);
+    ASSERT_TRUE(a) << s;
+    EXPECT_EQ(format_address(*a, buf), a->to_string());
+  }
+}
+
+TEST(AccessLogTest, TextWithoutNamesOrEndpoint) {
+  ConnectionRecord r;
+  r.source = *net::SocketAddress::parse("10.0.0.1:1");
+  r.destination = *net::SocketAddress::parse("10.96.0.1:80");
+  r.reason = EndReason::rejected_no_endpoint_for_family;
+  EXPECT_EQ(format_access_log_text(r),
+            "connection complete src.addr=10.0.0.1:1 dst.addr=10.96.0.1:80 direction=outbound retries=0 bytes_sent=0 "
+            "bytes_recv=0 duration=0ms reason=rejected_no_endpoint_for_family error=rejected_no_endpoint_for_family");
+}
+
+TEST(AccessLogTest, JsonIsOneObjectWithTheSameFields) {
+  const auto v = boost::json::parse(format_access_log_json(sample_record())).as_object();
+  EXPECT_EQ(v.at("timestamp").as_string(), "2023-11-14T22:13:20.126Z");  // the close: start + 3 ms
+  EXPECT_EQ(v.at("src.addr").as_string(), "10.244.0.5:41234");
+  EXPECT_EQ(v.at("src.workload").as_string(), "sleep-5f7d-abcde");
+  EXPECT_EQ(v.at("dst.addr").as_string(), "[fd00:10:96::f9fc]:9000");
+  EXPECT_EQ(v.at("dst.service").as_string(), "tcp-echo.dual-stack.svc.cluster.local");
+  EXPECT_EQ(v.at("dst.namespace").as_string(), "dual-stack");
+  EXPECT_EQ(v.at("endpoint").as_string(), "10.244.0.26:9000");
+  EXPECT_EQ(v.at("family").as_string(), "IPv4");
+  EXPECT_EQ(v.at("fallback").as_bool(), true);
+  EXPECT_EQ(v.at("bytes_sent").to_number<std::uint64_t>(), 10u);
+  EXPECT_EQ(v.at("bytes_recv").to_number<std::uint64_t>(), 16u);
+  EXPECT_EQ(v.at("duration").as_string(), "3ms");
+  EXPECT_EQ(v.at("reason").as_string(), "completed");
+  EXPECT_FALSE(v.contains("error"));
+}
+
+std::map<std::string, std::string> labels_of(const prometheus::ClientMetric& m) {
+  std::map<std::string, std::string> out;
+  for (const auto& l : m.label) out[l.name] = l.value;
+  return out;
+}
+
+const prometheus::MetricFamily& find(const std::vector<prometheus::MetricFamily>& all, const std::string& name) {
+  for (const auto& f : all)
+    if (f.name == name) return f;
+  throw std::runtime_error("no family " + name);
+}
+
+TEST(ConnectionTelemetryTest, WorkersSumIntoOneSeriesPerLabelSetAndLogOneLineEach) {
+  std::ostringstream log;
+  std::mutex log_mutex;
+  ConnectionTelemetry t(2, {.access_log = AccessLogFormat::json, .metrics = true}, [&](std::string_view lines) {
+    std::lock_guard lock(log_mutex);
+    EXPECT_EQ(lines.back(), '\n');  // whole lines only
+    log << lines;
+  });
+  for (int w = 0; w < 2; ++w) {
+    ConnectionResult c(t.sink(w), Direction::outbound, {}, {});
+    c.record() = sample_record();
+    c.mark_opened();
+    c.finish(EndReason::completed);
+  }
+  {
+    ConnectionResult failed(t.sink(1), Direction::outbound, {}, {});
+    failed.record().service = sample_record().service;
+    failed.finish(EndReason::connect_timeout);
+  }
+  const auto all = t.collect();
+  const auto& opened = find(all, "istio_tcp_connections_opened_total");
+  ASSERT_EQ(opened.metric.size(), 2u);  // the completed pair (two workers, one series), the failure
+  bool saw_ok = false, saw_failed = false;
+  for (const auto& m : opened.metric) {
+    auto l = labels_of(m);
+    EXPECT_EQ(l.size(), 23u);
+    EXPECT_EQ(l["reporter"], "source");
+    EXPECT_EQ(l["request_protocol"], "tcp");
+    EXPECT_EQ(l["connection_security_policy"], "unknown");
+    EXPECT_EQ(l["destination_service"], "tcp-echo.dual-stack.svc.cluster.local");
+    EXPECT_EQ(l["destination_service_name"], "tcp-echo");
+    EXPECT_EQ(l["destination_service_namespace"], "dual-stack");
+    if (l["response_flags"] == "-") {
+      saw_ok = true;
+      EXPECT_EQ(m.counter.value, 2.0);
+      EXPECT_EQ(l["source_workload"], "sleep");  // the workload, never the pod
+      EXPECT_EQ(l["destination_workload"], "tcp-echo");
+      EXPECT_EQ(l["destination_version"], "v1");
+      EXPECT_EQ(l["destination_cluster"], "Kubernetes");
+    } else {
+      saw_failed = true;
+      EXPECT_EQ(l["response_flags"], "CONNECT");
+      EXPECT_EQ(l["source_workload"], "unknown");
+      EXPECT_EQ(m.counter.value, 1.0);
+    }
+  }
+  EXPECT_TRUE(saw_ok && saw_failed);
+  const auto& received = find(all, "istio_tcp_received_bytes_total");
+  const auto& sent = find(all, "istio_tcp_sent_bytes_total");
+  double rx = 0, tx = 0;
+  for (const auto& m : received.metric) rx += m.counter.value;
+  for (const auto& m : sent.metric) tx += m.counter.value;
+  EXPECT_EQ(rx, 20.0);  // request direction, 10 B from each of the two
+  EXPECT_EQ(tx, 32.0);
+  const auto& reasons = find(all, "dsproxy_connections_total");
+  for (const auto& m : reasons.metric) {
+    auto l = labels_of(m);
+    const double want = l["reason"] == "completed" ? 2 : l["reason"] == "connect_timeout" ? 1 : 0;
+    EXPECT_EQ(m.counter.value, want) << l["reason"];
+  }
+  // One line per connection.
+  t.flush();
+  std::istringstream lines(log.str());
+  int n = 0;
+  for (std::string line; std::getline(lines, line); ++n) EXPECT_NO_THROW(boost::json::parse(line)) << line;
+  EXPECT_EQ(n, 3);
+}
+
+TEST(ConnectionTelemetryTest, LabelSetsPastTheCapGoToOneOverflowSeries) {
+  ConnectionTelemetry t(1, {.access_log = AccessLogFormat::off, .metrics = true});
+  const std::size_t n = ConnectionTelemetry::kMaxSeriesPerWorker + 10;
+  for (std::size_t i = 0; i < n; ++i) {
+    ConnectionResult c(t.sink(0), Direction::outbound, {}, {});
+    std::string host = std::to_string(i);  // (GCC 12 warns, wrongly, about "s" + to_string(i))
+    host += ".ns.svc";
+    c.record().service = std::make_shared<ServiceInfo>(ServiceInfo{host, "s", "ns"});
+    c.finish(EndReason::completed);
+  }
+  const auto all = t.collect();
+  const auto& closed = find(all, "istio_tcp_connections_closed_total");
+  EXPECT_EQ(closed.metric.size(), ConnectionTelemetry::kMaxSeriesPerWorker + 1);
+  double overflow = -1;
+  for (const auto& m : closed.metric)
+    if (labels_of(m)["destination_service"] == "overflow") overflow = m.counter.value;
+  EXPECT_EQ(overflow, 10.0);
+  EXPECT_EQ(find(all, "dsproxy_metrics_series_overflow_total").metric.at(0).counter.value, 10.0);
+}
+
+// The series cache is keyed by the names' addresses: a name freed and another allocated at the
+// same address must not inherit the first one's series (the cache pins what it keys by).
+TEST(ConnectionTelemetryTest, ANewNameAtAFreedAddressGetsItsOwnSeries) {
+  ConnectionTelemetry t(1, {.access_log = AccessLogFormat::off, .metrics = true});
+  constexpr int kNames = 50;
+  for (int i = 0; i < kNames; ++i) {
+    ConnectionResult c(t.sink(0), Direction::outbound, {}, {});
+    std::string name = "w";  // (not "w" + to_string(i): GCC 12 warns, wrongly)
+    name += std::to_string(i);
+    c.record().source_workload = std::make_shared<WorkloadInfo>(WorkloadInfo{name + "-0", "ns", name, name, "v1"});
+    c.finish(EndReason::completed);
+  }  // each record's workload is freed here: the allocator may hand its address to the next one
+  const auto all = t.collect();
+  const auto& closed = find(all, "istio_tcp_connections_closed_total");
+  std::set<std::string> seen;
+  for (const auto& m : closed.metric) {
+    EXPECT_EQ(m.counter.value, 1.0) << labels_of(m)["source_workload"];
+    seen.insert(labels_of(m)["source_workload"]);
+  }
+  EXPECT_EQ(seen.size(), static_cast<std::size_t>(kNames));
+}
+
+// What HBONE and authz fill in (the transport and the policy decision): the Istio labels and the
+// access-log fields they feed.
+TEST(ConnectionTelemetryTest, HboneAndPolicyFieldsReachLabelsAndLog) {
+  std::string log;
+  std::mutex log_mutex;
+  ConnectionTelemetry t(1, {.access_log = AccessLogFormat::json, .metrics = true}, [&](std::string_view lines) {
+    std::lock_guard lock(log_mutex);
+    log += lines;
+  });
+  const auto src = std::make_shared<const std::string>("spiffe://cluster.local/ns/default/sa/sleep");
+  const auto dst = std::make_shared<const std::string>("spiffe://cluster.local/ns/dual-stack/sa/tcp-echo");
+  for (int i = 0; i < 2; ++i) {  // the second one through the series cache
+    ConnectionResult c(t.sink(0), Direction::inbound, {}, {});
+    c.record() = sample_record();
+    c.record().direction = Direction::inbound;
+    c.record().protocol = RequestProtocol::hbone;
+    c.record().security = SecurityPolicy::mutual_tls;
+    c.record().source_principal = src;
+    c.record().destination_principal = dst;
+    c.record().policy = "dual-stack/deny-sleep";
+    c.finish(EndReason::denied_by_policy);
+  }
+  const auto all = t.collect();
+  const auto& closed = find(all, "istio_tcp_connections_closed_total");
+  ASSERT_EQ(closed.metric.size(), 1u);
+  auto l = labels_of(closed.metric[0]);
+  EXPECT_EQ(closed.metric[0].counter.value, 2.0);
+  EXPECT_EQ(l["request_protocol"], "HBONE");
+  EXPECT_EQ(l["connection_security_policy"], "mutual_tls");
+  EXPECT_EQ(l["source_principal"], *src);
+  EXPECT_EQ(l["destination_principal"], *dst);
+  EXPECT_EQ(l["response_flags"], "DENY");
+  EXPECT_EQ(l["reporter"], "destination");
+  t.flush();
+  const auto line = log.substr(0, log.find('\n'));
+  const auto v = boost::json::parse(line).as_object();
+  EXPECT_EQ(v.at("src.identity").as_string(), *src);
+  EXPECT_EQ(v.at("dst.identity").as_string(), *dst);
+  EXPECT_EQ(v.at("protocol").as_string(), "HBONE");
+  EXPECT_EQ(v.at("policy").as_string(), "dual-stack/deny-sleep");
+  EXPECT_EQ(v.at("error").as_string(), "denied_by_policy");
+  const auto text = format_access_log_text(c_record_for_text());
+  EXPECT_NE(text.find(" src.identity=spiffe://x/ns/a/sa/b "), std::string::npos) << text;
+  EXPECT_NE(text.find(" protocol=HBONE "), std::string::npos) << text;
+  EXPECT_NE(text.find(" policy=a/p"), std::string::npos) << text;
+}
+
+TEST(AccessLogTest, JsonEscapesWhatNeedsIt) {
+  // Every byte that needs it, at every offset of an 8-byte word (the scan takes words).
+  for (std::size_t at = 0; at < 20; ++at)
+    for (char c : {'"', '\\', '\n', '\x1f', '\x00'}) {
+      auto r = sample_record();
+      r.policy = std::string(at, 'p') + c + "tail-of-it";
+      r.reason = EndReason::denied_by_policy;
+      const auto json = format_access_log_json(r);
+      boost::json::error_code ec;
+      const auto v = boost::json::parse(json, ec);
+      ASSERT_FALSE(ec) << json;
+      EXPECT_EQ(v.as_object().at("policy").as_string(), r.policy) << json;
+    }
+  auto r = sample_record();
+  r.policy = "a\"b\\c\nd\x01e";
+  r.reason = EndReason::denied_by_policy;
+  const auto json = format_access_log_json(r);
+  const auto v = boost::json::parse(json).as_object();
+  EXPECT_EQ(v.at("policy").as_string(), r.policy) << json;
+}
+
+// A text line is written with its close time and level, as the process log's lines are.
+TEST(ConnectionTelemetryTest, TextLinesCarryTheCloseTime) {
+  std::string log;
+  ConnectionTelemetry t(1, {.access_log = AccessLogFormat::text, .metrics = false}, [&](std::string_view l) { log += l; });
+  {
+    ConnectionResult c(t.sink(0), Direction::outbound, {}, {});
+    const auto start = c.record().start_wall;
+    c.record() = sample_record();
+    c.record().start_wall = start;
+    c.finish(EndReason::completed);
+  }
+  EXPECT_TRUE(log.empty());  // batched until a batch is full or flush()
+  t.flush();
+  ASSERT_FALSE(log.empty());
+  EXPECT_EQ(log.back(), '\n');
+  EXPECT_EQ(log.find('\n'), log.size() - 1);
+  EXPECT_EQ(log[4], '-');
+  EXPECT_EQ(log.substr(23, 33), "Z info access connection complete");
+}
+
+TEST(ConnectionTelemetryTest, BatchesAreWholeLinesOfAtMostPipeBuf) {
+  std::vector<std::size_t> sizes;
+  std::size_t lines = 0;
+  ConnectionTelemetry t(1, {.access_log = AccessLogFormat::json, .metrics = false}, [&](std::string_view batch) {
+    sizes.push_back(batch.size());
+    EXPECT_EQ(batch.back(), '\n');
+    for (char c : batch) lines += c == '\n';
+  });
+  for (int i = 0; i < 100; ++i) {
+    ConnectionResult c(t.sink(0), Direction::outbound, {}, {});
+    c.record() = sample_record();
+  }
+  t.flush();
+  EXPECT_EQ(lines, 100u);
+  EXPECT_GT(sizes.size(), 1u);
+  for (auto n : sizes) EXPECT_LE(n, 4096u);
+}
+
+TEST(ConnectionTelemetryTest, BothOffMeansNoSink) {
+  ConnectionTelemetry t(2, {.access_log = AccessLogFormat::off, .metrics = false});
+  EXPECT_EQ(t.sink(0), nullptr);
+  EXPECT_EQ(t.sink(1), nullptr);
+}
+
+TEST(MetricsExporterTest, RendersPrometheusTextWithBuildInfoAndOurFamilies) {
+  ConnectionTelemetry t(1, {.access_log = AccessLogFormat::off, .metrics = true});
+  { ConnectionResult c(t.sink(0), Direction::inbound, {}, {}); c.finish(EndReason::completed); }
+  ProxyStats stats;
+  ProxyStats::add(stats.family_fallbacks, 3);
+  admin::MetricsExporter exporter("1.2.3");
+  exporter.add([&] { return t.collect(); });
+  exporter.add([&] { return admin::proxy_stats_families(stats); });
+  exporter.add([] { return admin::config_families(4, 1); });
+  const auto text = exporter.render();
+  EXPECT_NE(text.find("dsproxy_build_info{version=\"1.2.3\"} 1"), std::string::npos) << text;
+  EXPECT_NE(text.find("# TYPE istio_tcp_connections_closed_total counter"), std::string::npos) << text;
+  EXPECT_NE(text.find("reporter=\"destination\""), std::string::npos) << text;
+  EXPECT_NE(text.find("dsproxy_family_fallbacks_total 3"), std::string::npos) << text;
+  EXPECT_NE(text.find("dsproxy_config_reload_failures_total 1"), std::string::npos) << text;
+}
+
+}  // namespace
+}  // namespace dsproxy::proxy
