@@ -6,6 +6,8 @@ packages=(
   cmake g++ make pkg-config
   libboost1.81-dev libboost-json1.81-dev   # asio (data path), beast (admin HTTP), json (config_dump)
   libspdlog-dev libcli11-dev libyaml-cpp-dev libssl-dev libc-ares-dev
+  # nghttp2: HTTP/2 (session API) of the HBONE tunnel between nodes, src/hbone/ (issue 11).
+  libnghttp2-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   iptables iproute2 netcat-openbsd procps kmod jq   # jq: the e2e tests read the admin JSON
   curl   # the e2e tests steer the fake Kubernetes API server over its control port

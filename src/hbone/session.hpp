@@ -1,0 +1,171 @@
+#pragma once
+// One HBONE connection: HTTP/2 (nghttp2's session API) over TLS over TCP, on one io_context.
+// The server side accepts CONNECT streams and hands each to a handler; the client side opens them.
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/stream.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "hbone/hbone_options.hpp"
+#include "hbone/stream.hpp"
+
+struct nghttp2_session;
+
+namespace dsproxy::hbone {
+
+using tcp = boost::asio::ip::tcp;
+using SslStream = boost::asio::ssl::stream<tcp::socket>;
+
+struct Header {
+  std::string name;  // lower case, as HTTP/2 requires
+  std::string value;
+};
+using Headers = std::vector<Header>;
+const std::string* find_header(const Headers& headers, std::string_view name);
+
+// What the caller knows about the outer connection: the TLS peer's verified identity (its
+// SPIFFE URI; identity::peer_identity reads it) and the TCP endpoints. On the server, `local` is
+// the outer connection's original destination (the pod it was addressed to).
+struct ConnectionInfo {
+  std::string peer_identity;
+  tcp::endpoint local;
+  tcp::endpoint remote;
+};
+
+class Session;
+
+// A CONNECT request the server received, waiting for the handler's answer. Answer exactly once,
+// on the session's thread; if the client resets the stream first, both answers are no-ops
+// (accept returns nullptr), and cancelled() says so.
+class IncomingRequest {
+ public:
+  const ConnectionInfo& connection() const;
+  const std::string& authority() const { return authority_; }
+  const tcp::endpoint& target() const { return target_; }  // the parsed :authority
+  const Headers& headers() const { return headers_; }
+  bool cancelled() const;
+  // 200 with `headers` (e.g. ztunnel's response baggage); the stream is then open both ways.
+  std::shared_ptr<Stream> accept(const Headers& headers = {});
+  // 400 / 401 / 503 (any non-2xx), with END_STREAM: the tunnel is refused.
+  void reject(int status);
+
+ private:
+  friend class Session;
+  std::shared_ptr<Session> session_;
+  std::shared_ptr<Stream> stream_;
+  std::string method_, authority_, scheme_, path_, protocol_;
+  std::size_t header_bytes_ = 0;
+  Headers headers_;
+  tcp::endpoint target_;
+  bool answered_ = false;
+};
+using RequestHandler = std::function<void(std::shared_ptr<IncomingRequest>)>;
+
+struct SessionStats {
+  std::uint64_t streams_opened = 0;
+  std::uint64_t streams_refused = 0;  // non-CONNECT / bad authority answered 400 by the session
+  bool protocol_error = false;        // ended with GOAWAY(PROTOCOL_ERROR) or a bad preface
+};
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  enum class Role { client, server };
+  // (ec, HTTP status or 0 when none arrived, the stream when status == 200)
+  using OpenHandler = boost::asio::any_completion_handler<void(boost::system::error_code, int, std::shared_ptr<Stream>)>;
+
+  // `io` has completed its TLS handshake (ALPN "h2" checked by the caller: see tls_check_alpn).
+  static std::shared_ptr<Session> make_server(std::unique_ptr<SslStream> io, ConnectionInfo info,
+                                              const SessionOptions& options, RequestHandler handler);
+  static std::shared_ptr<Session> make_client(std::unique_ptr<SslStream> io, ConnectionInfo info,
+                                              const SessionOptions& options);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // Sends the preface and SETTINGS and starts reading. The session keeps itself alive while its
+  // socket is open.
+  void start();
+
+  // Client: a CONNECT stream to `authority` with `headers` (forwarded, baggage, ...). Completes
+  // with the stream on 200; with connection_refused and the status on any other status; with
+  // connection_reset when the stream or connection ended before a response; with
+  // try_again when the connection cannot take another stream (check can_open()).
+  void open_stream(std::string authority, Headers headers, OpenHandler handler);
+
+  // GOAWAY(NO_ERROR): no new streams; the connection closes once its streams have ended.
+  void shutdown();
+  // Closes the socket now; every stream is reset.
+  void close();
+
+  bool closed() const { return closed_; }
+  bool ready() const { return settings_received_; }
+  // Streams open or being opened.
+  std::size_t stream_count() const { return streams_.size(); }
+  // min(our limit, the peer's SETTINGS_MAX_CONCURRENT_STREAMS).
+  std::size_t max_streams() const;
+  bool can_open() const;
+  const ConnectionInfo& info() const { return info_; }
+  const SessionStats& stats() const { return stats_; }
+  boost::asio::any_io_executor get_executor() { return executor_; }
+  // Posted whenever stream_count(), can_open() or closed() may have changed (the pool's hook).
+  void set_observer(std::function<void()> observer) { observer_ = std::move(observer); }
+
+ private:
+  friend class Stream;
+  friend class IncomingRequest;
+  struct Callbacks;
+
+  Session(std::unique_ptr<SslStream> io, ConnectionInfo info, const SessionOptions& options, Role role,
+          RequestHandler handler);
+  void init();
+  void do_read();
+  void do_write();
+  void flush_credits();
+  void fail(const char* why);
+  void close_transport();
+  void notify();
+  void dispatch_request(std::int32_t id);
+  void on_response(std::int32_t id);
+  void on_stream_closed(std::int32_t id, std::uint32_t code);
+  // From Stream.
+  void stream_consumed(Stream& stream, std::size_t n);
+  void stream_resume(Stream& stream);
+  void stream_reset(Stream& stream, std::uint32_t code);
+  void stream_release(Stream& stream);
+  // From IncomingRequest.
+  bool submit_response(Stream& stream, int status, const Headers& headers, bool with_body);
+
+  std::unique_ptr<SslStream> io_;
+  boost::asio::any_io_executor executor_;
+  ConnectionInfo info_;
+  SessionOptions options_;
+  Role role_;
+  RequestHandler handler_;
+  nghttp2_session* h2_ = nullptr;
+  boost::asio::steady_timer handshake_timer_;
+  std::map<std::int32_t, std::shared_ptr<Stream>> streams_;
+  std::map<std::int32_t, std::shared_ptr<IncomingRequest>> requests_;  // server, until answered
+  struct PendingOpen {
+    OpenHandler handler;
+    int status = 0;
+  };
+  std::map<std::int32_t, PendingOpen> opens_;  // client, until the response
+  std::vector<std::pair<std::int32_t, std::size_t>> stream_credits_;
+  std::size_t connection_credit_ = 0;
+  std::size_t buffered_ = 0;  // received DATA not yet read, over all streams
+  std::vector<std::uint8_t> in_, out_;
+  bool started_ = false, reading_ = false, writing_ = false, in_nghttp2_ = false;
+  bool closed_ = false, goaway_ = false, settings_received_ = false;
+  SessionStats stats_;
+  std::function<void()> observer_;
+};
+
+}  // namespace dsproxy::hbone

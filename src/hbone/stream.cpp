@@ -1,0 +1,138 @@
+#include "hbone/stream.hpp"
+
+#include <nghttp2/nghttp2.h>
+
+#include <algorithm>
+#include <boost/asio/post.hpp>
+#include <cstring>
+
+#include "hbone/session.hpp"
+
+namespace dsproxy::hbone {
+
+namespace asio = boost::asio;
+using boost::system::error_code;
+
+Stream::Stream(std::shared_ptr<Session> session, std::int32_t id) : session_(std::move(session)), id_(id) {}
+
+void Stream::async_read_some(asio::mutable_buffer buffer, ReadHandler handler) {
+  read_buffer_ = buffer;
+  read_handler_ = std::move(handler);
+  complete_read();
+}
+
+void Stream::complete_read() {
+  if (!read_handler_) return;
+  error_code ec;
+  std::size_t n = 0;
+  if (buffered() > 0 && !(closed_ && reset_code_)) {
+    n = std::min(buffered(), read_buffer_.size());
+    std::memcpy(read_buffer_.data(), recv_.data() + recv_offset_, n);
+    recv_offset_ += n;
+    if (recv_offset_ == recv_.size()) {
+      recv_.clear();
+      recv_offset_ = 0;
+    } else if (recv_offset_ > 256 * 1024 && recv_offset_ * 2 > recv_.size()) {
+      recv_.erase(recv_.begin(), recv_.begin() + static_cast<std::ptrdiff_t>(recv_offset_));
+      recv_offset_ = 0;
+    }
+    // The bytes leave the tunnel's buffer for the relay's socket: only now does the peer get
+    // their window back (see the class comment).
+    session_->stream_consumed(*this, n);
+  } else if (closed_ && reset_code_) {
+    ec = asio::error::connection_reset;
+  } else if (remote_ended_) {
+    ec = asio::error::eof;
+  } else if (closed_) {
+    ec = asio::error::connection_reset;
+  } else {
+    return;  // wait for DATA
+  }
+  asio::post(session_->get_executor(),
+             [h = std::move(read_handler_), ec, n]() mutable { std::move(h)(ec, n); });
+  read_handler_ = {};
+}
+
+void Stream::async_write(asio::const_buffer buffer, WriteHandler handler) {
+  if (closed_ || send_shutdown_) {
+    asio::post(session_->get_executor(), [h = std::move(handler)]() mutable {
+      std::move(h)(asio::error::connection_reset);
+    });
+    return;
+  }
+  if (buffer.size() == 0) {
+    asio::post(session_->get_executor(), [h = std::move(handler)]() mutable { std::move(h)(error_code{}); });
+    return;
+  }
+  write_buffer_ = buffer;
+  write_handler_ = std::move(handler);
+  session_->stream_resume(*this);
+}
+
+void Stream::shutdown_send() {
+  if (closed_ || send_shutdown_) return;
+  send_shutdown_ = true;
+  session_->stream_resume(*this);
+}
+
+void Stream::reset(std::uint32_t h2_error_code) {
+  if (closed_) return;
+  local_reset_ = true;
+  session_->stream_reset(*this, h2_error_code);
+  // Pending operations end now; on_closed follows once the RST_STREAM is on its way.
+  on_closed(h2_error_code ? h2_error_code : std::uint32_t{NGHTTP2_CANCEL}, false);
+}
+
+void Stream::on_data(const std::uint8_t* data, std::size_t size) {
+  recv_.insert(recv_.end(), data, data + size);
+  complete_read();
+}
+
+void Stream::on_remote_end() {
+  remote_ended_ = true;
+  complete_read();
+}
+
+void Stream::on_closed(std::uint32_t h2_error_code, bool by_peer) {
+  if (closed_) return;
+  closed_ = true;
+  if (h2_error_code) {
+    reset_code_ = h2_error_code;
+    reset_by_peer_ = by_peer;
+    // Received bytes are dropped with the reset.
+    session_->stream_release(*this);
+    recv_.clear();
+    recv_offset_ = 0;
+  } else {
+    // A clean close: both sides sent END_STREAM; what is buffered is still read out.
+    remote_ended_ = true;
+  }
+  complete_read();
+  if (write_handler_) {
+    asio::post(session_->get_executor(), [h = std::move(write_handler_)]() mutable {
+      std::move(h)(asio::error::connection_reset);
+    });
+    write_handler_ = {};
+  }
+}
+
+long Stream::read_for_send(std::uint8_t* out, std::size_t length, std::uint32_t* data_flags) {
+  if (write_buffer_.size() > 0) {
+    auto n = std::min(length, write_buffer_.size());
+    std::memcpy(out, write_buffer_.data(), n);
+    write_buffer_ += n;
+    if (write_buffer_.size() == 0 && write_handler_) {
+      asio::post(session_->get_executor(), [h = std::move(write_handler_)]() mutable { std::move(h)(error_code{}); });
+      write_handler_ = {};
+    }
+    return static_cast<long>(n);
+  }
+  if (send_shutdown_) {
+    *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+    return 0;
+  }
+  send_deferred_ = true;
+  return NGHTTP2_ERR_DEFERRED;
+}
+
+}  // namespace dsproxy::hbone

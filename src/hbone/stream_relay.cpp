@@ -1,0 +1,119 @@
+#include "hbone/stream_relay.hpp"
+
+#include <sys/socket.h>
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/write.hpp>
+#include <vector>
+
+namespace dsproxy::hbone {
+
+namespace asio = boost::asio;
+using boost::system::error_code;
+using tcp = asio::ip::tcp;
+
+namespace {
+
+// Per direction: one TLS record's worth of payload several times over; larger reads only
+// make the stream's DATA frames coarser without more throughput.
+constexpr std::size_t kChunk = 64 * 1024;
+
+class StreamRelay : public std::enable_shared_from_this<StreamRelay> {
+ public:
+  StreamRelay(tcp::socket socket, std::shared_ptr<Stream> stream,
+              asio::any_completion_handler<void(StreamRelayResult)> handler)
+      : socket_(std::move(socket)), stream_(std::move(stream)), handler_(std::move(handler)) {
+    up_.resize(kChunk);
+    down_.resize(kChunk);
+  }
+
+  void start() {
+    error_code ignored;
+    socket_.set_option(tcp::no_delay(true), ignored);
+    read_socket();
+    read_stream();
+  }
+
+ private:
+  // socket -> stream
+  void read_socket() {
+    socket_.async_read_some(asio::buffer(up_), [self = shared_from_this()](error_code ec, std::size_t n) {
+      if (self->finished_) return;
+      if (ec == asio::error::eof) {
+        self->stream_->shutdown_send();
+        self->up_done_ = true;
+        self->maybe_finish();
+        return;
+      }
+      if (ec) return self->abort(true);
+      self->stream_->async_write(asio::buffer(self->up_.data(), n), [self, n](error_code ec) {
+        if (self->finished_) return;
+        if (ec) return self->abort(false);
+        self->result_.bytes_to_stream += n;
+        self->read_socket();
+      });
+    });
+  }
+
+  // stream -> socket
+  void read_stream() {
+    stream_->async_read_some(asio::buffer(down_), [self = shared_from_this()](error_code ec, std::size_t n) {
+      if (self->finished_) return;
+      if (ec == asio::error::eof) {
+        error_code ignored;
+        self->socket_.shutdown(tcp::socket::shutdown_send, ignored);
+        self->down_done_ = true;
+        self->maybe_finish();
+        return;
+      }
+      if (ec) return self->abort(false);
+      asio::async_write(self->socket_, asio::buffer(self->down_.data(), n), [self](error_code ec, std::size_t n) {
+        if (self->finished_) return;
+        if (ec) return self->abort(true);
+        self->result_.bytes_to_socket += n;
+        self->read_stream();
+      });
+    });
+  }
+
+  // A reset or error on one side: the other side is reset too.
+  void abort(bool socket_side) {
+    result_.reset = true;
+    result_.stream_reset_by_peer = stream_->reset_by_peer();
+    if (socket_side) stream_->reset();
+    // RST to the pod rather than FIN, so it does not take a broken tunnel for a clean end.
+    error_code ignored;
+    socket_.set_option(asio::socket_base::linger(true, 0), ignored);
+    if (!socket_side && !stream_->closed()) stream_->reset();
+    finish();
+  }
+
+  void maybe_finish() {
+    if (up_done_ && down_done_) finish();
+  }
+
+  void finish() {
+    if (finished_) return;
+    finished_ = true;
+    error_code ignored;
+    socket_.close(ignored);
+    auto executor = socket_.get_executor();
+    asio::post(executor, [h = std::move(handler_), r = result_]() mutable { std::move(h)(r); });
+  }
+
+  tcp::socket socket_;
+  std::shared_ptr<Stream> stream_;
+  asio::any_completion_handler<void(StreamRelayResult)> handler_;
+  std::vector<char> up_, down_;
+  StreamRelayResult result_;
+  bool up_done_ = false, down_done_ = false, finished_ = false;
+};
+
+}  // namespace
+
+void start_stream_relay(tcp::socket socket, std::shared_ptr<Stream> stream,
+                        asio::any_completion_handler<void(StreamRelayResult)> handler) {
+  std::make_shared<StreamRelay>(std::move(socket), std::move(stream), std::move(handler))->start();
+}
+
+}  // namespace dsproxy::hbone

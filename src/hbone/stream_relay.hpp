@@ -1,0 +1,31 @@
+#pragma once
+// The byte relay between a pod's TCP socket and an HBONE stream (both ends of the tunnel use it).
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <cstdint>
+#include <memory>
+
+#include "hbone/stream.hpp"
+
+namespace dsproxy::hbone {
+
+struct StreamRelayResult {
+  std::uint64_t bytes_to_stream = 0;  // socket -> tunnel
+  std::uint64_t bytes_to_socket = 0;  // tunnel -> socket
+  bool reset = false;                 // a reset or error on one side was propagated to the other
+  bool stream_reset_by_peer = false;
+};
+
+// Copies both ways until both have ended. FIN from the socket becomes END_STREAM and END_STREAM
+// becomes shutdown(SHUT_WR) while the other direction flows on; a reset or error on the socket
+// becomes RST_STREAM(CANCEL), and RST_STREAM (or the connection's end) resets the socket (RST,
+// SO_LINGER 0). One read is in flight per direction, and the tunnel's receive window is
+// returned only as the socket takes the bytes (Stream's flow control), so a socket that does not
+// drain holds back its own stream only.
+//
+// Takes the socket and the stream; closes the socket when done and then posts `handler`.
+void start_stream_relay(boost::asio::ip::tcp::socket socket, std::shared_ptr<Stream> stream,
+                        boost::asio::any_completion_handler<void(StreamRelayResult)> handler);
+
+}  // namespace dsproxy::hbone
