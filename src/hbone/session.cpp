@@ -504,7 +504,9 @@ void Session::open_stream(std::string authority, Headers headers, OpenHandler ha
   }
   stream->id_ = id;
   streams_[id] = stream;
-  opens_[id] = PendingOpen{std::move(handler), 0};
+  // emplace, not opens_[id] = ...: any_completion_handler's move assignment recurses forever in
+  // Boost 1.81 (see Stream::async_read_some).
+  opens_.emplace(id, PendingOpen{std::move(handler), 0});
   ++stats_.streams_opened;
   do_write();
 }

@@ -17,7 +17,10 @@ Stream::Stream(std::shared_ptr<Session> session, std::int32_t id) : session_(std
 
 void Stream::async_read_some(asio::mutable_buffer buffer, ReadHandler handler) {
   read_buffer_ = buffer;
-  read_handler_ = std::move(handler);
+  // Not `read_handler_ = std::move(handler)`: Boost 1.81's any_completion_handler move
+  // assignment copies its argument as an lvalue into a new wrapper of itself, recursing until the
+  // stack overflows. swap() is what that operator meant to do.
+  read_handler_.swap(handler);
   complete_read();
 }
 
@@ -65,7 +68,7 @@ void Stream::async_write(asio::const_buffer buffer, WriteHandler handler) {
     return;
   }
   write_buffer_ = buffer;
-  write_handler_ = std::move(handler);
+  write_handler_.swap(handler);  // not move assignment: see async_read_some
   session_->stream_resume(*this);
 }
 
