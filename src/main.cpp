@@ -140,6 +140,21 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--dns-ttl-s", dns_ttl_s, "TTL of the cluster DNS answers")
       ->capture_default_str()
       ->check(CLI::Range(0, 86400));
+  // Identities and HBONE (issue 11). Without a certificate source mTLS is off: plaintext as before.
+  std::int64_t cert_lifetime_s = 24 * 3600;
+  run_cmd->add_option("--ca-cert", run.identity.ca_cert, "Local issuer: CA certificate (PEM); with --ca-key");
+  run_cmd->add_option("--ca-key", run.identity.ca_key, "Local issuer: CA private key (PEM, mode 0600 or stricter)");
+  run_cmd->add_option("--cert-dir", run.identity.cert_dir,
+                      "External issuer: <dir>/<namespace>/<service account>/{tls.crt,tls.key}, reloaded on change");
+  run_cmd->add_option("--trust-bundle", run.identity.trust_bundle, "PEM roots peers are verified against (default: --ca-cert)");
+  run_cmd->add_option("--trust-domain", run.identity.trust_domain, "SPIFFE trust domain of workload identities")
+      ->capture_default_str();
+  run_cmd->add_option("--cert-lifetime-s", cert_lifetime_s, "Local issuer: lifetime of leaf certificates (renewed at half)")
+      ->capture_default_str()
+      ->check(CLI::Range(60, 366 * 86400));
+  run_cmd->add_option("--hbone-port", run.hbone_port, "HBONE (mTLS HTTP/2 CONNECT) port of every node's proxy")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 65535));
   // Tests only, hence not in --help: every snapshot build after the first sleeps this long, to
   // show that DNS and readiness keep answering while the control plane is busy.
   std::int64_t test_build_delay_ms = 0;
@@ -167,6 +182,11 @@ int main(int argc, char** argv) {
   for (const char* name : {"listeners", "endpoints"}) {
     auto* sub = pc_cmd->add_subcommand(name);
     sub->add_option("--port", port, "Only this port");
+    sub->add_option("-o,--output", output, "short or json")->check(CLI::IsMember({"short", "json"}))->capture_default_str();
+    sub->add_option("--admin", admin, "Admin API address")->capture_default_str();
+  }
+  {
+    auto* sub = pc_cmd->add_subcommand("workloads", "Pods, their identity and protocol (TCP or HBONE)");
     sub->add_option("-o,--output", output, "short or json")->check(CLI::IsMember({"short", "json"}))->capture_default_str();
     sub->add_option("--admin", admin, "Admin API address")->capture_default_str();
   }
@@ -227,6 +247,8 @@ int main(int argc, char** argv) {
       run.dns.ttl = std::chrono::seconds(dns_ttl_s);
       run.dns.mark = run.redirect_options.proxy_mark;
       run.test_build_delay = std::chrono::milliseconds(test_build_delay_ms);
+      run.identity.cert_lifetime = std::chrono::seconds(cert_lifetime_s);
+      if (const auto why = run.identity.validate(); !why.empty()) throw std::invalid_argument("run: " + why);
       return daemon::run_daemon(run);
     }
     if (redirect_cmd->parsed()) {
@@ -271,6 +293,8 @@ int main(int argc, char** argv) {
       const bool json = output == "json";
       if (pc_cmd->got_subcommand("listeners"))
         std::cout << (json ? cli::listeners_json(dump, port) : cli::listeners_table(dump, port));
+      else if (pc_cmd->got_subcommand("workloads"))
+        std::cout << (json ? cli::workloads_json(dump) : cli::workloads_table(dump));
       else
         std::cout << (json ? cli::endpoints_json(dump, port) : cli::endpoints_table(dump, port));
       return 0;

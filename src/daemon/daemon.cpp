@@ -12,6 +12,8 @@
 
 #include "admin/admin_server.hpp"
 #include "admin/config_dump.hpp"
+#include "identity/identity_error.hpp"
+#include "identity/identity_manager.hpp"
 #include "daemon/control_plane.hpp"
 #include "proxy/proxy_server.hpp"
 #include "redirect/command_runner.hpp"
@@ -83,7 +85,28 @@ class Daemon {
 
     // Readers (workers, DNS, admin) always find a snapshot: an empty one until the first sync.
     const snapshot::ClusterSnapshot::Options snapshot_options{options_.node, options_.cluster_domain,
-                                                              options_.fallback_default, options_.zone};
+                                                              options_.fallback_default, options_.zone,
+                                                              options_.identity.trust_domain};
+    // Identities: the certificates of this node's mesh pods, issued or read on the identity
+    // manager's own thread, which finds out which it needs from the current snapshot.
+    if (options_.identity.enabled()) {
+      try {
+        identities_ = std::make_unique<identity::IdentityManager>(options_.identity, [this] {
+          std::set<identity::SpiffeId> wanted;
+          const auto snapshot = store_.current();
+          for (const auto& pod : snapshot->node_pods())
+            if (const auto* w = pod.ips.empty() ? nullptr : snapshot->workload(pod.ips.front());
+                w && w->protocol == snapshot::WorkloadProtocol::HBONE)
+              if (auto id = identity::SpiffeId::make(snapshot->options().trust_domain, w->ns, w->service_account))
+                wanted.insert(std::move(*id));
+          return wanted;
+        });
+      } catch (const std::exception& e) {
+        spdlog::error("cannot start: {}", e.what());
+        return 2;
+      }
+      options_.redirect_options.hbone_port = options_.hbone_port;
+    }
     store_.publish(snapshot::ClusterSnapshot::build({}, snapshot_options));
 
     ControlPlaneOptions cp;
@@ -101,6 +124,12 @@ class Daemon {
     control_plane_.emplace(std::move(cp), store_, runner_,
                            ControlPlane::Callbacks{
                                .ready = [this] { asio::post(front_, [this] { on_ready(); }); },
+                               .published =
+                                   [this] {
+                                     // A new local mesh pod wants its certificate now, not at the
+                                     // identity thread's next poll.
+                                     if (identities_) identities_->refresh_soon();
+                                   },
                                .fatal = [this](int code) { asio::post(front_, [this, code] { on_fatal(code); }); },
                            });
     try {
@@ -110,7 +139,9 @@ class Daemon {
       return 2;
     }
 
-    proxy::ProxyServer server(options_.proxy, store_, stats_);
+    if (identities_) identities_->start();
+    proxy::ProxyServer server(options_.proxy, store_, stats_,
+                              proxy::MeshOptions{.identities = identities_.get(), .hbone_port = options_.hbone_port});
     admin::AdminServer admin(front_.get_executor());
     server_ = &server;
     try {
@@ -234,6 +265,10 @@ class Daemon {
                                                     {"builds", control_plane_->builds()},
                                                     {"buildFailures", control_plane_->build_failures()},
                                                     {"sources", control_plane_->sources_status()}};
+        // Identities: provider, trust bundle, each local identity's certificate (public facts,
+        // never a key) and the TLS handshake counters; "mTLS off" without a certificate source.
+        context.control_plane.as_object()["identity"] =
+            identities_ ? boost::json::value(identities_->describe()) : boost::json::value("off");
         return {200, "application/json", admin::render_config_dump(context)};
       }
       if (path == "/stats") return {200, "application/json", admin::render_stats(stats_, dns_stats())};
@@ -303,6 +338,8 @@ class Daemon {
   std::chrono::steady_clock::time_point drain_deadline_;
   std::optional<ControlPlane> control_plane_;  // after store_ and runner_: stopped before they go
   std::optional<resolver::DnsProxy> dns_;      // last: torn down before front_ and store_
+  // After everything it reads (store_): destroyed, its thread joined, first.
+  std::unique_ptr<identity::IdentityManager> identities_;
 };
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 
+#include "identity/identity_options.hpp"
 #include "proxy/proxy_options.hpp"
 #include "redirect/redirect_options.hpp"
 #include "resolver/dns_proxy.hpp"
@@ -35,6 +36,11 @@ struct DaemonOptions {
   bool admin_v4 = true;
   bool admin_v6 = true;
   std::chrono::milliseconds drain_grace{5000};
+  // Workload identities (--ca-cert/--ca-key, --cert-dir, --trust-bundle, --trust-domain): when
+  // a certificate source is given, traffic to other nodes' mesh pods goes through HBONE tunnels
+  // to their proxies' hbone_port, and this node's proxy accepts tunnels there.
+  identity::IdentityOptions identity;
+  std::uint16_t hbone_port = 15008;
   // Tests only (--test-build-delay-ms): every snapshot build after the first sleeps this long.
   std::chrono::milliseconds test_build_delay{0};
 };

@@ -13,6 +13,7 @@
 
 namespace dsproxy::proxy {
 
+class MeshWorker;
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
 
@@ -26,6 +27,7 @@ struct ConnectionContext {
   EndpointStates& endpoint_states;  // shared by every worker; readers take no lock
   EndpointPicker& picker;  // the worker's own: not shared between threads
   LocalAddressCheck& local_addresses;  // likewise
+  MeshWorker* mesh = nullptr;  // the worker's HBONE side; null or disabled: plaintext only
 };
 
 // Owns `client` until the upstream is connected, then hands both sockets to the relay, which owns

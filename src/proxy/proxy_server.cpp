@@ -17,6 +17,7 @@
 
 #include "proxy/connection.hpp"
 #include "proxy/descriptor_reserve.hpp"
+#include "proxy/mesh.hpp"
 #include "proxy/log_throttle.hpp"
 #include "net/io/transparent_socket.hpp"
 
@@ -35,7 +36,8 @@ LogThrottle& accept_error_log() {
 }
 
 awaitable<void> accept_loop(tcp::acceptor& acceptor, Direction direction, ConnectionContext context,
-                            std::optional<net::SocketAddress> forward_to, DescriptorReserve& reserve) {
+                            std::optional<net::SocketAddress> forward_to, DescriptorReserve& reserve,
+                            MeshWorker* hbone = nullptr) {
   const auto executor = co_await boost::asio::this_coro::executor;
   boost::asio::steady_timer backoff(executor);
   tcp::endpoint peer;  // filled by accept() itself: no getpeername per connection
@@ -67,8 +69,11 @@ awaitable<void> accept_loop(tcp::acceptor& acceptor, Direction direction, Connec
         }
       } else {
         if (!reserve.held()) reserve.replenish();  // lost to another thread during a shed
-        boost::asio::co_spawn(executor, serve_connection(std::move(socket), peer, direction, context, forward_to),
-                              boost::asio::detached);
+        if (hbone)
+          boost::asio::co_spawn(executor, hbone->serve_hbone(std::move(socket), peer), boost::asio::detached);
+        else
+          boost::asio::co_spawn(executor, serve_connection(std::move(socket), peer, direction, context, forward_to),
+                                boost::asio::detached);
       }
     } catch (const std::exception& e) {
       spdlog::error("accept loop: {}", e.what());
@@ -126,20 +131,25 @@ class Worker {
  public:
   Worker(const ProxyOptions& options, const snapshot::SnapshotStore& store, ProxyStats& stats,
          const OutlierDetector& outliers, EndpointStates& endpoint_states, SessionAffinityTable& affinity,
-         std::uint64_t seed)
+         std::uint64_t seed, const MeshOptions& mesh)
       : picker_(outliers, seed, &affinity),
         local_addresses_(options.upstream_mark),
-        context_{options, store, stats, outliers, endpoint_states, picker_, local_addresses_} {}
+        context_{options, store, stats, outliers, endpoint_states, picker_, local_addresses_},
+        mesh_(io_.get_executor(), mesh, options, store, stats) {
+    context_.mesh = &mesh_;
+  }
 
   void listen(const net::SocketAddress& address, Direction direction, const net::ListenerSocketOptions& options,
-              std::optional<net::SocketAddress> forward_to = std::nullopt) {
-    acceptors_.push_back({net::open_listener(io_.get_executor(), address, options), direction, forward_to});
+              std::optional<net::SocketAddress> forward_to = std::nullopt, bool hbone = false) {
+    acceptors_.push_back({net::open_listener(io_.get_executor(), address, options), direction, forward_to, hbone});
   }
   std::uint16_t port_of(std::size_t i) const { return acceptors_.at(i).acceptor.local_endpoint().port(); }
 
   void start() {
     for (auto& l : acceptors_)
-      boost::asio::co_spawn(io_, accept_loop(l.acceptor, l.direction, context_, l.forward_to, reserve_),
+      boost::asio::co_spawn(io_,
+                            accept_loop(l.acceptor, l.direction, context_, l.forward_to, reserve_,
+                                        l.hbone ? &mesh_ : nullptr),
                             boost::asio::detached);
     thread_ = std::thread([this] {
       // A handler that throws (realistically only std::bad_alloc in a relay callback) must cost
@@ -163,6 +173,7 @@ class Worker {
         boost::system::error_code ignored;
         l.acceptor.close(ignored);
       }
+      mesh_.shutdown();  // GOAWAY: pooled tunnels finish their streams, take no new ones
     });
   }
 
@@ -176,6 +187,7 @@ class Worker {
     tcp::acceptor acceptor;
     Direction direction;
     std::optional<net::SocketAddress> forward_to;  // a --forward listener's target
+    bool hbone = false;                            // the HBONE (15008) listener
   };
   EndpointPicker picker_;  // this thread's random state for power-of-two choices
   KernelLocalAddressCheck local_addresses_;  // this thread's netlink socket for the loop guard
@@ -188,12 +200,15 @@ class Worker {
   // per-descriptor locks are pure cost; the scheduler keeps its lock because the control thread
   // posts (stop_accepting) and stops it.
   boost::asio::io_context io_{BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO};
+  // After io_: its pool's connections live on io_ and are closed before io_ goes.
+  MeshWorker mesh_;
   std::vector<Listener> acceptors_;
   std::thread thread_;
 };
 
-ProxyServer::ProxyServer(ProxyOptions options, const snapshot::SnapshotStore& store, ProxyStats& stats)
-    : options_(std::move(options)), store_(store), stats_(stats), outliers_(options_.outlier) {}
+ProxyServer::ProxyServer(ProxyOptions options, const snapshot::SnapshotStore& store, ProxyStats& stats,
+                         MeshOptions mesh)
+    : options_(std::move(options)), mesh_(std::move(mesh)), store_(store), stats_(stats), outliers_(options_.outlier) {}
 
 ProxyServer::~ProxyServer() { stop(); }
 
@@ -226,7 +241,7 @@ void ProxyServer::start() {
   std::vector<Forward> forwards = options_.forwards;
   for (int i = 0; i < std::max(1, options_.workers); ++i) {
     auto worker = std::make_unique<Worker>(options_, store_, stats_, outliers_, endpoint_states_, affinity_,
-                                           std::random_device{}() + i);
+                                           std::random_device{}() + i, mesh_);
     std::size_t opened = 0;
     for (const auto& ip : binds) {
       worker->listen({ip, ports.outbound}, Direction::outbound, socket_options);
@@ -237,6 +252,15 @@ void ProxyServer::start() {
       worker->listen({ip, ports.inbound}, Direction::inbound, socket_options);
       if (ports.inbound == 0) ports.inbound = worker->port_of(opened);
       ++opened;
+    }
+    // HBONE: transparent like the capture listeners (its connections are captured to local pods'
+    // port 15008; the accepted socket's local address names the pod).
+    if (mesh_.identities) {
+      for (const auto& ip : binds) {
+        worker->listen({ip, mesh_.hbone_port}, Direction::inbound, socket_options, std::nullopt, true);
+        if (mesh_.hbone_port == 0) mesh_.hbone_port = worker->port_of(opened);
+        ++opened;
+      }
     }
     // Explicitly addressed: plain listeners, no IP_TRANSPARENT needed or wanted.
     for (std::size_t f = 0; f < forwards.size(); ++f) {
@@ -258,6 +282,11 @@ void ProxyServer::start() {
     inbound += (inbound.empty() ? "" : " and ") + net::SocketAddress{ip, ports.inbound}.to_string();
   }
   spdlog::info("proxy listening: outbound {}, inbound {}, {} worker(s)", outbound, inbound, workers_.size());
+  if (mesh_.identities)
+    spdlog::info("HBONE: mTLS tunnels to other nodes' mesh pods; listening on port {} (both families)",
+                 mesh_.hbone_port);
+  else
+    spdlog::info("HBONE: off (no --ca-cert/--ca-key or --cert-dir): traffic between nodes goes in plaintext");
   for (const auto& f : options_.forwards)
     spdlog::info("forwarding {} -> {} (explicit address, upstream from the node's own address)",
                  f.listen.to_string(), f.target.to_string());
