@@ -23,13 +23,13 @@
 // ServiceClusters) by pointer, the indexes through PersistentMap. One event thus costs the
 // derivation of one Service plus a few map paths, whatever the size of the cluster.
 //
-// What it keeps: Services, EndpointSlices and Nodes' zones as given, and the Pods it is given.
-// The API source watches only this node's pods (fieldSelector spec.nodeName=<node>): the capture
-// rules need those; other pods' other-family addresses come from the EndpointSlices, which name
-// a dual-stack pod in both address families (targetRef). The file source gives every pod, and
-// selector matching of Services without EndpointSlices uses them; with API-watched pods such a
-// Service gets this node's matching pods only (a cluster always has slices: the controller
-// writes them). addressType FQDN slices are not routed and not kept: the control plane hands them
+// What it keeps: Services, EndpointSlices and Nodes' zones as given, the ambient label of each
+// Namespace, and the Pods it is given. Every pod is a Workload (identity, node, mesh protocol:
+// what HBONE needs of a tunnel's destination). The API source watches every node's pods but
+// hands over other nodes' ones compacted (addresses, node, service account, the
+// istio.io/dataplane-mode label only: KubernetesSource::compact), so selector matching of
+// Services without EndpointSlices still finds this node's matching pods only there (a cluster
+// always has slices: the controller writes them); the file source gives every pod whole. addressType FQDN slices are not routed and not kept: the control plane hands them
 // to the hostname table, which upserts what they resolve to as ordinary IPv4/IPv6 slices.
 //
 // One thread: the control thread that runs the sources. Not thread-safe; the snapshots it returns
