@@ -9,6 +9,7 @@
 #include <iostream>
 
 #include "cli/admin_client.hpp"
+#include "cli/identity_flags.hpp"
 #include "cli/proxy_config_view.hpp"
 #include "snapshot/cluster_snapshot.hpp"
 #include "config/k8s_decoder.hpp"
@@ -140,25 +141,11 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--dns-ttl-s", dns_ttl_s, "TTL of the cluster DNS answers")
       ->capture_default_str()
       ->check(CLI::Range(0, 86400));
-  // Identities and HBONE (issue 11). Without a certificate source mTLS is off: plaintext as before.
-  std::int64_t cert_lifetime_s = 24 * 3600;
-  run_cmd->add_option("--ca-cert", run.identity.ca_cert, "Local issuer: CA certificate (PEM); with --ca-key");
-  run_cmd->add_option("--ca-key", run.identity.ca_key, "Local issuer: CA private key (PEM, mode 0600 or stricter)");
-  run_cmd->add_option("--cert-dir", run.identity.cert_dir,
-                      "External issuer: <dir>/<namespace>/<service account>/{tls.crt,tls.key}, reloaded on change");
-  run_cmd->add_option("--trust-bundle", run.identity.trust_bundle, "PEM roots peers are verified against (default: --ca-cert)");
-  run_cmd->add_option("--trust-domain", run.identity.trust_domain, "SPIFFE trust domain of workload identities")
-      ->capture_default_str();
-  run_cmd->add_option("--cert-lifetime-s", cert_lifetime_s, "Local issuer: lifetime of leaf certificates (renewed at half)")
-      ->capture_default_str()
-      ->check(CLI::Range(60, 366 * 86400));
-  run_cmd->add_option("--hbone-port", run.hbone_port, "HBONE (mTLS HTTP/2 CONNECT) port of every node's proxy")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 65535));
   // Tests only, hence not in --help: every snapshot build after the first sleeps this long, to
   // show that DNS and readiness keep answering while the control plane is busy.
   std::int64_t test_build_delay_ms = 0;
   run_cmd->add_option("--test-build-delay-ms", test_build_delay_ms)->group("")->check(CLI::Range(0, 60000));
+  cli::add_identity_flags(*run_cmd, run.identity, run.hbone_port);
 
   // redirect
   redirect::RedirectOptions redirect_options;
@@ -211,6 +198,7 @@ int main(int argc, char** argv) {
               "run: no source of objects: give --config FILE, or --kubernetes / --kubeconfig PATH");
         run.kubernetes = true;
       }
+      cli::check_identity_flags(run.identity);
       run.proxy.ports = {run.redirect_options.outbound_port, run.redirect_options.inbound_port};
       for (const auto& spec : forward_specs) {
         const auto eq = spec.find('=');
@@ -247,8 +235,6 @@ int main(int argc, char** argv) {
       run.dns.ttl = std::chrono::seconds(dns_ttl_s);
       run.dns.mark = run.redirect_options.proxy_mark;
       run.test_build_delay = std::chrono::milliseconds(test_build_delay_ms);
-      run.identity.cert_lifetime = std::chrono::seconds(cert_lifetime_s);
-      if (const auto why = run.identity.validate(); !why.empty()) throw std::invalid_argument("run: " + why);
       return daemon::run_daemon(run);
     }
     if (redirect_cmd->parsed()) {

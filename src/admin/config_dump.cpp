@@ -198,6 +198,7 @@ std::string render_config_dump(const DumpContext& ctx) {
     dropped.push_back(json::object{{"cluster", d.cluster_name}, {"address", d.address.to_string()}, {"reason", d.reason}});
   dump["droppedEndpoints"] = std::move(dropped);
   if (!ctx.control_plane.is_null()) dump["controlPlane"] = ctx.control_plane;
+  dump["identity"] = ctx.identity.is_null() ? boost::json::value(boost::json::object{{"mtls", false}}) : ctx.identity;
   return json::serialize(dump);
 }
 

@@ -22,6 +22,9 @@ struct DumpContext {
   // The daemon's control plane: its sources' status (synced, errors, ...), shown as
   // "controlPlane" when set.
   boost::json::value control_plane = nullptr;
+  // Workload identities (certificates, trust bundle, handshake counters; never a key), shown as
+  // "identity"; null: mTLS is off, shown as {"mtls": false}.
+  boost::json::value identity = nullptr;
   // The endpoints' outlier and load state; null (or an index not covering `snapshot` yet) prints
   // every endpoint as fresh.
   const proxy::EndpointStates* endpoint_states = nullptr;

@@ -12,9 +12,9 @@
 
 #include "admin/admin_server.hpp"
 #include "admin/config_dump.hpp"
+#include "daemon/control_plane.hpp"
 #include "identity/identity_error.hpp"
 #include "identity/identity_manager.hpp"
-#include "daemon/control_plane.hpp"
 #include "proxy/proxy_server.hpp"
 #include "redirect/command_runner.hpp"
 #include "redirect/iptables_backend.hpp"
@@ -87,26 +87,8 @@ class Daemon {
     const snapshot::ClusterSnapshot::Options snapshot_options{options_.node, options_.cluster_domain,
                                                               options_.fallback_default, options_.zone,
                                                               options_.identity.trust_domain};
-    // Identities: the certificates of this node's mesh pods, issued or read on the identity
-    // manager's own thread, which finds out which it needs from the current snapshot.
-    if (options_.identity.enabled()) {
-      try {
-        identities_ = std::make_unique<identity::IdentityManager>(options_.identity, [this] {
-          std::set<identity::SpiffeId> wanted;
-          const auto snapshot = store_.current();
-          for (const auto& pod : snapshot->node_pods())
-            if (const auto* w = pod.ips.empty() ? nullptr : snapshot->workload(pod.ips.front());
-                w && w->protocol == snapshot::WorkloadProtocol::HBONE)
-              if (auto id = identity::SpiffeId::make(snapshot->options().trust_domain, w->ns, w->service_account))
-                wanted.insert(std::move(*id));
-          return wanted;
-        });
-      } catch (const std::exception& e) {
-        spdlog::error("cannot start: {}", e.what());
-        return 2;
-      }
-      options_.redirect_options.hbone_port = options_.hbone_port;
-    }
+    // With mTLS, TCP to this node's pods' HBONE port is captured to our HBONE listener.
+    if (options_.identity.enabled()) options_.redirect_options.hbone_port = options_.hbone_port;
     store_.publish(snapshot::ClusterSnapshot::build({}, snapshot_options));
 
     ControlPlaneOptions cp;
@@ -126,22 +108,23 @@ class Daemon {
                                .ready = [this] { asio::post(front_, [this] { on_ready(); }); },
                                .published =
                                    [this] {
-                                     // A new local mesh pod wants its certificate now, not at the
+                                     // A new local pod wants its certificate now, not at the
                                      // identity thread's next poll.
-                                     if (identities_) identities_->refresh_soon();
+                                     if (identity_) identity_->refresh_soon();
                                    },
                                .fatal = [this](int code) { asio::post(front_, [this, code] { on_fatal(code); }); },
                            });
     try {
       add_sources();
+      start_identities();
     } catch (const std::exception& e) {
       spdlog::error("cannot start: {}", e.what());
       return 2;
     }
 
-    if (identities_) identities_->start();
     proxy::ProxyServer server(options_.proxy, store_, stats_,
-                              proxy::MeshOptions{.identities = identities_.get(), .hbone_port = options_.hbone_port});
+                              proxy::MeshOptions{.identities = identity_ ? &*identity_ : nullptr,
+                                                 .hbone_port = options_.hbone_port});
     admin::AdminServer admin(front_.get_executor());
     server_ = &server;
     try {
@@ -192,10 +175,30 @@ class Daemon {
     }
   }
 
+  // mTLS: the identity thread issues (or reads) the certificates of this node's pods and keeps
+  // them and the trust bundle current. Which pods are local comes from the published snapshot,
+  // read once per poll; until the first sync it is empty, and the identities follow within a
+  // poll of it. Without a certificate source nothing changes: plaintext as before.
+  void start_identities() {
+    if (!options_.identity.enabled()) {
+      spdlog::info("mTLS off: no certificates configured (give --ca-cert/--ca-key or --cert-dir)");
+      return;
+    }
+    const std::string trust_domain = options_.identity.trust_domain;
+    identity_.emplace(options_.identity, [this, trust_domain] {
+      std::set<identity::SpiffeId> wanted;
+      for (const auto& pod : store_.current()->node_pods())
+        if (auto id = identity::SpiffeId::make(trust_domain, pod.ns, pod.service_account)) wanted.insert(*id);
+      return wanted;
+    });
+    identity_->start();
+  }
+
   void shutdown(proxy::ProxyServer& server, admin::AdminServer& admin) {
     // The control plane first: once it is joined nothing installs or updates a rule any more,
     // and the rules can be removed whatever moment of its start it was stopped in.
     control_plane_->stop();
+    if (identity_) identity_->stop();
     server.stop();
     stop_dns();
     admin.close();
@@ -265,10 +268,7 @@ class Daemon {
                                                     {"builds", control_plane_->builds()},
                                                     {"buildFailures", control_plane_->build_failures()},
                                                     {"sources", control_plane_->sources_status()}};
-        // Identities: provider, trust bundle, each local identity's certificate (public facts,
-        // never a key) and the TLS handshake counters; "mTLS off" without a certificate source.
-        context.control_plane.as_object()["identity"] =
-            identities_ ? boost::json::value(identities_->describe()) : boost::json::value("off");
+        if (identity_) context.identity = identity_->describe();
         return {200, "application/json", admin::render_config_dump(context)};
       }
       if (path == "/stats") return {200, "application/json", admin::render_stats(stats_, dns_stats())};
@@ -337,9 +337,8 @@ class Daemon {
   asio::steady_timer drain_timer_{front_};
   std::chrono::steady_clock::time_point drain_deadline_;
   std::optional<ControlPlane> control_plane_;  // after store_ and runner_: stopped before they go
+  std::optional<identity::IdentityManager> identity_;  // after store_: its thread reads the snapshot
   std::optional<resolver::DnsProxy> dns_;      // last: torn down before front_ and store_
-  // After everything it reads (store_): destroyed, its thread joined, first.
-  std::unique_ptr<identity::IdentityManager> identities_;
 };
 
 }  // namespace

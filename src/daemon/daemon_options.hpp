@@ -36,11 +36,9 @@ struct DaemonOptions {
   bool admin_v4 = true;
   bool admin_v6 = true;
   std::chrono::milliseconds drain_grace{5000};
-  // Workload identities (--ca-cert/--ca-key, --cert-dir, --trust-bundle, --trust-domain): when
-  // a certificate source is given, traffic to other nodes' mesh pods goes through HBONE tunnels
-  // to their proxies' hbone_port, and this node's proxy accepts tunnels there.
+  // mTLS (issue 11): where workload certificates come from; !identity.enabled(): plaintext only.
   identity::IdentityOptions identity;
-  std::uint16_t hbone_port = 15008;
+  std::uint16_t hbone_port = 15008;  // HBONE listener (0.0.0.0 and [::]), for the hbone data path
   // Tests only (--test-build-delay-ms): every snapshot build after the first sleeps this long.
   std::chrono::milliseconds test_build_delay{0};
 };

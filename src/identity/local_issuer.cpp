@@ -103,13 +103,15 @@ RefreshResult LocalIssuer::refresh(const std::set<SpiffeId>& wanted, SystemClock
       continue;
     }
     result.removed.push_back(it->first);
+    renew_at_.erase(it->first);
     it = current_.erase(it);
   }
   for (const auto& id : wanted_) {
-    const auto it = current_.find(id);
-    if (it != current_.end() && now < it->second->renew_at()) continue;
+    const auto due = renew_at_.find(id);
+    if (due != renew_at_.end() && current_.count(id) && now < due->second) continue;
     try {
       current_[id] = sign(id, now);
+      renew_at_[id] = now + (current_[id]->not_after() - now) / 2;
       result.changed.push_back(id);
     } catch (const IdentityError& e) {
       result.errors.emplace_back(id, e.what());
@@ -126,6 +128,7 @@ std::shared_ptr<const WorkloadCertificate> LocalIssuer::issue(const SpiffeId& id
   }
   auto cert = sign(id, now);
   current_[id] = cert;
+  renew_at_[id] = now + (cert->not_after() - now) / 2;
   return cert;
 }
 
@@ -136,7 +139,7 @@ std::shared_ptr<const WorkloadCertificate> LocalIssuer::certificate(const Spiffe
 
 SystemClock::time_point LocalIssuer::next_due(SystemClock::time_point now) const {
   auto due = SystemClock::time_point::max();
-  for (const auto& [id, cert] : current_) due = std::min(due, cert->renew_at());
+  for (const auto& [id, at] : renew_at_) due = std::min(due, at);
   return due == SystemClock::time_point::max() ? now + lifetime_ : due;
 }
 

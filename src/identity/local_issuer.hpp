@@ -62,6 +62,9 @@ class LocalIssuer final : public CertificateProvider {
   std::string ca_origin_;
   std::set<SpiffeId> wanted_;
   std::map<SpiffeId, std::shared_ptr<const WorkloadCertificate>> current_;
+  // Half-way from issuance (not from the backdated notBefore, which with a short lifetime would
+  // make every leaf due at once) to notAfter.
+  std::map<SpiffeId, SystemClock::time_point> renew_at_;
   std::uint64_t issued_ = 0, refused_ = 0;
 };
 

@@ -173,6 +173,7 @@ struct NodePod {
   std::string name;
   std::string ns;
   std::vector<net::IpAddress> ips;
+  std::string service_account;  // its workload identity (spiffe://<td>/ns/<ns>/sa/<this>)
 };
 
 // Everything derived from one Service: its clusters (one per TCP port), the endpoints refused,

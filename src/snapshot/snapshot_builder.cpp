@@ -596,7 +596,7 @@ void SnapshotBuilder::rebuild_node_pods() {
     const Pod& p = pods_.at(key).pod;
     // hostNetwork pods share the node's addresses; capturing "their" traffic would capture the node's.
     if (p.host_network || p.pod_ips.empty()) continue;
-    pods->push_back({p.name, p.ns, p.pod_ips});
+    pods->push_back({p.name, p.ns, p.pod_ips, p.service_account});
   }
   std::sort(pods->begin(), pods->end(),
             [](const NodePod& a, const NodePod& b) { return std::tie(a.ns, a.name) < std::tie(b.ns, b.name); });

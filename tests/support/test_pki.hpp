@@ -81,7 +81,8 @@ class TestPki {
   static std::string key_pem(EVP_PKEY* key);  // tests only: product code never serialises a key
 
  private:
-  TestPki() = default;
+  struct Empty {};
+  explicit TestPki(Empty) {}
   std::string trust_domain_;
   std::vector<identity::X509Ptr> ca_chain_;  // [0] this CA
   identity::EvpPkeyPtr ca_key_;

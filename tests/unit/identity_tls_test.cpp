@@ -1,0 +1,248 @@
+// The TLS contexts and every way a peer is refused, over in-memory TLS pairs.
+
+#include <gtest/gtest.h>
+#include <openssl/ssl.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+
+#include <sstream>
+
+#include "identity/identity_error.hpp"
+#include "identity/tls_contexts.hpp"
+#include "support/test_pki.hpp"
+#include "support/tls_memory_pair.hpp"
+
+namespace {
+
+using namespace dsproxy::identity;
+using dsproxy::testing::TestPki;
+using dsproxy::testing::TlsMemoryPair;
+
+struct Tls : ::testing::Test {
+  TestPki pki;
+  SpiffeId client_id = pki.id("default", "client");
+  SpiffeId server_id = pki.id("backend", "server");
+  std::shared_ptr<const TlsContexts> client = pki.contexts(pki.leaf(client_id));
+  std::shared_ptr<const TlsContexts> server = pki.contexts(pki.leaf(server_id));
+};
+
+TEST_F(Tls, MutualHandshakeGivesEachSideThePeersIdentityAndH2) {
+  auto p = TlsMemoryPair::connect(client->client().get(), server->server().get(), server_id);
+  ASSERT_TRUE(p.client_ok && p.server_ok) << to_string(p.client_error) << " / " << to_string(p.server_error);
+  EXPECT_EQ(peer_identity(p.server.get()), client_id);
+  EXPECT_EQ(peer_identity(p.client.get()), server_id);
+  EXPECT_EQ(check_peer_identity(p.client.get(), server_id), PeerError::none);
+  EXPECT_TRUE(negotiated_h2(p.client.get()));
+  EXPECT_TRUE(negotiated_h2(p.server.get()));
+  EXPECT_EQ(SSL_version(p.client.get()), TLS1_3_VERSION);
+  EXPECT_TRUE(p.exchange("hello"));
+}
+
+TEST_F(Tls, ClientRefusesAServerWithAnotherIdentityDuringTheHandshake) {
+  auto p = TlsMemoryPair::connect(client->client().get(), server->server().get(), pki.id("backend", "other"));
+  EXPECT_FALSE(p.client_ok);
+  EXPECT_EQ(p.client_error, PeerError::wrong_identity);
+  EXPECT_NE(refusal_detail(p.client.get()).find("expected spiffe://cluster.local/ns/backend/sa/other"),
+            std::string::npos)
+      << refusal_detail(p.client.get());
+}
+
+TEST_F(Tls, CheckPeerIdentityAfterTheHandshakeSaysWrongIdentity) {
+  auto p = TlsMemoryPair::connect(client->client().get(), server->server().get());
+  ASSERT_TRUE(p.client_ok);
+  EXPECT_EQ(check_peer_identity(p.client.get(), pki.id("backend", "other")), PeerError::wrong_identity);
+  EXPECT_EQ(check_peer_identity(p.client.get(), server_id), PeerError::none);
+}
+
+TEST_F(Tls, ServerRefusesAnExpiredClientCertificate) {
+  auto old = pki.contexts(pki.expired_leaf(client_id));
+  auto p = TlsMemoryPair::connect(old->client().get(), server->server().get(), server_id);
+  EXPECT_FALSE(p.server_ok);
+  EXPECT_EQ(p.server_error, PeerError::expired);
+  EXPECT_EQ(peer_identity(p.server.get()), std::nullopt);
+}
+
+TEST_F(Tls, ServerRefusesANotYetValidClientCertificate) {
+  auto early = pki.contexts(pki.not_yet_valid_leaf(client_id));
+  auto p = TlsMemoryPair::connect(early->client().get(), server->server().get(), server_id);
+  EXPECT_FALSE(p.server_ok);
+  EXPECT_EQ(p.server_error, PeerError::not_yet_valid);
+}
+
+TEST_F(Tls, ServerRefusesAClientOfAForeignCa) {
+  TestPki foreign("cluster.local", "foreign root");
+  // The foreign client trusts our root, so only the server's check can stop it.
+  auto stranger = foreign.contexts(foreign.leaf(client_id), pki.bundle());
+  auto p = TlsMemoryPair::connect(stranger->client().get(), server->server().get(), server_id);
+  EXPECT_FALSE(p.server_ok);
+  EXPECT_EQ(p.server_error, PeerError::unknown_ca);
+}
+
+TEST_F(Tls, AForeignCaWithOurCasNameIsStillAnUnknownCa) {
+  TestPki impostor("cluster.local", "dsproxy test root");  // same subject as pki's root
+  auto stranger = impostor.contexts(impostor.leaf(client_id), pki.bundle());
+  auto p = TlsMemoryPair::connect(stranger->client().get(), server->server().get(), server_id);
+  EXPECT_FALSE(p.server_ok);
+  EXPECT_EQ(p.server_error, PeerError::unknown_ca);
+}
+
+TEST_F(Tls, ClientRefusesAnExpiredOrForeignServer) {
+  auto expired = pki.contexts(pki.expired_leaf(server_id));
+  auto p = TlsMemoryPair::connect(client->client().get(), expired->server().get(), server_id);
+  EXPECT_FALSE(p.client_ok);
+  EXPECT_EQ(p.client_error, PeerError::expired);
+
+  TestPki foreign("cluster.local", "foreign root");
+  auto stranger = foreign.contexts(foreign.leaf(server_id), pki.bundle());
+  auto q = TlsMemoryPair::connect(client->client().get(), stranger->server().get(), server_id);
+  EXPECT_FALSE(q.client_ok);
+  EXPECT_EQ(q.client_error, PeerError::unknown_ca);
+}
+
+TEST_F(Tls, ServerRefusesAClientWithoutCertificate) {
+  SslCtxPtr bare(SSL_CTX_new(TLS_client_method()));
+  SSL_CTX_set_verify(bare.get(), SSL_VERIFY_NONE, nullptr);
+  static const unsigned char h2[] = {2, 'h', '2'};
+  SSL_CTX_set_alpn_protos(bare.get(), h2, sizeof h2);
+  auto p = TlsMemoryPair::connect(bare.get(), server->server().get());
+  EXPECT_FALSE(p.server_ok);
+  EXPECT_EQ(p.server_error, PeerError::no_certificate);
+}
+
+TEST_F(Tls, ServerRefusesAClientCertificateWithoutSpiffeId) {
+  for (const auto& sans : {std::vector<std::string>{}, std::vector<std::string>{"https://example.com/x"},
+                           std::vector<std::string>{client_id.uri(), pki.id("default", "second").uri()}}) {
+    auto raw = pki.raw_leaf(client_id, {.uri_sans = sans});
+    SslCtxPtr ctx(SSL_CTX_new(TLS_client_method()));
+    SSL_CTX_use_certificate(ctx.get(), raw.cert.get());
+    SSL_CTX_use_PrivateKey(ctx.get(), raw.key.get());
+    static const unsigned char h2[] = {2, 'h', '2'};
+    SSL_CTX_set_alpn_protos(ctx.get(), h2, sizeof h2);
+    auto p = TlsMemoryPair::connect(ctx.get(), server->server().get());
+    EXPECT_FALSE(p.server_ok) << sans.size();
+    EXPECT_EQ(p.server_error, PeerError::no_identity) << sans.size();
+  }
+}
+
+TEST_F(Tls, AnotherTrustDomainIsAWrongIdentity) {
+  TestPki other_domain("example.org", "other");
+  // Signed by our CA, but for another trust domain.
+  auto raw = pki.raw_leaf(client_id, {.uri_sans = std::vector<std::string>{"spiffe://example.org/ns/default/sa/client"}});
+  SslCtxPtr ctx(SSL_CTX_new(TLS_client_method()));
+  SSL_CTX_use_certificate(ctx.get(), raw.cert.get());
+  SSL_CTX_use_PrivateKey(ctx.get(), raw.key.get());
+  static const unsigned char h2[] = {2, 'h', '2'};
+  SSL_CTX_set_alpn_protos(ctx.get(), h2, sizeof h2);
+  auto p = TlsMemoryPair::connect(ctx.get(), server->server().get());
+  EXPECT_FALSE(p.server_ok);
+  EXPECT_EQ(p.server_error, PeerError::wrong_identity);
+}
+
+TEST_F(Tls, ServerRefusesTls12AndClientsWithoutH2) {
+  auto raw = pki.raw_leaf(client_id);
+  auto make = [&](int max_version, bool h2) {
+    SslCtxPtr ctx(SSL_CTX_new(TLS_client_method()));
+    SSL_CTX_use_certificate(ctx.get(), raw.cert.get());
+    SSL_CTX_use_PrivateKey(ctx.get(), raw.key.get());
+    SSL_CTX_set_max_proto_version(ctx.get(), max_version);
+    static const unsigned char h2_wire[] = {2, 'h', '2'};
+    static const unsigned char http11[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+    if (h2)
+      SSL_CTX_set_alpn_protos(ctx.get(), h2_wire, sizeof h2_wire);
+    else
+      SSL_CTX_set_alpn_protos(ctx.get(), http11, sizeof http11);
+    return ctx;
+  };
+  auto tls12 = make(TLS1_2_VERSION, true);
+  auto p = TlsMemoryPair::connect(tls12.get(), server->server().get());
+  EXPECT_FALSE(p.server_ok);
+  EXPECT_EQ(p.server_error, PeerError::protocol);
+
+  auto no_h2 = make(TLS1_3_VERSION, false);
+  auto q = TlsMemoryPair::connect(no_h2.get(), server->server().get());
+  EXPECT_FALSE(q.server_ok);
+  EXPECT_EQ(q.server_error, PeerError::protocol);
+  EXPECT_NE(refusal_detail(q.server.get()).find("h2"), std::string::npos);
+}
+
+TEST_F(Tls, LeavesOfAnIntermediateVerifyAgainstTheRoot) {
+  TestPki sub = pki.intermediate("dsproxy test intermediate");
+  auto c = sub.contexts(sub.leaf(client_id), pki.bundle());
+  auto s = sub.contexts(sub.leaf(server_id), pki.bundle());
+  auto p = TlsMemoryPair::connect(c->client().get(), s->server().get(), server_id);
+  ASSERT_TRUE(p.client_ok && p.server_ok) << to_string(p.client_error) << " / " << to_string(p.server_error);
+  EXPECT_EQ(peer_identity(p.server.get()), client_id);
+}
+
+TEST_F(Tls, ABundleWithTwoRootsAcceptsLeavesOfBoth) {
+  TestPki next("cluster.local", "dsproxy next root");
+  auto both = TrustBundle::from_pem(pki.root_pem() + next.root_pem(), "rotation bundle");
+  EXPECT_EQ(both->roots().size(), 2u);
+  auto old_client = pki.contexts(pki.leaf(client_id), both);
+  auto new_server = next.contexts(next.leaf(server_id), both);
+  auto p = TlsMemoryPair::connect(old_client->client().get(), new_server->server().get(), server_id);
+  ASSERT_TRUE(p.client_ok && p.server_ok) << to_string(p.client_error) << " / " << to_string(p.server_error);
+  // Once the old root is gone from the bundle, its leaves are refused.
+  auto new_only = TrustBundle::from_pem(next.root_pem(), "new root");
+  auto strict_server = next.contexts(next.leaf(server_id), new_only);
+  auto q = TlsMemoryPair::connect(old_client->client().get(), strict_server->server().get(), server_id);
+  EXPECT_EQ(q.server_error, PeerError::unknown_ca);
+}
+
+TEST_F(Tls, RotationLeavesEstablishedConnectionsWorking) {
+  auto p = TlsMemoryPair::connect(client->client().get(), server->server().get(), server_id);
+  ASSERT_TRUE(p.client_ok && p.server_ok);
+  const std::string old_fingerprint = server->certificate().fingerprint();
+  // Rotate: new leaves, new contexts; the old ones are released by everyone but the SSLs.
+  server = pki.contexts(pki.leaf(server_id));
+  client = pki.contexts(pki.leaf(client_id));
+  EXPECT_NE(server->certificate().fingerprint(), old_fingerprint);
+  EXPECT_TRUE(p.exchange("still there after rotation"));
+  auto q = TlsMemoryPair::connect(client->client().get(), server->server().get(), server_id);
+  ASSERT_TRUE(q.client_ok && q.server_ok);
+  X509* presented = SSL_get0_peer_certificate(q.client.get());
+  ASSERT_TRUE(presented);
+  EXPECT_EQ(X509_cmp(presented, server->certificate().leaf()), 0);
+  EXPECT_TRUE(p.exchange("and after a new handshake"));
+}
+
+TEST(TlsContextsMake, RefusesAKeyThatIsNotTheLeafs) {
+  TestPki pki;
+  auto a = pki.raw_leaf(pki.id("a", "a"));
+  auto b = pki.raw_leaf(pki.id("b", "b"));
+  std::vector<X509Ptr> chain;
+  chain.push_back(std::move(a.cert));
+  EXPECT_THROW(WorkloadCertificate::make(std::move(chain), std::move(b.key), "test"), IdentityError);
+}
+
+TEST(TlsReport, EachReasonHasItsOwnCounterAndALogLine) {
+  std::ostringstream log;
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(log);
+  auto previous = spdlog::default_logger();
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>("capture", sink));
+  TlsStats stats;
+  TestPki pki;
+  auto server = pki.contexts(pki.leaf(pki.id("s", "s")));
+  auto old = pki.contexts(pki.expired_leaf(pki.id("c", "c")));
+  auto p = TlsMemoryPair::connect(old->client().get(), server->server().get());
+  report_refusal(stats, Side::server, p.server_error, "10.1.0.5:40112", p.server.get());
+  report_refusal(stats, Side::client, PeerError::wrong_identity, "[fd00::5]:15008", nullptr);
+  report_refusal(stats, Side::server, PeerError::unknown_ca, "10.1.0.6:1", nullptr);
+  report_handshake(stats, Side::server);
+  spdlog::set_default_logger(previous);
+
+  EXPECT_EQ(stats.refused[0][static_cast<int>(PeerError::expired)].load(), 1u);
+  EXPECT_EQ(stats.refused[0][static_cast<int>(PeerError::unknown_ca)].load(), 1u);
+  EXPECT_EQ(stats.refused[1][static_cast<int>(PeerError::wrong_identity)].load(), 1u);
+  EXPECT_EQ(stats.refused_total(Side::server), 2u);
+  EXPECT_EQ(stats.handshakes[0].load(), 1u);
+  const auto json = stats.to_json();
+  EXPECT_EQ(json.at("server").at("refused").at("expired").as_uint64(), 1u);
+  const std::string text = log.str();
+  EXPECT_NE(text.find("tls server: refused client 10.1.0.5:40112: expired certificate"), std::string::npos) << text;
+  EXPECT_NE(text.find("spiffe://cluster.local/ns/c/sa/c"), std::string::npos) << text;
+  EXPECT_NE(text.find("tls client: refused server [fd00::5]:15008: wrong identity"), std::string::npos) << text;
+  EXPECT_NE(text.find("certificate from an unknown CA"), std::string::npos) << text;
+}
+
+}  // namespace
