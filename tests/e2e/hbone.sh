@@ -162,7 +162,7 @@ wait_identity() {
   local i
   for ((i = 0; i < 50; i++)); do
     node_http_get_on "$1" 15000 /config_dump | sed -n '/^{/,$p' | jq -e --arg id "$2" \
-      '.controlPlane.identity | tostring | contains($id)' >/dev/null 2>&1 && return 0
+      '.identity | tostring | contains($id)' >/dev/null 2>&1 && return 0
     sleep 0.1
   done
   return 1
