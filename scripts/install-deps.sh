@@ -27,6 +27,9 @@ packages=(
   # The image (scripts/build-image.sh, e2e.image): mmdebstrap builds the Debian root filesystem
   # from the archive, podman imports and runs it (with runc: this machine has no systemd).
   mmdebstrap podman runc
+  # e2e.hbone: tcpdump shows that no payload byte crosses the underlay between nodes in
+  # plaintext; openssl makes the test's CA.
+  tcpdump openssl
   # lint.shell checks the deployment scripts (tests/e2e/kind, scripts/build-image.sh).
   shellcheck
 )

@@ -225,6 +225,11 @@ int main(int argc, char** argv) {
     sub->add_option("-o,--output", output, "short or json")->check(CLI::IsMember({"short", "json"}))->capture_default_str();
     sub->add_option("--admin", admin, "Admin API address")->capture_default_str();
   }
+  {
+    auto* sub = pc_cmd->add_subcommand("workloads", "Pods, their identity and protocol (TCP or HBONE)");
+    sub->add_option("-o,--output", output, "short or json")->check(CLI::IsMember({"short", "json"}))->capture_default_str();
+    sub->add_option("--admin", admin, "Admin API address")->capture_default_str();
+  }
 
   // validate
   std::string validate_config, validate_node = "";
@@ -341,6 +346,8 @@ int main(int argc, char** argv) {
       const bool json = output == "json";
       if (pc_cmd->got_subcommand("listeners"))
         std::cout << (json ? cli::listeners_json(dump, port) : cli::listeners_table(dump, port));
+      else if (pc_cmd->got_subcommand("workloads"))
+        std::cout << (json ? cli::workloads_json(dump) : cli::workloads_table(dump));
       else
         std::cout << (json ? cli::endpoints_json(dump, port) : cli::endpoints_table(dump, port));
       return 0;

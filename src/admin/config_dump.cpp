@@ -107,6 +107,26 @@ json::array endpoints(const DumpContext& ctx) {
   return out;
 }
 
+// As ztunnel's config_dump names a workload's fields (workloadIps, serviceAccount, protocol), plus
+// the SPIFFE identity its certificate carries.
+json::array workloads(const DumpContext& ctx) {
+  json::array out;
+  const std::string& td = ctx.snapshot.options().trust_domain;
+  for (const auto& w : ctx.snapshot.workloads()) {
+    json::array ips;
+    for (const auto& ip : w->ips) ips.push_back(json::string(ip.to_string()));
+    out.push_back(json::object{{"name", w->name},
+                               {"namespace", w->ns},
+                               {"serviceAccount", w->service_account},
+                               {"identity", w->identity(td)},
+                               {"node", w->node.str()},
+                               {"workloadIps", std::move(ips)},
+                               {"protocol", snapshot::to_string(w->protocol)},
+                               {"local", w->local}});
+  }
+  return out;
+}
+
 json::object counters(const proxy::ProxyStats& s) {
   auto v = [](const proxy::ProxyStats::Counter& c) { return c.load(std::memory_order_relaxed); };
   return {{"outbound_accepted", v(s.outbound_accepted)},
@@ -131,6 +151,11 @@ json::object counters(const proxy::ProxyStats& s) {
           {"upstream_connect_timeout", v(s.upstream_connect_timeout)},
           {"idle_timeouts", v(s.idle_timeouts)},
           {"resets_propagated", v(s.resets_propagated)},
+          {"hbone_accepted", v(s.hbone_accepted)},
+          {"tunnels_outbound", v(s.tunnels_outbound)},
+          {"tunnels_inbound", v(s.tunnels_inbound)},
+          {"tunnels_refused", v(s.tunnels_refused)},
+          {"tunnel_failures", v(s.tunnel_failures)},
           {"bytes_to_upstream", v(s.bytes_to_upstream)},
           {"bytes_to_downstream", v(s.bytes_to_downstream)}};
 }
@@ -164,6 +189,7 @@ std::string render_config_dump(const DumpContext& ctx) {
                     {"generation", ctx.generation},
                     {"listeners", listeners(ctx)},
                     {"endpoints", endpoints(ctx)},
+                    {"workloads", workloads(ctx)},
                     {"stats", all_counters(ctx.stats, ctx.dns)}};
   json::array warnings;
   for (const auto& w : ctx.snapshot.warnings()) warnings.push_back(json::string(w));

@@ -166,4 +166,43 @@ std::string endpoints_json(std::string_view config_dump, std::optional<std::uint
   return json::serialize(out) + "\n";
 }
 
+namespace {
+
+struct WorkloadRow {
+  std::string ns, name, address, node, protocol, identity;
+};
+
+std::vector<WorkloadRow> workload_rows(const json::object& dump) {
+  std::vector<WorkloadRow> rows;
+  for (const auto& w : array_field(dump, "workloads")) {
+    const auto& o = w.as_object();
+    WorkloadRow r{optional_str(w, "namespace"), optional_str(w, "name"), "", optional_str(w, "node"),
+                  optional_str(w, "protocol"), optional_str(w, "identity")};
+    if (const auto* ips = o.if_contains("workloadIps"); ips && ips->is_array())
+      for (const auto& ip : ips->as_array()) r.address += (r.address.empty() ? "" : ",") + str(ip);
+    if (r.node.empty()) r.node = "-";
+    rows.push_back(std::move(r));
+  }
+  return rows;
+}
+
+}  // namespace
+
+std::string workloads_table(std::string_view config_dump) {
+  const auto dump = parse_dump(config_dump);
+  // istioctl ztunnel-config workloads' columns; WAYPOINT is always None (dsproxy is L4 only).
+  std::vector<std::vector<std::string>> rows{{"NAMESPACE", "POD NAME", "ADDRESS", "NODE", "WAYPOINT", "PROTOCOL"}};
+  for (auto& r : workload_rows(dump)) rows.push_back({r.ns, r.name, r.address, r.node, "None", r.protocol});
+  return table(rows);
+}
+
+std::string workloads_json(std::string_view config_dump) {
+  const auto dump = parse_dump(config_dump);
+  json::array out;
+  for (auto& r : workload_rows(dump))
+    out.push_back(json::object{{"namespace", r.ns}, {"name", r.name}, {"address", r.address}, {"node", r.node},
+                               {"waypoint", "None"}, {"protocol", r.protocol}, {"identity", r.identity}});
+  return json::serialize(out) + "\n";
+}
+
 }  // namespace dsproxy::cli

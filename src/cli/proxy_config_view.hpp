@@ -14,5 +14,8 @@ std::string listeners_table(std::string_view config_dump, std::optional<std::uin
 std::string listeners_json(std::string_view config_dump, std::optional<std::uint16_t> port);  // pretty array
 std::string endpoints_table(std::string_view config_dump, std::optional<std::uint16_t> port);
 std::string endpoints_json(std::string_view config_dump, std::optional<std::uint16_t> port);
+// NAMESPACE POD NAME ADDRESS NODE WAYPOINT PROTOCOL, as istioctl ztunnel-config workloads.
+std::string workloads_table(std::string_view config_dump);
+std::string workloads_json(std::string_view config_dump);
 
 }  // namespace dsproxy::cli

@@ -133,7 +133,8 @@ bool looks_numeric(std::string_view text) {
 }
 
 bool is_known_kind(std::string_view kind) {
-  return kind == "Service" || kind == "Pod" || kind == "EndpointSlice" || kind == "Node";
+  return kind == "Service" || kind == "Pod" || kind == "EndpointSlice" || kind == "Node" ||
+         kind == "Namespace";
 }
 
 const std::set<std::string, std::less<>> kServiceTypes = {"ClusterIP", "NodePort", "LoadBalancer", "ExternalName"};
@@ -198,6 +199,7 @@ class ObjectDecoder {
     if (kind == "Service") return service(node, meta);
     if (kind == "Pod") return pod(node, meta);
     if (kind == "Node") return Node{name_, string_map(meta, "labels", Path(meta_path, "labels"))};
+    if (kind == "Namespace") return Namespace{name_, string_map(meta, "labels", Path(meta_path, "labels"))};
     return endpoint_slice(node, meta);
   }
 
@@ -742,7 +744,7 @@ class StreamDecoder final : public TreeSink {
   // taken back if the document turns out not to be a List after all. From the first item that
   // does not name them, items wait whole for the document's end, in order.
   struct Speculation {
-    std::size_t services = 0, pods = 0, slices = 0, nodes = 0, fqdn_slices = 0, warnings = 0;
+    std::size_t services = 0, pods = 0, slices = 0, nodes = 0, namespaces = 0, fqdn_slices = 0, warnings = 0;
     std::vector<const std::string*> seen;  // keys added to seen_
     std::vector<net::IpAddress> vips;      // keys added to vip_owner_
     std::optional<std::string> error;      // the first failure; later items do not matter
@@ -763,6 +765,7 @@ class StreamDecoder final : public TreeSink {
     spec_.pods = out_.pods.size();
     spec_.slices = out_.endpoint_slices.size();
     spec_.nodes = out_.nodes.size();
+    spec_.namespaces = out_.namespaces.size();
     spec_.fqdn_slices = out_.fqdn_slices.size();
     spec_.warnings = out_.warnings.size();
   }
@@ -799,6 +802,7 @@ class StreamDecoder final : public TreeSink {
     out_.pods.resize(spec_.pods);
     out_.endpoint_slices.resize(spec_.slices);
     out_.nodes.resize(spec_.nodes);
+    out_.namespaces.resize(spec_.namespaces);
     out_.fqdn_slices.resize(spec_.fqdn_slices);
     out_.warnings.resize(spec_.warnings);
     for (const std::string* key : spec_.seen) seen_.erase(std::string(*key));
@@ -908,6 +912,8 @@ class StreamDecoder final : public TreeSink {
           } else if constexpr (std::is_same_v<T, EndpointSlice>) {
             if (obj.address_type == AddressType::FQDN) out_.fqdn_slices.push_back(std::move(obj));
             else out_.endpoint_slices.push_back(std::move(obj));
+          } else if constexpr (std::is_same_v<T, Namespace>) {
+            out_.namespaces.push_back(std::move(obj));
           } else {
             out_.nodes.push_back(std::move(obj));
           }

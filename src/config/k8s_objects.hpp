@@ -121,11 +121,24 @@ struct Node {
   friend bool operator==(const Node&, const Node&) = default;
 };
 
+// A v1 Namespace: its name and labels (istio.io/dataplane-mode: ambient puts its pods in the mesh).
+struct Namespace {
+  std::string name;
+  Labels labels;
+  friend bool operator==(const Namespace&, const Namespace&) = default;
+};
+
+// Istio ambient's opt-in label, on a pod or its namespace: "ambient" puts the pod in the mesh
+// (its traffic between nodes goes through HBONE); "none" on a pod keeps it out whatever its
+// namespace says.
+inline constexpr std::string_view kDataplaneModeLabel = "istio.io/dataplane-mode";
+
 struct ClusterObjects {
   std::vector<Service> services;
   std::vector<Pod> pods;
   std::vector<EndpointSlice> endpoint_slices;
   std::vector<Node> nodes;
+  std::vector<Namespace> namespaces;
   // addressType FQDN slices, kept apart: nothing routes to a hostname, but the resolver turns
   // those of a Service annotated dsproxy.io/resolve: "true" into IPv4/IPv6 slices.
   std::vector<EndpointSlice> fqdn_slices;

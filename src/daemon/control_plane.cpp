@@ -34,6 +34,7 @@ snapshot::ObjectKind to_builder_kind(sources::ObjectKind kind) {
     case sources::ObjectKind::pod: return snapshot::ObjectKind::pod;
     case sources::ObjectKind::endpoint_slice: return snapshot::ObjectKind::endpoint_slice;
     case sources::ObjectKind::node: return snapshot::ObjectKind::node;
+    case sources::ObjectKind::namespace_: return snapshot::ObjectKind::namespace_;
   }
   return snapshot::ObjectKind::service;  // unreachable: every kind is listed above
 }
@@ -208,6 +209,11 @@ void ControlPlane::upsert(const sources::ConfigSource& from, config::Node object
   schedule_build(from.name());
 }
 
+void ControlPlane::upsert(const sources::ConfigSource& from, config::Namespace object) {
+  builder_.upsert(std::move(object));
+  schedule_build(from.name());
+}
+
 void ControlPlane::erase(const sources::ConfigSource& from, sources::ObjectKind kind, const std::string& ns,
                          const std::string& name) {
   builder_.erase(to_builder_kind(kind), ns, name);
@@ -293,6 +299,7 @@ void ControlPlane::first_publish() {
     return;
   }
   store_.publish(first);
+  if (callbacks_.published) callbacks_.published();
   builds_.fetch_add(1, std::memory_order_relaxed);
   first_published_ = true;
   // Listening before the rules: a captured SYN that finds no listening socket is dropped by
@@ -334,6 +341,7 @@ void ControlPlane::build_and_publish() {
     return;
   }
   store_.publish(next);
+  if (callbacks_.published) callbacks_.published();
   builds_.fetch_add(1, std::memory_order_relaxed);
   spdlog::info("config reloaded ({}): generation {}, {} service port(s), {} local pod(s)", why, store_.generation(),
                next->cluster_count(), next->node_pods().size());

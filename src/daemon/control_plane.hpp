@@ -76,6 +76,9 @@ class ControlPlane final : public sources::ObjectSink {
   struct Callbacks {
     // The first snapshot is live and the rules are installed. On the control-plane thread.
     std::function<void()> ready;
+    // A snapshot was published (every one, the first included). On the control-plane thread;
+    // must not block.
+    std::function<void()> published{};
     // Start-up cannot complete (a bad first config file, rules that cannot be installed): the
     // daemon exits with `exit_code`. On the control-plane thread.
     std::function<void(int exit_code)> fatal;
@@ -127,6 +130,7 @@ class ControlPlane final : public sources::ObjectSink {
   void upsert(const sources::ConfigSource& from, config::Pod object) override;
   void upsert(const sources::ConfigSource& from, config::EndpointSlice object) override;
   void upsert(const sources::ConfigSource& from, config::Node object) override;
+  void upsert(const sources::ConfigSource& from, config::Namespace object) override;
   void erase(const sources::ConfigSource& from, sources::ObjectKind kind, const std::string& ns,
              const std::string& name) override;
   void begin_batch(const sources::ConfigSource& from) override;

@@ -131,7 +131,10 @@ class Daemon {
 
     // Readers (workers, DNS, admin) always find a snapshot: an empty one until the first sync.
     const snapshot::ClusterSnapshot::Options snapshot_options{options_.node, options_.cluster_domain,
-                                                              options_.fallback_default, options_.zone};
+                                                              options_.fallback_default, options_.zone,
+                                                              options_.identity.trust_domain};
+    // With mTLS, TCP to this node's pods' HBONE port is captured to our HBONE listener.
+    if (options_.identity.enabled()) options_.redirect_options.hbone_port = options_.hbone_port;
     store_.publish(snapshot::ClusterSnapshot::build({}, snapshot_options));
 
     ControlPlaneOptions cp;
@@ -149,6 +152,12 @@ class Daemon {
     control_plane_.emplace(std::move(cp), store_, runner_,
                            ControlPlane::Callbacks{
                                .ready = [this] { asio::post(front_, [this] { on_ready(); }); },
+                               .published =
+                                   [this] {
+                                     // A new local pod wants its certificate now, not at the
+                                     // identity thread's next poll.
+                                     if (identity_) identity_->refresh_soon();
+                                   },
                                .fatal = [this](int code) { asio::post(front_, [this, code] { on_fatal(code); }); },
                                .serving = [this] { return serving(); },
                            });
@@ -160,7 +169,9 @@ class Daemon {
       return 2;
     }
 
-    proxy::ProxyServer server(options_.proxy, store_, stats_);
+    proxy::ProxyServer server(options_.proxy, store_, stats_,
+                              proxy::MeshOptions{.identities = identity_ ? &*identity_ : nullptr,
+                                                 .hbone_port = options_.hbone_port});
     server.set_connection_sinks([this](int worker) { return telemetry_.sink(worker); });
     admin::AdminServer admin(front_.get_executor());
     server_ = &server;

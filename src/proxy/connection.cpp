@@ -7,7 +7,9 @@
 
 #include <boost/asio/use_awaitable.hpp>
 
+#include "hbone/stream_relay.hpp"
 #include "proxy/connect_scheduler.hpp"
+#include "proxy/mesh.hpp"
 #include "proxy/log_throttle.hpp"
 #include "proxy/relay.hpp"
 #include "proxy/router.hpp"
@@ -55,6 +57,15 @@ class RelayEnd {
         source_(source),
         destination_(destination),
         result_(std::move(result)) {}
+
+  // A tunnelled connection: the client socket is the relay's upstream side.
+  void operator()(hbone::StreamRelayResult result) {
+    RelayResult r;
+    r.bytes_to_upstream = result.bytes_to_stream;
+    r.bytes_to_downstream = result.bytes_to_socket;
+    r.reset = result.reset;
+    (*this)(r);
+  }
 
   void operator()(RelayResult result) {
     ProxyStats::add(stats_->bytes_to_upstream, result.bytes_to_upstream);
@@ -178,6 +189,7 @@ class BackendSource {
 struct ConnectedUpstream {
   net::SocketAddress address;
   std::shared_ptr<EndpointState> endpoint;  // null for passthrough
+  std::shared_ptr<hbone::Stream> tunnel;    // set: an HBONE stream stands for the upstream socket
 };
 
 awaitable<std::optional<ConnectedUpstream>> establish_upstream(const ConnectionContext& ctx,
@@ -200,9 +212,28 @@ awaitable<std::optional<ConnectedUpstream>> establish_upstream(const ConnectionC
   }
   BackendSource backends(ctx, decision, snapshot, states, destination.ip.family(),
                          !transparent || upstream_options.other_family_source.has_value(), source.ip);
+  // The first backend decides whether the connection is tunnelled: its preferred address (the
+  // family the Service's policy chose) is the CONNECT's authority; the outer connection races
+  // the pod's two addresses itself (MeshWorker::dial).
+  std::optional<BackendTargets> first = backends.next();
+  if (first && transparent && ctx.mesh && ctx.mesh->enabled()) {
+    if (const auto plan = plan_tunnel(snapshot, source.ip, first->addresses.front())) {
+      const std::string_view host = decision.cluster ? std::string_view(decision.cluster->hostname) : std::string_view{};
+      auto stream = co_await ctx.mesh->open_tunnel(*plan, source, host);
+      if (!stream) co_return std::nullopt;
+      co_return ConnectedUpstream{plan->target, nullptr, std::move(stream)};
+    }
+  }
+  bool first_given = false;
   ConnectScheduler scheduler(
       {ctx.options.attempt_delay, ctx.options.connect_timeout, std::max(1, ctx.options.max_connect_attempts)},
-      [&backends] { return backends.next(); });
+      [&backends, &first, &first_given]() -> std::optional<BackendTargets> {
+        if (!first_given) {
+          first_given = true;
+          return std::move(first);
+        }
+        return backends.next();
+      });
   const ConnectOutcome outcome = co_await connect_upstream(
       upstream, scheduler, upstream_options, [&](const ConnectScheduler::Attempt& attempt, AttemptResult result) {
         // The node's own trouble (no descriptor, no buffer, no source port) says nothing about
@@ -247,13 +278,14 @@ awaitable<std::optional<ConnectedUpstream>> establish_upstream(const ConnectionC
   if (winner.second_family) ProxyStats::add(ctx.stats.happy_eyeballs_other_family);
   result.record().fell_back = winner.address.ip.family() != destination.ip.family();
   result.record().second_family_won = winner.second_family;
-  co_return ConnectedUpstream{winner.address, backends.state_of(winner)};
+  co_return ConnectedUpstream{winner.address, backends.state_of(winner), nullptr};
 }
 
 // What the relay phase keeps of the connect phase.
 struct Connected {
   net::SocketAddress address;
   std::shared_ptr<EndpointState> endpoint;  // null for passthrough
+  std::shared_ptr<hbone::Stream> tunnel;
 };
 
 awaitable<std::optional<Connected>> route_and_connect(const ConnectionContext& ctx, Direction direction,
@@ -300,9 +332,10 @@ awaitable<std::optional<Connected>> route_and_connect(const ConnectionContext& c
   // Guarded: the arguments would be formatted (inet_ntop, allocations) even with debug off, and
   // that cost per connection showed up in profiles.
   if (spdlog::should_log(spdlog::level::debug))
-    spdlog::debug("{} {} -> {} via {} (cluster {})", to_string(direction), source.to_string(),
-                  destination.to_string(), connected->address.to_string(), cluster_name);
-  co_return Connected{connected->address, connected->endpoint};
+    spdlog::debug("{} {} -> {} via {}{} (cluster {})", to_string(direction), source.to_string(),
+                  destination.to_string(), connected->address.to_string(), connected->tunnel ? " (HBONE)" : "",
+                  cluster_name);
+  co_return Connected{connected->address, connected->endpoint, connected->tunnel};
 }
 
 // A fault (an exception from anything a connection calls; the data path itself uses error
@@ -374,6 +407,15 @@ awaitable<void> serve_connection(tcp::socket client, tcp::endpoint peer, Directi
     }
     if (!connected) {
       net::reset_connection(client);
+      co_return;
+    }
+    if (connected->tunnel) {
+      // The peer's identity was proven in the handshake (the pool checks it before first use).
+      result.record().protocol = RequestProtocol::hbone;
+      result.record().security = SecurityPolicy::mutual_tls;
+      hbone::start_stream_relay(std::move(client), connected->tunnel,
+                                RelayEnd(ctx.stats, std::move(active), std::move(on_worker), connected->endpoint,
+                                         direction, source, destination, std::move(result)));
       co_return;
     }
     // The relay takes the connection over; this coroutine ends here and its frame is freed, so

@@ -17,6 +17,7 @@
 
 namespace dsproxy::proxy {
 
+class MeshWorker;
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
 
@@ -43,6 +44,7 @@ struct ConnectionContext {
   // both the worker's own.
   ConnectionSink* sink = nullptr;
   WorkloadIndex* names = nullptr;
+  MeshWorker* mesh = nullptr;  // the worker's HBONE side; null or disabled: plaintext only
 };
 
 // Owns `client` until the upstream is connected, then hands both sockets to the relay, which owns

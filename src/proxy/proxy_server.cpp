@@ -18,6 +18,7 @@
 
 #include "proxy/connection.hpp"
 #include "proxy/descriptor_reserve.hpp"
+#include "proxy/mesh.hpp"
 #include "proxy/log_throttle.hpp"
 #include "net/io/transparent_socket.hpp"
 
@@ -42,7 +43,8 @@ LogThrottle& limit_log() {
 }
 
 awaitable<void> accept_loop(tcp::acceptor& acceptor, Direction direction, ConnectionContext context,
-                            std::optional<net::SocketAddress> forward_to, DescriptorReserve& reserve) {
+                            std::optional<net::SocketAddress> forward_to, DescriptorReserve& reserve,
+                            MeshWorker* hbone = nullptr) {
   const auto executor = co_await boost::asio::this_coro::executor;
   boost::asio::steady_timer backoff(executor);
   tcp::endpoint peer;  // filled by accept() itself: no getpeername per connection
@@ -84,8 +86,11 @@ awaitable<void> accept_loop(tcp::acceptor& acceptor, Direction direction, Connec
                        context.options.limits.connections_per_worker, *suppressed);
       } else {
         if (!reserve.held()) reserve.replenish();  // lost to another thread during a shed
-        boost::asio::co_spawn(executor, serve_connection(std::move(socket), peer, direction, context, forward_to),
-                              boost::asio::detached);
+        if (hbone)
+          boost::asio::co_spawn(executor, hbone->serve_hbone(std::move(socket), peer), boost::asio::detached);
+        else
+          boost::asio::co_spawn(executor, serve_connection(std::move(socket), peer, direction, context, forward_to),
+                                boost::asio::detached);
       }
     } catch (const std::exception& e) {
       ProxyStats::add(context.stats.worker_faults);
@@ -144,15 +149,18 @@ class Worker {
  public:
   Worker(const ProxyOptions& options, const snapshot::SnapshotStore& store, ProxyStats& stats,
          const OutlierDetector& outliers, EndpointStates& endpoint_states, SessionAffinityTable& affinity,
-         std::uint64_t seed, int index, ConnectionSink* sink)
+         std::uint64_t seed, int index, ConnectionSink* sink, const MeshOptions& mesh)
       : index_(index),
         picker_(outliers, seed, &affinity),
         local_addresses_(options.upstream_mark),
-        context_{options, store, stats, outliers, endpoint_states, picker_, local_addresses_, load_, sink, &names_} {}
+        context_{options, store, stats, outliers, endpoint_states, picker_, local_addresses_, load_, sink, &names_},
+        mesh_(io_.get_executor(), mesh, options, store, stats) {
+    context_.mesh = &mesh_;
+  }
 
   void listen(const net::SocketAddress& address, Direction direction, const net::ListenerSocketOptions& options,
-              std::optional<net::SocketAddress> forward_to = std::nullopt) {
-    acceptors_.push_back({net::open_listener(io_.get_executor(), address, options), direction, forward_to});
+              std::optional<net::SocketAddress> forward_to = std::nullopt, bool hbone = false) {
+    acceptors_.push_back({net::open_listener(io_.get_executor(), address, options), direction, forward_to, hbone});
   }
   std::uint16_t port_of(std::size_t i) const { return acceptors_.at(i).acceptor.local_endpoint().port(); }
 
@@ -206,6 +214,7 @@ class Worker {
         boost::system::error_code ignored;
         l.acceptor.close(ignored);
       }
+      mesh_.shutdown();  // GOAWAY: pooled tunnels finish their streams, take no new ones
     });
   }
 
@@ -218,7 +227,9 @@ class Worker {
   void spawn_accept_loops() {
     for (auto& l : acceptors_)
       if (l.acceptor.is_open())  // a stop_accepting() may have come first
-        boost::asio::co_spawn(io_, accept_loop(l.acceptor, l.direction, context_, l.forward_to, reserve_),
+        boost::asio::co_spawn(io_,
+                              accept_loop(l.acceptor, l.direction, context_, l.forward_to, reserve_,
+                                          l.hbone ? &mesh_ : nullptr),
                               boost::asio::detached);
   }
 
@@ -226,6 +237,7 @@ class Worker {
     tcp::acceptor acceptor;
     Direction direction;
     std::optional<net::SocketAddress> forward_to;  // a --forward listener's target
+    bool hbone = false;                            // the HBONE (15008) listener
   };
   int index_;
   WorkerLoad load_;
@@ -241,14 +253,17 @@ class Worker {
   // per-descriptor locks are pure cost; the scheduler keeps its lock because the control thread
   // posts (stop_accepting) and stops it.
   boost::asio::io_context io_{BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO};
+  // After io_: its pool's connections live on io_ and are closed before io_ goes.
+  MeshWorker mesh_;
   std::vector<Listener> acceptors_;
   boost::asio::steady_timer stall_timer_{io_};  // TestFaults::stall_worker_after
   std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work_;
   std::thread thread_;
 };
 
-ProxyServer::ProxyServer(ProxyOptions options, const snapshot::SnapshotStore& store, ProxyStats& stats)
-    : options_(std::move(options)), store_(store), stats_(stats), outliers_(options_.outlier) {}
+ProxyServer::ProxyServer(ProxyOptions options, const snapshot::SnapshotStore& store, ProxyStats& stats,
+                         MeshOptions mesh)
+    : options_(std::move(options)), mesh_(std::move(mesh)), store_(store), stats_(stats), outliers_(options_.outlier) {}
 
 ProxyServer::~ProxyServer() { stop(); }
 
@@ -281,7 +296,7 @@ void ProxyServer::start(bool listen_now) {
   std::vector<Forward> forwards = options_.forwards;
   for (int i = 0; i < std::max(1, options_.workers); ++i) {
     auto worker = std::make_unique<Worker>(options_, store_, stats_, outliers_, endpoint_states_, affinity_,
-                                           std::random_device{}() + i, i, sinks_ ? sinks_(i) : nullptr);
+                                           std::random_device{}() + i, i, sinks_ ? sinks_(i) : nullptr, mesh_);
     std::size_t opened = 0;
     for (const auto& ip : binds) {
       worker->listen({ip, ports.outbound}, Direction::outbound, socket_options);
@@ -292,6 +307,15 @@ void ProxyServer::start(bool listen_now) {
       worker->listen({ip, ports.inbound}, Direction::inbound, socket_options);
       if (ports.inbound == 0) ports.inbound = worker->port_of(opened);
       ++opened;
+    }
+    // HBONE: transparent like the capture listeners (its connections are captured to local pods'
+    // port 15008; the accepted socket's local address names the pod).
+    if (mesh_.identities) {
+      for (const auto& ip : binds) {
+        worker->listen({ip, mesh_.hbone_port}, Direction::inbound, socket_options, std::nullopt, true);
+        if (mesh_.hbone_port == 0) mesh_.hbone_port = worker->port_of(opened);
+        ++opened;
+      }
     }
     // Explicitly addressed: plain listeners, no IP_TRANSPARENT needed or wanted.
     for (std::size_t f = 0; f < forwards.size(); ++f) {
@@ -316,6 +340,11 @@ void ProxyServer::start(bool listen_now) {
   }
   spdlog::info("proxy {}: outbound {}, inbound {}, {} worker(s)", listen_now ? "listening" : "bound", outbound,
                inbound, workers_.size());
+  if (mesh_.identities)
+    spdlog::info("HBONE: mTLS tunnels to other nodes' mesh pods; listening on port {} (both families)",
+                 mesh_.hbone_port);
+  else
+    spdlog::info("HBONE: off (no --ca-cert/--ca-key or --cert-dir): traffic between nodes goes in plaintext");
   for (const auto& f : options_.forwards)
     spdlog::info("forwarding {} -> {} (explicit address, upstream from the node's own address)",
                  f.listen.to_string(), f.target.to_string());

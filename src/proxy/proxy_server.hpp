@@ -17,6 +17,7 @@
 #include "snapshot/snapshot_store.hpp"
 #include "proxy/connection_result.hpp"
 #include "proxy/endpoint_states.hpp"
+#include "proxy/mesh.hpp"
 #include "proxy/outlier_detector.hpp"
 #include "proxy/proxy_options.hpp"
 #include "proxy/proxy_stats.hpp"
@@ -28,7 +29,8 @@ class Worker;
 
 class ProxyServer {
  public:
-  ProxyServer(ProxyOptions options, const snapshot::SnapshotStore& store, ProxyStats& stats);
+  ProxyServer(ProxyOptions options, const snapshot::SnapshotStore& store, ProxyStats& stats,
+              MeshOptions mesh = {});
   ~ProxyServer();
   ProxyServer(const ProxyServer&) = delete;
   ProxyServer& operator=(const ProxyServer&) = delete;
@@ -73,6 +75,7 @@ class ProxyServer {
 
  private:
   ProxyOptions options_;
+  MeshOptions mesh_;
   const snapshot::SnapshotStore& store_;
   ProxyStats& stats_;
   OutlierDetector outliers_;

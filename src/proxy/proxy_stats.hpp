@@ -44,6 +44,15 @@ struct ProxyStats {
   Counter resets_propagated{0};
   Counter bytes_to_upstream{0};
   Counter bytes_to_downstream{0};
+  // HBONE (issue 11): connections accepted on the HBONE listener; CONNECT streams opened to
+  // another node (outbound) and served to a local pod (inbound); tunnels refused (no certificate
+  // for the pod, a TLS peer refused, 400/401 answered); tunnels that failed (no outer
+  // connection, the remote answered non-200, the local pod did not answer: 503).
+  Counter hbone_accepted{0};
+  Counter tunnels_outbound{0};
+  Counter tunnels_inbound{0};
+  Counter tunnels_refused{0};
+  Counter tunnel_failures{0};
 
   static void add(Counter& c, std::uint64_t n = 1) { c.fetch_add(n, std::memory_order_relaxed); }
 };

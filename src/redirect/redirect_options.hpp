@@ -17,6 +17,10 @@ enum class IptablesBackend { automatic, nft, legacy };
 struct RedirectOptions {
   std::uint16_t outbound_port = 15001;  // TCP from this node's pods
   std::uint16_t inbound_port = 15006;   // TCP to this node's pods from elsewhere
+  // HBONE: TCP to port hbone_port of this node's pods (another node's proxy opening a tunnel to
+  // one of them) goes to the proxy's HBONE listener on the same port instead of the inbound one.
+  // 0: mTLS is off, no such rule (and a pod's own port 15008 is captured like any other).
+  std::uint16_t hbone_port = 0;
   // DNS capture: UDP and TCP to port 53 from this node's pods, whatever the nameserver address,
   // go to dns_port (the DNS proxy). Off in this struct's defaults, so the plain TCP rules read
   // as before; `dsproxy run` and `dsproxy redirect` turn it on unless --no-dns-capture.

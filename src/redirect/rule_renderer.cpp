@@ -39,6 +39,9 @@ void append(std::string& text, const std::string& chain, const std::string& rule
 void append_pod_rules(std::string& text, net::Family family, const RedirectOptions& o, const ChainNames& c) {
   const std::string pods = pods_set(o, family).name;
   append(text, c.outbound, "-p tcp -m set --match-set " + pods + " src " + tproxy_target(family, o.outbound_port, o));
+  if (o.hbone_port != 0)
+    append(text, c.inbound, fmt::format("-p tcp -m tcp --dport {} -m set --match-set {} dst {}", o.hbone_port, pods,
+                                        tproxy_target(family, o.hbone_port, o)));
   append(text, c.inbound, "-p tcp -m set --match-set " + pods + " dst " + tproxy_target(family, o.inbound_port, o));
   if (!o.dns_capture) return;
   const std::string on = fmt::format("-j TPROXY --on-port {} --on-ip {} --tproxy-mark {}", o.dns_port,

@@ -12,7 +12,8 @@
 //     -p tcp -j DSPROXY_INBOUND
 //   DSPROXY_DIVERT    set the capture mark, ACCEPT
 //   DSPROXY_OUTBOUND  -p tcp -m set --match-set DSPROXY_PODS4|6 src -j TPROXY --on-port <outbound_port> ...
-//   DSPROXY_INBOUND   -p tcp -m set --match-set DSPROXY_PODS4|6 dst -j TPROXY --on-port <inbound_port> ...
+//   DSPROXY_INBOUND   [-p tcp -m tcp --dport <hbone_port> -m set --match-set DSPROXY_PODS4|6 dst -j TPROXY --on-port <hbone_port> ...]
+//                     -p tcp -m set --match-set DSPROXY_PODS4|6 dst -j TPROXY --on-port <inbound_port> ...
 // One rule each: the node's pod addresses are members of the hash:ip set DSPROXY_PODS4 (PODS6),
 // one O(1) lookup per packet however many pods the node runs (ip_sets.hpp).
 //

@@ -10,6 +10,33 @@ namespace dsproxy::snapshot {
 
 std::string_view to_string(FamilyFallback f) { return f == FamilyFallback::never ? "never" : "other"; }
 
+std::string_view to_string(WorkloadProtocol p) { return p == WorkloadProtocol::HBONE ? "HBONE" : "TCP"; }
+
+std::string Workload::identity(std::string_view trust_domain) const {
+  std::string uri = "spiffe://";
+  uri.append(trust_domain).append("/ns/").append(ns).append("/sa/").append(service_account);
+  return uri;
+}
+
+std::optional<net::IpAddress> Workload::address(net::Family family) const {
+  for (const auto& ip : ips)
+    if (ip.family() == family) return ip;
+  return std::nullopt;
+}
+
+std::vector<std::shared_ptr<const Workload>> ClusterSnapshot::workloads() const {
+  std::vector<std::shared_ptr<const Workload>> out;
+  out.reserve(workload_count_);
+  workloads_.for_each([&](const net::IpAddress& ip, const std::shared_ptr<const Workload>& w) {
+    // A dual-stack pod is in the map once per address: listed under its first one only.
+    if (!w->ips.empty() && w->ips.front() == ip) out.push_back(w);
+  });
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+    return std::tie(a->ns, a->name, a->ips) < std::tie(b->ns, b->name, b->ips);
+  });
+  return out;
+}
+
 bool ServiceCluster::serves(net::Family dialled) const {
   bool other = false;
   for (const Endpoint& e : endpoints) {

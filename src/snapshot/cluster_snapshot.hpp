@@ -142,6 +142,33 @@ struct DroppedEndpoint {
   std::string reason;  // "loopback", "link-local", ..., or "ClusterIP"
 };
 
+// How traffic reaches a workload from another node: plaintext (TCP) as kube-proxy would, or
+// inside an HBONE tunnel (mutual TLS + HTTP/2 CONNECT to its node's proxy on 15008), for pods in
+// the ambient mesh (istio.io/dataplane-mode: ambient on the pod or its namespace, not "none" on
+// the pod). As istioctl ztunnel-config workloads prints it.
+enum class WorkloadProtocol : std::uint8_t { TCP, HBONE };
+std::string_view to_string(WorkloadProtocol p);
+
+// One pod as the data path needs to know it to tunnel to it or accept a tunnel for it: who it
+// is (its SPIFFE identity is spiffe://<trust domain>/ns/<ns>/sa/<service account>), where it
+// runs and whether it is in the mesh. Every pod the source gives (the file source: all; the API:
+// all, compacted for other nodes' pods to what is here), hostNetwork pods excepted (their
+// addresses are their node's).
+struct Workload {
+  std::string name;
+  std::string ns;
+  std::string service_account;
+  SharedString node;
+  std::vector<net::IpAddress> ips;  // status.podIPs, in the pod's order
+  WorkloadProtocol protocol = WorkloadProtocol::TCP;
+  bool local = false;  // on this node (Options::node_name)
+
+  // spiffe://<trust_domain>/ns/<ns>/sa/<service account>
+  std::string identity(std::string_view trust_domain) const;
+  // The address of `family`, if the pod has one.
+  std::optional<net::IpAddress> address(net::Family family) const;
+};
+
 struct NodePod {
   std::string name;
   std::string ns;
@@ -179,6 +206,8 @@ class ClusterSnapshot {
     // This node's topology zone (--zone); empty = the topology.kubernetes.io/zone label of the
     // Node object named node_name, if the config has one.
     std::string zone{};
+    // The SPIFFE trust domain of workload identities (--trust-domain).
+    std::string trust_domain = "cluster.local";
   };
 
   // A fresh SnapshotBuilder fed `objects` at once (tests and one-shot commands; the daemon keeps
@@ -206,6 +235,14 @@ class ClusterSnapshot {
   // The other-family address of the pod owning `ip`, if it is a pod address and the pod has one
   // (Happy Eyeballs for passthrough connections to pods).
   std::optional<net::IpAddress> other_family_address(const net::IpAddress& ip) const;
+  // The workload (pod) owning `ip`, or nullptr. One lookup per connection on the data path.
+  const Workload* workload(const net::IpAddress& ip) const {
+    const auto* w = workloads_.find(ip);
+    return w ? w->get() : nullptr;
+  }
+  // Every workload once, sorted by namespace and name. O(workloads): for the admin view only.
+  std::vector<std::shared_ptr<const Workload>> workloads() const;
+  std::size_t workload_count() const { return workload_count_; }
   // Every ClusterIP with the ports that can be served; the redirect rules refuse the rest.
   // O(cluster): for a full rule set; an incremental consumer uses for_each_service_change.
   std::vector<VipPorts> vip_ports() const;
@@ -250,6 +287,9 @@ class ClusterSnapshot {
   PersistentMap<std::string, std::uint32_t> namespaces_;  // Services per namespace
   std::shared_ptr<const std::vector<NodePod>> node_pods_;
   std::shared_ptr<const std::vector<std::string>> warnings_;
+  // Pod address -> its workload (a dual-stack pod's two addresses share one).
+  PersistentMap<net::IpAddress, std::shared_ptr<const Workload>, net::IpAddressHash> workloads_;
+  std::size_t workload_count_ = 0;
 };
 
 }  // namespace dsproxy::snapshot

@@ -351,6 +351,34 @@ void SnapshotBuilder::upsert(Pod pod) {
   touch_pod_users(ns);
 }
 
+void SnapshotBuilder::upsert(Namespace ns) {
+  auto it = ns.labels.find(std::string(config::kDataplaneModeLabel));
+  const bool ambient = it != ns.labels.end() && it->second == "ambient";
+  auto known = ambient_namespaces_.find(ns.name);
+  const bool was = known != ambient_namespaces_.end();
+  if (ambient == was) return;
+  if (ambient) ambient_namespaces_.emplace(ns.name, true);
+  else ambient_namespaces_.erase(known);
+  touch_namespace_pods(ns.name);
+}
+
+void SnapshotBuilder::touch_namespace_pods(const std::string& ns) {
+  const std::string from = ns + "/";
+  for (auto it = pods_.lower_bound(from); it != pods_.end() && it->first.compare(0, from.size(), from) == 0; ++it) {
+    forget_pod(it->second);
+    dirty_pods_.insert(it->first);
+  }
+}
+
+bool SnapshotBuilder::in_mesh(const Pod& pod) const {
+  if (pod.host_network) return false;
+  if (auto it = pod.labels.find(std::string(config::kDataplaneModeLabel)); it != pod.labels.end()) {
+    if (it->second == "none") return false;
+    if (it->second == "ambient") return true;
+  }
+  return ambient_namespaces_.contains(pod.ns);
+}
+
 void SnapshotBuilder::upsert(Node node) {
   auto it = node.labels.find("topology.kubernetes.io/zone");
   set_node_zone(node.name, it == node.labels.end() ? std::string() : it->second);
@@ -390,6 +418,9 @@ void SnapshotBuilder::erase(ObjectKind kind, std::string_view ns, std::string_vi
     }
     case ObjectKind::node:
       set_node_zone(std::string(name), {});
+      return;
+    case ObjectKind::namespace_:
+      upsert(Namespace{std::string(name), {}});
       return;
   }
 }
@@ -439,6 +470,14 @@ void SnapshotBuilder::replace_all(ClusterObjects objects) {
   for (const auto& name : gone) set_node_zone(name, {});
   for (Node& n : objects.nodes) upsert(std::move(n));
 
+  keep.clear();
+  gone.clear();
+  for (const Namespace& n : objects.namespaces) keep.insert(n.name);
+  for (const auto& [name, ambient] : ambient_namespaces_)
+    if (!keep.count(name)) gone.push_back(name);
+  for (const auto& name : gone) upsert(Namespace{name, {}});
+  for (Namespace& n : objects.namespaces) upsert(std::move(n));
+
   if (objects.warnings != *warnings_)
     warnings_ = std::make_shared<const std::vector<std::string>>(std::move(objects.warnings));
 }
@@ -480,10 +519,31 @@ void SnapshotBuilder::forget_pod(PodEntry& entry) {
   }
   entry.counted = false;
   entry.pair.reset();
+  if (entry.workload) {
+    // Only the addresses still pointing at this pod's entry: a new pod may have taken one over.
+    for (const net::IpAddress& ip : entry.workload->ips)
+      if (const auto* w = workloads_.find(ip); w && *w == entry.workload) workloads_.erase(ip);
+    entry.workload.reset();
+    --workload_count_;
+  }
 }
 
 void SnapshotBuilder::apply_pod(PodEntry& entry) {
   const Pod& p = entry.pod;
+  if (!p.host_network && !p.pod_ips.empty()) {
+    auto w = std::make_shared<Workload>();
+    w->name = p.name;
+    w->ns = p.ns;
+    w->service_account = p.service_account;
+    w->node = intern(p.node_name);
+    w->ips = p.pod_ips;
+    w->protocol = in_mesh(p) ? WorkloadProtocol::HBONE : WorkloadProtocol::TCP;
+    w->local = !options_.node_name.empty() && p.node_name == options_.node_name;
+    entry.workload = w;
+    for (const net::IpAddress& ip : p.pod_ips)
+      if (unsafe_reason(ip, is_cluster_ip(ip)).empty()) workloads_.set(ip, w);
+    ++workload_count_;
+  }
   if (!is_pair_candidate(p)) return;
   entry.counted = true;
   for (const net::IpAddress& ip : p.pod_ips) count_endpoint_ip(ip, +1);
@@ -716,7 +776,7 @@ std::shared_ptr<const ClusterSnapshot> SnapshotBuilder::build() {
     });
     for (auto& [key, entry] : pods_)
       for (const net::IpAddress& ip : entry.pod.pod_ips)
-        if (entry.counted && toggled.count(ip)) {
+        if ((entry.counted || entry.workload) && toggled.count(ip)) {
           forget_pod(entry);
           dirty_pods_.insert(key);
           break;
@@ -767,6 +827,8 @@ std::shared_ptr<const ClusterSnapshot> SnapshotBuilder::build() {
   snap->other_family_ = other_family_;
   snap->namespaces_ = namespaces_;
   snap->node_pods_ = node_pods_;
+  snap->workloads_ = workloads_;
+  snap->workload_count_ = workload_count_;
   snap->warnings_ = warnings_;
   return snap;
 }

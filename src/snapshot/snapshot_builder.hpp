@@ -11,6 +11,7 @@
 //   a Pod                        the Services of its namespace that select pods because they have no
 //                                EndpointSlice (the file source's selector matching), and the pod's
 //                                own contributions (this node's pods; its other-family address)
+//   a Namespace's ambient label  its pods' workload entries (mesh membership)
 //   a Node's zone                this node's: every Service (the zone decides topology-aware
 //                                routing); another node's: the selector-matched Services (their
 //                                endpoints carry the node's zone)
@@ -22,13 +23,13 @@
 // ServiceClusters) by pointer, the indexes through PersistentMap. One event thus costs the
 // derivation of one Service plus a few map paths, whatever the size of the cluster.
 //
-// What it keeps: Services, EndpointSlices and Nodes' zones as given, and the Pods it is given.
-// The API source watches only this node's pods (fieldSelector spec.nodeName=<node>): the capture
-// rules need those; other pods' other-family addresses come from the EndpointSlices, which name
-// a dual-stack pod in both address families (targetRef). The file source gives every pod, and
-// selector matching of Services without EndpointSlices uses them; with API-watched pods such a
-// Service gets this node's matching pods only (a cluster always has slices: the controller
-// writes them). addressType FQDN slices are not routed and not kept: the control plane hands them
+// What it keeps: Services, EndpointSlices and Nodes' zones as given, the ambient label of each
+// Namespace, and the Pods it is given. Every pod is a Workload (identity, node, mesh protocol:
+// what HBONE needs of a tunnel's destination). The API source watches every node's pods but
+// hands over other nodes' ones compacted (addresses, node, service account, the
+// istio.io/dataplane-mode label only: KubernetesSource::compact), so selector matching of
+// Services without EndpointSlices still finds this node's matching pods only there (a cluster
+// always has slices: the controller writes them); the file source gives every pod whole. addressType FQDN slices are not routed and not kept: the control plane hands them
 // to the hostname table, which upserts what they resolve to as ordinary IPv4/IPv6 slices.
 //
 // One thread: the control thread that runs the sources. Not thread-safe; the snapshots it returns
@@ -50,7 +51,7 @@
 namespace dsproxy::snapshot {
 
 // Spelled as sources::ObjectKind (sources/config_source.hpp), which can become an alias of this one.
-enum class ObjectKind { service, pod, endpoint_slice, node };
+enum class ObjectKind { service, pod, endpoint_slice, node, namespace_ };
 
 class SnapshotBuilder {
  public:
@@ -63,6 +64,7 @@ class SnapshotBuilder {
   void upsert(config::Pod pod);
   void upsert(config::EndpointSlice slice);
   void upsert(config::Node node);
+  void upsert(config::Namespace ns);
   // Removes an object; unknown names are ignored. Nodes have no namespace (pass "").
   void erase(ObjectKind kind, std::string_view ns, std::string_view name);
   // Makes the kept objects exactly `objects` (a file read, a relist), touching only what differs
@@ -88,6 +90,7 @@ class SnapshotBuilder {
     config::Pod pod;
     bool counted = false;  // its addresses are in endpoint_ip_refs_
     std::optional<std::pair<net::IpAddress, net::IpAddress>> pair;  // its other-family contribution
+    std::shared_ptr<const Workload> workload;  // what it put in workloads_ (null: nothing)
   };
 
   void touch_pod_users(const std::string& ns);
@@ -102,6 +105,8 @@ class SnapshotBuilder {
   bool is_cluster_ip(const net::IpAddress& ip) const { return claims_.count(ip) != 0; }
   void recompute_owners(const net::IpAddress& ip);
   void rebuild_node_pods();
+  bool in_mesh(const config::Pod& pod) const;
+  void touch_namespace_pods(const std::string& ns);
   const SharedString& intern(const std::string& s);
 
   Options options_;
@@ -121,6 +126,7 @@ class SnapshotBuilder {
   // (A PersistentMap for its compact leaves: one sorted array entry per address, no node each.)
   PersistentMap<net::IpAddress, std::uint32_t, net::IpAddressHash> endpoint_ip_refs_;
   std::unordered_map<std::string, SharedString> interned_;  // node names and zones
+  std::unordered_map<std::string, bool> ambient_namespaces_;  // namespace -> labelled ambient (only those kept)
 
   // Changes waiting for build().
   std::set<std::string> dirty_services_;
@@ -134,6 +140,8 @@ class SnapshotBuilder {
   PersistentMap<net::IpAddress, std::vector<std::pair<net::IpAddress, std::uint32_t>>, net::IpAddressHash> other_family_;
   PersistentMap<std::string, std::uint32_t> namespaces_;
   std::shared_ptr<const std::vector<NodePod>> node_pods_;
+  PersistentMap<net::IpAddress, std::shared_ptr<const Workload>, net::IpAddressHash> workloads_;
+  std::size_t workload_count_ = 0;
   std::size_t cluster_count_ = 0;
   BuildStats last_build_;
 };

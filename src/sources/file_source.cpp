@@ -20,7 +20,7 @@ namespace dsproxy::sources {
 namespace {
 
 std::size_t object_count(const config::ClusterObjects& o) {
-  return o.services.size() + o.pods.size() + o.endpoint_slices.size() + o.nodes.size() + o.fqdn_slices.size();
+  return o.services.size() + o.pods.size() + o.endpoint_slices.size() + o.nodes.size() + o.namespaces.size() + o.fqdn_slices.size();
 }
 
 // A descriptor closed on every way out of load(), exceptions included.

@@ -181,7 +181,7 @@ function policyDsproxy(docs) {
   const role = one('ClusterRole', 'dsproxy');
   if (role) {
     const want = [
-      { apiGroups: [''], resources: ['nodes', 'pods', 'services'], verbs: ['get', 'list', 'watch'] },
+      { apiGroups: [''], resources: ['namespaces', 'nodes', 'pods', 'services'], verbs: ['get', 'list', 'watch'] },
       { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: ['get', 'list', 'watch'] },
     ];
     const got = (role.rules ?? [])
@@ -190,7 +190,7 @@ function policyDsproxy(docs) {
         ...(r.nonResourceURLs ? { nonResourceURLs: r.nonResourceURLs } : {}) }))
       .sort((a, b) => JSON.stringify(a).localeCompare(JSON.stringify(b)));
     if (!same(got, want)) {
-      problem('policy', `ClusterRole dsproxy: rules must be exactly get/list/watch on core services, pods, nodes and discovery.k8s.io endpointslices; got ${JSON.stringify(role.rules)}`);
+      problem('policy', `ClusterRole dsproxy: rules must be exactly get/list/watch on core services, pods, nodes, namespaces and discovery.k8s.io endpointslices; got ${JSON.stringify(role.rules)}`);
     }
   }
   const binding = one('ClusterRoleBinding', 'dsproxy');

@@ -149,7 +149,7 @@ broken short-grace daemonset.yaml 's/terminationGracePeriodSeconds: 30/terminati
   "terminationGracePeriodSeconds (10) must cover"
 broken rbac-write clusterrole.yaml '0,/verbs: \[get, list, watch\]/s//verbs: [get, list, watch, create]/' \
   "rules must be exactly get/list/watch"
-broken rbac-secrets clusterrole.yaml 's/resources: \[services, pods, nodes\]/resources: [services, pods, nodes, secrets]/' \
+broken rbac-secrets clusterrole.yaml 's/resources: \[services, pods, nodes, namespaces\]/resources: [services, pods, nodes, namespaces, secrets]/' \
   "rules must be exactly get/list/watch"
 broken no-priority daemonset.yaml '/priorityClassName:/d' \
   "priorityClassName must be system-node-critical"

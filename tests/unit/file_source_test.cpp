@@ -29,6 +29,7 @@ class RecordingSink : public ObjectSink {
   void upsert(const ConfigSource&, config::Pod) override { ++others; }
   void upsert(const ConfigSource&, config::EndpointSlice) override { ++others; }
   void upsert(const ConfigSource&, config::Node) override { ++others; }
+  void upsert(const ConfigSource&, config::Namespace) override { ++others; }
   void erase(const ConfigSource&, ObjectKind, const std::string&, const std::string&) override { ++others; }
   void synced(const ConfigSource&) override { ++synced_calls; }
   void failed(const ConfigSource&, const std::string& why, int exit_code) override {

@@ -128,7 +128,13 @@ TEST_F(KubernetesSourceTest, SyncsThisNodesViewAndFollowsEvents) {
   EXPECT_TRUE(source->synced());
   EXPECT_EQ(endpoints("10.96.0.10"), 1u);
   EXPECT_EQ(store.current()->node_pods().size(), 1u);
-  EXPECT_EQ(listed("pods"), 1u) << "only this node's pods are watched";
+  // Every node's pods are watched (HBONE needs the destination's identity), only this node's are
+  // its pods; another node's is a workload, compacted.
+  EXPECT_EQ(listed("pods"), 2u);
+  ASSERT_NE(store.current()->workload(*net::IpAddress::parse("10.244.1.5")), nullptr);
+  EXPECT_FALSE(store.current()->workload(*net::IpAddress::parse("10.244.1.5"))->local);
+  EXPECT_EQ(store.current()->workload(*net::IpAddress::parse("10.244.1.5"))->protocol,
+            snapshot::WorkloadProtocol::TCP);
   EXPECT_EQ(store.current()->zone(), "zone-a");
   ASSERT_EQ(listed("nodes"), 1u) << "only this node's Node";
 
@@ -140,9 +146,15 @@ TEST_F(KubernetesSourceTest, SyncsThisNodesViewAndFollowsEvents) {
   EXPECT_TRUE(wait_for([&] { return endpoints("10.96.0.10") == 0; }));
   server->erase("services", "demo", "api");
   EXPECT_TRUE(wait_for([&] { return cluster("10.96.0.11") == nullptr; }));
+  // The namespace's ambient label puts its pods, this node's and others', in the mesh.
+  server->upsert("namespaces", obj(R"({"metadata":{"name":"demo","labels":{"istio.io/dataplane-mode":"ambient"}}})"));
+  EXPECT_TRUE(wait_for([&] {
+    const auto* w = store.current()->workload(*net::IpAddress::parse("10.244.1.5"));
+    return w && w->protocol == snapshot::WorkloadProtocol::HBONE;
+  }));
 
   const auto status = source->status();
-  EXPECT_EQ(status.at("reflectors").as_array().size(), 4u);
+  EXPECT_EQ(status.at("reflectors").as_array().size(), 5u);
   for (const auto& r : status.at("reflectors").as_array()) EXPECT_TRUE(r.as_object().at("synced").as_bool());
 }
 

@@ -28,6 +28,7 @@ ObjectKind kind_of(const Resource& resource) {
   if (resource.kind == "Service") return ObjectKind::service;
   if (resource.kind == "Pod") return ObjectKind::pod;
   if (resource.kind == "EndpointSlice") return ObjectKind::endpoint_slice;
+  if (resource.kind == "Namespace") return ObjectKind::namespace_;
   return ObjectKind::node;
 }
 
@@ -37,7 +38,10 @@ KubernetesSource::KubernetesSource(boost::asio::io_context& io, KubernetesSource
     : io_(io), options_(std::move(options)), sink_(sink), decode_log_(std::chrono::seconds(10)) {
   Resource node = resources::nodes();
   node.field_selector = "metadata.name=" + options_.node_name;
-  for (Resource r : {resources::services(), resources::endpoint_slices(), resources::pods(options_.node_name), node}) {
+  // Every pod, not only this node's: the client side of an HBONE tunnel must know the destination
+  // pod's identity and whether it is in the mesh. Other nodes' pods are kept compact (compact()).
+  for (Resource r : {resources::services(), resources::endpoint_slices(), resources::pods(""), node,
+                     resources::namespaces()}) {
     PerResource per{kind_of(r), nullptr, {}, {}, false, false};
     const std::string plural = r.plural;
     per.reflector =
@@ -50,7 +54,8 @@ KubernetesSource::KubernetesSource(boost::asio::io_context& io, KubernetesSource
 KubernetesSource::~KubernetesSource() { stop(); }
 
 void KubernetesSource::start() {
-  spdlog::info("kubernetes: {}; watching services, endpointslices, pods on {} and node {}",
+  spdlog::info("kubernetes: {}; watching services, endpointslices, namespaces, pods (all nodes; {}'s in full) "
+               "and node {}",
                options_.server.describe(), options_.node_name, options_.node_name);
   for (auto& [plural, r] : resources_) r.reflector->start();
 }
@@ -118,6 +123,20 @@ void KubernetesSource::event(const Resource& resource, WatchEventType type, cons
   deliver(r, resource, object);
 }
 
+// Another node's pod matters only as a tunnel destination and as a Happy Eyeballs partner: its
+// addresses, identity, node and mesh label. Dropping the rest (other labels, container ports)
+// keeps 100,000 pods affordable, and keeps the API mode's rule that a Service without
+// EndpointSlices gets this node's selector-matched pods only (remote pods no longer match).
+void KubernetesSource::compact(config::Pod& pod) {
+  config::Labels kept;
+  if (auto it = pod.labels.find(std::string(config::kDataplaneModeLabel)); it != pod.labels.end())
+    kept.insert(std::move(*it));
+  pod.labels = std::move(kept);
+  pod.container_ports.clear();
+  pod.container_ports.shrink_to_fit();
+  pod.pod_ips.shrink_to_fit();
+}
+
 bool KubernetesSource::deliver(PerResource& r, const Resource& resource, const json::object& object) {
   const auto key = key_of(object);
   std::optional<config::DecodedObject> decoded;
@@ -128,6 +147,7 @@ bool KubernetesSource::deliver(PerResource& r, const Resource& resource, const j
     return false;
   }
   if (!decoded) return false;  // a kind or API group dsproxy ignores
+  if (auto* pod = std::get_if<config::Pod>(&*decoded); pod && pod->node_name != options_.node_name) compact(*pod);
   std::visit([&](auto&& o) { sink_.upsert(*this, std::move(o)); }, std::move(*decoded));
   r.known.insert(key);
   return true;

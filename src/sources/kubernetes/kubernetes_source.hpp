@@ -50,6 +50,8 @@ class KubernetesSource final : public ConfigSource, private ReflectorSink {
  public:
   // Throws KubernetesConfigError when the TLS configuration cannot be loaded.
   KubernetesSource(boost::asio::io_context& io, KubernetesSourceOptions options, ObjectSink& sink);
+  // What is kept of another node's pod (public for tests).
+  static void compact(config::Pod& pod);
   ~KubernetesSource() override;
 
   std::string name() const override { return "kubernetes " + options_.server.url(); }

@@ -24,6 +24,7 @@ Resource pods(std::string_view node_name) {
   return r;
 }
 Resource nodes() { return Resource{"", "v1", "nodes", "Node", "", "", ""}; }
+Resource namespaces() { return Resource{"", "v1", "namespaces", "Namespace", "", "", ""}; }
 
 }  // namespace resources
 

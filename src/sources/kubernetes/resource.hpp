@@ -34,6 +34,7 @@ Resource endpoint_slices();
 // `node_name` non-empty: only the pods scheduled to that node (fieldSelector spec.nodeName=...).
 Resource pods(std::string_view node_name = {});
 Resource nodes();
+Resource namespaces();
 }  // namespace resources
 
 // Percent-encodes a query parameter value (RFC 3986 unreserved characters pass as they are).

@@ -32,6 +32,15 @@
 #   CLUSTER_PREFIX  namespace name prefix (default: dspx<pid>)
 #   CLUSTER_TMP     directory for logs and peer logs (default: a fresh mktemp -d)
 #
+# More nodes (tests/e2e/hbone.sh): cluster_node_add KEY K8S-NAME before cluster_up adds a node
+# namespace <prefix>-KEY; pods go to it with cluster_pod_add's optional 7th argument. With more
+# than one node, every node gets a leg on an underlay: a bridge in <prefix>-underlay (both
+# families, 192.168.200.0/24 and fd00:200::/64, node i at .i / ::i in the order added, the default
+# node first), and host routes (/32, /128) to every other node's pods via that node's underlay
+# address, as a flat L3 pod network would route them. start_dsproxy_node KEY ... runs a node's
+# proxy (the default node keeps start_dsproxy). tcpdump on the bridge (underlay_capture) sees
+# every packet between nodes.
+#
 # Other topologies: the pod list above is the default (the experiment's). A test with its own
 # config calls cluster_pods_clear, then cluster_pod_add for each pod (a pod may have one family
 # only) and cluster_echo_add for those that run tcp-echo (with extra tcp-echo arguments, e.g.
@@ -76,6 +85,17 @@ CLUSTER_ECHO_PODS=(echo-ds echo-v4 echo-v6)
 # Extra tcp-echo arguments per pod (none for the default pods).
 declare -A CLUSTER_POD_ECHO_ARGS=()
 
+# Nodes: key -> Kubernetes node name; the default node's key is "node".
+CLUSTER_NODES=(node)
+declare -A CLUSTER_NODE_K8S_NAME=([node]=$CLUSTER_NODE_NAME)
+declare -A CLUSTER_POD_NODE=()
+declare -A DSPROXY_NODE_PID=()
+CLUSTER_UNDERLAY4_NET=192.168.200
+CLUSTER_UNDERLAY6_NET=fd00:200:
+# Every node's pods' IPv4/IPv6 routes go via the node's underlay address (set by cluster_up).
+declare -A CLUSTER_NODE_UNDERLAY4=()
+declare -A CLUSTER_NODE_UNDERLAY6=()
+
 CLUSTER_BG_PIDS=()
 DSPROXY_PID=
 DSPROXY_LOG=
@@ -89,7 +109,23 @@ cluster_die() {
 # Runs a setup command; any failure ends the script (the trap then cleans up).
 _must() { "$@" || cluster_die "failed: $*"; }
 
-node_ns() { echo "$CLUSTER_PREFIX-node"; }
+# node_ns [NODE-KEY]: the namespace of a node (default: the default node).
+node_ns() { echo "$CLUSTER_PREFIX-${1:-node}"; }
+# The node key pod $1 runs on.
+pod_node() { echo "${CLUSTER_POD_NODE[$1]:-node}"; }
+
+# cluster_node_add KEY K8S-NAME: one more node namespace (<prefix>-KEY), before cluster_up.
+cluster_node_add() {
+  (($# == 2)) || cluster_die "usage: cluster_node_add KEY K8S-NAME"
+  [[ $1 =~ ^[a-z0-9][a-z0-9-]*$ && -z ${CLUSTER_NODE_K8S_NAME[$1]:-} ]] || cluster_die "cluster_node_add: bad or duplicate key '$1'"
+  CLUSTER_NODES+=("$1")
+  CLUSTER_NODE_K8S_NAME[$1]=$2
+}
+in_node_of() {
+  local key=$1
+  shift
+  ip netns exec "$(node_ns "$key")" "$@"
+}
 pod_ns() {
   # Every pod has a link; a single-family pod has no address of the other family.
   [[ -n ${CLUSTER_POD_LINK[$1]:-} ]] || cluster_die "unknown pod '$1' (one of: ${CLUSTER_PODS[*]})"
@@ -119,15 +155,20 @@ cluster_pods_clear() {
   CLUSTER_POD_LINK=()
   CLUSTER_POD_GW4=()
   CLUSTER_POD_ECHO_ARGS=()
+  CLUSTER_POD_NODE=()
 }
 
-# cluster_pod_add KEY NAMESPACE/NAME IP4|- IP6|- LINK GW4
-# Adds a pod wired like the default ones. "-" leaves out that family (a single-stack pod); LINK
+# cluster_pod_add KEY NAMESPACE/NAME IP4|- IP6|- LINK GW4 [NODE-KEY]
+# Adds a pod wired like the default ones, on the default node or NODE-KEY. "-" leaves out that family (a single-stack pod); LINK
 # is the node-side interface name (<= 15 characters; veth* for this node's pods), GW4 the
 # node-side IPv4 gateway (the IPv6 one is always $CLUSTER_GW6). KEY names its namespace
 # (<prefix>-KEY) and its files in $CLUSTER_TMP.
 cluster_pod_add() {
-  (($# == 6)) || cluster_die "usage: cluster_pod_add KEY NAMESPACE/NAME IP4|- IP6|- LINK GW4"
+  (($# == 6 || $# == 7)) || cluster_die "usage: cluster_pod_add KEY NAMESPACE/NAME IP4|- IP6|- LINK GW4 [NODE-KEY]"
+  if (($# == 7)); then
+    [[ -n ${CLUSTER_NODE_K8S_NAME[$7]:-} ]] || cluster_die "cluster_pod_add: unknown node '$7'"
+    CLUSTER_POD_NODE[$1]=$7
+  fi
   local key=$1 name=$2 ip4=$3 ip6=$4 link=$5 gw4=$6
   [[ $key =~ ^[a-z0-9][a-z0-9-]*$ ]] || cluster_die "cluster_pod_add: bad key '$key'"
   [[ -z ${CLUSTER_POD_LINK[$key]:-} ]] || cluster_die "cluster_pod_add: pod '$key' exists already"
@@ -241,6 +282,8 @@ cluster_down() {
   local - ns
   set +e # idempotent and best effort: never stop half way, also under `set -e`
   if [[ -n $DSPROXY_PID ]]; then stop_dsproxy >/dev/null 2>&1 || true; fi
+  local key
+  for key in "${!DSPROXY_NODE_PID[@]}"; do stop_dsproxy_node "$key" >/dev/null 2>&1 || true; done
   for ns in $(cluster_namespaces); do _cluster_kill_ns_processes "$ns"; done
   # Reap the (now dead) background children we started.
   local pid
@@ -279,10 +322,11 @@ _cluster_ns_sysctls() {
     net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
 }
 
-# Creates the node namespace: lo up, forwarding on, and the iptables tables pre-created.
+# Creates a node namespace ($1: its key, default the default node): lo up, forwarding on, and
+# the iptables tables pre-created.
 _cluster_make_node() {
   local node
-  node=$(node_ns)
+  node=$(node_ns "${1:-node}")
   _must ip netns add "$node"
   _cluster_ns_sysctls "$node"
   _must ip netns exec "$node" sysctl -q -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
@@ -305,7 +349,7 @@ _cluster_make_node() {
 # Creates pod $1's namespace and its point-to-point link to the node.
 _cluster_make_pod() {
   local pod=$1 node ns link ip4 ip6 gw4
-  node=$(node_ns)
+  node=$(node_ns "$(pod_node "$pod")")
   ns=$(pod_ns "$pod")
   link=${CLUSTER_POD_LINK[$pod]}
   ip4=${CLUSTER_POD_IP4[$pod]}
@@ -362,11 +406,47 @@ cluster_up() {
   [[ -z $(cluster_namespaces) ]] || cluster_die "namespaces with prefix $CLUSTER_PREFIX exist already"
   if [[ -z $CLUSTER_TMP ]]; then CLUSTER_TMP=$(mktemp -d "/tmp/$CLUSTER_PREFIX.XXXXXX"); fi
   mkdir -p "$CLUSTER_TMP"
-  local pod
-  _cluster_make_node
+  local pod key
+  for key in "${CLUSTER_NODES[@]}"; do _cluster_make_node "$key"; done
   for pod in "${CLUSTER_PODS[@]}"; do _cluster_make_pod "$pod"; done
+  if ((${#CLUSTER_NODES[@]} > 1)); then _cluster_make_underlay; fi
   for pod in "${CLUSTER_ECHO_PODS[@]}"; do _cluster_start_echo "$pod"; done
   cluster_log "up: node $(node_ns), pods ${CLUSTER_PODS[*]}, logs in $CLUSTER_TMP"
+}
+
+# The underlay between nodes: a bridge in <prefix>-underlay, one veth leg per node ("underlay" on
+# the node's side), both families; every node routes every other node's pods to that node.
+_cluster_make_underlay() {
+  local ns="$CLUSTER_PREFIX-underlay" i=0 key node pod other
+  _must ip netns add "$ns"
+  _cluster_ns_sysctls "$ns"
+  _must ip -n "$ns" link set lo up
+  _must ip -n "$ns" link add br0 type bridge
+  _must ip -n "$ns" link set br0 up
+  for key in "${CLUSTER_NODES[@]}"; do
+    i=$((i + 1))
+    node=$(node_ns "$key")
+    CLUSTER_NODE_UNDERLAY4[$key]=$CLUSTER_UNDERLAY4_NET.$i
+    CLUSTER_NODE_UNDERLAY6[$key]=$CLUSTER_UNDERLAY6_NET:$i
+    _must ip -n "$node" link add underlay type veth peer name "leg$i" netns "$ns"
+    _must ip -n "$ns" link set "leg$i" master br0
+    _must ip -n "$ns" link set "leg$i" up
+    _must ip -n "$node" addr add "${CLUSTER_NODE_UNDERLAY4[$key]}/24" dev underlay
+    _must ip -n "$node" addr add "${CLUSTER_NODE_UNDERLAY6[$key]}/64" dev underlay nodad
+    _must ip -n "$node" link set underlay up
+  done
+  for key in "${CLUSTER_NODES[@]}"; do
+    for pod in "${CLUSTER_PODS[@]}"; do
+      other=$(pod_node "$pod")
+      [[ $other != "$key" && ${CLUSTER_POD_LINK[$pod]} == veth* ]] || continue
+      if [[ -n ${CLUSTER_POD_IP4[$pod]} ]]; then
+        _must in_node_of "$key" ip route add "${CLUSTER_POD_IP4[$pod]}/32" via "${CLUSTER_NODE_UNDERLAY4[$other]}"
+      fi
+      if [[ -n ${CLUSTER_POD_IP6[$pod]} ]]; then
+        _must in_node_of "$key" ip -6 route add "${CLUSTER_POD_IP6[$pod]}/128" via "${CLUSTER_NODE_UNDERLAY6[$other]}"
+      fi
+    done
+  done
 }
 
 # Number of lines in pod $1's peer log (a mark for pod_peers_since).
@@ -384,10 +464,65 @@ node_http_get() {
     cat <&3' _ "$1" "$2" 2>/dev/null
 }
 
+# node_http_get_on NODE-KEY PORT PATH: node_http_get on another node.
+node_http_get_on() {
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  in_node_of "$1" timeout 3 bash -c '
+    exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+    printf "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n" "$2" >&3
+    cat <&3' _ "$2" "$3" 2>/dev/null
+}
+
 dsproxy_ready() {
   local status
-  status=$(node_http_get 15021 /healthz/ready | head -n 1)
+  status=$(node_http_get_on "${1:-node}" 15021 /healthz/ready | head -n 1)
   [[ $status == "HTTP/1."?" 200"* ]]
+}
+
+# start_dsproxy_node NODE-KEY [ARGS...]: dsproxy on another node (as start_dsproxy, logging to
+# $CLUSTER_TMP/dsproxy-NODE-KEY.log), waiting (bounded) until it is ready.
+start_dsproxy_node() {
+  local key=$1 log pid i deadline=$((SECONDS + DSPROXY_READY_TIMEOUT))
+  shift
+  [[ -n ${CLUSTER_NODE_K8S_NAME[$key]:-} ]] || cluster_die "start_dsproxy_node: unknown node '$key'"
+  [[ -z ${DSPROXY_NODE_PID[$key]:-} ]] || cluster_die "dsproxy on $key is already running"
+  log="$CLUSTER_TMP/dsproxy-$key.log"
+  # DSPROXY_NODE_WRAPPER: a command prefix for debugging (e.g. "gdb -batch -ex run -ex bt --args").
+  # shellcheck disable=SC2086 # word-split on purpose
+  ip netns exec "$(node_ns "$key")" ${DSPROXY_NODE_WRAPPER:-} "$DSPROXY_BIN" run --config "$DSPROXY_CONFIG" \
+    --node "${CLUSTER_NODE_K8S_NAME[$key]}" --redirect "$@" >>"$log" 2>&1 &
+  pid=$!
+  DSPROXY_NODE_PID[$key]=$pid
+  for ((i = 0; i < 10 * DSPROXY_READY_TIMEOUT && SECONDS < deadline; i++)); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      wait "$pid" 2>/dev/null
+      cluster_log "dsproxy on $key exited with status $? before it was ready (log: $log)"
+      unset "DSPROXY_NODE_PID[$key]"
+      return 1
+    fi
+    dsproxy_ready "$key" && return 0
+    sleep 0.1
+  done
+  cluster_log "dsproxy on $key not ready after ${DSPROXY_READY_TIMEOUT} s (log: $log)"
+  return 1
+}
+
+# stop_dsproxy_node NODE-KEY: SIGTERM, bounded wait, SIGKILL; 0 only for a graceful exit.
+stop_dsproxy_node() {
+  local pid=${DSPROXY_NODE_PID[$1]:-} i
+  [[ -n $pid ]] || return 0
+  unset "DSPROXY_NODE_PID[$1]"
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < DSPROXY_STOP_WAIT_STEPS; i++)); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      wait "$pid" 2>/dev/null
+      return 0
+    fi
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null
+  return 1
 }
 
 # Runs dsproxy in the node namespace with the redirect rules (in the background, logging to

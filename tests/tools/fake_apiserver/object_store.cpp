@@ -13,10 +13,11 @@ namespace json = boost::json;
 
 namespace {
 
-constexpr std::array<ResourceInfo, 4> kResources{{
+constexpr std::array<ResourceInfo, 5> kResources{{
     {"services", "Service", "v1", "", true},
     {"pods", "Pod", "v1", "", true},
     {"nodes", "Node", "v1", "", false},
+    {"namespaces", "Namespace", "v1", "", false},
     {"endpointslices", "EndpointSlice", "discovery.k8s.io/v1", "discovery.k8s.io", true},
 }};
 

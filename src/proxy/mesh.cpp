@@ -1,0 +1,269 @@
+#include "proxy/mesh.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/ssl/error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "hbone/authority.hpp"
+#include "hbone/stream_relay.hpp"
+#include "hbone/tls_stream.hpp"
+#include "identity/identity_manager.hpp"
+#include "identity/tls_contexts.hpp"
+#include "net/io/transparent_socket.hpp"
+#include "proxy/connect_scheduler.hpp"
+#include "proxy/log_throttle.hpp"
+#include "proxy/proxy_options.hpp"
+#include "proxy/proxy_stats.hpp"
+#include "proxy/upstream_connector.hpp"
+
+namespace dsproxy::proxy {
+
+namespace asio = boost::asio;
+using asio::awaitable;
+using asio::use_awaitable;
+using boost::system::error_code;
+using snapshot::WorkloadProtocol;
+
+namespace {
+
+LogThrottle& tunnel_log() {
+  static LogThrottle throttle;
+  return throttle;
+}
+
+// Connects `socket` to `targets` (one address, or a pod's two: Happy Eyeballs between them) with
+// the proxy's connect code.
+awaitable<std::error_code> connect_to(tcp::socket& socket, BackendTargets targets, const ProxyOptions& options,
+                                      const net::UpstreamSocketOptions& socket_options) {
+  bool given = false;
+  ConnectScheduler scheduler({options.attempt_delay, options.connect_timeout, 1}, [&]() -> std::optional<BackendTargets> {
+    if (given) return std::nullopt;
+    given = true;
+    return targets;
+  });
+  const auto outcome = co_await connect_upstream(socket, scheduler, socket_options, {});
+  co_return outcome.winner < 0 ? (outcome.error ? outcome.error : std::make_error_code(std::errc::host_unreachable))
+                               : std::error_code{};
+}
+
+}  // namespace
+
+std::optional<TunnelPlan> plan_tunnel(const snapshot::ClusterSnapshot& snapshot, const net::IpAddress& client,
+                                      const net::SocketAddress& target) {
+  const snapshot::Workload* source = snapshot.workload(client);
+  if (!source || !source->local || source->protocol != WorkloadProtocol::HBONE) return std::nullopt;
+  const snapshot::Workload* destination = snapshot.workload(target.ip);
+  if (!destination || destination->local || destination->protocol != WorkloadProtocol::HBONE) return std::nullopt;
+  const std::string& td = snapshot.options().trust_domain;
+  return TunnelPlan{source->identity(td), destination->identity(td), target, target.ip};
+}
+
+MeshWorker::MeshWorker(asio::any_io_executor executor, const MeshOptions& mesh, const ProxyOptions& proxy,
+                       const snapshot::SnapshotStore& store, ProxyStats& stats)
+    : executor_(std::move(executor)), mesh_(mesh), proxy_(proxy), store_(store), stats_(stats) {
+  if (!enabled()) return;
+  identity::IdentityManager* identities = mesh_.identities;
+  pool_ = hbone::ConnectionPool::create(
+      executor_, mesh_.pool,
+      [identities](const hbone::PoolKey& key) -> std::shared_ptr<SSL_CTX> {
+        const auto id = identity::SpiffeId::parse(key.source_identity);
+        if (!id) return nullptr;
+        const auto contexts = identities->contexts(*id);
+        if (!contexts) {
+          identities->refresh_soon();  // a pod new to this node: its certificate is on its way
+          return nullptr;
+        }
+        return contexts->client();
+      },
+      [identities](const hbone::PoolKey& key, SSL* ssl) {
+        const auto expected = identity::SpiffeId::parse(key.destination_identity);
+        const auto error = expected ? identity::check_peer_identity(ssl, *expected) : identity::PeerError::wrong_identity;
+        if (error == identity::PeerError::none) {
+          identity::report_handshake(*identities->stats(), identity::Side::client);
+          return true;
+        }
+        identity::report_refusal(*identities->stats(), identity::Side::client, error,
+                                 key.destination.address().to_string(), ssl);
+        return false;
+      },
+      [this](const hbone::PoolKey& key, hbone::ConnectionPool::DialHandler handler) { dial(key, std::move(handler)); });
+}
+
+MeshWorker::~MeshWorker() {
+  if (pool_) pool_->close();
+}
+
+void MeshWorker::shutdown() {
+  if (pool_) pool_->shutdown();
+}
+
+// The outer connection: from the node's own address (never captured: SO_MARK), to the pod's
+// address of the key's family, racing its other-family address when that one does not answer.
+void MeshWorker::dial(const hbone::PoolKey& key, hbone::ConnectionPool::DialHandler handler) {
+  const net::SocketAddress primary = net::to_socket_address(key.destination);
+  BackendTargets targets{{primary}, -1};
+  if (const auto* w = store_.current()->workload(primary.ip))
+    if (const auto alt = w->address(net::other(primary.ip.family())))
+      targets.addresses.push_back(net::SocketAddress{*alt, primary.port});
+  auto socket = std::make_shared<tcp::socket>(executor_);
+  asio::co_spawn(
+      executor_,
+      [this, socket, targets]() -> awaitable<std::error_code> {
+        net::UpstreamSocketOptions options;
+        options.mark = proxy_.upstream_mark;
+        co_return co_await connect_to(*socket, targets, proxy_, options);
+      },
+      [socket, handler = std::move(handler)](std::exception_ptr e, std::error_code ec) mutable {
+        if (e) ec = std::make_error_code(std::errc::not_enough_memory);
+        handler(error_code(ec), std::move(*socket));
+      });
+}
+
+awaitable<std::shared_ptr<hbone::Stream>> MeshWorker::open_tunnel(const TunnelPlan& plan,
+                                                                  const net::SocketAddress& client,
+                                                                  std::string_view service_host) {
+  hbone::PoolKey key{plan.source_identity, plan.destination_identity,
+                     net::to_endpoint({plan.outer, mesh_.hbone_port})};
+  hbone::Headers headers{{"forwarded", hbone::format_forwarded(net::to_endpoint(client), service_host)}};
+  const std::string authority = hbone::format_authority(net::to_endpoint(plan.target));
+  auto token = asio::as_tuple(use_awaitable);
+  auto [ec, status, stream] =
+      co_await asio::async_initiate<decltype(token), void(error_code, int, std::shared_ptr<hbone::Stream>)>(
+          [&](auto handler) { pool_->open_stream(key, authority, std::move(headers), std::move(handler)); }, token);
+  if (ec || !stream) {
+    ProxyStats::add(stats_.tunnel_failures);
+    if (const auto held = tunnel_log().admit(std::chrono::steady_clock::now()))
+      spdlog::warn("hbone: {} -> {} via {}: no tunnel: {}{} ({} similar not logged)", client.to_string(), authority,
+                   plan.destination_identity, ec ? ec.message() : "no stream",
+                   status ? " (HTTP " + std::to_string(status) + ")" : "", *held);
+    co_return nullptr;
+  }
+  ProxyStats::add(stats_.tunnels_outbound);
+  co_return stream;
+}
+
+awaitable<void> MeshWorker::serve_hbone(tcp::socket socket, tcp::endpoint peer) {
+  ProxyStats::add(stats_.hbone_accepted);
+  error_code ec;
+  const auto local = socket.local_endpoint(ec);
+  if (ec) co_return;
+  const net::SocketAddress destination = net::to_socket_address(local);
+  const auto snapshot = store_.current();
+  const snapshot::Workload* pod = snapshot->workload(destination.ip);
+  // Only this node's mesh pods have a certificate here; anything else is not ours to answer.
+  if (!pod || !pod->local || pod->protocol != WorkloadProtocol::HBONE) {
+    ProxyStats::add(stats_.tunnels_refused);
+    net::reset_connection(socket);
+    co_return;
+  }
+  const auto id = identity::SpiffeId::make(snapshot->options().trust_domain, pod->ns, pod->service_account);
+  const auto contexts = id ? mesh_.identities->contexts(*id) : nullptr;
+  if (!contexts) {
+    mesh_.identities->refresh_soon();
+    ProxyStats::add(stats_.tunnels_refused);
+    net::reset_connection(socket);
+    co_return;
+  }
+  std::unique_ptr<hbone::SslStream> io = hbone::make_tls_stream(std::move(socket), contexts->server());
+  if (!io) co_return;
+  // A peer that connects and says nothing must not hold a descriptor forever.
+  asio::steady_timer deadline(executor_);
+  deadline.expires_after(mesh_.pool.session.handshake_timeout);
+  auto* raw = &io->next_layer();
+  deadline.async_wait([raw](error_code e) {
+    if (!e) {
+      error_code ignored;
+      raw->close(ignored);
+    }
+  });
+  auto [hs] = co_await io->async_handshake(asio::ssl::stream_base::server, asio::as_tuple(use_awaitable));
+  deadline.cancel();
+  SSL* ssl = io->native_handle();
+  auto& tls_stats = *mesh_.identities->stats();
+  if (hs) {
+    const unsigned long openssl_error = hs.category() == asio::error::get_ssl_category() ? hs.value() : 0;
+    identity::report_refusal(tls_stats, identity::Side::server, identity::handshake_failure(ssl, openssl_error),
+                             peer.address().to_string() + ":" + std::to_string(peer.port()), ssl);
+    ProxyStats::add(stats_.tunnels_refused);
+    co_return;
+  }
+  const auto peer_id = identity::peer_identity(ssl);
+  if (!peer_id || !hbone::negotiated_h2(ssl)) {
+    identity::report_refusal(tls_stats, identity::Side::server,
+                             peer_id ? identity::PeerError::protocol : identity::PeerError::no_identity,
+                             peer.address().to_string(), ssl);
+    ProxyStats::add(stats_.tunnels_refused);
+    co_return;
+  }
+  identity::report_handshake(tls_stats, identity::Side::server);
+  hbone::ConnectionInfo info{peer_id->uri(), local, peer};
+  auto session = hbone::Session::make_server(
+      std::move(io), std::move(info), mesh_.pool.session,
+      [this, destination](std::shared_ptr<hbone::IncomingRequest> request) {
+        asio::co_spawn(executor_, handle_request(std::move(request), destination), asio::detached);
+      });
+  session->start();
+}
+
+awaitable<void> MeshWorker::handle_request(std::shared_ptr<hbone::IncomingRequest> request,
+                                           net::SocketAddress outer_destination) {
+  const auto snapshot = store_.current();
+  const net::SocketAddress target = net::to_socket_address(request->target());
+  const snapshot::Workload* pod = snapshot->workload(target.ip);
+  const snapshot::Workload* addressed = snapshot->workload(outer_destination.ip);
+  // The tunnel leads to the pod the connection was addressed to, and nowhere else: never an
+  // open relay to another address, not even another pod of this node.
+  if (!pod || !pod->local || pod != addressed) {
+    ProxyStats::add(stats_.tunnels_refused);
+    request->reject(400);
+    co_return;
+  }
+  std::optional<net::IpAddress> client;
+  if (const std::string* f = hbone::find_header(request->headers(), "forwarded"))
+    if (const auto ep = hbone::parse_forwarded_for(*f)) client = net::to_socket_address(*ep).ip;
+  if (client) {
+    const snapshot::Workload* from = snapshot->workload(*client);
+    if (from && from->identity(snapshot->options().trust_domain) != request->connection().peer_identity) {
+      ProxyStats::add(stats_.tunnels_refused);
+      request->reject(401);
+      co_return;
+    }
+  }
+  tcp::socket upstream(executor_);
+  net::UpstreamSocketOptions options;
+  options.mark = proxy_.upstream_mark;
+  if (client && client->family() == target.ip.family()) options.source = *client;
+  // Named, not a temporary in the co_await expression (GCC 12 miscompiles brace-initialised
+  // aggregates there: "array used as initializer").
+  BackendTargets targets;
+  targets.addresses.push_back(target);
+  const auto ec = co_await connect_to(upstream, std::move(targets), proxy_, options);
+  if (request->cancelled()) co_return;
+  if (ec) {
+    ProxyStats::add(stats_.tunnel_failures);
+    request->reject(503);
+    co_return;
+  }
+  auto stream = request->accept();
+  if (!stream) {
+    net::reset_connection(upstream);
+    co_return;
+  }
+  ProxyStats::add(stats_.tunnels_inbound);
+  ProxyStats::add(stats_.active_connections);
+  ProxyStats* stats = &stats_;
+  hbone::start_stream_relay(std::move(upstream), std::move(stream), [stats](hbone::StreamRelayResult r) {
+    ProxyStats::add(stats->bytes_to_upstream, r.bytes_to_socket);
+    ProxyStats::add(stats->bytes_to_downstream, r.bytes_to_stream);
+    if (r.reset) ProxyStats::add(stats->resets_propagated);
+    stats->active_connections.fetch_sub(1, std::memory_order_relaxed);
+  });
+}
+
+}  // namespace dsproxy::proxy
