@@ -14,5 +14,10 @@ std::string listeners_table(std::string_view config_dump, std::optional<std::uin
 std::string listeners_json(std::string_view config_dump, std::optional<std::uint16_t> port);  // pretty array
 std::string endpoints_table(std::string_view config_dump, std::optional<std::uint16_t> port);
 std::string endpoints_json(std::string_view config_dump, std::optional<std::uint16_t> port);
+// `proxy-config authz`: per local workload, the AuthorizationPolicies that apply to it
+// (NAMESPACE WORKLOAD ADDRESSES POLICY ACTION SCOPE RULES NOTES); a workload no policy selects
+// gets one row saying it allows everything.
+std::string authz_table(std::string_view config_dump);
+std::string authz_json(std::string_view config_dump);  // the dump's "authz" object, pretty
 
 }  // namespace dsproxy::cli

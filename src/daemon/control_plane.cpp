@@ -34,6 +34,7 @@ snapshot::ObjectKind to_builder_kind(sources::ObjectKind kind) {
     case sources::ObjectKind::pod: return snapshot::ObjectKind::pod;
     case sources::ObjectKind::endpoint_slice: return snapshot::ObjectKind::endpoint_slice;
     case sources::ObjectKind::node: return snapshot::ObjectKind::node;
+    case sources::ObjectKind::authorization_policy: return snapshot::ObjectKind::authorization_policy;
   }
   return snapshot::ObjectKind::service;  // unreachable: every kind is listed above
 }
@@ -208,6 +209,11 @@ void ControlPlane::upsert(const sources::ConfigSource& from, config::Node object
   schedule_build(from.name());
 }
 
+void ControlPlane::upsert(const sources::ConfigSource& from, config::AuthorizationPolicy object) {
+  builder_.upsert(std::move(object));
+  schedule_build(from.name());
+}
+
 void ControlPlane::erase(const sources::ConfigSource& from, sources::ObjectKind kind, const std::string& ns,
                          const std::string& name) {
   builder_.erase(to_builder_kind(kind), ns, name);
@@ -295,6 +301,7 @@ void ControlPlane::first_publish() {
   store_.publish(first);
   builds_.fetch_add(1, std::memory_order_relaxed);
   first_published_ = true;
+  if (callbacks_.published) callbacks_.published();
   if (options_.redirect) {
     try {
       redirector_.emplace(options_.redirect_options, runner_);
@@ -331,8 +338,10 @@ void ControlPlane::build_and_publish() {
   }
   store_.publish(next);
   builds_.fetch_add(1, std::memory_order_relaxed);
-  spdlog::info("config reloaded ({}): generation {}, {} service port(s), {} local pod(s)", why, store_.generation(),
-               next->cluster_count(), next->node_pods().size());
+  if (callbacks_.published) callbacks_.published();
+  spdlog::info("config reloaded ({}): generation {}, {} service port(s), {} local pod(s), {} AuthorizationPolicy(ies)",
+               why, store_.generation(), next->cluster_count(), next->node_pods().size(),
+               next->authz().policy_count());
   apply_rules(*next);
 }
 

@@ -79,6 +79,9 @@ class ControlPlane final : public sources::ObjectSink {
     // Start-up cannot complete (a bad first config file, rules that cannot be installed): the
     // daemon exits with `exit_code`. On the control-plane thread.
     std::function<void(int exit_code)> fatal;
+    // A snapshot was just published (the first one included). On the control-plane thread; must
+    // not block (the proxy posts the AuthorizationPolicy re-evaluation to its workers).
+    std::function<void()> published;
   };
 
   ControlPlane(ControlPlaneOptions options, snapshot::SnapshotStore& store, redirect::CommandRunner& runner,
@@ -114,6 +117,7 @@ class ControlPlane final : public sources::ObjectSink {
   void upsert(const sources::ConfigSource& from, config::Pod object) override;
   void upsert(const sources::ConfigSource& from, config::EndpointSlice object) override;
   void upsert(const sources::ConfigSource& from, config::Node object) override;
+  void upsert(const sources::ConfigSource& from, config::AuthorizationPolicy object) override;
   void erase(const sources::ConfigSource& from, sources::ObjectKind kind, const std::string& ns,
              const std::string& name) override;
   void begin_batch(const sources::ConfigSource& from) override;

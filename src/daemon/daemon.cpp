@@ -85,7 +85,8 @@ class Daemon {
 
     // Readers (workers, DNS, admin) always find a snapshot: an empty one until the first sync.
     const snapshot::ClusterSnapshot::Options snapshot_options{options_.node, options_.cluster_domain,
-                                                              options_.fallback_default, options_.zone};
+                                                              options_.fallback_default, options_.zone,
+                                                              options_.authz_root_namespace};
     store_.publish(snapshot::ClusterSnapshot::build({}, snapshot_options));
 
     ControlPlaneOptions cp;
@@ -104,6 +105,9 @@ class Daemon {
                            ControlPlane::Callbacks{
                                .ready = [this] { asio::post(front_, [this] { on_ready(); }); },
                                .fatal = [this](int code) { asio::post(front_, [this, code] { on_fatal(code); }); },
+                               // server_ is set before the control plane starts and the control
+                               // plane is joined before the server goes.
+                               .published = [this] { if (server_) server_->snapshot_published(); },
                            });
     try {
       add_sources();
@@ -260,7 +264,10 @@ class Daemon {
         if (identity_) context.identity = identity_->describe();
         return {200, "application/json", admin::render_config_dump(context)};
       }
-      if (path == "/stats") return {200, "application/json", admin::render_stats(stats_, dns_stats())};
+      if (path == "/stats") {
+        const auto snapshot = store_.current();  // kept alive while its policies' counters are read
+        return {200, "application/json", admin::render_stats(stats_, dns_stats(), &snapshot->authz())};
+      }
       if (path == "/healthz/ready") return readiness();
       return {404, "text/plain", "unknown path; try /config_dump, /stats, /healthz/ready\n"};
     };

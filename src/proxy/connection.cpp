@@ -43,8 +43,10 @@ struct GaugeGuard {
 class RelayEnd {
  public:
   RelayEnd(ProxyStats& stats, GaugeGuard<ProxyStats::Counter> active, std::shared_ptr<EndpointState> endpoint,
-           Direction direction, const net::SocketAddress& source, const net::SocketAddress& destination)
-      : stats_(&stats),
+           Direction direction, const net::SocketAddress& source, const net::SocketAddress& destination,
+           AuthzRegistration authz = {})
+      : authz_(std::move(authz)),
+        stats_(&stats),
         endpoint_(std::move(endpoint)),
         active_(std::move(active)),
         outstanding_(endpoint_ ? &endpoint_->active : nullptr),
@@ -64,6 +66,7 @@ class RelayEnd {
   }
 
  private:
+  AuthzRegistration authz_;  // leaves the worker's live list when the relay's completion is destroyed
   ProxyStats* stats_;
   // Declared before the guards: the endpoint state outlives the gauge that points into it.
   std::shared_ptr<EndpointState> endpoint_;
@@ -230,7 +233,24 @@ awaitable<std::optional<ConnectedUpstream>> establish_upstream(const ConnectionC
 struct Connected {
   net::SocketAddress address;
   std::shared_ptr<EndpointState> endpoint;  // null for passthrough
+  // Set when the connection reaches one of this node's workloads: what it was authorized on,
+  // and the index that decided (to catch a policy change that lands before it is registered).
+  std::optional<authz::ConnectionAttributes> authz;
+  std::shared_ptr<const authz::PolicyIndex> authz_index;
 };
+
+// AuthorizationPolicy at the destination's node, for plaintext connections (no peer identity):
+// false when a policy denies `c` (logged). ztunnel enforces at the receiving side; here that is
+// the node whose pod is the destination, whichever listener caught the connection.
+bool authorize(Direction direction, const authz::Workload& w, const authz::ConnectionAttributes& c) {
+  const authz::Decision d = authz::decide(w, c);
+  if (d.denied()) {
+    log_authz_denial(direction, c, w, d, "connection reset");
+    return false;
+  }
+  log_authz_notes(direction, c, w, d);
+  return true;
+}
 
 awaitable<std::optional<Connected>> route_and_connect(const ConnectionContext& ctx, Direction direction,
                                                       const net::SocketAddress& source,
@@ -250,6 +270,15 @@ awaitable<std::optional<Connected>> route_and_connect(const ConnectionContext& c
     states = state_index->find(*decision.cluster);
   }
   const std::string_view cluster_name = decision.cluster ? std::string_view(decision.cluster->cluster_name) : "-";
+  // A destination that is one of this node's pods (inbound, or a pod dialled directly by a pod
+  // of this node) is authorized before anything is dialled.
+  const authz::Workload* workload =
+      transparent && decision.kind == RouteKind::passthrough ? snapshot->authz().workload(destination.ip) : nullptr;
+  std::optional<authz::ConnectionAttributes> authorized;
+  if (workload) {
+    authorized = authz::ConnectionAttributes{source.ip, destination.ip, destination.port, std::nullopt};
+    if (!authorize(direction, *workload, *authorized)) co_return std::nullopt;
+  }
   if (decision.kind == RouteKind::reject) {
     count_reject(ctx.stats, decision.reason);
     spdlog::warn("{} {} -> {} rejected: {} (cluster {})", to_string(direction), source.to_string(),
@@ -260,12 +289,26 @@ awaitable<std::optional<Connected>> route_and_connect(const ConnectionContext& c
   const auto connected =
       co_await establish_upstream(ctx, decision, *snapshot, states, source, destination, transparent, upstream);
   if (!connected) co_return std::nullopt;
+  // A Service endpoint on this node is known only once connected (the pick, retries and Happy
+  // Eyeballs choose it): decided then, and a denial resets both sides before any byte moves. So
+  // is a passthrough that Happy Eyeballs took to the pod's other-family address.
+  const bool decided_this = authorized && authorized->destination_ip == connected->address.ip &&
+                            authorized->destination_port == connected->address.port;
+  if (!decided_this && transparent)
+    if (const authz::Workload* w = snapshot->authz().workload(connected->address.ip)) {
+      authorized = authz::ConnectionAttributes{source.ip, connected->address.ip, connected->address.port, std::nullopt};
+      if (!authorize(direction, *w, *authorized)) {
+        net::reset_connection(upstream);
+        co_return std::nullopt;
+      }
+    }
   // Guarded: the arguments would be formatted (inet_ntop, allocations) even with debug off, and
   // that cost per connection showed up in profiles.
   if (spdlog::should_log(spdlog::level::debug))
     spdlog::debug("{} {} -> {} via {} (cluster {})", to_string(direction), source.to_string(),
                   destination.to_string(), connected->address.to_string(), cluster_name);
-  co_return Connected{connected->address, connected->endpoint};
+  co_return Connected{connected->address, connected->endpoint, authorized,
+                      authorized ? snapshot->authz_index() : nullptr};
 }
 
 }  // namespace
@@ -299,8 +342,23 @@ awaitable<void> serve_connection(tcp::socket client, tcp::endpoint peer, Directi
   }
   // The relay takes the connection over; this coroutine ends here and its frame is freed, so
   // an idle proxied connection costs only the relay and what RelayEnd keeps.
-  start_relay(std::move(client), std::move(upstream), RelayOptions{ctx.options.idle_timeout},
-              RelayEnd(ctx.stats, std::move(active), connected->endpoint, direction, source, destination));
+  RelayOptions relay_options{ctx.options.idle_timeout};
+  AuthzRegistration registration;
+  std::uint64_t authz_id = 0;
+  if (connected->authz && ctx.authz_connections) {
+    relay_options.handle = std::make_shared<RelayHandle>();
+    authz_id = ctx.authz_connections->add({*connected->authz, direction, relay_options.handle});
+    registration = AuthzRegistration(*ctx.authz_connections, authz_id);
+  }
+  start_relay(std::move(client), std::move(upstream), relay_options,
+              RelayEnd(ctx.stats, std::move(active), connected->endpoint, direction, source, destination,
+                       std::move(registration)));
+  // A policy change published while this connection was connecting: the walk it caused may have
+  // missed it, so it is decided once more against the current index.
+  if (authz_id != 0) {
+    const auto now = ctx.store.current();
+    if (now->authz_index() != connected->authz_index) ctx.authz_connections->reevaluate_one(authz_id, now->authz());
+  }
 }
 
 }  // namespace dsproxy::proxy

@@ -4,6 +4,7 @@
 #include <boost/asio/awaitable.hpp>
 
 #include "snapshot/snapshot_store.hpp"
+#include "proxy/authz_connections.hpp"
 #include "proxy/endpoint_picker.hpp"
 #include "proxy/endpoint_states.hpp"
 #include "proxy/local_address_check.hpp"
@@ -26,6 +27,9 @@ struct ConnectionContext {
   EndpointStates& endpoint_states;  // shared by every worker; readers take no lock
   EndpointPicker& picker;  // the worker's own: not shared between threads
   LocalAddressCheck& local_addresses;  // likewise
+  // The worker's live connections to local workloads (AuthorizationPolicy re-evaluation);
+  // null: not tracked (tests that build a context by hand).
+  AuthzConnections* authz_connections = nullptr;
 };
 
 // Owns `client` until the upstream is connected, then hands both sockets to the relay, which owns

@@ -5,6 +5,7 @@
 #include <boost/asio/async_result.hpp>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 
 #include "net/io/transparent_socket.hpp"
 
@@ -13,10 +14,25 @@ namespace dsproxy::proxy {
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
 
+// Lets the owner of a connection end its relay from outside: an AuthorizationPolicy change that
+// now denies the connection. Cleared by the relay when it ends, so a handle never points at a
+// dead relay (or at a descriptor number reused since). Both the relay and the caller run on the
+// worker's thread: no lock.
+struct RelayHandle {
+  // Resets both sides (SO_LINGER 0) if the relay still runs; the relay then finishes as usual.
+  void reset() {
+    if (reset_) reset_(target_);
+  }
+  bool running() const { return target_ != nullptr; }
+  void* target_ = nullptr;
+  void (*reset_)(void*) = nullptr;
+};
+
 struct RelayOptions {
   // A connection with no byte in either direction for this long is reset on both sides.
   // Checked once per period, so it fires between 1x and 2x this value.
   std::chrono::milliseconds idle_timeout{std::chrono::hours(1)};
+  std::shared_ptr<RelayHandle> handle{};  // optional
 };
 
 struct RelayResult {
@@ -24,6 +40,7 @@ struct RelayResult {
   std::uint64_t bytes_to_downstream = 0;
   bool idle_timeout = false;
   bool reset = false;  // a reset or I/O error on one side was propagated to the other
+  bool revoked = false;  // ended through RelayHandle::reset
 };
 
 // Copies both directions at once until both have ended. A FIN from one side becomes a

@@ -20,6 +20,7 @@
 #include <string_view>
 #include <vector>
 
+#include "authz/policy_index.hpp"
 #include "config/k8s_objects.hpp"
 #include "net/ip_address.hpp"
 #include "snapshot/persistent_map.hpp"
@@ -179,6 +180,8 @@ class ClusterSnapshot {
     // This node's topology zone (--zone); empty = the topology.kubernetes.io/zone label of the
     // Node object named node_name, if the config has one.
     std::string zone{};
+    // AuthorizationPolicies in this namespace apply to the whole mesh (--authz-root-namespace).
+    std::string authz_root_namespace = "istio-system";
   };
 
   // A fresh SnapshotBuilder fed `objects` at once (tests and one-shot commands; the daemon keeps
@@ -224,6 +227,12 @@ class ClusterSnapshot {
   const Options& options() const { return options_; }
   // The zone topology hints are matched against: Options::zone, else the Node's label.
   const std::string& zone() const { return zone_; }
+  // The authorization view: this node's workloads with the AuthorizationPolicies that select
+  // them (authz/policy_index.hpp). Shared with the previous snapshot when neither the policies
+  // nor the local pods changed, so comparing authz_index() pointers tells whether a policy
+  // change may have changed a decision.
+  const authz::PolicyIndex& authz() const { return *authz_; }
+  const std::shared_ptr<const authz::PolicyIndex>& authz_index() const { return authz_; }
 
   // The DNS side's queries. The view of Service ns/name, or nullptr.
   const ServiceView* service(std::string_view ns, std::string_view name) const;
@@ -250,6 +259,7 @@ class ClusterSnapshot {
   PersistentMap<std::string, std::uint32_t> namespaces_;  // Services per namespace
   std::shared_ptr<const std::vector<NodePod>> node_pods_;
   std::shared_ptr<const std::vector<std::string>> warnings_;
+  std::shared_ptr<const authz::PolicyIndex> authz_;
 };
 
 }  // namespace dsproxy::snapshot

@@ -8,6 +8,7 @@ std::string_view to_string(ObjectKind kind) {
     case ObjectKind::pod: return "Pod";
     case ObjectKind::endpoint_slice: return "EndpointSlice";
     case ObjectKind::node: return "Node";
+    case ObjectKind::authorization_policy: return "AuthorizationPolicy";
   }
   return "?";
 }

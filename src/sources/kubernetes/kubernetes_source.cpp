@@ -28,6 +28,7 @@ ObjectKind kind_of(const Resource& resource) {
   if (resource.kind == "Service") return ObjectKind::service;
   if (resource.kind == "Pod") return ObjectKind::pod;
   if (resource.kind == "EndpointSlice") return ObjectKind::endpoint_slice;
+  if (resource.kind == "AuthorizationPolicy") return ObjectKind::authorization_policy;
   return ObjectKind::node;
 }
 
@@ -37,7 +38,8 @@ KubernetesSource::KubernetesSource(boost::asio::io_context& io, KubernetesSource
     : io_(io), options_(std::move(options)), sink_(sink), decode_log_(std::chrono::seconds(10)) {
   Resource node = resources::nodes();
   node.field_selector = "metadata.name=" + options_.node_name;
-  for (Resource r : {resources::services(), resources::endpoint_slices(), resources::pods(options_.node_name), node}) {
+  for (Resource r : {resources::services(), resources::endpoint_slices(), resources::pods(options_.node_name), node,
+                     resources::authorization_policies()}) {
     PerResource per{kind_of(r), nullptr, {}, {}, false, false};
     const std::string plural = r.plural;
     per.reflector =
@@ -50,7 +52,7 @@ KubernetesSource::KubernetesSource(boost::asio::io_context& io, KubernetesSource
 KubernetesSource::~KubernetesSource() { stop(); }
 
 void KubernetesSource::start() {
-  spdlog::info("kubernetes: {}; watching services, endpointslices, pods on {} and node {}",
+  spdlog::info("kubernetes: {}; watching services, endpointslices, authorizationpolicies, pods on {} and node {}",
                options_.server.describe(), options_.node_name, options_.node_name);
   for (auto& [plural, r] : resources_) r.reflector->start();
 }

@@ -24,6 +24,11 @@ Resource pods(std::string_view node_name) {
   return r;
 }
 Resource nodes() { return Resource{"", "v1", "nodes", "Node", "", "", ""}; }
+Resource authorization_policies() {
+  Resource r{"security.istio.io", "v1", "authorizationpolicies", "AuthorizationPolicy", "", "", ""};
+  r.optional = true;
+  return r;
+}
 
 }  // namespace resources
 
