@@ -111,6 +111,10 @@ struct PolicyStats {
   std::atomic<std::uint64_t> denied{0};    // connections this DENY policy reset
   std::atomic<std::uint64_t> audited{0};   // connections this AUDIT policy matched
   std::atomic<std::uint64_t> dry_run{0};   // connections this dry-run policy matched
+  // The data path's denial log, throttled per policy so that a flood against one policy
+  // neither fills the log nor hides which other policy denied something (proxy/authz_connections).
+  std::atomic<std::int64_t> log_next_ns{0};
+  std::atomic<std::uint64_t> log_suppressed{0};
 };
 
 struct Policy {

@@ -8,9 +8,25 @@ namespace dsproxy::proxy {
 
 namespace {
 
+// Denials that name no policy (no ALLOW matched) share one throttle; each policy has its own.
 LogThrottle& denial_log() {
   static LogThrottle throttle(std::chrono::milliseconds(100));
   return throttle;
+}
+
+constexpr std::int64_t kPolicyLogIntervalNs = 100'000'000;  // one line per policy per 100 ms
+
+std::optional<std::uint64_t> admit(const authz::Decision& d) {
+  if (!d.policy) return denial_log().admit(LogThrottle::Clock::now());
+  auto& s = *d.policy->stats;
+  const std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                               LogThrottle::Clock::now().time_since_epoch()).count();
+  std::int64_t next = s.log_next_ns.load(std::memory_order_relaxed);
+  if (now < next || !s.log_next_ns.compare_exchange_strong(next, now + kPolicyLogIntervalNs, std::memory_order_relaxed)) {
+    s.log_suppressed.fetch_add(1, std::memory_order_relaxed);
+    return std::nullopt;
+  }
+  return s.log_suppressed.exchange(0, std::memory_order_relaxed);
 }
 
 std::string endpoint(const net::IpAddress& ip, std::uint16_t port) { return net::SocketAddress{ip, port}.to_string(); }
@@ -19,7 +35,7 @@ std::string endpoint(const net::IpAddress& ip, std::uint16_t port) { return net:
 
 void log_authz_denial(Direction direction, const authz::ConnectionAttributes& c, const authz::Workload& w,
                       const authz::Decision& d, std::string_view what) {
-  const auto suppressed = denial_log().admit(LogThrottle::Clock::now());
+  const auto suppressed = admit(d);
   if (!suppressed) return;
   spdlog::info("authz: {} {} -> {} ({}/{}, {}): {}; {}{}", to_string(direction), c.source_ip.to_string(),
                endpoint(c.destination_ip, c.destination_port), w.ns, w.name,

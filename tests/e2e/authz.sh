@@ -57,7 +57,7 @@ DSPROXY_CONFIG=$CLUSTER_TMP/cluster.yaml
 cp -- "$BASE_CONFIG" "$DSPROXY_CONFIG" || cluster_die "cannot copy the config"
 
 ECHO_DS4=10.244.0.26 ECHO_DS6=fd00:10:244::1a ECHO_V4=10.244.0.19 ECHO_V6_4=10.244.0.24 ECHO_V6=fd00:10:244::18
-REMOTE6=fd00:10:244:1::7
+
 
 # ---- helpers ---------------------------------------------------------------------------------
 # probe FROM HOST PORT: one connection from pod FROM sending one line; prints ok, reset, refused,
@@ -189,7 +189,7 @@ if in_time "policies" && set_policies "$POLICIES"; then
   check "a default deny says no ALLOW policy matched" $?
 
   table=$(in_node timeout 5 "$DSPROXY_BIN" proxy-config authz 2>&1)
-  echo "$table" | sed 's/^/    /'
+  while IFS= read -r l; do echo "    $l"; done <<<"$table"
   grep -Eq '^ipv4 +tcp-echo-[^ ]+ +10\.244\.0\.19,fd00:10:244::13 +ipv4/only-sleep +ALLOW +namespace' <<<"$table" &&
     grep -Eq '^dual-stack +tcp-echo-[^ ]+ .*dual-stack/deny-9001 +DENY +workload' <<<"$table" &&
     grep -Eq '^dual-stack +tcp-echo-[^ ]+ .*istio-system/mesh-deny-remote6 +DENY +mesh' <<<"$table" &&
