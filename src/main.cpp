@@ -90,6 +90,9 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
   run_cmd->add_option("--cluster-domain", run.cluster_domain)->capture_default_str();
+  run_cmd->add_option("--authz-root-namespace", run.authz_root_namespace,
+                      "AuthorizationPolicies in this namespace apply to the whole mesh (Istio's root namespace)")
+      ->capture_default_str();
   run_cmd->add_option("--admin-port", run.admin_port, "Admin API on 127.0.0.1 and [::1]")->capture_default_str();
   run_cmd->add_option("--readiness-port", run.readiness_port, "GET /healthz/ready on 0.0.0.0 and [::]")
       ->capture_default_str();
@@ -219,7 +222,7 @@ int main(int argc, char** argv) {
   std::optional<std::uint16_t> port;
   auto* pc_cmd = app.add_subcommand("proxy-config", "Show a running dsproxy's configuration, like istioctl");
   pc_cmd->require_subcommand(1);
-  for (const char* name : {"listeners", "endpoints"}) {
+  for (const char* name : {"listeners", "endpoints", "authz"}) {
     auto* sub = pc_cmd->add_subcommand(name);
     sub->add_option("--port", port, "Only this port");
     sub->add_option("-o,--output", output, "short or json")->check(CLI::IsMember({"short", "json"}))->capture_default_str();
@@ -348,6 +351,9 @@ int main(int argc, char** argv) {
         std::cout << (json ? cli::listeners_json(dump, port) : cli::listeners_table(dump, port));
       else if (pc_cmd->got_subcommand("workloads"))
         std::cout << (json ? cli::workloads_json(dump) : cli::workloads_table(dump));
+
+      else if (pc_cmd->got_subcommand("authz"))
+        std::cout << (json ? cli::authz_json(dump) : cli::authz_table(dump));
       else
         std::cout << (json ? cli::endpoints_json(dump, port) : cli::endpoints_table(dump, port));
       return 0;

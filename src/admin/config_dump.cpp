@@ -175,10 +175,52 @@ json::object dns_counters(const resolver::DnsStats& s) {
           {"tcp_message_timeouts", v(s.tcp_message_timeouts)}};
 }
 
-json::object all_counters(const proxy::ProxyStats& stats, const resolver::DnsStats* dns) {
+json::object authz_counters(const authz::PolicyIndex& index) {
+  const auto& t = authz::totals();
+  json::array policies;
+  for (const auto& [ns, named] : index.policies())
+    for (const auto& [name, p] : named)
+      policies.push_back(json::object{{"policy", p->key},
+                                      {"action", config::to_string(p->action)},
+                                      {"dryRun", p->dry_run},
+                                      {"allowed", p->stats->allowed.load(std::memory_order_relaxed)},
+                                      {"denied", p->stats->denied.load(std::memory_order_relaxed)},
+                                      {"audited", p->stats->audited.load(std::memory_order_relaxed)},
+                                      {"dryRunMatched", p->stats->dry_run.load(std::memory_order_relaxed)}});
+  return json::object{{"allowed", t.allowed.load(std::memory_order_relaxed)},
+                      {"denied", t.denied.load(std::memory_order_relaxed)},
+                      {"deniedNoAllowMatch", t.denied_no_allow_match.load(std::memory_order_relaxed)},
+                      {"revoked", t.revoked.load(std::memory_order_relaxed)},
+                      {"policies", std::move(policies)}};
+}
+
+json::object all_counters(const proxy::ProxyStats& stats, const resolver::DnsStats* dns,
+                          const authz::PolicyIndex* authz = nullptr) {
   json::object out = counters(stats);
   if (dns) out["dns"] = dns_counters(*dns);
+  if (authz) out["authz"] = authz_counters(*authz);
   return out;
+}
+
+json::object policy_summary(const authz::Policy& p) {
+  json::object o{{"name", p.name},
+                 {"namespace", p.ns},
+                 {"action", config::to_string(p.action)},
+                 {"scope", authz::to_string(p.scope)},
+                 {"dryRun", p.dry_run},
+                 {"rules", p.rules.size()}};
+  if (p.selector) {
+    json::object sel;
+    for (const auto& [k, v] : *p.selector) sel[k] = v;
+    o["selector"] = std::move(sel);
+  }
+  if (!p.l7_fields.empty()) {
+    json::array l7;
+    for (const auto& f : p.l7_fields) l7.push_back(json::string(f));
+    o["l7Fields"] = std::move(l7);
+  }
+  if (!p.ignored.empty()) o["ignored"] = p.ignored;
+  return o;
 }
 
 }  // namespace
@@ -190,7 +232,8 @@ std::string render_config_dump(const DumpContext& ctx) {
                     {"listeners", listeners(ctx)},
                     {"endpoints", endpoints(ctx)},
                     {"workloads", workloads(ctx)},
-                    {"stats", all_counters(ctx.stats, ctx.dns)}};
+                    {"stats", all_counters(ctx.stats, ctx.dns, &ctx.snapshot.authz())},
+                    {"authz", authz_dump(ctx.snapshot.authz())}};
   json::array warnings;
   for (const auto& w : ctx.snapshot.warnings()) warnings.push_back(json::string(w));
   dump["warnings"] = std::move(warnings);
@@ -207,10 +250,34 @@ std::string render_config_dump(const DumpContext& ctx) {
   return json::serialize(dump);
 }
 
-std::string render_stats(const proxy::ProxyStats& stats, const resolver::DnsStats* dns, const json::value& limits) {
-  json::object out = all_counters(stats, dns);
+std::string render_stats(const proxy::ProxyStats& stats, const resolver::DnsStats* dns, const json::value& limits,
+                         const authz::PolicyIndex* authz) {
+  json::object out = all_counters(stats, dns, authz);
   if (!limits.is_null()) out["limits"] = limits;
   return json::serialize(out);
+}
+
+json::object authz_dump(const authz::PolicyIndex& index) {
+  json::array policies;
+  for (const auto& [ns, named] : index.policies())
+    for (const auto& [name, p] : named) policies.push_back(policy_summary(*p));
+  json::array workloads;
+  for (const auto& w : index.workloads()) {
+    json::array ips;
+    for (const auto& ip : w.ips) ips.push_back(json::string(ip.to_string()));
+    json::array applied;
+    for (const auto* list : {&w.deny, &w.allow, &w.audit, &w.dry_run})
+      for (const auto& p : *list) applied.push_back(policy_summary(*p));
+    workloads.push_back(json::object{{"name", w.name},
+                                     {"namespace", w.ns},
+                                     {"serviceAccount", w.service_account},
+                                     {"addresses", std::move(ips)},
+                                     {"policies", std::move(applied)}});
+  }
+  return json::object{{"rootNamespace", index.root_namespace()},
+                      {"policyCount", index.policy_count()},
+                      {"policies", std::move(policies)},
+                      {"workloads", std::move(workloads)}};
 }
 
 }  // namespace dsproxy::admin

@@ -34,8 +34,12 @@ struct DumpContext {
 
 std::string render_config_dump(const DumpContext& context);  // /config_dump
 // /stats: the proxy's counters, and the DNS proxy's under "dns" when it runs.
-// `limits`, when set, goes under "limits".
+// `limits`, when set, goes under "limits". With `authz`, the AuthorizationPolicy counters under
+// "authz": totals, and per policy of the index (allowed, denied, audited, dryRun), keyed "ns/name"
+// for an exporter's policy label.
 std::string render_stats(const proxy::ProxyStats& stats, const resolver::DnsStats* dns = nullptr,
-                         const boost::json::value& limits = nullptr);
+                         const boost::json::value& limits = nullptr, const authz::PolicyIndex* authz = nullptr);
+// The "authz" section of /config_dump: the policies and, per local workload, those that apply.
+boost::json::object authz_dump(const authz::PolicyIndex& index);
 
 }  // namespace dsproxy::admin

@@ -186,6 +186,12 @@ std::vector<WorkloadRow> workload_rows(const json::object& dump) {
   return rows;
 }
 
+const json::object& authz_object(const json::object& dump) {
+  const auto* v = dump.if_contains("authz");
+  if (!v || !v->is_object()) throw std::runtime_error("config dump lacks 'authz' (a dsproxy without AuthorizationPolicy support?)");
+  return v->as_object();
+}
+
 }  // namespace
 
 std::string workloads_table(std::string_view config_dump) {
@@ -203,6 +209,52 @@ std::string workloads_json(std::string_view config_dump) {
     out.push_back(json::object{{"namespace", r.ns}, {"name", r.name}, {"address", r.address}, {"node", r.node},
                                {"waypoint", "None"}, {"protocol", r.protocol}, {"identity", r.identity}});
   return json::serialize(out) + "\n";
+}
+
+std::string authz_table(std::string_view config_dump) {
+  const auto dump = parse_dump(config_dump);
+  const auto& authz = authz_object(dump);
+  std::vector<std::vector<std::string>> rows{
+      {"NAMESPACE", "WORKLOAD", "ADDRESSES", "POLICY", "ACTION", "SCOPE", "RULES", "NOTES"}};
+  for (const auto& wv : array_field(authz, "workloads")) {
+    const auto& w = wv.as_object();
+    std::string addresses;
+    for (const auto& a : array_field(w, "addresses")) addresses += (addresses.empty() ? "" : ",") + str(a);
+    const auto& policies = array_field(w, "policies");
+    if (policies.empty()) {
+      rows.push_back({str(w.at("namespace")), str(w.at("name")), addresses, "-", "-", "-", "-",
+                      "no policy: every connection allowed"});
+      continue;
+    }
+    for (const auto& pv : policies) {
+      const auto& p = pv.as_object();
+      std::string notes;
+      if (p.at("dryRun").as_bool()) notes = "dry-run (logged only)";
+      if (const auto* l7 = p.if_contains("l7Fields")) {
+        std::string fields;
+        for (const auto& f : l7->as_array()) fields += (fields.empty() ? "" : ",") + str(f);
+        notes += std::string(notes.empty() ? "" : "; ") + "L7 not enforceable: " + fields;
+      }
+      rows.push_back({str(w.at("namespace")), str(w.at("name")), addresses,
+                      str(p.at("namespace")) + "/" + str(p.at("name")), str(p.at("action")), str(p.at("scope")),
+                      str(p.at("rules")), notes.empty() ? "-" : notes});
+    }
+  }
+  std::string out = table(rows);
+  std::size_t ignored = 0;
+  for (const auto& pv : array_field(authz, "policies"))
+    if (const auto* why = pv.as_object().if_contains("ignored")) {
+      if (ignored++ == 0) out += "\nNot enforced here:\n";
+      out += "  " + str(pv.at("namespace")) + "/" + str(pv.at("name")) + ": " + str(*why) + "\n";
+    }
+  out += "\n" + str(authz.at("policyCount")) + " AuthorizationPolicy(ies) in the cluster; root namespace " +
+         str(authz.at("rootNamespace")) + "\n";
+  return out;
+}
+
+std::string authz_json(std::string_view config_dump) {
+  const auto dump = parse_dump(config_dump);
+  return json::serialize(authz_object(dump)) + "\n";
 }
 
 }  // namespace dsproxy::cli

@@ -18,4 +18,10 @@ std::string endpoints_json(std::string_view config_dump, std::optional<std::uint
 std::string workloads_table(std::string_view config_dump);
 std::string workloads_json(std::string_view config_dump);
 
+// `proxy-config authz`: per local workload, the AuthorizationPolicies that apply to it
+// (NAMESPACE WORKLOAD ADDRESSES POLICY ACTION SCOPE RULES NOTES); a workload no policy selects
+// gets one row saying it allows everything.
+std::string authz_table(std::string_view config_dump);
+std::string authz_json(std::string_view config_dump);  // the dump's "authz" object, pretty
+
 }  // namespace dsproxy::cli

@@ -134,8 +134,11 @@ bool looks_numeric(std::string_view text) {
 
 bool is_known_kind(std::string_view kind) {
   return kind == "Service" || kind == "Pod" || kind == "EndpointSlice" || kind == "Node" ||
-         kind == "Namespace";
+         kind == "Namespace" || kind == "AuthorizationPolicy";
 }
+
+// Istio serves AuthorizationPolicy as v1 (since 1.22) and v1beta1, the same schema.
+bool is_authz_api(std::string_view api) { return api == "security.istio.io/v1" || api == "security.istio.io/v1beta1"; }
 
 const std::set<std::string, std::less<>> kServiceTypes = {"ClusterIP", "NodePort", "LoadBalancer", "ExternalName"};
 
@@ -178,8 +181,10 @@ class ObjectDecoder {
                                       const std::optional<std::string>& duplicate) {
     if (!is_known_kind(kind)) return std::nullopt;
     kind_ = kind;
-    const std::string_view want_api = kind == "EndpointSlice" ? "discovery.k8s.io/v1" : "v1";
-    if (!api.empty() && api != want_api) {
+    const bool authz = kind == "AuthorizationPolicy";
+    const std::string_view want_api =
+        kind == "EndpointSlice" ? "discovery.k8s.io/v1" : authz ? "security.istio.io/v1" : "v1";
+    if (!api.empty() && api != want_api && !(authz && is_authz_api(api))) {
       // Most likely another API group's kind of the same name (a Knative Service); but a typo'd
       // core object would otherwise vanish without a trace.
       warn("apiVersion " + quote(api) + " is not " + std::string(want_api) + "; object ignored");
@@ -200,6 +205,8 @@ class ObjectDecoder {
     if (kind == "Pod") return pod(node, meta);
     if (kind == "Node") return Node{name_, string_map(meta, "labels", Path(meta_path, "labels"))};
     if (kind == "Namespace") return Namespace{name_, string_map(meta, "labels", Path(meta_path, "labels"))};
+
+    if (authz) return authorization_policy(node, meta, api.empty() ? want_api : api);
     return endpoint_slice(node, meta);
   }
 
@@ -665,6 +672,127 @@ class ObjectDecoder {
     return es;
   }
 
+  // ---- AuthorizationPolicy ----
+
+  // A list of strings (principals, namespaces, ...): scalars only.
+  std::vector<std::string> strings(const json::object* parent, std::string_view key, const Path& path) const {
+    std::vector<std::string> out;
+    const json::array* seq = sequence(parent, key, path);
+    if (!seq) return out;
+    out.reserve(seq->size());
+    for (std::size_t i = 0; i < seq->size(); ++i) out.push_back(text((*seq)[i], Path(path, i)));
+    return out;
+  }
+
+  // ipBlocks and the ip `when` values: an address or CIDR of either family. Istio's validation
+  // refuses anything else, and so do we: dropping a bad entry would widen the rule.
+  std::vector<net::Cidr> cidrs(const std::vector<std::string>& texts, const Path& path) const {
+    std::vector<net::Cidr> out;
+    for (std::size_t i = 0; i < texts.size(); ++i) {
+      auto c = net::Cidr::parse(texts[i]);
+      if (!c) fail(Path(path, i), "expected an IP address or CIDR block, got " + quote(texts[i]));
+      out.push_back(*c);
+    }
+    return out;
+  }
+
+  std::vector<std::uint16_t> ports(const std::vector<std::string>& texts, const Path& path) const {
+    std::vector<std::uint16_t> out;
+    for (std::size_t i = 0; i < texts.size(); ++i) {
+      auto p = parse_port(texts[i]);
+      if (!p) fail(Path(path, i), "expected a port 1-65535, got " + quote(texts[i]));
+      out.push_back(*p);
+    }
+    return out;
+  }
+
+  // Records the L7 fields a source or operation sets: their presence is all that matters.
+  void l7_fields(const json::object* parent, std::initializer_list<std::string_view> keys, const Path& path,
+                 std::vector<std::string>& found) const {
+    for (std::string_view k : keys)
+      if (!strings(parent, k, Path(path, k)).empty()) found.emplace_back(k);
+  }
+
+  AuthorizationPolicy authorization_policy(const json::object& node, const json::object* meta, std::string_view api) {
+    AuthorizationPolicy ap;
+    ap.name = name_;
+    ap.ns = ns_;
+    ap.api_version = std::string(api);
+    const Path meta_path("metadata");
+    if (ap.name.empty()) fail(Path(meta_path, "name"), "required");
+    const Labels annotations = string_map(meta, "annotations", Path(meta_path, "annotations"), kLastApplied);
+    if (auto it = annotations.find("istio.io/dry-run"); it != annotations.end()) {
+      // Istio parses it with Go's strconv.ParseBool.
+      const std::string& v = it->second;
+      if (v == "true" || v == "True" || v == "TRUE" || v == "1" || v == "t" || v == "T") ap.dry_run = true;
+      else if (!(v == "false" || v == "False" || v == "FALSE" || v == "0" || v == "f" || v == "F" || v.empty()))
+        fail("metadata.annotations.istio.io/dry-run", "expected true or false, got " + quote(v));
+    }
+
+    const Path spec_path("spec");
+    const json::object* spec = mapping(&node, "spec", spec_path);
+    const Path sel_path(spec_path, "selector");
+    if (const json::object* sel = mapping(spec, "selector", sel_path))
+      if (is_set(get(sel, "matchLabels"))) ap.selector = string_map(sel, "matchLabels", Path(sel_path, "matchLabels"));
+    if (ap.selector && ap.selector->empty()) ap.selector.reset();
+    ap.has_target_refs = is_set(get(spec, "targetRef")) ||
+                         (sequence(spec, "targetRefs", Path(spec_path, "targetRefs")) &&
+                          !sequence(spec, "targetRefs", Path(spec_path, "targetRefs"))->empty());
+
+    const std::string_view action = word(spec, "action", Path(spec_path, "action")).value_or("ALLOW");
+    if (action == "ALLOW") ap.action = AuthzAction::allow;
+    else if (action == "DENY") ap.action = AuthzAction::deny;
+    else if (action == "AUDIT") ap.action = AuthzAction::audit;
+    else if (action == "CUSTOM") ap.action = AuthzAction::custom;
+    else fail("spec.action", "expected ALLOW, DENY, AUDIT or CUSTOM, got " + quote(action));
+
+    each_mapping(spec, "rules", Path(spec_path, "rules"), [&](const json::object& r, const Path& rp) {
+      AuthzRule rule;
+      each_mapping(&r, "from", Path(rp, "from"), [&](const json::object& f, const Path& fp) {
+        const Path sp(fp, "source");
+        const json::object* s = mapping(&f, "source", sp);
+        AuthzSource src;
+        src.principals = strings(s, "principals", Path(sp, "principals"));
+        src.not_principals = strings(s, "notPrincipals", Path(sp, "notPrincipals"));
+        src.namespaces = strings(s, "namespaces", Path(sp, "namespaces"));
+        src.not_namespaces = strings(s, "notNamespaces", Path(sp, "notNamespaces"));
+        src.service_accounts = strings(s, "serviceAccounts", Path(sp, "serviceAccounts"));
+        src.not_service_accounts = strings(s, "notServiceAccounts", Path(sp, "notServiceAccounts"));
+        src.ip_blocks = cidrs(strings(s, "ipBlocks", Path(sp, "ipBlocks")), Path(sp, "ipBlocks"));
+        src.not_ip_blocks = cidrs(strings(s, "notIpBlocks", Path(sp, "notIpBlocks")), Path(sp, "notIpBlocks"));
+        l7_fields(s, {"requestPrincipals", "notRequestPrincipals", "remoteIpBlocks", "notRemoteIpBlocks"}, sp,
+                  src.l7);
+        rule.from.push_back(std::move(src));
+      });
+      each_mapping(&r, "to", Path(rp, "to"), [&](const json::object& t, const Path& tp) {
+        const Path op(tp, "operation");
+        const json::object* o = mapping(&t, "operation", op);
+        AuthzOperation oper;
+        oper.ports = ports(strings(o, "ports", Path(op, "ports")), Path(op, "ports"));
+        oper.not_ports = ports(strings(o, "notPorts", Path(op, "notPorts")), Path(op, "notPorts"));
+        l7_fields(o, {"hosts", "notHosts", "methods", "notMethods", "paths", "notPaths"}, op, oper.l7);
+        rule.to.push_back(std::move(oper));
+      });
+      each_mapping(&r, "when", Path(rp, "when"), [&](const json::object& w, const Path& wp) {
+        AuthzCondition c;
+        c.key = string(&w, "key", Path(wp, "key")).value_or("");
+        if (c.key.empty()) fail(Path(wp, "key"), "required");
+        c.values = strings(&w, "values", Path(wp, "values"));
+        c.not_values = strings(&w, "notValues", Path(wp, "notValues"));
+        if (c.key == "source.ip" || c.key == "destination.ip") {
+          c.cidr_values = cidrs(c.values, Path(wp, "values"));
+          c.cidr_not_values = cidrs(c.not_values, Path(wp, "notValues"));
+        } else if (c.key == "destination.port") {
+          c.port_values = ports(c.values, Path(wp, "values"));
+          c.port_not_values = ports(c.not_values, Path(wp, "notValues"));
+        }
+        rule.when.push_back(std::move(c));
+      });
+      ap.rules.push_back(std::move(rule));
+    });
+    return ap;
+  }
+
   std::string where_;
   std::string kind_;  // set once the kind is known to be one we decode
   std::string ns_;
@@ -914,6 +1042,9 @@ class StreamDecoder final : public TreeSink {
             else out_.endpoint_slices.push_back(std::move(obj));
           } else if constexpr (std::is_same_v<T, Namespace>) {
             out_.namespaces.push_back(std::move(obj));
+
+          } else if constexpr (std::is_same_v<T, AuthorizationPolicy>) {
+            out_.authorization_policies.push_back(std::move(obj));
           } else {
             out_.nodes.push_back(std::move(obj));
           }

@@ -81,9 +81,10 @@ ClusterObjects load_objects_file(const std::string& path, const DecodeLimits& li
 
 // An addressType FQDN slice comes back as an EndpointSlice with AddressType::FQDN (decode_objects
 // keeps those apart, in ClusterObjects::fqdn_slices).
-using DecodedObject = std::variant<Service, Pod, EndpointSlice, Node, Namespace>;
+using DecodedObject = std::variant<Service, Pod, EndpointSlice, Node, Namespace, AuthorizationPolicy>;
 
-// Decodes one object of `kind` ("Service", "Pod", "EndpointSlice", "Node", "Namespace"), as LIST items and
+// Decodes one object of `kind` ("Service", "Pod", "EndpointSlice", "Node", "Namespace",
+// "AuthorizationPolicy" of security.istio.io/v1 or v1beta1), as LIST items and
 // WATCH event objects come (they may lack "kind"; the object's own "kind", if any, must agree).
 // nullopt: a kind dsproxy ignores, or a known kind of another API group (its apiVersion, when
 // present, is not v1 / discovery.k8s.io/v1). Throws ConfigError "<where> (Kind ns/name): path:

@@ -24,4 +24,14 @@ std::string_view to_string(AddressType t) {
   return "IPv4";
 }
 
+std::string_view to_string(AuthzAction a) {
+  switch (a) {
+    case AuthzAction::allow: return "ALLOW";
+    case AuthzAction::deny: return "DENY";
+    case AuthzAction::audit: return "AUDIT";
+    case AuthzAction::custom: return "CUSTOM";
+  }
+  return "ALLOW";
+}
+
 }  // namespace dsproxy::config

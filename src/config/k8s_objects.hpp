@@ -9,6 +9,7 @@
 #include <variant>
 #include <vector>
 
+#include "net/cidr.hpp"
 #include "net/ip_address.hpp"
 
 namespace dsproxy::config {
@@ -133,12 +134,70 @@ struct Namespace {
 // namespace says.
 inline constexpr std::string_view kDataplaneModeLabel = "istio.io/dataplane-mode";
 
+// ---- security.istio.io/v1 (and v1beta1) AuthorizationPolicy ----
+// What ztunnel enforces of it: the L4 fields, kept typed; of the L7 fields (HTTP methods, paths,
+// hosts, request principals, remote IP blocks, `when` keys other than the five L4 ones) only
+// their names, because a rule that uses one must fail safe (src/authz/policy.hpp says how).
+
+enum class AuthzAction { allow, deny, audit, custom };
+std::string_view to_string(AuthzAction a);  // "ALLOW", "DENY", "AUDIT", "CUSTOM"
+
+struct AuthzSource {  // rules[].from[].source
+  std::vector<std::string> principals, not_principals;
+  std::vector<std::string> namespaces, not_namespaces;
+  std::vector<std::string> service_accounts, not_service_accounts;  // "ns/sa" or "sa" (the policy's namespace)
+  std::vector<net::Cidr> ip_blocks, not_ip_blocks;
+  std::vector<std::string> l7;  // names of the L7 fields set: "requestPrincipals", "remoteIpBlocks", ...
+  friend bool operator==(const AuthzSource&, const AuthzSource&) = default;
+};
+
+struct AuthzOperation {  // rules[].to[].operation
+  std::vector<std::uint16_t> ports, not_ports;
+  std::vector<std::string> l7;  // "hosts", "notHosts", "methods", "notMethods", "paths", "notPaths"
+  friend bool operator==(const AuthzOperation&, const AuthzOperation&) = default;
+};
+
+struct AuthzCondition {  // rules[].when[]
+  std::string key;
+  // Typed by key: source.ip / destination.ip in the CIDR lists, destination.port in the port
+  // lists, source.namespace / source.principal in the string lists. Other keys (request.*,
+  // experimental.*, ...) are L7: values kept as text, never matched.
+  std::vector<std::string> values, not_values;
+  std::vector<net::Cidr> cidr_values, cidr_not_values;
+  std::vector<std::uint16_t> port_values, port_not_values;
+  friend bool operator==(const AuthzCondition&, const AuthzCondition&) = default;
+};
+
+struct AuthzRule {
+  std::vector<AuthzSource> from;
+  std::vector<AuthzOperation> to;
+  std::vector<AuthzCondition> when;
+  friend bool operator==(const AuthzRule&, const AuthzRule&) = default;
+};
+
+struct AuthorizationPolicy {
+  std::string name;
+  std::string ns;
+  std::string api_version;  // security.istio.io/v1 or /v1beta1 (shown, not otherwise used)
+  // spec.selector.matchLabels; nullopt (or empty): every workload of the namespace, of the mesh
+  // for the root namespace.
+  std::optional<Labels> selector;
+  // spec.targetRef / targetRefs: the policy is for a waypoint or gateway, never for ztunnel.
+  bool has_target_refs = false;
+  AuthzAction action = AuthzAction::allow;
+  std::vector<AuthzRule> rules;
+  bool dry_run = false;  // annotation istio.io/dry-run: "true"
+  friend bool operator==(const AuthorizationPolicy&, const AuthorizationPolicy&) = default;
+};
+
 struct ClusterObjects {
   std::vector<Service> services;
   std::vector<Pod> pods;
   std::vector<EndpointSlice> endpoint_slices;
   std::vector<Node> nodes;
   std::vector<Namespace> namespaces;
+
+  std::vector<AuthorizationPolicy> authorization_policies;
   // addressType FQDN slices, kept apart: nothing routes to a hostname, but the resolver turns
   // those of a Service annotated dsproxy.io/resolve: "true" into IPv4/IPv6 slices.
   std::vector<EndpointSlice> fqdn_slices;

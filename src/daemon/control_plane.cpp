@@ -35,6 +35,8 @@ snapshot::ObjectKind to_builder_kind(sources::ObjectKind kind) {
     case sources::ObjectKind::endpoint_slice: return snapshot::ObjectKind::endpoint_slice;
     case sources::ObjectKind::node: return snapshot::ObjectKind::node;
     case sources::ObjectKind::namespace_: return snapshot::ObjectKind::namespace_;
+
+    case sources::ObjectKind::authorization_policy: return snapshot::ObjectKind::authorization_policy;
   }
   return snapshot::ObjectKind::service;  // unreachable: every kind is listed above
 }
@@ -214,6 +216,11 @@ void ControlPlane::upsert(const sources::ConfigSource& from, config::Namespace o
   schedule_build(from.name());
 }
 
+void ControlPlane::upsert(const sources::ConfigSource& from, config::AuthorizationPolicy object) {
+  builder_.upsert(std::move(object));
+  schedule_build(from.name());
+}
+
 void ControlPlane::erase(const sources::ConfigSource& from, sources::ObjectKind kind, const std::string& ns,
                          const std::string& name) {
   builder_.erase(to_builder_kind(kind), ns, name);
@@ -343,8 +350,9 @@ void ControlPlane::build_and_publish() {
   store_.publish(next);
   if (callbacks_.published) callbacks_.published();
   builds_.fetch_add(1, std::memory_order_relaxed);
-  spdlog::info("config reloaded ({}): generation {}, {} service port(s), {} local pod(s)", why, store_.generation(),
-               next->cluster_count(), next->node_pods().size());
+  spdlog::info("config reloaded ({}): generation {}, {} service port(s), {} local pod(s), {} AuthorizationPolicy(ies)",
+               why, store_.generation(), next->cluster_count(), next->node_pods().size(),
+               next->authz().policy_count());
   apply_rules(*next);
 }
 

@@ -77,7 +77,8 @@ class ControlPlane final : public sources::ObjectSink {
     // The first snapshot is live and the rules are installed. On the control-plane thread.
     std::function<void()> ready;
     // A snapshot was published (every one, the first included). On the control-plane thread;
-    // must not block.
+    // must not block (the identity thread is hurried, the workers re-decide AuthorizationPolicy
+    // for their connections: both by posting).
     std::function<void()> published{};
     // Start-up cannot complete (a bad first config file, rules that cannot be installed): the
     // daemon exits with `exit_code`. On the control-plane thread.
@@ -131,6 +132,8 @@ class ControlPlane final : public sources::ObjectSink {
   void upsert(const sources::ConfigSource& from, config::EndpointSlice object) override;
   void upsert(const sources::ConfigSource& from, config::Node object) override;
   void upsert(const sources::ConfigSource& from, config::Namespace object) override;
+
+  void upsert(const sources::ConfigSource& from, config::AuthorizationPolicy object) override;
   void erase(const sources::ConfigSource& from, sources::ObjectKind kind, const std::string& ns,
              const std::string& name) override;
   void begin_batch(const sources::ConfigSource& from) override;

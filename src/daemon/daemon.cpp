@@ -132,7 +132,8 @@ class Daemon {
     // Readers (workers, DNS, admin) always find a snapshot: an empty one until the first sync.
     const snapshot::ClusterSnapshot::Options snapshot_options{options_.node, options_.cluster_domain,
                                                               options_.fallback_default, options_.zone,
-                                                              options_.identity.trust_domain};
+                                                              options_.identity.trust_domain,
+                                                              options_.authz_root_namespace};
     // With mTLS, TCP to this node's pods' HBONE port is captured to our HBONE listener.
     if (options_.identity.enabled()) options_.redirect_options.hbone_port = options_.hbone_port;
     store_.publish(snapshot::ClusterSnapshot::build({}, snapshot_options));
@@ -157,6 +158,10 @@ class Daemon {
                                      // A new local pod wants its certificate now, not at the
                                      // identity thread's next poll.
                                      if (identity_) identity_->refresh_soon();
+                                     // Workers re-decide their connections to local pods (posted).
+                                     // server_ is set before the control plane starts and the
+                                     // control plane is joined before the server goes.
+                                     if (server_) server_->snapshot_published();
                                    },
                                .fatal = [this](int code) { asio::post(front_, [this, code] { on_fatal(code); }); },
                                .serving = [this] { return serving(); },
@@ -421,8 +426,11 @@ class Daemon {
         if (identity_) context.identity = identity_->describe();
         return {200, "application/json", admin::render_config_dump(context)};
       }
-      if (path == "/stats")
-        return {200, "application/json", admin::render_stats(stats_, dns_stats(), limits_status())};
+      if (path == "/stats") {
+        const auto snapshot = store_.current();  // kept alive while its policies' counters are read
+        return {200, "application/json",
+                admin::render_stats(stats_, dns_stats(), limits_status(), &snapshot->authz())};
+      }
       if (path == "/healthz/ready") return readiness();
       if (path == "/healthz/live") return liveness();
       return {404, "text/plain", "unknown path; try /config_dump, /stats, /healthz/ready, /healthz/live\n"};

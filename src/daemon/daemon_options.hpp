@@ -26,6 +26,8 @@ struct DaemonOptions {
   std::string node;
   std::string zone;  // --zone: this node's topology zone (else the Node object's label)
   std::string cluster_domain = "cluster.local";
+  // AuthorizationPolicies in this namespace apply mesh-wide (Istio's root namespace).
+  std::string authz_root_namespace = "istio-system";
   snapshot::FallbackDefault fallback_default = snapshot::FallbackDefault::policy;
   bool redirect = false;  // install the capture rules at start, keep them current, remove at exit
   proxy::ProxyOptions proxy;

@@ -47,8 +47,9 @@ class RelayEnd {
   RelayEnd(ProxyStats& stats, GaugeGuard<ProxyStats::Counter> active,
            GaugeGuard<std::atomic<std::uint64_t>> on_worker, std::shared_ptr<EndpointState> endpoint,
            Direction direction, const net::SocketAddress& source, const net::SocketAddress& destination,
-           ConnectionResult result)
-      : stats_(&stats),
+           ConnectionResult result, AuthzRegistration authz = {})
+      : authz_(std::move(authz)),
+        stats_(&stats),
         endpoint_(std::move(endpoint)),
         active_(std::move(active)),
         on_worker_(std::move(on_worker)),
@@ -78,6 +79,7 @@ class RelayEnd {
       r.bytes_to_upstream = result.bytes_to_upstream;
       r.bytes_to_downstream = result.bytes_to_downstream;
       result_.finish(result.fault          ? EndReason::fault
+                     : result.revoked      ? EndReason::denied_by_policy  // a policy change closed it
                      : result.idle_timeout ? EndReason::idle_timeout
                      : result.reset        ? (result.upstream_reset ? EndReason::upstream_reset : EndReason::client_reset)
                                            : EndReason::completed);
@@ -89,6 +91,7 @@ class RelayEnd {
   }
 
  private:
+  AuthzRegistration authz_;  // leaves the worker's live list when the relay's completion is destroyed
   ProxyStats* stats_;
   // Declared before the guards: the endpoint state outlives the gauge that points into it.
   std::shared_ptr<EndpointState> endpoint_;
@@ -286,7 +289,27 @@ struct Connected {
   net::SocketAddress address;
   std::shared_ptr<EndpointState> endpoint;  // null for passthrough
   std::shared_ptr<hbone::Stream> tunnel;
+  // Set when the connection reaches one of this node's workloads: what it was authorized on,
+  // and the index that decided (to catch a policy change that lands before it is registered).
+  std::optional<authz::ConnectionAttributes> authz;
+  std::shared_ptr<const authz::PolicyIndex> authz_index;
 };
+
+// AuthorizationPolicy at the destination's node, for plaintext connections (no peer identity):
+// false when a policy denies `c` (logged). ztunnel enforces at the receiving side; here that is
+// the node whose pod is the destination, whichever listener caught the connection.
+bool authorize(Direction direction, const authz::Workload& w, const authz::ConnectionAttributes& c,
+               ConnectionResult& result) {
+  const authz::Decision d = authz::decide(w, c);
+  if (d.denied()) {
+    log_authz_denial(direction, c, w, d, "connection reset");
+    result.finish(EndReason::denied_by_policy);
+    if (result.active() && d.policy) result.record().policy = d.policy->key;
+    return false;
+  }
+  log_authz_notes(direction, c, w, d);
+  return true;
+}
 
 awaitable<std::optional<Connected>> route_and_connect(const ConnectionContext& ctx, Direction direction,
                                                       const net::SocketAddress& source,
@@ -313,6 +336,15 @@ awaitable<std::optional<Connected>> route_and_connect(const ConnectionContext& c
     result.record().source_workload = ctx.names->pod(source.ip);
     if (decision.cluster) result.record().service = ctx.names->service(*decision.cluster);
   }
+  // A destination that is one of this node's pods (inbound, or a pod dialled directly by a pod
+  // of this node) is authorized before anything is dialled.
+  const authz::Workload* workload =
+      transparent && decision.kind == RouteKind::passthrough ? snapshot->authz().workload(destination.ip) : nullptr;
+  std::optional<authz::ConnectionAttributes> authorized;
+  if (workload) {
+    authorized = authz::ConnectionAttributes{source.ip, destination.ip, destination.port, std::nullopt};
+    if (!authorize(direction, *workload, *authorized, result)) co_return std::nullopt;
+  }
   if (decision.kind == RouteKind::reject) {
     result.finish(reason_for(decision.reason));
     count_reject(ctx.stats, decision.reason);
@@ -325,6 +357,20 @@ awaitable<std::optional<Connected>> route_and_connect(const ConnectionContext& c
       co_await establish_upstream(ctx, decision, *snapshot, states, source, destination, transparent, upstream,
                                   result);
   if (!connected) co_return std::nullopt;
+  // A Service endpoint on this node is known only once connected (the pick, retries and Happy
+  // Eyeballs choose it): decided then, and a denial resets both sides before any byte moves. So
+  // is a passthrough that Happy Eyeballs took to the pod's other-family address. (A tunnelled
+  // connection goes to another node, which decides.)
+  const bool decided_this = authorized && authorized->destination_ip == connected->address.ip &&
+                            authorized->destination_port == connected->address.port;
+  if (!decided_this && transparent && !connected->tunnel)
+    if (const authz::Workload* w = snapshot->authz().workload(connected->address.ip)) {
+      authorized = authz::ConnectionAttributes{source.ip, connected->address.ip, connected->address.port, std::nullopt};
+      if (!authorize(direction, *w, *authorized, result)) {
+        net::reset_connection(upstream);
+        co_return std::nullopt;
+      }
+    }
   result.record().connected = true;
   result.record().endpoint = connected->address;
   if (names) result.record().destination_workload = ctx.names->pod(connected->address.ip);
@@ -335,7 +381,8 @@ awaitable<std::optional<Connected>> route_and_connect(const ConnectionContext& c
     spdlog::debug("{} {} -> {} via {}{} (cluster {})", to_string(direction), source.to_string(),
                   destination.to_string(), connected->address.to_string(), connected->tunnel ? " (HBONE)" : "",
                   cluster_name);
-  co_return Connected{connected->address, connected->endpoint, connected->tunnel};
+  co_return Connected{connected->address, connected->endpoint, connected->tunnel, authorized,
+                      authorized ? snapshot->authz_index() : nullptr};
 }
 
 // A fault (an exception from anything a connection calls; the data path itself uses error
@@ -422,9 +469,24 @@ awaitable<void> serve_connection(tcp::socket client, tcp::endpoint peer, Directi
     // an idle proxied connection costs only the relay and what RelayEnd keeps.
     RelayOptions relay_options{ctx.options.idle_timeout};
     if (inject(ctx.options.test_faults.relay_every, ctx.load)) relay_options.test_fault_at_move = 1;
+    // A connection to a local workload joins the worker's live list, so that a policy change
+    // re-decides it (and resets it through the handle when it is now denied).
+    AuthzRegistration registration;
+    std::uint64_t authz_id = 0;
+    if (connected->authz && ctx.authz_connections) {
+      relay_options.handle = std::make_shared<RelayHandle>();
+      authz_id = ctx.authz_connections->add({*connected->authz, direction, relay_options.handle});
+      registration = AuthzRegistration(*ctx.authz_connections, authz_id);
+    }
     start_relay(std::move(client), std::move(upstream), relay_options,
                 RelayEnd(ctx.stats, std::move(active), std::move(on_worker), connected->endpoint, direction, source,
-                         destination, std::move(result)));
+                         destination, std::move(result), std::move(registration)));
+    // A policy change published while this connection was connecting: the walk it caused may have
+    // missed it, so it is decided once more against the current index.
+    if (authz_id != 0) {
+      const auto now = ctx.store.current();
+      if (now->authz_index() != connected->authz_index) ctx.authz_connections->reevaluate_one(authz_id, now->authz());
+    }
   } catch (const std::exception& e) {
     // Whatever was not handed to the relay yet is closed with this frame; the client learns of
     // it by a reset, never by a clean end of stream.

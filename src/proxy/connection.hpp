@@ -7,6 +7,8 @@
 
 #include "snapshot/snapshot_store.hpp"
 #include "proxy/connection_result.hpp"
+
+#include "proxy/authz_connections.hpp"
 #include "proxy/endpoint_picker.hpp"
 #include "proxy/endpoint_states.hpp"
 #include "proxy/local_address_check.hpp"
@@ -45,6 +47,10 @@ struct ConnectionContext {
   ConnectionSink* sink = nullptr;
   WorkloadIndex* names = nullptr;
   MeshWorker* mesh = nullptr;  // the worker's HBONE side; null or disabled: plaintext only
+
+  // The worker's live connections to local workloads (AuthorizationPolicy re-evaluation);
+  // null: not tracked (tests that build a context by hand).
+  AuthzConnections* authz_connections = nullptr;
 };
 
 // Owns `client` until the upstream is connected, then hands both sockets to the relay, which owns

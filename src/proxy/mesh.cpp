@@ -69,30 +69,38 @@ MeshWorker::MeshWorker(asio::any_io_executor executor, const MeshOptions& mesh, 
     : executor_(std::move(executor)), mesh_(mesh), proxy_(proxy), store_(store), stats_(stats) {
   if (!enabled()) return;
   identity::IdentityManager* identities = mesh_.identities;
-  pool_ = hbone::ConnectionPool::create(
-      executor_, mesh_.pool,
-      [identities](const hbone::PoolKey& key) -> std::shared_ptr<SSL_CTX> {
-        const auto id = identity::SpiffeId::parse(key.source_identity);
-        if (!id) return nullptr;
-        const auto contexts = identities->contexts(*id);
-        if (!contexts) {
-          identities->refresh_soon();  // a pod new to this node: its certificate is on its way
-          return nullptr;
-        }
-        return contexts->client();
-      },
-      [identities](const hbone::PoolKey& key, SSL* ssl) {
-        const auto expected = identity::SpiffeId::parse(key.destination_identity);
-        const auto error = expected ? identity::check_peer_identity(ssl, *expected) : identity::PeerError::wrong_identity;
-        if (error == identity::PeerError::none) {
-          identity::report_handshake(*identities->stats(), identity::Side::client);
-          return true;
-        }
-        identity::report_refusal(*identities->stats(), identity::Side::client, error,
-                                 key.destination.address().to_string(), ssl);
-        return false;
-      },
-      [this](const hbone::PoolKey& key, hbone::ConnectionPool::DialHandler handler) { dial(key, std::move(handler)); });
+  hbone::ConnectionPool::Hooks hooks;
+  hooks.context_for = [identities](const hbone::PoolKey& key) -> std::shared_ptr<SSL_CTX> {
+    const auto id = identity::SpiffeId::parse(key.source_identity);
+    if (!id) return nullptr;
+    const auto contexts = identities->contexts(*id);
+    if (!contexts) {
+      identities->refresh_soon();  // a pod new to this node: its certificate is on its way
+      return nullptr;
+    }
+    return contexts->client();
+  };
+  // The handshake itself fails for a server that is not the destination workload, so not a byte
+  // of a tunnel goes to the wrong one; verify checks again after it, before first use.
+  hooks.before_handshake = [](const hbone::PoolKey& key, SSL* ssl) {
+    const auto expected = identity::SpiffeId::parse(key.destination_identity);
+    return expected && identity::expect_peer_identity(ssl, *expected);
+  };
+  hooks.verify = [identities](const hbone::PoolKey& key, SSL* ssl) {
+    const auto expected = identity::SpiffeId::parse(key.destination_identity);
+    const auto error = expected ? identity::check_peer_identity(ssl, *expected) : identity::PeerError::wrong_identity;
+    if (error == identity::PeerError::none) {
+      identity::report_handshake(*identities->stats(), identity::Side::client);
+      return true;
+    }
+    identity::report_refusal(*identities->stats(), identity::Side::client, error,
+                             key.destination.address().to_string(), ssl);
+    return false;
+  };
+  hooks.dial = [this](const hbone::PoolKey& key, hbone::ConnectionPool::DialHandler handler) {
+    dial(key, std::move(handler));
+  };
+  pool_ = hbone::ConnectionPool::create(executor_, mesh_.pool, std::move(hooks));
 }
 
 MeshWorker::~MeshWorker() {

@@ -151,11 +151,28 @@ class Worker {
          const OutlierDetector& outliers, EndpointStates& endpoint_states, SessionAffinityTable& affinity,
          std::uint64_t seed, int index, ConnectionSink* sink, const MeshOptions& mesh)
       : index_(index),
+        store_(store),
         picker_(outliers, seed, &affinity),
         local_addresses_(options.upstream_mark),
         context_{options, store, stats, outliers, endpoint_states, picker_, local_addresses_, load_, sink, &names_},
         mesh_(io_.get_executor(), mesh, options, store, stats) {
     context_.mesh = &mesh_;
+    context_.authz_connections = &authz_connections_;
+  }
+
+  // A snapshot was published (any thread): this worker re-decides its live connections to local
+  // workloads, on its own thread, if the authorization index changed since it last looked.
+  void snapshot_published() {
+    boost::asio::post(io_, [this] {
+      const auto snapshot = store_.current();
+      if (snapshot->authz_index() == authz_seen_) return;
+      authz_seen_ = snapshot->authz_index();
+      if (authz_connections_.size() == 0) return;
+      const std::size_t closed = authz_connections_.reevaluate(snapshot->authz());
+      if (closed > 0)
+        spdlog::info("authz: policy change closed {} of this worker's {} connection(s) to local workloads", closed,
+                     authz_connections_.size());
+    });
   }
 
   void listen(const net::SocketAddress& address, Direction direction, const net::ListenerSocketOptions& options,
@@ -241,6 +258,9 @@ class Worker {
   };
   int index_;
   WorkerLoad load_;
+  const snapshot::SnapshotStore& store_;
+  AuthzConnections authz_connections_;  // this thread's connections to local workloads
+  std::shared_ptr<const authz::PolicyIndex> authz_seen_;  // the index its connections were last decided on
   EndpointPicker picker_;  // this thread's random state for power-of-two choices
   KernelLocalAddressCheck local_addresses_;  // this thread's netlink socket for the loop guard
   DescriptorReserve reserve_;  // shared by this thread's accept loops, which never run at once
@@ -381,11 +401,19 @@ std::vector<ProxyServer::WorkerLoadView> ProxyServer::worker_loads() const {
   return out;
 }
 
+void ProxyServer::snapshot_published() {
+  // The control thread calls this while the front thread may be stopping the workers (drain).
+  std::lock_guard lock(workers_mutex_);
+  if (stopped_) return;
+  for (auto& w : workers_) w->snapshot_published();
+}
+
 void ProxyServer::stop_accepting() {
   for (auto& w : workers_) w->stop_accepting();
 }
 
 void ProxyServer::stop() {
+  std::lock_guard lock(workers_mutex_);
   if (stopped_) return;
   stopped_ = true;
   for (auto& w : workers_) w->stop();

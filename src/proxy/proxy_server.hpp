@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "snapshot/snapshot_store.hpp"
@@ -54,6 +55,10 @@ class ProxyServer {
   // answering the admin API meanwhile).
   void stop_accepting();
   void stop();
+  // The control plane published a snapshot: each worker re-decides its established connections
+  // to this node's workloads if the AuthorizationPolicies (or the pods) changed, closing those
+  // now denied. Any thread; returns at once (the work is posted to the workers).
+  void snapshot_published();
   // The ports actually bound (useful when the options asked for port 0 in tests).
   CapturePorts bound_ports() const { return bound_; }
   // The --forward listeners as bound (port 0 replaced by the kernel's choice), after start().
@@ -83,6 +88,7 @@ class ProxyServer {
   SessionAffinityTable affinity_;  // shared by every worker: a client's connections land on any of them
   CapturePorts bound_;
   std::vector<std::unique_ptr<Worker>> workers_;
+  std::mutex workers_mutex_;  // snapshot_published (control thread) against stop (front thread)
   bool started_ = false;
   bool stopped_ = false;
   std::atomic<bool> listening_{false};

@@ -126,6 +126,16 @@ class Relay {
   bool idle_since_last_sweep() const { return activity_ == sweep_seen; }
   bool ended() const { return dirs_[0].done && dirs_[1].done; }  // only finishing waits are left
   void mark_swept() { sweep_seen = activity_; }
+  // RelayHandle::reset: like an idle expiry, counted as a revocation.
+  static void revoke(void* self) {
+    auto* r = static_cast<Relay*>(self);
+    if (r->ended()) return;
+    r->result_.revoked = true;
+    net::reset_connection(r->downstream_);
+    net::reset_connection(r->upstream_);
+    for (auto& d : r->dirs_)
+      if (!d.done) r->direction_done(d);
+  }
   void expire() {
     // Idle for a whole period: reset both sides. Pending waits complete with operation_aborted
     // and the last one finishes the relay.
@@ -158,8 +168,13 @@ class Relay {
       : downstream_(std::move(downstream)),
         upstream_(std::move(upstream)),
         idle_timeout_(options.idle_timeout),
+        handle_(options.handle),
         handler_(std::move(handler)),
         test_fault_countdown_(options.test_fault_at_move) {
+    if (handle_) {
+      handle_->target_ = this;
+      handle_->reset_ = &Relay::revoke;
+    }
     dirs_[0].from = &downstream_;
     dirs_[0].to = &upstream_;
     dirs_[0].bytes = &result_.bytes_to_upstream;
@@ -188,6 +203,7 @@ class Relay {
 
   // Closes both sockets (members): the last FIN or the reset goes out here.
   ~Relay() {
+    if (handle_) *handle_ = RelayHandle{};
     if (swept) sweeper_->remove(*this);
     for (auto& d : dirs_) PipePool::for_this_thread().release(d.pipe, d.pipe_pending == 0);
   }
@@ -449,6 +465,7 @@ class Relay {
   tcp::socket upstream_;
   IdleSweeper* sweeper_ = nullptr;
   std::chrono::milliseconds idle_timeout_;
+  std::shared_ptr<RelayHandle> handle_;
   Handler handler_;
   Direction dirs_[2];
   RelayResult result_;

@@ -5,6 +5,7 @@
 #include <boost/asio/async_result.hpp>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 
 #include "net/io/transparent_socket.hpp"
 
@@ -12,6 +13,20 @@ namespace dsproxy::proxy {
 
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
+
+// Lets the owner of a connection end its relay from outside: an AuthorizationPolicy change that
+// now denies the connection. Cleared by the relay when it ends, so a handle never points at a
+// dead relay (or at a descriptor number reused since). Both the relay and the caller run on the
+// worker's thread: no lock.
+struct RelayHandle {
+  // Resets both sides (SO_LINGER 0) if the relay still runs; the relay then finishes as usual.
+  void reset() {
+    if (reset_) reset_(target_);
+  }
+  bool running() const { return target_ != nullptr; }
+  void* target_ = nullptr;
+  void (*reset_)(void*) = nullptr;
+};
 
 struct RelayOptions {
   // A connection with no byte in either direction for this long is reset on both sides.
@@ -21,6 +36,8 @@ struct RelayOptions {
   // std::bad_alloc, to show that a fault costs this one connection and nothing else. Turns 1 and
   // 2 run inside start_relay (one per direction); later ones in callbacks. Zero: never.
   int test_fault_at_move = 0;
+
+  std::shared_ptr<RelayHandle> handle{};  // optional
 };
 
 struct RelayResult {
@@ -32,6 +49,8 @@ struct RelayResult {
   // the relay ended as any other would, so its gauges and counters stay right.
   bool fault = false;
   bool upstream_reset = false;  // ... and that side was the upstream (else the client)
+
+  bool revoked = false;  // ended through RelayHandle::reset
 };
 
 // Copies both directions at once until both have ended. A FIN from one side becomes a

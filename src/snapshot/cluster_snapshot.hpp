@@ -20,6 +20,7 @@
 #include <string_view>
 #include <vector>
 
+#include "authz/policy_index.hpp"
 #include "config/k8s_objects.hpp"
 #include "net/ip_address.hpp"
 #include "snapshot/persistent_map.hpp"
@@ -208,6 +209,9 @@ class ClusterSnapshot {
     std::string zone{};
     // The SPIFFE trust domain of workload identities (--trust-domain).
     std::string trust_domain = "cluster.local";
+
+    // AuthorizationPolicies in this namespace apply to the whole mesh (--authz-root-namespace).
+    std::string authz_root_namespace = "istio-system";
   };
 
   // A fresh SnapshotBuilder fed `objects` at once (tests and one-shot commands; the daemon keeps
@@ -261,6 +265,12 @@ class ClusterSnapshot {
   const Options& options() const { return options_; }
   // The zone topology hints are matched against: Options::zone, else the Node's label.
   const std::string& zone() const { return zone_; }
+  // The authorization view: this node's workloads with the AuthorizationPolicies that select
+  // them (authz/policy_index.hpp). Shared with the previous snapshot when neither the policies
+  // nor the local pods changed, so comparing authz_index() pointers tells whether a policy
+  // change may have changed a decision.
+  const authz::PolicyIndex& authz() const { return *authz_; }
+  const std::shared_ptr<const authz::PolicyIndex>& authz_index() const { return authz_; }
 
   // The DNS side's queries. The view of Service ns/name, or nullptr.
   const ServiceView* service(std::string_view ns, std::string_view name) const;
@@ -290,6 +300,8 @@ class ClusterSnapshot {
   // Pod address -> its workload (a dual-stack pod's two addresses share one).
   PersistentMap<net::IpAddress, std::shared_ptr<const Workload>, net::IpAddressHash> workloads_;
   std::size_t workload_count_ = 0;
+
+  std::shared_ptr<const authz::PolicyIndex> authz_;
 };
 
 }  // namespace dsproxy::snapshot

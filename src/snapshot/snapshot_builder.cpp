@@ -379,6 +379,18 @@ bool SnapshotBuilder::in_mesh(const Pod& pod) const {
   return ambient_namespaces_.contains(pod.ns);
 }
 
+void SnapshotBuilder::upsert(AuthorizationPolicy policy) {
+  std::string key = key_of(policy.ns, policy.name);
+  auto it = raw_policies_.find(key);
+  if (it != raw_policies_.end() && it->second == policy) return;
+  std::shared_ptr<authz::PolicyStats> stats;
+  auto& named = policies_[policy.ns];
+  if (auto old = named.find(policy.name); old != named.end()) stats = old->second->stats;
+  named[policy.name] = authz::compile(policy, options_.authz_root_namespace, std::move(stats));
+  raw_policies_.insert_or_assign(std::move(key), std::move(policy));
+  authz_dirty_ = true;
+}
+
 void SnapshotBuilder::upsert(Node node) {
   auto it = node.labels.find("topology.kubernetes.io/zone");
   set_node_zone(node.name, it == node.labels.end() ? std::string() : it->second);
@@ -422,6 +434,16 @@ void SnapshotBuilder::erase(ObjectKind kind, std::string_view ns, std::string_vi
     case ObjectKind::namespace_:
       upsert(Namespace{std::string(name), {}});
       return;
+
+    case ObjectKind::authorization_policy: {
+      if (!raw_policies_.erase(key_of(ns, name))) return;
+      if (auto named = policies_.find(ns); named != policies_.end()) {
+        named->second.erase(std::string(name));
+        if (named->second.empty()) policies_.erase(named);
+      }
+      authz_dirty_ = true;
+      return;
+    }
   }
 }
 
@@ -477,6 +499,19 @@ void SnapshotBuilder::replace_all(ClusterObjects objects) {
     if (!keep.count(name)) gone.push_back(name);
   for (const auto& name : gone) upsert(Namespace{name, {}});
   for (Namespace& n : objects.namespaces) upsert(std::move(n));
+
+  keep.clear();
+  gone.clear();
+
+  for (const AuthorizationPolicy& p : objects.authorization_policies) keep.insert(key_of(p.ns, p.name));
+  for (const auto& [key, policy] : raw_policies_)
+    if (!keep.count(key)) gone.push_back(key);
+  for (const auto& key : gone) {
+    const auto slash = key.find('/');
+    erase(ObjectKind::authorization_policy, std::string_view(key).substr(0, slash),
+          std::string_view(key).substr(slash + 1));
+  }
+  for (AuthorizationPolicy& p : objects.authorization_policies) upsert(std::move(p));
 
   if (objects.warnings != *warnings_)
     warnings_ = std::make_shared<const std::vector<std::string>>(std::move(objects.warnings));
@@ -588,6 +623,19 @@ void SnapshotBuilder::add_pair(const net::IpAddress& a, const net::IpAddress& b,
     auto it = std::lower_bound(r.begin(), r.end(), b, [](const auto& e, const net::IpAddress& k) { return e.first < k; });
     if (it != r.end() && it->first == b && --it->second == 0) r.erase(it);
   });
+}
+
+void SnapshotBuilder::rebuild_authz() {
+  std::vector<authz::PolicyIndex::LocalWorkload> workloads;
+  workloads.reserve(local_pods_.size());
+  for (const auto& key : local_pods_) {
+    const Pod& p = pods_.at(key).pod;
+    if (p.host_network) continue;  // shares the node's addresses: not a workload proxied here
+    workloads.push_back({p.name, p.ns, p.labels, p.service_account, p.pod_ips});
+  }
+  authz_ = authz::PolicyIndex::build(std::make_shared<const authz::PolicyIndex::PolicySet>(policies_), workloads,
+                                     options_.authz_root_namespace);
+  authz_dirty_ = false;
 }
 
 void SnapshotBuilder::rebuild_node_pods() {
@@ -815,6 +863,8 @@ std::shared_ptr<const ClusterSnapshot> SnapshotBuilder::build() {
   }
   dirty_services_.clear();
   for (const net::IpAddress& ip : owners_touched) recompute_owners(ip);
+  // The authorization index follows the policies and this node's pods (labels, addresses).
+  if (node_pods_dirty_ || authz_dirty_ || !authz_) rebuild_authz();
   if (node_pods_dirty_) rebuild_node_pods();
 
   auto snap = std::make_shared<ClusterSnapshot>();
@@ -830,6 +880,7 @@ std::shared_ptr<const ClusterSnapshot> SnapshotBuilder::build() {
   snap->workloads_ = workloads_;
   snap->workload_count_ = workload_count_;
   snap->warnings_ = warnings_;
+  snap->authz_ = authz_;
   return snap;
 }
 

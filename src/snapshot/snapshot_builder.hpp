@@ -51,7 +51,7 @@
 namespace dsproxy::snapshot {
 
 // Spelled as sources::ObjectKind (sources/config_source.hpp), which can become an alias of this one.
-enum class ObjectKind { service, pod, endpoint_slice, node, namespace_ };
+enum class ObjectKind { service, pod, endpoint_slice, node, namespace_, authorization_policy };
 
 class SnapshotBuilder {
  public:
@@ -65,6 +65,10 @@ class SnapshotBuilder {
   void upsert(config::EndpointSlice slice);
   void upsert(config::Node node);
   void upsert(config::Namespace ns);
+
+  // Compiled at once (authz/policy.hpp); a change of a policy or of this node's pods rebuilds
+  // the authorization index at the next build(), everything else is untouched.
+  void upsert(config::AuthorizationPolicy policy);
   // Removes an object; unknown names are ignored. Nodes have no namespace (pass "").
   void erase(ObjectKind kind, std::string_view ns, std::string_view name);
   // Makes the kept objects exactly `objects` (a file read, a relist), touching only what differs
@@ -84,6 +88,7 @@ class SnapshotBuilder {
   std::size_t services() const { return services_.size(); }
   std::size_t endpoint_slices() const { return slices_.size(); }
   std::size_t pods() const { return pods_.size(); }
+  std::size_t authorization_policies() const { return raw_policies_.size(); }
 
  private:
   struct PodEntry {
@@ -107,6 +112,8 @@ class SnapshotBuilder {
   void rebuild_node_pods();
   bool in_mesh(const config::Pod& pod) const;
   void touch_namespace_pods(const std::string& ns);
+
+  void rebuild_authz();
   const SharedString& intern(const std::string& s);
 
   Options options_;
@@ -127,6 +134,13 @@ class SnapshotBuilder {
   PersistentMap<net::IpAddress, std::uint32_t, net::IpAddressHash> endpoint_ip_refs_;
   std::unordered_map<std::string, SharedString> interned_;  // node names and zones
   std::unordered_map<std::string, bool> ambient_namespaces_;  // namespace -> labelled ambient (only those kept)
+
+  // AuthorizationPolicies: as given (to skip unchanged updates), compiled (by namespace), and
+  // the counters of each ns/name, kept while the policy exists.
+  std::unordered_map<std::string, config::AuthorizationPolicy> raw_policies_;
+  authz::PolicyIndex::PolicySet policies_;
+  bool authz_dirty_ = true;
+  std::shared_ptr<const authz::PolicyIndex> authz_;
 
   // Changes waiting for build().
   std::set<std::string> dirty_services_;

@@ -9,6 +9,8 @@ std::string_view to_string(ObjectKind kind) {
     case ObjectKind::endpoint_slice: return "EndpointSlice";
     case ObjectKind::node: return "Node";
     case ObjectKind::namespace_: return "Namespace";
+
+    case ObjectKind::authorization_policy: return "AuthorizationPolicy";
   }
   return "?";
 }

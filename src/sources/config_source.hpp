@@ -16,7 +16,7 @@
 
 namespace dsproxy::sources {
 
-enum class ObjectKind { service, pod, endpoint_slice, node, namespace_ };
+enum class ObjectKind { service, pod, endpoint_slice, node, namespace_, authorization_policy };
 std::string_view to_string(ObjectKind kind);
 
 class ConfigSource;
@@ -34,6 +34,9 @@ class ObjectSink {
   virtual void upsert(const ConfigSource& from, config::EndpointSlice object) = 0;
   virtual void upsert(const ConfigSource& from, config::Node object) = 0;
   virtual void upsert(const ConfigSource& from, config::Namespace object) = 0;
+
+  // security.istio.io AuthorizationPolicy; sinks that do not enforce policies ignore it.
+  virtual void upsert(const ConfigSource& from, config::AuthorizationPolicy object) {}
   virtual void erase(const ConfigSource& from, ObjectKind kind, const std::string& ns, const std::string& name) = 0;
   // A run of changes that belong together is arriving (a LIST streaming in page by page): the
   // sink may hold its build until end_batch, so a relist of 10,000 objects is one build. A

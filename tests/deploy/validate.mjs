@@ -183,6 +183,7 @@ function policyDsproxy(docs) {
     const want = [
       { apiGroups: [''], resources: ['namespaces', 'nodes', 'pods', 'services'], verbs: ['get', 'list', 'watch'] },
       { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: ['get', 'list', 'watch'] },
+      { apiGroups: ['security.istio.io'], resources: ['authorizationpolicies'], verbs: ['get', 'list', 'watch'] },
     ];
     const got = (role.rules ?? [])
       .map((r) => ({ apiGroups: sorted(r.apiGroups), resources: sorted(r.resources), verbs: sorted(r.verbs),
@@ -190,7 +191,7 @@ function policyDsproxy(docs) {
         ...(r.nonResourceURLs ? { nonResourceURLs: r.nonResourceURLs } : {}) }))
       .sort((a, b) => JSON.stringify(a).localeCompare(JSON.stringify(b)));
     if (!same(got, want)) {
-      problem('policy', `ClusterRole dsproxy: rules must be exactly get/list/watch on core services, pods, nodes, namespaces and discovery.k8s.io endpointslices; got ${JSON.stringify(role.rules)}`);
+      problem('policy', `ClusterRole dsproxy: rules must be exactly get/list/watch on core services, pods, nodes, namespaces, discovery.k8s.io endpointslices and security.istio.io authorizationpolicies; got ${JSON.stringify(role.rules)}`);
     }
   }
   const binding = one('ClusterRoleBinding', 'dsproxy');

@@ -145,7 +145,7 @@ YAML
 now_ms() { date +%s%3N; }
 readiness() { node_http_get 15021 /healthz/ready | head -n 1 | tr -d '\r'; }
 dump() { node_http_get 15000 /config_dump | sed -n '/^{/,$p'; }
-# Sum of a reflector counter over the five reflectors (relists, lists, ...).
+# Sum of a reflector counter over the six reflectors (relists, lists, ...).
 reflector_sum() { dump | jq "[.controlPlane.sources[0].reflectors[].$1] | add // 0" 2>/dev/null; }
 generation() { dump | jq '.generation' 2>/dev/null; }
 # wait_generation_after G SECONDS: until the snapshot generation is above G.
@@ -377,9 +377,9 @@ fi
 
 # ---- /config_dump and the way out ----------------------------------------------------------
 d=$(dump)
-jq -e '.controlPlane.sources[0].type == "kubernetes" and ([.controlPlane.sources[0].reflectors[] | select(.synced)] | length) == 5' \
+jq -e '.controlPlane.sources[0].type == "kubernetes" and ([.controlPlane.sources[0].reflectors[] | select(.synced)] | length) == 6' \
   >/dev/null <<<"$d"
-check "/config_dump shows the five reflectors synced (namespaces too)" $? \
+check "/config_dump shows the six reflectors synced (namespaces and authorizationpolicies too)" $? \
   "$(jq -c '[.controlPlane.sources[0].reflectors[] | {resource, synced, resource_version, relists, errors}]' <<<"$d" 2>/dev/null | cut -c1-400)"
 if stop_dsproxy; then
   pass "dsproxy exited after SIGTERM (status $DSPROXY_EXIT_STATUS)"

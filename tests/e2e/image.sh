@@ -105,7 +105,7 @@ caps=$(tr -d '[]' <<<"$c_caps" | tr ' ' '\n' | sed '/^$/d' | sort | tr '\n' ' ')
 [[ $c_ro == true && $caps == "CAP_NET_ADMIN CAP_NET_RAW " && $c_secopt == *no-new-privileges* ]]
 check "with a read-only root filesystem, exactly NET_ADMIN + NET_RAW, no-new-privileges" $? \
   "ReadonlyRootfs $c_ro, EffectiveCaps $c_caps, SecurityOpt $c_secopt"
-grep -q 'proxy listening: outbound' "$CLUSTER_TMP/dsproxy.log" 2>/dev/null
+grep -q 'proxy bound: outbound' "$CLUSTER_TMP/dsproxy.log" 2>/dev/null
 check "the container's log (podman's stdout) is dsproxy's" $? "see $CLUSTER_TMP/dsproxy.log"
 
 echo "(took ${SECONDS}s)"

@@ -1,5 +1,5 @@
 // The Kubernetes source end to end inside the process: the fake API server (TLS, LIST + WATCH),
-// the four reflectors, the decoder, the control plane and the SnapshotStore. What a node sees:
+// the six reflectors, the decoder, the control plane and the SnapshotStore. What a node sees:
 // only its own pods and Node, every Service and slice, events applied, bad objects skipped,
 // a relist after 410 applying the difference in a few builds, readiness only after the sync.
 
@@ -85,6 +85,7 @@ class KubernetesSourceTest : public ::testing::Test {
     k.node_name = "kind-worker";
     k.reflector.backoff = BackoffPolicy{20ms, 200ms, 2.0, 0.2};
     k.reflector.log_interval = 0ms;
+    k.reflector.absent_retry = absent_retry;
     k.reflector.client.connect_timeout = 2s;
     k.reflector.client.response_timeout = 5s;
     auto s = std::make_unique<KubernetesSource>(cp->io(), std::move(k), *cp);
@@ -92,6 +93,7 @@ class KubernetesSourceTest : public ::testing::Test {
     cp->add_source(std::move(s));
     cp->start();
   }
+  std::chrono::milliseconds absent_retry{60'000};
   const snapshot::ServiceCluster* cluster(const char* ip) const {
     return store.current()->find_cluster({*net::IpAddress::parse(ip), 80});
   }
@@ -154,8 +156,33 @@ TEST_F(KubernetesSourceTest, SyncsThisNodesViewAndFollowsEvents) {
   }));
 
   const auto status = source->status();
-  EXPECT_EQ(status.at("reflectors").as_array().size(), 5u);
+  EXPECT_EQ(status.at("reflectors").as_array().size(), 6u);
   for (const auto& r : status.at("reflectors").as_array()) EXPECT_TRUE(r.as_object().at("synced").as_bool());
+}
+
+// Istio's CRD may not be installed: its 404 is "no policy" (synced, logged once), and the LIST
+// is tried again until the CRD appears; then its policies reach the snapshot's index.
+TEST_F(KubernetesSourceTest, AuthorizationPoliciesWithTheCrdMissingThenInstalled) {
+  server->upsert("pods", pod("web", "kind-worker", "10.244.0.5"));
+  server->fail_next(3, 404, fake_api::FailOptions{.path_prefix = "/apis/security.istio.io"});
+  absent_retry = 300ms;
+  start();
+  ASSERT_TRUE(wait_for([&] { return cp->synced(); })) << "a missing CRD must not hold readiness back";
+  bool absent = false;
+  const auto status = source->status();
+  for (const auto& r : status.at("reflectors").as_array())
+    if (r.as_object().at("resource").as_string() == "authorizationpolicies.security.istio.io")
+      absent = r.as_object().contains("absent");
+  EXPECT_TRUE(absent);
+  server->upsert("authorizationpolicies",
+                 obj(R"({"metadata":{"name":"deny-all","namespace":"demo"},"spec":{"action":"DENY","rules":[{}]}})"));
+  const auto ip = *net::IpAddress::parse("10.244.0.5");
+  ASSERT_TRUE(wait_for([&] {
+    const auto* w = store.current()->authz().workload(ip);
+    return w && w->deny.size() == 1;
+  })) << "the policy arrives once the CRD is served";
+  server->erase("authorizationpolicies", "demo", "deny-all");
+  EXPECT_TRUE(wait_for([&] { return store.current()->authz().workload(ip)->deny.empty(); }));
 }
 
 TEST_F(KubernetesSourceTest, NotSyncedWhileTheServerIsDown) {

@@ -29,6 +29,8 @@ ObjectKind kind_of(const Resource& resource) {
   if (resource.kind == "Pod") return ObjectKind::pod;
   if (resource.kind == "EndpointSlice") return ObjectKind::endpoint_slice;
   if (resource.kind == "Namespace") return ObjectKind::namespace_;
+
+  if (resource.kind == "AuthorizationPolicy") return ObjectKind::authorization_policy;
   return ObjectKind::node;
 }
 
@@ -41,7 +43,7 @@ KubernetesSource::KubernetesSource(boost::asio::io_context& io, KubernetesSource
   // Every pod, not only this node's: the client side of an HBONE tunnel must know the destination
   // pod's identity and whether it is in the mesh. Other nodes' pods are kept compact (compact()).
   for (Resource r : {resources::services(), resources::endpoint_slices(), resources::pods(""), node,
-                     resources::namespaces()}) {
+                     resources::namespaces(), resources::authorization_policies()}) {
     PerResource per{kind_of(r), nullptr, {}, {}, false, false};
     const std::string plural = r.plural;
     per.reflector =
@@ -54,8 +56,8 @@ KubernetesSource::KubernetesSource(boost::asio::io_context& io, KubernetesSource
 KubernetesSource::~KubernetesSource() { stop(); }
 
 void KubernetesSource::start() {
-  spdlog::info("kubernetes: {}; watching services, endpointslices, namespaces, pods (all nodes; {}'s in full) "
-               "and node {}",
+  spdlog::info("kubernetes: {}; watching services, endpointslices, namespaces, authorizationpolicies, pods (all "
+               "nodes; {}'s in full) and node {}",
                options_.server.describe(), options_.node_name, options_.node_name);
   for (auto& [plural, r] : resources_) r.reflector->start();
 }

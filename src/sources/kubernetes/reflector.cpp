@@ -39,6 +39,7 @@ json::object ReflectorStatus::to_json() const {
   o["events"] = events;
   o["bookmarks"] = bookmarks;
   o["last_list_items"] = last_list_items;
+  if (absent) o["absent"] = true;
   json::object e;
   for (const auto& [kind, count] : errors) e[kind] = count;
   o["errors"] = std::move(e);
@@ -201,7 +202,29 @@ struct Reflector::State {
     }
   }
 
-  enum class ListOutcome { done, stopped };
+  enum class ListOutcome { done, stopped, absent };
+  bool absent_logged = false;
+
+  // An optional resource the server does not serve (its CRD is not installed): as an empty
+  // LIST, so whatever was known of it goes and the resource counts as synced (readiness does not
+  // wait for a CRD that may never come). Logged once, until it is served again.
+  ListOutcome absent_list() {
+    if (!absent_logged) {
+      spdlog::info("kubernetes: list {}: 404, the server does not serve it (CRD not installed?): treating it as "
+                   "empty, asking again every {}",
+                   name, seconds_text(options.absent_retry));
+      absent_logged = true;
+    }
+    deliver("list", [&] { sink.begin_list(resource); });
+    deliver("list", [&] { sink.end_list(resource); });
+    synced.store(true);
+    update_status([](ReflectorStatus& s) {
+      s.synced = true;
+      s.absent = true;
+      s.last_list_items = 0;
+    });
+    return ListOutcome::absent;
+  }
 
   // One complete paginated LIST, retried until it completes (or stop()).
   asio::awaitable<ListOutcome> list_all() {
@@ -225,9 +248,15 @@ struct Reflector::State {
           items = 0;
           continue;
         }
+        if (resource.optional && r.error == ApiErrorKind::none && r.status == 404) co_return absent_list();
         co_await after_failure("list", r);
         if (stopped) co_return ListOutcome::stopped;
         continue;
+      }
+      if (absent_logged) {
+        spdlog::info("kubernetes: {} is served now", name);
+        absent_logged = false;
+        update_status([](ReflectorStatus& s) { s.absent = false; });
       }
       boost::system::error_code ec;
       json::value page = json::parse(r.body, ec);
@@ -393,7 +422,12 @@ struct Reflector::State {
       try {
         if (need_list) {
           if (listed_once) update_status([](ReflectorStatus& s) { ++s.relists; });
-          if (co_await list_all() == ListOutcome::stopped) break;
+          const ListOutcome listed = co_await list_all();
+          if (listed == ListOutcome::stopped) break;
+          if (listed == ListOutcome::absent) {
+            co_await sleep(options.absent_retry);
+            continue;  // need_list stays: list again
+          }
           need_list = false;
           listed_once = true;
         }

@@ -83,6 +83,9 @@ struct ReflectorOptions {
   // server that accepts and closes at once is not hammered.
   std::chrono::milliseconds short_watch{1'000};
   std::chrono::milliseconds log_interval{10'000};
+  // An optional resource (Resource::optional) the server does not serve (404: its CRD is not
+  // installed) is listed again after this long.
+  std::chrono::milliseconds absent_retry{60'000};
   ApiClientOptions client{};
 };
 
@@ -100,6 +103,7 @@ struct ReflectorStatus {
   std::uint64_t events = 0;
   std::uint64_t bookmarks = 0;
   std::uint64_t last_list_items = 0;
+  bool absent = false;  // an optional resource the server answered 404 for: treated as empty
   std::map<std::string, std::uint64_t> errors;
   std::string last_error;  // a description without secrets; "" if none yet
 

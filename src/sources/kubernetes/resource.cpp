@@ -26,6 +26,12 @@ Resource pods(std::string_view node_name) {
 Resource nodes() { return Resource{"", "v1", "nodes", "Node", "", "", ""}; }
 Resource namespaces() { return Resource{"", "v1", "namespaces", "Namespace", "", "", ""}; }
 
+Resource authorization_policies() {
+  Resource r{"security.istio.io", "v1", "authorizationpolicies", "AuthorizationPolicy", "", "", ""};
+  r.optional = true;
+  return r;
+}
+
 }  // namespace resources
 
 std::string url_encode(std::string_view value) {

@@ -17,6 +17,9 @@ struct Resource {
   std::string namespace_name;  // "" = all namespaces
   std::string field_selector;  // e.g. "spec.nodeName=node-1"; "" = none
   std::string label_selector;  // "" = none
+  // A resource of a CRD that may not be installed (Istio's AuthorizationPolicy): a 404 on its
+  // LIST means "none of them", logged once; the LIST is tried again every absent_retry.
+  bool optional = false;
 
   // "endpointslices.discovery.k8s.io", "services": how kubectl and RBAC errors name it.
   std::string display_name() const;
@@ -35,6 +38,9 @@ Resource endpoint_slices();
 Resource pods(std::string_view node_name = {});
 Resource nodes();
 Resource namespaces();
+
+// security.istio.io/v1 authorizationpolicies, all namespaces; optional (Istio's CRD).
+Resource authorization_policies();
 }  // namespace resources
 
 // Percent-encodes a query parameter value (RFC 3986 unreserved characters pass as they are).
