@@ -20,6 +20,18 @@ using local = asio::local::stream_protocol;
 
 namespace {
 
+// The kernel's word for who is at the other end (SO_PEERCRED, taken at connect()).
+bool same_user(local::socket& socket) {
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(socket.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return false;
+  return cred.uid == ::geteuid();
+}
+
+}  // namespace
+
+namespace {
+
 // sockaddr_un for an abstract name: sun_path starts with NUL and the length counts only the
 // bytes used (no terminator), as the kernel compares abstract names byte for byte.
 socklen_t abstract_address(const std::string& address, sockaddr_un& sa) {
@@ -93,7 +105,13 @@ void Handoff::accept_next() {
   if (!acceptor_ || !acceptor_->is_open()) return;
   acceptor_->async_accept([this](boost::system::error_code ec, local::socket socket) {
     if (ec == asio::error::operation_aborted || !acceptor_ || !acceptor_->is_open()) return;
-    if (!ec) {
+    if (!ec && !same_user(socket)) {
+      // An abstract socket has no permissions: anyone in the network namespace (a hostNetwork
+      // pod) can connect. Only a process of our own user may ask for the rules.
+      spdlog::warn("handoff: refused a connection from a process of another user");
+      boost::system::error_code ignored;
+      socket.close(ignored);
+    } else if (!ec) {
       if (successor_) {
         // One successor at a time; another one retries (it sees EOF and binds or reconnects later).
         boost::system::error_code ignored;

@@ -54,6 +54,10 @@ void IncomingRequest::reject(int status) {
   if (answered_ || stream_->closed()) return;
   answered_ = true;
   session_->submit_response(*stream_, status, {}, false);
+  // The answer ends our side only; a peer that keeps sending DATA on the refused stream would
+  // have it buffered (and its window returned) for ever. RST_STREAM NO_ERROR after a complete
+  // response tells it to stop (RFC 9113, 8.1) and frees the stream.
+  session_->stream_reset(*stream_, NGHTTP2_NO_ERROR);
 }
 
 // ---- nghttp2 callbacks ----

@@ -16,6 +16,9 @@
 #include "identity/identity_manager.hpp"
 #include "identity/tls_contexts.hpp"
 #include "net/io/transparent_socket.hpp"
+#include "authz/policy_index.hpp"
+#include "identity/spiffe_id.hpp"
+#include "proxy/authz_connections.hpp"
 #include "proxy/connect_scheduler.hpp"
 #include "proxy/log_throttle.hpp"
 #include "proxy/proxy_options.hpp"
@@ -232,27 +235,55 @@ awaitable<void> MeshWorker::handle_request(std::shared_ptr<hbone::IncomingReques
     request->reject(400);
     co_return;
   }
-  std::optional<net::IpAddress> client;
+  // The pod is dialled from the original client's address, which the peer names in `forwarded`.
+  // That is a claim, so it must name a workload whose identity is the one the peer proved in
+  // the handshake: anything else (no header, a node, ClusterIP or outside address, another
+  // workload) would let a peer choose the source the pod and its NetworkPolicy see.
+  const snapshot::Workload* from = nullptr;
   if (const std::string* f = hbone::find_header(request->headers(), "forwarded"))
-    if (const auto ep = hbone::parse_forwarded_for(*f)) client = net::to_socket_address(*ep).ip;
-  if (client) {
-    const snapshot::Workload* from = snapshot->workload(*client);
-    if (from && from->identity(snapshot->options().trust_domain) != request->connection().peer_identity) {
+    if (const auto ep = hbone::parse_forwarded_for(*f)) from = snapshot->workload(net::to_socket_address(*ep).ip);
+  const std::string& trust_domain = snapshot->options().trust_domain;
+  if (!from || from->identity(trust_domain) != request->connection().peer_identity) {
+    ProxyStats::add(stats_.tunnels_refused);
+    request->reject(401);
+    co_return;
+  }
+  // The client's own address of the target's family (the Service's policy chose the family; a
+  // client dialling the other family's ClusterIP is the same pod).
+  const std::optional<net::IpAddress> client = from->address(target.ip.family());
+  if (!client) {
+    ProxyStats::add(stats_.tunnel_failures);
+    request->reject(503);
+    co_return;
+  }
+  // AuthorizationPolicy, with the principal the peer proved (ztunnel enforces here, at the
+  // destination's node). A policy change does not yet re-decide tunnelled streams.
+  if (const authz::Workload* w = snapshot->authz().workload(target.ip)) {
+    const auto id = identity::SpiffeId::parse(request->connection().peer_identity);
+    authz::ConnectionAttributes c{*client, target.ip, target.port, std::nullopt};
+    if (id) c.source_identity = authz::SourceIdentity{id->trust_domain, id->ns, id->service_account};
+    const authz::Decision d = authz::decide(*w, c);
+    if (d.denied()) {
+      log_authz_denial(Direction::inbound, c, *w, d, "answered 401");
       ProxyStats::add(stats_.tunnels_refused);
       request->reject(401);
       co_return;
     }
+    log_authz_notes(Direction::inbound, c, *w, d);
   }
   tcp::socket upstream(executor_);
   net::UpstreamSocketOptions options;
   options.mark = proxy_.upstream_mark;
-  if (client && client->family() == target.ip.family()) options.source = *client;
+  options.source = *client;
   // Named, not a temporary in the co_await expression (GCC 12 miscompiles brace-initialised
   // aggregates there: "array used as initializer").
   BackendTargets targets;
   targets.addresses.push_back(target);
   const auto ec = co_await connect_to(upstream, std::move(targets), proxy_, options);
-  if (request->cancelled()) co_return;
+  if (request->cancelled()) {
+    net::reset_connection(upstream);  // the pod must not read a clean, complete connection
+    co_return;
+  }
   if (ec) {
     ProxyStats::add(stats_.tunnel_failures);
     request->reject(503);

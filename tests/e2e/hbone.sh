@@ -214,6 +214,69 @@ grep -aq "$SECRET" "$CLUSTER_TMP/mtls.pcap"
 check "mTLS: no payload byte in plaintext on the underlay" "$((1 - $?))"
 check "node2 served the tunnels" "$(($(stat_of node2 tunnels_inbound) >= 8 ? 0 : 1))" \
   "tunnels_inbound $(stat_of node2 tunnels_inbound)"
+
+# ---- a peer's claims: the client address in `forwarded` must be the proven identity's ----------
+# An independent HBONE client (Node.js) with a valid certificate for the sleep pod's identity,
+# from node 1's own namespace to echo-ds's port 15008 on node 2. dsproxy dials the pod from the
+# address `forwarded` names, so a claim that is not a workload of that identity is refused (401):
+# otherwise a peer would choose the source address the pod and its NetworkPolicy see.
+if in_time "forwarded claims"; then
+  LEAF_KEY="$CLUSTER_TMP/peer.key"
+  LEAF_CERT="$CLUSTER_TMP/peer.crt"
+  (umask 077 && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$LEAF_KEY" \
+    -subj "/O=dsproxy e2e peer" -out "$CLUSTER_TMP/peer.csr" &&
+    printf 'subjectAltName=critical,URI:spiffe://cluster.local/ns/default/sa/sleep\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n' \
+      >"$CLUSTER_TMP/peer.ext" &&
+    openssl x509 -req -in "$CLUSTER_TMP/peer.csr" -CA "$CA_CERT" -CAkey "$CA_KEY" -CAcreateserial -days 1 \
+      -extfile "$CLUSTER_TMP/peer.ext" -out "$LEAF_CERT") >>"$CLUSTER_TMP/openssl.log" 2>&1 ||
+    cluster_die "openssl could not make the peer's certificate ($(tail -3 "$CLUSTER_TMP/openssl.log"))"
+  peer_status() { # peer_status FORWARDED: the status node2's dsproxy answers a CONNECT to echo-ds:9000
+    in_node timeout 15 node "$CLUSTER_REPO_DIR/tests/tools/hbone_peer.js" client --cert "$LEAF_CERT" \
+      --key "$LEAF_KEY" --ca "$CA_CERT" --connect 10.244.1.26:15008 --authority 10.244.1.26:9000 \
+      --forwarded "$1" --bytes 0 2>&1 | sed -n 's/^RESULT .*"status":\([0-9]*\).*/\1/p'
+  }
+  got=$(peer_status 'for="10.244.0.5:41000"')
+  check "a peer claiming its own workload's address (sleep) is served: 200" "$([[ $got == 200 ]] && echo 0 || echo 1)" \
+    "status '$got'"
+  got=$(peer_status 'for="10.244.0.1:41000"')
+  check "a peer claiming the node's address is refused: 401" "$([[ $got == 401 ]] && echo 0 || echo 1)" "status '$got'"
+  got=$(peer_status 'for="10.244.1.19:41000"')
+  check "a peer claiming another workload's address is refused: 401" "$([[ $got == 401 ]] && echo 0 || echo 1)" \
+    "status '$got'"
+  got=$(peer_status 'nothing')
+  check "a peer naming no client address is refused: 401" "$([[ $got == 401 ]] && echo 0 || echo 1)" "status '$got'"
+
+  # AuthorizationPolicy at the destination's node, with the principal the peer proved: a DENY
+  # of the sleep pod's identity for dual-stack's pods answers its streams 401.
+  cat >>"$DSPROXY_CONFIG" <<'POLICY'
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-sleep
+  namespace: dual-stack
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source:
+        principals: ["cluster.local/ns/default/sa/sleep"]
+---
+POLICY
+  got=
+  for ((i = 0; i < 40; i++)); do  # the file is polled every second; bounded to about 20 s
+    got=$(peer_status 'for="10.244.0.5:41001"')
+    [[ $got == 401 ]] && break
+    sleep 0.5
+  done
+  check "a DENY by principal answers the sleep identity's stream 401 on node2" \
+    "$([[ $got == 401 ]] && echo 0 || echo 1)" "status '$got'"
+  answer=$(echo denied | in_pod sleep timeout 8 nc -N -w 5 10.96.106.11 9000 2>&1)
+  check "the sleep pod's own connection to dual-stack/tcp-echo through the tunnel gets no answer" \
+    "$([[ $answer != "hello denied" ]] && echo 0 || echo 1)" "answered '$answer'"
+  answer=$(echo allowed | in_pod sleep timeout 8 nc -N -w 5 10.96.104.229 9000 2>&1)
+  check "its connection to ipv4/tcp-echo (no policy) is still served" \
+    "$([[ $answer == "hello allowed" ]] && echo 0 || echo 1)" "answered '$answer'"
+fi
 stop_both
 
 # ---- mTLS off: plaintext as before, and the capture does see it ---------------------------------

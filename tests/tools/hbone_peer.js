@@ -10,6 +10,7 @@
 //       authority (503 when that fails), answers 200 and relays both ways with half-close.
 //       Prints "REQUEST <json of method, authority, forwarded, baggage, peer URI SAN>" per request.
 //   client --cert C --key K --ca CA --connect HOST:PORT --authority A [--method M] [--bytes N]
+//          [--forwarded 'for="IP:PORT"']   (default for="10.9.8.7:1234")
 //       Sends one request; on 200 sends N pseudo-random bytes, half-closes, reads to the end.
 //       Prints "RESULT <json of status, sent, received, sha256 of sent and received>".
 'use strict';
@@ -98,7 +99,7 @@ function client() {
   session.on('connect', () => { result.peer = uriSan(session.socket.getPeerCertificate()); });
   const method = a.method || 'CONNECT';
   const headers = method === 'CONNECT'
-    ? { ':method': 'CONNECT', ':authority': a.authority, forwarded: 'for="10.9.8.7:1234"',
+    ? { ':method': 'CONNECT', ':authority': a.authority, forwarded: a.forwarded || 'for="10.9.8.7:1234"',
         baggage: 'k8s.namespace.name=default,k8s.pod.name=node-peer' }
     : { ':method': method, ':authority': a.authority, ':scheme': 'https', ':path': '/' };
   const req = session.request(headers, { endStream: method !== 'CONNECT' });
