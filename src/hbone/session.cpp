@@ -54,10 +54,11 @@ void IncomingRequest::reject(int status) {
   if (answered_ || stream_->closed()) return;
   answered_ = true;
   session_->submit_response(*stream_, status, {}, false);
-  // The answer ends our side only; a peer that keeps sending DATA on the refused stream would
-  // have it buffered (and its window returned) for ever. RST_STREAM NO_ERROR after a complete
-  // response tells it to stop (RFC 9113, 8.1) and frees the stream.
-  session_->stream_reset(*stream_, NGHTTP2_NO_ERROR);
+  // The answer ends our side only, and nobody will read this stream: DATA the peer goes on
+  // sending is dropped (its connection credit returned, its stream window never), so a peer
+  // cannot park up to a stream window of memory on each refused stream. (RST_STREAM here would
+  // overtake the answer: nghttp2 sends it before queued HEADERS.)
+  stream_->discard_incoming();
 }
 
 // ---- nghttp2 callbacks ----
@@ -147,8 +148,9 @@ struct Session::Callbacks {
                            void* user_data) {
     auto& s = self(user_data);
     auto it = s.streams_.find(id);
-    if (it == s.streams_.end() || it->second->closed()) {
-      // Not ours to relay (answered with 400, or being reset): give the credit straight back.
+    if (it == s.streams_.end() || it->second->closed() || it->second->discarding()) {
+      // Not ours to relay (answered with 400/401/503, or being reset): the bytes are dropped and
+      // the connection's credit given straight back.
       s.connection_credit_ += len;
       return 0;
     }

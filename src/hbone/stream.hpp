@@ -44,6 +44,9 @@ class Stream : public std::enable_shared_from_this<Stream> {
 
   std::int32_t id() const { return id_; }
   bool closed() const { return closed_; }
+  // A refused request's stream: whatever DATA still arrives is dropped, never buffered.
+  void discard_incoming() { discard_incoming_ = true; }
+  bool discarding() const { return discard_incoming_; }
   // The HTTP/2 error code the stream was reset with (0 when it closed cleanly or is open).
   std::uint32_t reset_code() const { return reset_code_; }
   // Whether the peer reset the stream (as opposed to us or a closing connection).
@@ -70,6 +73,7 @@ class Stream : public std::enable_shared_from_this<Stream> {
   std::size_t connection_debt_ = 0;
   bool remote_ended_ = false;
   bool closed_ = false;
+  bool discard_incoming_ = false;
   bool reset_by_peer_ = false;
   bool local_reset_ = false;
   std::uint32_t reset_code_ = 0;
