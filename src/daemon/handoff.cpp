@@ -187,14 +187,17 @@ void Handoff::take_over(std::chrono::milliseconds timeout, std::function<void(bo
     finish_take_over(false);
   });
   // Read until "released" (skipping the owner's "hello"), EOF (the owner is gone) or an error.
+  // The loop holds itself only through its pending read: capturing a strong pointer to itself
+  // would be a cycle that outlives the handoff (LeakSanitizer reports it).
   auto read = std::make_shared<std::function<void()>>();
-  *read = [this, read] {
-    if (!owner_) return;
-    asio::async_read_until(*owner_, owner_buffer_, '\n', [this, read](boost::system::error_code ec, std::size_t) {
+  *read = [this, weak = std::weak_ptr<std::function<void()>>(read)] {
+    auto self = weak.lock();
+    if (!self || !owner_) return;
+    asio::async_read_until(*owner_, owner_buffer_, '\n', [this, self](boost::system::error_code ec, std::size_t) {
       if (!take_over_done_) return;  // timed out already
       if (ec) return finish_take_over(false);
       if (line_of(owner_buffer_) == "released") return finish_take_over(true);
-      (*read)();
+      (*self)();
     });
   };
   (*read)();
