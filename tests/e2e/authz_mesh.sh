@@ -189,9 +189,14 @@ wait_identity() { # wait_identity NODE-KEY URI: until the node holds a certifica
   done
   return 1
 }
+# Node 1 without passthrough Happy Eyeballs: by default, when a plaintext connection to a pod's
+# IPv6 address is reset as it is accepted (node 2 denies it), node 1 may take that for a failed
+# attempt and dial the pod's IPv4 address from the client's IPv4 address instead, which a policy
+# may allow (that connection is then decided, and allowed, on its own). The checks below that
+# deny one family of a pod and allow the other need each family to reach node 2 as dialled.
 start_both() {
-  start_dsproxy_node node "${DSPROXY_ARGS[@]}" || return 1
-  start_dsproxy_node node2 "${DSPROXY_ARGS[@]}" "$@"
+  start_dsproxy_node node "${DSPROXY_ARGS[@]}" --family-fallback never || return 1
+  start_dsproxy_node node2 "${DSPROXY_ARGS[@]}"
 }
 wait_identities() {
   local ok=0 ns
