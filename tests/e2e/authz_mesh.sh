@@ -420,6 +420,15 @@ if in_time "revocation"; then
   grep -q "established connection closed after a policy change" "$NODE2_LOG" &&
     grep -q "dual-stack/cut-legacy" "$NODE2_LOG"
   check "node2's log names the policy that closed it" $?
+  for ((i = 0; i < 20; i++)); do # the access log line is written as the connection's record ends
+    grep -Eq 'access connection complete src.addr=10\.244\.0\.8:.* bytes_sent=[1-9].* reason=denied_by_policy .*policy=dual-stack/cut-legacy' \
+      "$NODE2_LOG" && break
+    sleep 0.1
+  done
+  grep -Eq 'access connection complete src.addr=10\.244\.0\.8:.* bytes_sent=[1-9].* reason=denied_by_policy .*policy=dual-stack/cut-legacy' \
+    "$NODE2_LOG"
+  check "node2's access log names the policy for the closed connection too" $? \
+    "$(grep -E 'src.addr=10.244.0.8:.* bytes_sent=[1-9].*reason=denied_by_policy' "$NODE2_LOG" | head -n 1)"
   expect "new plaintext connections from legacy are reset too" reset legacy "$DS4" 9000
 fi
 
