@@ -34,9 +34,10 @@
 #
 # Settings (environment): AUTHZ_ROUNDS (3), AUTHZ_SECONDS (3), AUTHZ_THREADS (1),
 # AUTHZ_POLICIES (10000), AUTHZ_PATHS ("plain hbone"), AUTHZ_FAMILIES ("4 6"), AUTHZ_MICRO (1),
-# DSPROXY_BIN (build/dsproxy). Needs root, iproute2, iptables, ipset, openssl, jq, cmake and a
-# C++ toolchain (the bench tools are built into build-bench/). Everything it creates is removed
-# on exit, also on failure or Ctrl-C.
+# AUTHZ_QUIET_S (0: off; N: before each measurement wait up to N s for 90 % idle CPUs and log
+# the idle share, bench/lib/measure.sh's quiet_wait), DSPROXY_BIN (build/dsproxy). Needs root,
+# iproute2, iptables, ipset, openssl, jq, cmake and a C++ toolchain (the bench tools are built
+# into build-bench/). Everything it creates is removed on exit, also on failure or Ctrl-C.
 
 set -uo pipefail
 
@@ -44,6 +45,8 @@ BENCH_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 BENCH_NAME=authz_scale
 # shellcheck source=bench/lib/common.sh
 source "$BENCH_DIR/lib/common.sh"
+# shellcheck source=bench/lib/measure.sh
+source "$BENCH_DIR/lib/measure.sh" # quiet_wait
 
 ROUNDS=${AUTHZ_ROUNDS:-3}
 SECONDS_PER=${AUTHZ_SECONDS:-3}
@@ -52,8 +55,9 @@ POLICIES=${AUTHZ_POLICIES:-10000}
 PATHS=${AUTHZ_PATHS:-plain hbone}
 FAMILIES=${AUTHZ_FAMILIES:-4 6}
 MICRO=${AUTHZ_MICRO:-1}
+QUIET_S=${AUTHZ_QUIET_S:-0}
 case ${1:-} in
-  -h | --help) sed -n '2,40p' "$0"; exit 0 ;;
+  -h | --help) sed -n '2,41p' "$0"; exit 0 ;;
   "") ;;
   *) die "no arguments (settings are environment variables; see --help)" ;;
 esac
@@ -61,6 +65,7 @@ require_int AUTHZ_ROUNDS "$ROUNDS" 1 50
 require_int AUTHZ_SECONDS "$SECONDS_PER" 1 120
 require_int AUTHZ_THREADS "$THREADS" 1 16
 require_int AUTHZ_POLICIES "$POLICIES" 10 100000
+require_int AUTHZ_QUIET_S "$QUIET_S" 0 120
 for p in $PATHS; do [[ $p == plain || $p == hbone ]] || die "AUTHZ_PATHS: plain and/or hbone, not '$p'"; done
 for f in $FAMILIES; do [[ $f == 4 || $f == 6 ]] || die "AUTHZ_FAMILIES: 4 and/or 6, not '$f'"; done
 require_root
@@ -226,8 +231,13 @@ for ((r = 0; r < ROUNDS; r++)); do
     for path in $PATHS; do
       for family in $FAMILIES; do
         warm "$path" "$family"
+        quiet=
+        if ((QUIET_S)); then
+          BENCH_QUIET_IDLE=90 BENCH_QUIET_MAX_S=$QUIET_S quiet_wait
+          quiet=", CPUs ${Q_IDLE} % idle before it (waited ${Q_WAITED} s, quiet: $Q_QUIET)"
+        fi
         read -r rate err ops cpu < <(measure "$path" "$family")
-        log "round $((r + 1)) $config $path IPv$family: $rate connections/s, node2 dsproxy $cpu µs CPU/connection, $ops connections, $err errors"
+        log "round $((r + 1)) $config $path IPv$family: $rate connections/s, node2 dsproxy $cpu µs CPU/connection, $ops connections, $err errors$quiet"
         rates[$config.$path.$family]+="$rate "
         cpus[$config.$path.$family]+="$cpu "
         errors=$((errors + ${err:-1}))
