@@ -176,15 +176,19 @@ grep -q listening "$WORK/becho.log" || die "bench_echo did not start ($(cat "$WO
 # with the expected number of policies.
 start() {
   case $1 in none) DSPROXY_CONFIG=$CONFIG_none ;; *) DSPROXY_CONFIG=$CONFIG_10k ;; esac
-  local n=0 want=0 i
+  local n=0 want=0 i t0
   [[ $1 == 10k ]] && want=$POLICIES
+  t0=$(date +%s.%N)
   start_dsproxy_node node --workers 1 --ca-cert "$WORK/ca.crt" --ca-key "$WORK/ca.key" --drain-grace-ms 0 ||
     die "dsproxy (node) did not start (log $WORK/dsproxy-node.log)"
   start_dsproxy_node node2 --workers 1 --ca-cert "$WORK/ca.crt" --ca-key "$WORK/ca.key" --drain-grace-ms 0 ||
     die "dsproxy (node2) did not start (log $WORK/dsproxy-node2.log)"
   for ((i = 0; i < 100; i++)); do
     n=$(node_http_get_on node2 15000 /config_dump | sed -n '/^{/,$p' | jq -r '.authz.policyCount // empty' 2>/dev/null)
-    [[ $n == "$want" ]] && return 0
+    if [[ $n == "$want" ]]; then
+      log "$1: both proxies ready, node2 with $n policies, $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }') s after the start"
+      return 0
+    fi
     sleep 0.1
   done
   die "node2 does not hold $want policies after 10 s (it says '${n:-nothing}')"
@@ -243,8 +247,15 @@ for ((r = 0; r < ROUNDS; r++)); do
         errors=$((errors + ${err:-1}))
       done
     done
-    denied=$(node_http_get_on node2 15000 /stats | grep -o '"denied":[0-9]*' | head -n 1 | cut -d: -f2)
+    stats=$(node_http_get_on node2 15000 /stats)
+    denied=$(grep -o '"denied":[0-9]*' <<<"$stats" | head -n 1 | cut -d: -f2)
     [[ ${denied:-0} == 0 ]] || log "WARNING: node2 denied ${denied} connections (the measured ones should all be allowed)"
+    if [[ $config == 10k ]]; then # the measured connections were decided with the policies
+      allowed=$(grep -o '"policy":"bench/allow-clients","action":"ALLOW","dryRun":false,"allowed":[0-9]*' <<<"$stats" |
+        sed 's/.*"allowed"://')
+      ((${allowed:-0} > 0)) || die "node2 counted no connection allowed by bench/allow-clients: the policies were not applied"
+      log "node2: ${allowed} connections allowed by bench/allow-clients (of the 3 policies that select the server)"
+    fi
     stop
   done
 done
