@@ -186,7 +186,8 @@ start() {
   for ((i = 0; i < 100; i++)); do
     n=$(node_http_get_on node2 15000 /config_dump | sed -n '/^{/,$p' | jq -r '.authz.policyCount // empty' 2>/dev/null)
     if [[ $n == "$want" ]]; then
-      log "$1: both proxies ready, node2 with $n policies, $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }') s after the start"
+      log "$1: both proxies ready, node2 with $n policies, $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }') s after the start" \
+        "(node2: $(grep -o 'config file read (start).*' "$WORK/dsproxy-node2.log" | tail -n 1))"
       return 0
     fi
     sleep 0.1
