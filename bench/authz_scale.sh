@@ -200,7 +200,8 @@ start() {
     n=$(node_http_get_on node2 15000 /config_dump | sed -n '/^{/,$p' | jq -r '.authz.policyCount // empty' 2>/dev/null)
     if [[ $n == "$want" ]]; then
       log "$1: both proxies ready, node2 with $n policies, $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }') s after the start" \
-        "(node2: $(grep -o 'config file read (start).*' "$WORK/dsproxy-node2.log" | tail -n 1))"
+        "(node2: $(grep -o 'config file read (start).*' "$WORK/dsproxy-node2.log" | tail -n 1);" \
+        "VmRSS $(awk '/^VmRSS:/ { print $2, $3 }' "/proc/${DSPROXY_NODE_PID[node2]}/status" 2>/dev/null))"
       return 0
     fi
     sleep 0.1
