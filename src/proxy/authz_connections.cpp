@@ -59,6 +59,7 @@ bool AuthzConnections::revoke_if_denied(Entry& e, const authz::PolicyIndex& inde
   if (!d.denied()) return false;
   log_authz_denial(e.direction, e.attributes, *w, d, "established connection closed after a policy change");
   authz::totals().revoked.fetch_add(1, std::memory_order_relaxed);
+  e.revoked_by = std::string(d.policy_key());
   e.relay->reset();
   return true;
 }

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <string_view>
 #include <unordered_map>
 #include <utility>
 
@@ -23,6 +25,9 @@ class AuthzConnections {
     authz::ConnectionAttributes attributes;
     Direction direction = Direction::inbound;
     std::shared_ptr<RelayHandle> relay;
+    // Set when a policy change closed it: the denying policy's "ns/name" ("" when no ALLOW
+    // matched), for the connection's record, which is written later by the relay's completion.
+    std::string revoked_by;
   };
 
   std::uint64_t add(Entry entry) {
@@ -31,6 +36,11 @@ class AuthzConnections {
     return id;
   }
   void remove(std::uint64_t id) { live_.erase(id); }
+  // The policy that closed connection `id` (see Entry::revoked_by); "" if none or unknown.
+  std::string_view revoked_by(std::uint64_t id) const {
+    auto it = live_.find(id);
+    return it == live_.end() ? std::string_view() : std::string_view(it->second.revoked_by);
+  }
   std::size_t size() const { return live_.size(); }
 
   // Decides every live connection again with `index` and resets those now denied (logging the
@@ -65,6 +75,7 @@ class AuthzRegistration {
   ~AuthzRegistration() {
     if (registry_) registry_->remove(id_);
   }
+  std::string_view revoked_by() const { return registry_ ? registry_->revoked_by(id_) : std::string_view(); }
 
  private:
   AuthzConnections* registry_ = nullptr;

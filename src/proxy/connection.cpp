@@ -78,6 +78,7 @@ class RelayEnd {
       auto& r = result_.record();
       r.bytes_to_upstream = result.bytes_to_upstream;
       r.bytes_to_downstream = result.bytes_to_downstream;
+      if (result.revoked) r.policy = std::string(authz_.revoked_by());  // the access log names it
       result_.finish(result.fault          ? EndReason::fault
                      : result.revoked      ? EndReason::denied_by_policy  // a policy change closed it
                      : result.idle_timeout ? EndReason::idle_timeout

@@ -418,6 +418,50 @@ TEST(Authz, ScopeAndIndex) {
   EXPECT_EQ(moved->workload(ip("10.244.0.13"))->deny.size(), 2u);  // app/ns + istio-system/mesh, now namespace-wide
 }
 
+// Issue 12: "decision cost is constant in the number of policies that do not select the
+// workload". decide() reads only the workload's own lists, so that holds if the index puts in
+// them exactly the selecting policies, however many others exist in every place they could be:
+// other namespaces, the workload's own namespace with other selectors, the root namespace with
+// other selectors. And the decisions are the same as without the others.
+TEST(Authz, NonSelectingPoliciesNeverReachTheDecision) {
+  const std::string selecting =
+      policy("app", "allow-web", kWebSelector + "  action: ALLOW\n  rules:\n  - from:\n    - source:\n        ipBlocks: [\"10.0.0.0/8\"]\n") +
+      policy("istio-system", "mesh-deny", "  action: DENY\n  rules:\n  - to:\n    - operation:\n        ports: [\"9999\"]\n");
+  std::string others;
+  for (int i = 0; i < 3000; ++i) {
+    const std::string n = std::to_string(i);
+    const std::string deny_all = "  action: DENY\n  rules:\n  - {}\n";
+    others += policy("ns-" + n, "p", deny_all);                                                       // other namespaces
+    others += policy("app", "other-" + n, "  selector:\n    matchLabels: {app: other-" + n + "}\n" + deny_all);  // same ns
+    others += policy("istio-system", "sel-" + n, "  selector:\n    matchLabels: {app: x-" + n + "}\n" + deny_all);  // root
+  }
+  const auto small = index_of(selecting);
+  const auto big = index_of(selecting + others);
+  EXPECT_EQ(big->policy_count(), 9002u);
+  const Workload* w = big->workload(ip("10.244.0.10"));
+  ASSERT_NE(w, nullptr);
+  EXPECT_EQ(w->deny.size(), 1u);
+  EXPECT_EQ(w->allow.size(), 1u);
+  EXPECT_TRUE(w->audit.empty());
+  EXPECT_TRUE(w->dry_run.empty());
+  // svc (namespace other, app: web) is selected by the mesh-wide DENY only.
+  EXPECT_EQ(big->workload(ip("10.244.0.12"))->deny.size(), 1u);
+  EXPECT_TRUE(big->workload(ip("10.244.0.12"))->allow.empty());
+  for (const Case& c : std::vector<Case>{
+           {"allowed", "", "10.244.0.10", 9000, "10.1.2.3", "", true, "app/allow-web"},
+           {"no allow match", "", "10.244.0.10", 9000, "192.168.1.1", "", false, ""},
+           {"mesh deny", "", "fd00:10:244::10", 9999, "10.1.2.3", "", false, "istio-system/mesh-deny"},
+           {"mesh deny, svc", "", "10.244.0.12", 9999, "10.1.2.3", "other/sa", false, "istio-system/mesh-deny"},
+           {"svc allowed", "", "10.244.0.12", 9000, "192.168.1.1", "", true, ""},
+       }) {
+    const Decision a = run(*small, c), b = run(*big, c);
+    EXPECT_EQ(b.denied(), !c.allow) << c.name;
+    EXPECT_EQ(b.policy_key(), c.policy) << c.name;
+    EXPECT_EQ(a.denied(), b.denied()) << c.name;
+    EXPECT_EQ(a.policy_key(), b.policy_key()) << c.name;
+  }
+}
+
 TEST(Authz, StringMatchAndCidr) {
   EXPECT_TRUE(StringMatch::parse("*").matches("x"));
   EXPECT_FALSE(StringMatch::parse("*").matches(""));
