@@ -385,6 +385,29 @@ void ControlPlane::relinquish_rules(std::function<void()> done) {
   });
 }
 
+void ControlPlane::release_capture(bool owner_of_node_rules) {
+  if (removed_ || released_ || (relinquished_ && !owner_of_node_rules)) return;
+  released_ = true;
+  if (owner_of_node_rules && options_.redirect && !redirector_) {
+    try {
+      redirector_.emplace(options_.redirect_options, runner_);
+      refusals_.emplace(options_.redirect_options, runner_);
+    } catch (const std::exception& e) {
+      spdlog::error("{}", e.what());
+    }
+  }
+  // The refusal and conntrack-exemption rules stay until remove_rules(): the connections the
+  // proxy still holds to ClusterIPs must stay untracked (tracked mid-stream, kube-proxy's DNAT
+  // would take them over), and raw's NOTRACK cannot tell them from new ones by socket
+  // (`-m socket` is not allowed in raw OUTPUT, where the same chain is used).
+  if (!redirector_) return;
+  try {
+    redirector_->release_capture();
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+  }
+}
+
 void ControlPlane::remove_rules(bool owner_of_node_rules) {
   // Relinquished rules are removed only on the word of the daemon that nobody owns them now.
   if (removed_ || (relinquished_ && !owner_of_node_rules)) return;

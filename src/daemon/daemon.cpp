@@ -382,24 +382,34 @@ class Daemon {
     const auto now = std::chrono::steady_clock::now();
     const auto active = stats_.active_connections.load(std::memory_order_relaxed);
     if (superseded_ || released_capture_) {
-      if (!accepting_stopped_) {
+      if (!accepting_stopped_ && now >= accept_until_) {
         accepting_stopped_ = true;
         if (server_) server_->stop_accepting();
         stop_dns();
       }
-      if (active == 0 || now >= drain_deadline_) {
+      if (accepting_stopped_ && (active == 0 || now >= drain_deadline_)) {
         if (active > 0) spdlog::info("drain: the grace ran out; resetting {} connection(s) still open", active);
         if (server_) server_->stop();
         front_.stop();
         return;
       }
     } else if (now >= drain_deadline_ || (active == 0 && !successor_pending_)) {
-      // No successor: the capture goes first (the control plane is stopped so that nothing
-      // reinstalls it), then the listeners, then whatever is still open.
-      spdlog::info("drain: {}; removing the capture rules", active == 0 ? "no connection left" : "the grace ran out");
+      // No successor: a staged removal (the control plane is stopped first so that nothing
+      // reinstalls the rules). The capture of new connections goes first, so new SYNs go
+      // straight to their destination; the socket divert and the policy routing stay, so a
+      // handshake that straddles the release (SYN captured, the client's ACK not yet) still
+      // reaches our half-open socket (without the divert its ACK is early-demuxed to that socket
+      // and ip_forward drops it: a lost connection). The listeners keep accepting for
+      // kReleaseSettle, long enough for such a handshake to complete and be accepted, then
+      // close; what they accepted is served until it ends (or the grace, extended to cover the
+      // settle, runs out); the rest of the rules goes at exit (shutdown()), after the last
+      // connection, since the divert is what carries its packets.
+      spdlog::info("drain: {}; releasing the capture", active == 0 ? "no connection left" : "the grace ran out");
       control_plane_->stop();
-      control_plane_->remove_rules(owns_node_rules());
+      control_plane_->release_capture(owns_node_rules());
       released_capture_ = true;
+      accept_until_ = now + kReleaseSettle;
+      drain_deadline_ = std::max(drain_deadline_, accept_until_ + kReleaseSettle);
       drain_step();
       return;
     }
@@ -588,6 +598,11 @@ class Daemon {
   std::optional<Handoff> handoff_;
   asio::steady_timer drain_timer_{front_};
   std::chrono::steady_clock::time_point drain_deadline_;
+  // Draining without a successor: the listeners accept until then after the capture release.
+  std::chrono::steady_clock::time_point accept_until_{};
+  // A handshake in flight at the release completes in a round trip on the node (sub-millisecond
+  // on a veth); a quarter of a second also covers a loaded node's scheduling delays.
+  static constexpr std::chrono::milliseconds kReleaseSettle{250};
   std::optional<ControlPlane> control_plane_;  // after store_ and runner_: stopped before they go
   std::optional<identity::IdentityManager> identity_;  // after store_: its thread reads the snapshot
   std::optional<resolver::DnsProxy> dns_;      // last: torn down before front_ and store_
