@@ -476,6 +476,14 @@ class Daemon {
   // The access log is written in batches: what a quiet second left behind goes out now.
   void flush_access_log() {
     telemetry_.flush();
+    // Every 10 s, each worker drops its metrics series idle for the expiry, on its own loop (the
+    // series maps are that worker's only). Resolution: the expiry plus up to 10 s.
+    if (server_ && server_->running() && options_.metrics_port != 0 && options_.metrics_series_expiry.count() > 0 &&
+        ++flushes_ % 10 == 0) {
+      const auto executors = server_->worker_executors();
+      for (std::size_t i = 0; i < executors.size(); ++i)
+        asio::post(executors[i], [this, i] { telemetry_.expire_idle(static_cast<int>(i)); });
+    }
     log_flush_timer_.expires_after(std::chrono::seconds(1));
     log_flush_timer_.async_wait([this](boost::system::error_code ec) {
       if (!ec) flush_access_log();
@@ -502,12 +510,19 @@ class Daemon {
     // Its own session budget (the readiness one's size): the network can reach it, and a flood of
     // scrapes must not starve the kubelet's probes nor the reverse.
     metrics_sessions_ = std::make_shared<admin::SessionLimit>(options_.max_readiness_sessions);
-    if (options_.admin_v4)
-      admin.listen({*net::IpAddress::parse("0.0.0.0"), options_.metrics_port}, metrics, metrics_sessions_);
+    // --metrics-bind: one address, or a pair (the families that are on), as for readiness.
+    if (auto one = net::IpAddress::parse(options_.metrics_bind)) {
+      admin.listen({*one, options_.metrics_port}, metrics, metrics_sessions_);
+      return;
+    }
+    const bool loopback = options_.metrics_bind == "loopback";
+    const auto v4 = *net::IpAddress::parse(loopback ? "127.0.0.1" : "0.0.0.0");
+    const auto v6 = *net::IpAddress::parse(loopback ? "::1" : "::");
+    if (options_.admin_v4) admin.listen({v4, options_.metrics_port}, metrics, metrics_sessions_);
     if (options_.admin_v6 && options_.admin_v4)
-      listen_optional(admin, {*net::IpAddress::parse("::"), options_.metrics_port}, metrics, metrics_sessions_);
+      listen_optional(admin, {v6, options_.metrics_port}, metrics, metrics_sessions_);
     else if (options_.admin_v6)
-      admin.listen({*net::IpAddress::parse("::"), options_.metrics_port}, metrics, metrics_sessions_);
+      admin.listen({v6, options_.metrics_port}, metrics, metrics_sessions_);
   }
 
   // With IPv4 serving, a missing IPv6 admin listener is worth a warning, not a failed start.
@@ -579,9 +594,12 @@ class Daemon {
   // Outlives the ProxyServer (run()'s local): the workers' sinks live here.
   proxy::ConnectionTelemetry telemetry_{
       options_.proxy.workers,
-      {.access_log = options_.access_log, .metrics = options_.metrics_port != 0}};
+      {.access_log = options_.access_log,
+       .metrics = options_.metrics_port != 0,
+       .series_expiry = std::chrono::duration_cast<std::chrono::milliseconds>(options_.metrics_series_expiry)}};
   admin::MetricsExporter exporter_;
   asio::steady_timer log_flush_timer_{front_};
+  std::uint64_t flushes_ = 0;
   redirect::ProcessRunner runner_;
   std::atomic<bool> ready_{false};
   bool draining_ = false;
