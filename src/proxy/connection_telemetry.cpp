@@ -577,6 +577,7 @@ class ConnectionTelemetry::WorkerSink final : public ConnectionSink {
     Clock::time_point last_change{};
     std::size_t slot = 0;
     std::string index_key;
+    bool expiring = false;
   };
   // Past this many cached keys the cache starts over (what it pins is then released): the
   // series stay, so a new key costs one lookup by label text again.
@@ -619,10 +620,9 @@ class ConnectionTelemetry::WorkerSink final : public ConnectionSink {
   // connection holds and that has not changed for `expiry` is dropped: its slot (and, for the
   // overflow series, its place) is free for the next label set, and it leaves the scrape.
   std::size_t expire_idle(Clock::time_point now, Clock::duration expiry) {
-    std::size_t expired = 0;
-    std::vector<const Series*> gone;
-    auto visit = [&](std::atomic<std::shared_ptr<Series>>& cell) -> bool {
-      Series* s = owned(cell);
+    // Judged first and marked, then the cache forgets them (one pass, whatever their number),
+    // then the cells let go: a series is freed only once nothing of ours points to it.
+    auto judge = [&](Series* s) -> bool {
       if (!s) return false;
       const auto o = s->opened.load(std::memory_order_relaxed), c = s->closed.load(std::memory_order_relaxed);
       if (o != s->seen_opened || c != s->seen_closed || s->last_change == Clock::time_point{}) {
@@ -631,28 +631,27 @@ class ConnectionTelemetry::WorkerSink final : public ConnectionSink {
         s->last_change = now;
         return false;
       }
-      if (s->holders != 0 || now - s->last_change < expiry) return false;
-      gone.push_back(s);
-      ++expired;
-      return true;
+      s->expiring = s->holders == 0 && now - s->last_change >= expiry;
+      return s->expiring;
     };
-    for (std::size_t i = 0; i < slots_.size(); ++i) {
-      if (!visit(slots_[i])) continue;
-      index_.erase(owned(slots_[i])->index_key);
-      free_.push_back(i);
+    std::vector<std::size_t> cells;
+    for (std::size_t i = 0; i < live_.size(); ++i)
+      if (judge(live_[i])) cells.push_back(i);
+    const bool overflow = judge(overflow_live_);
+    if (cells.empty() && !overflow) return 0;
+    std::erase_if(cache_, [](const auto& entry) { return entry.second.series->expiring; });
+    for (std::size_t i : cells) {
+      index_.erase(live_[i]->index_key);
       live_[i] = nullptr;
+      free_.push_back(i);
       // A scrape that loaded it keeps it alive (shared_ptr) until it is done with it.
       slots_[i].store(nullptr, std::memory_order_release);
     }
-    if (visit(overflow_)) {
+    if (overflow) {
       overflow_live_ = nullptr;
       overflow_.store(nullptr, std::memory_order_release);
     }
-    if (!gone.empty())
-      std::erase_if(cache_, [&](const auto& entry) {
-        return std::find(gone.begin(), gone.end(), entry.second.series) != gone.end();
-      });
-    return expired;
+    return cells.size() + (overflow ? 1 : 0);
   }
 
   void flush() { log_.flush(); }
@@ -675,13 +674,6 @@ class ConnectionTelemetry::WorkerSink final : public ConnectionSink {
     std::shared_ptr<const ServiceInfo> service;
     std::shared_ptr<const std::string> source_principal, destination_principal;
   };
-
-  // The worker's view of a cell: only it stores into the cells, so its own raw pointer copy
-  // (live_) is the cell's content without touching the atomic's lock bit on the data path.
-  Series* owned(std::atomic<std::shared_ptr<Series>>& cell) {
-    if (&cell == &overflow_) return overflow_live_;
-    return live_[static_cast<std::size_t>(&cell - slots_.data())];
-  }
 
   Series* series_for(const ConnectionRecord& r) {
     const SeriesKey key = series_key(r);
@@ -722,7 +714,7 @@ class ConnectionTelemetry::WorkerSink final : public ConnectionSink {
     // Complete before the release store makes it visible to scrapes. A new label set is rare
     // (the cache answers the rest); the atomic shared_ptr's internal lock bit is contended only
     // by a scrape reading this very cell at that moment.
-    slots_[s->slot].store(std::move(s), std::memory_order_release);
+    slots_[raw->slot].store(std::move(s), std::memory_order_release);
     return raw;
   }
 
