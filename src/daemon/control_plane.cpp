@@ -396,15 +396,24 @@ void ControlPlane::release_capture(bool owner_of_node_rules) {
       spdlog::error("{}", e.what());
     }
   }
-  // The refusal and conntrack-exemption rules stay until remove_rules(): the connections the
-  // proxy still holds to ClusterIPs must stay untracked (tracked mid-stream, kube-proxy's DNAT
-  // would take them over), and raw's NOTRACK cannot tell them from new ones by socket
-  // (`-m socket` is not allowed in raw OUTPUT, where the same chain is used).
-  if (!redirector_) return;
-  try {
-    redirector_->release_capture();
-  } catch (const std::exception& e) {
-    spdlog::error("{}", e.what());
+  // The capture first, then the conntrack exemption is narrowed to the connections the proxy
+  // holds (VipRefusals::release). In between, for the one iptables call, a new connection to a
+  // ClusterIP is neither captured nor tracked (its SYN is lost and retried after a second);
+  // the other order would, for as long, let captured SYNs be tracked and DNATed before the
+  // proxy accepts them, losing the ClusterIP.
+  if (redirector_) {
+    try {
+      redirector_->release_capture();
+    } catch (const std::exception& e) {
+      spdlog::error("{}", e.what());
+    }
+  }
+  if (refusals_) {
+    try {
+      refusals_->release();
+    } catch (const std::exception& e) {
+      spdlog::error("{}", e.what());
+    }
   }
 }
 
