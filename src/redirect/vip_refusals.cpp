@@ -420,6 +420,8 @@ void VipRefusals::release() {
         break;
       }
     }
+    spdlog::info("redirect: {} conntrack exemption narrowed to the connections the proxy holds",
+                 net::to_string(family));
   }
   if (errors.empty()) return;
   std::string text = "redirect: conntrack exemption not narrowed to held connections:";

@@ -191,9 +191,10 @@ bulk=$(tail -n 1 "$BULK_OUT")
 echo "load: $load"
 echo "bulk: $bulk"
 check "plain SIGTERM: exits 0" "$([[ $rc == 0 ]]; echo $?)" "status $rc"
-grep -E 'signal|drain:|released|capture removed' "$CLUSTER_TMP/gen3.log" | cut -c1-160
+grep -E 'signal|drain:|released|narrowed|capture removed' "$CLUSTER_TMP/gen3.log" | cut -c1-160
 check "plain SIGTERM: the capture was released first (the conntrack exemption narrowed), the rest removed at exit" \
   "$(grep -q 'capture released' "$CLUSTER_TMP/gen3.log" && grep -q 'capture removed' "$CLUSTER_TMP/gen3.log" &&
+    grep -q 'exemption narrowed' "$CLUSTER_TMP/gen3.log" &&
     ! grep -qE 'release incomplete|not narrowed' "$CLUSTER_TMP/gen3.log"; echo $?)"
 # The removal is staged (the TPROXY chains first, the socket divert at exit), so a handshake that
 # straddles it completes. At most 2 allowed for what the bound loop cannot control (a SYN or
