@@ -100,6 +100,22 @@ int main(int argc, char** argv) {
                       "Prometheus GET /metrics (and /stats/prometheus) on 0.0.0.0 and [::]; 0: no metrics")
       ->capture_default_str();
   run_cmd
+      ->add_option("--metrics-bind", run.metrics_bind,
+                   "Where the metrics port listens: any (0.0.0.0 and [::], for a Prometheus outside the node), "
+                   "loopback (127.0.0.1 and [::1]), or one IP address of the node")
+      ->capture_default_str()
+      ->check([](const std::string& v) -> std::string {
+        if (v == "any" || v == "loopback" || net::IpAddress::parse(v)) return {};
+        return "expected any, loopback or an IP address";
+      });
+  std::int64_t series_expiry_s = 600;
+  run_cmd
+      ->add_option("--metrics-series-expiry-s", series_expiry_s,
+                   "Drop a metrics label set that no open connection holds and that has not changed for this "
+                   "long (frees its place under the 4,096 per worker); 0: never")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 30 * 86400));
+  run_cmd
       ->add_option_function<std::string>(
           "--access-log",
           [&run](const std::string& v) { run.access_log = *proxy::parse_access_log_format(v); },
@@ -276,6 +292,7 @@ int main(int argc, char** argv) {
       run.proxy.idle_timeout = std::chrono::seconds(idle_timeout_s);
       run.proxy.upstream_mark = run.redirect_options.proxy_mark;
       run.drain_grace = std::chrono::milliseconds(drain_ms);
+      run.metrics_series_expiry = std::chrono::seconds(series_expiry_s);
       run.proxy.attempt_delay = std::chrono::milliseconds(attempt_delay_ms);
       run.proxy.outlier.base_ejection = std::chrono::milliseconds(base_ejection_ms);
       run.proxy.outlier.max_ejection = 10 * run.proxy.outlier.base_ejection;

@@ -385,6 +385,38 @@ void ControlPlane::relinquish_rules(std::function<void()> done) {
   });
 }
 
+void ControlPlane::release_capture(bool owner_of_node_rules) {
+  if (removed_ || released_ || (relinquished_ && !owner_of_node_rules)) return;
+  released_ = true;
+  if (owner_of_node_rules && options_.redirect && !redirector_) {
+    try {
+      redirector_.emplace(options_.redirect_options, runner_);
+      refusals_.emplace(options_.redirect_options, runner_);
+    } catch (const std::exception& e) {
+      spdlog::error("{}", e.what());
+    }
+  }
+  // The capture first, then the conntrack exemption is narrowed to the connections the proxy
+  // holds (VipRefusals::release). In between, for the one iptables call, a new connection to a
+  // ClusterIP is neither captured nor tracked (its SYN is lost and retried after a second);
+  // the other order would, for as long, let captured SYNs be tracked and DNATed before the
+  // proxy accepts them, losing the ClusterIP.
+  if (redirector_) {
+    try {
+      redirector_->release_capture();
+    } catch (const std::exception& e) {
+      spdlog::error("{}", e.what());
+    }
+  }
+  if (refusals_) {
+    try {
+      refusals_->release();
+    } catch (const std::exception& e) {
+      spdlog::error("{}", e.what());
+    }
+  }
+}
+
 void ControlPlane::remove_rules(bool owner_of_node_rules) {
   // Relinquished rules are removed only on the word of the daemon that nobody owns them now.
   if (removed_ || (relinquished_ && !owner_of_node_rules)) return;

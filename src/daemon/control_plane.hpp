@@ -111,6 +111,11 @@ class ControlPlane final : public sources::ObjectSink {
   // over just before we were stopped. After relinquish_rules() only with `owner_of_node_rules`
   // (the successor is gone and nobody owns them). Best effort, logs what failed.
   void remove_rules(bool owner_of_node_rules = false);
+  // After stop(), the first stage of remove_rules() (Redirector::release_capture): new
+  // connections are no longer captured, while the socket divert and the policy routing keep
+  // steering the packets of the connections the proxy holds or is accepting. Same ownership
+  // rule as remove_rules(); remove_rules() later removes the rest.
+  void release_capture(bool owner_of_node_rules = false);
   // Any thread: stop writing the capture and refusal rules without removing them (a successor
   // owns them now; see handoff.hpp): no update, no install, and remove_rules() does nothing.
   // `done` runs on the control-plane thread once no rule command of ours can run any more; never
@@ -181,6 +186,7 @@ class ControlPlane final : public sources::ObjectSink {
   std::optional<redirect::VipRefusals> refusals_;
   std::vector<net::IpAddress> installed_pods_;
   bool relinquished_ = false;  // control-plane thread only
+  bool released_ = false;      // release_capture() ran
   bool removed_ = false;       // remove_rules() ran (after stop(), on whichever thread stopped us)
 };
 

@@ -382,24 +382,34 @@ class Daemon {
     const auto now = std::chrono::steady_clock::now();
     const auto active = stats_.active_connections.load(std::memory_order_relaxed);
     if (superseded_ || released_capture_) {
-      if (!accepting_stopped_) {
+      if (!accepting_stopped_ && now >= accept_until_) {
         accepting_stopped_ = true;
         if (server_) server_->stop_accepting();
         stop_dns();
       }
-      if (active == 0 || now >= drain_deadline_) {
+      if (accepting_stopped_ && (active == 0 || now >= drain_deadline_)) {
         if (active > 0) spdlog::info("drain: the grace ran out; resetting {} connection(s) still open", active);
         if (server_) server_->stop();
         front_.stop();
         return;
       }
     } else if (now >= drain_deadline_ || (active == 0 && !successor_pending_)) {
-      // No successor: the capture goes first (the control plane is stopped so that nothing
-      // reinstalls it), then the listeners, then whatever is still open.
-      spdlog::info("drain: {}; removing the capture rules", active == 0 ? "no connection left" : "the grace ran out");
+      // No successor: a staged removal (the control plane is stopped first so that nothing
+      // reinstalls the rules). The capture of new connections goes first, so new SYNs go
+      // straight to their destination; the socket divert and the policy routing stay, so a
+      // handshake that straddles the release (SYN captured, the client's ACK not yet) still
+      // reaches our half-open socket (without the divert its ACK is early-demuxed to that socket
+      // and ip_forward drops it: a lost connection). The listeners keep accepting for
+      // kReleaseSettle, long enough for such a handshake to complete and be accepted, then
+      // close; what they accepted is served until it ends (or the grace, extended to cover the
+      // settle, runs out); the rest of the rules goes at exit (shutdown()), after the last
+      // connection, since the divert is what carries its packets.
+      spdlog::info("drain: {}; releasing the capture", active == 0 ? "no connection left" : "the grace ran out");
       control_plane_->stop();
-      control_plane_->remove_rules(owns_node_rules());
+      control_plane_->release_capture(owns_node_rules());
       released_capture_ = true;
+      accept_until_ = now + kReleaseSettle;
+      drain_deadline_ = std::max(drain_deadline_, accept_until_ + kReleaseSettle);
       drain_step();
       return;
     }
@@ -466,6 +476,14 @@ class Daemon {
   // The access log is written in batches: what a quiet second left behind goes out now.
   void flush_access_log() {
     telemetry_.flush();
+    // Every 10 s, each worker drops its metrics series idle for the expiry, on its own loop (the
+    // series maps are that worker's only). Resolution: the expiry plus up to 10 s.
+    if (server_ && server_->running() && options_.metrics_port != 0 && options_.metrics_series_expiry.count() > 0 &&
+        ++flushes_ % 10 == 0) {
+      const auto executors = server_->worker_executors();
+      for (std::size_t i = 0; i < executors.size(); ++i)
+        asio::post(executors[i], [this, i] { telemetry_.expire_idle(static_cast<int>(i)); });
+    }
     log_flush_timer_.expires_after(std::chrono::seconds(1));
     log_flush_timer_.async_wait([this](boost::system::error_code ec) {
       if (!ec) flush_access_log();
@@ -492,12 +510,19 @@ class Daemon {
     // Its own session budget (the readiness one's size): the network can reach it, and a flood of
     // scrapes must not starve the kubelet's probes nor the reverse.
     metrics_sessions_ = std::make_shared<admin::SessionLimit>(options_.max_readiness_sessions);
-    if (options_.admin_v4)
-      admin.listen({*net::IpAddress::parse("0.0.0.0"), options_.metrics_port}, metrics, metrics_sessions_);
+    // --metrics-bind: one address, or a pair (the families that are on), as for readiness.
+    if (auto one = net::IpAddress::parse(options_.metrics_bind)) {
+      admin.listen({*one, options_.metrics_port}, metrics, metrics_sessions_);
+      return;
+    }
+    const bool loopback = options_.metrics_bind == "loopback";
+    const auto v4 = *net::IpAddress::parse(loopback ? "127.0.0.1" : "0.0.0.0");
+    const auto v6 = *net::IpAddress::parse(loopback ? "::1" : "::");
+    if (options_.admin_v4) admin.listen({v4, options_.metrics_port}, metrics, metrics_sessions_);
     if (options_.admin_v6 && options_.admin_v4)
-      listen_optional(admin, {*net::IpAddress::parse("::"), options_.metrics_port}, metrics, metrics_sessions_);
+      listen_optional(admin, {v6, options_.metrics_port}, metrics, metrics_sessions_);
     else if (options_.admin_v6)
-      admin.listen({*net::IpAddress::parse("::"), options_.metrics_port}, metrics, metrics_sessions_);
+      admin.listen({v6, options_.metrics_port}, metrics, metrics_sessions_);
   }
 
   // With IPv4 serving, a missing IPv6 admin listener is worth a warning, not a failed start.
@@ -569,9 +594,12 @@ class Daemon {
   // Outlives the ProxyServer (run()'s local): the workers' sinks live here.
   proxy::ConnectionTelemetry telemetry_{
       options_.proxy.workers,
-      {.access_log = options_.access_log, .metrics = options_.metrics_port != 0}};
+      {.access_log = options_.access_log,
+       .metrics = options_.metrics_port != 0,
+       .series_expiry = std::chrono::duration_cast<std::chrono::milliseconds>(options_.metrics_series_expiry)}};
   admin::MetricsExporter exporter_;
   asio::steady_timer log_flush_timer_{front_};
+  std::uint64_t flushes_ = 0;
   redirect::ProcessRunner runner_;
   std::atomic<bool> ready_{false};
   bool draining_ = false;
@@ -588,6 +616,11 @@ class Daemon {
   std::optional<Handoff> handoff_;
   asio::steady_timer drain_timer_{front_};
   std::chrono::steady_clock::time_point drain_deadline_;
+  // Draining without a successor: the listeners accept until then after the capture release.
+  std::chrono::steady_clock::time_point accept_until_{};
+  // A handshake in flight at the release completes in a round trip on the node (sub-millisecond
+  // on a veth); a quarter of a second also covers a loaded node's scheduling delays.
+  static constexpr std::chrono::milliseconds kReleaseSettle{250};
   std::optional<ControlPlane> control_plane_;  // after store_ and runner_: stopped before they go
   std::optional<identity::IdentityManager> identity_;  // after store_: its thread reads the snapshot
   std::optional<resolver::DnsProxy> dns_;      // last: torn down before front_ and store_

@@ -38,6 +38,10 @@ struct DaemonOptions {
   // Prometheus (/metrics, /stats/prometheus) on 0.0.0.0 and [::]: scraped from outside the node,
   // Istio's merged-metrics port. 0: no endpoint and no per-connection metrics.
   std::uint16_t metrics_port = 15020;
+  // --metrics-bind: "any" (0.0.0.0 and [::]), "loopback" (127.0.0.1 and [::1]) or one address.
+  std::string metrics_bind = "any";
+  // --metrics-series-expiry-s: ConnectionTelemetry::Options::series_expiry; 0: never.
+  std::chrono::seconds metrics_series_expiry{600};
   proxy::AccessLogFormat access_log = proxy::AccessLogFormat::text;
   // The admin API and readiness listeners per family; restrict_to_families clears the one that is off.
   bool admin_v4 = true;

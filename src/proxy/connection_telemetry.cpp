@@ -571,27 +571,28 @@ class ConnectionTelemetry::WorkerSink final : public ConnectionSink {
   struct Series {
     LabelValues labels;
     std::atomic<std::uint64_t> opened{0}, closed{0}, sent{0}, received{0};
-    Series* next = nullptr;
+    // The owning worker's only (scrapes never read them).
+    std::int64_t holders = 0;  // connections whose record points here (opened, not yet closed)
+    std::uint64_t seen_opened = 0, seen_closed = 0;  // the counters at the last expire_idle()
+    Clock::time_point last_change{};
+    std::size_t slot = 0;
+    std::string index_key;
+    bool expiring = false;
   };
   // Past this many cached keys the cache starts over (what it pins is then released): the
   // series stay, so a new key costs one lookup by label text again.
   static constexpr std::size_t kMaxCachedKeys = 4 * kMaxSeriesPerWorker;
 
   WorkerSink(const Options& options, const Output* output) : options_(options), log_(output) {
-    overflow_.labels.fill("overflow");
-  }
-  ~WorkerSink() override {
-    for (Series* s = head_.load(std::memory_order_acquire); s;) {
-      Series* next = s->next;
-      if (s != &overflow_) delete s;
-      s = next;
-    }
+    free_.reserve(kMaxSeriesPerWorker);
+    for (std::size_t i = kMaxSeriesPerWorker; i > 0; --i) free_.push_back(i - 1);
   }
 
   void opened(ConnectionRecord& r) override {
     if (!options_.metrics) return;
     Series* s = series_for(r);
     r.sink_slot = s;
+    ++s->holders;
     bump(s->opened);
   }
 
@@ -599,7 +600,8 @@ class ConnectionTelemetry::WorkerSink final : public ConnectionSink {
     bump(reasons_[static_cast<std::size_t>(r.reason)]);
     if (options_.metrics) {
       auto* s = static_cast<Series*>(r.sink_slot);
-      if (!s) s = series_for(r);
+      if (s) --s->holders;
+      else s = series_for(r);
       bump(s->closed);
       // Istio's meaning: received = bytes of the request direction (client to server), sent = of
       // the response, whoever reports.
@@ -614,8 +616,52 @@ class ConnectionTelemetry::WorkerSink final : public ConnectionSink {
     log_.append({line.data(), line.size()});
   }
 
+  // The worker's thread. A series changed since the last call is stamped `now`; one that no
+  // connection holds and that has not changed for `expiry` is dropped: its slot (and, for the
+  // overflow series, its place) is free for the next label set, and it leaves the scrape.
+  std::size_t expire_idle(Clock::time_point now, Clock::duration expiry) {
+    // Judged first and marked, then the cache forgets them (one pass, whatever their number),
+    // then the cells let go: a series is freed only once nothing of ours points to it.
+    auto judge = [&](Series* s) -> bool {
+      if (!s) return false;
+      const auto o = s->opened.load(std::memory_order_relaxed), c = s->closed.load(std::memory_order_relaxed);
+      if (o != s->seen_opened || c != s->seen_closed || s->last_change == Clock::time_point{}) {
+        s->seen_opened = o;
+        s->seen_closed = c;
+        s->last_change = now;
+        return false;
+      }
+      s->expiring = s->holders == 0 && now - s->last_change >= expiry;
+      return s->expiring;
+    };
+    std::vector<std::size_t> cells;
+    for (std::size_t i = 0; i < live_.size(); ++i)
+      if (judge(live_[i])) cells.push_back(i);
+    const bool overflow = judge(overflow_live_);
+    if (cells.empty() && !overflow) return 0;
+    std::erase_if(cache_, [](const auto& entry) { return entry.second.series->expiring; });
+    for (std::size_t i : cells) {
+      index_.erase(live_[i]->index_key);
+      live_[i] = nullptr;
+      free_.push_back(i);
+      // A scrape that loaded it keeps it alive (shared_ptr) until it is done with it.
+      slots_[i].store(nullptr, std::memory_order_release);
+    }
+    if (overflow) {
+      overflow_live_ = nullptr;
+      overflow_.store(nullptr, std::memory_order_release);
+    }
+    return cells.size() + (overflow ? 1 : 0);
+  }
+
   void flush() { log_.flush(); }
-  const Series* head() const { return head_.load(std::memory_order_acquire); }
+  // Any thread (a scrape): each live series, kept alive while `f` runs.
+  template <typename F>
+  void for_each_series(F&& f) const {
+    for (const auto& cell : slots_)
+      if (auto s = cell.load(std::memory_order_acquire)) f(*s);
+    if (auto s = overflow_.load(std::memory_order_acquire)) f(*s);
+  }
   std::uint64_t reason_count(std::size_t i) const { return reasons_[i].load(std::memory_order_relaxed); }
   std::uint64_t overflowed() const { return overflowed_.load(std::memory_order_relaxed); }
 
@@ -647,34 +693,43 @@ class ConnectionTelemetry::WorkerSink final : public ConnectionSink {
       key_ += '\x1f';  // not in any label value Kubernetes allows
     }
     if (auto it = index_.find(key_); it != index_.end()) return it->second;
-    if (index_.size() >= kMaxSeriesPerWorker) {
+    if (free_.empty()) {
       bump(overflowed_);
-      if (!overflow_published_) {
-        overflow_published_ = true;
-        publish(&overflow_);
+      if (!overflow_live_) {
+        auto s = std::make_shared<Series>();
+        s->labels.fill("overflow");
+        overflow_live_ = s.get();
+        overflow_.store(std::move(s), std::memory_order_release);
       }
-      return &overflow_;
+      return overflow_live_;
     }
-    auto* s = new Series;
+    auto s = std::make_shared<Series>();
+    Series* raw = s.get();
     s->labels = std::move(labels);
-    index_.emplace(key_, s);
-    publish(s);
-    return s;
-  }
-  // The series is complete before the release store makes it visible to scrapes.
-  void publish(Series* s) {
-    s->next = head_.load(std::memory_order_relaxed);
-    head_.store(s, std::memory_order_release);
+    s->slot = free_.back();
+    free_.pop_back();
+    s->index_key = key_;
+    index_.emplace(key_, s.get());
+    live_[s->slot] = s.get();
+    // Complete before the release store makes it visible to scrapes. A new label set is rare
+    // (the cache answers the rest); the atomic shared_ptr's internal lock bit is contended only
+    // by a scrape reading this very cell at that moment.
+    slots_[raw->slot].store(std::move(s), std::memory_order_release);
+    return raw;
   }
 
   Options options_;
   AccessLogBatch log_;
   std::string key_;  // reused: no allocation once it has grown
   std::unordered_map<SeriesKey, Cached, SeriesKeyHash> cache_;  // this worker's only
-  std::unordered_map<std::string, Series*> index_;  // this worker's only
-  std::atomic<Series*> head_{nullptr};
-  Series overflow_;
-  bool overflow_published_ = false;
+  std::unordered_map<std::string, Series*> index_;               // this worker's only
+  std::vector<std::size_t> free_;                                 // this worker's only: free slots
+  std::array<Series*, kMaxSeriesPerWorker> live_{};               // this worker's only: the cells' content
+  Series* overflow_live_ = nullptr;
+  // What scrapes read. A cell owns its series; an expired one is released when the last scrape
+  // holding it lets go.
+  std::array<std::atomic<std::shared_ptr<Series>>, kMaxSeriesPerWorker> slots_;
+  std::atomic<std::shared_ptr<Series>> overflow_;
   std::atomic<std::uint64_t> overflowed_{0};
   std::array<std::atomic<std::uint64_t>, kEndReasonCount> reasons_{};
 };
@@ -685,6 +740,11 @@ ConnectionTelemetry::ConnectionTelemetry(int workers, Options options, Output ou
 }
 
 ConnectionTelemetry::~ConnectionTelemetry() { flush(); }
+
+std::size_t ConnectionTelemetry::expire_idle(int worker, Clock::time_point now) {
+  if (!options_.metrics || options_.series_expiry.count() <= 0) return 0;
+  return workers_.at(static_cast<std::size_t>(worker))->expire_idle(now, options_.series_expiry);
+}
 
 void ConnectionTelemetry::flush() {
   for (auto& w : workers_) w->flush();
@@ -703,13 +763,13 @@ std::vector<prometheus::MetricFamily> ConnectionTelemetry::collect() const {
   std::array<std::uint64_t, kEndReasonCount> reasons{};
   std::uint64_t overflowed = 0;
   for (const auto& w : workers_) {
-    for (const auto* s = w->head(); s; s = s->next) {
-      auto& x = sums[s->labels];
-      x.opened += s->opened.load(std::memory_order_relaxed);
-      x.closed += s->closed.load(std::memory_order_relaxed);
-      x.sent += s->sent.load(std::memory_order_relaxed);
-      x.received += s->received.load(std::memory_order_relaxed);
-    }
+    w->for_each_series([&sums](const WorkerSink::Series& s) {
+      auto& x = sums[s.labels];
+      x.opened += s.opened.load(std::memory_order_relaxed);
+      x.closed += s.closed.load(std::memory_order_relaxed);
+      x.sent += s.sent.load(std::memory_order_relaxed);
+      x.received += s.received.load(std::memory_order_relaxed);
+    });
     for (std::size_t i = 0; i < kEndReasonCount; ++i) reasons[i] += w->reason_count(i);
     overflowed += w->overflowed();
   }

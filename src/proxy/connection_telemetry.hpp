@@ -8,8 +8,11 @@
 //    plain stores into counters only this worker writes. prometheus-cpp's own Family::Add takes a
 //    mutex for every lookup and its Counter is one atomic cell shared by all workers, so it is
 //    used only at scrape time: a Collectable (collect()) walks every worker's series and sums
-//    them. A worker publishes a new label set by pushing it onto a list whose head is atomic; a
-//    series is never removed, so a scrape can walk the lists while workers add to them.
+//    them. A worker's series live in kMaxSeriesPerWorker cells (std::atomic<std::shared_ptr>),
+//    which only that worker stores into (a new label set, or an expiry) and a scrape loads: a
+//    scrape that holds a series the worker has just expired keeps it alive until it is done, so
+//    no lock and no reclamation scheme is needed. The worker keeps its own raw copy of every
+//    cell, so counting a connection never touches the atomic shared_ptr.
 //    The label set of a connection is found through a cache keyed by the identities of the shared
 //    names the record points to (workload, Service, principals: pointers, pinned by the cache so
 //    they cannot be reused) plus the direction, protocol and reason: a hash of a few words, no
@@ -26,10 +29,12 @@
 // describe_pod), Services and namespaces from the snapshot, never pods or addresses; anything
 // not in the snapshot is "unknown". Past kMaxSeriesPerWorker label sets on one worker, further
 // ones are counted in a single overflow series (every workload and Service label "overflow") and
-// in dsproxy_metrics_series_overflow_total.
+// in dsproxy_metrics_series_overflow_total. Series that no open connection holds and that have
+// not changed for Options::series_expiry are dropped (expire_idle), which frees their cells.
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -71,9 +76,15 @@ std::string format_access_log_json(const ConnectionRecord& record);
 class ConnectionTelemetry {
  public:
   static constexpr std::size_t kMaxSeriesPerWorker = 4096;
+  using Clock = std::chrono::steady_clock;
   struct Options {
     AccessLogFormat access_log = AccessLogFormat::text;
     bool metrics = true;
+    // A label set that no open connection holds and whose counters have not changed for this
+    // long leaves the scrape and frees its place (0: never). Prometheus marks a series that
+    // disappears from a scrape stale; if it comes back its counters start again from 0, which
+    // rate() and increase() read as a counter reset.
+    std::chrono::milliseconds series_expiry{std::chrono::minutes(10)};
   };
   // Where batches of access-log lines go: whole lines, each ending in '\n', at most PIPE_BUF
   // bytes unless one line alone is longer. Called from the workers and from flush()'s caller,
@@ -90,6 +101,9 @@ class ConnectionTelemetry {
   ConnectionSink* sink(int worker);
   // Any thread (the scrape): the istio_tcp_* families and dsproxy's outcomes by reason.
   std::vector<prometheus::MetricFamily> collect() const;
+  // On worker `worker`'s thread (the daemon posts it every few seconds): drops that worker's
+  // series idle for Options::series_expiry (see there); returns how many.
+  std::size_t expire_idle(int worker, Clock::time_point now = Clock::now());
   // Any thread: writes the access-log lines still buffered (call every second or so, and at exit).
   void flush();
 

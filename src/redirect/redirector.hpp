@@ -11,6 +11,11 @@
 //   update_pods  changes only the pods set, by its difference: one `ipset restore` per family
 //                whose pods changed, additions before deletions; no rule is touched, so the
 //                cost is that of the change, not of the node's pod count.
+//   release_capture  the first stage of a staged removal: new connections are no longer
+//                captured (the TPROXY chains are emptied), while the socket divert and the
+//                policy routing stay, so the packets of connections the proxy holds, or whose
+//                handshake it is completing, still reach its sockets; uninstall() later removes
+//                the rest. Best effort, like uninstall.
 //   uninstall    removes every jump, chain, set, ip rule and route, whether or not this object (or
 //                this process) installed them; best effort: it carries on past failures and
 //                reports them all at the end.
@@ -47,6 +52,7 @@ class Redirector {
   void install(const std::vector<net::IpAddress>& node_pod_ips);
   // Before a successful install() this is install(). Tries every family that is on, then throws if any failed.
   void update_pods(const std::vector<net::IpAddress>& node_pod_ips);
+  void release_capture();
   void uninstall();
   // The install as a shell script, for `dsproxy redirect print`; runs nothing.
   std::string print(const std::vector<net::IpAddress>& node_pod_ips) const;

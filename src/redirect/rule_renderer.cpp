@@ -111,6 +111,17 @@ std::string render_iptables_removal(net::Family, const RedirectOptions& o) {
   return text;
 }
 
+std::string render_capture_release(const RedirectOptions& o, bool dns_chain) {
+  const auto c = chain_names(o);
+  // Under --noflush, declaring a chain flushes it: the jumps to these chains stay and return at once.
+  std::string text = "*mangle\n";
+  declare(text, c.outbound);
+  declare(text, c.inbound);
+  if (dns_chain) declare(text, c.dns);
+  text += "COMMIT\n";
+  return text;
+}
+
 IptablesCommands iptables_commands(net::Family family, const RedirectOptions& o) {
   const std::string& iptables = iptables_program(family, o);
   const std::string jump = chain_names(o).prerouting;

@@ -65,6 +65,11 @@ std::string render_pods_fill(net::Family family, const std::vector<net::IpAddres
 // Flushes and deletes all four chains (declared first, so it also succeeds when some are absent).
 // Fails while PREROUTING still jumps to DSPROXY_PREROUTING: delete the jump first.
 std::string render_iptables_removal(net::Family family, const RedirectOptions& options);
+// The first stage of a removal (Redirector::release_capture): empties the chains that TPROXY new
+// connections (OUTBOUND, INBOUND, and DNS with `dns_chain`) in one atomic restore, and leaves the
+// PREROUTING jump, the socket divert and the policy routing, which steer the packets of
+// connections the proxy already holds, or is in the middle of accepting, to its sockets.
+std::string render_capture_release(const RedirectOptions& options, bool dns_chain);
 
 struct IptablesCommands {
   Argv restore;      // iptables-restore -w --noflush      (text on stdin)

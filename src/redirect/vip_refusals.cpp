@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "redirect/ip_sets.hpp"
 #include "redirect/redirector.hpp"
@@ -50,6 +51,14 @@ std::vector<Jump> jumps_of(const RedirectOptions& o) {
       {"raw", "PREROUTING", {}, notrack_chain_name(o)},
       {"raw", "OUTPUT", {}, notrack_chain_name(o)},
   };
+}
+
+// What release() puts in place of raw PREROUTING's jump: only packets of a connection the proxy
+// holds (a transparent socket of ours matches their addresses) stay untracked. `-m socket` is
+// allowed in PREROUTING and INPUT only, so it sits on this jump, not in the chain (raw OUTPUT
+// jumps to the same chain).
+Jump held_jump(const RedirectOptions& o) {
+  return {"raw", "PREROUTING", {"-m", "socket", "--transparent"}, notrack_chain_name(o)};
 }
 
 std::vector<std::string> jump_args(const Jump& j, const char* op) {
@@ -377,10 +386,55 @@ void VipRefusals::update(VipChanges changes) {
   spdlog::info("redirect: {} ClusterIP(s) in the refusal sets, {} open ClusterIP:port(s)", wanted_.size(), open_count_);
 }
 
+void VipRefusals::release() {
+  std::vector<std::string> errors;
+  const Jump plain = jumps_of(options_)[1];
+  const Jump held = held_jump(options_);
+  auto present = [&](net::Family family, const Jump& j) -> std::optional<bool> {
+    const Command check = iptables_command(family, options_, jump_args(j, "-C"));
+    const auto checked = runner_.run(check);
+    if (checked.exit_code == 1 || checked.exit_code == 2) return false;
+    if (!checked.ok()) {
+      errors.push_back(failure(check, checked));
+      return std::nullopt;
+    }
+    return true;
+  };
+  for (auto family : families(options_)) {
+    // Not installed, or released already: nothing to narrow.
+    if (present(family, plain) != true) continue;
+    // The narrow jump first, then the wide one goes: a held connection is never tracked between.
+    if (auto h = present(family, held); h == false) {
+      const Command insert = iptables_command(family, options_, jump_args(held, "-I"));
+      if (auto r = runner_.run(insert); !r.ok()) {
+        errors.push_back(failure(insert, r));
+        continue;
+      }
+    } else if (!h) {
+      continue;
+    }
+    for (int i = 0; i < kMaxRepeatedDeletes; ++i) {
+      const Command del = iptables_command(family, options_, jump_args(plain, "-D"));
+      if (auto r = runner_.run(del); !r.ok()) {
+        if (r.exit_code != 1 && r.exit_code != 2) errors.push_back(failure(del, r));
+        break;
+      }
+    }
+    spdlog::info("redirect: {} conntrack exemption narrowed to the connections the proxy holds",
+                 net::to_string(family));
+  }
+  if (errors.empty()) return;
+  std::string text = "redirect: conntrack exemption not narrowed to held connections:";
+  for (const auto& e : errors) text += "\n  - " + e;
+  throw RedirectError(text);
+}
+
 void VipRefusals::uninstall() {
   std::vector<std::string> errors;
+  auto jumps = jumps_of(options_);
+  jumps.push_back(held_jump(options_));  // left by release()
   for (auto family : families(options_)) {
-    for (const auto& j : jumps_of(options_)) {
+    for (const auto& j : jumps) {
       for (int i = 0; i < kMaxRepeatedDeletes; ++i) {
         const Command check = iptables_command(family, options_, jump_args(j, "-C"));
         const auto checked = runner_.run(check);

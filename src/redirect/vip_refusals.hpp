@@ -109,7 +109,15 @@ class VipRefusals {
   // apply, or after a failure, it refills the sets whole from what it knows (everything it was
   // ever told), so a first call with the whole cluster in `changed` is an install.
   void apply_changes(const VipChanges& changes);
-  // Removes the jumps, the chains and the VIPS/OPEN sets; best effort, reports every failure at the end.
+  // The first stage of a staged removal (the capture is released, the proxy still holds
+  // connections): raw PREROUTING's jump to the NOTRACK chain is narrowed to packets of a
+  // connection the proxy holds (`-m socket --transparent`), so those stay untracked (tracked
+  // mid-stream, kube-proxy's DNAT would take them over), while a new connection to a ClusterIP,
+  // no longer captured, is tracked and DNATed by kube-proxy as without dsproxy (left untracked
+  // it would go nowhere). The refusals stay: an uncaptured SYN to a ClusterIP is forwarded and
+  // never reaches filter INPUT. Best effort; throws RedirectError listing the failures.
+  void release();
+  // Removes the jumps (also release()'s), the chains and the VIPS/OPEN sets; best effort, reports every failure at the end.
   void uninstall();
 
   // What the sets hold (or are to hold, after a failed update): VIPs and open VIP:ports of the

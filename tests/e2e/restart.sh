@@ -8,8 +8,10 @@
 #      1 s (a dropped SYN costs 1 s), every checksum intact, every old instance exits 0 and leaves
 #      the rules to its successor;
 #   2. plain SIGTERM with no successor under the same loop (to pod addresses, which work with or
-#      without capture; a ClusterIP needs kube-proxy once the capture is gone): zero failures,
-#      zero stalls, and the node's rules are as before dsproxy;
+#      without capture; a ClusterIP needs kube-proxy once the capture is gone) and 10 long
+#      transfers that hold the drain, so the staged removal falls in the middle of the loop: at
+#      most 2 failures and 2 stalls (measured 0), every transfer intact or reset (never a short
+#      EOF), and the node's rules are as before dsproxy;
 #   3. the drain grace running out: the client of a transfer still open sees a reset, not an EOF.
 #
 #   restart.sh DSPROXY_BIN ECHO_BIN
@@ -173,24 +175,42 @@ section "plain SIGTERM with no successor"
 # direct connection of that pod that picks the same source port towards the same endpoint (the
 # packet is early-demuxed to the local TIME_WAIT socket, and ip_forward drops such packets). That
 # is not the drain's doing and not what this case measures: the client pod's ephemeral ports are
-# kept apart from the node's (the upstream ports' range) here. See the README's caveat.
+# kept apart from the node's (the upstream ports' range) here. See the README's caveat. (Measured
+# with the pod's default range: 247 of 3,000 connections failed, 295 over 1 s; with the node's
+# net.ipv4.tcp_early_demux=0 none failed but 49 took a SYN retry.)
 in_pod sleep sysctl -q -w net.ipv4.ip_local_port_range="20000 29999"
+# The long transfers (through the proxy until the release: 10 of 300 KB over 3 s) hold the drain,
+# so the capture is released at about 3.5 s, in the middle of the load (6 s).
 in_pod sleep timeout 30 node "$CLIENT" load "$POD_IPS" 500 3000 6 >"$LOAD_OUT" 2>&1 &
 load_pid=$!
-sleep 2
+in_pod sleep timeout 40 node "$CLIENT" bulk "$POD_IPS" 10 300000 3 >"$BULK_OUT" 2>&1 &
+bulk_pid=$!
+sleep 1
 kill -TERM "${PID_OF[gen3]}"
 wait_exit gen3 200; rc=$RC
 wait "$load_pid"
+wait "$bulk_pid"
 load=$(tail -n 1 "$LOAD_OUT")
+bulk=$(tail -n 1 "$BULK_OUT")
 echo "load: $load"
+echo "bulk: $bulk"
 check "plain SIGTERM: exits 0" "$([[ $rc == 0 ]]; echo $?)" "status $rc"
-# At most 2: a connection whose handshake straddles the removal of the capture (SYN captured, the
-# client's ACK not) is lost (its ACK is early-demuxed to our half-open socket and ip_forward drops
-# it): 1 of 3,000 in one run of five. Removing the TPROXY rules a moment before the socket divert
-# would close that window (not done yet; README).
-check "plain SIGTERM: no failed connection, none over 1 s (but for a handshake straddling the removal)" \
+grep -E 'signal|drain:|released|narrowed|capture removed' "$CLUSTER_TMP/gen3.log" | cut -c1-160
+check "plain SIGTERM: the capture was released first (the conntrack exemption narrowed), the rest removed at exit" \
+  "$(grep -q 'capture released' "$CLUSTER_TMP/gen3.log" && grep -q 'capture removed' "$CLUSTER_TMP/gen3.log" &&
+    grep -q 'exemption narrowed' "$CLUSTER_TMP/gen3.log" &&
+    ! grep -qE 'release incomplete|not narrowed' "$CLUSTER_TMP/gen3.log"; echo $?)"
+# The removal is staged (the TPROXY chains first, the socket divert at exit), so a handshake that
+# straddles it completes. At most 2 allowed for what the bound loop cannot control (a SYN or
+# SYN-ACK lost to the node's load); measured 0 (README).
+check "plain SIGTERM: at most 2 failed connections, at most 2 over 1 s" \
   "$([[ $(json_field "$load" failed) -le 2 && $(json_field "$load" over_1s) -le 2 ]]; echo $?)" \
   "$(json_field "$load" opened) opened, $(json_field "$load" failed) failed, slowest $(json_field "$load" slowest_ms) ms"
+# Every transfer ends intact or reset (the grace running out), never in a clean, short EOF.
+check "plain SIGTERM: 10 long transfers intact or reset, none truncated silently" \
+  "$(node -e 'const o = JSON.parse(process.argv[1]);
+      process.exit(o.outcomes.length === 10 && o.outcomes.every((x) => x === "intact" || x.startsWith("reset after")) ? 0 : 1)' "$bulk"; echo $?)" \
+  "$bulk"
 after=$(snapshot_netfilter)
 check "plain SIGTERM: the node's rules are as before dsproxy" "$([[ $after == "$before" ]]; echo $?)" \
   "$(diff <(echo "$before") <(echo "$after") | head -n 5 | tr '\n' ' ')"

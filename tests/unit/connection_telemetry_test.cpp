@@ -211,6 +211,99 @@ TEST(ConnectionTelemetryTest, LabelSetsPastTheCapGoToOneOverflowSeries) {
   EXPECT_EQ(find(all, "dsproxy_metrics_series_overflow_total").metric.at(0).counter.value, 10.0);
 }
 
+// Series expiry: a label set that no open connection holds and whose counters have not moved for
+// the expiry leaves the scrape and frees its cell; one held by an open connection stays however
+// old; the overflow series expires like any other and a freed cell takes a new label set instead
+// of the overflow.
+TEST(ConnectionTelemetryTest, IdleSeriesExpireActiveOnesStayAndFreedCellsAreReused) {
+  using namespace std::chrono_literals;
+  ConnectionTelemetry t(1, {.access_log = AccessLogFormat::off, .metrics = true, .series_expiry = 10min});
+  auto service = [](const std::string& host) { return std::make_shared<ServiceInfo>(ServiceInfo{host, "s", "ns"}); };
+  auto hosts_in = [&]() {
+    std::map<std::string, double> out;
+    const auto all = t.collect();  // find() returns a reference into it
+    for (const auto& m : find(all, "istio_tcp_connections_opened_total").metric)
+      out[labels_of(m)["destination_service"]] = m.counter.value;
+    return out;
+  };
+  const auto t0 = ConnectionTelemetry::Clock::now();
+  {
+    ConnectionResult idle(t.sink(0), Direction::outbound, {}, {});
+    idle.record().service = service("idle.ns.svc");
+    idle.finish(EndReason::completed);
+  }
+  auto active = std::make_unique<ConnectionResult>(t.sink(0), Direction::outbound, net::SocketAddress{},
+                                                   net::SocketAddress{});
+  active->record().service = service("active.ns.svc");
+  active->mark_opened();
+  EXPECT_EQ(t.expire_idle(0, t0), 0u);  // first sight: stamped, not judged
+  EXPECT_EQ(t.expire_idle(0, t0 + 9min), 0u);
+  EXPECT_EQ(hosts_in().count("idle.ns.svc"), 1u);
+  // Touched again at 9 min: its ten minutes start over.
+  {
+    ConnectionResult again(t.sink(0), Direction::outbound, {}, {});
+    again.record().service = service("idle.ns.svc");
+    again.finish(EndReason::completed);
+  }
+  EXPECT_EQ(t.expire_idle(0, t0 + 10min), 0u);
+  EXPECT_EQ(t.expire_idle(0, t0 + 19min), 0u);
+  EXPECT_EQ(hosts_in().at("idle.ns.svc"), 2.0);
+  EXPECT_EQ(t.expire_idle(0, t0 + 20min), 1u);
+  auto now = hosts_in();
+  EXPECT_EQ(now.count("idle.ns.svc"), 0u);
+  EXPECT_EQ(now.count("active.ns.svc"), 1u);  // held by an open connection: stays, however old
+  // Back after expiry: a fresh series, counting from 0 (Prometheus reads it as a counter reset).
+  {
+    ConnectionResult back(t.sink(0), Direction::outbound, {}, {});
+    back.record().service = service("idle.ns.svc");
+    back.finish(EndReason::completed);
+  }
+  EXPECT_EQ(hosts_in().at("idle.ns.svc"), 1.0);
+  active.reset();  // closes: now it may expire too
+  EXPECT_EQ(t.expire_idle(0, t0 + 21min), 0u);  // changed (closed) since the last look
+  EXPECT_EQ(t.expire_idle(0, t0 + 40min), 2u);
+  EXPECT_TRUE(hosts_in().empty());
+
+  // Fill every cell, overflow once, let everything expire: the overflow series goes too, and
+  // the freed cells take new label sets rather than the overflow.
+  const std::size_t n = ConnectionTelemetry::kMaxSeriesPerWorker + 1;
+  for (std::size_t i = 0; i < n; ++i) {
+    ConnectionResult c(t.sink(0), Direction::outbound, {}, {});
+    std::string host = std::to_string(i);
+    host += ".ns.svc";
+    c.record().service = service(host);
+    c.finish(EndReason::completed);
+  }
+  EXPECT_EQ(hosts_in().count("overflow"), 1u);
+  EXPECT_EQ(t.expire_idle(0, t0 + 41min), 0u);
+  EXPECT_EQ(t.expire_idle(0, t0 + 51min), n - 1 + 1);  // every cell and the overflow series
+  EXPECT_TRUE(hosts_in().empty());
+  for (std::size_t i = 0; i < 3; ++i) {
+    ConnectionResult c(t.sink(0), Direction::outbound, {}, {});
+    c.record().service = service("new" + std::to_string(i));
+    c.finish(EndReason::completed);
+  }
+  now = hosts_in();
+  EXPECT_EQ(now.size(), 3u);
+  EXPECT_EQ(now.count("overflow"), 0u);
+  const auto all = t.collect();
+  EXPECT_EQ(find(all, "dsproxy_metrics_series_overflow_total").metric.at(0).counter.value, 1.0);
+}
+
+// Expiry off (0): nothing ever leaves.
+TEST(ConnectionTelemetryTest, SeriesExpiryZeroKeepsEverything) {
+  ConnectionTelemetry t(1, {.access_log = AccessLogFormat::off, .metrics = true, .series_expiry = {}});
+  {
+    ConnectionResult c(t.sink(0), Direction::outbound, {}, {});
+    c.finish(EndReason::completed);
+  }
+  const auto t0 = ConnectionTelemetry::Clock::now();
+  t.expire_idle(0, t0);
+  EXPECT_EQ(t.expire_idle(0, t0 + std::chrono::hours(24 * 365)), 0u);
+  const auto all = t.collect();
+  EXPECT_EQ(find(all, "istio_tcp_connections_opened_total").metric.size(), 1u);
+}
+
 // The series cache is keyed by the names' addresses: a name freed and another allocated at the
 // same address must not inherit the first one's series (the cache pins what it keys by).
 TEST(ConnectionTelemetryTest, ANewNameAtAFreedAddressGetsItsOwnSeries) {

@@ -356,6 +356,63 @@ TEST(RedirectRedirector, UninstallRemovesEverythingInOrder) {
   for (const auto& l : node.lines()) EXPECT_EQ(l.find("restore"), std::string::npos) << l;
 }
 
+// The staged removal's first stage: both families' TPROXY chains are emptied, one atomic restore
+// each, before anything else; the jump (with the socket divert behind it), the sets and the policy
+// routing stay for the connections the proxy holds, and uninstall() then removes everything.
+TEST(RedirectRedirector, ReleaseCaptureEmptiesOnlyTheTproxyChainsOfBothFamilies) {
+  FakeNode node;
+  RedirectOptions options;
+  options.dns_capture = true;
+  Redirector redirector(options, node);
+  redirector.install(kPods);
+  node.calls.clear();
+  redirector.release_capture();
+  EXPECT_EQ(node.lines(), (std::vector<std::string>{"iptables -w -t mangle -S", "iptables-restore -w --noflush",
+                                                    "ip6tables -w -t mangle -S", "ip6tables-restore -w --noflush"}));
+  EXPECT_EQ(node.calls[1].input, "*mangle\n:DSPROXY_OUTBOUND - [0:0]\n:DSPROXY_INBOUND - [0:0]\n:DSPROXY_DNS - [0:0]\nCOMMIT\n");
+  EXPECT_EQ(node.calls[1].input, render_capture_release(options, true));
+  for (const auto* f : {&node.v4_state, &node.v6_state}) {
+    EXPECT_EQ(f->jumps, 1);
+    EXPECT_TRUE(f->chains.count("DSPROXY_DIVERT"));
+    EXPECT_TRUE(f->route);
+    EXPECT_EQ(f->rules.size(), 1u);
+  }
+  EXPECT_FALSE(node.sets.empty());
+  redirector.uninstall();
+  EXPECT_TRUE(node.empty());
+
+  // Nothing installed: nothing restored (a restore would create the chains).
+  node.calls.clear();
+  EXPECT_NO_THROW(redirector.release_capture());
+  for (const auto& l : node.lines()) EXPECT_EQ(l.find("restore"), std::string::npos) << l;
+}
+
+TEST(RedirectRedirector, ReleaseCaptureWithoutDnsChainDoesNotCreateIt) {
+  FakeNode node;
+  Redirector redirector(RedirectOptions{}, node);
+  redirector.install(kPods);
+  node.calls.clear();
+  redirector.release_capture();
+  ASSERT_EQ(node.calls.size(), 4u);
+  EXPECT_EQ(node.calls[1].input, "*mangle\n:DSPROXY_OUTBOUND - [0:0]\n:DSPROXY_INBOUND - [0:0]\nCOMMIT\n");
+  EXPECT_FALSE(node.v4_state.chains.count("DSPROXY_DNS"));
+}
+
+TEST(RedirectRedirector, ReleaseCaptureReportsAFailedFamilyAndCarriesOn) {
+  FakeNode node;
+  Redirector redirector(RedirectOptions{}, node);
+  redirector.install(kPods);
+  node.calls.clear();
+  node.failures["iptables -w -t mangle -S"] = {4, "", "iptables: permission denied\n"};
+  try {
+    redirector.release_capture();
+    ADD_FAILURE() << "no error";
+  } catch (const RedirectError& e) {
+    EXPECT_NE(std::string(e.what()).find("permission denied"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(node.lines().back(), "ip6tables-restore -w --noflush");
+}
+
 TEST(RedirectRedirector, UninstallOnAFreshNodeSucceeds) {
   FakeNode node;
   Redirector redirector(RedirectOptions{}, node);

@@ -49,7 +49,7 @@ struct RecordingRunner : CommandRunner {
       return {};
     }
     if (c.argv.size() > 5 && c.argv[1] == "-w") {
-      const std::string key = c.argv[0] + " " + c.argv[3] + " " + c.argv[5];
+      const std::string key = c.argv[0] + " " + c.argv[3] + " " + c.argv[5] + (has("socket") ? " held" : "");
       if (has("-C")) return {jumps.count(key) ? 0 : 1, "", ""};
       if (has("-I")) jumps.insert(key);
       if (has("-D")) jumps.erase(key);
@@ -251,6 +251,33 @@ TEST(VipRefusals, UninstallRemovesJumpsChainsAndSets) {
   EXPECT_TRUE(runner.sets.count("DSPROXY_PODS4")) << "the pods sets are the Redirector's to remove";
   EXPECT_LT(first_destroy, last_rule_change) << "IPv4 sets go once the IPv4 rules are gone";
   EXPECT_NO_THROW(refusals.uninstall());  // again: nothing left, nothing fails
+}
+
+// The staged removal: raw PREROUTING's jump to NOTRACK is narrowed to the proxy's own connections
+// (the narrow one inserted before the wide one goes), the rest stays; uninstall removes both kinds.
+TEST(VipRefusals, ReleaseNarrowsTheNotrackJumpToHeldConnections) {
+  RecordingRunner runner;
+  VipRefusals refusals(RedirectOptions{}, runner);
+  refusals.apply(kVips);
+  runner.commands.clear();
+  refusals.release();
+  const std::set<std::string> after = {
+      "iptables filter INPUT",  "iptables raw OUTPUT",  "iptables raw PREROUTING held",
+      "ip6tables filter INPUT", "ip6tables raw OUTPUT", "ip6tables raw PREROUTING held"};
+  EXPECT_EQ(runner.jumps, after);
+  std::vector<std::string> lines;
+  for (const auto& c : runner.commands) lines.push_back(format_argv(c.argv));
+  ASSERT_GE(lines.size(), 4u);
+  EXPECT_EQ(lines[0], "iptables -w -t raw -C PREROUTING -j DSPROXY_NOTRACK");
+  EXPECT_EQ(lines[1], "iptables -w -t raw -C PREROUTING -m socket --transparent -j DSPROXY_NOTRACK");
+  EXPECT_EQ(lines[2], "iptables -w -t raw -I PREROUTING 1 -m socket --transparent -j DSPROXY_NOTRACK");
+  EXPECT_EQ(lines[3], "iptables -w -t raw -D PREROUTING -j DSPROXY_NOTRACK");
+  // Again: the wide jump is gone, nothing more to do.
+  runner.commands.clear();
+  EXPECT_NO_THROW(refusals.release());
+  EXPECT_EQ(runner.commands.size(), 2u);  // one check per family
+  refusals.uninstall();
+  EXPECT_TRUE(runner.jumps.empty());
 }
 
 TEST(VipRefusals, FamilyOffGetsNoRefusalRules) {
