@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # the LAB_* names are for the scripts that source this
 # The three-node HBONE lab of tests/e2e/hbone_refusals.sh and hbone_rotation.sh, on top of
 # lib/cluster.sh (source that and lib/checks.sh first). Defines functions and variables only.
 #
@@ -122,6 +122,7 @@ lab_leaf() {
 
 # The serial of a PEM certificate as dsproxy and Node print it: upper-case hex, no leading zeros.
 cert_serial() { openssl x509 -in "$1" -noout -serial | sed 's/^serial=//; s/^0*//' | tr a-f A-F; }
+# shellcheck disable=SC2001 # (a leading-zeros strip needs extglob otherwise)
 norm_serial() { sed 's/^0*//' <<<"${1^^}"; }
 
 # /config_dump of a node, as JSON.
