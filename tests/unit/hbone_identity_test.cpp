@@ -47,12 +47,17 @@ TEST(HboneIdentity, TunnelRunsOnIdentityTlsContexts) {
 // failure; a chain from another CA) is counted under its reason, as the server side counts its
 // refusals; a right server is counted as a handshake.
 TEST(HboneIdentity, PoolHooksCountServersRefusedInTheHandshake) {
-  Harness h;
   dsproxy::testing::TestPki pki, foreign;
-  const auto dir = std::filesystem::temp_directory_path() / ("dsproxy-hbone-identity-" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  auto [ca_cert, ca_key] = pki.write_ca(dir);
+  struct TempDir {
+    std::filesystem::path path =
+        std::filesystem::temp_directory_path() / ("dsproxy-hbone-identity-" + std::to_string(::getpid()));
+    TempDir() {
+      std::filesystem::remove_all(path);
+      std::filesystem::create_directories(path);
+    }
+    ~TempDir() { std::filesystem::remove_all(path); }
+  } dir;
+  auto [ca_cert, ca_key] = pki.write_ca(dir.path);
   identity::IdentityOptions options;
   options.ca_cert = ca_cert;
   options.ca_key = ca_key;
@@ -60,6 +65,7 @@ TEST(HboneIdentity, PoolHooksCountServersRefusedInTheHandshake) {
   identity::IdentityManager identities(options, [client_id] { return std::set<identity::SpiffeId>{client_id}; });
   identities.refresh_now();
   ASSERT_NE(identities.contexts(client_id), nullptr);
+  Harness h;  // after the manager: its io thread, which runs the hooks, ends first
   h.post_and_wait([&] { h.pool = ConnectionPool::create(h.io.get_executor(), {}, proxy::identity_pool_hooks(identities)); });
   const PoolKey key{client_id.uri(), server_id.uri(), h.hbone_endpoint()};
   using identity::PeerError;
@@ -81,8 +87,6 @@ TEST(HboneIdentity, PoolHooksCountServersRefusedInTheHandshake) {
   if (ok.fd >= 0) ::close(ok.fd);
   EXPECT_EQ(identities.stats()->refused_total(identity::Side::client), 2u);
   EXPECT_EQ(identities.stats()->handshakes[static_cast<int>(identity::Side::client)].load(), 1u);
-  h.post_and_wait([&] { h.pool->close(); });
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
