@@ -156,6 +156,7 @@ json::object counters(const proxy::ProxyStats& s) {
           {"tunnels_inbound", v(s.tunnels_inbound)},
           {"tunnels_refused", v(s.tunnels_refused)},
           {"tunnel_failures", v(s.tunnel_failures)},
+          {"hbone_protocol_errors", v(s.hbone_protocol_errors)},
           {"bytes_to_upstream", v(s.bytes_to_upstream)},
           {"bytes_to_downstream", v(s.bytes_to_downstream)}};
 }

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "hbone/authority.hpp"
+#include "proxy/log_throttle.hpp"
 
 namespace dsproxy::hbone {
 
@@ -24,6 +25,19 @@ constexpr std::size_t kWriteBatch = 256 * 1024;
 // Request header limits: a CONNECT carries a handful of short headers.
 constexpr std::size_t kMaxHeaderBytes = 16 * 1024;
 constexpr std::size_t kMaxHeaders = 64;
+
+// A peer can repeat a refused request or a violation once per stream or connection: one line a
+// second per kind, saying how many were held back.
+proxy::LogThrottle& refusal_log(SessionRefusal kind) {
+  static proxy::LogThrottle throttles[2];
+  return throttles[kind == SessionRefusal::bad_request ? 0 : 1];
+}
+std::string held_back(std::uint64_t n) {
+  return n ? " [" + std::to_string(n) + " more like it since the last line]" : std::string();
+}
+// Peer-supplied text in a log line: nghttp2 already refused CR/LF and other non-token bytes in
+// header fields; this only bounds the length.
+std::string_view clip(std::string_view s) { return s.substr(0, 80); }
 
 nghttp2_nv make_nv(const std::string& name, const std::string& value) {
   return nghttp2_nv{reinterpret_cast<std::uint8_t*>(const_cast<char*>(name.data())),
@@ -165,6 +179,16 @@ struct Session::Callbacks {
     return 0;
   }
 
+  static int on_frame_send(nghttp2_session*, const nghttp2_frame* frame, void* user_data) {
+    // Every connection error nghttp2 detects (and the bad preface we end ourselves) leaves as a
+    // GOAWAY with an error code; its debug data is nghttp2's reason.
+    if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR)
+      self(user_data).report_violation(
+          frame->goaway.error_code,
+          std::string_view(reinterpret_cast<const char*>(frame->goaway.opaque_data), frame->goaway.opaque_data_len));
+    return 0;
+  }
+
   static int on_stream_close(nghttp2_session*, std::int32_t id, std::uint32_t code, void* user_data) {
     self(user_data).on_stream_closed(id, code);
     return 0;
@@ -226,6 +250,7 @@ void Session::init() {
   nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, &Callbacks::on_frame_recv);
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, &Callbacks::on_data_chunk);
   nghttp2_session_callbacks_set_on_stream_close_callback(cbs, &Callbacks::on_stream_close);
+  nghttp2_session_callbacks_set_on_frame_send_callback(cbs, &Callbacks::on_frame_send);
   nghttp2_session_callbacks_set_data_source_read_length_callback(cbs, &Callbacks::read_length);
   nghttp2_option* opt = nullptr;
   nghttp2_option_new(&opt);
@@ -288,9 +313,7 @@ void Session::do_read() {
     if (rv < 0) {
       // A protocol violation nghttp2 could not answer by itself (a bad preface, a flood): end
       // this connection with GOAWAY, never more than this connection.
-      spdlog::debug("hbone: {} from {}: {}", self->role_ == Role::server ? "server" : "client",
-                    self->info_.remote.address().to_string(), nghttp2_strerror(static_cast<int>(rv)));
-      self->stats_.protocol_error = true;
+      self->violation_ = nghttp2_strerror(static_cast<int>(rv));
       nghttp2_session_terminate_session(self->h2_, NGHTTP2_PROTOCOL_ERROR);
       self->do_write();
       return;
@@ -397,6 +420,16 @@ void Session::dispatch_request(std::int32_t id) {
   if (request->method_ == "CONNECT" && request->protocol_.empty()) target = parse_authority(request->authority_);
   if (!target) {
     ++stats_.streams_refused;
+    if (const auto held = refusal_log(SessionRefusal::bad_request).admit(proxy::LogThrottle::Clock::now())) {
+      const std::string peer = info_.remote.address().to_string() + ":" + std::to_string(info_.remote.port());
+      if (request->method_ != "CONNECT" || !request->protocol_.empty())
+        spdlog::warn("hbone: refused a {} request from {} ({}): HBONE serves CONNECT only (400){}",
+                     clip(request->method_), peer, info_.peer_identity, held_back(*held));
+      else
+        spdlog::warn("hbone: refused a CONNECT to '{}' from {} ({}): the authority is not <ip>:<port> (400){}",
+                     clip(request->authority_), peer, info_.peer_identity, held_back(*held));
+    }
+    if (refusal_observer_) refusal_observer_(SessionRefusal::bad_request);
     request->reject(400);
     return;
   }
@@ -404,6 +437,18 @@ void Session::dispatch_request(std::int32_t id) {
   asio::post(executor_, [handler = handler_, request] {
     if (!request->cancelled()) handler(request);
   });
+}
+
+void Session::report_violation(std::uint32_t error_code, std::string_view reason) {
+  if (stats_.protocol_error) return;  // one per connection
+  stats_.protocol_error = true;
+  if (reason.empty()) reason = violation_;
+  if (const auto held = refusal_log(SessionRefusal::protocol_violation).admit(proxy::LogThrottle::Clock::now()))
+    spdlog::warn("hbone: {} connection {} {}:{} ({}) closed: HTTP/2 protocol violation: {} (GOAWAY {}){}",
+                 role_ == Role::server ? "server" : "client", role_ == Role::server ? "from" : "to",
+                 info_.remote.address().to_string(), info_.remote.port(), info_.peer_identity,
+                 reason.empty() ? "-" : clip(reason), nghttp2_http2_strerror(error_code), held_back(*held));
+  if (refusal_observer_) refusal_observer_(SessionRefusal::protocol_violation);
 }
 
 void Session::on_response(std::int32_t id) {

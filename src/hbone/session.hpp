@@ -75,6 +75,12 @@ struct SessionStats {
   bool protocol_error = false;        // ended with GOAWAY(PROTOCOL_ERROR) or a bad preface
 };
 
+// What a session refused on its own (it logs the details; its owner counts): a well-formed
+// request that is not a plain CONNECT to "<ip>:<port>" (answered 400), or an HTTP/2 protocol
+// violation that ends the connection (a bad preface, or any error nghttp2 answers with
+// GOAWAY and an error code).
+enum class SessionRefusal { bad_request, protocol_violation };
+
 class Session : public std::enable_shared_from_this<Session> {
  public:
   enum class Role { client, server };
@@ -117,6 +123,8 @@ class Session : public std::enable_shared_from_this<Session> {
   boost::asio::any_io_executor get_executor() { return executor_; }
   // Posted whenever stream_count(), can_open() or closed() may have changed (the pool's hook).
   void set_observer(std::function<void()> observer) { observer_ = std::move(observer); }
+  // Called (on the session's thread) once per refusal above; set before start().
+  void set_refusal_observer(std::function<void(SessionRefusal)> observer) { refusal_observer_ = std::move(observer); }
 
  private:
   friend class Stream;
@@ -133,6 +141,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void close_transport();
   void notify();
   void dispatch_request(std::int32_t id);
+  void report_violation(std::uint32_t error_code, std::string_view reason);
   void on_response(std::int32_t id);
   void on_stream_closed(std::int32_t id, std::uint32_t code);
   // From Stream.
@@ -165,7 +174,9 @@ class Session : public std::enable_shared_from_this<Session> {
   bool started_ = false, reading_ = false, writing_ = false, in_nghttp2_ = false;
   bool closed_ = false, goaway_ = false, settings_received_ = false;
   SessionStats stats_;
+  std::string violation_;  // what nghttp2 refused, for the log line of the GOAWAY it causes
   std::function<void()> observer_;
+  std::function<void(SessionRefusal)> refusal_observer_;
 };
 
 }  // namespace dsproxy::hbone

@@ -317,7 +317,12 @@ PeerError handshake_failure(SSL* ssl, unsigned long openssl_error) {
     if (reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) return PeerError::no_certificate;
     if (ssl && reason != 0) {
       const char* text = ERR_reason_error_string(openssl_error);
-      record(ssl, PeerError::protocol, text ? text : "");
+      // What OpenSSL says of a first record that is no TLS record at all ("wrong version number"
+      // for HTTP/2's "PRI * HTTP/2.0" preface) is obscure in a log: say what it usually means.
+      const bool not_tls = reason == SSL_R_WRONG_VERSION_NUMBER || reason == SSL_R_HTTP_REQUEST ||
+                           reason == SSL_R_HTTPS_PROXY_REQUEST;
+      record(ssl, PeerError::protocol,
+             std::string(not_tls ? "not TLS, a plaintext client? " : "") + (text ? text : ""));
     }
   }
   return PeerError::protocol;

@@ -67,18 +67,14 @@ std::optional<TunnelPlan> plan_tunnel(const snapshot::ClusterSnapshot& snapshot,
   return TunnelPlan{source->identity(td), destination->identity(td), target, target.ip};
 }
 
-MeshWorker::MeshWorker(asio::any_io_executor executor, const MeshOptions& mesh, const ProxyOptions& proxy,
-                       const snapshot::SnapshotStore& store, ProxyStats& stats)
-    : executor_(std::move(executor)), mesh_(mesh), proxy_(proxy), store_(store), stats_(stats) {
-  if (!enabled()) return;
-  identity::IdentityManager* identities = mesh_.identities;
+hbone::ConnectionPool::Hooks identity_pool_hooks(identity::IdentityManager& identities) {
   hbone::ConnectionPool::Hooks hooks;
-  hooks.context_for = [identities](const hbone::PoolKey& key) -> std::shared_ptr<SSL_CTX> {
+  hooks.context_for = [&identities](const hbone::PoolKey& key) -> std::shared_ptr<SSL_CTX> {
     const auto id = identity::SpiffeId::parse(key.source_identity);
     if (!id) return nullptr;
-    const auto contexts = identities->contexts(*id);
+    const auto contexts = identities.contexts(*id);
     if (!contexts) {
-      identities->refresh_soon();  // a pod new to this node: its certificate is on its way
+      identities.refresh_soon();  // a pod new to this node: its certificate is on its way
       return nullptr;
     }
     return contexts->client();
@@ -89,17 +85,34 @@ MeshWorker::MeshWorker(asio::any_io_executor executor, const MeshOptions& mesh, 
     const auto expected = identity::SpiffeId::parse(key.destination_identity);
     return expected && identity::expect_peer_identity(ssl, *expected);
   };
-  hooks.verify = [identities](const hbone::PoolKey& key, SSL* ssl) {
+  hooks.verify = [&identities](const hbone::PoolKey& key, SSL* ssl) {
     const auto expected = identity::SpiffeId::parse(key.destination_identity);
     const auto error = expected ? identity::check_peer_identity(ssl, *expected) : identity::PeerError::wrong_identity;
     if (error == identity::PeerError::none) {
-      identity::report_handshake(*identities->stats(), identity::Side::client);
+      identity::report_handshake(*identities.stats(), identity::Side::client);
       return true;
     }
-    identity::report_refusal(*identities->stats(), identity::Side::client, error,
+    identity::report_refusal(*identities.stats(), identity::Side::client, error,
                              key.destination.address().to_string(), ssl);
     return false;
   };
+  // Most refusals of a server happen here, in the handshake (expect_peer_identity above makes a
+  // wrong identity one of them): without this hook they were neither counted nor logged with
+  // their reason.
+  hooks.on_handshake_failure = [&identities](const hbone::PoolKey& key, SSL* ssl, boost::system::error_code ec) {
+    const unsigned long openssl_error = ec.category() == asio::error::get_ssl_category() ? ec.value() : 0;
+    identity::report_refusal(*identities.stats(), identity::Side::client,
+                             identity::handshake_failure(ssl, openssl_error), key.destination.address().to_string(),
+                             ssl);
+  };
+  return hooks;
+}
+
+MeshWorker::MeshWorker(asio::any_io_executor executor, const MeshOptions& mesh, const ProxyOptions& proxy,
+                       const snapshot::SnapshotStore& store, ProxyStats& stats)
+    : executor_(std::move(executor)), mesh_(mesh), proxy_(proxy), store_(store), stats_(stats) {
+  if (!enabled()) return;
+  hbone::ConnectionPool::Hooks hooks = identity_pool_hooks(*mesh_.identities);
   hooks.dial = [this](const hbone::PoolKey& key, hbone::ConnectionPool::DialHandler handler) {
     dial(key, std::move(handler));
   };
@@ -219,6 +232,12 @@ awaitable<void> MeshWorker::serve_hbone(tcp::socket socket, tcp::endpoint peer) 
       [this, destination](std::shared_ptr<hbone::IncomingRequest> request) {
         asio::co_spawn(executor_, handle_request(std::move(request), destination), asio::detached);
       });
+  // The session answers a non-CONNECT request (400) and ends a protocol violation itself (and logs
+  // them); they are counted here with the listener's other refusals.
+  ProxyStats* stats = &stats_;
+  session->set_refusal_observer([stats](hbone::SessionRefusal r) {
+    ProxyStats::add(r == hbone::SessionRefusal::bad_request ? stats->tunnels_refused : stats->hbone_protocol_errors);
+  });
   session->start();
 }
 

@@ -62,6 +62,12 @@ struct TunnelPlan {
 std::optional<TunnelPlan> plan_tunnel(const snapshot::ClusterSnapshot& snapshot, const net::IpAddress& client,
                                       const net::SocketAddress& target);
 
+// The pool's TLS side for this node's identities: the client context of the source identity, the
+// handshake bound to the destination identity, and every refusal of a server (in the handshake or
+// after it) counted and logged with its reason (identity::report_refusal). `identities` outlives
+// the pool.
+hbone::ConnectionPool::Hooks identity_pool_hooks(identity::IdentityManager& identities);
+
 // One worker's HBONE state: its connection pool (on the worker's io_context). All calls on that
 // worker's thread.
 class MeshWorker {

@@ -53,6 +53,10 @@ struct ProxyStats {
   Counter tunnels_inbound{0};
   Counter tunnels_refused{0};
   Counter tunnel_failures{0};
+  // Connections accepted on the HBONE listener that ended for the peer's HTTP/2 protocol
+  // violation, answered with GOAWAY and an error code (a bad preface, a frame the protocol
+  // forbids, a flood nghttp2 refuses).
+  Counter hbone_protocol_errors{0};
 
   static void add(Counter& c, std::uint64_t n = 1) { c.fetch_add(n, std::memory_order_relaxed); }
 };

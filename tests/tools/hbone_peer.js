@@ -4,17 +4,30 @@
 // reads it. Written from ztunnel's behaviour: TLS 1.3 with client certificates, ALPN h2,
 // CONNECT with :authority "<ip>:<port>" (IPv6 in brackets), 200 then bytes, 400/401/503.
 //
-//   server --cert C --key K --ca CA
-//       Listens on 127.0.0.1:0 and prints "PORT <n>". Answers 400 to any non-CONNECT request
-//       or an authority that is not "<ip>:<port>", 401 to port 2, else connects to the
-//       authority (503 when that fails), answers 200 and relays both ways with half-close.
-//       Prints "REQUEST <json of method, authority, forwarded, baggage, peer URI SAN>" per request.
+//   server --cert C --key K --ca CA [--listen HOST:PORT]
+//       Listens on HOST:PORT (default 127.0.0.1:0; "[::]:15008" for both families) and prints
+//       "PORT <n>". Answers 400 to any non-CONNECT request or an authority that is not
+//       "<ip>:<port>", 401 to port 2, else connects to the authority (503 when that fails),
+//       answers 200 and relays both ways with half-close. Prints "REQUEST <json of method,
+//       authority, forwarded, baggage, peer URI SAN, peerSerial, peerNotBefore>" per request.
 //   client --cert C --key K --ca CA --connect HOST:PORT --authority A [--method M] [--bytes N]
 //          [--forwarded 'for="IP:PORT"']   (default for="10.9.8.7:1234")
+//          [--no-cert 1] [--tls12 1] [--plaintext 1]
 //       Sends one request; on 200 sends N pseudo-random bytes, half-closes, reads to the end.
-//       Prints "RESULT <json of status, sent, received, sha256 of sent and received>".
+//       Prints "RESULT <json of status, sent, received, sha256 of sent and received, the
+//       server's URI SAN, serial and notBefore, error>". --no-cert: no client certificate;
+//       --tls12: TLS 1.2 only; --plaintext: HTTP/2 with prior knowledge, no TLS (h2c).
+//   raw --ca CA --connect HOST:PORT --send WHAT [--cert C --key K] [--alpn P] [--plaintext 1]
+//       The misbehaving peer: TLS (or TCP with --plaintext) with ALPN P (default h2), then
+//       WHAT: "bad-preface" (bytes that are not the HTTP/2 client preface) or "data-on-stream-0"
+//       (a valid preface and SETTINGS, then a DATA frame on stream 0, a connection error in
+//       RFC 9113 section 6.1). Reads until the server closes (10 s at most) and prints "RESULT
+//       <json of handshake (TLS done), alpn, goaway (its error code, or null), goawayReason
+//       (its debug data), closed (the server ended the connection), error>".
+//   Only the raw mode writes frames by hand: a few fixed bytes a conforming stack cannot send.
 'use strict';
 const http2 = require('http2');
+const tls = require('tls');
 const net = require('net');
 const fs = require('fs');
 const crypto = require('crypto');
@@ -26,15 +39,26 @@ function args() {
 }
 const a = args();
 const tlsOptions = {
-  cert: fs.readFileSync(a.cert), key: fs.readFileSync(a.key), ca: fs.readFileSync(a.ca),
-  minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3',
+  ca: a.ca ? fs.readFileSync(a.ca) : undefined,
+  minVersion: a.tls12 ? 'TLSv1.2' : 'TLSv1.3', maxVersion: a.tls12 ? 'TLSv1.2' : 'TLSv1.3',
 };
+if (!a['no-cert'] && a.cert) Object.assign(tlsOptions, { cert: fs.readFileSync(a.cert), key: fs.readFileSync(a.key) });
 // Same windows as ztunnel (4 MiB per stream); Node sizes its connection window from these.
 const settings = { initialWindowSize: 4 * 1024 * 1024, maxConcurrentStreams: 100 };
 
 function uriSan(cert) {
   const m = /URI:([^,\s]+)/.exec((cert && cert.subjectaltname) || '');
   return m ? m[1] : '';
+}
+
+// Public facts of a certificate as Node shows them: serial (hex, upper case) and notBefore.
+function certFacts(cert) {
+  return cert && cert.serialNumber ? { serial: cert.serialNumber, notBefore: cert.valid_from } : { serial: '', notBefore: '' };
+}
+
+function hostPort(s) {
+  const i = s.lastIndexOf(':');
+  return [s.slice(0, i).replace(/^\[(.*)\]$/, '$1'), +s.slice(i + 1)];
 }
 
 function parseAuthority(s) {
@@ -50,9 +74,11 @@ function server() {
   srv.on('stream', (stream, headers) => {
     const method = headers[':method'];
     const authority = headers[':authority'];
-    const peer = uriSan(stream.session.socket.getPeerCertificate());
+    const peerCert = stream.session.socket.getPeerCertificate();
+    const facts = certFacts(peerCert);
     console.log('REQUEST ' + JSON.stringify({ method, authority, forwarded: headers['forwarded'] || '',
-      baggage: headers['baggage'] || '', peer }));
+      baggage: headers['baggage'] || '', peer: uriSan(peerCert), peerSerial: facts.serial,
+      peerNotBefore: facts.notBefore }));
     stream.on('error', () => {});
     const target = method === 'CONNECT' ? parseAuthority(authority) : null;
     if (!target || target.port === 0) {
@@ -78,25 +104,41 @@ function server() {
     stream.on('aborted', () => upstream.destroy());
   });
   srv.on('sessionError', () => {});
-  srv.listen(0, '127.0.0.1', () => console.log('PORT ' + srv.address().port));
+  const [host, port] = a.listen ? hostPort(a.listen) : ['127.0.0.1', 0];
+  srv.listen(port, host, () => console.log('PORT ' + srv.address().port));
 }
 
 function client() {
-  const [host, port] = [a.connect.slice(0, a.connect.lastIndexOf(':')), a.connect.slice(a.connect.lastIndexOf(':') + 1)];
-  const session = http2.connect(`https://${host}:${port}`, {
+  const [host, port] = hostPort(a.connect);
+  const url = `${a.plaintext ? 'http' : 'https'}://${host.includes(':') ? `[${host}]` : host}:${port}`;
+  const session = http2.connect(url, {
     ...tlsOptions, settings,
     // SPIFFE certificates carry a URI SAN and no DNS name; the chain is still verified against
     // the CA, and the identity is checked below.
     checkServerIdentity: () => undefined,
   });
-  const result = { status: 0, sent: 0, received: 0, sentSha: '', receivedSha: '', peer: '' };
+  const result = { status: 0, sent: 0, received: 0, sentSha: '', receivedSha: '', peer: '', serverSerial: '',
+    serverNotBefore: '' };
+  let reported = false;
   const done = (code) => {
+    if (reported) return;
+    reported = true;
     console.log('RESULT ' + JSON.stringify(result));
-    session.close();
+    session.destroy();
     process.exit(code);
   };
   session.on('error', (e) => { result.error = String(e); done(1); });
-  session.on('connect', () => { result.peer = uriSan(session.socket.getPeerCertificate()); });
+  // A server that refuses after the handshake (TLS 1.3 sends its verdict on the client's
+  // certificate after the client has finished) may just close: that is an answer too.
+  session.on('close', () => { if (!result.error) result.error = 'connection closed by the server'; done(1); });
+  session.on('connect', () => {
+    if (a.plaintext) return;
+    const cert = session.socket.getPeerCertificate();
+    result.peer = uriSan(cert);
+    const facts = certFacts(cert);
+    result.serverSerial = facts.serial;
+    result.serverNotBefore = facts.notBefore;
+  });
   const method = a.method || 'CONNECT';
   const headers = method === 'CONNECT'
     ? { ':method': 'CONNECT', ':authority': a.authority, forwarded: a.forwarded || 'for="10.9.8.7:1234"',
@@ -128,12 +170,59 @@ function client() {
   req.on('end', () => {
     result.sentSha = sent.digest('hex');
     result.receivedSha = received.digest('hex');
-    done(0);
+    if (!result.status && !result.error) result.error = 'the connection ended without a response';
+    done(result.status ? 0 : 1);
   });
   req.on('error', (e) => { result.error = String(e); done(1); });
   setTimeout(() => { result.error = 'timeout'; done(1); }, 20000).unref();
 }
 
+// The HTTP/2 client connection preface (RFC 9113 section 3.4) and an empty SETTINGS frame.
+const PREFACE = Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0])]);
+// DATA (type 0), 4 bytes, no flags, stream 0: "DATA frames MUST be associated with a stream".
+const DATA_ON_STREAM_0 = Buffer.from([0, 0, 4, 0, 0, 0, 0, 0, 0, 0x67, 0x61, 0x72, 0x62]);
+
+function raw() {
+  const [host, port] = hostPort(a.connect);
+  const result = { handshake: false, alpn: '', goaway: null, goawayReason: '', closed: false, error: '' };
+  let reported = false;
+  const done = (code) => {
+    if (reported) return;
+    reported = true;
+    console.log('RESULT ' + JSON.stringify(result));
+    process.exit(code);
+  };
+  const payload = a.send === 'bad-preface' ? Buffer.from('GARBAGE * HTTP/9.9\r\n\r\nnot an HTTP/2 preface\r\n\r\n')
+    : a.send === 'data-on-stream-0' ? Buffer.concat([PREFACE, DATA_ON_STREAM_0]) : null;
+  if (!payload) { console.error('raw: --send bad-preface|data-on-stream-0'); process.exit(2); }
+  const socket = a.plaintext ? net.connect(port, host)
+    : tls.connect({ ...tlsOptions, host, port, ALPNProtocols: [a.alpn || 'h2'], checkServerIdentity: () => undefined });
+  let inbox = Buffer.alloc(0);
+  socket.on(a.plaintext ? 'connect' : 'secureConnect', () => {
+    result.handshake = !a.plaintext;
+    result.alpn = socket.alpnProtocol || '';
+    socket.write(payload);
+  });
+  // Frames from the server: 9-byte header (length 24 bits, type, flags, stream id), payload.
+  // GOAWAY (type 7): last stream id, error code, debug data.
+  socket.on('data', (d) => {
+    inbox = Buffer.concat([inbox, d]);
+    while (inbox.length >= 9) {
+      const len = inbox.readUIntBE(0, 3);
+      if (inbox.length < 9 + len) break;
+      if (inbox[3] === 7 && len >= 8) {
+        result.goaway = inbox.readUInt32BE(13);
+        result.goawayReason = inbox.subarray(17, 9 + len).toString('utf8');
+      }
+      inbox = inbox.subarray(9 + len);
+    }
+  });
+  socket.on('error', (e) => { result.error = String(e); });
+  socket.on('close', () => { result.closed = true; done(0); });
+  setTimeout(() => { result.error = result.error || 'timeout: the server did not close'; done(1); }, 10000).unref();
+}
+
 if (a.mode === 'server') server();
 else if (a.mode === 'client') client();
-else { console.error('usage: hbone_peer.js server|client ...'); process.exit(2); }
+else if (a.mode === 'raw') raw();
+else { console.error('usage: hbone_peer.js server|client|raw ...'); process.exit(2); }

@@ -124,6 +124,8 @@ class Harness {
   std::vector<std::shared_ptr<Session>> server_sessions;
   std::vector<std::shared_ptr<tcp::socket>> sink_sockets;
   std::atomic<int> server_connections{0}, tls_failures{0}, echo_resets{0}, echo_eofs{0};
+  // What the server sessions refused on their own (Session::set_refusal_observer).
+  std::atomic<int> bad_requests{0}, protocol_violations{0};
   std::vector<Headers> seen_headers;          // headers of each request the server saw (io thread)
   std::vector<std::string> seen_identities;  // peer identity per request
 
@@ -254,6 +256,9 @@ class Harness {
         // Session wants sole ownership; the handshake is done, so the stream moves in.
         auto owned = std::make_unique<SslStream>(std::move(*tls));
         auto session = Session::make_server(std::move(owned), std::move(info), {}, [this](auto r) { handler(r); });
+        session->set_refusal_observer([this](SessionRefusal r) {
+          ++(r == SessionRefusal::bad_request ? bad_requests : protocol_violations);
+        });
         server_sessions.push_back(session);
         session->start();
       });

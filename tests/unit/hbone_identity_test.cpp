@@ -3,8 +3,14 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <filesystem>
+
 #include "hbone_harness.hpp"
+#include "identity/identity_manager.hpp"
 #include "identity/tls_contexts.hpp"
+#include "proxy/mesh.hpp"
 #include "support/test_pki.hpp"
 
 namespace dsproxy::hbone::test {
@@ -34,6 +40,53 @@ TEST(HboneIdentity, TunnelRunsOnIdentityTlsContexts) {
   // The pool's verify step refuses a server that is not the expected destination identity.
   PoolKey wrong{client_id.uri(), pki.id("default", "other").uri(), h.hbone_endpoint()};
   EXPECT_EQ(h.open(format_authority(h.echo_endpoint()), {}, wrong).ec, asio::error::access_denied);
+}
+
+// The daemon's pool hooks (proxy::identity_pool_hooks) over an IdentityManager: a server refused
+// in the TLS handshake itself (a wrong identity: expect_peer_identity makes it a handshake
+// failure; a chain from another CA) is counted under its reason, as the server side counts its
+// refusals; a right server is counted as a handshake.
+TEST(HboneIdentity, PoolHooksCountServersRefusedInTheHandshake) {
+  dsproxy::testing::TestPki pki, foreign;
+  struct TempDir {
+    std::filesystem::path path =
+        std::filesystem::temp_directory_path() / ("dsproxy-hbone-identity-" + std::to_string(::getpid()));
+    TempDir() {
+      std::filesystem::remove_all(path);
+      std::filesystem::create_directories(path);
+    }
+    ~TempDir() { std::filesystem::remove_all(path); }
+  } dir;
+  auto [ca_cert, ca_key] = pki.write_ca(dir.path);
+  identity::IdentityOptions options;
+  options.ca_cert = ca_cert;
+  options.ca_key = ca_key;
+  const auto client_id = pki.id("default", "client"), server_id = pki.id("default", "server");
+  identity::IdentityManager identities(options, [client_id] { return std::set<identity::SpiffeId>{client_id}; });
+  identities.refresh_now();
+  ASSERT_NE(identities.contexts(client_id), nullptr);
+  Harness h;  // after the manager: its io thread, which runs the hooks, ends first
+  h.post_and_wait([&] { h.pool = ConnectionPool::create(h.io.get_executor(), {}, proxy::identity_pool_hooks(identities)); });
+  const PoolKey key{client_id.uri(), server_id.uri(), h.hbone_endpoint()};
+  using identity::PeerError;
+  auto refused = [&](PeerError e) {
+    return identities.stats()->refused[static_cast<int>(identity::Side::client)][static_cast<int>(e)].load();
+  };
+
+  h.post_and_wait([&] { h.server_ctx = pki.contexts(pki.leaf(pki.id("default", "impostor")))->server(); });
+  EXPECT_NE(h.open(format_authority(h.echo_endpoint()), {}, key).status, 200);
+  EXPECT_EQ(refused(PeerError::wrong_identity), 1u);
+
+  h.post_and_wait([&] { h.server_ctx = foreign.contexts(foreign.leaf(server_id), pki.bundle())->server(); });
+  EXPECT_NE(h.open(format_authority(h.echo_endpoint()), {}, key).status, 200);
+  EXPECT_EQ(refused(PeerError::unknown_ca), 1u);
+
+  h.post_and_wait([&] { h.server_ctx = pki.contexts(pki.leaf(server_id))->server(); });
+  auto ok = h.open(format_authority(h.echo_endpoint()), {}, key);
+  EXPECT_EQ(ok.status, 200);
+  if (ok.fd >= 0) ::close(ok.fd);
+  EXPECT_EQ(identities.stats()->refused_total(identity::Side::client), 2u);
+  EXPECT_EQ(identities.stats()->handshakes[static_cast<int>(identity::Side::client)].load(), 1u);
 }
 
 }  // namespace

@@ -190,6 +190,9 @@ TEST(HboneTunnel, ServerAnswersItsHandlersStatuses) {
   EXPECT_EQ(ok.status, 200);
   ::close(ok.fd);
   EXPECT_EQ(h.server_connections.load(), 1);
+  // The session's own 400s reach its owner's counter (the handler's 401/503 are the handler's).
+  EXPECT_EQ(h.bad_requests.load(), 3);
+  EXPECT_EQ(h.protocol_violations.load(), 0);
 }
 
 TEST(HboneTunnel, HeadersAndPeerIdentityReachTheServer) {
@@ -258,6 +261,9 @@ TEST(HboneTunnel, GarbageAfterTlsClosesThatConnectionOnly) {
   preface += std::string("\x00\x00\x00\x04\x00\x00\x00\x00\x00", 9);  // empty SETTINGS
   preface += std::string("\x00\x00\x04\x00\x00\x00\x00\x00\x00" "abcd", 13);  // DATA on stream 0
   EXPECT_TRUE(server_closes_after(h, preface));
+  // Each of those connections was counted once as a protocol violation (GOAWAY with an error
+  // code), the good one not at all.
+  EXPECT_EQ(h.protocol_violations.load(), 2);
   // The existing tunnel is untouched, and new ones are served.
   char c;
   ASSERT_TRUE(write_all(before.fd, "k", 1));

@@ -1,6 +1,7 @@
 // The TLS contexts and every way a peer is refused, over in-memory TLS pairs.
 
 #include <gtest/gtest.h>
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
@@ -163,6 +164,21 @@ TEST_F(Tls, ServerRefusesTls12AndClientsWithoutH2) {
   EXPECT_FALSE(q.server_ok);
   EXPECT_EQ(q.server_error, PeerError::protocol);
   EXPECT_NE(refusal_detail(q.server.get()).find("h2"), std::string::npos);
+}
+
+// A plaintext HTTP/2 client (h2c with prior knowledge) on the TLS port: its preface is no TLS
+// record, and the refusal says so rather than only OpenSSL's "wrong version number".
+TEST_F(Tls, ServerSaysAPlaintextClientIsNotTls) {
+  SslPtr ssl(SSL_new(server->server().get()));
+  static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+  BIO* in = BIO_new_mem_buf(preface, sizeof preface - 1);
+  SSL_set_bio(ssl.get(), in, BIO_new(BIO_s_mem()));
+  ERR_clear_error();
+  ASSERT_LE(SSL_accept(ssl.get()), 0);
+  EXPECT_EQ(handshake_failure(ssl.get(), ERR_peek_last_error()), PeerError::protocol);
+  EXPECT_NE(refusal_detail(ssl.get()).find("not TLS, a plaintext client?"), std::string::npos)
+      << refusal_detail(ssl.get());
+  ERR_clear_error();
 }
 
 TEST_F(Tls, LeavesOfAnIntermediateVerifyAgainstTheRoot) {
