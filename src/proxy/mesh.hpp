@@ -112,6 +112,10 @@ class MeshWorker {
   // One accepted connection on the HBONE listener: TLS, HTTP/2, CONNECT handling. Never throws.
   boost::asio::awaitable<void> serve_hbone(boost::asio::ip::tcp::socket socket, boost::asio::ip::tcp::endpoint peer);
 
+  // One shared string per principal, so that records share it (the metrics key their series
+  // cache by the pointer); bounded.
+  std::shared_ptr<const std::string> principal(const std::string& uri);
+
   // Closes the pool's connections (drain).
   void shutdown();
 
@@ -122,9 +126,6 @@ class MeshWorker {
 
  private:
   void dial(const hbone::PoolKey& key, hbone::ConnectionPool::DialHandler handler);
-  // One shared string per principal, so that records share it (the metrics key their series
-  // cache by the pointer); bounded.
-  std::shared_ptr<const std::string> principal(const std::string& uri);
   // A source named only by the peer's baggage (telemetry labels only), one per distinct value;
   // bounded, and null for values no Kubernetes name could be.
   std::shared_ptr<const WorkloadInfo> baggage_source(const std::string& value);
