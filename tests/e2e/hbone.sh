@@ -169,7 +169,8 @@ wait_identity() {
 }
 
 # ---- mTLS on ------------------------------------------------------------------------------------
-start_both "${MTLS[@]}" || cluster_die "dsproxy did not start with mTLS"
+# A short drain grace: the last check below stops node2 with a tunnelled connection still open.
+start_both "${MTLS[@]}" --drain-grace-ms 1000 || cluster_die "dsproxy did not start with mTLS"
 wait_identity node spiffe://cluster.local/ns/default/sa/sleep
 check "node has the sleep pod's certificate" $?
 for ns in dual-stack ipv4 ipv6; do
@@ -324,6 +325,34 @@ POLICY
     grep 'reason=rejected_source_identity' | head -n 1)
   check "node2's access log has the refused claims (401) as rejected_source_identity" \
     "$([[ -n $line ]] && echo 0 || echo 1)"
+fi
+
+# A tunnelled connection still open when node2 stops: the drain grace runs out, the stream is
+# reset, and its record is still written once, as `shutdown` (the access log is flushed at exit;
+# its byte counts are 0: the relay was destroyed without reporting, as for plaintext).
+if in_time "shutdown record"; then
+  SHUT_OUT="$CLUSTER_TMP/shutdown.out"
+  in_pod sleep timeout 20 node -e '
+    const s = require("net").connect({host: process.argv[1], port: +process.argv[2]});
+    let got = "";
+    s.setEncoding("utf8");
+    s.on("connect", () => s.write("stay\n"));
+    s.on("data", (d) => { got += d; if (got.includes("hello stay")) console.log("ESTABLISHED"); });
+    s.on("error", (e) => { console.log("ERROR " + e.code); process.exit(0); });
+    s.on("end", () => { console.log("EOF"); process.exit(0); });
+    setTimeout(() => process.exit(0), 15000);
+  ' 10.96.104.229 9000 >"$SHUT_OUT" 2>&1 &
+  SHUT_PID=$!
+  for ((i = 0; i < 50; i++)); do
+    grep -q ESTABLISHED "$SHUT_OUT" 2>/dev/null && break
+    sleep 0.1
+  done
+  stop_dsproxy_node node2
+  wait "$SHUT_PID" 2>/dev/null
+  n=$(grep 'access connection complete' "$CLUSTER_TMP/dsproxy-node2.log" | grep ' direction=inbound protocol=HBONE ' |
+    grep ' dst.addr=10.244.1.19:9000 ' | grep -c 'reason=shutdown')
+  check "a tunnelled stream open at node2's exit is recorded once, as shutdown" "$([[ $n == 1 ]] && echo 0 || echo 1)" \
+    "$n lines; client: $(tr '\n' '|' <"$SHUT_OUT")"
 fi
 stop_both
 
