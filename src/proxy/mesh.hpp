@@ -116,6 +116,10 @@ class MeshWorker {
   // cache by the pointer); bounded.
   std::shared_ptr<const std::string> principal(const std::string& uri);
 
+  // The `baggage` header open_tunnel sends for a client pod (ztunnel's form); empty when the
+  // client is no known pod.
+  std::string baggage_for(const net::IpAddress& client);
+
   // Closes the pool's connections (drain).
   void shutdown();
 
@@ -129,7 +133,6 @@ class MeshWorker {
   // A source named only by the peer's baggage (telemetry labels only), one per distinct value;
   // bounded, and null for values no Kubernetes name could be.
   std::shared_ptr<const WorkloadInfo> baggage_source(const std::string& value);
-  std::string baggage_for(const net::IpAddress& client);
 
   boost::asio::any_io_executor executor_;
   MeshOptions mesh_;

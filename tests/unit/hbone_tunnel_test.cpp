@@ -555,6 +555,14 @@ TEST_F(MeshInbound, RefusalsAreRecordedWithTheirReasons) {
   EXPECT_EQ(sink.wait_for(5, 100ms).size(), 4u);
 }
 
+TEST_F(MeshInbound, OutboundBaggageIsZtunnels) {
+  // What open_tunnel sends for the client pod; the inbound side reads it back with ztunnel's keys.
+  const std::string b = h->post_and_wait([this] { return mesh->baggage_for(*net::IpAddress::parse("10.250.0.2")); });
+  EXPECT_EQ(b, "k8s.cluster.name=Kubernetes,k8s.namespace.name=default,k8s.deployment.name=client,service.name=client,"
+               "service.version=latest");
+  EXPECT_EQ(h->post_and_wait([this] { return mesh->baggage_for(*net::IpAddress::parse("10.9.9.9")); }), "");
+}
+
 TEST_F(MeshInbound, PodResetIsRecordedAsUpstreamReset) {
   auto r = h->open(authority_of(h->resetter_endpoint()), from("10.250.0.2:1"));
   ASSERT_EQ(r.status, 200);
