@@ -21,11 +21,17 @@ constexpr std::size_t kChunk = 64 * 1024;
 class StreamRelay : public std::enable_shared_from_this<StreamRelay> {
  public:
   StreamRelay(tcp::socket socket, std::shared_ptr<Stream> stream,
-              asio::any_completion_handler<void(StreamRelayResult)> handler)
-      : socket_(std::move(socket)), stream_(std::move(stream)), handler_(std::move(handler)) {
+              asio::any_completion_handler<void(StreamRelayResult)> handler, std::shared_ptr<StreamRelayHandle> handle)
+      : socket_(std::move(socket)), stream_(std::move(stream)), handler_(std::move(handler)), handle_(std::move(handle)) {
     up_.resize(kChunk);
     down_.resize(kChunk);
+    if (handle_) {
+      handle_->target_ = this;
+      handle_->reset_ = &StreamRelay::revoke;
+    }
   }
+  // Destroyed unfinished (its io_context going away): the handle must not point here any more.
+  ~StreamRelay() { release_handle(); }
 
   void start() {
     error_code ignored;
@@ -76,6 +82,19 @@ class StreamRelay : public std::enable_shared_from_this<StreamRelay> {
     });
   }
 
+  // From the handle, on the relay's thread (the owner's policy walk runs there).
+  static void revoke(void* self) {
+    auto* r = static_cast<StreamRelay*>(self);
+    if (r->finished_) return;
+    r->result_.revoked = true;
+    r->abort(true);  // RST_STREAM to the peer, RST to the socket
+  }
+
+  void release_handle() {
+    if (handle_) *handle_ = StreamRelayHandle{};
+    handle_.reset();
+  }
+
   // A reset or error on one side: the other side is reset too.
   void abort(bool socket_side) {
     result_.reset = true;
@@ -95,6 +114,7 @@ class StreamRelay : public std::enable_shared_from_this<StreamRelay> {
   void finish() {
     if (finished_) return;
     finished_ = true;
+    release_handle();
     error_code ignored;
     socket_.close(ignored);
     auto executor = socket_.get_executor();
@@ -104,6 +124,7 @@ class StreamRelay : public std::enable_shared_from_this<StreamRelay> {
   tcp::socket socket_;
   std::shared_ptr<Stream> stream_;
   asio::any_completion_handler<void(StreamRelayResult)> handler_;
+  std::shared_ptr<StreamRelayHandle> handle_;
   std::vector<char> up_, down_;
   StreamRelayResult result_;
   bool up_done_ = false, down_done_ = false, finished_ = false;
@@ -112,8 +133,9 @@ class StreamRelay : public std::enable_shared_from_this<StreamRelay> {
 }  // namespace
 
 void start_stream_relay(tcp::socket socket, std::shared_ptr<Stream> stream,
-                        asio::any_completion_handler<void(StreamRelayResult)> handler) {
-  std::make_shared<StreamRelay>(std::move(socket), std::move(stream), std::move(handler))->start();
+                        asio::any_completion_handler<void(StreamRelayResult)> handler,
+                        std::shared_ptr<StreamRelayHandle> handle) {
+  std::make_shared<StreamRelay>(std::move(socket), std::move(stream), std::move(handler), std::move(handle))->start();
 }
 
 }  // namespace dsproxy::hbone

@@ -15,6 +15,20 @@ struct StreamRelayResult {
   std::uint64_t bytes_to_socket = 0;  // tunnel -> socket
   bool reset = false;                 // a reset or error on one side was propagated to the other
   bool stream_reset_by_peer = false;
+  bool revoked = false;  // ended through StreamRelayHandle::reset (a policy change)
+};
+
+// Lets the relay's owner end it from outside (an AuthorizationPolicy change): reset() sends
+// RST_STREAM(CANCEL) to the peer and RST (SO_LINGER 0) to the socket, and the relay finishes as on
+// any reset, with `revoked` set. running() turns false once the relay has finished (or was
+// destroyed): a reset after that is a no-op, never a touch of a closed descriptor.
+struct StreamRelayHandle {
+  void reset() {
+    if (reset_) reset_(target_);
+  }
+  bool running() const { return target_ != nullptr; }
+  void* target_ = nullptr;
+  void (*reset_)(void*) = nullptr;
 };
 
 // Copies both ways until both have ended. FIN from the socket becomes END_STREAM and END_STREAM
@@ -26,6 +40,7 @@ struct StreamRelayResult {
 //
 // Takes the socket and the stream; closes the socket when done and then posts `handler`.
 void start_stream_relay(boost::asio::ip::tcp::socket socket, std::shared_ptr<Stream> stream,
-                        boost::asio::any_completion_handler<void(StreamRelayResult)> handler);
+                        boost::asio::any_completion_handler<void(StreamRelayResult)> handler,
+                        std::shared_ptr<StreamRelayHandle> handle = nullptr);
 
 }  // namespace dsproxy::hbone

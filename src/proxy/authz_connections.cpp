@@ -52,7 +52,8 @@ void log_authz_notes(Direction direction, const authz::ConnectionAttributes& c, 
 }
 
 bool AuthzConnections::revoke_if_denied(Entry& e, const authz::PolicyIndex& index) {
-  if (!e.relay || !e.relay->running()) return false;
+  const bool running = (e.relay && e.relay->running()) || (e.tunnel && e.tunnel->running());
+  if (!running) return false;
   const authz::Workload* w = index.workload(e.attributes.destination_ip);
   if (!w) return false;
   const authz::Decision d = authz::decide(*w, e.attributes);
@@ -60,7 +61,9 @@ bool AuthzConnections::revoke_if_denied(Entry& e, const authz::PolicyIndex& inde
   log_authz_denial(e.direction, e.attributes, *w, d, "established connection closed after a policy change");
   authz::totals().revoked.fetch_add(1, std::memory_order_relaxed);
   e.revoked_by = std::string(d.policy_key());
-  e.relay->reset();
+  // Resetting runs the relay's completion only later (posted), so `e` stays valid here.
+  if (e.relay && e.relay->running()) e.relay->reset();
+  if (e.tunnel && e.tunnel->running()) e.tunnel->reset();
   return true;
 }
 

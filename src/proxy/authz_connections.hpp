@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "authz/policy_index.hpp"
+#include "hbone/stream_relay.hpp"
 #include "proxy/relay.hpp"
 #include "proxy/router.hpp"
 
@@ -24,7 +25,8 @@ class AuthzConnections {
   struct Entry {
     authz::ConnectionAttributes attributes;
     Direction direction = Direction::inbound;
-    std::shared_ptr<RelayHandle> relay;
+    std::shared_ptr<RelayHandle> relay;  // a plaintext connection's relay, or
+    std::shared_ptr<hbone::StreamRelayHandle> tunnel;  // an inbound HBONE stream's relay
     // Set when a policy change closed it: the denying policy's "ns/name" ("" when no ALLOW
     // matched), for the connection's record, which is written later by the relay's completion.
     std::string revoked_by;

@@ -223,8 +223,17 @@ awaitable<std::optional<ConnectedUpstream>> establish_upstream(const ConnectionC
   if (first && transparent && ctx.mesh && ctx.mesh->enabled()) {
     if (const auto plan = plan_tunnel(snapshot, source.ip, first->addresses.front())) {
       const std::string_view host = decision.cluster ? std::string_view(decision.cluster->hostname) : std::string_view{};
+      // ztunnel's reporter=source view of a tunnel: our workload's identity and the one the
+      // destination proved (the pool checked it before first use).
+      if (result.active()) {
+        result.record().source_principal = ctx.mesh->principal(plan->source_identity);
+        result.record().destination_principal = ctx.mesh->principal(plan->destination_identity);
+      }
       auto stream = co_await ctx.mesh->open_tunnel(*plan, source, host);
-      if (!stream) co_return std::nullopt;
+      if (!stream) {
+        result.finish(EndReason::connect_failed);  // no tunnel (refused, unreachable, no certificate yet)
+        co_return std::nullopt;
+      }
       co_return ConnectedUpstream{plan->target, nullptr, std::move(stream)};
     }
   }

@@ -21,6 +21,7 @@ std::string_view to_string(EndReason reason) {
     case EndReason::denied_by_policy: return "denied_by_policy";
     case EndReason::rejected_overload: return "rejected_overload";
     case EndReason::fault: return "fault";
+    case EndReason::rejected_source_identity: return "rejected_source_identity";
     case EndReason::shutdown: return "shutdown";
   }
   return "unknown";
@@ -35,7 +36,8 @@ std::string_view response_flags(EndReason reason) {
     case EndReason::local_error: return "CONNECT";
     case EndReason::rejected_loop:
     case EndReason::rejected_forbidden_destination:
-    case EndReason::denied_by_policy: return "DENY";
+    case EndReason::denied_by_policy:
+    case EndReason::rejected_source_identity: return "DENY";
     case EndReason::rejected_overload: return "UO";  // Envoy's upstream overflow
     default: return "-";
   }

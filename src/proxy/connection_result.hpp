@@ -41,6 +41,9 @@ enum class EndReason : std::uint8_t {
   denied_by_policy,
   rejected_overload,  // a per-worker limit (--max-pending-connects-per-worker, ...) was reached
   fault,              // an exception on the data path (bad_alloc): this connection alone was reset
+  // An HBONE stream answered 401 because its `forwarded` client address is no workload of the
+  // identity the peer's certificate proved (a peer may not choose the source the pod sees).
+  rejected_source_identity,
   shutdown,         // still open when the worker was torn down (end of drain, process exit)
 };
 inline constexpr std::size_t kEndReasonCount = static_cast<std::size_t>(EndReason::shutdown) + 1;
@@ -69,8 +72,9 @@ struct ServiceInfo {
   std::string ns;
 };
 
-// Istio's request_protocol label: "tcp" for plain TCP, "HBONE" for a connection carried in (or
-// received through) an HTTP/2 CONNECT tunnel, as ztunnel reports it.
+// How the connection reached us or left: plain TCP, or carried in (or received through) an HTTP/2
+// CONNECT tunnel. The access log says protocol=HBONE; the request_protocol metric label stays
+// "tcp" for both, as ztunnel reports every L4 connection (its RequestProtocol is tcp or http).
 enum class RequestProtocol : std::uint8_t { tcp, hbone };
 std::string_view to_string(RequestProtocol protocol);
 // Istio's connection_security_policy label: "mutual_tls" when the peer's identity was proven by

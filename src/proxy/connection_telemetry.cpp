@@ -484,7 +484,10 @@ LabelValues label_values(const ConnectionRecord& r) {
       v(dst ? &dst->app : nullptr),
       v(dst ? &dst->version : nullptr),
       std::string(dst ? kClusterId : kUnknown),
-      std::string(to_string(r.protocol)),
+      // ztunnel's request_protocol is "tcp" for every L4 connection, tunnelled or not (its
+      // RequestProtocol has only tcp and http): Kiali and the Istio dashboards key on it. The
+      // access log's protocol field tells HBONE apart.
+      std::string("tcp"),
       std::string(response_flags(r.reason)),
       std::string(to_string(r.security)),
   };

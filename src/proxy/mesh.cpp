@@ -20,6 +20,8 @@
 #include "identity/spiffe_id.hpp"
 #include "proxy/authz_connections.hpp"
 #include "proxy/connect_scheduler.hpp"
+#include "proxy/connection_result.hpp"
+#include "proxy/workload_index.hpp"
 #include "proxy/log_throttle.hpp"
 #include "proxy/proxy_options.hpp"
 #include "proxy/proxy_stats.hpp"
@@ -54,6 +56,64 @@ awaitable<std::error_code> connect_to(tcp::socket& socket, BackendTargets target
   co_return outcome.winner < 0 ? (outcome.error ? outcome.error : std::make_error_code(std::errc::host_unreachable))
                                : std::error_code{};
 }
+
+// Keeps the active-connections gauge right on every exit, including a relay completion destroyed
+// uncalled when the worker's io_context goes.
+struct ActiveGauge {
+  ProxyStats::Counter* gauge = nullptr;
+  explicit ActiveGauge(ProxyStats::Counter* g) : gauge(g) { gauge->fetch_add(1, std::memory_order_relaxed); }
+  ActiveGauge(ActiveGauge&& o) noexcept : gauge(std::exchange(o.gauge, nullptr)) {}
+  ActiveGauge(const ActiveGauge&) = delete;
+  ActiveGauge& operator=(const ActiveGauge&) = delete;
+  ActiveGauge& operator=(ActiveGauge&&) = delete;
+  ~ActiveGauge() {
+    if (gauge) gauge->fetch_sub(1, std::memory_order_relaxed);
+  }
+};
+
+// An inbound stream's relay completion: the counters, the record (emitted when this goes: after
+// it ran, or uncalled at the worker's teardown, then `shutdown`), and the stream's place in the
+// worker's live list (left when this goes).
+class InboundEnd {
+ public:
+  InboundEnd(ProxyStats& stats, ConnectionResult result, AuthzRegistration authz)
+      : authz_(std::move(authz)), stats_(&stats), active_(&stats.active_connections), result_(std::move(result)) {}
+
+  void operator()(hbone::StreamRelayResult r) {
+    ProxyStats::add(stats_->bytes_to_upstream, r.bytes_to_socket);
+    ProxyStats::add(stats_->bytes_to_downstream, r.bytes_to_stream);
+    if (r.reset) ProxyStats::add(stats_->resets_propagated);
+    if (!result_.active()) return;
+    auto& record = result_.record();
+    // Towards the pod is the request direction: the tunnel's bytes.
+    record.bytes_to_upstream = r.bytes_to_socket;
+    record.bytes_to_downstream = r.bytes_to_stream;
+    // The peer's reset (or its connection's end) is the client's; anything else on the socket
+    // side is the pod's.
+    result_.finish(r.revoked  ? EndReason::denied_by_policy
+                   : r.reset  ? (r.stream_reset_by_peer ? EndReason::client_reset : EndReason::upstream_reset)
+                              : EndReason::completed);
+    if (r.revoked && record.policy.empty()) record.policy = std::string(authz_.revoked_by());
+  }
+
+ private:
+  AuthzRegistration authz_;
+  ProxyStats* stats_;
+  ActiveGauge active_;
+  ConnectionResult result_;
+};
+
+// Baggage values become metric labels: only what a Kubernetes name or label value could be
+// (no spaces, quotes or control bytes; at most 63 bytes) is taken, so a peer cannot put
+// arbitrary text into them.
+bool label_safe(const std::string& v) {
+  if (v.size() > 63) return false;
+  for (char c : v)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) return false;
+  return true;
+}
+
+constexpr std::size_t kMaxInterned = 1024;  // per worker, per table
 
 }  // namespace
 
@@ -121,6 +181,53 @@ MeshWorker::MeshWorker(asio::any_io_executor executor, const MeshOptions& mesh, 
 
 MeshWorker::~MeshWorker() {
   if (pool_) pool_->close();
+  for (auto& weak : sessions_)
+    if (auto session = weak.lock()) session->close();
+}
+
+std::shared_ptr<const std::string> MeshWorker::principal(const std::string& uri) {
+  if (auto it = principals_.find(uri); it != principals_.end()) return it->second;
+  auto shared = std::make_shared<const std::string>(uri);
+  // Identities are the cluster's service accounts; past the bound a fresh string still labels
+  // right, it only misses the series cache.
+  if (principals_.size() < kMaxInterned) principals_.emplace(uri, shared);
+  return shared;
+}
+
+std::shared_ptr<const WorkloadInfo> MeshWorker::baggage_source(const std::string& value) {
+  if (auto it = baggage_sources_.find(value); it != baggage_sources_.end()) return it->second;
+  const hbone::Baggage b = hbone::parse_baggage(value);
+  std::shared_ptr<const WorkloadInfo> info;
+  if (!b.ns.empty() && label_safe(b.ns) && label_safe(b.workload_name) && label_safe(b.service_name) &&
+      label_safe(b.service_version)) {
+    const std::string& workload = b.workload_name.empty() ? b.service_name : b.workload_name;
+    info = std::make_shared<const WorkloadInfo>(
+        WorkloadInfo{"", b.ns, workload.empty() ? "unknown" : workload,
+                     b.service_name.empty() ? (workload.empty() ? "unknown" : workload) : b.service_name,
+                     b.service_version.empty() ? "latest" : b.service_version});
+  }
+  // Bounded: a peer sending a new value per stream gets no labels from it past the bound.
+  if (baggage_sources_.size() < kMaxInterned) baggage_sources_.emplace(value, info);
+  else return nullptr;
+  return info;
+}
+
+// ztunnel's baggage for the source workload: its cluster, namespace, workload (as a
+// "deployment": dsproxy does not know the owner's kind, and ztunnel's own parser reads
+// deployment, pod, job and cronjob), canonical service and revision.
+std::string MeshWorker::baggage_for(const net::IpAddress& client) {
+  if (!names_) return {};
+  names_->refresh(store_.current());
+  const auto w = names_->pod(client);
+  if (!w) return {};
+  return hbone::format_baggage(hbone::Baggage{.cluster = "Kubernetes",
+                                              .ns = w->ns,
+                                              .workload_type = "deployment",
+                                              .workload_name = w->workload,
+                                              .service_name = w->app,
+                                              .service_version = w->version,
+                                              .region = {},
+                                              .zone = {}});
 }
 
 void MeshWorker::shutdown() {
@@ -155,6 +262,8 @@ awaitable<std::shared_ptr<hbone::Stream>> MeshWorker::open_tunnel(const TunnelPl
   hbone::PoolKey key{plan.source_identity, plan.destination_identity,
                      net::to_endpoint({plan.outer, mesh_.hbone_port})};
   hbone::Headers headers{{"forwarded", hbone::format_forwarded(net::to_endpoint(client), service_host)}};
+  if (std::string baggage = baggage_for(client.ip); !baggage.empty())
+    headers.push_back({"baggage", std::move(baggage)});
   const std::string authority = hbone::format_authority(net::to_endpoint(plan.target));
   auto token = asio::as_tuple(use_awaitable);
   auto [ec, status, stream] =
@@ -239,6 +348,12 @@ awaitable<void> MeshWorker::serve_hbone(tcp::socket socket, tcp::endpoint peer) 
     ProxyStats::add(r == hbone::SessionRefusal::bad_request ? stats->tunnels_refused : stats->hbone_protocol_errors);
   });
   session->start();
+  // Expired entries are dropped whenever the list has doubled since: amortised O(1) per session.
+  if (sessions_.size() >= 2 * sessions_kept_) {
+    std::erase_if(sessions_, [](const auto& w) { return w.expired(); });
+    sessions_kept_ = std::max<std::size_t>(sessions_.size(), 16);
+  }
+  sessions_.push_back(session);
 }
 
 awaitable<void> MeshWorker::handle_request(std::shared_ptr<hbone::IncomingRequest> request,
@@ -247,10 +362,37 @@ awaitable<void> MeshWorker::handle_request(std::shared_ptr<hbone::IncomingReques
   const net::SocketAddress target = net::to_socket_address(request->target());
   const snapshot::Workload* pod = snapshot->workload(target.ip);
   const snapshot::Workload* addressed = snapshot->workload(outer_destination.ip);
+  const std::string& trust_domain = snapshot->options().trust_domain;
+  // The client the peer names in `forwarded` (else the outer connection's peer, for the record).
+  std::optional<net::SocketAddress> forwarded;
+  if (const std::string* f = hbone::find_header(request->headers(), "forwarded"))
+    if (const auto ep = hbone::parse_forwarded_for(*f)) forwarded = net::to_socket_address(*ep);
+  const net::SocketAddress claimed = forwarded ? *forwarded : net::to_socket_address(request->connection().remote);
+
+  // The stream's record from here, whatever answer it gets: ztunnel's reporter=destination view
+  // (dst.addr is the pod's address and port the tunnel leads to).
+  ConnectionResult result(sink_, Direction::inbound, claimed, target);
+  if (result.active()) {
+    auto& r = result.record();
+    r.protocol = RequestProtocol::hbone;
+    r.security = SecurityPolicy::mutual_tls;  // the peer's identity was proven by the handshake
+    r.source_principal = principal(request->connection().peer_identity);
+    if (pod && pod->local) r.destination_principal = principal(pod->identity(trust_domain));
+    if (names_ && result.wants_names()) {
+      names_->refresh(snapshot);
+      r.source_workload = names_->pod(claimed.ip);
+      r.destination_workload = names_->pod(target.ip);
+      // Only a source that is no workload of ours is named by what the peer says of itself.
+      if (!r.source_workload)
+        if (const std::string* b = hbone::find_header(request->headers(), "baggage")) r.source_workload = baggage_source(*b);
+    }
+  }
+
   // The tunnel leads to the pod the connection was addressed to, and nowhere else: never an
   // open relay to another address, not even another pod of this node.
   if (!pod || !pod->local || pod != addressed) {
     ProxyStats::add(stats_.tunnels_refused);
+    result.finish(EndReason::rejected_forbidden_destination);
     request->reject(400);
     co_return;
   }
@@ -258,12 +400,10 @@ awaitable<void> MeshWorker::handle_request(std::shared_ptr<hbone::IncomingReques
   // That is a claim, so it must name a workload whose identity is the one the peer proved in
   // the handshake: anything else (no header, a node, ClusterIP or outside address, another
   // workload) would let a peer choose the source the pod and its NetworkPolicy see.
-  const snapshot::Workload* from = nullptr;
-  if (const std::string* f = hbone::find_header(request->headers(), "forwarded"))
-    if (const auto ep = hbone::parse_forwarded_for(*f)) from = snapshot->workload(net::to_socket_address(*ep).ip);
-  const std::string& trust_domain = snapshot->options().trust_domain;
+  const snapshot::Workload* from = forwarded ? snapshot->workload(forwarded->ip) : nullptr;
   if (!from || from->identity(trust_domain) != request->connection().peer_identity) {
     ProxyStats::add(stats_.tunnels_refused);
+    result.finish(EndReason::rejected_source_identity);
     request->reject(401);
     co_return;
   }
@@ -272,11 +412,13 @@ awaitable<void> MeshWorker::handle_request(std::shared_ptr<hbone::IncomingReques
   const std::optional<net::IpAddress> client = from->address(target.ip.family());
   if (!client) {
     ProxyStats::add(stats_.tunnel_failures);
+    result.finish(EndReason::rejected_no_endpoint_for_family);
     request->reject(503);
     co_return;
   }
   // AuthorizationPolicy, with the principal the peer proved (ztunnel enforces here, at the
-  // destination's node). A policy change does not yet re-decide tunnelled streams.
+  // destination's node).
+  std::optional<authz::ConnectionAttributes> authorized;
   if (const authz::Workload* w = snapshot->authz().workload(target.ip)) {
     const auto id = identity::SpiffeId::parse(request->connection().peer_identity);
     authz::ConnectionAttributes c{*client, target.ip, target.port, std::nullopt};
@@ -285,10 +427,13 @@ awaitable<void> MeshWorker::handle_request(std::shared_ptr<hbone::IncomingReques
     if (d.denied()) {
       log_authz_denial(Direction::inbound, c, *w, d, "answered 401");
       ProxyStats::add(stats_.tunnels_refused);
+      result.finish(EndReason::denied_by_policy);
+      if (result.active() && d.policy) result.record().policy = d.policy->key;
       request->reject(401);
       co_return;
     }
     log_authz_notes(Direction::inbound, c, *w, d);
+    authorized = c;
   }
   tcp::socket upstream(executor_);
   net::UpstreamSocketOptions options;
@@ -301,27 +446,45 @@ awaitable<void> MeshWorker::handle_request(std::shared_ptr<hbone::IncomingReques
   const auto ec = co_await connect_to(upstream, std::move(targets), proxy_, options);
   if (request->cancelled()) {
     net::reset_connection(upstream);  // the pod must not read a clean, complete connection
+    result.finish(EndReason::client_reset);
     co_return;
   }
   if (ec) {
     ProxyStats::add(stats_.tunnel_failures);
+    result.finish(ec == std::errc::timed_out ? EndReason::connect_timeout : EndReason::connect_failed);
     request->reject(503);
     co_return;
   }
   auto stream = request->accept();
   if (!stream) {
     net::reset_connection(upstream);
+    result.finish(EndReason::client_reset);
     co_return;
   }
   ProxyStats::add(stats_.tunnels_inbound);
-  ProxyStats::add(stats_.active_connections);
-  ProxyStats* stats = &stats_;
-  hbone::start_stream_relay(std::move(upstream), std::move(stream), [stats](hbone::StreamRelayResult r) {
-    ProxyStats::add(stats->bytes_to_upstream, r.bytes_to_socket);
-    ProxyStats::add(stats->bytes_to_downstream, r.bytes_to_stream);
-    if (r.reset) ProxyStats::add(stats->resets_propagated);
-    stats->active_connections.fetch_sub(1, std::memory_order_relaxed);
-  });
+  if (result.active()) {
+    result.record().connected = true;
+    result.record().endpoint = target;
+    result.mark_opened();
+  }
+  // A stream to a pod with policies joins the worker's live list: a policy change re-decides it
+  // and, when now denied, resets it through the handle (RST_STREAM to the peer, RST to the pod).
+  AuthzRegistration registration;
+  std::shared_ptr<hbone::StreamRelayHandle> handle;
+  std::uint64_t authz_id = 0;
+  if (authorized && authz_) {
+    handle = std::make_shared<hbone::StreamRelayHandle>();
+    authz_id = authz_->add({*authorized, Direction::inbound, nullptr, handle, {}});
+    registration = AuthzRegistration(*authz_, authz_id);
+  }
+  hbone::start_stream_relay(std::move(upstream), std::move(stream),
+                            InboundEnd(stats_, std::move(result), std::move(registration)), handle);
+  // A policy change published while this stream was being connected: the walk it caused may
+  // have missed it, so it is decided once more against the current index.
+  if (authz_id != 0) {
+    const auto now = store_.current();
+    if (now->authz_index() != snapshot->authz_index()) authz_->reevaluate_one(authz_id, now->authz());
+  }
 }
 
 }  // namespace dsproxy::proxy

@@ -20,6 +20,15 @@
 // from the `forwarded` header (same family), so the pod sees the client as with plaintext; a
 // client address that is a known workload of another identity than the TLS peer proved is
 // refused with 401 (a peer cannot borrow another workload's address).
+//
+// An inbound stream is a connection like a plaintext one: it has one ConnectionResult (reporter
+// "destination" in the metrics, one access-log line), created when the CONNECT arrives and
+// emitted once whatever ends it (a 400/401/503 answer, the relay's end, a policy change, the
+// worker's teardown); and, once relaying to a pod with policies, it sits in the worker's
+// AuthzConnections so that a policy change re-decides it (a denied stream is reset both ways).
+// The source's labels come from the snapshot's workload at the forwarded address (which must be
+// of the proven identity); the peer's `baggage` only names a source that is no known workload
+// (telemetry only: never authorization, whose principal is the certificate's).
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
@@ -27,6 +36,8 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "hbone/connection_pool.hpp"
 #include "hbone/hbone_options.hpp"
@@ -42,6 +53,10 @@ namespace dsproxy::proxy {
 
 struct ProxyOptions;
 struct ProxyStats;
+class ConnectionSink;
+class WorkloadIndex;
+class AuthzConnections;
+struct WorkloadInfo;
 
 // Process-wide: null identities means mTLS is off (plaintext only, as before issue 11).
 struct MeshOptions {
@@ -79,6 +94,13 @@ class MeshWorker {
   MeshWorker& operator=(const MeshWorker&) = delete;
 
   bool enabled() const { return mesh_.identities != nullptr; }
+  // The worker's record sink, names and live-connection list (each may be null: no records, no
+  // names, no re-evaluation); they must outlive this object's io_context's handlers.
+  void attach(ConnectionSink* sink, WorkloadIndex* names, AuthzConnections* authz) {
+    sink_ = sink;
+    names_ = names;
+    authz_ = authz;
+  }
   const MeshOptions& options() const { return mesh_; }
 
   // A CONNECT stream for `plan` over a pooled connection; nullptr when it could not be opened
@@ -90,13 +112,27 @@ class MeshWorker {
   // One accepted connection on the HBONE listener: TLS, HTTP/2, CONNECT handling. Never throws.
   boost::asio::awaitable<void> serve_hbone(boost::asio::ip::tcp::socket socket, boost::asio::ip::tcp::endpoint peer);
 
+  // One shared string per principal, so that records share it (the metrics key their series
+  // cache by the pointer); bounded.
+  std::shared_ptr<const std::string> principal(const std::string& uri);
+
+  // The `baggage` header open_tunnel sends for a client pod (ztunnel's form); empty when the
+  // client is no known pod.
+  std::string baggage_for(const net::IpAddress& client);
+
   // Closes the pool's connections (drain).
   void shutdown();
 
- private:
+  // One CONNECT received on an outer connection addressed to `outer_destination`: answered
+  // (400/401/503, or 200 and relayed to the pod), with its ConnectionResult. Public for tests.
   boost::asio::awaitable<void> handle_request(std::shared_ptr<hbone::IncomingRequest> request,
                                               net::SocketAddress outer_destination);
+
+ private:
   void dial(const hbone::PoolKey& key, hbone::ConnectionPool::DialHandler handler);
+  // A source named only by the peer's baggage (telemetry labels only), one per distinct value;
+  // bounded, and null for values no Kubernetes name could be.
+  std::shared_ptr<const WorkloadInfo> baggage_source(const std::string& value);
 
   boost::asio::any_io_executor executor_;
   MeshOptions mesh_;
@@ -104,6 +140,15 @@ class MeshWorker {
   const snapshot::SnapshotStore& store_;
   ProxyStats& stats_;
   std::shared_ptr<hbone::ConnectionPool> pool_;
+  ConnectionSink* sink_ = nullptr;
+  WorkloadIndex* names_ = nullptr;
+  AuthzConnections* authz_ = nullptr;
+  std::unordered_map<std::string, std::shared_ptr<const std::string>> principals_;
+  std::unordered_map<std::string, std::shared_ptr<const WorkloadInfo>> baggage_sources_;
+  // The server sessions accepted here, closed when this worker goes so that the streams they
+  // carry end (and emit their records) with the worker's io_context instead of outliving it.
+  std::vector<std::weak_ptr<hbone::Session>> sessions_;
+  std::size_t sessions_kept_ = 16;
 };
 
 }  // namespace dsproxy::proxy

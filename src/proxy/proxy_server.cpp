@@ -158,6 +158,8 @@ class Worker {
         mesh_(io_.get_executor(), mesh, options, store, stats) {
     context_.mesh = &mesh_;
     context_.authz_connections = &authz_connections_;
+    // Inbound HBONE streams are connections like the others: same records, names and live list.
+    mesh_.attach(sink, &names_, &authz_connections_);
   }
 
   // A snapshot was published (any thread): this worker re-decides its live connections to local

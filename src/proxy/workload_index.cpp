@@ -136,7 +136,7 @@ void WorkloadIndex::remove_cluster(const snapshot::ServiceCluster& cluster) {
 std::shared_ptr<const WorkloadInfo> WorkloadIndex::pod(const net::IpAddress& ip) {
   if (auto it = node_pods_.find(ip); it != node_pods_.end()) return it->second;
   auto it = endpoint_pods_.find(ip);
-  if (it == endpoint_pods_.end()) return nullptr;
+  if (it == endpoint_pods_.end()) return other_pod(ip);
   auto& entry = it->second;
   if (!entry.info) {
     const std::string& pod = entry.pod.str();
@@ -145,6 +145,21 @@ std::shared_ptr<const WorkloadInfo> WorkloadIndex::pod(const net::IpAddress& ip)
     entry.info = describe(std::string_view(pod).substr(0, slash), std::string_view(pod).substr(slash + 1));
   }
   return entry.info;
+}
+
+// A pod of another node that no Service lists (an HBONE peer's client, a pod dialled directly):
+// the snapshot's workloads know it. Cached per address with the workload it was made from, so a
+// pod replaced at the same address gets its own names; bounded (cleared past the bound).
+std::shared_ptr<const WorkloadInfo> WorkloadIndex::other_pod(const net::IpAddress& ip) {
+  if (!synced_) return nullptr;
+  const snapshot::Workload* w = synced_->workload(ip);
+  if (!w) return nullptr;
+  if (auto it = other_pods_.find(ip); it != other_pods_.end() && it->second.ns == w->ns && it->second.name == w->name)
+    return it->second.info;
+  if (other_pods_.size() >= kMaxOtherPods) other_pods_.clear();
+  auto info = describe(w->ns, w->name);
+  other_pods_.insert_or_assign(ip, OtherPod{w->ns, w->name, info});
+  return info;
 }
 
 std::shared_ptr<const ServiceInfo> WorkloadIndex::service(const snapshot::ServiceCluster& cluster) {

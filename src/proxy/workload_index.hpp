@@ -47,6 +47,7 @@ class WorkloadIndex {
     std::shared_ptr<const WorkloadInfo> info;  // made at the first lookup
   };
   void index_node_pods(const snapshot::ClusterSnapshot& snapshot);
+  std::shared_ptr<const WorkloadInfo> other_pod(const net::IpAddress& ip);
   void add_cluster(const std::shared_ptr<const snapshot::ServiceCluster>& cluster);
   void remove_cluster(const snapshot::ServiceCluster& cluster);
 
@@ -61,6 +62,13 @@ class WorkloadIndex {
   // entries (about 100 bytes each), built at the worker's first connection.
   std::unordered_map<net::IpAddress, EndpointPod, net::IpAddressHash> endpoint_pods_;
   std::unordered_map<const snapshot::ServiceCluster*, std::shared_ptr<const ServiceInfo>> services_;
+  // Pods known only as the snapshot's workloads (not this node's, in no Service), by address.
+  struct OtherPod {
+    std::string ns, name;
+    std::shared_ptr<const WorkloadInfo> info;
+  };
+  static constexpr std::size_t kMaxOtherPods = 16384;
+  std::unordered_map<net::IpAddress, OtherPod, net::IpAddressHash> other_pods_;
 };
 
 }  // namespace dsproxy::proxy

@@ -233,6 +233,14 @@ if in_time "revocation"; then
   grep -q "established connection closed after a policy change" "$DSPROXY_LOG" &&
     grep -q "dual-stack/cut-remote" "$DSPROXY_LOG"
   check "the log names the policy that closed it" $?
+  line=
+  for ((i = 0; i < 30; i++)); do  # access-log lines are flushed every second
+    line=$(grep 'access connection complete' "$DSPROXY_LOG" | grep 'reason=denied_by_policy' |
+      grep 'policy=dual-stack/cut-remote' | grep -v ' bytes_recv=0 ' | head -n 1)
+    [[ -n $line ]] && break
+    sleep 0.1
+  done
+  check "its access-log line says denied_by_policy and names the policy" "$([[ -n $line ]] && echo 0 || echo 1)"
   expect "new connections from the remote pod are reset too" reset remote "$ECHO_DS4" 9000
   grep -q '"revoked":[1-9]' <<<"$(node_http_get 15000 /stats)"
   check "/stats counts the revoked connection" $?

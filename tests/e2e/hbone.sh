@@ -169,7 +169,8 @@ wait_identity() {
 }
 
 # ---- mTLS on ------------------------------------------------------------------------------------
-start_both "${MTLS[@]}" || cluster_die "dsproxy did not start with mTLS"
+# A short drain grace: the last check below stops node2 with a tunnelled connection still open.
+start_both "${MTLS[@]}" --drain-grace-ms 1000 || cluster_die "dsproxy did not start with mTLS"
 wait_identity node spiffe://cluster.local/ns/default/sa/sleep
 check "node has the sleep pod's certificate" $?
 for ns in dual-stack ipv4 ipv6; do
@@ -246,6 +247,28 @@ if in_time "forwarded claims"; then
   got=$(peer_status 'nothing')
   check "a peer naming no client address is refused: 401" "$([[ $got == 401 ]] && echo 0 || echo 1)" "status '$got'"
 
+  # An established tunnelled connection (sleep -> dual-stack/tcp-echo through node2's 15008),
+  # open while the DENY below is applied: node2 must re-decide it and reset it both ways. A
+  # Node.js client says how its connection ended (a reset is ERROR ECONNRESET, a FIN is EOF).
+  LONG_OUT="$CLUSTER_TMP/long-lived.out"
+  in_pod sleep timeout 40 node -e '
+    const s = require("net").connect({host: process.argv[1], port: +process.argv[2]});
+    let got = "", told = false;
+    s.setEncoding("utf8");
+    s.on("connect", () => s.write("first\n"));
+    s.on("data", (d) => { got += d; if (!told && got.includes("hello first")) { told = true; console.log("ESTABLISHED"); } });
+    s.on("error", (e) => { console.log("ERROR " + e.code); process.exit(0); });
+    s.on("end", () => { console.log("EOF"); process.exit(0); });
+    setTimeout(() => { console.log("TIMEOUT"); process.exit(0); }, 35000);
+  ' 10.96.106.11 9000 >"$LONG_OUT" 2>&1 &
+  LONG_PID=$!
+  for ((i = 0; i < 50; i++)); do
+    grep -q ESTABLISHED "$LONG_OUT" 2>/dev/null && break
+    sleep 0.1
+  done
+  check "a long-lived connection to dual-stack/tcp-echo is established through the tunnel" \
+    "$(grep -q ESTABLISHED "$LONG_OUT" && echo 0 || echo 1)" "$(tr '\n' '|' <"$LONG_OUT")"
+
   # AuthorizationPolicy at the destination's node, with the principal the peer proved: a DENY
   # of the sleep pod's identity for dual-stack's pods answers its streams 401.
   cat >>"$DSPROXY_CONFIG" <<'POLICY'
@@ -276,6 +299,60 @@ POLICY
   answer=$(echo allowed | in_pod sleep timeout 8 nc -N -w 5 10.96.104.229 9000 2>&1)
   check "its connection to ipv4/tcp-echo (no policy) is still served" \
     "$([[ $answer == "hello allowed" ]] && echo 0 || echo 1)" "answered '$answer'"
+
+  # The established connection: cut by the new DENY (a reset, never a clean end), and node2's
+  # access log says so: an inbound HBONE stream from the sleep identity that carried the first
+  # line (6 bytes to the pod), ended denied_by_policy, naming the policy.
+  for ((i = 0; i < 100; i++)); do
+    grep -q -e ERROR -e EOF -e TIMEOUT "$LONG_OUT" 2>/dev/null && break
+    sleep 0.1
+  done
+  wait "$LONG_PID" 2>/dev/null
+  check "the established tunnelled connection is reset by the new DENY" \
+    "$(grep -q 'ERROR ECONNRESET' "$LONG_OUT" && echo 0 || echo 1)" "$(tr '\n' '|' <"$LONG_OUT")"
+  line=
+  for ((i = 0; i < 30; i++)); do  # access-log lines are flushed every second
+    line=$(grep 'access connection complete' "$CLUSTER_TMP/dsproxy-node2.log" |
+      grep 'src.identity=spiffe://cluster.local/ns/default/sa/sleep ' | grep ' direction=inbound protocol=HBONE ' |
+      grep ' bytes_recv=6 ' | grep 'reason=denied_by_policy .*policy=dual-stack/deny-sleep' | tail -n 1)
+    [[ -n $line ]] && break
+    sleep 0.1
+  done
+  check "node2's access log has the cut stream: inbound, HBONE, denied_by_policy by dual-stack/deny-sleep" \
+    "$([[ -n $line ]] && echo 0 || echo 1)" \
+    "$(grep 'access connection complete' "$CLUSTER_TMP/dsproxy-node2.log" | grep -c 'protocol=HBONE') HBONE lines"
+  line=$(grep 'access connection complete' "$CLUSTER_TMP/dsproxy-node2.log" | grep ' direction=inbound protocol=HBONE ' |
+    grep 'reason=rejected_source_identity' | head -n 1)
+  check "node2's access log has the refused claims (401) as rejected_source_identity" \
+    "$([[ -n $line ]] && echo 0 || echo 1)"
+fi
+
+# A tunnelled connection still open when node2 stops: the drain grace runs out, the stream is
+# reset, and its record is still written once, as `shutdown` (the access log is flushed at exit;
+# its byte counts are 0: the relay was destroyed without reporting, as for plaintext).
+if in_time "shutdown record"; then
+  SHUT_OUT="$CLUSTER_TMP/shutdown.out"
+  in_pod sleep timeout 20 node -e '
+    const s = require("net").connect({host: process.argv[1], port: +process.argv[2]});
+    let got = "";
+    s.setEncoding("utf8");
+    s.on("connect", () => s.write("stay\n"));
+    s.on("data", (d) => { got += d; if (got.includes("hello stay")) console.log("ESTABLISHED"); });
+    s.on("error", (e) => { console.log("ERROR " + e.code); process.exit(0); });
+    s.on("end", () => { console.log("EOF"); process.exit(0); });
+    setTimeout(() => process.exit(0), 15000);
+  ' 10.96.104.229 9000 >"$SHUT_OUT" 2>&1 &
+  SHUT_PID=$!
+  for ((i = 0; i < 50; i++)); do
+    grep -q ESTABLISHED "$SHUT_OUT" 2>/dev/null && break
+    sleep 0.1
+  done
+  stop_dsproxy_node node2
+  wait "$SHUT_PID" 2>/dev/null
+  n=$(grep 'access connection complete' "$CLUSTER_TMP/dsproxy-node2.log" | grep ' direction=inbound protocol=HBONE ' |
+    grep ' dst.addr=10.244.1.19:9000 ' | grep -c 'reason=shutdown')
+  check "a tunnelled stream open at node2's exit is recorded once, as shutdown" "$([[ $n == 1 ]] && echo 0 || echo 1)" \
+    "$n lines; client: $(tr '\n' '|' <"$SHUT_OUT")"
 fi
 stop_both
 

@@ -353,7 +353,7 @@ TEST(ConnectionTelemetryTest, HboneAndPolicyFieldsReachLabelsAndLog) {
   ASSERT_EQ(closed.metric.size(), 1u);
   auto l = labels_of(closed.metric[0]);
   EXPECT_EQ(closed.metric[0].counter.value, 2.0);
-  EXPECT_EQ(l["request_protocol"], "HBONE");
+  EXPECT_EQ(l["request_protocol"], "tcp");  // as ztunnel: tunnelled or not, an L4 connection is tcp
   EXPECT_EQ(l["connection_security_policy"], "mutual_tls");
   EXPECT_EQ(l["source_principal"], *src);
   EXPECT_EQ(l["destination_principal"], *dst);

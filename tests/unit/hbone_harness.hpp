@@ -129,11 +129,12 @@ class Harness {
   std::vector<Headers> seen_headers;          // headers of each request the server saw (io thread)
   std::vector<std::string> seen_identities;  // peer identity per request
 
-  explicit Harness(PoolOptions options = {}) {
+  // `pods`: where the upstream test servers (echo, sink, resetter) listen.
+  explicit Harness(PoolOptions options = {}, asio::ip::address pods = asio::ip::address_v4::loopback()) {
     for (auto* a : {&hbone, &app, &echo, &sink, &resetter}) {
       a->open(tcp::v4());
       a->set_option(tcp::acceptor::reuse_address(true));
-      a->bind({asio::ip::address_v4::loopback(), 0});
+      a->bind({a == &hbone || a == &app ? asio::ip::address(asio::ip::address_v4::loopback()) : pods, 0});
       a->listen(1024);
     }
     handler = [this](std::shared_ptr<IncomingRequest> r) { connect_and_relay(std::move(r)); };

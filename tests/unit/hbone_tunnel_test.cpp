@@ -7,6 +7,24 @@
 
 #include "hbone_harness.hpp"
 
+#include <fcntl.h>
+#include <sched.h>
+
+#include <cstdlib>
+#include <mutex>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+
+#include "config/k8s_decoder.hpp"
+#include "proxy/authz_connections.hpp"
+#include "proxy/connection_result.hpp"
+#include "proxy/mesh.hpp"
+#include "proxy/proxy_options.hpp"
+#include "proxy/proxy_stats.hpp"
+#include "proxy/workload_index.hpp"
+#include "snapshot/snapshot_builder.hpp"
+
 namespace dsproxy::hbone::test {
 namespace {
 
@@ -362,6 +380,232 @@ TEST(HboneTunnel, ForeignCaClientIsRefused) {
   EXPECT_TRUE(r.ec);
   for (int i = 0; i < 300 && h.tls_failures.load() == 0; ++i) std::this_thread::sleep_for(10ms);
   EXPECT_EQ(h.tls_failures.load(), 1);
+}
+
+
+// MeshWorker's inbound side (handle_request) behind our HBONE server: every stream is a
+// connection with exactly one record, and a policy change resets an established stream.
+// The pods: "server" at 10.250.0.1 (this node's, the harness's echo/resetter listen there),
+// "client" at 10.250.0.2 (the identity the harness's client certificate proves), "other" at
+// 10.250.0.3 (another identity).
+class RecordingSink : public proxy::ConnectionSink {
+ public:
+  void opened(proxy::ConnectionRecord&) override {}
+  void closed(const proxy::ConnectionRecord& r) override {
+    std::lock_guard lock(mu_);
+    records_.push_back(r);
+  }
+  std::vector<proxy::ConnectionRecord> wait_for(std::size_t n, std::chrono::milliseconds limit = 5s) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    for (;;) {
+      {
+        std::lock_guard lock(mu_);
+        if (records_.size() >= n || std::chrono::steady_clock::now() > deadline) return records_;
+      }
+      std::this_thread::sleep_for(5ms);
+    }
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<proxy::ConnectionRecord> records_;
+};
+
+std::string mesh_pod(const std::string& name, const std::string& ip, const std::string& node) {
+  return "---\napiVersion: v1\nkind: Pod\nmetadata: {name: " + name + "-7d4f8b9c6d-x2x9z, namespace: default, labels: {app: " +
+         name + ", istio.io/dataplane-mode: ambient}}\nspec: {nodeName: " + node + ", serviceAccountName: " + name +
+         "}\nstatus: {podIPs: [{ip: " + ip + "}]}\n";
+}
+
+const std::string kDenyClient = R"(---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-client, namespace: default}
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source:
+        principals: [cluster.local/ns/default/sa/client]
+)";
+
+// Pod addresses must be global ones (the snapshot never takes a loopback address as a pod's), so
+// the test runs in a network namespace of its own whose loopback carries them: the test thread
+// enters it before anything opens a socket, the harness's thread inherits it, and the test
+// thread returns to its own namespace at the end (the new one goes with its last socket).
+class MeshInbound : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    own_ns_ = ::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(own_ns_, 0);
+    ASSERT_EQ(::unshare(CLONE_NEWNET), 0) << "needs CAP_SYS_ADMIN (run the unit tests as root)";
+    ASSERT_EQ(std::system("ip link set lo up && ip addr add 10.250.0.1/32 dev lo && ip addr add 10.250.0.2/32 dev lo "
+                          "&& ip addr add 10.250.0.3/32 dev lo"),
+              0);
+    h = std::make_unique<Harness>(PoolOptions{}, asio::ip::make_address("10.250.0.1"));
+    options.upstream_mark = 0;  // SO_MARK needs CAP_NET_ADMIN; not what these tests are about
+    options.connect_timeout = 2s;
+    publish("");
+    const auto* server = store.current()->workload(*net::IpAddress::parse("10.250.0.1"));
+    ASSERT_NE(server, nullptr);
+    ASSERT_TRUE(server->local);
+    ASSERT_EQ(server->identity("cluster.local"), TestPki::spiffe("server"));
+    mesh = std::make_unique<proxy::MeshWorker>(h->io.get_executor(), proxy::MeshOptions{}, options, store, stats);
+    mesh->attach(&sink, &names, &live);
+    h->handler = [this](std::shared_ptr<IncomingRequest> r) {
+      asio::co_spawn(h->io, mesh->handle_request(std::move(r), *net::SocketAddress::parse("10.250.0.1:15008")),
+                     asio::detached);
+    };
+  }
+  void TearDown() override {
+    if (h) {
+      h->post_and_wait([this] { mesh.reset(); });
+      h.reset();
+    }
+    if (own_ns_ >= 0) {
+      EXPECT_EQ(::setns(own_ns_, CLONE_NEWNET), 0);
+      ::close(own_ns_);
+    }
+  }
+  void publish(const std::string& policies) {
+    builder.replace_all(config::decode_objects(mesh_pod("server", "10.250.0.1", "n1") +
+                                               mesh_pod("client", "10.250.0.2", "n2") +
+                                               mesh_pod("other", "10.250.0.3", "n2") + policies));
+    store.publish(builder.build());
+  }
+  Headers from(const std::string& client, std::string baggage = {}) {
+    Headers headers{{"forwarded", format_forwarded(net::to_endpoint(*net::SocketAddress::parse(client)))}};
+    if (!baggage.empty()) headers.push_back({"baggage", std::move(baggage)});
+    return headers;
+  }
+  std::string echo() const { return authority_of(h->echo_endpoint()); }
+
+  int own_ns_ = -1;
+  RecordingSink sink;  // outlives the harness (records are emitted on its thread)
+  proxy::WorkloadIndex names;
+  proxy::AuthzConnections live;
+  snapshot::SnapshotBuilder builder{{"n1"}};
+  snapshot::SnapshotStore store;
+  proxy::ProxyStats stats;
+  proxy::ProxyOptions options;
+  std::unique_ptr<Harness> h;
+  std::unique_ptr<proxy::MeshWorker> mesh;
+};
+
+TEST_F(MeshInbound, CompletedStreamEmitsOneRecordWithTheDestinationView) {
+  auto r = h->open(echo(), from("10.250.0.2:40000"));
+  ASSERT_EQ(r.status, 200) << r.ec.message();
+  ASSERT_TRUE(write_all(r.fd, "hello", 5));
+  ::shutdown(r.fd, SHUT_WR);
+  std::vector<char> back;
+  EXPECT_TRUE(read_to_eof(r.fd, back));
+  ::close(r.fd);
+  EXPECT_EQ(std::string(back.begin(), back.end()), "hello");
+  auto records = sink.wait_for(1);
+  ASSERT_EQ(records.size(), 1u);
+  const auto& rec = records[0];
+  EXPECT_EQ(rec.reason, proxy::EndReason::completed);
+  EXPECT_EQ(rec.direction, proxy::Direction::inbound);
+  EXPECT_TRUE(rec.connected);
+  EXPECT_EQ(rec.bytes_to_upstream, 5u);
+  EXPECT_EQ(rec.bytes_to_downstream, 5u);
+  EXPECT_EQ(rec.source.to_string(), "10.250.0.2:40000");
+  EXPECT_EQ(rec.destination.to_string(), "10.250.0.1:" + std::to_string(h->echo_endpoint().port()));
+  EXPECT_EQ(rec.protocol, proxy::RequestProtocol::hbone);
+  EXPECT_EQ(rec.security, proxy::SecurityPolicy::mutual_tls);
+  ASSERT_TRUE(rec.source_principal);
+  EXPECT_EQ(*rec.source_principal, TestPki::spiffe("client"));
+  ASSERT_TRUE(rec.destination_principal);
+  EXPECT_EQ(*rec.destination_principal, TestPki::spiffe("server"));
+  ASSERT_TRUE(rec.source_workload);
+  EXPECT_EQ(rec.source_workload->workload, "client");
+  ASSERT_TRUE(rec.destination_workload);
+  EXPECT_EQ(rec.destination_workload->workload, "server");
+  EXPECT_EQ(sink.wait_for(2, 100ms).size(), 1u);  // exactly one
+  EXPECT_EQ(h->post_and_wait([this] { return live.size(); }), 0u);  // nothing decided it: not listed
+}
+
+TEST_F(MeshInbound, RefusalsAreRecordedWithTheirReasons) {
+  // 401: the forwarded client is a workload of another identity than the certificate's.
+  EXPECT_EQ(h->open(echo(), from("10.250.0.3:1")).status, 401);
+  // 401: an unknown client; its baggage names it in the record, nothing more.
+  EXPECT_EQ(h->open(echo(),
+                   from("10.9.9.9:1", "k8s.namespace.name=far,k8s.deployment.name=web,service.version=v2"))
+                .status,
+            401);
+  // 400: not the pod the outer connection was addressed to.
+  EXPECT_EQ(h->open("10.250.0.3:80", from("10.250.0.2:1")).status, 400);
+  // 401 by policy.
+  publish(kDenyClient);
+  EXPECT_EQ(h->open(echo(), from("10.250.0.2:1")).status, 401);
+  auto records = sink.wait_for(4);
+  ASSERT_EQ(records.size(), 4u);
+  EXPECT_EQ(records[0].reason, proxy::EndReason::rejected_source_identity);
+  EXPECT_EQ(proxy::response_flags(records[0].reason), "DENY");
+  EXPECT_EQ(*records[0].source_principal, TestPki::spiffe("client"));  // the proven one, never the claimed
+  EXPECT_EQ(records[1].reason, proxy::EndReason::rejected_source_identity);
+  ASSERT_TRUE(records[1].source_workload);
+  EXPECT_EQ(records[1].source_workload->ns, "far");
+  EXPECT_EQ(records[1].source_workload->workload, "web");
+  EXPECT_EQ(records[1].source_workload->version, "v2");
+  EXPECT_EQ(records[2].reason, proxy::EndReason::rejected_forbidden_destination);
+  EXPECT_EQ(records[3].reason, proxy::EndReason::denied_by_policy);
+  EXPECT_EQ(records[3].policy, "default/deny-client");
+  for (const auto& r : records) EXPECT_FALSE(r.connected);
+  EXPECT_EQ(sink.wait_for(5, 100ms).size(), 4u);
+}
+
+TEST_F(MeshInbound, OutboundBaggageIsZtunnels) {
+  // What open_tunnel sends for the client pod; the inbound side reads it back with ztunnel's keys.
+  const std::string b = h->post_and_wait([this] { return mesh->baggage_for(*net::IpAddress::parse("10.250.0.2")); });
+  EXPECT_EQ(b, "k8s.cluster.name=Kubernetes,k8s.namespace.name=default,k8s.deployment.name=client,service.name=client,"
+               "service.version=latest");
+  EXPECT_EQ(h->post_and_wait([this] { return mesh->baggage_for(*net::IpAddress::parse("10.9.9.9")); }), "");
+}
+
+TEST_F(MeshInbound, PodResetIsRecordedAsUpstreamReset) {
+  auto r = h->open(authority_of(h->resetter_endpoint()), from("10.250.0.2:1"));
+  ASSERT_EQ(r.status, 200);
+  ASSERT_TRUE(write_all(r.fd, "x", 1));
+  char buf[4];
+  EXPECT_LT(::recv(r.fd, buf, sizeof buf, 0), 0);
+  ::close(r.fd);
+  auto records = sink.wait_for(1);
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0].reason, proxy::EndReason::upstream_reset);
+}
+
+TEST_F(MeshInbound, PolicyChangeResetsAnEstablishedStream) {
+  publish(R"(---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-all, namespace: default}
+spec:
+  rules:
+  - {}
+)");
+  auto r = h->open(echo(), from("10.250.0.2:1"));
+  ASSERT_EQ(r.status, 200);
+  char buf[4];
+  ASSERT_TRUE(write_all(r.fd, "ping", 4));
+  ASSERT_TRUE(read_exact(r.fd, buf, 4));
+  EXPECT_EQ(h->post_and_wait([this] { return live.size(); }), 1u);
+  // Nothing denies it yet: a walk leaves it alone.
+  EXPECT_EQ(h->post_and_wait([this] { return live.reevaluate(store.current()->authz()); }), 0u);
+  publish(kDenyClient);
+  EXPECT_EQ(h->post_and_wait([this] { return live.reevaluate(store.current()->authz()); }), 1u);
+  // RST_STREAM to the peer (the app's socket is reset in turn), RST to the pod.
+  EXPECT_LT(::recv(r.fd, buf, sizeof buf, 0), 0);
+  ::close(r.fd);
+  for (int i = 0; i < 500 && h->echo_resets.load() == 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(h->echo_resets.load(), 1);
+  EXPECT_EQ(h->echo_eofs.load(), 0);
+  auto records = sink.wait_for(1);
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0].reason, proxy::EndReason::denied_by_policy);
+  EXPECT_EQ(records[0].policy, "default/deny-client");
+  EXPECT_EQ(records[0].bytes_to_upstream, 4u);
+  EXPECT_EQ(h->post_and_wait([this] { return live.size(); }), 0u);  // deregistered with its relay
 }
 
 }  // namespace
