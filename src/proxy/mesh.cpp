@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -20,6 +21,7 @@
 #include "identity/spiffe_id.hpp"
 #include "proxy/authz_connections.hpp"
 #include "proxy/connect_scheduler.hpp"
+#include "proxy/connection.hpp"
 #include "proxy/log_throttle.hpp"
 #include "proxy/proxy_options.hpp"
 #include "proxy/proxy_stats.hpp"
@@ -55,6 +57,31 @@ awaitable<std::error_code> connect_to(tcp::socket& socket, BackendTargets target
                                : std::error_code{};
 }
 
+// One unit of a WorkerLoad gauge, given back when this is destroyed (whichever path ends the
+// connection, including frames and handlers destroyed with the worker's io_context).
+class LoadUnit {
+ public:
+  explicit LoadUnit(std::atomic<std::uint64_t>& gauge) : gauge_(&gauge) {
+    gauge_->fetch_add(1, std::memory_order_relaxed);
+  }
+  LoadUnit(LoadUnit&& other) noexcept : gauge_(std::exchange(other.gauge_, nullptr)) {}
+  LoadUnit(const LoadUnit&) = delete;
+  LoadUnit& operator=(const LoadUnit&) = delete;
+  LoadUnit& operator=(LoadUnit&&) = delete;
+  ~LoadUnit() { release(); }
+  void release() {
+    if (gauge_) std::exchange(gauge_, nullptr)->fetch_sub(1, std::memory_order_relaxed);
+  }
+
+ private:
+  std::atomic<std::uint64_t>* gauge_;
+};
+
+LogThrottle& limit_log() {
+  static LogThrottle throttle;
+  return throttle;
+}
+
 }  // namespace
 
 std::optional<TunnelPlan> plan_tunnel(const snapshot::ClusterSnapshot& snapshot, const net::IpAddress& client,
@@ -68,8 +95,8 @@ std::optional<TunnelPlan> plan_tunnel(const snapshot::ClusterSnapshot& snapshot,
 }
 
 MeshWorker::MeshWorker(asio::any_io_executor executor, const MeshOptions& mesh, const ProxyOptions& proxy,
-                       const snapshot::SnapshotStore& store, ProxyStats& stats)
-    : executor_(std::move(executor)), mesh_(mesh), proxy_(proxy), store_(store), stats_(stats) {
+                       const snapshot::SnapshotStore& store, ProxyStats& stats, WorkerLoad& load)
+    : executor_(std::move(executor)), mesh_(mesh), proxy_(proxy), store_(store), stats_(stats), load_(load) {
   if (!enabled()) return;
   identity::IdentityManager* identities = mesh_.identities;
   hbone::ConnectionPool::Hooks hooks;
@@ -160,6 +187,9 @@ awaitable<std::shared_ptr<hbone::Stream>> MeshWorker::open_tunnel(const TunnelPl
 }
 
 awaitable<void> MeshWorker::serve_hbone(tcp::socket socket, tcp::endpoint peer) {
+  // Counted from accept: the accept loop checked both limits just before spawning this.
+  auto connection = std::make_shared<LoadUnit>(load_.connections);
+  LoadUnit handshaking(load_.handshaking);
   ProxyStats::add(stats_.hbone_accepted);
   error_code ec;
   const auto local = socket.local_endpoint(ec);
@@ -195,6 +225,7 @@ awaitable<void> MeshWorker::serve_hbone(tcp::socket socket, tcp::endpoint peer) 
   });
   auto [hs] = co_await io->async_handshake(asio::ssl::stream_base::server, asio::as_tuple(use_awaitable));
   deadline.cancel();
+  handshaking.release();
   SSL* ssl = io->native_handle();
   auto& tls_stats = *mesh_.identities->stats();
   if (hs) {
@@ -214,11 +245,16 @@ awaitable<void> MeshWorker::serve_hbone(tcp::socket socket, tcp::endpoint peer) 
   }
   identity::report_handshake(tls_stats, identity::Side::server);
   hbone::ConnectionInfo info{peer_id->uri(), local, peer};
+  // A connection with no stream is closed after the relays' idle timeout (never sooner than
+  // the pool's, so a conforming client closes its idle connections first: no GOAWAY race).
+  hbone::SessionOptions session_options = mesh_.pool.session;
+  session_options.idle_timeout = std::max(proxy_.idle_timeout, mesh_.pool.idle_timeout);
   auto session = hbone::Session::make_server(
-      std::move(io), std::move(info), mesh_.pool.session,
+      std::move(io), std::move(info), session_options,
       [this, destination](std::shared_ptr<hbone::IncomingRequest> request) {
         asio::co_spawn(executor_, handle_request(std::move(request), destination), asio::detached);
       });
+  session->hold_until_closed(std::move(connection));
   session->start();
 }
 
@@ -271,6 +307,23 @@ awaitable<void> MeshWorker::handle_request(std::shared_ptr<hbone::IncomingReques
     }
     log_authz_notes(Direction::inbound, c, *w, d);
   }
+  // The stream holds an upstream socket: it is one more connection of this worker, and while it
+  // connects one more pending connect, under the same limits as plaintext connections. Past
+  // them: 503 at once, counted (the peer's pool may retry elsewhere), never queued.
+  if (load_.connections.load(std::memory_order_relaxed) >= proxy_.limits.connections_per_worker ||
+      load_.connecting.load(std::memory_order_relaxed) >= proxy_.limits.pending_connects_per_worker) {
+    const bool connections = load_.connections.load(std::memory_order_relaxed) >= proxy_.limits.connections_per_worker;
+    ProxyStats::add(connections ? stats_.rejected_worker_connection_limit : stats_.rejected_pending_connect_limit);
+    if (const auto suppressed = limit_log().admit(std::chrono::steady_clock::now()))
+      spdlog::warn("hbone: a worker is at its {} limit: a tunnelled stream from {} answered 503 ({} similar event(s) "
+                   "not logged)",
+                   connections ? "--max-connections-per-worker" : "--max-pending-connects-per-worker",
+                   request->connection().remote.address().to_string(), *suppressed);
+    request->reject(503);
+    co_return;
+  }
+  LoadUnit connection(load_.connections);
+  std::optional<LoadUnit> connecting(std::in_place, load_.connecting);
   tcp::socket upstream(executor_);
   net::UpstreamSocketOptions options;
   options.mark = proxy_.upstream_mark;
@@ -280,6 +333,7 @@ awaitable<void> MeshWorker::handle_request(std::shared_ptr<hbone::IncomingReques
   BackendTargets targets;
   targets.addresses.push_back(target);
   const auto ec = co_await connect_to(upstream, std::move(targets), proxy_, options);
+  connecting.reset();
   if (request->cancelled()) {
     net::reset_connection(upstream);  // the pod must not read a clean, complete connection
     co_return;
@@ -297,12 +351,16 @@ awaitable<void> MeshWorker::handle_request(std::shared_ptr<hbone::IncomingReques
   ProxyStats::add(stats_.tunnels_inbound);
   ProxyStats::add(stats_.active_connections);
   ProxyStats* stats = &stats_;
-  hbone::start_stream_relay(std::move(upstream), std::move(stream), [stats](hbone::StreamRelayResult r) {
-    ProxyStats::add(stats->bytes_to_upstream, r.bytes_to_socket);
-    ProxyStats::add(stats->bytes_to_downstream, r.bytes_to_stream);
-    if (r.reset) ProxyStats::add(stats->resets_propagated);
-    stats->active_connections.fetch_sub(1, std::memory_order_relaxed);
-  });
+  hbone::StreamRelayOptions relay_options;
+  relay_options.idle_timeout = proxy_.idle_timeout;
+  hbone::start_stream_relay(std::move(upstream), std::move(stream), relay_options,
+                            [stats, connection = std::move(connection)](hbone::StreamRelayResult r) {
+                              ProxyStats::add(stats->bytes_to_upstream, r.bytes_to_socket);
+                              ProxyStats::add(stats->bytes_to_downstream, r.bytes_to_stream);
+                              if (r.idle_timeout) ProxyStats::add(stats->idle_timeouts);
+                              else if (r.reset) ProxyStats::add(stats->resets_propagated);
+                              stats->active_connections.fetch_sub(1, std::memory_order_relaxed);
+                            });
 }
 
 }  // namespace dsproxy::proxy
