@@ -179,6 +179,10 @@ int main(int argc, char** argv) {
                       "Connections one worker routes or connects upstream at once; more are reset")
       ->capture_default_str()
       ->check(CLI::Range(1, 10000000));
+  run_cmd->add_option("--max-pending-handshakes-per-worker", run.proxy.limits.pending_handshakes_per_worker,
+                      "HBONE connections one worker has in their TLS handshake at once; more are reset")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 10000000));
   run_cmd->add_option("--max-admin-sessions", run.max_admin_sessions, "Admin API sessions at once; more are reset")
       ->capture_default_str()
       ->check(CLI::Range(1, 100000));

@@ -148,6 +148,7 @@ json::object counters(const proxy::ProxyStats& s) {
           {"worker_faults", v(s.worker_faults)},
           {"rejected_worker_connection_limit", v(s.rejected_worker_connection_limit)},
           {"rejected_pending_connect_limit", v(s.rejected_pending_connect_limit)},
+          {"rejected_pending_handshake_limit", v(s.rejected_pending_handshake_limit)},
           {"upstream_connect_timeout", v(s.upstream_connect_timeout)},
           {"idle_timeouts", v(s.idle_timeouts)},
           {"resets_propagated", v(s.resets_propagated)},

@@ -18,6 +18,9 @@ json::object limits_status(const LimitsContext& c) {
       {"pendingConnectsPerWorker",
        json::object{{"limit", c.proxy.pending_connects_per_worker},
                     {"refused", count(c.stats.rejected_pending_connect_limit)}}},
+      {"pendingHandshakesPerWorker",
+       json::object{{"limit", c.proxy.pending_handshakes_per_worker},
+                    {"refused", count(c.stats.rejected_pending_handshake_limit)}}},
       {"workers", std::move(workers)},
       {"adminSessions", session(c.admin_sessions)},
       {"readinessSessions", session(c.readiness_sessions)}};

@@ -103,6 +103,7 @@ std::vector<prometheus::MetricFamily> proxy_stats_families(const proxy::ProxySta
                         MetricType::Counter);
   sample(refused, v(s.rejected_worker_connection_limit), {{"limit", "connections_per_worker"}});
   sample(refused, v(s.rejected_pending_connect_limit), {{"limit", "pending_connects_per_worker"}});
+  sample(refused, v(s.rejected_pending_handshake_limit), {{"limit", "pending_handshakes_per_worker"}});
   out.push_back(std::move(refused));
   return out;
 }

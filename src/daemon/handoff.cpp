@@ -20,13 +20,19 @@ using local = asio::local::stream_protocol;
 
 namespace {
 
-// The kernel's word for who is at the other end (SO_PEERCRED, taken at connect()).
-bool same_user(local::socket& socket) {
+// The kernel's word for who is at the other end (SO_PEERCRED: for an accepted socket, the
+// connecting process at connect(); for a connected one, the listening process at listen()).
+std::optional<ucred> peer_of(int fd) {
   ucred cred{};
   socklen_t len = sizeof cred;
-  if (::getsockopt(socket.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return false;
-  return cred.uid == ::geteuid();
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return std::nullopt;
+  return cred;
 }
+bool same_user(int fd) {
+  const auto cred = peer_of(fd);
+  return cred && cred->uid == ::geteuid();
+}
+bool same_user(local::socket& socket) { return same_user(socket.native_handle()); }
 
 }  // namespace
 
@@ -85,6 +91,19 @@ Handoff::Role Handoff::acquire() {
     sockaddr_un sa{};
     const socklen_t len = abstract_address(address_, sa);
     if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), len) == 0) {
+      if (!same_user(fd)) {
+        // Anyone in the network namespace can bind an abstract name first. A holder of another
+        // user is no dsproxy of ours: it learns nothing from us and gets no say over the rules
+        // (we would otherwise wait for its "released", and at exit leave the rules to it).
+        const auto cred = peer_of(fd);
+        spdlog::error("handoff: the handoff name is held by a process of another user (uid {}, pid {}); not "
+                      "talking to it, acting as owner of the capture rules",
+                      cred ? static_cast<long>(cred->uid) : -1L, cred ? static_cast<long>(cred->pid) : -1L);
+        ::close(fd);
+        foreign_holder_ = true;
+        role_ = Role::owner;
+        return role_;
+      }
       const std::string hello = "hello " + pid + "\n";
       if (::send(fd, hello.data(), hello.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(hello.size())) {
         owner_.emplace(io_, local(), fd);
@@ -227,7 +246,16 @@ void Handoff::finish_take_over(bool released) {
 
 bool Handoff::claim_if_unowned() {
   if (acceptor_ && acceptor_->is_open()) return true;
-  return bind_name();
+  if (bind_name()) return true;
+  // Held: by a live dsproxy of ours (its rules now), or by a process of another user, which
+  // owns nothing of ours: then we are the last one out.
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_un sa{};
+  const socklen_t len = abstract_address(address_, sa);
+  const bool foreign = ::connect(fd, reinterpret_cast<sockaddr*>(&sa), len) == 0 && !same_user(fd);
+  ::close(fd);
+  return foreign;
 }
 
 void Handoff::close() {

@@ -28,6 +28,10 @@
 //                              identical content: capture never stops) and becomes the owner.
 // A successor whose owner dies (EOF) or does not answer in time binds the name and installs
 // anyway; an owner whose successor goes away before "takeover" carries on as before.
+// Both ends check the other's user (SO_PEERCRED): the owner refuses a successor of another
+// user, and a successor refuses a name held by another user (an abstract name has no
+// permissions: anyone in the network namespace may bind it first) and acts as owner, logging
+// the holder's uid and pid.
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
@@ -72,6 +76,8 @@ class Handoff {
   bool claim_if_unowned();
 
   Role role() const { return role_; }
+  // acquire() found the name held by a process of another user (refused, logged).
+  bool foreign_holder() const { return foreign_holder_; }
   bool superseded() const { return superseded_; }
   // Closes the name and every connection (shutdown).
   void close();
@@ -88,6 +94,7 @@ class Handoff {
   Callbacks callbacks_;
   Role role_ = Role::owner;
   bool superseded_ = false;
+  bool foreign_holder_ = false;
   std::optional<boost::asio::local::stream_protocol::acceptor> acceptor_;
   std::shared_ptr<boost::asio::local::stream_protocol::socket> successor_;  // owner: the one being served
   std::optional<boost::asio::local::stream_protocol::socket> owner_;        // successor: our link to the owner

@@ -22,8 +22,17 @@ struct SessionOptions {
   // Bytes of received, not yet relayed DATA the connection buffers (over all its streams) before
   // it stops returning connection-level credit; bounds memory per connection.
   std::uint32_t connection_buffer_limit = 64 * 1024 * 1024;
-  // A peer that does not complete the HTTP/2 preface/SETTINGS exchange in time is dropped.
+  // A peer that does not complete the HTTP/2 preface/SETTINGS exchange in time is dropped; also
+  // the time a connection sent GOAWAY for idleness gets to finish (a peer that does not read
+  // it, or keeps refused streams half open, is cut off then).
   std::chrono::milliseconds handshake_timeout{10'000};
+  // Server only: a connection with no stream open or being opened (refused streams the peer
+  // has not closed yet do not count) for this long is sent GOAWAY(NO_ERROR) and closed, so a
+  // peer cannot hold descriptors with sessions it does not use. Zero: never. The proxy uses
+  // its relays' idle timeout (--idle-timeout-s), at least the pool's, so a conforming client
+  // (ours and ztunnel's close after 5 minutes) always closes first. A client's connections
+  // are closed by its pool (PoolOptions::idle_timeout).
+  std::chrono::milliseconds idle_timeout{0};
 };
 
 struct PoolOptions {

@@ -73,6 +73,7 @@ void IncomingRequest::reject(int status) {
   // cannot park up to a stream window of memory on each refused stream. (RST_STREAM here would
   // overtake the answer: nghttp2 sends it before queued HEADERS.)
   stream_->discard_incoming();
+  session_->update_idle();
 }
 
 // ---- nghttp2 callbacks ----
@@ -91,6 +92,7 @@ struct Session::Callbacks {
     request->stream_ = stream;
     s.streams_[id] = std::move(stream);
     s.requests_[id] = std::move(request);
+    s.update_idle();
     return 0;
   }
 
@@ -220,7 +222,8 @@ Session::Session(std::unique_ptr<SslStream> io, ConnectionInfo info, const Sessi
       options_(options),
       role_(role),
       handler_(std::move(handler)),
-      handshake_timer_(executor_) {
+      handshake_timer_(executor_),
+      idle_timer_(executor_) {
   in_.resize(kReadChunk);
 }
 
@@ -287,6 +290,50 @@ void Session::start() {
   });
   do_read();
   do_write();
+  update_idle();
+}
+
+void Session::update_idle() {
+  if (role_ != Role::server || options_.idle_timeout.count() <= 0 || closed_ || goaway_ || !started_) return;
+  // Refused streams wait only for the peer's END_STREAM (their DATA is dropped): they hold
+  // nothing of ours, and a peer must not keep a connection busy with them.
+  const bool idle = std::none_of(streams_.begin(), streams_.end(),
+                                 [](const auto& entry) { return !entry.second->discarding(); });
+  if (!idle) {
+    if (idle_armed_) {
+      idle_armed_ = false;
+      ++idle_generation_;
+      idle_timer_.cancel();
+    }
+    return;
+  }
+  if (idle_armed_) return;
+  idle_armed_ = true;
+  idle_timer_.expires_after(options_.idle_timeout);
+  idle_timer_.async_wait([weak = weak_from_this(), generation = ++idle_generation_](error_code ec) {
+    auto self = weak.lock();
+    if (ec || !self || !self->idle_armed_ || self->idle_generation_ != generation) return;
+    self->idle_armed_ = false;
+    self->idle_expired();
+  });
+}
+
+void Session::idle_expired() {
+  if (closed_) return;
+  spdlog::debug("hbone: closing connection from {}: no stream for {} ms", info_.remote.address().to_string(),
+                options_.idle_timeout.count());
+  stats_.idle_timeout = true;
+  // GOAWAY: the transport closes once it is written (no stream left to wait for). A peer that
+  // does not read it, or keeps refused streams open, gets the handshake timeout, then the socket
+  // is closed under it.
+  shutdown();
+  if (closed_) return;
+  idle_timer_.expires_after(options_.handshake_timeout);
+  idle_timer_.async_wait([weak = weak_from_this(), generation = ++idle_generation_](error_code ec) {
+    auto self = weak.lock();
+    if (ec || !self || self->idle_generation_ != generation) return;
+    self->fail("GOAWAY not completed in time");
+  });
 }
 
 void Session::notify() {
@@ -387,16 +434,16 @@ void Session::close_transport() {
   if (closed_) return;
   closed_ = true;
   handshake_timer_.cancel();
+  ++idle_generation_;
+  idle_timer_.cancel();
   error_code ignored;
   io_->lowest_layer().shutdown(tcp::socket::shutdown_both, ignored);
   io_->lowest_layer().close(ignored);
   // Every stream still open ends as reset; the relays see connection_reset.
   auto streams = std::move(streams_);
   streams_.clear();
-  for (auto& [id, stream] : streams) {
-    buffered_ -= std::min(buffered_, stream->buffered());
-    stream->on_closed(NGHTTP2_INTERNAL_ERROR, true);
-  }
+  // (on_closed gives each one's buffered bytes back.)
+  for (auto& [id, stream] : streams) stream->on_closed(NGHTTP2_INTERNAL_ERROR, true);
   auto opens = std::move(opens_);
   opens_.clear();
   for (auto& [id, open] : opens)
@@ -404,6 +451,7 @@ void Session::close_transport() {
       std::move(h)(asio::error::connection_reset, 0, nullptr);
     });
   requests_.clear();
+  held_.reset();
   notify();
 }
 
@@ -486,6 +534,7 @@ void Session::on_stream_closed(std::int32_t id, std::uint32_t code) {
     opens_.erase(oit);
   }
   stream->on_closed(code, code != 0 && !stream->local_reset_);
+  update_idle();
   notify();
 }
 

@@ -73,6 +73,7 @@ struct SessionStats {
   std::uint64_t streams_opened = 0;
   std::uint64_t streams_refused = 0;  // non-CONNECT / bad authority answered 400 by the session
   bool protocol_error = false;        // ended with GOAWAY(PROTOCOL_ERROR) or a bad preface
+  bool idle_timeout = false;          // server: GOAWAY after SessionOptions::idle_timeout without streams
 };
 
 // What a session refused on its own (it logs the details; its owner counts): a well-formed
@@ -120,7 +121,12 @@ class Session : public std::enable_shared_from_this<Session> {
   bool can_open() const;
   const ConnectionInfo& info() const { return info_; }
   const SessionStats& stats() const { return stats_; }
+  // Received DATA not yet read, over all streams (what connection_buffer_limit bounds).
+  std::size_t buffered_bytes() const { return buffered_; }
   boost::asio::any_io_executor get_executor() { return executor_; }
+  // Kept until the connection closes (or the session goes): e.g. the owner's count of open
+  // connections, so that it follows the socket, not the last reference to this object.
+  void hold_until_closed(std::shared_ptr<void> token) { held_ = std::move(token); }
   // Posted whenever stream_count(), can_open() or closed() may have changed (the pool's hook).
   void set_observer(std::function<void()> observer) { observer_ = std::move(observer); }
   // Called (on the session's thread) once per refusal above; set before start().
@@ -144,6 +150,9 @@ class Session : public std::enable_shared_from_this<Session> {
   void report_violation(std::uint32_t error_code, std::string_view reason);
   void on_response(std::int32_t id);
   void on_stream_closed(std::int32_t id, std::uint32_t code);
+  // Server: (re)arms or disarms the idle timer after the set of live streams changed.
+  void update_idle();
+  void idle_expired();
   // From Stream.
   void stream_consumed(Stream& stream, std::size_t n);
   void stream_resume(Stream& stream);
@@ -160,6 +169,9 @@ class Session : public std::enable_shared_from_this<Session> {
   RequestHandler handler_;
   nghttp2_session* h2_ = nullptr;
   boost::asio::steady_timer handshake_timer_;
+  boost::asio::steady_timer idle_timer_;
+  std::uint64_t idle_generation_ = 0;  // a timer completion of an older arming is stale
+  bool idle_armed_ = false;
   std::map<std::int32_t, std::shared_ptr<Stream>> streams_;
   std::map<std::int32_t, std::shared_ptr<IncomingRequest>> requests_;  // server, until answered
   struct PendingOpen {
@@ -177,6 +189,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string violation_;  // what nghttp2 refused, for the log line of the GOAWAY it causes
   std::function<void()> observer_;
   std::function<void(SessionRefusal)> refusal_observer_;
+  std::shared_ptr<void> held_;
 };
 
 }  // namespace dsproxy::hbone

@@ -15,6 +15,34 @@ using boost::system::error_code;
 
 Stream::Stream(std::shared_ptr<Session> session, std::int32_t id) : session_(std::move(session)), id_(id) {}
 
+Stream::~Stream() {
+  if (buffered() == 0 && connection_debt_ == 0) return;
+  drop_buffered();
+  // The credit just returned goes out with the session's next write; make sure there is one.
+  // Posted: a destructor may run inside one of nghttp2's callbacks, or while the io_context is
+  // torn down (then the handler is destroyed unrun, and the session with it).
+  if (!session_->closed())
+    asio::post(session_->get_executor(), [weak = std::weak_ptr<Session>(session_)] {
+      if (auto session = weak.lock()) session->do_write();
+    });
+}
+
+void Stream::drop_buffered() {
+  session_->stream_release(*this);
+  recv_.clear();
+  recv_offset_ = 0;
+}
+
+void Stream::discard_incoming() {
+  discard_incoming_ = true;
+  // DATA that arrived before the refusal (the peer need not wait for the answer) is not kept
+  // either: nobody reads a refused stream.
+  if (buffered() > 0 || connection_debt_ > 0) {
+    drop_buffered();
+    session_->do_write();
+  }
+}
+
 void Stream::async_read_some(asio::mutable_buffer buffer, ReadHandler handler) {
   read_buffer_ = buffer;
   ReadHandler(std::move(handler)).swap(read_handler_);
@@ -76,7 +104,15 @@ void Stream::shutdown_send() {
 }
 
 void Stream::reset(std::uint32_t h2_error_code) {
-  if (closed_) return;
+  if (closed_) {
+    // Closed cleanly already, and now abandoned (a relay whose socket failed): whatever it
+    // still buffers will never be read.
+    if (buffered() > 0 || connection_debt_ > 0) {
+      drop_buffered();
+      session_->do_write();
+    }
+    return;
+  }
   local_reset_ = true;
   session_->stream_reset(*this, h2_error_code);
   // Pending operations end now; on_closed follows once the RST_STREAM is on its way.
@@ -100,12 +136,14 @@ void Stream::on_closed(std::uint32_t h2_error_code, bool by_peer) {
     reset_code_ = h2_error_code;
     reset_by_peer_ = by_peer;
     // Received bytes are dropped with the reset.
-    session_->stream_release(*this);
-    recv_.clear();
-    recv_offset_ = 0;
+    drop_buffered();
   } else {
-    // A clean close: both sides sent END_STREAM; what is buffered is still read out.
+    // A clean close: both sides sent END_STREAM; what is buffered is still read out, by a
+    // reader that may never come (a relay whose socket failed, a handler that dropped the
+    // stream): the destructor gives back whatever is left, so a peer cannot leak the
+    // session's buffer budget stream by stream. A refused stream's bytes are not read at all.
     remote_ended_ = true;
+    if (discard_incoming_) drop_buffered();
   }
   complete_read();
   if (write_handler_) {

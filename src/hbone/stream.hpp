@@ -26,6 +26,9 @@ class Stream : public std::enable_shared_from_this<Stream> {
   using WriteHandler = boost::asio::any_completion_handler<void(boost::system::error_code)>;
 
   Stream(std::shared_ptr<Session> session, std::int32_t id);
+  // Bytes still buffered (a stream closed cleanly that nobody read to the end) leave the
+  // session's accounting here at the latest.
+  ~Stream();
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
 
@@ -39,13 +42,15 @@ class Stream : public std::enable_shared_from_this<Stream> {
   // Half-close: END_STREAM after what was written; reading goes on.
   void shutdown_send();
   // RST_STREAM with `error_code` (CANCEL by default); pending operations complete with
-  // connection_reset. Idempotent.
+  // connection_reset. Idempotent. On a stream that already closed cleanly: drops what it still
+  // buffers (the caller gives up reading it).
   void reset(std::uint32_t h2_error_code = 0x8);
 
   std::int32_t id() const { return id_; }
   bool closed() const { return closed_; }
-  // A refused request's stream: whatever DATA still arrives is dropped, never buffered.
-  void discard_incoming() { discard_incoming_ = true; }
+  // A refused request's stream: whatever DATA still arrives is dropped, never buffered, and what
+  // was buffered before the answer is dropped now.
+  void discard_incoming();
   bool discarding() const { return discard_incoming_; }
   // The HTTP/2 error code the stream was reset with (0 when it closed cleanly or is open).
   std::uint32_t reset_code() const { return reset_code_; }
@@ -62,6 +67,9 @@ class Stream : public std::enable_shared_from_this<Stream> {
   // The data provider: copies up to `length` pending write bytes into `out`.
   long read_for_send(std::uint8_t* out, std::size_t length, std::uint32_t* data_flags);
   void complete_read();
+  // Drops the received bytes nobody will read, giving their share of the session's buffer and
+  // connection credit back.
+  void drop_buffered();
   std::size_t buffered() const { return recv_.size() - recv_offset_; }
 
   std::shared_ptr<Session> session_;

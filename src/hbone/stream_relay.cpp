@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <vector>
 
@@ -20,9 +21,14 @@ constexpr std::size_t kChunk = 64 * 1024;
 
 class StreamRelay : public std::enable_shared_from_this<StreamRelay> {
  public:
-  StreamRelay(tcp::socket socket, std::shared_ptr<Stream> stream,
+  StreamRelay(tcp::socket socket, std::shared_ptr<Stream> stream, const StreamRelayOptions& options,
               asio::any_completion_handler<void(StreamRelayResult)> handler, std::shared_ptr<StreamRelayHandle> handle)
-      : socket_(std::move(socket)), stream_(std::move(stream)), handler_(std::move(handler)), handle_(std::move(handle)) {
+      : socket_(std::move(socket)),
+        stream_(std::move(stream)),
+        handler_(std::move(handler)),
+        handle_(std::move(handle)),
+        idle_timeout_(options.idle_timeout),
+        idle_timer_(socket_.get_executor()) {
     up_.resize(kChunk);
     down_.resize(kChunk);
     if (handle_) {
@@ -38,13 +44,38 @@ class StreamRelay : public std::enable_shared_from_this<StreamRelay> {
     socket_.set_option(tcp::no_delay(true), ignored);
     read_socket();
     read_stream();
+    if (idle_timeout_.count() > 0) arm_idle();
   }
 
  private:
+  // One timer per tunnel (a tunnel already holds two 64 KiB buffers): at each tick, a relay
+  // whose byte counters have not moved since the previous tick has been idle for at least one
+  // whole period. A peer that opens a stream and never sends must not hold the upstream socket
+  // (and the stream's slot) for ever.
+  void arm_idle() {
+    idle_timer_.expires_after(idle_timeout_);
+    idle_timer_.async_wait([self = shared_from_this()](error_code ec) {
+      if (ec || self->finished_) return;
+      const std::uint64_t moved = self->result_.bytes_to_stream + self->result_.bytes_to_socket + self->reads_;
+      if (moved == self->idle_seen_) return self->expire();
+      self->idle_seen_ = moved;
+      self->arm_idle();
+    });
+  }
+
+  void expire() {
+    result_.idle_timeout = true;
+    if (!stream_->closed()) stream_->reset();
+    error_code ignored;
+    socket_.set_option(asio::socket_base::linger(true, 0), ignored);
+    finish();
+  }
+
   // socket -> stream
   void read_socket() {
     socket_.async_read_some(asio::buffer(up_), [self = shared_from_this()](error_code ec, std::size_t n) {
       if (self->finished_) return;
+      ++self->reads_;
       if (ec == asio::error::eof) {
         self->stream_->shutdown_send();
         self->up_done_ = true;
@@ -65,6 +96,7 @@ class StreamRelay : public std::enable_shared_from_this<StreamRelay> {
   void read_stream() {
     stream_->async_read_some(asio::buffer(down_), [self = shared_from_this()](error_code ec, std::size_t n) {
       if (self->finished_) return;
+      ++self->reads_;
       if (ec == asio::error::eof) {
         error_code ignored;
         self->socket_.shutdown(tcp::socket::shutdown_send, ignored);
@@ -116,6 +148,7 @@ class StreamRelay : public std::enable_shared_from_this<StreamRelay> {
     finished_ = true;
     release_handle();
     error_code ignored;
+    idle_timer_.cancel();
     socket_.close(ignored);
     auto executor = socket_.get_executor();
     asio::post(executor, [h = std::move(handler_), r = result_]() mutable { std::move(h)(r); });
@@ -128,14 +161,24 @@ class StreamRelay : public std::enable_shared_from_this<StreamRelay> {
   std::vector<char> up_, down_;
   StreamRelayResult result_;
   bool up_done_ = false, down_done_ = false, finished_ = false;
+  std::chrono::milliseconds idle_timeout_;
+  asio::steady_timer idle_timer_;
+  std::uint64_t reads_ = 0;      // completed reads either way (an EOF is activity too)
+  std::uint64_t idle_seen_ = 0;  // bytes + reads at the previous tick
 };
 
 }  // namespace
 
-void start_stream_relay(tcp::socket socket, std::shared_ptr<Stream> stream,
+void start_stream_relay(tcp::socket socket, std::shared_ptr<Stream> stream, const StreamRelayOptions& options,
                         asio::any_completion_handler<void(StreamRelayResult)> handler,
                         std::shared_ptr<StreamRelayHandle> handle) {
-  std::make_shared<StreamRelay>(std::move(socket), std::move(stream), std::move(handler), std::move(handle))->start();
+  std::make_shared<StreamRelay>(std::move(socket), std::move(stream), options, std::move(handler), std::move(handle))
+      ->start();
+}
+
+void start_stream_relay(tcp::socket socket, std::shared_ptr<Stream> stream,
+                        asio::any_completion_handler<void(StreamRelayResult)> handler) {
+  start_stream_relay(std::move(socket), std::move(stream), StreamRelayOptions{}, std::move(handler));
 }
 
 }  // namespace dsproxy::hbone

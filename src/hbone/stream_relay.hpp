@@ -3,6 +3,7 @@
 
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 
@@ -16,6 +17,7 @@ struct StreamRelayResult {
   bool reset = false;                 // a reset or error on one side was propagated to the other
   bool stream_reset_by_peer = false;
   bool revoked = false;  // ended through StreamRelayHandle::reset (a policy change)
+  bool idle_timeout = false;  // no byte either way for StreamRelayOptions::idle_timeout: both reset
 };
 
 // Lets the relay's owner end it from outside (an AuthorizationPolicy change): reset() sends
@@ -31,6 +33,13 @@ struct StreamRelayHandle {
   void (*reset_)(void*) = nullptr;
 };
 
+struct StreamRelayOptions {
+  // A tunnel with no byte in either direction for this long is reset on both sides (RST_STREAM
+  // CANCEL and a TCP reset), as a plaintext relay is (the proxy passes --idle-timeout-s).
+  // Checked once per period, so it fires between 1x and 2x this value. Zero: never.
+  std::chrono::milliseconds idle_timeout{0};
+};
+
 // Copies both ways until both have ended. FIN from the socket becomes END_STREAM and END_STREAM
 // becomes shutdown(SHUT_WR) while the other direction flows on; a reset or error on the socket
 // becomes RST_STREAM(CANCEL), and RST_STREAM (or the connection's end) resets the socket (RST,
@@ -40,7 +49,11 @@ struct StreamRelayHandle {
 //
 // Takes the socket and the stream; closes the socket when done and then posts `handler`.
 void start_stream_relay(boost::asio::ip::tcp::socket socket, std::shared_ptr<Stream> stream,
+                        const StreamRelayOptions& options,
                         boost::asio::any_completion_handler<void(StreamRelayResult)> handler,
                         std::shared_ptr<StreamRelayHandle> handle = nullptr);
+// Without an idle timeout (tests).
+void start_stream_relay(boost::asio::ip::tcp::socket socket, std::shared_ptr<Stream> stream,
+                        boost::asio::any_completion_handler<void(StreamRelayResult)> handler);
 
 }  // namespace dsproxy::hbone

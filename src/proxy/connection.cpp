@@ -65,6 +65,7 @@ class RelayEnd {
     r.bytes_to_upstream = result.bytes_to_stream;
     r.bytes_to_downstream = result.bytes_to_socket;
     r.reset = result.reset;
+    r.idle_timeout = result.idle_timeout;
     (*this)(r);
   }
 
@@ -470,7 +471,9 @@ awaitable<void> serve_connection(tcp::socket client, tcp::endpoint peer, Directi
       // The peer's identity was proven in the handshake (the pool checks it before first use).
       result.record().protocol = RequestProtocol::hbone;
       result.record().security = SecurityPolicy::mutual_tls;
-      hbone::start_stream_relay(std::move(client), connected->tunnel,
+      hbone::StreamRelayOptions tunnel_options;
+      tunnel_options.idle_timeout = ctx.options.idle_timeout;
+      hbone::start_stream_relay(std::move(client), connected->tunnel, tunnel_options,
                                 RelayEnd(ctx.stats, std::move(active), std::move(on_worker), connected->endpoint,
                                          direction, source, destination, std::move(result)));
       co_return;

@@ -28,6 +28,7 @@ using tcp = asio::ip::tcp;
 struct WorkerLoad {
   std::atomic<std::uint64_t> connections{0};  // accepted and not yet closed, relaying included
   std::atomic<std::uint64_t> connecting{0};   // routing or connecting upstream (no relay yet)
+  std::atomic<std::uint64_t> handshaking{0};  // HBONE connections in their TLS handshake
   std::uint64_t test_faults_seen = 0;         // connections counted for ProxyOptions::test_faults
 };
 

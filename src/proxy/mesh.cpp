@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -20,6 +21,7 @@
 #include "identity/spiffe_id.hpp"
 #include "proxy/authz_connections.hpp"
 #include "proxy/connect_scheduler.hpp"
+#include "proxy/connection.hpp"
 #include "proxy/connection_result.hpp"
 #include "proxy/workload_index.hpp"
 #include "proxy/log_throttle.hpp"
@@ -57,18 +59,25 @@ awaitable<std::error_code> connect_to(tcp::socket& socket, BackendTargets target
                                : std::error_code{};
 }
 
-// Keeps the active-connections gauge right on every exit, including a relay completion destroyed
-// uncalled when the worker's io_context goes.
-struct ActiveGauge {
-  ProxyStats::Counter* gauge = nullptr;
-  explicit ActiveGauge(ProxyStats::Counter* g) : gauge(g) { gauge->fetch_add(1, std::memory_order_relaxed); }
-  ActiveGauge(ActiveGauge&& o) noexcept : gauge(std::exchange(o.gauge, nullptr)) {}
-  ActiveGauge(const ActiveGauge&) = delete;
-  ActiveGauge& operator=(const ActiveGauge&) = delete;
-  ActiveGauge& operator=(ActiveGauge&&) = delete;
-  ~ActiveGauge() {
-    if (gauge) gauge->fetch_sub(1, std::memory_order_relaxed);
+// One unit of a gauge (a WorkerLoad limit, the active-connections counter), given back when this
+// is destroyed: whichever path ends the connection, including a relay completion destroyed
+// uncalled with the worker's io_context.
+class LoadUnit {
+ public:
+  explicit LoadUnit(std::atomic<std::uint64_t>& gauge) : gauge_(&gauge) {
+    gauge_->fetch_add(1, std::memory_order_relaxed);
   }
+  LoadUnit(LoadUnit&& other) noexcept : gauge_(std::exchange(other.gauge_, nullptr)) {}
+  LoadUnit(const LoadUnit&) = delete;
+  LoadUnit& operator=(const LoadUnit&) = delete;
+  LoadUnit& operator=(LoadUnit&&) = delete;
+  ~LoadUnit() { release(); }
+  void release() {
+    if (gauge_) std::exchange(gauge_, nullptr)->fetch_sub(1, std::memory_order_relaxed);
+  }
+
+ private:
+  std::atomic<std::uint64_t>* gauge_;
 };
 
 // An inbound stream's relay completion: the counters, the record (emitted when this goes: after
@@ -76,13 +85,18 @@ struct ActiveGauge {
 // worker's live list (left when this goes).
 class InboundEnd {
  public:
-  InboundEnd(ProxyStats& stats, ConnectionResult result, AuthzRegistration authz)
-      : authz_(std::move(authz)), stats_(&stats), active_(&stats.active_connections), result_(std::move(result)) {}
+  InboundEnd(ProxyStats& stats, ConnectionResult result, AuthzRegistration authz, LoadUnit connection)
+      : authz_(std::move(authz)),
+        stats_(&stats),
+        active_(stats.active_connections),
+        connection_(std::move(connection)),
+        result_(std::move(result)) {}
 
   void operator()(hbone::StreamRelayResult r) {
     ProxyStats::add(stats_->bytes_to_upstream, r.bytes_to_socket);
     ProxyStats::add(stats_->bytes_to_downstream, r.bytes_to_stream);
-    if (r.reset) ProxyStats::add(stats_->resets_propagated);
+    if (r.idle_timeout) ProxyStats::add(stats_->idle_timeouts);
+    else if (r.reset) ProxyStats::add(stats_->resets_propagated);
     if (!result_.active()) return;
     auto& record = result_.record();
     // Towards the pod is the request direction: the tunnel's bytes.
@@ -90,16 +104,18 @@ class InboundEnd {
     record.bytes_to_downstream = r.bytes_to_stream;
     // The peer's reset (or its connection's end) is the client's; anything else on the socket
     // side is the pod's.
-    result_.finish(r.revoked  ? EndReason::denied_by_policy
-                   : r.reset  ? (r.stream_reset_by_peer ? EndReason::client_reset : EndReason::upstream_reset)
-                              : EndReason::completed);
+    result_.finish(r.revoked        ? EndReason::denied_by_policy
+                   : r.idle_timeout ? EndReason::idle_timeout
+                   : r.reset        ? (r.stream_reset_by_peer ? EndReason::client_reset : EndReason::upstream_reset)
+                                    : EndReason::completed);
     if (r.revoked && record.policy.empty()) record.policy = std::string(authz_.revoked_by());
   }
 
  private:
   AuthzRegistration authz_;
   ProxyStats* stats_;
-  ActiveGauge active_;
+  LoadUnit active_;
+  LoadUnit connection_;  // the worker's connection slot, held until the relay ends
   ConnectionResult result_;
 };
 
@@ -114,6 +130,11 @@ bool label_safe(const std::string& v) {
 }
 
 constexpr std::size_t kMaxInterned = 1024;  // per worker, per table
+
+LogThrottle& limit_log() {
+  static LogThrottle throttle;
+  return throttle;
+}
 
 }  // namespace
 
@@ -169,8 +190,8 @@ hbone::ConnectionPool::Hooks identity_pool_hooks(identity::IdentityManager& iden
 }
 
 MeshWorker::MeshWorker(asio::any_io_executor executor, const MeshOptions& mesh, const ProxyOptions& proxy,
-                       const snapshot::SnapshotStore& store, ProxyStats& stats)
-    : executor_(std::move(executor)), mesh_(mesh), proxy_(proxy), store_(store), stats_(stats) {
+                       const snapshot::SnapshotStore& store, ProxyStats& stats, WorkerLoad& load)
+    : executor_(std::move(executor)), mesh_(mesh), proxy_(proxy), store_(store), stats_(stats), load_(load) {
   if (!enabled()) return;
   hbone::ConnectionPool::Hooks hooks = identity_pool_hooks(*mesh_.identities);
   hooks.dial = [this](const hbone::PoolKey& key, hbone::ConnectionPool::DialHandler handler) {
@@ -282,6 +303,9 @@ awaitable<std::shared_ptr<hbone::Stream>> MeshWorker::open_tunnel(const TunnelPl
 }
 
 awaitable<void> MeshWorker::serve_hbone(tcp::socket socket, tcp::endpoint peer) {
+  // Counted from accept: the accept loop checked both limits just before spawning this.
+  auto connection = std::make_shared<LoadUnit>(load_.connections);
+  LoadUnit handshaking(load_.handshaking);
   ProxyStats::add(stats_.hbone_accepted);
   error_code ec;
   const auto local = socket.local_endpoint(ec);
@@ -317,6 +341,7 @@ awaitable<void> MeshWorker::serve_hbone(tcp::socket socket, tcp::endpoint peer) 
   });
   auto [hs] = co_await io->async_handshake(asio::ssl::stream_base::server, asio::as_tuple(use_awaitable));
   deadline.cancel();
+  handshaking.release();
   SSL* ssl = io->native_handle();
   auto& tls_stats = *mesh_.identities->stats();
   if (hs) {
@@ -336,8 +361,12 @@ awaitable<void> MeshWorker::serve_hbone(tcp::socket socket, tcp::endpoint peer) 
   }
   identity::report_handshake(tls_stats, identity::Side::server);
   hbone::ConnectionInfo info{peer_id->uri(), local, peer};
+  // A connection with no stream is closed after the relays' idle timeout (never sooner than
+  // the pool's, so a conforming client closes its idle connections first: no GOAWAY race).
+  hbone::SessionOptions session_options = mesh_.pool.session;
+  session_options.idle_timeout = std::max(proxy_.idle_timeout, mesh_.pool.idle_timeout);
   auto session = hbone::Session::make_server(
-      std::move(io), std::move(info), mesh_.pool.session,
+      std::move(io), std::move(info), session_options,
       [this, destination](std::shared_ptr<hbone::IncomingRequest> request) {
         asio::co_spawn(executor_, handle_request(std::move(request), destination), asio::detached);
       });
@@ -347,6 +376,7 @@ awaitable<void> MeshWorker::serve_hbone(tcp::socket socket, tcp::endpoint peer) 
   session->set_refusal_observer([stats](hbone::SessionRefusal r) {
     ProxyStats::add(r == hbone::SessionRefusal::bad_request ? stats->tunnels_refused : stats->hbone_protocol_errors);
   });
+  session->hold_until_closed(std::move(connection));
   session->start();
   // Expired entries are dropped whenever the list has doubled since: amortised O(1) per session.
   if (sessions_.size() >= 2 * sessions_kept_) {
@@ -435,6 +465,24 @@ awaitable<void> MeshWorker::handle_request(std::shared_ptr<hbone::IncomingReques
     log_authz_notes(Direction::inbound, c, *w, d);
     authorized = c;
   }
+  // The stream holds an upstream socket: it is one more connection of this worker, and while it
+  // connects one more pending connect, under the same limits as plaintext connections. Past
+  // them: 503 at once, counted (the peer's pool may retry elsewhere), never queued.
+  if (load_.connections.load(std::memory_order_relaxed) >= proxy_.limits.connections_per_worker ||
+      load_.connecting.load(std::memory_order_relaxed) >= proxy_.limits.pending_connects_per_worker) {
+    const bool connections = load_.connections.load(std::memory_order_relaxed) >= proxy_.limits.connections_per_worker;
+    ProxyStats::add(connections ? stats_.rejected_worker_connection_limit : stats_.rejected_pending_connect_limit);
+    if (const auto suppressed = limit_log().admit(std::chrono::steady_clock::now()))
+      spdlog::warn("hbone: a worker is at its {} limit: a tunnelled stream from {} answered 503 ({} similar event(s) "
+                   "not logged)",
+                   connections ? "--max-connections-per-worker" : "--max-pending-connects-per-worker",
+                   request->connection().remote.address().to_string(), *suppressed);
+    result.finish(EndReason::rejected_overload);
+    request->reject(503);
+    co_return;
+  }
+  LoadUnit connection(load_.connections);
+  std::optional<LoadUnit> connecting(std::in_place, load_.connecting);
   tcp::socket upstream(executor_);
   net::UpstreamSocketOptions options;
   options.mark = proxy_.upstream_mark;
@@ -444,6 +492,7 @@ awaitable<void> MeshWorker::handle_request(std::shared_ptr<hbone::IncomingReques
   BackendTargets targets;
   targets.addresses.push_back(target);
   const auto ec = co_await connect_to(upstream, std::move(targets), proxy_, options);
+  connecting.reset();
   if (request->cancelled()) {
     net::reset_connection(upstream);  // the pod must not read a clean, complete connection
     result.finish(EndReason::client_reset);
@@ -477,8 +526,11 @@ awaitable<void> MeshWorker::handle_request(std::shared_ptr<hbone::IncomingReques
     authz_id = authz_->add({*authorized, Direction::inbound, nullptr, handle, {}});
     registration = AuthzRegistration(*authz_, authz_id);
   }
-  hbone::start_stream_relay(std::move(upstream), std::move(stream),
-                            InboundEnd(stats_, std::move(result), std::move(registration)), handle);
+  hbone::StreamRelayOptions relay_options;
+  relay_options.idle_timeout = proxy_.idle_timeout;
+  hbone::start_stream_relay(std::move(upstream), std::move(stream), relay_options,
+                            InboundEnd(stats_, std::move(result), std::move(registration), std::move(connection)),
+                            handle);
   // A policy change published while this stream was being connected: the walk it caused may
   // have missed it, so it is decided once more against the current index.
   if (authz_id != 0) {

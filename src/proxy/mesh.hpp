@@ -57,6 +57,7 @@ class ConnectionSink;
 class WorkloadIndex;
 class AuthzConnections;
 struct WorkloadInfo;
+struct WorkerLoad;
 
 // Process-wide: null identities means mTLS is off (plaintext only, as before issue 11).
 struct MeshOptions {
@@ -87,8 +88,10 @@ hbone::ConnectionPool::Hooks identity_pool_hooks(identity::IdentityManager& iden
 // worker's thread.
 class MeshWorker {
  public:
+  // `load`: the worker's, which HBONE connections and tunnelled streams count against like
+  // plaintext connections (ProxyOptions::limits).
   MeshWorker(boost::asio::any_io_executor executor, const MeshOptions& mesh, const ProxyOptions& proxy,
-             const snapshot::SnapshotStore& store, ProxyStats& stats);
+             const snapshot::SnapshotStore& store, ProxyStats& stats, WorkerLoad& load);
   ~MeshWorker();
   MeshWorker(const MeshWorker&) = delete;
   MeshWorker& operator=(const MeshWorker&) = delete;
@@ -110,6 +113,10 @@ class MeshWorker {
                                                                      std::string_view service_host);
 
   // One accepted connection on the HBONE listener: TLS, HTTP/2, CONNECT handling. Never throws.
+  // The connection counts against the worker's connection limit until it closes, and against
+  // its pending-handshake limit until the TLS handshake ends (the accept loop checks both).
+  // Each tunnelled stream counts as one more connection (it holds an upstream socket) and, while
+  // it connects, as a pending connect: past either limit it is answered 503 and counted.
   boost::asio::awaitable<void> serve_hbone(boost::asio::ip::tcp::socket socket, boost::asio::ip::tcp::endpoint peer);
 
   // One shared string per principal, so that records share it (the metrics key their series
@@ -139,6 +146,7 @@ class MeshWorker {
   const ProxyOptions& proxy_;
   const snapshot::SnapshotStore& store_;
   ProxyStats& stats_;
+  WorkerLoad& load_;
   std::shared_ptr<hbone::ConnectionPool> pool_;
   ConnectionSink* sink_ = nullptr;
   WorkloadIndex* names_ = nullptr;

@@ -32,6 +32,11 @@ struct ProxyLimits {
   // Routing or connecting upstream (--max-pending-connects-per-worker): what a black-holed
   // upstream piles up for the whole connect timeout.
   std::uint64_t pending_connects_per_worker = 4096;  // rejected_pending_connect_limit
+  // Accepted on the HBONE listener and still in the TLS handshake
+  // (--max-pending-handshakes-per-worker): each costs a handshake's CPU and state before the peer
+  // has proved anything, for up to the handshake timeout. Its own budget, so a ClientHello flood
+  // refuses new HBONE connections only, never plaintext ones or established tunnels.
+  std::uint64_t pending_handshakes_per_worker = 1024;  // rejected_pending_handshake_limit
 };
 
 // Tests only (run --test-fault, hidden): every Nth connection of a worker meets an injected

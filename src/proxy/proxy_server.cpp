@@ -84,6 +84,17 @@ awaitable<void> accept_loop(tcp::acceptor& acceptor, Direction direction, Connec
           spdlog::warn("a worker holds {} connections (--max-connections-per-worker): new ones are reset ({} "
                        "similar event(s) not logged; see rejected_worker_connection_limit)",
                        context.options.limits.connections_per_worker, *suppressed);
+      } else if (hbone && context.load.handshaking.load(std::memory_order_relaxed) >=
+                              context.options.limits.pending_handshakes_per_worker) {
+        // A ClientHello flood (or peers that connect and stall mid-handshake): each handshake
+        // costs CPU and state before the peer has proved anything, so only so many at once.
+        ProxyStats::add(context.stats.rejected_pending_handshake_limit);
+        net::reset_connection(socket);
+        if (const auto suppressed = limit_log().admit(std::chrono::steady_clock::now()))
+          spdlog::warn("a worker has {} HBONE handshakes under way (--max-pending-handshakes-per-worker): new "
+                       "HBONE connections are reset ({} similar event(s) not logged; see "
+                       "rejected_pending_handshake_limit)",
+                       context.options.limits.pending_handshakes_per_worker, *suppressed);
       } else {
         if (!reserve.held()) reserve.replenish();  // lost to another thread during a shed
         if (hbone)
@@ -155,7 +166,7 @@ class Worker {
         picker_(outliers, seed, &affinity),
         local_addresses_(options.upstream_mark),
         context_{options, store, stats, outliers, endpoint_states, picker_, local_addresses_, load_, sink, &names_},
-        mesh_(io_.get_executor(), mesh, options, store, stats) {
+        mesh_(io_.get_executor(), mesh, options, store, stats, load_) {
     context_.mesh = &mesh_;
     context_.authz_connections = &authz_connections_;
     // Inbound HBONE streams are connections like the others: same records, names and live list.

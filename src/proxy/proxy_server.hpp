@@ -61,6 +61,8 @@ class ProxyServer {
   void snapshot_published();
   // The ports actually bound (useful when the options asked for port 0 in tests).
   CapturePorts bound_ports() const { return bound_; }
+  // The HBONE listener's port as bound (port 0 replaced by the kernel's choice), after start().
+  std::uint16_t hbone_port() const { return mesh_.hbone_port; }
   // The --forward listeners as bound (port 0 replaced by the kernel's choice), after start().
   const std::vector<Forward>& forwards() const { return options_.forwards; }
   bool running() const { return started_ && !stopped_; }

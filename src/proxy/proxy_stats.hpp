@@ -39,6 +39,9 @@ struct ProxyStats {
   // Reset before routing: the worker already had ProxyLimits::pending_connects_per_worker
   // connections routing or connecting.
   Counter rejected_pending_connect_limit{0};
+  // Reset at accept on the HBONE listener: the worker already had
+  // ProxyLimits::pending_handshakes_per_worker TLS handshakes under way.
+  Counter rejected_pending_handshake_limit{0};
   Counter upstream_connect_timeout{0};
   Counter idle_timeouts{0};
   Counter resets_propagated{0};

@@ -4,7 +4,10 @@
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <spdlog/spdlog.h>
 #include <netinet/in.h>
+#include <fcntl.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -13,7 +16,9 @@
 #include <boost/asio/post.hpp>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <functional>
+#include <future>
 #include <string>
 #include <thread>
 #include <vector>
@@ -21,18 +26,22 @@
 #include "admin/admin_server.hpp"
 #include "config/k8s_decoder.hpp"
 #include "daemon/liveness.hpp"
+#include "hbone/authority.hpp"
+#include "hbone/connection_pool.hpp"
+#include "identity/identity_manager.hpp"
 #include "proxy/proxy_server.hpp"
+#include "support/test_pki.hpp"
 
 namespace dsproxy {
 namespace {
 
 using namespace std::chrono_literals;
 
-int listen_v4(std::uint16_t& port, int backlog) {
+int listen_v4(std::uint16_t& port, int backlog, in_addr_t address = htonl(INADDR_LOOPBACK)) {
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_addr.s_addr = address;
   EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
   EXPECT_EQ(::listen(fd, backlog), 0);
   socklen_t len = sizeof a;
@@ -42,14 +51,14 @@ int listen_v4(std::uint16_t& port, int backlog) {
 }
 
 // A connected client with a 5 s receive timeout (no test may hang), or -1.
-int client_v4(std::uint16_t port) {
+int client_v4(std::uint16_t port, in_addr_t address = htonl(INADDR_LOOPBACK)) {
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   timeval tv{5, 0};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_addr.s_addr = address;
   if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
     ::close(fd);
     return -1;
@@ -84,7 +93,7 @@ bool eventually(const std::function<bool()>& condition, std::chrono::millisecond
 // until the test ends.
 class EchoServer {
  public:
-  EchoServer() : fd_(listen_v4(port_, 64)) {
+  explicit EchoServer(in_addr_t address = htonl(INADDR_LOOPBACK)) : fd_(listen_v4(port_, 64, address)) {
     thread_ = std::thread([this] {
       for (;;) {
         const int c = ::accept(fd_, nullptr, nullptr);
@@ -348,6 +357,188 @@ TEST_F(FailSafeProxyTest, AStalledWorkerIsSeenByTheLivenessCheck) {
   EXPECT_FALSE(monitor.check().live) << "worker 0 stalled 100 ms after start";
   monitor.stop();
   server->stop();  // the stalled handler gives way to stop()
+}
+
+// ---- HBONE (port 15008) under the same limits ----------------------------------------------------
+// A pod of this node in the mesh at 10.244.0.5, its certificate from a local-issuer
+// IdentityManager, its app an echo server; the test's HBONE client is the transport's own pool
+// with a certificate of the same identity (the `forwarded` client address names the pod
+// itself). A pod address must be a global one (the snapshot ignores loopback pod addresses), so
+// the test thread moves to a network namespace of its own, with 10.244.0.5 on its loopback
+// device; every thread the test starts (workers, client, echo) is born there, and the namespace
+// goes with them. Needs root (CAP_SYS_ADMIN) and iproute2; without them the test fails.
+constexpr const char* kPodIp = "10.244.0.5";
+in_addr_t pod_address() { return ::inet_addr(kPodIp); }
+
+class MeshFailSafeTest : public FailSafeProxyTest {
+ protected:
+  void SetUp() override {
+    original_netns_ = ::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(original_netns_, 0);
+    ASSERT_EQ(::unshare(CLONE_NEWNET), 0) << "needs root: " << std::strerror(errno);
+    moved_ = true;
+    ASSERT_EQ(std::system((std::string("ip link set lo up && ip addr add ") + kPodIp + "/32 dev lo").c_str()), 0);
+    FailSafeProxyTest::SetUp();
+    store.publish(snapshot::ClusterSnapshot::build(config::decode_objects(R"(
+apiVersion: v1
+kind: Namespace
+metadata: {name: default, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sleep, namespace: default}
+spec: {nodeName: n1, serviceAccountName: sleep}
+status: {podIPs: [{ip: 10.244.0.5}]}
+)", "test"), {"n1", "cluster.local"}));
+    options.bind_v4 = "0.0.0.0";
+    options.bind_v6 = "";
+    std::filesystem::create_directories(dir_);
+    const auto [cert, key] = pki_.write_ca(dir_);
+    identity::IdentityOptions o;
+    o.ca_cert = cert;
+    o.ca_key = key;
+    identities_.emplace(o, [] { return std::set<identity::SpiffeId>{*identity::SpiffeId::make("cluster.local", "default", "sleep")}; });
+    identities_->refresh_now();
+    client_ctx_ = pki_.contexts(pki_.leaf(pki_.id("default", "sleep")))->client();
+    hbone::ConnectionPool::Hooks hooks;
+    hooks.context_for = [this](const hbone::PoolKey&) { return client_ctx_; };
+    hooks.verify = [](const hbone::PoolKey&, SSL*) { return true; };
+    pool_ = hbone::ConnectionPool::create(io_.get_executor(), {}, std::move(hooks));
+    io_thread_ = std::thread([this] { io_.run(); });
+  }
+  void TearDown() override {
+    if (io_thread_.joinable()) {
+      on_io([this] {
+        streams_.clear();
+        pool_->close();
+      });
+      work_.reset();
+      io_thread_.join();
+    }
+    FailSafeProxyTest::TearDown();
+    server.reset();  // before the identities it uses
+    std::filesystem::remove_all(dir_);
+    // Back to the namespace the other tests run in (this thread's namespace only ever changed).
+    if (moved_) EXPECT_EQ(::setns(original_netns_, CLONE_NEWNET), 0);
+    if (original_netns_ >= 0) ::close(original_netns_);
+  }
+  std::uint16_t start_mesh(std::chrono::milliseconds pool_idle = std::chrono::minutes(5)) {
+    proxy::MeshOptions mesh;
+    mesh.identities = &*identities_;
+    mesh.hbone_port = 0;
+    mesh.pool.idle_timeout = pool_idle;
+    server.emplace(options, store, stats, mesh);
+    server->start();
+    return server->hbone_port();
+  }
+  template <typename F>
+  auto on_io(F f) -> decltype(f()) {
+    std::packaged_task<decltype(f())()> task(std::move(f));
+    auto future = task.get_future();
+    boost::asio::post(io_, [&task] { task(); });
+    if (future.wait_for(10s) != std::future_status::ready) throw std::runtime_error("io thread stuck");
+    return future.get();
+  }
+  // A CONNECT to the pod's echo port through the pool; the HTTP status (0: none). A stream
+  // answered 200 is kept open (held on the io thread) until the test drops it.
+  int open_tunnel(std::uint16_t hbone_port, std::uint16_t echo_port) {
+    auto promise = std::make_shared<std::promise<int>>();
+    auto future = promise->get_future();
+    const hbone::PoolKey key{"spiffe://cluster.local/ns/default/sa/sleep", "spiffe://cluster.local/ns/default/sa/sleep",
+                             {boost::asio::ip::make_address(kPodIp), hbone_port}};
+    const std::string authority = std::string(kPodIp) + ":" + std::to_string(echo_port);
+    hbone::Headers headers{{"forwarded", hbone::format_forwarded({boost::asio::ip::make_address(kPodIp), 40000})}};
+    boost::asio::post(io_, [this, key, authority, headers, promise] {
+      pool_->open_stream(key, authority, headers,
+                         [this, promise](boost::system::error_code, int status, std::shared_ptr<hbone::Stream> s) {
+                           if (s) streams_.push_back(std::move(s));
+                           promise->set_value(status);
+                         });
+    });
+    if (future.wait_for(10s) != std::future_status::ready) return -1;
+    return future.get();
+  }
+  std::uint64_t worker_connections() { return server->worker_loads().at(0).connections; }
+
+  int original_netns_ = -1;
+  bool moved_ = false;
+  std::filesystem::path dir_ = std::filesystem::temp_directory_path() /
+                               ("dsproxy-failsafe-mesh-" + std::to_string(::getpid()));
+  dsproxy::testing::TestPki pki_;
+  std::optional<identity::IdentityManager> identities_;
+  std::shared_ptr<SSL_CTX> client_ctx_;
+  boost::asio::io_context io_;
+  std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work_{io_.get_executor()};
+  std::thread io_thread_;
+  std::shared_ptr<hbone::ConnectionPool> pool_;
+  std::vector<std::shared_ptr<hbone::Stream>> streams_;  // io thread only
+};
+
+TEST_F(MeshFailSafeTest, HboneConnectionsHandshakesAndTunnelsCountAgainstTheWorkerLimits) {
+  EchoServer echo(pod_address());
+  options.limits.connections_per_worker = 4;
+  options.limits.pending_handshakes_per_worker = 2;
+  const auto port = start_mesh();
+  // Two connections that never send a ClientHello hold the two handshake slots...
+  const int silent1 = client_v4(port, pod_address()), silent2 = client_v4(port, pod_address());
+  ASSERT_GE(silent1, 0);
+  ASSERT_GE(silent2, 0);
+  ASSERT_TRUE(eventually([&] { return stats.hbone_accepted.load() == 2; })) << stats.hbone_accepted.load();
+  EXPECT_EQ(worker_connections(), 2u);  // ... and count as connections
+  // ... so a third is reset at once, and counted.
+  const int third = client_v4(port, pod_address());
+  EXPECT_EQ(third < 0 ? ECONNRESET : next_event(third, 3s), ECONNRESET);
+  if (third >= 0) ::close(third);
+  EXPECT_EQ(stats.rejected_pending_handshake_limit.load(), 1u);
+  EXPECT_EQ(stats.rejected_worker_connection_limit.load(), 0u);
+  ::close(silent1);
+  ::close(silent2);
+  ASSERT_TRUE(eventually([&] { return worker_connections() == 0; })) << worker_connections();
+
+  // One HBONE connection (1) carrying three tunnels (each holds an upstream socket: 2, 3, 4).
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(open_tunnel(port, echo.port()), 200) << "tunnel " << i;
+  EXPECT_EQ(worker_connections(), 4u);
+  // The worker is full: a fourth tunnel on the same connection is answered 503 and counted...
+  EXPECT_EQ(open_tunnel(port, echo.port()), 503);
+  EXPECT_EQ(stats.rejected_worker_connection_limit.load(), 1u);
+  // ... and so is a new HBONE connection, reset at accept.
+  const int more = client_v4(port, pod_address());
+  EXPECT_EQ(more < 0 ? ECONNRESET : next_event(more, 3s), ECONNRESET);
+  if (more >= 0) ::close(more);
+  EXPECT_EQ(stats.rejected_worker_connection_limit.load(), 2u);
+  // Tunnels and connections give their share back when they end.
+  on_io([this] {
+    for (auto& s : streams_) s->reset();
+    streams_.clear();
+  });
+  EXPECT_TRUE(eventually([&] { return worker_connections() == 1; })) << worker_connections();
+  EXPECT_EQ(open_tunnel(port, echo.port()), 200);
+  on_io([this] { pool_->close(); });
+  EXPECT_TRUE(eventually([&] { return worker_connections() == 0; })) << worker_connections();
+}
+
+// The idle timeouts as the proxy wires them: a tunnel that moves no byte for --idle-timeout-s is
+// reset (and counted as an idle timeout), then the HBONE connection, left without a stream, is
+// sent GOAWAY and closed after the same time (our client's pool would wait 5 minutes).
+TEST_F(MeshFailSafeTest, SilentTunnelAndThenItsIdleConnectionAreClosed) {
+  EchoServer echo(pod_address());
+  options.idle_timeout = 300ms;
+  const auto port = start_mesh(100ms);  // the server waits max(idle timeout, pool idle) = 300 ms
+  ASSERT_EQ(open_tunnel(port, echo.port()), 200);
+  auto ended = std::make_shared<std::promise<boost::system::error_code>>();
+  auto result = ended->get_future();
+  on_io([this, ended] {
+    auto buffer = std::make_shared<std::array<char, 16>>();
+    streams_.front()->async_read_some(boost::asio::buffer(*buffer),
+                                      [ended, buffer](boost::system::error_code ec, std::size_t) { ended->set_value(ec); });
+  });
+  ASSERT_EQ(result.wait_for(10s), std::future_status::ready) << "the silent tunnel was never reset";
+  EXPECT_EQ(result.get(), boost::asio::error::connection_reset);
+  EXPECT_TRUE(eventually([&] { return stats.idle_timeouts.load() == 1; })) << stats.idle_timeouts.load();
+  on_io([this] { streams_.clear(); });
+  EXPECT_TRUE(eventually([&] { return on_io([this] { return pool_->connection_count(); }) == 0; }, 10s))
+      << "the server never closed the idle connection";
+  EXPECT_TRUE(eventually([&] { return worker_connections() == 0; })) << worker_connections();
 }
 
 }  // namespace

@@ -4,7 +4,14 @@
 #include "daemon/handoff.hpp"
 
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <cstddef>
+#include <cstring>
 
 #include <boost/asio/io_context.hpp>
 #include <chrono>
@@ -134,6 +141,74 @@ TEST(Handoff, AnOwnerThatNeverAnswersIsOverriddenAfterTheTimeout) {
   EXPECT_FALSE(*result);
   EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(300));
   EXPECT_FALSE(owner.superseded());
+}
+
+// An abstract name has no permissions: a process of another user in the network namespace
+// (here a forked child that dropped to uid/gid 65534) can bind it before dsproxy starts. The
+// starting instance must not take it for an owner: no "hello" (nor anything else) goes to it,
+// and it acts as owner of the rules itself. Needs root (setresuid); without it the test fails.
+TEST(Handoff, ANameHeldByAnotherUserIsNotTakenForTheOwner) {
+  ASSERT_EQ(::geteuid(), 0u) << "needs root to run a child as another user";
+  const auto name = unique_name("squatter");
+  int ready[2], done[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  ASSERT_EQ(::pipe(done), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // Async-signal-safe calls only (the parent has threads). Exit 0: nobody said anything to us.
+    ::close(ready[0]);
+    ::close(done[1]);
+    if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) ::_exit(10);
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    const std::size_t n = std::min(name.size(), sizeof sa.sun_path - 1);
+    std::memcpy(sa.sun_path + 1, name.data(), n);  // sun_path[0] == 0: abstract
+    const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + n);
+    if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&sa), len) != 0 || ::listen(fd, 4) != 0) ::_exit(11);
+    char c = 'r';
+    if (::write(ready[1], &c, 1) != 1) ::_exit(12);
+    int heard = 0;
+    // Until the parent is done (its end of `done` closes), bounded to 10 s.
+    for (int i = 0; i < 100; ++i) {
+      pollfd fds[2] = {{fd, POLLIN, 0}, {done[0], POLLIN, 0}};
+      if (::poll(fds, 2, 100) < 0) ::_exit(13);
+      if (fds[0].revents & POLLIN) {
+        const int conn = ::accept(fd, nullptr, nullptr);
+        char buf[64];
+        pollfd in{conn, POLLIN, 0};
+        if (conn >= 0 && ::poll(&in, 1, 500) > 0 && ::read(conn, buf, sizeof buf) > 0) heard = 1;
+        if (conn >= 0) ::close(conn);
+      }
+      if (fds[1].revents & (POLLIN | POLLHUP)) break;
+    }
+    ::_exit(heard);
+  }
+  ::close(ready[1]);
+  ::close(done[0]);
+  char c = 0;
+  pollfd wait_ready{ready[0], POLLIN, 0};
+  const bool bound = ::poll(&wait_ready, 1, 5000) == 1 && ::read(ready[0], &c, 1) == 1;
+  ::close(ready[0]);
+  std::optional<Handoff::Role> role;
+  bool foreign = false, claims = false;
+  if (bound) {
+    asio::io_context io;
+    Handoff starting(io, name, {});
+    role = starting.acquire();
+    foreign = starting.foreign_holder();
+    claims = starting.claim_if_unowned();  // at exit: the squatter owns no rules of ours
+  }
+  ::close(done[1]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(bound) << "the child could not bind the name (exit " << WEXITSTATUS(status) << ")";
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "the name's foreign holder was talked to";
+  EXPECT_EQ(role, Handoff::Role::owner);
+  EXPECT_TRUE(foreign);
+  EXPECT_TRUE(claims);
 }
 
 }  // namespace

@@ -126,11 +126,17 @@ class Harness {
   std::atomic<int> server_connections{0}, tls_failures{0}, echo_resets{0}, echo_eofs{0};
   // What the server sessions refused on their own (Session::set_refusal_observer).
   std::atomic<int> bad_requests{0}, protocol_violations{0};
+  std::atomic<int> server_relay_idle_timeouts{0};
+  // The server's sessions and relays (fixed at construction: the io thread reads them).
+  const SessionOptions server_options;
+  const StreamRelayOptions server_relay;
   std::vector<Headers> seen_headers;          // headers of each request the server saw (io thread)
   std::vector<std::string> seen_identities;  // peer identity per request
 
   // `pods`: where the upstream test servers (echo, sink, resetter) listen.
-  explicit Harness(PoolOptions options = {}, asio::ip::address pods = asio::ip::address_v4::loopback()) {
+  explicit Harness(PoolOptions options = {}, SessionOptions server = {}, StreamRelayOptions relay = {},
+                   asio::ip::address pods = asio::ip::address_v4::loopback())
+      : server_options(server), server_relay(relay) {
     for (auto* a : {&hbone, &app, &echo, &sink, &resetter}) {
       a->open(tcp::v4());
       a->set_option(tcp::acceptor::reuse_address(true));
@@ -228,11 +234,13 @@ class Harness {
     seen_headers.push_back(request->headers());
     seen_identities.push_back(request->connection().peer_identity);
     auto upstream = std::make_shared<tcp::socket>(io);
-    upstream->async_connect(request->target(), [request, upstream](error_code ec) {
+    upstream->async_connect(request->target(), [this, request, upstream](error_code ec) {
       if (ec) return request->reject(503);
       auto stream = request->accept();
       if (!stream) return;
-      start_stream_relay(std::move(*upstream), std::move(stream), [](StreamRelayResult) {});
+      start_stream_relay(std::move(*upstream), std::move(stream), server_relay, [this](StreamRelayResult r) {
+        if (r.idle_timeout) ++server_relay_idle_timeouts;
+      });
     });
   }
 
@@ -256,7 +264,8 @@ class Harness {
         info.remote = tls->lowest_layer().remote_endpoint(ignored);
         // Session wants sole ownership; the handshake is done, so the stream moves in.
         auto owned = std::make_unique<SslStream>(std::move(*tls));
-        auto session = Session::make_server(std::move(owned), std::move(info), {}, [this](auto r) { handler(r); });
+        auto session =
+            Session::make_server(std::move(owned), std::move(info), server_options, [this](auto r) { handler(r); });
         session->set_refusal_observer([this](SessionRefusal r) {
           ++(r == SessionRefusal::bad_request ? bad_requests : protocol_violations);
         });

@@ -18,6 +18,7 @@
 
 #include "config/k8s_decoder.hpp"
 #include "proxy/authz_connections.hpp"
+#include "proxy/connection.hpp"
 #include "proxy/connection_result.hpp"
 #include "proxy/mesh.hpp"
 #include "proxy/proxy_options.hpp"
@@ -442,7 +443,7 @@ class MeshInbound : public ::testing::Test {
     ASSERT_EQ(std::system("ip link set lo up && ip addr add 10.250.0.1/32 dev lo && ip addr add 10.250.0.2/32 dev lo "
                           "&& ip addr add 10.250.0.3/32 dev lo"),
               0);
-    h = std::make_unique<Harness>(PoolOptions{}, asio::ip::make_address("10.250.0.1"));
+    h = std::make_unique<Harness>(PoolOptions{}, SessionOptions{}, StreamRelayOptions{}, asio::ip::make_address("10.250.0.1"));
     options.upstream_mark = 0;  // SO_MARK needs CAP_NET_ADMIN; not what these tests are about
     options.connect_timeout = 2s;
     publish("");
@@ -450,7 +451,7 @@ class MeshInbound : public ::testing::Test {
     ASSERT_NE(server, nullptr);
     ASSERT_TRUE(server->local);
     ASSERT_EQ(server->identity("cluster.local"), TestPki::spiffe("server"));
-    mesh = std::make_unique<proxy::MeshWorker>(h->io.get_executor(), proxy::MeshOptions{}, options, store, stats);
+    mesh = std::make_unique<proxy::MeshWorker>(h->io.get_executor(), proxy::MeshOptions{}, options, store, stats, load);
     mesh->attach(&sink, &names, &live);
     h->handler = [this](std::shared_ptr<IncomingRequest> r) {
       asio::co_spawn(h->io, mesh->handle_request(std::move(r), *net::SocketAddress::parse("10.250.0.1:15008")),
@@ -487,6 +488,7 @@ class MeshInbound : public ::testing::Test {
   snapshot::SnapshotBuilder builder{{"n1"}};
   snapshot::SnapshotStore store;
   proxy::ProxyStats stats;
+  proxy::WorkerLoad load;
   proxy::ProxyOptions options;
   std::unique_ptr<Harness> h;
   std::unique_ptr<proxy::MeshWorker> mesh;
@@ -606,6 +608,173 @@ spec:
   EXPECT_EQ(records[0].policy, "default/deny-client");
   EXPECT_EQ(records[0].bytes_to_upstream, 4u);
   EXPECT_EQ(h->post_and_wait([this] { return live.size(); }), 0u);  // deregistered with its relay
+}
+
+// A peer that completes TLS and the HTTP/2 preface, then opens no stream and says nothing: its
+// connection is sent GOAWAY and closed after the server's idle timeout, while a tunnel of another
+// client on another connection goes on.
+TEST(HboneTunnel, SilentSessionIsSentGoawayAndClosed) {
+  SessionOptions server;
+  server.idle_timeout = 200ms;
+  Harness h({}, server);
+  auto other = h.open(authority_of(h.echo_endpoint()));
+  ASSERT_EQ(other.status, 200);
+  int fd = connect_to(h.hbone_endpoint());
+  ASSERT_GE(fd, 0);
+  set_timeouts(fd, 5s);
+  std::unique_ptr<SSL, decltype(&SSL_free)> ssl(SSL_new(h.client_ctx.get()), SSL_free);
+  SSL_set_fd(ssl.get(), fd);
+  ASSERT_EQ(SSL_connect(ssl.get()), 1);
+  std::string out = NGHTTP2_CLIENT_MAGIC;
+  out += std::string("\x00\x00\x00\x04\x00\x00\x00\x00\x00", 9);  // empty SETTINGS, then silence
+  ASSERT_GT(SSL_write(ssl.get(), out.data(), static_cast<int>(out.size())), 0);
+  bool goaway = false, ended = false;
+  std::uint32_t goaway_code = ~0u;
+  std::string in;
+  char buf[16384];
+  for (int reads = 0; reads < 100 && !ended; ++reads) {
+    errno = 0;
+    int n = SSL_read(ssl.get(), buf, sizeof buf);
+    if (n <= 0) {
+      // The connection ended (EOF, with or without close_notify, or a reset); a timeout (nothing
+      // in 5 s) is no end.
+      const int e = SSL_get_error(ssl.get(), n);
+      ended = !(e == SSL_ERROR_SYSCALL && (errno == EAGAIN || errno == EWOULDBLOCK));
+      break;
+    }
+    in.append(buf, static_cast<std::size_t>(n));
+    while (in.size() >= 9) {
+      std::size_t len = (std::uint8_t(in[0]) << 16) | (std::uint8_t(in[1]) << 8) | std::uint8_t(in[2]);
+      if (in.size() < 9 + len) break;
+      if (std::uint8_t(in[3]) == NGHTTP2_GOAWAY && len >= 8) {
+        goaway = true;
+        goaway_code = (std::uint32_t(std::uint8_t(in[13])) << 24) | (std::uint32_t(std::uint8_t(in[14])) << 16) |
+                      (std::uint32_t(std::uint8_t(in[15])) << 8) | std::uint8_t(in[16]);
+      }
+      in.erase(0, 9 + len);
+    }
+  }
+  ERR_clear_error();
+  ::close(fd);
+  EXPECT_TRUE(goaway);
+  EXPECT_EQ(goaway_code, static_cast<std::uint32_t>(NGHTTP2_NO_ERROR));
+  EXPECT_TRUE(ended);
+  // The silent connection is gone on the server; the busy one serves on.
+  std::size_t serving = 2;
+  for (int i = 0; i < 300 && serving != 1; ++i) {
+    std::this_thread::sleep_for(10ms);
+    serving = h.open_server_sessions();
+  }
+  EXPECT_EQ(serving, 1u);
+  char c = 0;
+  ASSERT_TRUE(write_all(other.fd, "q", 1));
+  ASSERT_TRUE(read_exact(other.fd, &c, 1));
+  EXPECT_EQ(c, 'q');
+  ::close(other.fd);
+}
+
+// A tunnel through which no byte moves for the relay's idle timeout is reset both ways: the
+// peer sees RST_STREAM (the app here a TCP reset), the pod a TCP reset. A tunnel on the same
+// connection that keeps talking is untouched.
+TEST(HboneTunnel, SilentStreamIsResetAfterTheIdleTimeout) {
+  StreamRelayOptions relay;
+  relay.idle_timeout = 300ms;
+  Harness h({}, {}, relay);
+  auto silent = h.open(authority_of(h.echo_endpoint()));
+  ASSERT_EQ(silent.status, 200);
+  auto busy = h.open(authority_of(h.echo_endpoint()));
+  ASSERT_EQ(busy.status, 200);
+  set_timeouts(silent.fd, 5s);
+  std::atomic<bool> busy_ok{true}, stop{false};
+  std::thread talker([&] {
+    // Bounded: at most 200 exchanges (10 s).
+    for (int i = 0; i < 200 && !stop.load(); ++i) {
+      char c = static_cast<char>('a' + i % 26), back = 0;
+      if (!write_all(busy.fd, &c, 1) || !read_exact(busy.fd, &back, 1) || back != c) {
+        busy_ok = false;
+        return;
+      }
+      std::this_thread::sleep_for(50ms);
+    }
+  });
+  char b = 0;
+  errno = 0;
+  const auto r = ::recv(silent.fd, &b, 1, 0);
+  const int err = errno;
+  stop = true;
+  talker.join();
+  EXPECT_EQ(r, -1);
+  EXPECT_EQ(err, ECONNRESET);  // not EAGAIN: nothing within 5 s
+  EXPECT_TRUE(busy_ok.load());
+  for (int i = 0; i < 300 && h.echo_resets.load() == 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_GE(h.echo_resets.load(), 1);  // the pod's side was reset too, not closed cleanly
+  EXPECT_EQ(h.server_relay_idle_timeouts.load(), 1);
+  char c = 0;
+  ASSERT_TRUE(write_all(busy.fd, "z", 1));
+  ASSERT_TRUE(read_exact(busy.fd, &c, 1));
+  ::close(silent.fd);
+  ::close(busy.fd);
+}
+
+// Bytes a peer sent on a stream that then closed cleanly (END_STREAM both ways) while nobody read
+// them must leave the session's buffer accounting once the stream is given up (dropped, or reset
+// by a relay whose socket failed); otherwise a peer could fill the connection's budget stream by
+// stream and leave its connection credit held back for ever.
+TEST(HboneTunnel, UnreadBytesOfACleanlyClosedStreamLeaveTheSessionBudget) {
+  Harness h;
+  std::vector<std::shared_ptr<Stream>> held;  // io thread only
+  struct Release {  // streams go on the io thread, before the harness, whatever path the test takes
+    Harness& h;
+    std::vector<std::shared_ptr<Stream>>& held;
+    ~Release() {
+      h.post_and_wait([this] { held.clear(); });
+    }
+  } release{h, held};
+  h.post_and_wait([&] {
+    h.handler = [&held](std::shared_ptr<IncomingRequest> r) {
+      auto stream = r->accept();
+      if (!stream) return;
+      stream->shutdown_send();  // END_STREAM our way at once; never read
+      held.push_back(std::move(stream));
+    };
+  });
+  constexpr std::size_t kBytes = 100 * 1024;
+  const auto data = random_bytes(kBytes);
+  for (int round = 0; round < 2; ++round) {
+    auto r = h.open(authority_of(h.echo_endpoint()));
+    ASSERT_EQ(r.status, 200);
+    ASSERT_TRUE(write_all(r.fd, data.data(), data.size()));
+    ::shutdown(r.fd, SHUT_WR);
+    std::vector<char> back;
+    EXPECT_TRUE(read_to_eof(r.fd, back));  // our END_STREAM
+    ::close(r.fd);
+    // Wait until the stream closed cleanly with every byte buffered.
+    bool closed = false;
+    for (int i = 0; i < 500 && !closed; ++i) {
+      closed = h.post_and_wait([&] { return !held.empty() && held.back()->closed(); });
+      if (!closed) std::this_thread::sleep_for(10ms);
+    }
+    ASSERT_TRUE(closed);
+    auto buffered = [&] { return h.post_and_wait([&] { return h.server_sessions.at(0)->buffered_bytes(); }); };
+    EXPECT_EQ(buffered(), kBytes);
+    // Round 0: the stream is dropped; round 1: reset after its clean close (a relay giving up).
+    h.post_and_wait([&] {
+      if (round == 0) held.clear();
+      else held.back()->reset();
+    });
+    EXPECT_EQ(buffered(), 0u) << "round " << round;
+  }
+  // The connection still carries a tunnel end to end.
+  h.post_and_wait([&] {
+    h.handler = [&h](std::shared_ptr<IncomingRequest> r) { h.connect_and_relay(std::move(r)); };
+  });
+  auto ok = h.open(authority_of(h.echo_endpoint()));
+  ASSERT_EQ(ok.status, 200);
+  char c = 0;
+  ASSERT_TRUE(write_all(ok.fd, "y", 1));
+  ASSERT_TRUE(read_exact(ok.fd, &c, 1));
+  ::close(ok.fd);
+  EXPECT_EQ(h.server_connections.load(), 1);
 }
 
 }  // namespace
