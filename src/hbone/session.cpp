@@ -36,8 +36,9 @@ proxy::LogThrottle& refusal_log(SessionRefusal kind) {
 std::string held_back(std::uint64_t n) {
   return n ? " [" + std::to_string(n) + " more like it since the last line]" : std::string();
 }
-// Peer-supplied text in a log line: a method, an :authority, and nghttp2's own messages, which
-// quote the raw bytes of the header field they refused (CR/LF included) — escaped and capped.
+// Peer-supplied text in a log line (a method, an :authority) and a GOAWAY's debug text: nghttp2
+// refuses CR/LF in header fields today, but this log's safety should not rest on another
+// library's validation rules, so the text is escaped and capped like every peer string.
 std::string clip(std::string_view s) { return proxy::log_text(s); }
 
 nghttp2_nv make_nv(const std::string& name, const std::string& value) {
