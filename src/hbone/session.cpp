@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "hbone/authority.hpp"
+#include "proxy/log_text.hpp"
 #include "proxy/log_throttle.hpp"
 
 namespace dsproxy::hbone {
@@ -35,9 +36,10 @@ proxy::LogThrottle& refusal_log(SessionRefusal kind) {
 std::string held_back(std::uint64_t n) {
   return n ? " [" + std::to_string(n) + " more like it since the last line]" : std::string();
 }
-// Peer-supplied text in a log line: nghttp2 already refused CR/LF and other non-token bytes in
-// header fields; this only bounds the length.
-std::string_view clip(std::string_view s) { return s.substr(0, 80); }
+// Peer-supplied text in a log line (a method, an :authority) and a GOAWAY's debug text: nghttp2
+// refuses CR/LF in header fields today, but this log's safety should not rest on another
+// library's validation rules, so the text is escaped and capped like every peer string.
+std::string clip(std::string_view s) { return proxy::log_text(s); }
 
 nghttp2_nv make_nv(const std::string& name, const std::string& value) {
   return nghttp2_nv{reinterpret_cast<std::uint8_t*>(const_cast<char*>(name.data())),

@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include "identity/identity_error.hpp"
+#include "proxy/log_text.hpp"
 #include "proxy/log_throttle.hpp"
 
 namespace dsproxy::identity {
@@ -72,16 +73,18 @@ PeerError classify_verify_error(long err) {
   }
 }
 
+// Anyone who reaches 15008 can present a certificate from any CA, and this describes it in a log
+// line: the SANs and the subject are the peer's bytes (OpenSSL does not check an IA5String's
+// characters), so they go through log_text — escaped, each capped, at most a few SANs.
 std::string describe_cert(X509* cert) {
   std::string out;
   const auto uris = uri_sans(cert);
   if (uris.empty()) {
     char buf[256];
     X509_NAME_oneline(X509_get_subject_name(cert), buf, sizeof buf);
-    out = std::string("subject ") + buf;
+    out = "subject " + proxy::log_text(buf);
   } else {
-    out = "presented";
-    for (const auto& u : uris) out += " " + u;
+    out = "presented " + proxy::log_list(uris);
   }
   out += ", valid " + format_utc(to_time_point(X509_get0_notBefore(cert))) + " to " +
          format_utc(to_time_point(X509_get0_notAfter(cert)));
@@ -219,6 +222,8 @@ std::string_view describe_error(PeerError e, Side side) {
       return "invalid certificate";
     case PeerError::protocol:
       return "TLS handshake failed";
+    case PeerError::connection_lost:
+      return "connection lost during the TLS handshake (reset, EOF or timeout)";
   }
   return "?";
 }
@@ -245,6 +250,8 @@ std::string_view to_string(PeerError e) {
       return "bad-certificate";
     case PeerError::protocol:
       return "protocol";
+    case PeerError::connection_lost:
+      return "connection-lost";
   }
   return "?";
 }
@@ -253,7 +260,9 @@ std::string_view to_string(Side s) { return s == Side::server ? "server" : "clie
 
 std::uint64_t TlsStats::refused_total(Side s) const {
   std::uint64_t n = 0;
-  for (const auto& c : refused[static_cast<int>(s)]) n += c.load(std::memory_order_relaxed);
+  for (std::size_t e = 0; e < kPeerErrorCount; ++e)
+    if (static_cast<PeerError>(e) != PeerError::connection_lost)  // the peer refused nothing
+      n += refused[static_cast<int>(s)][e].load(std::memory_order_relaxed);
   return n;
 }
 
@@ -312,6 +321,7 @@ PeerError handshake_failure(SSL* ssl, unsigned long openssl_error) {
     if (const PeerNote* note = peer_note(ssl, false); note && note->error != PeerError::none) return note->error;
     if (const long v = SSL_get_verify_result(ssl); v != X509_V_OK) return classify_verify_error(v);
   }
+  if (openssl_error == 0) return PeerError::connection_lost;
   if (ERR_GET_LIB(openssl_error) == ERR_LIB_SSL) {
     const int reason = ERR_GET_REASON(openssl_error);
     if (reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) return PeerError::no_certificate;
@@ -337,10 +347,16 @@ void report_refusal(TlsStats& stats, Side side, PeerError error, std::string_vie
   stats.refused[static_cast<int>(side)][static_cast<int>(error)].fetch_add(1, std::memory_order_relaxed);
   const auto suppressed = throttle(side, error).admit(proxy::LogThrottle::Clock::now());
   if (!suppressed) return;
+  const std::string_view other = side == Side::server ? "client" : "server";
+  const std::string more = *suppressed ? fmt::format(" [{} more like it since the last line]", *suppressed) : "";
+  if (error == PeerError::connection_lost) {
+    // Routine (a restarting node, a scanner, a client giving up): worth a line, not a warning.
+    spdlog::info("tls {}: lost {} {}: {}{}", to_string(side), other, peer, describe_error(error, side), more);
+    return;
+  }
   const std::string detail = refusal_detail(ssl);
-  spdlog::warn("tls {}: refused {} {}: {}{}{}{}", to_string(side), side == Side::server ? "client" : "server", peer,
-               describe_error(error, side), detail.empty() ? "" : " (", detail, detail.empty() ? "" : ")",
-               *suppressed ? fmt::format(" [{} more like it since the last line]", *suppressed) : "");
+  spdlog::warn("tls {}: refused {} {}: {}{}{}{}{}", to_string(side), other, peer, describe_error(error, side),
+               detail.empty() ? "" : " (", detail, detail.empty() ? "" : ")", more);
 }
 
 void report_handshake(TlsStats& stats, Side side) {

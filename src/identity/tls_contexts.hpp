@@ -51,9 +51,13 @@ enum class PeerError : std::uint8_t {
   wrong_identity,   // valid chain, but not the SPIFFE id expected (or another trust domain)
   no_identity,      // valid chain, but the leaf carries no (or no single, valid) SPIFFE URI SAN
   bad_certificate,  // any other verification failure (bad signature, not a CA, wrong usage, ...)
-  protocol,         // not a certificate problem: TLS < 1.3, no h2 in ALPN, plaintext, reset, ...
+  protocol,         // not a certificate problem: TLS < 1.3, no h2 in ALPN, plaintext, ...
+  // Not a refusal by either side: the transport ended the handshake (reset, EOF, our handshake
+  // timeout). A node restarting or a port scanner is no protocol error; kept apart so that the
+  // `protocol` count means a peer that spoke TLS badly.
+  connection_lost,
 };
-inline constexpr std::size_t kPeerErrorCount = 9;
+inline constexpr std::size_t kPeerErrorCount = 10;
 std::string_view to_string(PeerError e);  // "expired", "not-yet-valid", "unknown-ca", ...
 
 enum class Side : std::uint8_t { server = 0, client = 1 };
@@ -104,15 +108,18 @@ std::optional<SpiffeId> peer_identity(SSL* ssl);
 PeerError check_peer_identity(SSL* ssl, const SpiffeId& expected);
 
 // After a failed handshake: why. `openssl_error` is the packed OpenSSL error the failure
-// reported (Asio: ec.value() when ec.category() is asio's ssl category; else 0).
-PeerError handshake_failure(SSL* ssl, unsigned long openssl_error = 0);
+// reported (Asio: ec.value() when ec.category() is asio's ssl category); 0 when the failure was
+// not OpenSSL's (Asio: any other category — a reset, EOF (stream_truncated), a closed socket),
+// which is connection_lost unless the verification had already refused the peer.
+PeerError handshake_failure(SSL* ssl, unsigned long openssl_error);
 
 // A one-line description of what the peer presented and why it was refused ("presented
 // spiffe://cluster.local/ns/a/sa/b, notAfter 2026-12-07T10:00:00Z"), from what the verification
 // recorded on `ssl`; "" if nothing was recorded. Public certificate facts only.
 std::string refusal_detail(SSL* ssl);
 
-// Counts one refused peer and logs it — "tls server: refused client 10.1.0.5:40112: expired
+// Counts one refused peer (connection_lost: one handshake the transport ended, not counted in
+// refused_total) and logs it — "tls server: refused client 10.1.0.5:40112: expired
 // certificate (presented ..., notAfter ...)" — at most once per second per (side, reason), with
 // the number held back since. Any thread, lock-free.
 void report_refusal(TlsStats& stats, Side side, PeerError error, std::string_view peer, SSL* ssl);

@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -81,12 +83,66 @@ TEST(HboneIdentity, PoolHooksCountServersRefusedInTheHandshake) {
   EXPECT_NE(h.open(format_authority(h.echo_endpoint()), {}, key).status, 200);
   EXPECT_EQ(refused(PeerError::unknown_ca), 1u);
 
+  // A server whose TCP connection is reset in the middle of the handshake refused nothing: it is
+  // counted apart (connection_lost), not as a TLS protocol refusal, and not in refused_total.
+  const PoolKey to_resetter{client_id.uri(), server_id.uri(), h.resetter_endpoint()};
+  EXPECT_NE(h.open(format_authority(h.echo_endpoint()), {}, to_resetter).status, 200);
+  EXPECT_EQ(refused(PeerError::connection_lost), 1u);
+  EXPECT_EQ(refused(PeerError::protocol), 0u);
+
   h.post_and_wait([&] { h.server_ctx = pki.contexts(pki.leaf(server_id))->server(); });
   auto ok = h.open(format_authority(h.echo_endpoint()), {}, key);
   EXPECT_EQ(ok.status, 200);
   if (ok.fd >= 0) ::close(ok.fd);
   EXPECT_EQ(identities.stats()->refused_total(identity::Side::client), 2u);
   EXPECT_EQ(identities.stats()->handshakes[static_cast<int>(identity::Side::client)].load(), 1u);
+}
+
+// The hook's classification on its own: only an error of OpenSSL's category is the server's
+// refusal; an EOF (Asio's stream_truncated), a reset or our own abort is connection_lost.
+TEST(HboneIdentity, PoolHookCountsOnlyOpenSslErrorsAsRefusals) {
+  dsproxy::testing::TestPki pki;
+  struct TempDir {
+    std::filesystem::path path =
+        std::filesystem::temp_directory_path() / ("dsproxy-hbone-hook-" + std::to_string(::getpid()));
+    TempDir() {
+      std::filesystem::remove_all(path);
+      std::filesystem::create_directories(path);
+    }
+    ~TempDir() { std::filesystem::remove_all(path); }
+  } dir;
+  auto [ca_cert, ca_key] = pki.write_ca(dir.path);
+  identity::IdentityOptions options;
+  options.ca_cert = ca_cert;
+  options.ca_key = ca_key;
+  const auto client_id = pki.id("default", "client"), server_id = pki.id("default", "server");
+  identity::IdentityManager identities(options, [client_id] { return std::set<identity::SpiffeId>{client_id}; });
+  identities.refresh_now();
+  auto contexts = identities.contexts(client_id);
+  ASSERT_NE(contexts, nullptr);
+  auto hooks = proxy::identity_pool_hooks(identities);
+  ASSERT_TRUE(hooks.on_handshake_failure);
+  const PoolKey key{client_id.uri(), server_id.uri(), {asio::ip::make_address("127.0.0.1"), 15008}};
+  using identity::PeerError;
+  auto count = [&](PeerError e) {
+    return identities.stats()->refused[static_cast<int>(identity::Side::client)][static_cast<int>(e)].load();
+  };
+  for (const error_code ec : {error_code(asio::ssl::error::stream_truncated), error_code(asio::error::connection_reset),
+                              error_code(asio::error::operation_aborted), error_code(asio::error::eof)}) {
+    identity::SslPtr ssl(SSL_new(contexts->client().get()));
+    hooks.on_handshake_failure(key, ssl.get(), ec);
+  }
+  EXPECT_EQ(count(PeerError::connection_lost), 4u);
+  EXPECT_EQ(count(PeerError::protocol), 0u);
+  EXPECT_EQ(identities.stats()->refused_total(identity::Side::client), 0u);
+
+  identity::SslPtr ssl(SSL_new(contexts->client().get()));
+  hooks.on_handshake_failure(
+      key, ssl.get(),
+      error_code(static_cast<int>(ERR_PACK(ERR_LIB_SSL, 0, SSL_R_WRONG_VERSION_NUMBER)), asio::error::get_ssl_category()));
+  EXPECT_EQ(count(PeerError::protocol), 1u);
+  EXPECT_EQ(identities.stats()->refused_total(identity::Side::client), 1u);
+  EXPECT_EQ(identities.stats()->to_json().at("client").at("refused").at("connection-lost").as_uint64(), 4u);
 }
 
 }  // namespace
