@@ -406,7 +406,17 @@ class Daemon {
       // connection, since the divert is what carries its packets.
       spdlog::info("drain: {}; releasing the capture", active == 0 ? "no connection left" : "the grace ran out");
       control_plane_->stop();
-      control_plane_->release_capture(owns_node_rules());
+      if (!control_plane_->release_capture(owns_node_rules())) {
+        // A family still captured (nothing would listen for its SYNs once the listeners close)
+        // or still exempt from conntrack with no capture (its new ClusterIP connections would go
+        // nowhere): the staged release cannot be trusted. Remove every rule now, before the
+        // listeners close (shutdown() does both in that order): what is lost is what the drain
+        // was about to lose anyway (nothing open, or the grace ran out), plus a handshake
+        // straddling this moment, whose client retries.
+        spdlog::error("drain: the staged capture release failed; removing every rule now");
+        front_.stop();
+        return;
+      }
       released_capture_ = true;
       accept_until_ = now + kReleaseSettle;
       drain_deadline_ = std::max(drain_deadline_, accept_until_ + kReleaseSettle);
