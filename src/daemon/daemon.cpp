@@ -418,7 +418,9 @@ class Daemon {
         return;
       }
       released_capture_ = true;
-      accept_until_ = now + kReleaseSettle;
+      // The settle counts from the end of the release (stop() and the iptables calls may take a
+      // while): that is when the last captured SYN can have arrived.
+      accept_until_ = std::chrono::steady_clock::now() + kReleaseSettle;
       drain_deadline_ = std::max(drain_deadline_, accept_until_ + kReleaseSettle);
       drain_step();
       return;
