@@ -377,14 +377,20 @@ void ControlPlane::apply_rules(const snapshot::ClusterSnapshot& snapshot) {
 }
 
 void ControlPlane::relinquish_rules(std::function<void()> done) {
-  asio::post(io_, [this, done = std::move(done)] {
-    // Forgetting them is enough: nothing calls the redirector again, and remove_rules() finds
-    // nothing to remove.
+  // Forgetting them is enough: nothing calls the redirector again, and remove_rules() finds
+  // nothing to remove.
+  auto relinquish = [this, done = std::move(done)] {
     relinquished_ = true;
     refusals_.reset();
     redirector_.reset();
     if (done) done();
-  });
+  };
+  // Stopped (the drain released the capture, then a successor asked): nothing runs io_ any more,
+  // so a post would never run, the successor would never hear "released", and we would remove
+  // its rules at exit. stop() has joined the thread (it and this call both run on the daemon's
+  // front thread), so the rule state is ours to touch here.
+  if (stopping_.load(std::memory_order_acquire)) return relinquish();
+  asio::post(io_, std::move(relinquish));
 }
 
 bool ControlPlane::release_capture(bool owner_of_node_rules) {

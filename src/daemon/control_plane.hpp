@@ -120,8 +120,9 @@ class ControlPlane final : public sources::ObjectSink {
   bool release_capture(bool owner_of_node_rules = false);
   // Any thread: stop writing the capture and refusal rules without removing them (a successor
   // owns them now; see handoff.hpp): no update, no install, and remove_rules() does nothing.
-  // `done` runs on the control-plane thread once no rule command of ours can run any more; never
-  // if the thread has stopped.
+  // `done` runs on the control-plane thread once no rule command of ours can run any more; once
+  // stop() has returned, at once on the calling thread (which must then be the one that
+  // stopped us, or one ordered after it).
   void relinquish_rules(std::function<void()> done);
   bool stopping() const { return stopping_.load(std::memory_order_acquire); }
 

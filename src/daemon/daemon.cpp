@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include <atomic>
+#include <boost/asio/dispatch.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -318,7 +319,10 @@ class Daemon {
   // Owner, front thread: a successor is serving and wants the rules.
   void on_takeover(std::function<void()> released) {
     control_plane_->relinquish_rules([this, released = std::move(released)]() mutable {
-      asio::post(front_, [this, released = std::move(released)] {
+      // dispatch: after the capture release the control plane answers at once, here on the front
+      // thread; a post could then be overtaken by a drain step that stops the front loop, and we
+      // would exit still the owner, removing the successor's rules.
+      asio::dispatch(front_, [this, released = std::move(released)] {
         superseded_ = true;
         successor_pending_ = false;
         // The kubelet's probes (and admin requests) on the shared ports go to the successor only.
