@@ -30,7 +30,11 @@
 // not in the snapshot is "unknown". Past kMaxSeriesPerWorker label sets on one worker, further
 // ones are counted in a single overflow series (every workload and Service label "overflow") and
 // in dsproxy_metrics_series_overflow_total. Series that no open connection holds and that have
-// not changed for Options::series_expiry are dropped (expire_idle), which frees their cells.
+// not changed for Options::series_expiry are dropped (expire_idle), which frees their cells. Expiry is per
+// worker, but a scrape sums a label set over the workers: the totals of a series one worker
+// expired are kept aside (under a mutex only expiry and scrapes take) and still added in while
+// another worker holds that label set, so an exported counter never goes down; the label set
+// leaves the scrape once no worker holds it.
 
 #include <array>
 #include <atomic>
@@ -108,10 +112,12 @@ class ConnectionTelemetry {
   void flush();
 
   class WorkerSink;
+  struct Retired;
 
  private:
   Options options_;
   Output output_;
+  std::unique_ptr<Retired> retired_;
   std::vector<std::unique_ptr<WorkerSink>> workers_;
 };
 
