@@ -655,7 +655,12 @@ class ConnectionTelemetry::WorkerSink final : public ConnectionSink {
       if (judge(live_[i])) cells.push_back(i);
     const bool overflow = judge(overflow_live_);
     if (cells.empty() && !overflow) return 0;
-    std::erase_if(cache_, [](const auto& entry) { return entry.second.series->expiring; });
+    // A freed cell is room for a label set that went to the overflow series for want of one: its
+    // cache entries are forgotten too, so its next connection finds (or takes) a cell of its own.
+    Series* const overflowed_to = cells.empty() ? nullptr : overflow_live_;
+    std::erase_if(cache_, [overflowed_to](const auto& entry) {
+      return entry.second.series->expiring || (overflowed_to && entry.second.series == overflowed_to);
+    });
     // Under the scrape's lock: a scrape sees an expired series either in its cell or among the
     // retired totals, never in both and never in neither.
     std::lock_guard lock(retired_->mutex);

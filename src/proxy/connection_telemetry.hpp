@@ -30,7 +30,8 @@
 // not in the snapshot is "unknown". Past kMaxSeriesPerWorker label sets on one worker, further
 // ones are counted in a single overflow series (every workload and Service label "overflow") and
 // in dsproxy_metrics_series_overflow_total. Series that no open connection holds and that have
-// not changed for Options::series_expiry are dropped (expire_idle), which frees their cells. Expiry is per
+// not changed for Options::series_expiry are dropped (expire_idle), which frees their cells (and
+// sends the label sets waiting in the overflow series back to a cell of their own). Expiry is per
 // worker, but a scrape sums a label set over the workers: the totals of a series one worker
 // expired are kept aside (under a mutex only expiry and scrapes take) and still added in while
 // another worker holds that label set, so an exported counter never goes down; the label set

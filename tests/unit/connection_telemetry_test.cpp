@@ -347,6 +347,34 @@ TEST(ConnectionTelemetryTest, ASeriesExpiredOnOneWorkerKeepsItsShareWhileAnother
   EXPECT_EQ(totals().at("istio_tcp_connections_opened_total"), 1.0);
 }
 
+// A label set that went to the overflow series for want of a cell gets a cell of its own once
+// expiry frees one (its cache entry pointing to the overflow series is forgotten).
+TEST(ConnectionTelemetryTest, OverflowedLabelSetsGetACellOnceOneIsFree) {
+  ConnectionTelemetry t(1, {.access_log = AccessLogFormat::off, .metrics = true, .series_expiry = 10min});
+  auto finish_one = [&](const std::shared_ptr<ServiceInfo>& svc) {
+    ConnectionResult c(t.sink(0), Direction::outbound, {}, {});
+    c.record().service = svc;
+    c.finish(EndReason::completed);
+  };
+  for (std::size_t i = 0; i < ConnectionTelemetry::kMaxSeriesPerWorker; ++i) {
+    std::string host = std::to_string(i);
+    host += ".ns.svc";
+    finish_one(std::make_shared<ServiceInfo>(ServiceInfo{host, "s", "ns"}));
+  }
+  const auto t0 = ConnectionTelemetry::Clock::now();
+  t.expire_idle(0, t0);  // every cell stamped
+  const auto extra = std::make_shared<ServiceInfo>(ServiceInfo{"extra.ns.svc", "s", "ns"});
+  finish_one(extra);  // no free cell: the overflow series (first seen by the next pass)
+  EXPECT_EQ(t.expire_idle(0, t0 + 10min), ConnectionTelemetry::kMaxSeriesPerWorker);
+  finish_one(extra);
+  std::map<std::string, double> closed;
+  const auto all = t.collect();
+  for (const auto& m : find(all, "istio_tcp_connections_closed_total").metric)
+    closed[labels_of(m)["destination_service"]] = m.counter.value;
+  EXPECT_EQ(closed["extra.ns.svc"], 1.0) << "still counted in the overflow series";
+  EXPECT_EQ(closed["overflow"], 1.0);
+}
+
 // Expiry off (0): nothing ever leaves.
 TEST(ConnectionTelemetryTest, SeriesExpiryZeroKeepsEverything) {
   ConnectionTelemetry t(1, {.access_log = AccessLogFormat::off, .metrics = true, .series_expiry = {}});
