@@ -11,8 +11,10 @@
 //    them. A worker's series live in kMaxSeriesPerWorker cells (std::atomic<std::shared_ptr>),
 //    which only that worker stores into (a new label set, or an expiry) and a scrape loads: a
 //    scrape that holds a series the worker has just expired keeps it alive until it is done, so
-//    no lock and no reclamation scheme is needed. The worker keeps its own raw copy of every
-//    cell, so counting a connection never touches the atomic shared_ptr.
+//    no reclamation scheme is needed. The atomic shared_ptr is not lock-free (libstdc++ 12
+//    guards it with a spin bit in the control-block pointer), but only a new label set, an
+//    expiry and a scrape take that bit, never the counting of a connection: the worker keeps
+//    its own raw copy of every cell and counts through it.
 //    The label set of a connection is found through a cache keyed by the identities of the shared
 //    names the record points to (workload, Service, principals: pointers, pinned by the cache so
 //    they cannot be reused) plus the direction, protocol and reason: a hash of a few words, no
