@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
 
@@ -375,18 +377,24 @@ void ControlPlane::apply_rules(const snapshot::ClusterSnapshot& snapshot) {
 }
 
 void ControlPlane::relinquish_rules(std::function<void()> done) {
-  asio::post(io_, [this, done = std::move(done)] {
-    // Forgetting them is enough: nothing calls the redirector again, and remove_rules() finds
-    // nothing to remove.
+  // Forgetting them is enough: nothing calls the redirector again, and remove_rules() finds
+  // nothing to remove.
+  auto relinquish = [this, done = std::move(done)] {
     relinquished_ = true;
     refusals_.reset();
     redirector_.reset();
     if (done) done();
-  });
+  };
+  // Stopped (the drain released the capture, then a successor asked): nothing runs io_ any more,
+  // so a post would never run, the successor would never hear "released", and we would remove
+  // its rules at exit. stop() has joined the thread (it and this call both run on the daemon's
+  // front thread), so the rule state is ours to touch here.
+  if (stopping_.load(std::memory_order_acquire)) return relinquish();
+  asio::post(io_, std::move(relinquish));
 }
 
-void ControlPlane::release_capture(bool owner_of_node_rules) {
-  if (removed_ || released_ || (relinquished_ && !owner_of_node_rules)) return;
+bool ControlPlane::release_capture(bool owner_of_node_rules) {
+  if (removed_ || released_ || (relinquished_ && !owner_of_node_rules)) return true;
   released_ = true;
   if (owner_of_node_rules && options_.redirect && !redirector_) {
     try {
@@ -394,27 +402,31 @@ void ControlPlane::release_capture(bool owner_of_node_rules) {
       refusals_.emplace(options_.redirect_options, runner_);
     } catch (const std::exception& e) {
       spdlog::error("{}", e.what());
+      return false;
     }
   }
   // The capture first, then the conntrack exemption is narrowed to the connections the proxy
-  // holds (VipRefusals::release). In between, for the one iptables call, a new connection to a
-  // ClusterIP is neither captured nor tracked (its SYN is lost and retried after a second);
-  // the other order would, for as long, let captured SYNs be tracked and DNATed before the
-  // proxy accepts them, losing the ClusterIP.
+  // holds (VipRefusals::release), only in the families whose capture is gone: a family still
+  // captured keeps the wide exemption its captured SYNs need. In between, for the one iptables
+  // call, a new connection to a ClusterIP is neither captured nor tracked (its SYN is lost and
+  // retried after a second); the other order would, for as long, let captured SYNs be tracked
+  // and DNATed before the proxy accepts them, losing the ClusterIP.
+  std::vector<net::Family> released = {net::Family::v4, net::Family::v6};
+  bool complete = true;
   if (redirector_) {
-    try {
-      redirector_->release_capture();
-    } catch (const std::exception& e) {
-      spdlog::error("{}", e.what());
-    }
+    released = redirector_->release_capture();
+    for (auto family : redirect::families(options_.redirect_options))
+      if (std::find(released.begin(), released.end(), family) == released.end()) complete = false;
   }
   if (refusals_) {
     try {
-      refusals_->release();
+      if (!refusals_->release(released)) complete = false;
     } catch (const std::exception& e) {
       spdlog::error("{}", e.what());
+      complete = false;
     }
   }
+  return complete;
 }
 
 void ControlPlane::remove_rules(bool owner_of_node_rules) {

@@ -114,12 +114,15 @@ class ControlPlane final : public sources::ObjectSink {
   // After stop(), the first stage of remove_rules() (Redirector::release_capture): new
   // connections are no longer captured, while the socket divert and the policy routing keep
   // steering the packets of the connections the proxy holds or is accepting. Same ownership
-  // rule as remove_rules(); remove_rules() later removes the rest.
-  void release_capture(bool owner_of_node_rules = false);
+  // rule as remove_rules(); remove_rules() later removes the rest. False if a family's capture
+  // or conntrack exemption may still be in place (logged): then the staged release cannot be
+  // trusted, and the caller removes every rule at once (remove_rules()).
+  bool release_capture(bool owner_of_node_rules = false);
   // Any thread: stop writing the capture and refusal rules without removing them (a successor
   // owns them now; see handoff.hpp): no update, no install, and remove_rules() does nothing.
-  // `done` runs on the control-plane thread once no rule command of ours can run any more; never
-  // if the thread has stopped.
+  // `done` runs on the control-plane thread once no rule command of ours can run any more; once
+  // stop() has returned, at once on the calling thread (which must then be the one that
+  // stopped us, or one ordered after it).
   void relinquish_rules(std::function<void()> done);
   bool stopping() const { return stopping_.load(std::memory_order_acquire); }
 

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include <atomic>
+#include <boost/asio/dispatch.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -318,7 +319,10 @@ class Daemon {
   // Owner, front thread: a successor is serving and wants the rules.
   void on_takeover(std::function<void()> released) {
     control_plane_->relinquish_rules([this, released = std::move(released)]() mutable {
-      asio::post(front_, [this, released = std::move(released)] {
+      // dispatch: after the capture release the control plane answers at once, here on the front
+      // thread; a post could then be overtaken by a drain step that stops the front loop, and we
+      // would exit still the owner, removing the successor's rules.
+      asio::dispatch(front_, [this, released = std::move(released)] {
         superseded_ = true;
         successor_pending_ = false;
         // The kubelet's probes (and admin requests) on the shared ports go to the successor only.
@@ -406,9 +410,21 @@ class Daemon {
       // connection, since the divert is what carries its packets.
       spdlog::info("drain: {}; releasing the capture", active == 0 ? "no connection left" : "the grace ran out");
       control_plane_->stop();
-      control_plane_->release_capture(owns_node_rules());
+      if (!control_plane_->release_capture(owns_node_rules())) {
+        // A family still captured (nothing would listen for its SYNs once the listeners close)
+        // or still exempt from conntrack with no capture (its new ClusterIP connections would go
+        // nowhere): the staged release cannot be trusted. Remove every rule now, before the
+        // listeners close (shutdown() does both in that order): what is lost is what the drain
+        // was about to lose anyway (nothing open, or the grace ran out), plus a handshake
+        // straddling this moment, whose client retries.
+        spdlog::error("drain: the staged capture release failed; removing every rule now");
+        front_.stop();
+        return;
+      }
       released_capture_ = true;
-      accept_until_ = now + kReleaseSettle;
+      // The settle counts from the end of the release (stop() and the iptables calls may take a
+      // while): that is when the last captured SYN can have arrived.
+      accept_until_ = std::chrono::steady_clock::now() + kReleaseSettle;
       drain_deadline_ = std::max(drain_deadline_, accept_until_ + kReleaseSettle);
       drain_step();
       return;

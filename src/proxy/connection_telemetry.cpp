@@ -569,6 +569,18 @@ class AccessLogBatch {
 
 }  // namespace
 
+// The totals of series that a worker expired while another worker still held the same label set:
+// collect() adds them in, so the exported sum never goes down (a Prometheus counter that drops
+// reads as a reset), until no worker holds the label set any more and it leaves the scrape.
+// Locked only by an expiry pass and a scrape, never by a connection.
+struct ConnectionTelemetry::Retired {
+  struct Sums {
+    std::uint64_t opened = 0, closed = 0, sent = 0, received = 0;
+  };
+  std::mutex mutex;
+  std::map<LabelValues, Sums> sums;
+};
+
 class ConnectionTelemetry::WorkerSink final : public ConnectionSink {
  public:
   struct Series {
@@ -586,7 +598,8 @@ class ConnectionTelemetry::WorkerSink final : public ConnectionSink {
   // series stay, so a new key costs one lookup by label text again.
   static constexpr std::size_t kMaxCachedKeys = 4 * kMaxSeriesPerWorker;
 
-  WorkerSink(const Options& options, const Output* output) : options_(options), log_(output) {
+  WorkerSink(const Options& options, const Output* output, Retired* retired)
+      : options_(options), log_(output), retired_(retired) {
     free_.reserve(kMaxSeriesPerWorker);
     for (std::size_t i = kMaxSeriesPerWorker; i > 0; --i) free_.push_back(i - 1);
   }
@@ -642,8 +655,24 @@ class ConnectionTelemetry::WorkerSink final : public ConnectionSink {
       if (judge(live_[i])) cells.push_back(i);
     const bool overflow = judge(overflow_live_);
     if (cells.empty() && !overflow) return 0;
-    std::erase_if(cache_, [](const auto& entry) { return entry.second.series->expiring; });
+    // A freed cell is room for a label set that went to the overflow series for want of one: its
+    // cache entries are forgotten too, so its next connection finds (or takes) a cell of its own.
+    Series* const overflowed_to = cells.empty() ? nullptr : overflow_live_;
+    std::erase_if(cache_, [overflowed_to](const auto& entry) {
+      return entry.second.series->expiring || (overflowed_to && entry.second.series == overflowed_to);
+    });
+    // Under the scrape's lock: a scrape sees an expired series either in its cell or among the
+    // retired totals, never in both and never in neither.
+    std::lock_guard lock(retired_->mutex);
+    auto retire = [this](const Series& s) {
+      auto& x = retired_->sums[s.labels];
+      x.opened += s.opened.load(std::memory_order_relaxed);
+      x.closed += s.closed.load(std::memory_order_relaxed);
+      x.sent += s.sent.load(std::memory_order_relaxed);
+      x.received += s.received.load(std::memory_order_relaxed);
+    };
     for (std::size_t i : cells) {
+      retire(*live_[i]);
       index_.erase(live_[i]->index_key);
       live_[i] = nullptr;
       free_.push_back(i);
@@ -651,6 +680,7 @@ class ConnectionTelemetry::WorkerSink final : public ConnectionSink {
       slots_[i].store(nullptr, std::memory_order_release);
     }
     if (overflow) {
+      retire(*overflow_live_);
       overflow_live_ = nullptr;
       overflow_.store(nullptr, std::memory_order_release);
     }
@@ -723,6 +753,7 @@ class ConnectionTelemetry::WorkerSink final : public ConnectionSink {
 
   Options options_;
   AccessLogBatch log_;
+  Retired* retired_;
   std::string key_;  // reused: no allocation once it has grown
   std::unordered_map<SeriesKey, Cached, SeriesKeyHash> cache_;  // this worker's only
   std::unordered_map<std::string, Series*> index_;               // this worker's only
@@ -738,8 +769,9 @@ class ConnectionTelemetry::WorkerSink final : public ConnectionSink {
 };
 
 ConnectionTelemetry::ConnectionTelemetry(int workers, Options options, Output output)
-    : options_(options), output_(output ? std::move(output) : Output(write_stderr)) {
-  for (int i = 0; i < std::max(1, workers); ++i) workers_.push_back(std::make_unique<WorkerSink>(options_, &output_));
+    : options_(options), output_(output ? std::move(output) : Output(write_stderr)), retired_(std::make_unique<Retired>()) {
+  for (int i = 0; i < std::max(1, workers); ++i)
+    workers_.push_back(std::make_unique<WorkerSink>(options_, &output_, retired_.get()));
 }
 
 ConnectionTelemetry::~ConnectionTelemetry() { flush(); }
@@ -759,12 +791,13 @@ ConnectionSink* ConnectionTelemetry::sink(int worker) {
 }
 
 std::vector<prometheus::MetricFamily> ConnectionTelemetry::collect() const {
-  struct Sums {
-    std::uint64_t opened = 0, closed = 0, sent = 0, received = 0;
-  };
+  using Sums = Retired::Sums;
   std::map<LabelValues, Sums> sums;  // the same label set on several workers is one series
   std::array<std::uint64_t, kEndReasonCount> reasons{};
   std::uint64_t overflowed = 0;
+  // Held for the walk, so that no expiry moves a series from its cell to the retired totals
+  // in the middle of it (see Retired).
+  std::lock_guard lock(retired_->mutex);
   for (const auto& w : workers_) {
     w->for_each_series([&sums](const WorkerSink::Series& s) {
       auto& x = sums[s.labels];
@@ -775,6 +808,20 @@ std::vector<prometheus::MetricFamily> ConnectionTelemetry::collect() const {
     });
     for (std::size_t i = 0; i < kEndReasonCount; ++i) reasons[i] += w->reason_count(i);
     overflowed += w->overflowed();
+  }
+  // Retired totals count while some worker still holds their label set; once none does, the
+  // series leaves the scrape (it expired everywhere) and its retired totals are dropped.
+  for (auto it = retired_->sums.begin(); it != retired_->sums.end();) {
+    auto held = sums.find(it->first);
+    if (held == sums.end()) {
+      it = retired_->sums.erase(it);
+      continue;
+    }
+    held->second.opened += it->second.opened;
+    held->second.closed += it->second.closed;
+    held->second.sent += it->second.sent;
+    held->second.received += it->second.received;
+    ++it;
   }
   auto family = [](std::string name, std::string help) {
     prometheus::MetricFamily f;

@@ -11,8 +11,10 @@
 //    them. A worker's series live in kMaxSeriesPerWorker cells (std::atomic<std::shared_ptr>),
 //    which only that worker stores into (a new label set, or an expiry) and a scrape loads: a
 //    scrape that holds a series the worker has just expired keeps it alive until it is done, so
-//    no lock and no reclamation scheme is needed. The worker keeps its own raw copy of every
-//    cell, so counting a connection never touches the atomic shared_ptr.
+//    no reclamation scheme is needed. The atomic shared_ptr is not lock-free (libstdc++ 12
+//    guards it with a spin bit in the control-block pointer), but only a new label set, an
+//    expiry and a scrape take that bit, never the counting of a connection: the worker keeps
+//    its own raw copy of every cell and counts through it.
 //    The label set of a connection is found through a cache keyed by the identities of the shared
 //    names the record points to (workload, Service, principals: pointers, pinned by the cache so
 //    they cannot be reused) plus the direction, protocol and reason: a hash of a few words, no
@@ -30,7 +32,12 @@
 // not in the snapshot is "unknown". Past kMaxSeriesPerWorker label sets on one worker, further
 // ones are counted in a single overflow series (every workload and Service label "overflow") and
 // in dsproxy_metrics_series_overflow_total. Series that no open connection holds and that have
-// not changed for Options::series_expiry are dropped (expire_idle), which frees their cells.
+// not changed for Options::series_expiry are dropped (expire_idle), which frees their cells (and
+// sends the label sets waiting in the overflow series back to a cell of their own). Expiry is per
+// worker, but a scrape sums a label set over the workers: the totals of a series one worker
+// expired are kept aside (under a mutex only expiry and scrapes take) and still added in while
+// another worker holds that label set, so an exported counter never goes down; the label set
+// leaves the scrape once no worker holds it.
 
 #include <array>
 #include <atomic>
@@ -108,10 +115,12 @@ class ConnectionTelemetry {
   void flush();
 
   class WorkerSink;
+  struct Retired;
 
  private:
   Options options_;
   Output output_;
+  std::unique_ptr<Retired> retired_;
   std::vector<std::unique_ptr<WorkerSink>> workers_;
 };
 

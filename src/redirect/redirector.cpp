@@ -223,9 +223,9 @@ void Redirector::uninstall() {
   throw RedirectError(text);
 }
 
-void Redirector::release_capture() {
+std::vector<net::Family> Redirector::release_capture() {
   std::lock_guard lock(mutex_);
-  std::vector<std::string> errors;
+  std::vector<net::Family> released_families;
   const auto chains = chain_names(options_);
   // Both families' capture first, before anything else of either is removed: the order a
   // straddling handshake needs (see redirector.hpp).
@@ -235,27 +235,28 @@ void Redirector::release_capture() {
     const Command list{ipt.list_mangle, {}};
     const CommandResult listed = runner_.run(list);
     if (!listed.ok()) {
-      errors.push_back(name + ": " + describe_failure(list, listed));
+      spdlog::error("redirect: {} capture release failed: {}", name, describe_failure(list, listed));
       continue;
     }
     // Nothing of ours in this family (never installed, or removed already): restoring would
     // create the chains, a trace where there was none.
-    if (!contains(listed.out + "\n", "-N " + chains.prerouting + "\n")) continue;
+    if (!contains(listed.out + "\n", "-N " + chains.prerouting + "\n")) {
+      released_families.push_back(family);
+      continue;
+    }
     const bool dns = contains(listed.out + "\n", "-N " + chains.dns + "\n");
     const Command release{ipt.restore, render_capture_release(options_, dns)};
     const CommandResult released = runner_.run(release);
     if (!released.ok()) {
-      errors.push_back(name + ": " + describe_failure(release, released));
+      spdlog::error("redirect: {} capture release failed: {}", name, describe_failure(release, released));
       continue;
     }
+    released_families.push_back(family);
     spdlog::info("redirect: {} capture released: new connections go straight to their destination; the socket "
                  "divert stays for the connections the proxy holds",
                  name);
   }
-  if (errors.empty()) return;
-  std::string text = "redirect: capture release incomplete:";
-  for (const auto& e : errors) text += "\n  - " + e;
-  throw RedirectError(text);
+  return released_families;
 }
 
 void Redirector::uninstall_family(net::Family family, std::vector<std::string>& errors) {

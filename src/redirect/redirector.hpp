@@ -15,7 +15,9 @@
 //                captured (the TPROXY chains are emptied), while the socket divert and the
 //                policy routing stay, so the packets of connections the proxy holds, or whose
 //                handshake it is completing, still reach its sockets; uninstall() later removes
-//                the rest. Best effort, like uninstall.
+//                the rest. Best effort: tries every family and returns those whose capture is
+//                gone (released, or never installed); a family missing from the result still
+//                captures, and its failure is logged. Never throws for a command's failure.
 //   uninstall    removes every jump, chain, set, ip rule and route, whether or not this object (or
 //                this process) installed them; best effort: it carries on past failures and
 //                reports them all at the end.
@@ -52,7 +54,7 @@ class Redirector {
   void install(const std::vector<net::IpAddress>& node_pod_ips);
   // Before a successful install() this is install(). Tries every family that is on, then throws if any failed.
   void update_pods(const std::vector<net::IpAddress>& node_pod_ips);
-  void release_capture();
+  std::vector<net::Family> release_capture();
   void uninstall();
   // The install as a shell script, for `dsproxy redirect print`; runs nothing.
   std::string print(const std::vector<net::IpAddress>& node_pod_ips) const;

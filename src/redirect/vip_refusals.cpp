@@ -386,47 +386,62 @@ void VipRefusals::update(VipChanges changes) {
   spdlog::info("redirect: {} ClusterIP(s) in the refusal sets, {} open ClusterIP:port(s)", wanted_.size(), open_count_);
 }
 
-void VipRefusals::release() {
-  std::vector<std::string> errors;
+bool VipRefusals::release(const std::vector<net::Family>& released) {
+  bool complete = true;
   const Jump plain = jumps_of(options_)[1];
   const Jump held = held_jump(options_);
+  auto fail = [&](net::Family family, const Command& command, const CommandResult& result) {
+    spdlog::error("redirect: {} conntrack exemption not narrowed: {}", net::to_string(family),
+                  failure(command, result));
+    complete = false;
+  };
   auto present = [&](net::Family family, const Jump& j) -> std::optional<bool> {
     const Command check = iptables_command(family, options_, jump_args(j, "-C"));
     const auto checked = runner_.run(check);
     if (checked.exit_code == 1 || checked.exit_code == 2) return false;
     if (!checked.ok()) {
-      errors.push_back(failure(check, checked));
+      fail(family, check, checked);
       return std::nullopt;
     }
     return true;
   };
   for (auto family : families(options_)) {
+    if (std::find(released.begin(), released.end(), family) == released.end()) continue;
     // Not installed, or released already: nothing to narrow.
     if (present(family, plain) != true) continue;
     // The narrow jump first, then the wide one goes: a held connection is never tracked between.
     if (auto h = present(family, held); h == false) {
       const Command insert = iptables_command(family, options_, jump_args(held, "-I"));
       if (auto r = runner_.run(insert); !r.ok()) {
-        errors.push_back(failure(insert, r));
+        fail(family, insert, r);
         continue;
       }
     } else if (!h) {
       continue;
     }
-    for (int i = 0; i < kMaxRepeatedDeletes; ++i) {
+    // Every copy of the wide jump (someone may have added it twice): until -D says there is none.
+    bool deleted = false, failed = false;
+    for (int i = 0; i < kMaxRepeatedDeletes && !deleted && !failed; ++i) {
       const Command del = iptables_command(family, options_, jump_args(plain, "-D"));
-      if (auto r = runner_.run(del); !r.ok()) {
-        if (r.exit_code != 1 && r.exit_code != 2) errors.push_back(failure(del, r));
-        break;
+      const auto r = runner_.run(del);
+      if (r.ok()) continue;
+      if (r.exit_code != 1 && r.exit_code != 2) {
+        fail(family, del, r);
+        failed = true;
+      } else {
+        deleted = true;
       }
     }
-    spdlog::info("redirect: {} conntrack exemption narrowed to the connections the proxy holds",
-                 net::to_string(family));
+    if (!deleted && !failed) {
+      spdlog::error("redirect: {} conntrack exemption not narrowed: the wide jump is still there after {} deletes",
+                    net::to_string(family), kMaxRepeatedDeletes);
+      complete = false;
+    }
+    if (deleted)
+      spdlog::info("redirect: {} conntrack exemption narrowed to the connections the proxy holds",
+                   net::to_string(family));
   }
-  if (errors.empty()) return;
-  std::string text = "redirect: conntrack exemption not narrowed to held connections:";
-  for (const auto& e : errors) text += "\n  - " + e;
-  throw RedirectError(text);
+  return complete;
 }
 
 void VipRefusals::uninstall() {

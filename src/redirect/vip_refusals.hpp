@@ -115,8 +115,12 @@ class VipRefusals {
   // mid-stream, kube-proxy's DNAT would take them over), while a new connection to a ClusterIP,
   // no longer captured, is tracked and DNATed by kube-proxy as without dsproxy (left untracked
   // it would go nowhere). The refusals stay: an uncaptured SYN to a ClusterIP is forwarded and
-  // never reaches filter INPUT. Best effort; throws RedirectError listing the failures.
-  void release();
+  // never reaches filter INPUT. Only `released` families (those whose capture is gone: a
+  // family still captured needs the wide exemption, or its captured SYNs would be tracked and
+  // DNATed before the proxy accepts them). Best effort: false if a family's wide jump may still
+  // be there (the failures are logged; the caller then removes every rule rather than leave
+  // new ClusterIP connections untracked and uncaptured, i.e. black-holed).
+  bool release(const std::vector<net::Family>& released);
   // Removes the jumps (also release()'s), the chains and the VIPS/OPEN sets; best effort, reports every failure at the end.
   void uninstall();
 

@@ -290,6 +290,91 @@ TEST(ConnectionTelemetryTest, IdleSeriesExpireActiveOnesStayAndFreedCellsAreReus
   EXPECT_EQ(find(all, "dsproxy_metrics_series_overflow_total").metric.at(0).counter.value, 1.0);
 }
 
+// Expiry is per worker but the scrape sums a label set over the workers: a series idle on one
+// worker and held on another must not lose the idle worker's share (the exported counter would go
+// down: a reset to Prometheus). Once no worker holds it, it leaves the scrape for good.
+TEST(ConnectionTelemetryTest, ASeriesExpiredOnOneWorkerKeepsItsShareWhileAnotherHoldsIt) {
+  ConnectionTelemetry t(2, {.access_log = AccessLogFormat::off, .metrics = true, .series_expiry = 10min});
+  const auto svc = std::make_shared<ServiceInfo>(ServiceInfo{"shared.ns.svc", "shared", "ns"});
+  auto totals = [&] {
+    std::map<std::string, double> out;
+    const auto all = t.collect();
+    for (const char* name : {"istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total",
+                             "istio_tcp_received_bytes_total"})
+      for (const auto& m : find(all, name).metric)
+        if (labels_of(m)["destination_service"] == "shared.ns.svc") out[name] = m.counter.value;
+    return out;
+  };
+  {
+    ConnectionResult c(t.sink(0), Direction::outbound, {}, {});
+    c.record().service = svc;
+    c.mark_opened();
+    c.record().bytes_to_upstream = 7;
+    c.finish(EndReason::completed);
+  }
+  auto held = std::make_unique<ConnectionResult>(t.sink(1), Direction::outbound, net::SocketAddress{},
+                                                 net::SocketAddress{});
+  held->record().service = svc;
+  held->mark_opened();
+  const auto before = totals();
+  ASSERT_EQ(before.at("istio_tcp_connections_opened_total"), 2.0);
+  ASSERT_EQ(before.at("istio_tcp_connections_closed_total"), 1.0);
+
+  const auto t0 = ConnectionTelemetry::Clock::now();
+  EXPECT_EQ(t.expire_idle(0, t0), 0u);
+  EXPECT_EQ(t.expire_idle(1, t0), 0u);
+  EXPECT_EQ(t.expire_idle(0, t0 + 10min), 1u);  // idle on worker 0
+  EXPECT_EQ(t.expire_idle(1, t0 + 10min), 0u);  // held on worker 1
+  EXPECT_EQ(totals(), before) << "worker 0's share went missing: the counters went down";
+  EXPECT_EQ(totals(), before);  // and stays (a scrape keeps what is still held)
+
+  held->record().bytes_to_upstream = 3;
+  held.reset();  // closes on worker 1
+  auto after = totals();
+  EXPECT_EQ(after.at("istio_tcp_connections_closed_total"), 2.0);
+  EXPECT_EQ(after.at("istio_tcp_received_bytes_total"), 10.0);
+  EXPECT_EQ(t.expire_idle(1, t0 + 11min), 0u);
+  EXPECT_EQ(t.expire_idle(1, t0 + 21min), 1u);
+  EXPECT_TRUE(totals().empty()) << "expired everywhere: the label set leaves the scrape";
+  // Back later: a fresh series (what Prometheus reads as a reset after a stale series), not the
+  // old totals resurrected.
+  {
+    ConnectionResult c(t.sink(1), Direction::outbound, {}, {});
+    c.record().service = svc;
+    c.mark_opened();
+    c.finish(EndReason::completed);
+  }
+  EXPECT_EQ(totals().at("istio_tcp_connections_opened_total"), 1.0);
+}
+
+// A label set that went to the overflow series for want of a cell gets a cell of its own once
+// expiry frees one (its cache entry pointing to the overflow series is forgotten).
+TEST(ConnectionTelemetryTest, OverflowedLabelSetsGetACellOnceOneIsFree) {
+  ConnectionTelemetry t(1, {.access_log = AccessLogFormat::off, .metrics = true, .series_expiry = 10min});
+  auto finish_one = [&](const std::shared_ptr<ServiceInfo>& svc) {
+    ConnectionResult c(t.sink(0), Direction::outbound, {}, {});
+    c.record().service = svc;
+    c.finish(EndReason::completed);
+  };
+  for (std::size_t i = 0; i < ConnectionTelemetry::kMaxSeriesPerWorker; ++i) {
+    std::string host = std::to_string(i);
+    host += ".ns.svc";
+    finish_one(std::make_shared<ServiceInfo>(ServiceInfo{host, "s", "ns"}));
+  }
+  const auto t0 = ConnectionTelemetry::Clock::now();
+  t.expire_idle(0, t0);  // every cell stamped
+  const auto extra = std::make_shared<ServiceInfo>(ServiceInfo{"extra.ns.svc", "s", "ns"});
+  finish_one(extra);  // no free cell: the overflow series (first seen by the next pass)
+  EXPECT_EQ(t.expire_idle(0, t0 + 10min), ConnectionTelemetry::kMaxSeriesPerWorker);
+  finish_one(extra);
+  std::map<std::string, double> closed;
+  const auto all = t.collect();
+  for (const auto& m : find(all, "istio_tcp_connections_closed_total").metric)
+    closed[labels_of(m)["destination_service"]] = m.counter.value;
+  EXPECT_EQ(closed["extra.ns.svc"], 1.0) << "still counted in the overflow series";
+  EXPECT_EQ(closed["overflow"], 1.0);
+}
+
 // Expiry off (0): nothing ever leaves.
 TEST(ConnectionTelemetryTest, SeriesExpiryZeroKeepsEverything) {
   ConnectionTelemetry t(1, {.access_log = AccessLogFormat::off, .metrics = true, .series_expiry = {}});

@@ -84,8 +84,18 @@ bool wait_for(const std::function<bool()>& done, std::chrono::milliseconds limit
   return true;
 }
 
+// Every command succeeds, and a rule asked about (-C) or deleted (-D) is never there, as on a
+// node with nothing of ours; or, with `fail`, every command fails.
 struct NoRunner : redirect::CommandRunner {
-  redirect::CommandResult run(const redirect::Command&) override { return {}; }
+  redirect::CommandResult run(const redirect::Command& c) override {
+    calls.fetch_add(1);
+    if (fail.load()) return {4, "", "denied\n"};
+    for (const auto& a : c.argv)
+      if (a == "-C" || a == "-D") return {1, "", ""};
+    return {};
+  }
+  std::atomic<int> calls{0};
+  std::atomic<bool> fail{false};
 };
 
 class ControlPlaneTest : public ::testing::Test {
@@ -331,6 +341,44 @@ TEST_F(ControlPlaneTest, DnsAnswersWhileABuildIsSlow) {
     front.stop();
   });
   front_thread.join();
+}
+
+// The drain released the capture (which stops the control plane), then a successor asks for the
+// rules: the answer must come at once, on the caller's thread, since nothing runs the control
+// plane's io_context any more. Without it the successor times out and installs anyway, and the
+// old owner, never superseded, removes the successor's rules at exit.
+TEST_F(ControlPlaneTest, RelinquishAfterTheReleaseAnswersAndRemovesNothing) {
+  ControlPlaneOptions options;
+  options.redirect = true;
+  make(options);
+  config::ClusterObjects a;
+  a.services.push_back(service("demo", "web", "10.96.0.10"));
+  cp->add_source(std::make_unique<ScriptedSource>(*cp, "a", a));
+  cp->start();
+  ASSERT_TRUE(wait_for([&] { return cp->synced(); }));
+  ASSERT_EQ(fatal_code.load(), 0);
+  cp->stop();
+  EXPECT_TRUE(cp->release_capture(true));
+  bool answered = false;
+  cp->relinquish_rules([&] { answered = true; });
+  EXPECT_TRUE(answered) << "the successor's takeover is never answered";
+  const int before = runner.calls.load();
+  cp->remove_rules(false);  // the old owner's exit, superseded
+  EXPECT_EQ(runner.calls.load(), before) << "the successor's rules were touched";
+}
+
+// A release that fails (here every command) is reported, so the daemon removes every rule at once
+// instead of closing its listeners behind a capture that is still in place.
+TEST_F(ControlPlaneTest, AFailedCaptureReleaseIsReported) {
+  ControlPlaneOptions options;
+  options.redirect = true;
+  make(options);
+  cp->add_source(std::make_unique<ScriptedSource>(*cp, "a", config::ClusterObjects{}));
+  cp->start();
+  ASSERT_TRUE(wait_for([&] { return cp->synced(); }));
+  cp->stop();
+  runner.fail = true;
+  EXPECT_FALSE(cp->release_capture(true));
 }
 
 }  // namespace

@@ -24,9 +24,11 @@ struct RecordingRunner : CommandRunner {
   std::set<std::string> jumps;  // "<program> <table> <hook>"
   std::map<std::string, std::set<std::string>> sets;
   std::vector<std::string> set_lines;  // every line ipset applied, in order
+  std::map<std::string, CommandResult> failures;  // by format_argv(argv)
 
   CommandResult run(const Command& c) override {
     commands.push_back(c);
+    if (auto f = failures.find(format_argv(c.argv)); f != failures.end()) return f->second;
     auto has = [&](const char* a) { return std::find(c.argv.begin(), c.argv.end(), a) != c.argv.end(); };
     if (c.argv[0] == "ipset") {
       if (c.argv[1] == "destroy") {
@@ -52,7 +54,7 @@ struct RecordingRunner : CommandRunner {
       const std::string key = c.argv[0] + " " + c.argv[3] + " " + c.argv[5] + (has("socket") ? " held" : "");
       if (has("-C")) return {jumps.count(key) ? 0 : 1, "", ""};
       if (has("-I")) jumps.insert(key);
-      if (has("-D")) jumps.erase(key);
+      if (has("-D") && !jumps.erase(key)) return {1, "", "iptables: Bad rule (does a matching rule exist in that chain?).\n"};
     }
     if (has("-S")) return {0, "-P INPUT ACCEPT\n-N DSPROXY_REFUSE\n-N DSPROXY_NOTRACK\n", ""};
     return {0, "", ""};
@@ -260,7 +262,7 @@ TEST(VipRefusals, ReleaseNarrowsTheNotrackJumpToHeldConnections) {
   VipRefusals refusals(RedirectOptions{}, runner);
   refusals.apply(kVips);
   runner.commands.clear();
-  refusals.release();
+  EXPECT_TRUE(refusals.release({net::Family::v4, net::Family::v6}));
   const std::set<std::string> after = {
       "iptables filter INPUT",  "iptables raw OUTPUT",  "iptables raw PREROUTING held",
       "ip6tables filter INPUT", "ip6tables raw OUTPUT", "ip6tables raw PREROUTING held"};
@@ -274,10 +276,35 @@ TEST(VipRefusals, ReleaseNarrowsTheNotrackJumpToHeldConnections) {
   EXPECT_EQ(lines[3], "iptables -w -t raw -D PREROUTING -j DSPROXY_NOTRACK");
   // Again: the wide jump is gone, nothing more to do.
   runner.commands.clear();
-  EXPECT_NO_THROW(refusals.release());
+  EXPECT_TRUE(refusals.release({net::Family::v4, net::Family::v6}));
   EXPECT_EQ(runner.commands.size(), 2u);  // one check per family
   refusals.uninstall();
   EXPECT_TRUE(runner.jumps.empty());
+}
+
+// A family whose capture could not be released keeps the wide exemption (its captured SYNs must
+// stay untracked); a narrowing that fails is reported, so the daemon removes every rule instead
+// of leaving the wide jump with no capture behind it (new ClusterIP connections black-holed).
+TEST(VipRefusals, ReleaseNarrowsOnlyReleasedFamiliesAndReportsFailures) {
+  RecordingRunner runner;
+  VipRefusals refusals(RedirectOptions{}, runner);
+  refusals.apply(kVips);
+  EXPECT_TRUE(refusals.release({net::Family::v6}));
+  EXPECT_TRUE(runner.jumps.count("iptables raw PREROUTING"));
+  EXPECT_FALSE(runner.jumps.count("iptables raw PREROUTING held"));
+  EXPECT_FALSE(runner.jumps.count("ip6tables raw PREROUTING"));
+  EXPECT_TRUE(runner.jumps.count("ip6tables raw PREROUTING held"));
+
+  runner.failures["iptables -w -t raw -I PREROUTING 1 -m socket --transparent -j DSPROXY_NOTRACK"] = {4, "", "denied\n"};
+  EXPECT_FALSE(refusals.release({net::Family::v4, net::Family::v6}));
+  EXPECT_TRUE(runner.jumps.count("iptables raw PREROUTING")) << "the wide jump stays if the narrow one is missing";
+  runner.failures.clear();
+
+  runner.failures["iptables -w -t raw -D PREROUTING -j DSPROXY_NOTRACK"] = {4, "", "denied\n"};
+  EXPECT_FALSE(refusals.release({net::Family::v4, net::Family::v6}));
+  runner.failures.clear();
+  EXPECT_TRUE(refusals.release({net::Family::v4, net::Family::v6}));
+  EXPECT_FALSE(runner.jumps.count("iptables raw PREROUTING"));
 }
 
 TEST(VipRefusals, FamilyOffGetsNoRefusalRules) {
