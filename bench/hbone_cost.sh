@@ -61,9 +61,12 @@ dsproxy_pid() { echo "${DSPROXY_NODE_PID[$1]}"; }
 conn_load() {
   in_pod client "$LOAD" conn --addr 10.96.50.50 --port 7000 --seconds 600 --max-ops "$CONNS" | jq -r '"\(.ops) ops, \(.errors) errors"'
 }
+# Per MB divides by what iperf3 sent (all of which crossed both proxies), kept in $OUT/bulk_bytes.
 bulk_load() {
-  in_pod client iperf3 -c 10.96.50.50 -n "${BULK_MB}M" -J 2>/dev/null | jq -r '"\(.end.sum_received.bytes) bytes"'
+  in_pod client iperf3 -c 10.96.50.50 -n "${BULK_MB}M" -J 2>/dev/null | jq -r '.end.sum_sent.bytes' >"$OUT/bulk_bytes"
+  echo "$(cat "$OUT/bulk_bytes") bytes sent"
 }
+bulk_mb() { awk '{ printf "%.3f", $1 / 1048576 }' "$OUT/bulk_bytes"; }
 warm() { in_pod client "$LOAD" conn --addr 10.96.50.50 --port 7000 --seconds 30 --max-ops 20 >/dev/null; }
 
 cg_total() { awk '/^(summary|totals):/ { print $2; exit }' "$1"; }
@@ -87,7 +90,7 @@ run_callgrind() { # LABEL [dsproxy args]
     local pid; pid=$(dsproxy_pid $n)
     # Dumps are numbered in order: .1 after the connections, .2 after the bulk transfer.
     awk -v l="$label" -v n="$n" -v ir="$(cg_total "$OUT/cg.$label.$pid.1")" -v c="$CONNS" \
-      -v b="$(cg_total "$OUT/cg.$label.$pid.2")" -v m="$BULK_MB" \
+      -v b="$(cg_total "$OUT/cg.$label.$pid.2")" -v m="$(bulk_mb)" \
       'BEGIN { printf "%-9s %-5s instructions: %10.0f per connection, %10.0f per MB\n", l, n, ir / c, b / m }'
   done
   stop_dsproxy_node node
@@ -120,7 +123,7 @@ run_strace() { # LABEL [dsproxy args]
   strace_window "$OUT/strace.$label.bulk" bulk_load
   for n in node node2; do
     awk -v l="$label" -v n="$n" -v s="$(strace_calls "$OUT/strace.$label.conn.$n")" -v c="$CONNS" \
-      -v b="$(strace_calls "$OUT/strace.$label.bulk.$n")" -v m="$BULK_MB" \
+      -v b="$(strace_calls "$OUT/strace.$label.bulk.$n")" -v m="$(bulk_mb)" \
       'BEGIN { printf "%-9s %-5s syscalls: %8.1f per connection, %8.1f per MB\n", l, n, s / c, b / m }'
   done
   stop_dsproxy_node node
