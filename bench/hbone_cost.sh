@@ -13,6 +13,7 @@
 #              connection and per MB.
 #
 #   bash bench/hbone_cost.sh [callgrind|strace|both]   (root; builds bench_load/bench_echo)
+#   env: CONNS (200), BULK_MB (200), PATHS ("plaintext hbone"), DSPROXY_BIN, OUT (dump directory)
 # Not a test: it prints numbers, asserts nothing.
 
 set -uo pipefail
@@ -131,13 +132,14 @@ run_strace() { # LABEL [dsproxy args]
 }
 
 HBONE_ARGS=(--ca-cert "$CLUSTER_TMP/ca.crt" --ca-key "$CLUSTER_TMP/ca.key")
-if [[ $TOOLS == strace || $TOOLS == both ]]; then
-  run_strace plaintext
-  run_strace hbone "${HBONE_ARGS[@]}"
-fi
-if [[ $TOOLS == callgrind || $TOOLS == both ]]; then
-  run_callgrind plaintext
-  run_callgrind hbone "${HBONE_ARGS[@]}"
-fi
+for tool in strace callgrind; do
+  [[ $TOOLS == "$tool" || $TOOLS == both ]] || continue
+  for path in ${PATHS:-plaintext hbone}; do
+    case $path in
+      plaintext) "run_$tool" plaintext ;;
+      hbone) "run_$tool" hbone "${HBONE_ARGS[@]}" ;;
+    esac
+  done
+done
 echo "dumps and strace tables: $OUT"
 CLUSTER_KEEP_TMP=1
