@@ -208,9 +208,24 @@ struct Session::Callbacks {
     return static_cast<ssize_t>(std::max<std::int64_t>(n, 1));
   }
 
-  static ssize_t data_read(nghttp2_session*, std::int32_t, std::uint8_t* buf, std::size_t length,
+  static ssize_t data_read(nghttp2_session*, std::int32_t, std::uint8_t*, std::size_t length,
                            std::uint32_t* data_flags, nghttp2_data_source* source, void*) {
-    return static_cast<Stream*>(source->ptr)->read_for_send(buf, length, data_flags);
+    return static_cast<Stream*>(source->ptr)->read_for_send(length, data_flags);
+  }
+
+  // A DATA frame read_for_send flagged NO_COPY, sent now (inside nghttp2_session_mem_send, after
+  // every frame before it was handed to do_write): header, payload, padding into the batch.
+  static int send_data(nghttp2_session*, nghttp2_frame* frame, const std::uint8_t* framehd, std::size_t length,
+                       nghttp2_data_source* source, void* user_data) {
+    auto& out = self(user_data).out_;
+    out.insert(out.end(), framehd, framehd + 9);
+    const std::size_t padlen = frame->data.padlen;
+    if (padlen > 0) out.push_back(static_cast<std::uint8_t>(padlen - 1));
+    static_cast<Stream*>(source->ptr)->take_for_send(out, length);
+    if (padlen > 1) out.insert(out.end(), padlen - 1, 0);
+    // Unlike frames nghttp2 serialises itself, these do not return from mem_send one by one:
+    // pausing keeps the batch near kWriteBatch when many streams have data.
+    return out.size() >= kWriteBatch ? NGHTTP2_ERR_PAUSE : 0;
   }
 };
 
@@ -257,6 +272,7 @@ void Session::init() {
   nghttp2_session_callbacks_set_on_stream_close_callback(cbs, &Callbacks::on_stream_close);
   nghttp2_session_callbacks_set_on_frame_send_callback(cbs, &Callbacks::on_frame_send);
   nghttp2_session_callbacks_set_data_source_read_length_callback(cbs, &Callbacks::read_length);
+  nghttp2_session_callbacks_set_send_data_callback(cbs, &Callbacks::send_data);
   nghttp2_option* opt = nullptr;
   nghttp2_option_new(&opt);
   // Window credit is returned by hand, as the relay drains each stream (see on_data_chunk).

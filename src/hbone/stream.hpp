@@ -64,8 +64,11 @@ class Stream : public std::enable_shared_from_this<Stream> {
   void on_data(const std::uint8_t* data, std::size_t size);
   void on_remote_end();
   void on_closed(std::uint32_t h2_error_code, bool by_peer);
-  // The data provider: copies up to `length` pending write bytes into `out`.
-  long read_for_send(std::uint8_t* out, std::size_t length, std::uint32_t* data_flags);
+  // The data provider: how many pending write bytes (up to `length`) the next DATA frame carries
+  // (flagged NO_COPY), or EOF / deferred.
+  long read_for_send(std::size_t length, std::uint32_t* data_flags);
+  // nghttp2 sends that frame now: its `length` payload bytes are appended to `out`.
+  void take_for_send(std::vector<std::uint8_t>& out, std::size_t length);
   void complete_read();
   // Drops the received bytes nobody will read, giving their share of the session's buffer and
   // connection credit back.

@@ -9,7 +9,13 @@ std::unique_ptr<SslStream> make_tls_stream(boost::asio::ip::tcp::socket socket, 
   // and, when destroyed, free it and clear callbacks it did not install.
   SSL* ssl = SSL_new(context.get());
   if (!ssl) return nullptr;
-  return std::make_unique<SslStream>(std::move(socket), ssl);
+  auto stream = std::make_unique<SslStream>(std::move(socket), ssl);
+  // Asio turns SSL_MODE_RELEASE_BUFFERS on: OpenSSL then frees its ~17 KiB read and write record
+  // buffers whenever they drain and allocates them again for the next record, i.e. a malloc/free
+  // pair per TLS record on a bulk stream and several per tunnelled connection. A pooled HBONE
+  // connection is long-lived and busy, so the buffers stay (34 KiB per outer connection).
+  SSL_clear_mode(ssl, SSL_MODE_RELEASE_BUFFERS);
+  return stream;
 }
 
 bool negotiated_h2(SSL* ssl) {

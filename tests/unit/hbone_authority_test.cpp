@@ -25,6 +25,9 @@ TEST(HboneAuthority, FormatsAsZtunnelDoes) {
   EXPECT_EQ(format_authority({ip::make_address("10.1.2.3"), 8080}), "10.1.2.3:8080");
   EXPECT_EQ(format_authority({ip::make_address("fd00::1"), 443}), "[fd00::1]:443");
   EXPECT_EQ(format_authority({ip::make_address("::ffff:10.0.0.1"), 80}), "10.0.0.1:80");
+  EXPECT_EQ(format_authority({ip::make_address("255.255.255.255"), 65535}), "255.255.255.255:65535");
+  EXPECT_EQ(format_authority({ip::make_address("0.0.0.0"), 0}), "0.0.0.0:0");
+  EXPECT_EQ(format_authority({ip::make_address("192.168.100.9"), 15008}), "192.168.100.9:15008");
 }
 
 TEST(HboneAuthority, ForwardedCarriesTheClientAddress) {
