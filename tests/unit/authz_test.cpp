@@ -15,7 +15,7 @@
 #include "snapshot/snapshot_builder.hpp"
 
 namespace dsproxy::authz {
-namespace {
+namespace authz_test {  // named: unity builds put several test files in one translation unit
 
 net::IpAddress ip(std::string_view s) { return *net::IpAddress::parse(s); }
 
@@ -572,5 +572,5 @@ status: {podIPs: [{ip: 10.244.0.10}]}
   EXPECT_EQ(s5->authz().workload(ip("10.244.0.10"))->allow[0]->rules.size(), 2u);
 }
 
-}  // namespace
+}  // namespace authz_test
 }  // namespace dsproxy::authz

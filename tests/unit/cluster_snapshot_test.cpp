@@ -11,7 +11,7 @@
 
 namespace dsproxy::snapshot {
 using namespace config;
-namespace {
+namespace cluster_snapshot_test {  // named: unity builds put several test files in one translation unit
 
 net::IpAddress ip(const char* s) { return *net::IpAddress::parse(s); }
 net::SocketAddress sa(const char* s, std::uint16_t port) { return {ip(s), port}; }
@@ -504,5 +504,5 @@ TEST(UnsafeEndpoints, LoopbackLinkLocalMulticastAndClusterIpsAreDroppedWhateverT
     if (v.vip.to_string() == "fd00:10:96::7:2" || v.vip.to_string() == "10.96.7.2") EXPECT_TRUE(v.open_ports.empty());
 }
 
-}  // namespace
+}  // namespace cluster_snapshot_test
 }  // namespace dsproxy::snapshot

@@ -12,7 +12,7 @@
 #include "config/k8s_decoder.hpp"
 
 namespace dsproxy::config {
-namespace {
+namespace config_decoder_limits_test {  // named: unity builds put several test files in one translation unit
 
 const std::string kDataDir = DSPROXY_TEST_DATA_DIR;
 
@@ -217,5 +217,5 @@ TEST(ConfigDecoderLimits, LargeNormalConfigLoads) {
   EXPECT_TRUE(o.warnings.empty());
 }
 
-}  // namespace
+}  // namespace config_decoder_limits_test
 }  // namespace dsproxy::config

@@ -14,7 +14,7 @@
 #include "config/k8s_decoder.hpp"
 
 namespace dsproxy::config {
-namespace {
+namespace config_decoder_object_test {  // named: unity builds put several test files in one translation unit
 
 namespace json = boost::json;
 

@@ -6,7 +6,7 @@
 #include "config/k8s_decoder.hpp"
 
 namespace dsproxy::config {
-namespace {
+namespace config_decoder_test {  // named: unity builds put several test files in one translation unit
 
 const std::string kDataDir = DSPROXY_TEST_DATA_DIR;
 

@@ -5,7 +5,7 @@
 #include <gtest/gtest.h>
 
 namespace dsproxy::proxy {
-namespace {
+namespace connect_scheduler_test {  // named: unity builds put several test files in one translation unit
 
 using namespace std::chrono_literals;
 using Kind = ConnectScheduler::ActionKind;
@@ -205,5 +205,5 @@ TEST_F(ConnectSchedulerTest, GiveUpCancelsWhatIsStillRunning) {
   EXPECT_TRUE(s.give_up(0).empty()) << "finished: nothing more to do";
 }
 
-}  // namespace
+}  // namespace connect_scheduler_test
 }  // namespace dsproxy::proxy

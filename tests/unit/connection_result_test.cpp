@@ -19,7 +19,7 @@
 #include "snapshot/snapshot_builder.hpp"
 
 namespace dsproxy::proxy {
-namespace {
+namespace connection_result_test {  // named: unity builds put several test files in one translation unit
 
 using namespace std::chrono_literals;
 
@@ -399,5 +399,5 @@ TEST_F(ConnectionResultPathTest, StillOpenAtShutdownIsRecordedOnce) {
   EXPECT_EQ(sink.wait_for(2, 50ms).size(), 1u);
 }
 
-}  // namespace
+}  // namespace connection_result_test
 }  // namespace dsproxy::proxy

@@ -12,7 +12,7 @@
 #include "admin/metrics_exporter.hpp"
 
 namespace dsproxy::proxy {
-namespace {
+namespace connection_telemetry_test {  // named: unity builds put several test files in one translation unit
 
 using namespace std::chrono_literals;
 
@@ -540,5 +540,5 @@ TEST(MetricsExporterTest, RendersPrometheusTextWithBuildInfoAndOurFamilies) {
   EXPECT_NE(text.find("dsproxy_config_reload_failures_total 1"), std::string::npos) << text;
 }
 
-}  // namespace
+}  // namespace connection_telemetry_test
 }  // namespace dsproxy::proxy

@@ -21,7 +21,7 @@
 #include "resolver/dns_proxy.hpp"
 
 namespace dsproxy::daemon {
-namespace {
+namespace control_plane_test {  // named: unity builds put several test files in one translation unit
 
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
@@ -381,5 +381,5 @@ TEST_F(ControlPlaneTest, AFailedCaptureReleaseIsReported) {
   EXPECT_FALSE(cp->release_capture(true));
 }
 
-}  // namespace
+}  // namespace control_plane_test
 }  // namespace dsproxy::daemon

@@ -9,7 +9,7 @@
 #include "config/k8s_decoder.hpp"
 
 namespace dsproxy::proxy {
-namespace {
+namespace endpoint_picker_test {  // named: unity builds put several test files in one translation unit
 
 // Three dual-stack pods behind a PreferDualStack Service, a named port only two of them have,
 // and a SingleStack IPv4 Service over the same pods.
@@ -197,5 +197,5 @@ TEST_F(EndpointPickerTest, Row7BusyEndpointGetsFewerNewConnections) {
   EXPECT_EQ(hits["shop/web-1"], 0) << "power of two choices never prefers the busiest of two";
 }
 
-}  // namespace
+}  // namespace endpoint_picker_test
 }  // namespace dsproxy::proxy

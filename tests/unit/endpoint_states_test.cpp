@@ -7,7 +7,7 @@
 #include "config/k8s_decoder.hpp"
 
 namespace dsproxy::proxy {
-namespace {
+namespace endpoint_states_test {  // named: unity builds put several test files in one translation unit
 
 using snapshot::ClusterSnapshot;
 

@@ -33,7 +33,7 @@
 #include "support/test_pki.hpp"
 
 namespace dsproxy {
-namespace {
+namespace fail_safe_test {  // named: unity builds put several test files in one translation unit
 
 using namespace std::chrono_literals;
 
@@ -541,5 +541,5 @@ TEST_F(MeshFailSafeTest, SilentTunnelAndThenItsIdleConnectionAreClosed) {
   EXPECT_TRUE(eventually([&] { return worker_connections() == 0; })) << worker_connections();
 }
 
-}  // namespace
+}  // namespace fail_safe_test
 }  // namespace dsproxy

@@ -23,7 +23,7 @@
 #include "fake_apiserver/fake_api_server.hpp"
 #include "fake_apiserver/objects_file.hpp"
 
-namespace {
+namespace fake_apiserver_test {  // named: unity builds put several test files in one translation unit
 
 namespace asio = boost::asio;
 namespace ssl = asio::ssl;
@@ -633,4 +633,4 @@ TEST(FakeApiServerObjectsTest, YamlAndJsonFilesBecomeObjectsWithTypedScalars) {
   EXPECT_EQ(typed[0].at("kind").as_string(), "Service");
 }
 
-}  // namespace
+}  // namespace fake_apiserver_test

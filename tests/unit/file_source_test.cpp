@@ -16,7 +16,7 @@
 #include "sources/file_source.hpp"
 
 namespace dsproxy::sources {
-namespace {
+namespace file_source_test {  // named: unity builds put several test files in one translation unit
 
 using namespace std::chrono_literals;
 
@@ -319,5 +319,5 @@ TEST_F(FileSourceTest, ErrorsNameTheFileAndADirectoryIsRefused) {
   EXPECT_NE(sink.failures[1].find("is a directory"), std::string::npos) << sink.failures[1];
 }
 
-}  // namespace
+}  // namespace file_source_test
 }  // namespace dsproxy::sources

@@ -19,7 +19,7 @@
 #include <string>
 
 namespace dsproxy::daemon {
-namespace {
+namespace handoff_test {  // named: unity builds put several test files in one translation unit
 
 namespace asio = boost::asio;
 
@@ -211,5 +211,5 @@ TEST(Handoff, ANameHeldByAnotherUserIsNotTakenForTheOwner) {
   EXPECT_TRUE(claims);
 }
 
-}  // namespace
+}  // namespace handoff_test
 }  // namespace dsproxy::daemon

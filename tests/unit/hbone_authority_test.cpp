@@ -3,7 +3,7 @@
 #include "hbone/authority.hpp"
 
 namespace dsproxy::hbone {
-namespace {
+namespace hbone_authority_test {  // named: unity builds put several test files in one translation unit
 
 namespace ip = boost::asio::ip;
 
@@ -56,5 +56,5 @@ TEST(HboneAuthority, BaggageRoundTripsAndSkipsEmptyFields) {
   EXPECT_EQ(p.ns, "n");
 }
 
-}  // namespace
+}  // namespace hbone_authority_test
 }  // namespace dsproxy::hbone

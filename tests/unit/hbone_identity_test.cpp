@@ -16,7 +16,7 @@
 #include "support/test_pki.hpp"
 
 namespace dsproxy::hbone::test {
-namespace {
+namespace hbone_identity_test {  // named: unity builds put several test files in one translation unit
 
 TEST(HboneIdentity, TunnelRunsOnIdentityTlsContexts) {
   Harness h;
@@ -145,5 +145,5 @@ TEST(HboneIdentity, PoolHookCountsOnlyOpenSslErrorsAsRefusals) {
   EXPECT_EQ(identities.stats()->to_json().at("client").at("refused").at("connection-lost").as_uint64(), 4u);
 }
 
-}  // namespace
+}  // namespace hbone_identity_test
 }  // namespace dsproxy::hbone::test

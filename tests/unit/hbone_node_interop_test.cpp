@@ -12,7 +12,7 @@
 #include "hbone_harness.hpp"
 
 namespace dsproxy::hbone::test {
-namespace {
+namespace hbone_node_interop_test {  // named: unity builds put several test files in one translation unit
 
 // A child process whose stdout lines we read with a deadline; killed when destroyed.
 class NodePeer {
@@ -175,5 +175,5 @@ TEST(HboneNodeInterop, OurClientReadsANodeServersErrorStatuses) {
   EXPECT_EQ(h.pool_connections(), 1u);  // every stream on one pooled connection
 }
 
-}  // namespace
+}  // namespace hbone_node_interop_test
 }  // namespace dsproxy::hbone::test

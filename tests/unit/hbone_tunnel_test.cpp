@@ -27,7 +27,7 @@
 #include "snapshot/snapshot_builder.hpp"
 
 namespace dsproxy::hbone::test {
-namespace {
+namespace hbone_tunnel_test {  // named: unity builds put several test files in one translation unit
 
 std::string authority_of(const asio::ip::tcp::endpoint& ep) { return format_authority(ep); }
 
@@ -777,5 +777,5 @@ TEST(HboneTunnel, UnreadBytesOfACleanlyClosedStreamLeaveTheSessionBudget) {
   EXPECT_EQ(h.server_connections.load(), 1);
 }
 
-}  // namespace
+}  // namespace hbone_tunnel_test
 }  // namespace dsproxy::hbone::test

@@ -19,7 +19,7 @@
 #include "support/test_pki.hpp"
 #include "support/tls_memory_pair.hpp"
 
-namespace {
+namespace identity_manager_test {  // named: unity builds put several test files in one translation unit
 
 using namespace dsproxy::identity;
 using dsproxy::testing::TestPki;
@@ -237,4 +237,4 @@ TEST(IdentityOptions, ValidateSaysWhatIsWrong) {
   EXPECT_NE(o.validate().find("--trust-domain"), std::string::npos);
 }
 
-}  // namespace
+}  // namespace identity_manager_test

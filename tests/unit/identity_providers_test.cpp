@@ -15,7 +15,7 @@
 #include "support/test_pki.hpp"
 #include "support/tls_memory_pair.hpp"
 
-namespace {
+namespace identity_providers_test {  // named: unity builds put several test files in one translation unit
 
 using namespace dsproxy::identity;
 using dsproxy::testing::TestPki;
@@ -323,4 +323,4 @@ TEST_F(CertDirTest, RefusesAnExpiredCertificate) {
   EXPECT_EQ(certs.certificate(a), nullptr);
 }
 
-}  // namespace
+}  // namespace identity_providers_test

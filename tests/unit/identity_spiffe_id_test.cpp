@@ -2,7 +2,7 @@
 
 #include "identity/spiffe_id.hpp"
 
-namespace {
+namespace identity_spiffe_id_test {  // named: unity builds put several test files in one translation unit
 
 using dsproxy::identity::SpiffeId;
 
@@ -60,4 +60,4 @@ TEST(SpiffeId, RejectsEverythingElse) {
   EXPECT_TRUE(SpiffeId::make("cluster.local", "a", "b"));
 }
 
-}  // namespace
+}  // namespace identity_spiffe_id_test

@@ -16,7 +16,7 @@
 #include "support/test_pki.hpp"
 #include "support/tls_memory_pair.hpp"
 
-namespace {
+namespace identity_tls_test {  // named: unity builds put several test files in one translation unit
 
 using namespace dsproxy::identity;
 using dsproxy::testing::TestPki;
@@ -354,4 +354,4 @@ TEST(TlsReport, APeersCertificateNamesAreLoggedEscapedAndCapped) {
   }
 }
 
-}  // namespace
+}  // namespace identity_tls_test

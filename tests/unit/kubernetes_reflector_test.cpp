@@ -115,13 +115,13 @@ json::object service(const std::string& name, const std::string& ns = "default")
                       {"spec", json::object{{"clusterIP", "10.96.0.10"}, {"ports", json::array{}}}}};
 }
 
-class TempDir {
+class ReflectorTempDir {
  public:
-  TempDir() {
+  ReflectorTempDir() {
     std::string pattern = (std::filesystem::temp_directory_path() / "dsproxy-fakeapi-XXXXXX").string();
     path_ = ::mkdtemp(pattern.data());
   }
-  ~TempDir() {
+  ~ReflectorTempDir() {
     std::error_code ec;
     std::filesystem::remove_all(path_, ec);
   }
@@ -202,7 +202,7 @@ class KubernetesReflector : public ::testing::Test {
     return l;
   }
 
-  TempDir dir_;
+  ReflectorTempDir dir_;
   std::unique_ptr<FakeApiServer> server;
   asio::io_context io;
   MirrorSink sink;

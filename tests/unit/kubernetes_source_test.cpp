@@ -17,7 +17,7 @@
 #include "sources/kubernetes/kubernetes_source.hpp"
 
 namespace dsproxy::sources::kubernetes {
-namespace {
+namespace kubernetes_source_test {  // named: unity builds put several test files in one translation unit
 
 namespace json = boost::json;
 using namespace std::chrono_literals;
@@ -237,5 +237,5 @@ TEST_F(KubernetesSourceTest, A410RelistAppliesTheDifferenceInFewBuilds) {
   EXPECT_GE(relists, 1u);
 }
 
-}  // namespace
+}  // namespace kubernetes_source_test
 }  // namespace dsproxy::sources::kubernetes

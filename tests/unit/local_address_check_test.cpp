@@ -10,7 +10,7 @@
 #include <cstring>
 
 namespace dsproxy::proxy {
-namespace {
+namespace local_address_check_test {  // named: unity builds put several test files in one translation unit
 
 net::IpAddress ip(const char* text) { return *net::IpAddress::parse(text); }
 
@@ -69,5 +69,5 @@ TEST(KernelLocalAddressCheck, ManyLookupsOnOneSocket) {
   }
 }
 
-}  // namespace
+}  // namespace local_address_check_test
 }  // namespace dsproxy::proxy

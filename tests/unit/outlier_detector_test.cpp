@@ -3,7 +3,7 @@
 #include <gtest/gtest.h>
 
 namespace dsproxy::proxy {
-namespace {
+namespace outlier_detector_test {  // named: unity builds put several test files in one translation unit
 
 using namespace std::chrono_literals;
 
@@ -49,5 +49,5 @@ TEST(OutlierDetector, EjectionTimeIsCappedAndForgivenAfterAQuietSpell) {
   EXPECT_FALSE(d.is_ejected(st, t + 100s)) << "back to the base ejection time";
 }
 
-}  // namespace
+}  // namespace outlier_detector_test
 }  // namespace dsproxy::proxy

@@ -15,7 +15,7 @@
 #include <vector>
 
 namespace dsproxy::proxy {
-namespace {
+namespace pipe_pool_test {  // named: unity builds put several test files in one translation unit
 
 TEST(PipePool, ReusesDrainedPipesAndClosesOnesThatMayHoldData) {
   PipePool pool(64 * 1024, 2, 8);
@@ -126,5 +126,5 @@ TEST(PipePool, ARefusedSizeLeavesThePipesOwnCapacity) {
       ::testing::ExitedWithCode(0), "");
 }
 
-}  // namespace
+}  // namespace pipe_pool_test
 }  // namespace dsproxy::proxy

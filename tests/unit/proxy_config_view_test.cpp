@@ -14,7 +14,7 @@
 #include "config/k8s_decoder.hpp"
 
 namespace dsproxy {
-namespace {
+namespace proxy_config_view_test {  // named: unity builds put several test files in one translation unit
 
 std::string experiment_dump() {
   auto objects = config::load_objects_file(DSPROXY_SOURCE_DIR "/config/tcp-echo-experiment.yaml");
@@ -118,5 +118,5 @@ TEST(ProxyConfigView, GarbageIsAClearError) {
   EXPECT_THROW(cli::listeners_table("{}", std::nullopt), std::runtime_error);
 }
 
-}  // namespace
+}  // namespace proxy_config_view_test
 }  // namespace dsproxy

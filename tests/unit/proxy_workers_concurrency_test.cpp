@@ -23,7 +23,7 @@
 #include "proxy/proxy_server.hpp"
 
 namespace dsproxy::proxy {
-namespace {
+namespace proxy_workers_concurrency_test {  // named: unity builds put several test files in one translation unit
 
 constexpr int kClients = 4;
 constexpr int kConnectionsPerClient = 25;
@@ -164,5 +164,5 @@ TEST(ProxyWorkersConcurrency, WorkersRelayWhileReloadsSwapSnapshots) {
   EXPECT_EQ(stats.active_connections.load(), 0u);
 }
 
-}  // namespace
+}  // namespace proxy_workers_concurrency_test
 }  // namespace dsproxy::proxy

@@ -9,7 +9,7 @@
 #include "redirect/command_runner.hpp"
 
 namespace dsproxy::redirect {
-namespace {
+namespace redirect_command_runner_test {  // named: unity builds put several test files in one translation unit
 
 TEST(RedirectCommandRunner, CapturesOutputErrorAndExitCode) {
   ProcessRunner runner;
@@ -106,5 +106,5 @@ TEST(RedirectCommandRunner, FormatArgvQuotesOnlyWhatNeedsIt) {
   EXPECT_EQ(format_argv({"ip6tables", "-s", "fd00::5/128"}), "ip6tables -s fd00::5/128");
 }
 
-}  // namespace
+}  // namespace redirect_command_runner_test
 }  // namespace dsproxy::redirect

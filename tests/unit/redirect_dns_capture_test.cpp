@@ -13,7 +13,7 @@
 #include "redirect/vip_refusals.hpp"
 
 namespace dsproxy::redirect {
-namespace {
+namespace redirect_dns_capture_test {  // named: unity builds put several test files in one translation unit
 
 using net::Family;
 using net::IpAddress;
@@ -100,5 +100,5 @@ TEST(RedirectDnsCapture, TcpDnsToAVipWithoutEndpointsIsNotRefused) {
   EXPECT_EQ(render_refusal_rules(Family::v4, RedirectOptions{}).find("--dport 53"), std::string::npos);
 }
 
-}  // namespace
+}  // namespace redirect_dns_capture_test
 }  // namespace dsproxy::redirect

@@ -11,7 +11,7 @@
 #include "redirect/vip_refusals.hpp"
 
 namespace dsproxy::redirect {
-namespace {
+namespace redirect_iptables_backend_test {  // named: unity builds put several test files in one translation unit
 
 // Answers from a table keyed by the command line; records every call. A program not in the
 // table "does not exist" (127), as ProcessRunner reports it.
@@ -210,5 +210,5 @@ TEST(IptablesBackend, EveryRuleCommandUsesTheChosenVariant) {
   EXPECT_GT(tables, 10u);
 }
 
-}  // namespace
+}  // namespace redirect_iptables_backend_test
 }  // namespace dsproxy::redirect

@@ -17,7 +17,7 @@
 #include "proxy/proxy_server.hpp"
 
 namespace dsproxy::redirect {
-namespace {
+namespace redirect_node_families_test {  // named: unity builds put several test files in one translation unit
 
 using net::Family;
 
@@ -249,5 +249,5 @@ TEST_F(OneFamilyProxy, NoFamilyAtAllIsRefused) {
   EXPECT_THROW(server.start(), std::invalid_argument);
 }
 
-}  // namespace
+}  // namespace redirect_node_families_test
 }  // namespace dsproxy::redirect

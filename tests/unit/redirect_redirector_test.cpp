@@ -13,7 +13,7 @@
 #include "redirect/rule_renderer.hpp"
 
 namespace dsproxy::redirect {
-namespace {
+namespace redirect_redirector_test {  // named: unity builds put several test files in one translation unit
 
 using net::Family;
 using net::IpAddress;

@@ -20,7 +20,7 @@
 #include "redirect/rule_renderer.hpp"
 
 namespace dsproxy::redirect {
-namespace {
+namespace redirect_rule_renderer_test {  // named: unity builds put several test files in one translation unit
 
 using net::Family;
 using net::IpAddress;

@@ -27,7 +27,7 @@
 #include "proxy/relay.hpp"
 
 namespace dsproxy::proxy {
-namespace {
+namespace relay_test {  // named: unity builds put several test files in one translation unit
 
 namespace asio = boost::asio;
 
@@ -542,5 +542,5 @@ TEST(RelayIdleSweep, ARelayStartedLateInTheSweepPeriodStillGetsAWholeTimeout) {
   for (int fd : {a.client, a.server, b.client, b.server, proxy_listener, server_listener}) ::close(fd);
 }
 
-}  // namespace
+}  // namespace relay_test
 }  // namespace dsproxy::proxy

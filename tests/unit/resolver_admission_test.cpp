@@ -7,7 +7,7 @@
 #include "resolver/dns_admission.hpp"
 
 namespace dsproxy::resolver {
-namespace {
+namespace resolver_admission_test {  // named: unity builds put several test files in one translation unit
 
 net::SocketAddress at(const char* ip, std::uint16_t port) { return {net::IpAddress::parse(ip).value(), port}; }
 
@@ -77,5 +77,5 @@ TEST(ResolverAdmissionLoopback, Ranges) {
   EXPECT_FALSE(is_loopback(*net::IpAddress::parse("1::1")));
 }
 
-}  // namespace
+}  // namespace resolver_admission_test
 }  // namespace dsproxy::resolver

@@ -5,7 +5,7 @@
 #include "resolver/connection_limits.hpp"
 
 namespace dsproxy::resolver {
-namespace {
+namespace resolver_connection_limits_test {  // named: unity builds put several test files in one translation unit
 
 const net::IpAddress kPod = *net::IpAddress::parse("10.244.0.5");
 const net::IpAddress kOther = *net::IpAddress::parse("10.244.0.26");
@@ -56,5 +56,5 @@ TEST(ResolverConnectionLimits, ZeroPerClientRefusesEveryone) {
   EXPECT_EQ(limits.clients(), 0u);
 }
 
-}  // namespace
+}  // namespace resolver_connection_limits_test
 }  // namespace dsproxy::resolver

@@ -9,7 +9,7 @@
 #include "resolver/dns_handler.hpp"
 
 namespace dsproxy::resolver {
-namespace {
+namespace resolver_handler_test {  // named: unity builds put several test files in one translation unit
 
 using namespace std::chrono_literals;
 
@@ -261,5 +261,5 @@ TEST_F(ResolverHandler, MalformedQueriesGetFormerrOrNothing) {
   EXPECT_TRUE(upstream.pending.empty());
 }
 
-}  // namespace
+}  // namespace resolver_handler_test
 }  // namespace dsproxy::resolver

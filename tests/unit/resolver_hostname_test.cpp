@@ -12,7 +12,7 @@
 #include "resolver/hostname_table.hpp"
 
 namespace dsproxy::resolver {
-namespace {
+namespace resolver_hostname_test {  // named: unity builds put several test files in one translation unit
 
 using namespace std::chrono_literals;
 

@@ -8,7 +8,7 @@
 #include "resolver/dns_message.hpp"
 
 namespace dsproxy::resolver {
-namespace {
+namespace resolver_message_test {  // named: unity builds put several test files in one translation unit
 
 Name name(const char* text) { return Name::from_text(text).value(); }
 net::IpAddress ip(const char* text) { return net::IpAddress::parse(text).value(); }
@@ -303,5 +303,5 @@ TEST(ResolverMessage, RandomBytesKeepTheParsersContracts) {
   EXPECT_GT(messages_ok, 1000);
 }
 
-}  // namespace
+}  // namespace resolver_message_test
 }  // namespace dsproxy::resolver

@@ -19,7 +19,7 @@
 #include "resolver/io/socket_address_conversion.hpp"
 
 namespace dsproxy::resolver {
-namespace {
+namespace resolver_origin_reply_test {  // named: unity builds put several test files in one translation unit
 
 struct Socket {
   int fd = -1;
@@ -150,5 +150,5 @@ TEST_P(ResolverOriginReply, APortHeldWithoutReuseAddressFailsTheAnswer) {
 INSTANTIATE_TEST_SUITE_P(Families, ResolverOriginReply, ::testing::Values("127.0.0.1", "::1"),
                          [](const auto& info) { return std::string(info.param[0] == ':' ? "v6" : "v4"); });
 
-}  // namespace
+}  // namespace resolver_origin_reply_test
 }  // namespace dsproxy::resolver

@@ -21,7 +21,7 @@
 #include "resolver/io/ares_upstream.hpp"
 
 namespace dsproxy::resolver {
-namespace {
+namespace resolver_proxy_test {  // named: unity builds put several test files in one translation unit
 
 namespace asio = boost::asio;
 using asio::ip::tcp;
@@ -378,5 +378,5 @@ TEST(ResolverAresUpstream, ReadsNameserversFromResolvConf) {
   ::unlink(path);
 }
 
-}  // namespace
+}  // namespace resolver_proxy_test
 }  // namespace dsproxy::resolver

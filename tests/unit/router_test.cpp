@@ -8,7 +8,7 @@
 #include "config/k8s_decoder.hpp"
 
 namespace dsproxy::proxy {
-namespace {
+namespace router_test {  // named: unity builds put several test files in one translation unit
 
 constexpr const char* kCluster = R"(
 apiVersion: v1
@@ -264,5 +264,5 @@ TEST_F(RouterTest, CapturedDestinationOfAnotherFamilyThanTheClientIsRefused) {
             RejectReason::forbidden_destination);
 }
 
-}  // namespace
+}  // namespace router_test
 }  // namespace dsproxy::proxy

@@ -16,7 +16,7 @@
 #include "proxy/session_affinity.hpp"
 
 namespace dsproxy {
-namespace {
+namespace service_semantics_test {  // named: unity builds put several test files in one translation unit
 
 using snapshot::ClusterSnapshot;
 using snapshot::ServiceCluster;
@@ -539,5 +539,5 @@ TEST(SessionAffinityTable, BoundedEvictsLeastRecentlyUsedAndIsThreadSafe) {
   EXPECT_EQ(shared.size(), 500u);
 }
 
-}  // namespace
+}  // namespace service_semantics_test
 }  // namespace dsproxy

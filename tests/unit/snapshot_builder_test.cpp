@@ -16,7 +16,7 @@
 #include "resolver/cluster_dns.hpp"
 
 namespace dsproxy::snapshot {
-namespace {
+namespace snapshot_builder_test {  // named: unity builds put several test files in one translation unit
 
 using namespace config;
 
@@ -512,5 +512,5 @@ TEST(SnapshotBuilder, EndpointStateSurvivesEventsAndIsFreedWhenGone) {
   EXPECT_EQ(states.tracked_addresses(), 2u) << "10.0.0.2:8080's state is freed";
 }
 
-}  // namespace
+}  // namespace snapshot_builder_test
 }  // namespace dsproxy::snapshot

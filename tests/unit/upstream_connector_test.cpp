@@ -21,7 +21,7 @@
 #include "fd_limit.hpp"
 
 namespace dsproxy::proxy {
-namespace {
+namespace upstream_connector_test {  // named: unity builds put several test files in one translation unit
 
 using namespace std::chrono_literals;
 
@@ -211,5 +211,5 @@ TEST(UpstreamConnector, DescriptorExhaustionIsTheNodesErrorNotTheEndpoints) {
   EXPECT_EQ(ok.reported[0].second, AttemptResult::connected);
 }
 
-}  // namespace
+}  // namespace upstream_connector_test
 }  // namespace dsproxy::proxy

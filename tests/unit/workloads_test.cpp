@@ -12,7 +12,7 @@
 #include "sources/kubernetes/kubernetes_source.hpp"
 
 namespace dsproxy::snapshot {
-namespace {
+namespace workloads_test {  // named: unity builds put several test files in one translation unit
 
 using namespace config;
 

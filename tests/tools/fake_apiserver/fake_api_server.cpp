@@ -116,13 +116,6 @@ json::object status_object(unsigned code, std::string_view reason, std::string_v
                       {"code", code}};
 }
 
-std::string_view namespace_of(const json::object& object) {
-  auto metadata = object.find("metadata");
-  if (metadata == object.end() || !metadata->value().is_object()) return {};
-  auto ns = metadata->value().get_object().find("namespace");
-  if (ns == metadata->value().get_object().end() || !ns->value().is_string()) return {};
-  return ns->value().get_string();
-}
 
 void write_file(const std::filesystem::path& path, std::string_view content, mode_t mode) {
   // Written aside and renamed: a client re-reading the file (token rotation) never sees half of it.

@@ -35,11 +35,6 @@ const json::object* object_at(const json::object& object, std::string_view key) 
   return &it->value().get_object();
 }
 
-std::string_view namespace_of(const json::object& object) {
-  const json::object* metadata = object_at(object, "metadata");
-  return metadata ? string_at(*metadata, "namespace") : std::string_view{};
-}
-
 // A field's value as the apiserver's field selectors compare it: its text; missing is "".
 std::optional<std::string> field_text(const json::object& object, std::string_view path) {
   const json::value* current = nullptr;
@@ -78,6 +73,11 @@ std::string_view trim(std::string_view text) {
 }
 
 }  // namespace
+
+std::string_view namespace_of(const json::object& object) {
+  const json::object* metadata = object_at(object, "metadata");
+  return metadata ? string_at(*metadata, "namespace") : std::string_view{};
+}
 
 const ResourceInfo* find_resource(std::string_view plural) {
   for (const auto& r : kResources)

@@ -26,6 +26,8 @@ struct ResourceInfo {
 
 const ResourceInfo* find_resource(std::string_view plural);
 const ResourceInfo* find_resource_by_kind(std::string_view kind);
+// An object's metadata.namespace ("" when cluster-scoped or missing).
+std::string_view namespace_of(const boost::json::object& object);
 
 enum class EventType { added, modified, deleted };
 std::string_view to_string(EventType type);
