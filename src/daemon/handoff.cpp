@@ -86,7 +86,9 @@ Handoff::Role Handoff::acquire() {
       spdlog::info("handoff: owner of the node's capture rules (no other dsproxy in this network namespace)");
       return role_;
     }
-    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    // Non-blocking: connect(2) to a unix listener whose backlog is full blocks without a time
+    // limit, and a holder of the name (anyone in the network namespace) could keep it full.
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) break;
     sockaddr_un sa{};
     const socklen_t len = abstract_address(address_, sa);
@@ -249,11 +251,16 @@ bool Handoff::claim_if_unowned() {
   if (bind_name()) return true;
   // Held: by a live dsproxy of ours (its rules now), or by a process of another user, which
   // owns nothing of ours: then we are the last one out.
-  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  // Non-blocking, as in acquire(): this runs at exit, which a full backlog must not hold up. A
+  // holder that cannot be reached (EAGAIN) is left the rules, as a live dsproxy of ours would be.
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return false;
   sockaddr_un sa{};
   const socklen_t len = abstract_address(address_, sa);
-  const bool foreign = ::connect(fd, reinterpret_cast<sockaddr*>(&sa), len) == 0 && !same_user(fd);
+  const bool connected = ::connect(fd, reinterpret_cast<sockaddr*>(&sa), len) == 0;
+  if (!connected && errno == EAGAIN)
+    spdlog::warn("handoff: the holder of the handoff name does not accept connections; leaving the rules to it");
+  const bool foreign = connected && !same_user(fd);
   ::close(fd);
   return foreign;
 }

@@ -90,7 +90,7 @@ void ConnectionPool::connect(const PoolKey& key, std::shared_ptr<Pending> pendin
       self->fail_pending(key, pending, asio::error::no_protocol_option);
       return;
     }
-    pending->io = make_tls_stream(std::move(socket), context);
+    pending->io = make_tls_stream(std::move(socket), context, true);
     if (!pending->io) {
       self->fail_pending(key, pending, asio::error::no_memory);
       return;

@@ -143,7 +143,10 @@ struct Session::Callbacks {
         }
         return 0;
       case NGHTTP2_GOAWAY:
-        s.goaway_ = true;
+        // The peer's GOAWAY stops new streams of ours, never our idle timeout: a peer must not
+        // switch that off by saying it is going away and then keeping the connection.
+        s.goaway_received_ = true;
+        s.update_idle();
         s.notify();
         return 0;
       case NGHTTP2_HEADERS:
@@ -312,7 +315,7 @@ void Session::start() {
 }
 
 void Session::update_idle() {
-  if (role_ != Role::server || options_.idle_timeout.count() <= 0 || closed_ || goaway_ || !started_) return;
+  if (role_ != Role::server || options_.idle_timeout.count() <= 0 || closed_ || goaway_sent_ || !started_) return;
   // Refused streams wait only for the peer's END_STREAM (their DATA is dropped): they hold
   // nothing of ours, and a peer must not keep a connection busy with them.
   const bool idle = std::none_of(streams_.begin(), streams_.end(),
@@ -440,8 +443,8 @@ void Session::fail(const char* why) {
 void Session::close() { close_transport(); }
 
 void Session::shutdown() {
-  if (closed_ || goaway_) return;
-  goaway_ = true;
+  if (closed_ || goaway_sent_) return;
+  goaway_sent_ = true;
   nghttp2_submit_goaway(h2_, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h2_), NGHTTP2_NO_ERROR,
                         nullptr, 0);
   do_write();
@@ -529,7 +532,9 @@ void Session::on_response(std::int32_t id) {
     asio::post(executor_, [h = std::move(open.handler), stream]() mutable { std::move(h)(error_code{}, 200, stream); });
     return;
   }
-  // Refused: end our side too, so the stream closes cleanly.
+  // Refused: end our side too, so the stream closes cleanly, and drop whatever DATA the server
+  // goes on sending (nobody will read this stream: kept, it would sit in the window's memory).
+  stream->discard_incoming();
   stream->send_shutdown_ = true;
   if (stream->send_deferred_) {
     stream->send_deferred_ = false;
@@ -637,7 +642,7 @@ std::size_t Session::max_streams() const {
 }
 
 bool Session::can_open() const {
-  return !closed_ && !goaway_ && nghttp2_session_check_request_allowed(h2_) && streams_.size() < max_streams();
+  return !closed_ && !goaway_sent_ && !goaway_received_ && nghttp2_session_check_request_allowed(h2_) && streams_.size() < max_streams();
 }
 
 }  // namespace dsproxy::hbone

@@ -184,7 +184,8 @@ class Session : public std::enable_shared_from_this<Session> {
   std::size_t buffered_ = 0;  // received DATA not yet read, over all streams
   std::vector<std::uint8_t> in_, out_;
   bool started_ = false, reading_ = false, writing_ = false, in_nghttp2_ = false;
-  bool closed_ = false, goaway_ = false, settings_received_ = false;
+  bool closed_ = false, settings_received_ = false;
+  bool goaway_sent_ = false, goaway_received_ = false;  // ours stops the idle timer; the peer's must not
   SessionStats stats_;
   std::string violation_;  // what nghttp2 refused, for the log line of the GOAWAY it causes
   std::function<void()> observer_;

@@ -4,7 +4,8 @@
 
 namespace dsproxy::hbone {
 
-std::unique_ptr<SslStream> make_tls_stream(boost::asio::ip::tcp::socket socket, const std::shared_ptr<SSL_CTX>& context) {
+std::unique_ptr<SslStream> make_tls_stream(boost::asio::ip::tcp::socket socket, const std::shared_ptr<SSL_CTX>& context,
+                                           bool keep_record_buffers) {
   // From an SSL of our own rather than through asio::ssl::context, which would adopt the SSL_CTX
   // and, when destroyed, free it and clear callbacks it did not install.
   SSL* ssl = SSL_new(context.get());
@@ -12,9 +13,11 @@ std::unique_ptr<SslStream> make_tls_stream(boost::asio::ip::tcp::socket socket, 
   auto stream = std::make_unique<SslStream>(std::move(socket), ssl);
   // Asio turns SSL_MODE_RELEASE_BUFFERS on: OpenSSL then frees its ~17 KiB read and write record
   // buffers whenever they drain and allocates them again for the next record, i.e. a malloc/free
-  // pair per TLS record on a bulk stream and several per tunnelled connection. A pooled HBONE
-  // connection is long-lived and busy, so the buffers stay (34 KiB per outer connection).
-  SSL_clear_mode(ssl, SSL_MODE_RELEASE_BUFFERS);
+  // pair per TLS record on a bulk stream and several per tunnelled connection. Our pooled client
+  // connections are long-lived and busy, so there the buffers stay (34 KiB per connection). An
+  // accepted connection comes from any peer and may sit idle for the idle timeout: there the
+  // memory goes back while idle.
+  if (keep_record_buffers) SSL_clear_mode(ssl, SSL_MODE_RELEASE_BUFFERS);
   return stream;
 }
 

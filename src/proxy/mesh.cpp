@@ -216,20 +216,22 @@ std::shared_ptr<const std::string> MeshWorker::principal(const std::string& uri)
 }
 
 std::shared_ptr<const WorkloadInfo> MeshWorker::baggage_source(const std::string& value) {
-  if (auto it = baggage_sources_.find(value); it != baggage_sources_.end()) return it->second;
   const hbone::Baggage b = hbone::parse_baggage(value);
-  std::shared_ptr<const WorkloadInfo> info;
-  if (!b.ns.empty() && label_safe(b.ns) && label_safe(b.workload_name) && label_safe(b.service_name) &&
-      label_safe(b.service_version)) {
-    const std::string& workload = b.workload_name.empty() ? b.service_name : b.workload_name;
-    info = std::make_shared<const WorkloadInfo>(
-        WorkloadInfo{"", b.ns, workload.empty() ? "unknown" : workload,
-                     b.service_name.empty() ? (workload.empty() ? "unknown" : workload) : b.service_name,
-                     b.service_version.empty() ? "latest" : b.service_version});
-  }
-  // Bounded: a peer sending a new value per stream gets no labels from it past the bound.
-  if (baggage_sources_.size() < kMaxInterned) baggage_sources_.emplace(value, info);
-  else return nullptr;
+  if (b.ns.empty() || !label_safe(b.ns) || !label_safe(b.workload_name) || !label_safe(b.service_name) ||
+      !label_safe(b.service_version))
+    return nullptr;
+  // Keyed by the parsed names (at most 4 x 63 bytes), never by the raw header a peer chose (up
+  // to the header limit): the cache holds at most kMaxInterned small keys, and a value that does
+  // not parse is never kept.
+  std::string key = b.ns + '/' + b.workload_name + '/' + b.service_name + '/' + b.service_version;
+  if (auto it = baggage_sources_.find(key); it != baggage_sources_.end()) return it->second;
+  const std::string& workload = b.workload_name.empty() ? b.service_name : b.workload_name;
+  auto info = std::make_shared<const WorkloadInfo>(
+      WorkloadInfo{"", b.ns, workload.empty() ? "unknown" : workload,
+                   b.service_name.empty() ? (workload.empty() ? "unknown" : workload) : b.service_name,
+                   b.service_version.empty() ? "latest" : b.service_version});
+  // Past the bound a fresh object still labels right; it only misses the series cache.
+  if (baggage_sources_.size() < kMaxInterned) baggage_sources_.emplace(std::move(key), info);
   return info;
 }
 
@@ -327,19 +329,24 @@ awaitable<void> MeshWorker::serve_hbone(tcp::socket socket, tcp::endpoint peer) 
     net::reset_connection(socket);
     co_return;
   }
-  std::unique_ptr<hbone::SslStream> io = hbone::make_tls_stream(std::move(socket), contexts->server());
+  std::unique_ptr<hbone::SslStream> io = hbone::make_tls_stream(std::move(socket), contexts->server(), false);
   if (!io) co_return;
   // A peer that connects and says nothing must not hold a descriptor forever.
   asio::steady_timer deadline(executor_);
   deadline.expires_after(mesh_.pool.session.handshake_timeout);
+  // The expiry may already be queued when the handshake completes (cancel() does not recall a
+  // queued handler), and the stream may be gone by the time it runs: the handler touches the
+  // socket only while the handshake is still pending, which the shared flag says.
+  auto pending = std::make_shared<bool>(true);
   auto* raw = &io->next_layer();
-  deadline.async_wait([raw](error_code e) {
-    if (!e) {
+  deadline.async_wait([raw, pending](error_code e) {
+    if (!e && *pending) {
       error_code ignored;
       raw->close(ignored);
     }
   });
   auto [hs] = co_await io->async_handshake(asio::ssl::stream_base::server, asio::as_tuple(use_awaitable));
+  *pending = false;
   deadline.cancel();
   handshaking.release();
   SSL* ssl = io->native_handle();

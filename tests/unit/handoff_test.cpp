@@ -16,6 +16,9 @@
 #include <boost/asio/io_context.hpp>
 #include <chrono>
 #include <optional>
+#include <future>
+#include <thread>
+#include <vector>
 #include <string>
 
 namespace dsproxy::daemon {
@@ -147,6 +150,50 @@ TEST(Handoff, AnOwnerThatNeverAnswersIsOverriddenAfterTheTimeout) {
 // (here a forked child that dropped to uid/gid 65534) can bind it before dsproxy starts. The
 // starting instance must not take it for an owner: no "hello" (nor anything else) goes to it,
 // and it acts as owner of the rules itself. Needs root (setresuid); without it the test fails.
+// A holder of the name whose backlog is full (it never accepts) must not hang a start or an exit:
+// connect(2) to such a unix listener blocks with no time limit unless the socket is non-blocking.
+TEST(Handoff, AHolderThatNeverAcceptsHoldsUpNeitherStartNorExit) {
+  const auto name = unique_name("full-backlog");
+  const std::string address = std::string(1, '\0') + name;
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  std::memcpy(sa.sun_path, address.data(), address.size());
+  const socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + address.size());
+  const int holder = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(holder, 0);
+  ASSERT_EQ(::bind(holder, reinterpret_cast<sockaddr*>(&sa), len), 0);
+  ASSERT_EQ(::listen(holder, 0), 0);
+  // Fill the backlog: connect without accepting until the next one would block.
+  std::vector<int> fillers;
+  for (int i = 0; i < 8; ++i) {
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    ASSERT_GE(fd, 0);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), len) != 0) {
+      ::close(fd);
+      break;
+    }
+    fillers.push_back(fd);
+  }
+  ASSERT_FALSE(fillers.empty());
+  // acquire() and claim_if_unowned() run on another thread, so a hang fails the test instead of
+  // hanging it: closing the holder then releases a blocked connect with ECONNREFUSED.
+  asio::io_context io;
+  Handoff handoff(io, name, {});
+  std::promise<Handoff::Role> role;
+  auto acquired = role.get_future();
+  std::thread starter([&] {
+    const auto r = handoff.acquire();
+    handoff.claim_if_unowned();
+    role.set_value(r);
+  });
+  const bool returned = acquired.wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+  ::close(holder);
+  starter.join();
+  for (int fd : fillers) ::close(fd);
+  EXPECT_TRUE(returned) << "a full backlog held up acquire() or claim_if_unowned()";
+  if (returned) EXPECT_EQ(acquired.get(), Handoff::Role::owner);
+}
+
 TEST(Handoff, ANameHeldByAnotherUserIsNotTakenForTheOwner) {
   ASSERT_EQ(::geteuid(), 0u) << "needs root to run a child as another user";
   const auto name = unique_name("squatter");

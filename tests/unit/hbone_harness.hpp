@@ -249,7 +249,7 @@ class Harness {
     hbone.async_accept([this](error_code ec, tcp::socket socket) {
       if (ec) return;
       ++server_connections;
-      std::shared_ptr<SslStream> tls = make_tls_stream(std::move(socket), server_ctx);
+      std::shared_ptr<SslStream> tls = make_tls_stream(std::move(socket), server_ctx, false);
       tls->async_handshake(asio::ssl::stream_base::server, [this, tls](error_code ec) mutable {
         if (ec || !negotiated_h2(tls->native_handle())) {
           ++tls_failures;

@@ -12,6 +12,7 @@
 
 #include <cstdlib>
 #include <mutex>
+#include <set>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -676,6 +677,97 @@ TEST(HboneTunnel, SilentSessionIsSentGoawayAndClosed) {
 // A tunnel through which no byte moves for the relay's idle timeout is reset both ways: the
 // peer sees RST_STREAM (the app here a TCP reset), the pod a TCP reset. A tunnel on the same
 // connection that keeps talking is untouched.
+// The peer's GOAWAY must not switch our idle timeout off. A peer opens a tunnel and a refused
+// stream it never ends (it keeps nghttp2 wanting to read), says GOAWAY while the tunnel is open,
+// then cancels the tunnel: the connection is idle and must still be closed (before the fix the
+// received GOAWAY disarmed the timer for good, so the connection and its worker slot were held
+// for ever).
+TEST(HboneTunnel, APeersGoawayDoesNotKeepAnIdleConnectionOpen) {
+  SessionOptions server;
+  server.idle_timeout = 200ms;
+  server.handshake_timeout = 500ms;
+  Harness h({}, server);
+  int fd = connect_to(h.hbone_endpoint());
+  ASSERT_GE(fd, 0);
+  set_timeouts(fd, 5s);
+  std::unique_ptr<SSL, decltype(&SSL_free)> ssl(SSL_new(h.client_ctx.get()), SSL_free);
+  SSL_set_fd(ssl.get(), fd);
+  ASSERT_EQ(SSL_connect(ssl.get()), 1);
+  nghttp2_hd_deflater* deflater = nullptr;
+  ASSERT_EQ(nghttp2_hd_deflate_new(&deflater, 4096), 0);
+  auto frame = [](std::uint8_t type, std::uint8_t flags, std::uint32_t stream, const std::string& payload) {
+    std::string f;
+    f += static_cast<char>((payload.size() >> 16) & 0xff);
+    f += static_cast<char>((payload.size() >> 8) & 0xff);
+    f += static_cast<char>(payload.size() & 0xff);
+    f += static_cast<char>(type);
+    f += static_cast<char>(flags);
+    for (int shift : {24, 16, 8, 0}) f += static_cast<char>((stream >> shift) & 0xff);
+    return f + payload;
+  };
+  auto headers = [&](std::vector<std::pair<std::string, std::string>> fields) {
+    std::vector<nghttp2_nv> nva;
+    for (auto& [n, v] : fields)
+      nva.push_back({reinterpret_cast<std::uint8_t*>(n.data()), reinterpret_cast<std::uint8_t*>(v.data()), n.size(),
+                     v.size(), NGHTTP2_NV_FLAG_NONE});
+    std::string block(nghttp2_hd_deflate_bound(deflater, nva.data(), nva.size()), '\0');
+    const auto n = nghttp2_hd_deflate_hd(deflater, reinterpret_cast<std::uint8_t*>(block.data()), block.size(),
+                                         nva.data(), nva.size());
+    block.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
+    return block;
+  };
+  std::string out = NGHTTP2_CLIENT_MAGIC;
+  out += frame(NGHTTP2_SETTINGS, 0, 0, "");
+  out += frame(NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS, 1,
+               headers({{":method", "CONNECT"}, {":authority", authority_of(h.echo_endpoint())}}));
+  // Refused (400) and never ended by us: nghttp2 keeps it open, waiting for our END_STREAM.
+  out += frame(NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS, 3,
+               headers({{":method", "GET"}, {":scheme", "https"}, {":path", "/"}, {":authority", "x"}}));
+  nghttp2_hd_deflate_del(deflater);
+  ASSERT_GT(SSL_write(ssl.get(), out.data(), static_cast<int>(out.size())), 0);
+  // Reads frames until `done` says so or the connection ends; true when it ended.
+  std::string in;
+  std::set<std::uint32_t> answered;
+  auto read_until = [&](auto done) {
+    char buf[16384];
+    for (int reads = 0; reads < 100 && !done(); ++reads) {
+      errno = 0;
+      int n = SSL_read(ssl.get(), buf, sizeof buf);
+      if (n <= 0) {
+        // A receive timeout (nothing for 5 s) is no end: OpenSSL reports it as WANT_READ or SYSCALL.
+        const int e = SSL_get_error(ssl.get(), n);
+        return !((e == SSL_ERROR_SYSCALL || e == SSL_ERROR_WANT_READ) && (errno == EAGAIN || errno == EWOULDBLOCK));
+      }
+      in.append(buf, static_cast<std::size_t>(n));
+      while (in.size() >= 9) {
+        std::size_t len = (std::uint8_t(in[0]) << 16) | (std::uint8_t(in[1]) << 8) | std::uint8_t(in[2]);
+        if (in.size() < 9 + len) break;
+        const std::uint32_t stream = ((std::uint8_t(in[5]) & 0x7f) << 24) | (std::uint8_t(in[6]) << 16) |
+                                     (std::uint8_t(in[7]) << 8) | std::uint8_t(in[8]);
+        if (std::uint8_t(in[3]) == NGHTTP2_HEADERS) answered.insert(stream);
+        in.erase(0, 9 + len);
+      }
+    }
+    return false;
+  };
+  ASSERT_FALSE(read_until([&] { return answered.count(1) && answered.count(3); }));
+  // GOAWAY from the peer while the tunnel is open, then the tunnel cancelled.
+  std::string goaway(8, '\0');
+  std::string cancel("\x00\x00\x00\x08", 4);
+  std::string tail = frame(NGHTTP2_GOAWAY, 0, 0, goaway) + frame(NGHTTP2_RST_STREAM, 0, 1, cancel);
+  ASSERT_GT(SSL_write(ssl.get(), tail.data(), static_cast<int>(tail.size())), 0);
+  const bool ended = read_until([] { return false; });
+  ERR_clear_error();
+  ::close(fd);
+  EXPECT_TRUE(ended) << "the idle connection was not closed";
+  std::size_t serving = 1;
+  for (int i = 0; i < 300 && serving != 0; ++i) {
+    std::this_thread::sleep_for(10ms);
+    serving = h.open_server_sessions();
+  }
+  EXPECT_EQ(serving, 0u);
+}
+
 TEST(HboneTunnel, SilentStreamIsResetAfterTheIdleTimeout) {
   StreamRelayOptions relay;
   relay.idle_timeout = 300ms;
