@@ -205,27 +205,8 @@ fi
 
 section "a new DENY closes established connections it matches"
 if in_time "revocation"; then
-  rm -f "$CLUSTER_TMP/go"
-  # shellcheck disable=SC2016
-  LONG='exec 3<>"/dev/tcp/$1/9000" || { echo "connect failed"; exit 1; }
-    printf "one\n" >&3; IFS= read -r -t 3 l <&3; echo "first:$l"
-    for ((i = 0; i < 100; i++)); do [[ -f $2 ]] && break; sleep 0.1; done
-    printf "two\n" >&3; IFS= read -r -t 3 l <&3; rc=$?; echo "second:$l:$rc"'
-  in_pod remote timeout 20 bash -c "$LONG" _ "$ECHO_DS4" "$CLUSTER_TMP/go" >"$CLUSTER_TMP/cut.out" 2>&1 &
-  cut_pid=$!
-  in_pod sleep timeout 20 bash -c "$LONG" _ "$ECHO_DS6" "$CLUSTER_TMP/go" >"$CLUSTER_TMP/keep.out" 2>&1 &
-  keep_pid=$!
-  CLUSTER_BG_PIDS+=("$cut_pid" "$keep_pid")
-  for ((i = 0; i < 30; i++)); do
-    grep -q '^first:' "$CLUSTER_TMP/cut.out" && grep -q '^first:' "$CLUSTER_TMP/keep.out" && break
-    sleep 0.1
-  done
-  set_policies "$POLICIES"$'\n'"$CUT_POLICY"
-  sleep 0.3  # the workers' re-evaluation is posted right after the publish
-  touch "$CLUSTER_TMP/go"
-  wait "$cut_pid" 2>/dev/null
-  wait "$keep_pid" 2>/dev/null
-  cut=$(tr '\n' ' ' <"$CLUSTER_TMP/cut.out") keep=$(tr '\n' ' ' <"$CLUSTER_TMP/keep.out")
+  held_connections remote "$ECHO_DS4" sleep "$ECHO_DS6" set_policies "$POLICIES"$'\n'"$CUT_POLICY"
+  cut=$HELD_CUT keep=$HELD_KEEP
   [[ $cut == "first:hello one "* && $cut != *"second:hello two"* ]]
   check "the remote pod's established connection was closed by the new DENY" $? "$cut"
   [[ $keep == "first:hello one second:hello two:0 " ]]

@@ -200,6 +200,40 @@ in_pod() {
   ip netns exec "$ns" "$@"
 }
 
+# held_connections CUT_POD CUT_HOST KEEP_POD KEEP_HOST COMMAND...: two connections to port 9000
+# (the echo app), from CUT_POD to CUT_HOST and from KEEP_POD to KEEP_HOST; each sends a line and
+# reads the answer, stays open while COMMAND runs (a policy change) and the workers re-decide,
+# then sends a second line. Sets HELD_CUT and HELD_KEEP to what each saw, one line per step:
+# "first:hello one second:hello two:0 " when it relayed throughout. Bounded: 20 s per connection.
+held_connections() {
+  local cut_pod=$1 cut_host=$2 keep_pod=$3 keep_host=$4 go=$CLUSTER_TMP/go cut_pid keep_pid i
+  shift 4
+  rm -f "$go"
+  # shellcheck disable=SC2016 # expanded by the pod's bash
+  local long='exec 3<>"/dev/tcp/$1/9000" || { echo "connect failed"; exit 1; }
+    printf "one\n" >&3; IFS= read -r -t 3 l <&3; echo "first:$l"
+    for ((i = 0; i < 100; i++)); do [[ -f $2 ]] && break; sleep 0.1; done
+    printf "two\n" >&3; IFS= read -r -t 3 l <&3; rc=$?; echo "second:$l:$rc"'
+  in_pod "$cut_pod" timeout 20 bash -c "$long" _ "$cut_host" "$go" >"$CLUSTER_TMP/cut.out" 2>&1 &
+  cut_pid=$!
+  in_pod "$keep_pod" timeout 20 bash -c "$long" _ "$keep_host" "$go" >"$CLUSTER_TMP/keep.out" 2>&1 &
+  keep_pid=$!
+  CLUSTER_BG_PIDS+=("$cut_pid" "$keep_pid")
+  for ((i = 0; i < 30; i++)); do
+    grep -q '^first:' "$CLUSTER_TMP/cut.out" && grep -q '^first:' "$CLUSTER_TMP/keep.out" && break
+    sleep 0.1
+  done
+  "$@"
+  sleep 0.3 # the workers' re-evaluation is posted right after the publish
+  touch "$go"
+  wait "$cut_pid" 2>/dev/null
+  wait "$keep_pid" 2>/dev/null
+  # shellcheck disable=SC2034 # read by the caller
+  HELD_CUT=$(tr '\n' ' ' <"$CLUSTER_TMP/cut.out")
+  # shellcheck disable=SC2034 # read by the caller
+  HELD_KEEP=$(tr '\n' ' ' <"$CLUSTER_TMP/keep.out")
+}
+
 # Namespaces of this run that exist now (also the ones a failed cluster_up left half made).
 cluster_namespaces() {
   ip netns list 2>/dev/null | awk -v p="$CLUSTER_PREFIX-" 'index($1, p) == 1 { print $1 }'
