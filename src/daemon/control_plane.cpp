@@ -393,18 +393,24 @@ void ControlPlane::relinquish_rules(std::function<void()> done) {
   asio::post(io_, std::move(relinquish));
 }
 
+// The rules of an instance that never wrote them (a relinquished or superseded one whose owner
+// is gone): handles to them, so it can take them down. False when they cannot be had.
+bool ControlPlane::adopt_node_rules() {
+  if (!options_.redirect || redirector_) return true;
+  try {
+    redirector_.emplace(options_.redirect_options, runner_);
+    refusals_.emplace(options_.redirect_options, runner_);
+    return true;
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    return false;
+  }
+}
+
 bool ControlPlane::release_capture(bool owner_of_node_rules) {
   if (removed_ || released_ || (relinquished_ && !owner_of_node_rules)) return true;
   released_ = true;
-  if (owner_of_node_rules && options_.redirect && !redirector_) {
-    try {
-      redirector_.emplace(options_.redirect_options, runner_);
-      refusals_.emplace(options_.redirect_options, runner_);
-    } catch (const std::exception& e) {
-      spdlog::error("{}", e.what());
-      return false;
-    }
-  }
+  if (owner_of_node_rules && !adopt_node_rules()) return false;
   // The capture first, then the conntrack exemption is narrowed to the connections the proxy
   // holds (VipRefusals::release), only in the families whose capture is gone: a family still
   // captured keeps the wide exemption its captured SYNs need. In between, for the one iptables
@@ -433,14 +439,7 @@ void ControlPlane::remove_rules(bool owner_of_node_rules) {
   // Relinquished rules are removed only on the word of the daemon that nobody owns them now.
   if (removed_ || (relinquished_ && !owner_of_node_rules)) return;
   removed_ = true;  // once: a drain that removed them early must not run the removal again at exit
-  if (owner_of_node_rules && options_.redirect && !redirector_) {
-    try {
-      redirector_.emplace(options_.redirect_options, runner_);
-      refusals_.emplace(options_.redirect_options, runner_);
-    } catch (const std::exception& e) {
-      spdlog::error("{}", e.what());
-    }
-  }
+  if (owner_of_node_rules) adopt_node_rules();
   if (refusals_) {
     try {
       refusals_->uninstall();

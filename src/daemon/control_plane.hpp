@@ -150,6 +150,7 @@ class ControlPlane final : public sources::ObjectSink {
   void failed(const sources::ConfigSource& from, const std::string& why, int exit_code) override;
 
  private:
+  bool adopt_node_rules();
   void run_thread();
   void schedule_build(std::string_view why);
   void arm_build_timer(std::chrono::milliseconds after);
