@@ -9,6 +9,7 @@
 
 #include "hbone/stream_relay.hpp"
 #include "proxy/connect_scheduler.hpp"
+#include "proxy/gauge_guard.hpp"
 #include "proxy/mesh.hpp"
 #include "proxy/log_throttle.hpp"
 #include "proxy/relay.hpp"
@@ -20,23 +21,6 @@ namespace dsproxy::proxy {
 namespace {
 
 using boost::asio::awaitable;
-
-// Keeps a gauge right on every exit path, including frame destruction when the io_context is
-// torn down with the coroutine suspended.
-template <typename Counter>
-struct GaugeGuard {
-  Counter* gauge = nullptr;
-  explicit GaugeGuard(Counter* g) : gauge(g) {
-    if (gauge) gauge->fetch_add(1, std::memory_order_relaxed);
-  }
-  ~GaugeGuard() {
-    if (gauge) gauge->fetch_sub(1, std::memory_order_relaxed);
-  }
-  GaugeGuard(GaugeGuard&& other) noexcept : gauge(std::exchange(other.gauge, nullptr)) {}
-  GaugeGuard(const GaugeGuard&) = delete;
-  GaugeGuard& operator=(const GaugeGuard&) = delete;
-  GaugeGuard& operator=(GaugeGuard&&) = delete;
-};
 
 // What is left of a connection while it relays: the counters to update when it ends, and the
 // gauges it holds (active connections; outstanding connections of its endpoint, which feed

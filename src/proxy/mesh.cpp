@@ -23,6 +23,7 @@
 #include "proxy/connect_scheduler.hpp"
 #include "proxy/connection.hpp"
 #include "proxy/connection_result.hpp"
+#include "proxy/gauge_guard.hpp"
 #include "proxy/workload_index.hpp"
 #include "proxy/log_throttle.hpp"
 #include "proxy/proxy_options.hpp"
@@ -59,36 +60,16 @@ awaitable<std::error_code> connect_to(tcp::socket& socket, BackendTargets target
                                : std::error_code{};
 }
 
-// One unit of a gauge (a WorkerLoad limit, the active-connections counter), given back when this
-// is destroyed: whichever path ends the connection, including a relay completion destroyed
-// uncalled with the worker's io_context.
-class LoadUnit {
- public:
-  explicit LoadUnit(std::atomic<std::uint64_t>& gauge) : gauge_(&gauge) {
-    gauge_->fetch_add(1, std::memory_order_relaxed);
-  }
-  LoadUnit(LoadUnit&& other) noexcept : gauge_(std::exchange(other.gauge_, nullptr)) {}
-  LoadUnit(const LoadUnit&) = delete;
-  LoadUnit& operator=(const LoadUnit&) = delete;
-  LoadUnit& operator=(LoadUnit&&) = delete;
-  ~LoadUnit() { release(); }
-  void release() {
-    if (gauge_) std::exchange(gauge_, nullptr)->fetch_sub(1, std::memory_order_relaxed);
-  }
-
- private:
-  std::atomic<std::uint64_t>* gauge_;
-};
-
 // An inbound stream's relay completion: the counters, the record (emitted when this goes: after
 // it ran, or uncalled at the worker's teardown, then `shutdown`), and the stream's place in the
 // worker's live list (left when this goes).
 class InboundEnd {
  public:
-  InboundEnd(ProxyStats& stats, ConnectionResult result, AuthzRegistration authz, LoadUnit connection)
+  InboundEnd(ProxyStats& stats, ConnectionResult result, AuthzRegistration authz,
+             GaugeGuard<std::atomic<std::uint64_t>> connection)
       : authz_(std::move(authz)),
         stats_(&stats),
-        active_(stats.active_connections),
+        active_(&stats.active_connections),
         connection_(std::move(connection)),
         result_(std::move(result)) {}
 
@@ -114,8 +95,8 @@ class InboundEnd {
  private:
   AuthzRegistration authz_;
   ProxyStats* stats_;
-  LoadUnit active_;
-  LoadUnit connection_;  // the worker's connection slot, held until the relay ends
+  GaugeGuard<ProxyStats::Counter> active_;
+  GaugeGuard<std::atomic<std::uint64_t>> connection_;  // the worker's connection slot, held until the relay ends
   ConnectionResult result_;
 };
 
@@ -306,8 +287,8 @@ awaitable<std::shared_ptr<hbone::Stream>> MeshWorker::open_tunnel(const TunnelPl
 
 awaitable<void> MeshWorker::serve_hbone(tcp::socket socket, tcp::endpoint peer) {
   // Counted from accept: the accept loop checked both limits just before spawning this.
-  auto connection = std::make_shared<LoadUnit>(load_.connections);
-  LoadUnit handshaking(load_.handshaking);
+  auto connection = std::make_shared<GaugeGuard<std::atomic<std::uint64_t>>>(&load_.connections);
+  GaugeGuard<std::atomic<std::uint64_t>> handshaking(&load_.handshaking);
   ProxyStats::add(stats_.hbone_accepted);
   error_code ec;
   const auto local = socket.local_endpoint(ec);
@@ -488,8 +469,8 @@ awaitable<void> MeshWorker::handle_request(std::shared_ptr<hbone::IncomingReques
     request->reject(503);
     co_return;
   }
-  LoadUnit connection(load_.connections);
-  std::optional<LoadUnit> connecting(std::in_place, load_.connecting);
+  GaugeGuard<std::atomic<std::uint64_t>> connection(&load_.connections);
+  std::optional<GaugeGuard<std::atomic<std::uint64_t>>> connecting(std::in_place, &load_.connecting);
   tcp::socket upstream(executor_);
   net::UpstreamSocketOptions options;
   options.mark = proxy_.upstream_mark;
