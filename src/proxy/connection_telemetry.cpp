@@ -133,34 +133,42 @@ namespace {
 
 // The text of the addresses a worker logs over and over (its pods, the ClusterIPs, the
 // endpoints), per thread: a line has three, and an IPv6 one costs about 350 instructions to
-// write out, a lookup here about 30. Direct-mapped on a hash of the address: a collision only
-// rewrites an entry.
+// write out, a lookup here a few dozen. Two-way set associative on a hash of the address (the
+// most recent of a set first), 256 entries: a collision only rewrites an entry.
 class IpTextCache {
  public:
   // The text of `ip` as write_ip writes it, or an empty view for the forms it leaves to inet_ntop.
   std::string_view text(const net::IpAddress& ip) {
-    const auto& b = ip.bytes();
-    std::uint32_t w0, w3;
-    std::memcpy(&w0, b.data(), 4);
-    std::memcpy(&w3, b.data() + 12, 4);
-    Entry& e = entries_[((w0 ^ w3) * 0x9e3779b1u) >> (32 - kBits)];
-    if (e.size == 0 || !(e.ip == ip)) {
-      char* end = write_ip(ip, e.text);
-      if (!end) return {};
-      e.ip = ip;
-      e.size = static_cast<std::uint8_t>(end - e.text);
+    // All four words: a node's pods and its ClusterIPs share their first ones, and often their
+    // last (fd00:10:244::a, fd00:10:96::a).
+    std::uint32_t w[4];
+    std::memcpy(w, ip.bytes().data(), sizeof w);
+    std::uint64_t h = (std::uint64_t{w[0]} ^ std::uint64_t{w[1]} << 32) * 0x9e3779b97f4a7c15ull;
+    h = (h ^ h >> 29 ^ w[2] ^ std::uint64_t{w[3]} << 32) * 0xbf58476d1ce4e5b9ull;
+    Entry* set = &entries_[2 * static_cast<std::size_t>(h >> (64 - kSetBits))];
+    if (set[0].size && set[0].ip == ip) return {set[0].text, set[0].size};
+    if (set[1].size && set[1].ip == ip) {
+      std::swap(set[0], set[1]);
+      return {set[0].text, set[0].size};
     }
-    return {e.text, e.size};
+    Entry fresh;
+    char* end = write_ip(ip, fresh.text);
+    if (!end) return {};
+    fresh.ip = ip;
+    fresh.size = static_cast<std::uint8_t>(end - fresh.text);
+    set[1] = set[0];
+    set[0] = fresh;
+    return {set[0].text, set[0].size};
   }
 
  private:
-  static constexpr int kBits = 6;
+  static constexpr int kSetBits = 7;
   struct Entry {
     net::IpAddress ip;
     std::uint8_t size = 0;  // 0: empty
-    char text[48];          // "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]" is 41
+    char text[46];          // "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]" is 41
   };
-  std::array<Entry, std::size_t{1} << kBits> entries_{};
+  std::array<Entry, std::size_t{2} << kSetBits> entries_{};
 };
 
 std::string_view family_name(const net::IpAddress& ip) { return ip.is_v4() ? "IPv4" : "IPv6"; }
@@ -591,12 +599,16 @@ SeriesKey series_key(const ConnectionRecord& r) {
                        static_cast<std::uint32_t>(r.protocol) << 16 | static_cast<std::uint32_t>(r.security) << 24};
 }
 
-// One worker's access-log lines, waiting for the writer thread.
+// One worker's access-log lines, waiting for the writer thread, already cut into batches of whole
+// lines of at most kBatch bytes (the worker knows where its lines end; the writer would have to
+// search for them).
 class AccessLogBatch {
  public:
   AccessLogBatch() {
     pending_.reserve(2 * kWakeAt);
     taken_.reserve(2 * kWakeAt);
+    cuts_.reserve(kMaxPending / kBatch * 2);
+    taken_cuts_.reserve(kMaxPending / kBatch * 2);
   }
   // The worker: one whole line, with its '\n'. Returns whether the writer should be woken (the
   // first time since the writer's last visit that kWakeAt bytes are pending). Never waits for a
@@ -604,48 +616,50 @@ class AccessLogBatch {
   // dropped and counted.
   bool append(std::string_view line) {
     std::lock_guard lock(mutex_);
-    if (pending_.size() + line.size() > kMaxPending) {
+    const std::size_t size = pending_.size();
+    if (size + line.size() > kMaxPending) {
       bump(dropped_);
       return false;
     }
+    // A batch ends before a line that would not fit in it (a longer line is a batch alone).
+    const std::size_t batch_start = cuts_.empty() ? 0 : cuts_.back();
+    if (size > batch_start && size - batch_start + line.size() > kBatch) cuts_.push_back(size);
     pending_.append(line);
     if (pending_.size() < kWakeAt || woken_) return false;
     woken_ = true;
     return true;
   }
-  // The writer (one at a time: the telemetry's write mutex): what is pending, swapped out so the
-  // worker's lock is held for the swap only. Both strings keep their capacity: no allocation.
-  std::string_view take() {
+  // The writer (one at a time: the telemetry's write mutex): writes what is pending, batch by
+  // batch, after swapping it out so that the worker's lock is held for the swap only. All four
+  // buffers keep their capacity: no allocation.
+  void write_to(const ConnectionTelemetry::Output& out) {
     taken_.clear();
-    std::lock_guard lock(mutex_);
-    pending_.swap(taken_);
-    woken_ = false;
-    return taken_;
+    taken_cuts_.clear();
+    {
+      std::lock_guard lock(mutex_);
+      pending_.swap(taken_);
+      cuts_.swap(taken_cuts_);
+      woken_ = false;
+    }
+    const std::string_view all = taken_;
+    std::size_t start = 0;
+    for (const std::size_t cut : taken_cuts_) {
+      out(all.substr(start, cut - start));
+      start = cut;
+    }
+    if (start < all.size()) out(all.substr(start));
   }
   std::uint64_t dropped() const { return dropped_.load(std::memory_order_relaxed); }
 
  private:
   std::mutex mutex_;
-  std::string pending_;  // under mutex_
-  bool woken_ = false;   // under mutex_
-  std::string taken_;    // the writer's only
+  std::string pending_;             // under mutex_
+  std::vector<std::size_t> cuts_;   // under mutex_: where each batch but the last ends
+  bool woken_ = false;              // under mutex_
+  std::string taken_;               // the writer's only
+  std::vector<std::size_t> taken_cuts_;
   std::atomic<std::uint64_t> dropped_{0};
 };
-
-// `lines` (whole lines) to `out` in batches of whole lines of at most kBatch bytes; a line
-// longer than that alone.
-void write_batches(const ConnectionTelemetry::Output& out, std::string_view lines) {
-  while (!lines.empty()) {
-    std::size_t n = lines.size();
-    if (n > kBatch) {
-      n = lines.rfind('\n', kBatch - 1);
-      if (n == std::string_view::npos) n = lines.find('\n', kBatch);
-      n = n == std::string_view::npos ? lines.size() : n + 1;
-    }
-    out(lines.substr(0, n));
-    lines.remove_prefix(n);
-  }
-}
 
 }  // namespace
 
@@ -896,7 +910,7 @@ std::size_t ConnectionTelemetry::expire_idle(int worker, Clock::time_point now) 
 
 void ConnectionTelemetry::flush() {
   std::lock_guard lock(write_mutex_);
-  for (auto& w : workers_) write_batches(output_, w->log().take());
+  for (auto& w : workers_) w->log().write_to(output_);
 }
 
 ConnectionSink* ConnectionTelemetry::sink(int worker) {

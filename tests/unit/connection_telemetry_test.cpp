@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <boost/json/parse.hpp>
+#include <algorithm>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -514,20 +515,33 @@ TEST(ConnectionTelemetryTest, TextLinesCarryTheCloseTime) {
 TEST(ConnectionTelemetryTest, BatchesAreWholeLinesOfAtMostPipeBuf) {
   std::vector<std::size_t> sizes;
   std::size_t lines = 0;
+  std::vector<bool> batches_with_long_line;  // and nothing else in that batch
   ConnectionTelemetry t(1, {.access_log = AccessLogFormat::json, .metrics = false, .flush_interval = 1h},
                         [&](std::string_view batch) {
     sizes.push_back(batch.size());
+    batches_with_long_line.push_back(batch.size() > 4096 &&
+                                     std::count(batch.begin(), batch.end(), '\n') == 1);
     EXPECT_EQ(batch.back(), '\n');
     for (char c : batch) lines += c == '\n';
   });
   for (int i = 0; i < 100; ++i) {
     ConnectionResult c(t.sink(0), Direction::outbound, {}, {});
     c.record() = sample_record();
+    if (i == 50) {  // a line longer than a batch goes alone
+      c.record().policy = std::string(5000, 'p');
+      c.finish(EndReason::denied_by_policy);
+    }
   }
   t.flush();
   EXPECT_EQ(lines, 100u);
-  EXPECT_GT(sizes.size(), 1u);
-  for (auto n : sizes) EXPECT_LE(n, 4096u);
+  EXPECT_GT(sizes.size(), 2u);
+  int long_ones = 0;
+  for (auto n : sizes) {
+    if (n > 4096u) ++long_ones;
+    else EXPECT_LE(n, 4096u);
+  }
+  EXPECT_EQ(long_ones, 1);
+  EXPECT_EQ(std::count(batches_with_long_line.begin(), batches_with_long_line.end(), true), 1);
 }
 
 // A stderr that blocks (a pipe whose reader is stuck) must never stall a worker: the worker's
