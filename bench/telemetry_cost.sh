@@ -52,9 +52,9 @@
 # connections per configuration and family (1 thread); prints the user-space instructions the
 # proxy executed per connection (counters zeroed after the warm-up, dumped after the load): a
 # count that does not move with the machine's load. The kernel's share is not in it.
-# --syscalls N: dsproxy runs under `strace -f -c` and the client makes N connections per
-# configuration and family (after a warm-up of 200); prints the system calls per connection, by
-# call, of each configuration.
+# --syscalls N: `strace -f -c` attaches to dsproxy (--redirect) after a warm-up of 200 connections
+# and counts while the client makes N connections per configuration and family; prints the
+# system calls per connection, by call, of each configuration.
 #
 # Needs root, cmake and a C++ toolchain (builds dsproxy and the bench tools if missing), iptables,
 # ipset, jq, iperf3 (topo.sh's server; installed unless --no-install), taskset. Everything it
@@ -203,7 +203,6 @@ launch() {
   local -a args wrap=("${pin_proxy[@]}")
   read -r -a args <<<"$(mode_args "$mode")"
   ((CALLGRIND)) && wrap=(valgrind --tool=callgrind --callgrind-out-file="$BENCH_TMP/callgrind.$mode.%p")
-  ((SYSCALLS)) && wrap=(strace -f -c -o "$BENCH_TMP/strace.$mode")
   : >"$BENCH_TMP/dsproxy-$mode.log"
   # ip netns exec and taskset exec the program: $! is dsproxy's own pid.
   ip netns exec "$(ns_node)" "${wrap[@]}" "$DSPROXY_BIN" run --config "$BENCH_TMP/cluster.yaml" --node "$BENCH_NODE_NAME" \
@@ -314,24 +313,27 @@ if ((CALLGRIND)); then
 fi
 
 if ((SYSCALLS)); then
-  # strace -c counts for the whole life of the process: one process per configuration and family,
-  # its start-up and warm-up subtracted by a second run with the warm-up alone.
+  # strace attaches to every thread of the running proxy after the warm-up, counts while the
+  # client makes SYSCALLS connections, and detaches (SIGINT) to write its summary: no start-up
+  # in the counts.
   declare -A calls=()
   for mode in off on; do
+    start_proxy "$mode"
     for family in 4 6; do
-      for n in 0 "$SYSCALLS"; do
-        start_proxy "$mode"
-        load "$family" 60 200 1 >/dev/null
-        ((n)) && load "$family" 590 "$n" 1 >/dev/null
-        stop_proxy
-        sleep 0.5 # strace writes its summary as the process exits
-        calls[$mode.$family.$n]=$(awk '$NF != "total" && $1 ~ /^[0-9.]+$/ && $4 ~ /^[0-9]+$/ { print $NF, $4 }' "$BENCH_TMP/strace.$mode")
-      done
+      load "$family" 60 200 1 >/dev/null
+      strace -f -c -o "$BENCH_TMP/strace.$mode.$family" -p "$DSPROXY_PID" 2>/dev/null &
+      tracer=$!
+      sleep 1 # attached to every thread
+      load "$family" 590 "$SYSCALLS" 1 >/dev/null
+      kill -INT "$tracer" 2>/dev/null
+      wait "$tracer" 2>/dev/null
+      calls[$mode.$family]=$(awk '$NF != "total" && $1 ~ /^[0-9.]+$/ && $4 ~ /^[0-9]+$/ { print $NF, $4 }' "$BENCH_TMP/strace.$mode.$family")
       log "strace $mode IPv$family done"
     done
+    stop_proxy
   done
   echo
-  echo "## dsproxy system calls per connection (strace -f -c, $SYSCALLS connections through a captured ClusterIP, 1 client thread; start-up and warm-up subtracted)"
+  echo "## dsproxy system calls per connection (strace -f -c attached after a warm-up, $SYSCALLS connections through a captured ClusterIP, 1 client thread)"
   echo
   for family in 4 6; do
     echo "### IPv$family"
@@ -343,13 +345,12 @@ if ((SYSCALLS)); then
       { v[f, $1] = $2; names[$1] = 1 }
       END {
         for (k in names) {
-          off = (v[2, k] - v[1, k]) / n; on = (v[4, k] - v[3, k]) / n
+          off = v[1, k] / n; on = v[2, k] / n
           if (off > 0.005 || on > 0.005) printf "| %s | %.2f | %.2f |\n", k, off, on
           toff += off; ton += on
         }
         printf "| **total** | %.2f | %.2f |\n", toff, ton
-      }' <(echo "${calls[off.$family.0]}") <(echo "${calls[off.$family.$SYSCALLS]}") \
-      <(echo "${calls[on.$family.0]}") <(echo "${calls[on.$family.$SYSCALLS]}") | sort
+      }' <(echo "${calls[off.$family]}") <(echo "${calls[on.$family]}") | sort
     echo
   done
   exit 0
