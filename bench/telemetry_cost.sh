@@ -224,20 +224,18 @@ start_proxy() {
 
 # The concurrent method: off and on side by side, no capture rules, every port their own; each
 # forwards a listener on the node's address, per family, to the ClusterIP.
-FWD_PORT_off=17001
-FWD_PORT_on=17002
+declare -A FWD_PORT=([off]=17001 [on]=17002)
 start_pair() {
-  local mode base fwd
+  local mode base
   for mode in off on; do
     base=15200
     [[ $mode == on ]] && base=15300
-    fwd=FWD_PORT_$mode
     local -a ports=(--admin-port $((base)) --readiness-port $((base + 21)) --outbound-port $((base + 1))
       --inbound-port $((base + 6)) --dns-port $((base + 53)) --no-dns-capture)
     # Metrics, when on, on their own port (the scrape at the end).
     [[ $(mode_args "$mode") == *"--metrics-port 0"* ]] || ports+=(--metrics-port $((base + 20)))
     launch "$mode" $((base + 21)) "${ports[@]}" \
-      --forward "$NODE_GW_CLIENT4:${!fwd}=$VIP4:$ECHO_PORT" --forward "[$NODE_IP6]:${!fwd}=[$VIP6]:$ECHO_PORT"
+      --forward "$NODE_GW_CLIENT4:${FWD_PORT[$mode]}=$VIP4:$ECHO_PORT" --forward "[$NODE_IP6]:${FWD_PORT[$mode]}=[$VIP6]:$ECHO_PORT"
     PID_OF[$mode]=$LAUNCHED_PID
   done
 }
@@ -282,6 +280,7 @@ callgrind_instructions() {
   rm -f "$BENCH_TMP"/callgrind.*.[0-9]*.[0-9]*
   callgrind_control -d "$DSPROXY_PID" >/dev/null 2>&1 || die "callgrind_control -d failed"
   sleep 1
+  # shellcheck disable=SC2012 # our own file names: the newest dump
   dump=$(ls -t "$BENCH_TMP"/callgrind.*.[0-9]*.[0-9]* 2>/dev/null | head -n 1)
   total=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump" 2>/dev/null)
   # CALLGRIND_KEEP=DIR: the dumps are kept there, for callgrind_annotate.
@@ -306,8 +305,9 @@ if ((CALLGRIND)); then
   echo "| family | off ($OFF_ARGS) | on ($ON_ARGS; metrics on) | difference |"
   echo "| --- | --- | --- | --- |"
   for family in 4 6; do
+    delta=$((${instr[on.$family]} - ${instr[off.$family]}))
     printf '| IPv%s | %s | %s | %+d (%s %%) |\n' "$family" "${instr[off.$family]}" "${instr[on.$family]}" \
-      $((instr[on.$family] - instr[off.$family])) "$(diff_pct "${instr[on.$family]}" "${instr[off.$family]}")"
+      "$delta" "$(diff_pct "${instr[on.$family]}" "${instr[off.$family]}")"
   done
   exit 0
 fi
@@ -389,8 +389,7 @@ else
   start_pair
   for family in 4 6; do # warm-up
     for mode in off on; do
-      fwd=FWD_PORT_$mode
-      load "$family" 1 1000000 "$THREADS" "$(node_of "$family")" "${!fwd}" >/dev/null
+      load "$family" 1 1000000 "$THREADS" "$(node_of "$family")" "${FWD_PORT[$mode]}" >/dev/null
     done
   done
   for ((r = 0; r < ROUNDS; r++)); do
@@ -398,18 +397,22 @@ else
       if [[ $METHOD == simultaneous ]]; then
         # Both at once, each with its own client threads: whatever else the machine does in
         # these seconds, both see it.
-        c0_off=$(cpu_ns "${PID_OF[off]}")
-        c0_on=$(cpu_ns "${PID_OF[on]}")
-        load "$family" "$SECONDS_PER" 4000000 "$THREADS" "$(node_of "$family")" "$FWD_PORT_off" >"$BENCH_TMP/win.off" &
-        p_off=$!
-        load "$family" "$SECONDS_PER" 4000000 "$THREADS" "$(node_of "$family")" "$FWD_PORT_on" >"$BENCH_TMP/win.on" &
-        p_on=$!
-        wait "$p_off" "$p_on"
-        c1_off=$(cpu_ns "${PID_OF[off]}")
-        c1_on=$(cpu_ns "${PID_OF[on]}")
+        declare -A c0=() c1=()
+        c0[off]=$(cpu_ns "${PID_OF[off]}")
+        c0[on]=$(cpu_ns "${PID_OF[on]}")
+        # The one started first has a few milliseconds alone: the order alternates.
+        order=(off on)
+        ((r % 2)) && order=(on off)
+        pids=()
+        for mode in "${order[@]}"; do
+          load "$family" "$SECONDS_PER" 4000000 "$THREADS" "$(node_of "$family")" "${FWD_PORT[$mode]}" >"$BENCH_TMP/win.$mode" &
+          pids+=($!)
+        done
+        wait "${pids[@]}"
+        c1[off]=$(cpu_ns "${PID_OF[off]}")
+        c1[on]=$(cpu_ns "${PID_OF[on]}")
         for mode in off on; do
-          c0=c0_$mode c1=c1_$mode
-          read -r rate err ops cpu < <(jq -r --argjson ns $((${!c1} - ${!c0})) \
+          read -r rate err ops cpu < <(jq -r --argjson ns $((c1[$mode] - c0[$mode])) \
             '"\(.rate) \(.errors) \(.ops) \(if .ops > 0 then ($ns / .ops | round) else 0 end)"' "$BENCH_TMP/win.$mode" 2>/dev/null ||
             echo "0 1 0 0")
           log "round $((r + 1)) $mode IPv$family: $rate connections/s, proxy CPU $cpu ns/connection, $ops connections, $err errors"
@@ -422,8 +425,7 @@ else
       order=(off on)
       (((r + family / 6) % 2)) && order=(on off)
       for mode in "${order[@]}"; do
-        fwd=FWD_PORT_$mode
-        read -r rate err ops cpu < <(measure "${PID_OF[$mode]}" "$family" "$(node_of "$family")" "${!fwd}")
+        read -r rate err ops cpu < <(measure "${PID_OF[$mode]}" "$family" "$(node_of "$family")" "${FWD_PORT[$mode]}")
         log "round $((r + 1)) $mode IPv$family: $rate connections/s, proxy CPU $cpu ns/connection, $ops connections, $err errors"
         rates[$mode.$family]+="$rate "
         cpus[$mode.$family]+="$cpu "
@@ -444,7 +446,7 @@ fi
 # median's 95 % interval from order statistics: the k-th smallest and largest, k the largest with
 # P(Binomial(n, 1/2) < k) <= 0.025; with fewer than 6 numbers no such k exists: min and max).
 stats() {
-  tr ' \t' '\n\n' | grep -v '^$' | sort -g | awk '
+  tr ' \t' '\n' | grep -v '^$' | sort -g | awk '
     { x[NR] = $1 }
     function q(p,   h, l) { h = (NR - 1) * p + 1; l = int(h); return (l >= NR) ? x[NR] : x[l] + (h - l) * (x[l + 1] - x[l]) }
     END {
