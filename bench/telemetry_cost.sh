@@ -45,7 +45,7 @@
 # CPU per connection is the sum of the on-CPU time of dsproxy's threads (/proc/PID/task/*/schedstat,
 # nanoseconds, user + system) over the window divided by its connections: the cost itself, and
 # less noisy than the rate (which also moves with the client's and the server's share of the
-# machine). Takes about R x 2 x S seconds plus 30 s of set-up: the default 40 x 2 s, under 3
+# machine). Takes about R x 2 x S seconds plus 30 s of set-up: the default 40 x 2 s, about 3
 # minutes (alternate: R x 4 x S).
 #
 # --callgrind N: instead, dsproxy runs under valgrind --tool=callgrind and the client makes N
