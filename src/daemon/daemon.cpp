@@ -196,7 +196,7 @@ class Daemon {
 
     control_plane_->start();
     start_liveness(server);
-    flush_access_log();
+    expire_metric_series();
     try {
       front_.run();
     } catch (const std::exception& e) {
@@ -489,20 +489,20 @@ class Daemon {
     serve_metrics(admin);
   }
 
-  // The access log is written in batches: what a quiet second left behind goes out now.
-  void flush_access_log() {
-    telemetry_.flush();
+  // Once a second on the front thread. (The access log is written by the telemetry's own writer
+  // thread: a blocked stderr must stall neither the workers nor DNS and readiness here.)
+  void expire_metric_series() {
     // Every 10 s, each worker drops its metrics series idle for the expiry, on its own loop (the
     // series maps are that worker's only). Resolution: the expiry plus up to 10 s.
     if (server_ && server_->running() && options_.metrics_port != 0 && options_.metrics_series_expiry.count() > 0 &&
-        ++flushes_ % 10 == 0) {
+        ++expiry_ticks_ % 10 == 0) {
       const auto executors = server_->worker_executors();
       for (std::size_t i = 0; i < executors.size(); ++i)
         asio::post(executors[i], [this, i] { telemetry_.expire_idle(static_cast<int>(i)); });
     }
-    log_flush_timer_.expires_after(std::chrono::seconds(1));
-    log_flush_timer_.async_wait([this](boost::system::error_code ec) {
-      if (!ec) flush_access_log();
+    series_expiry_timer_.expires_after(std::chrono::seconds(1));
+    series_expiry_timer_.async_wait([this](boost::system::error_code ec) {
+      if (!ec) expire_metric_series();
     });
   }
 
@@ -614,8 +614,8 @@ class Daemon {
        .metrics = options_.metrics_port != 0,
        .series_expiry = std::chrono::duration_cast<std::chrono::milliseconds>(options_.metrics_series_expiry)}};
   admin::MetricsExporter exporter_;
-  asio::steady_timer log_flush_timer_{front_};
-  std::uint64_t flushes_ = 0;
+  asio::steady_timer series_expiry_timer_{front_};
+  std::uint64_t expiry_ticks_ = 0;
   redirect::ProcessRunner runner_;
   std::atomic<bool> ready_{false};
   bool draining_ = false;

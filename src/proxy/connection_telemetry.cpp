@@ -20,6 +20,11 @@ namespace {
 
 // PIPE_BUF on Linux: a write(2) of at most this many bytes to a pipe is atomic.
 constexpr std::size_t kBatch = 4096;
+// A worker with this much pending wakes the writer before its interval (about 110 json lines:
+// one futex wake per 110 connections at most).
+constexpr std::size_t kWakeAt = 64 * 1024;
+// A worker's bound while the writer cannot write (a stuck pipe): past it, lines are dropped.
+constexpr std::size_t kMaxPending = 1024 * 1024;
 
 void write_stderr(std::string_view lines) {
   std::size_t done = 0;
@@ -39,80 +44,132 @@ constexpr std::string_view kClusterId = "Kubernetes";
 
 }  // namespace
 
+namespace {
+
+void write_decimal(char*& p, unsigned v) {
+  char digits[10];
+  int n = 0;
+  do {
+    digits[n++] = static_cast<char>('0' + v % 10);
+    v /= 10;
+  } while (v);
+  while (n) *p++ = digits[--n];
+}
+
+// The address part of format_address ("10.0.0.1", "[fd00::1]") at `p`; returns its end, or
+// nullptr for the rare IPv6 forms left to inet_ntop (see there).
+char* write_ip(const net::IpAddress& ip, char* p) {
+  const auto& b = ip.bytes();
+  if (ip.is_v4()) {
+    for (int i = 0; i < 4; ++i) {
+      if (i) *p++ = '.';
+      write_decimal(p, b[static_cast<std::size_t>(i)]);
+    }
+    return p;
+  }
+  std::uint16_t g[8];
+  for (int i = 0; i < 8; ++i)
+    g[i] = static_cast<std::uint16_t>(b[static_cast<std::size_t>(2 * i)] << 8 | b[static_cast<std::size_t>(2 * i + 1)]);
+  // inet_ntop writes an embedded IPv4 address when the first 96 bits are zero (or a mapped
+  // prefix); those rare forms are left to it.
+  if (g[0] == 0 && g[1] == 0 && g[2] == 0 && g[3] == 0 && g[4] == 0 && (g[5] == 0 || g[5] == 0xffff)) return nullptr;
+  // RFC 5952: the longest run of two or more zero groups (the first of equal ones) becomes "::".
+  int best = -1, best_len = 0;
+  for (int i = 0; i < 8;) {
+    if (g[i] != 0) {
+      ++i;
+      continue;
+    }
+    int j = i;
+    while (j < 8 && g[j] == 0) ++j;
+    if (j - i > best_len && j - i >= 2) {
+      best = i;
+      best_len = j - i;
+    }
+    i = j;
+  }
+  *p++ = '[';
+  for (int i = 0; i < 8; ++i) {
+    if (i == best) {
+      *p++ = ':';
+      *p++ = ':';
+      i += best_len - 1;
+      continue;
+    }
+    if (i && i != best + best_len) *p++ = ':';
+    static constexpr char kHex[] = "0123456789abcdef";
+    bool started = false;
+    for (int shift = 12; shift >= 0; shift -= 4) {
+      const unsigned nibble = (g[i] >> shift) & 0xf;
+      if (nibble || started || shift == 0) {
+        *p++ = kHex[nibble];
+        started = true;
+      }
+    }
+  }
+  *p++ = ']';
+  return p;
+}
+
+}  // namespace
+
 // glibc's inet_ntop formats every IPv4 octet and IPv6 group with sprintf: about 2,000
 // instructions an address, three addresses a line, a quarter of what a JSON line cost
 // (callgrind). The same text, written directly.
 std::string_view format_address(const net::SocketAddress& a, AddressText& out) {
-  char* p = out.data();
-  const auto& b = a.ip.bytes();
-  auto decimal = [&p](unsigned v) {
-    char digits[5];
-    int n = 0;
-    do {
-      digits[n++] = static_cast<char>('0' + v % 10);
-      v /= 10;
-    } while (v);
-    while (n) *p++ = digits[--n];
-  };
-  if (a.ip.is_v4()) {
-    for (int i = 0; i < 4; ++i) {
-      if (i) *p++ = '.';
-      decimal(b[static_cast<std::size_t>(i)]);
-    }
-  } else {
-    std::uint16_t g[8];
-    for (int i = 0; i < 8; ++i)
-      g[i] = static_cast<std::uint16_t>(b[static_cast<std::size_t>(2 * i)] << 8 | b[static_cast<std::size_t>(2 * i + 1)]);
-    // inet_ntop writes an embedded IPv4 address when the first 96 bits are zero (or a mapped
-    // prefix); those rare forms are left to it.
-    if (g[0] == 0 && g[1] == 0 && g[2] == 0 && g[3] == 0 && g[4] == 0 && (g[5] == 0 || g[5] == 0xffff)) {
-      const std::string text = a.to_string();
-      const std::size_t n = std::min(text.size(), out.size());
-      std::copy_n(text.data(), n, out.data());
-      return {out.data(), n};
-    }
-    // RFC 5952: the longest run of two or more zero groups (the first of equal ones) becomes "::".
-    int best = -1, best_len = 0;
-    for (int i = 0; i < 8;) {
-      if (g[i] != 0) {
-        ++i;
-        continue;
-      }
-      int j = i;
-      while (j < 8 && g[j] == 0) ++j;
-      if (j - i > best_len && j - i >= 2) {
-        best = i;
-        best_len = j - i;
-      }
-      i = j;
-    }
-    *p++ = '[';
-    for (int i = 0; i < 8; ++i) {
-      if (i == best) {
-        *p++ = ':';
-        *p++ = ':';
-        i += best_len - 1;
-        continue;
-      }
-      if (i && i != best + best_len) *p++ = ':';
-      static constexpr char kHex[] = "0123456789abcdef";
-      bool started = false;
-      for (int shift = 12; shift >= 0; shift -= 4) {
-        const unsigned nibble = (g[i] >> shift) & 0xf;
-        if (nibble || started || shift == 0) {
-          *p++ = kHex[nibble];
-          started = true;
-        }
-      }
-    }
-    *p++ = ']';
+  char* p = write_ip(a.ip, out.data());
+  if (!p) {
+    const std::string text = a.to_string();
+    const std::size_t n = std::min(text.size(), out.size());
+    std::copy_n(text.data(), n, out.data());
+    return {out.data(), n};
   }
   *p++ = ':';
-  decimal(a.port);
+  write_decimal(p, a.port);
   return {out.data(), static_cast<std::size_t>(p - out.data())};
 }
 
 namespace {
+
+// The text of the addresses a worker logs over and over (its pods, the ClusterIPs, the
+// endpoints), per thread: a line has three, and an IPv6 one costs about 350 instructions to
+// write out, a lookup here a few dozen. Two-way set associative on a hash of the address (the
+// most recent of a set first), 256 entries: a collision only rewrites an entry.
+class IpTextCache {
+ public:
+  // The text of `ip` as write_ip writes it, or an empty view for the forms it leaves to inet_ntop.
+  std::string_view text(const net::IpAddress& ip) {
+    // All four words: a node's pods and its ClusterIPs share their first ones, and often their
+    // last (fd00:10:244::a, fd00:10:96::a).
+    std::uint32_t w[4];
+    std::memcpy(w, ip.bytes().data(), sizeof w);
+    std::uint64_t h = (std::uint64_t{w[0]} ^ std::uint64_t{w[1]} << 32) * 0x9e3779b97f4a7c15ull;
+    h = (h ^ h >> 29 ^ w[2] ^ std::uint64_t{w[3]} << 32) * 0xbf58476d1ce4e5b9ull;
+    Entry* set = &entries_[2 * static_cast<std::size_t>(h >> (64 - kSetBits))];
+    if (set[0].size && set[0].ip == ip) return {set[0].text, set[0].size};
+    if (set[1].size && set[1].ip == ip) {
+      std::swap(set[0], set[1]);
+      return {set[0].text, set[0].size};
+    }
+    Entry fresh;
+    char* end = write_ip(ip, fresh.text);
+    if (!end) return {};
+    fresh.ip = ip;
+    fresh.size = static_cast<std::uint8_t>(end - fresh.text);
+    set[1] = set[0];
+    set[0] = fresh;
+    return {set[0].text, set[0].size};
+  }
+
+ private:
+  static constexpr int kSetBits = 7;
+  struct Entry {
+    net::IpAddress ip;
+    std::uint8_t size = 0;  // 0: empty
+    char text[46];          // "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]" is 41
+  };
+  std::array<Entry, std::size_t{2} << kSetBits> entries_{};
+};
 
 std::string_view family_name(const net::IpAddress& ip) { return ip.is_v4() ? "IPv4" : "IPv6"; }
 
@@ -160,8 +217,16 @@ class LineWriter {
   }
   void boolean(bool b) { raw(b ? std::string_view("true") : std::string_view("false")); }
   void address(const net::SocketAddress& a) {
-    AddressText text;
-    raw(format_address(a, text));
+    thread_local IpTextCache cache;
+    const std::string_view ip = cache.text(a.ip);
+    if (ip.empty()) {
+      AddressText text;
+      raw(format_address(a, text));
+      return;
+    }
+    raw(ip);
+    ch(':');
+    number(a.port);
   }
   // A JSON string's contents. Kubernetes names and SPIFFE URIs need no escaping, but nothing
   // here relies on it: quotes, backslashes and control characters are escaped (other bytes pass
@@ -534,37 +599,66 @@ SeriesKey series_key(const ConnectionRecord& r) {
                        static_cast<std::uint32_t>(r.protocol) << 16 | static_cast<std::uint32_t>(r.security) << 24};
 }
 
-// One worker's access-log lines, waiting for a full batch or the next flush().
+// One worker's access-log lines, waiting for the writer thread, already cut into batches of whole
+// lines of at most kBatch bytes (the worker knows where its lines end; the writer would have to
+// search for them).
 class AccessLogBatch {
  public:
-  explicit AccessLogBatch(const ConnectionTelemetry::Output* output) : output_(output) { buffer_.reserve(kBatch); }
-  ~AccessLogBatch() { flush(); }
-  // The worker: one whole line, with its '\n'.
-  void append(std::string_view line) {
+  AccessLogBatch() {
+    pending_.reserve(2 * kWakeAt);
+    taken_.reserve(2 * kWakeAt);
+    cuts_.reserve(kMaxPending / kBatch * 2);
+    taken_cuts_.reserve(kMaxPending / kBatch * 2);
+  }
+  // The worker: one whole line, with its '\n'. Returns whether the writer should be woken (the
+  // first time since the writer's last visit that kWakeAt bytes are pending). Never waits for a
+  // write: with kMaxPending bytes pending (the writer is stuck on a full pipe), the line is
+  // dropped and counted.
+  bool append(std::string_view line) {
     std::lock_guard lock(mutex_);
-    if (buffer_.size() + line.size() > kBatch) write_out();
-    if (line.size() >= kBatch) {
-      (*output_)(line);  // longer than a batch: alone
-      return;
+    const std::size_t size = pending_.size();
+    if (size + line.size() > kMaxPending) {
+      bump(dropped_);
+      return false;
     }
-    buffer_.append(line);
+    // A batch ends before a line that would not fit in it (a longer line is a batch alone).
+    const std::size_t batch_start = cuts_.empty() ? 0 : cuts_.back();
+    if (size > batch_start && size - batch_start + line.size() > kBatch) cuts_.push_back(size);
+    pending_.append(line);
+    if (pending_.size() < kWakeAt || woken_) return false;
+    woken_ = true;
+    return true;
   }
-  // Any thread (the daemon's once-a-second flush, exit).
-  void flush() {
-    std::lock_guard lock(mutex_);
-    write_out();
+  // The writer (one at a time: the telemetry's write mutex): writes what is pending, batch by
+  // batch, after swapping it out so that the worker's lock is held for the swap only. All four
+  // buffers keep their capacity: no allocation.
+  void write_to(const ConnectionTelemetry::Output& out) {
+    taken_.clear();
+    taken_cuts_.clear();
+    {
+      std::lock_guard lock(mutex_);
+      pending_.swap(taken_);
+      cuts_.swap(taken_cuts_);
+      woken_ = false;
+    }
+    const std::string_view all = taken_;
+    std::size_t start = 0;
+    for (const std::size_t cut : taken_cuts_) {
+      out(all.substr(start, cut - start));
+      start = cut;
+    }
+    if (start < all.size()) out(all.substr(start));
   }
+  std::uint64_t dropped() const { return dropped_.load(std::memory_order_relaxed); }
 
  private:
-  void write_out() {
-    if (buffer_.empty()) return;
-    (*output_)(buffer_);
-    buffer_.clear();  // keeps its capacity: no allocation per batch
-  }
-  const ConnectionTelemetry::Output* output_;
-  // This worker's only, but for flush(): uncontended on the data path but once a second.
   std::mutex mutex_;
-  std::string buffer_;
+  std::string pending_;             // under mutex_
+  std::vector<std::size_t> cuts_;   // under mutex_: where each batch but the last ends
+  bool woken_ = false;              // under mutex_
+  std::string taken_;               // the writer's only
+  std::vector<std::size_t> taken_cuts_;
+  std::atomic<std::uint64_t> dropped_{0};
 };
 
 }  // namespace
@@ -598,8 +692,8 @@ class ConnectionTelemetry::WorkerSink final : public ConnectionSink {
   // series stay, so a new key costs one lookup by label text again.
   static constexpr std::size_t kMaxCachedKeys = 4 * kMaxSeriesPerWorker;
 
-  WorkerSink(const Options& options, const Output* output, Retired* retired)
-      : options_(options), log_(output), retired_(retired) {
+  WorkerSink(const Options& options, ConnectionTelemetry* owner, Retired* retired)
+      : options_(options), owner_(owner), retired_(retired) {
     free_.reserve(kMaxSeriesPerWorker);
     for (std::size_t i = kMaxSeriesPerWorker; i > 0; --i) free_.push_back(i - 1);
   }
@@ -629,7 +723,7 @@ class ConnectionTelemetry::WorkerSink final : public ConnectionSink {
     if (options_.access_log == AccessLogFormat::text) append_access_log_text(r, line);
     else append_access_log_json(r, line);
     line.push_back('\n');
-    log_.append({line.data(), line.size()});
+    if (log_.append({line.data(), line.size()})) owner_->wake_writer();
   }
 
   // The worker's thread. A series changed since the last call is stamped `now`; one that no
@@ -687,7 +781,8 @@ class ConnectionTelemetry::WorkerSink final : public ConnectionSink {
     return cells.size() + (overflow ? 1 : 0);
   }
 
-  void flush() { log_.flush(); }
+  AccessLogBatch& log() { return log_; }
+  std::uint64_t log_dropped() const { return log_.dropped(); }
   // Any thread (a scrape): each live series, kept alive while `f` runs.
   template <typename F>
   void for_each_series(F&& f) const {
@@ -752,6 +847,7 @@ class ConnectionTelemetry::WorkerSink final : public ConnectionSink {
   }
 
   Options options_;
+  ConnectionTelemetry* owner_;
   AccessLogBatch log_;
   Retired* retired_;
   std::string key_;  // reused: no allocation once it has grown
@@ -771,10 +867,41 @@ class ConnectionTelemetry::WorkerSink final : public ConnectionSink {
 ConnectionTelemetry::ConnectionTelemetry(int workers, Options options, Output output)
     : options_(options), output_(output ? std::move(output) : Output(write_stderr)), retired_(std::make_unique<Retired>()) {
   for (int i = 0; i < std::max(1, workers); ++i)
-    workers_.push_back(std::make_unique<WorkerSink>(options_, &output_, retired_.get()));
+    workers_.push_back(std::make_unique<WorkerSink>(options_, this, retired_.get()));
+  if (options_.access_log != AccessLogFormat::off) writer_ = std::thread([this] { run_writer(); });
 }
 
-ConnectionTelemetry::~ConnectionTelemetry() { flush(); }
+ConnectionTelemetry::~ConnectionTelemetry() {
+  if (writer_.joinable()) {
+    {
+      std::lock_guard lock(wake_mutex_);
+      stop_ = true;
+    }
+    wake_cv_.notify_one();
+    writer_.join();
+  }
+  // Every record emitted so far (the workers are gone: the drain's last ones included).
+  flush();
+}
+
+void ConnectionTelemetry::wake_writer() {
+  {
+    std::lock_guard lock(wake_mutex_);
+    wake_ = true;
+  }
+  wake_cv_.notify_one();
+}
+
+void ConnectionTelemetry::run_writer() {
+  std::unique_lock lock(wake_mutex_);
+  while (!stop_) {
+    wake_cv_.wait_for(lock, options_.flush_interval, [this] { return wake_ || stop_; });
+    wake_ = false;
+    lock.unlock();
+    flush();
+    lock.lock();
+  }
+}
 
 std::size_t ConnectionTelemetry::expire_idle(int worker, Clock::time_point now) {
   if (!options_.metrics || options_.series_expiry.count() <= 0) return 0;
@@ -782,7 +909,8 @@ std::size_t ConnectionTelemetry::expire_idle(int worker, Clock::time_point now) 
 }
 
 void ConnectionTelemetry::flush() {
-  for (auto& w : workers_) w->flush();
+  std::lock_guard lock(write_mutex_);
+  for (auto& w : workers_) w->log().write_to(output_);
 }
 
 ConnectionSink* ConnectionTelemetry::sink(int worker) {
@@ -858,6 +986,14 @@ std::vector<prometheus::MetricFamily> ConnectionTelemetry::collect() const {
                        "Connections counted in the overflow series because a worker had too many label sets");
     over.metric.emplace_back().counter.value = static_cast<double>(overflowed);
     out.push_back(std::move(over));
+  }
+  if (options_.access_log != AccessLogFormat::off) {
+    auto dropped = family("dsproxy_access_log_dropped_total",
+                          "Access-log lines dropped because the log output did not keep up (a blocked stderr)");
+    double n = 0;
+    for (const auto& w : workers_) n += static_cast<double>(w->log_dropped());
+    dropped.metric.emplace_back().counter.value = n;
+    out.push_back(std::move(dropped));
   }
   auto by_reason = family("dsproxy_connections_total", "Connections ended, by why they ended");
   for (std::size_t i = 0; i < kEndReasonCount; ++i) {

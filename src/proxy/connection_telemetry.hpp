@@ -19,13 +19,18 @@
 //    names the record points to (workload, Service, principals: pointers, pinned by the cache so
 //    they cannot be reused) plus the direction, protocol and reason: a hash of a few words, no
 //    string built or compared. Only a miss builds the 23 label values and looks them up by text.
-//  * access log: the line is written straight into a stack buffer (fmt, JSON escaping of our
-//    own) and appended to the worker's own batch under the worker's own mutex, which only
-//    flush() (once a second, from the front thread) ever contends for. A batch is written when
-//    the next line would not fit in PIPE_BUF bytes, so each write(2) holds whole lines and is
-//    atomic on a pipe (a container's stderr): never interleaved mid-line with another worker's
-//    lines or the process log. flush() writes what is left (the daemon: every second, as Envoy
-//    flushes its access logs, and at exit).
+//  * access log: the line is written straight into a stack buffer (our own formatting and JSON
+//    escaping, no allocation) and appended to the worker's own pending buffer under the worker's
+//    own mutex, which only the log writer contends for, for the time of a swap. The data path
+//    never writes: a dedicated writer thread takes the pending lines every Options::flush_interval
+//    (1 s, as Envoy flushes its access logs), or as soon as a worker has 64 KiB pending, and
+//    writes them in batches of whole lines of at most PIPE_BUF bytes, so each write(2) is atomic
+//    on a pipe (a container's stderr): never interleaved mid-line with another writer's lines or
+//    the process log. A stderr that blocks (a full pipe whose reader is stuck) blocks only the
+//    writer thread: a worker with 1 MiB pending drops further lines and counts them
+//    (dsproxy_access_log_dropped_total) instead of waiting or growing without bound. At exit the
+//    destructor writes everything still pending (the record of every connection, including those
+//    ended by the drain), blocking if it must.
 //
 // Cardinality is bounded: labels name workloads (a Deployment, StatefulSet, ...: see
 // describe_pod), Services and namespaces from the snapshot, never pods or addresses; anything
@@ -42,11 +47,14 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -92,10 +100,12 @@ class ConnectionTelemetry {
     // disappears from a scrape stale; if it comes back its counters start again from 0, which
     // rate() and increase() read as a counter reset.
     std::chrono::milliseconds series_expiry{std::chrono::minutes(10)};
+    // How long an access-log line may wait in memory before the writer thread writes it.
+    std::chrono::milliseconds flush_interval{std::chrono::seconds(1)};
   };
   // Where batches of access-log lines go: whole lines, each ending in '\n', at most PIPE_BUF
-  // bytes unless one line alone is longer. Called from the workers and from flush()'s caller,
-  // by several threads at once (one batch per call): it must be thread-safe.
+  // bytes unless one line alone is longer. Called from the writer thread and from flush()'s
+  // caller, one call at a time, never from a worker. It may block (only the writer waits).
   using Output = std::function<void(std::string_view lines)>;
   // `output`: empty = stderr.
   ConnectionTelemetry(int workers, Options options, Output output = {});
@@ -111,17 +121,27 @@ class ConnectionTelemetry {
   // On worker `worker`'s thread (the daemon posts it every few seconds): drops that worker's
   // series idle for Options::series_expiry (see there); returns how many.
   std::size_t expire_idle(int worker, Clock::time_point now = Clock::now());
-  // Any thread: writes the access-log lines still buffered (call every second or so, and at exit).
+  // Any thread but a worker's: writes the access-log lines pending now, and returns once they are
+  // written (the writer thread does this on its own; tests, and the destructor at exit).
   void flush();
 
   class WorkerSink;
   struct Retired;
 
  private:
+  // A worker with enough pending lines: the writer thread goes now rather than at its interval.
+  void wake_writer();
+  void run_writer();
+
   Options options_;
   Output output_;
   std::unique_ptr<Retired> retired_;
   std::vector<std::unique_ptr<WorkerSink>> workers_;
+  std::mutex write_mutex_;  // one writer of batches at a time: the lines of a worker stay in order
+  std::mutex wake_mutex_;
+  std::condition_variable wake_cv_;
+  bool wake_ = false, stop_ = false;  // under wake_mutex_
+  std::thread writer_;                // only when the access log is on
 };
 
 }  // namespace dsproxy::proxy
