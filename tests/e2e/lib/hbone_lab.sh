@@ -1,6 +1,6 @@
 # shellcheck shell=bash disable=SC2034 # the LAB_* names are for the scripts that source this
 # The three-node HBONE lab of tests/e2e/hbone_refusals.sh and hbone_rotation.sh, on top of
-# lib/cluster.sh (source that and lib/checks.sh first). Defines functions and variables only.
+# lib/suite.sh (source that first). Defines functions and variables only.
 #
 #   node   (kind-worker)   dsproxy; default/sleep           10.244.0.5   fd00:10:244::5
 #   node2  (kind-worker2)  dsproxy; dual-stack/tcp-echo     10.244.1.26  fd00:10:244:1::1a
@@ -18,6 +18,8 @@ LAB_PEERPOD_ID=spiffe://cluster.local/ns/peer/sa/default
 LAB_ECHO_IP=10.244.1.26
 LAB_PEERPOD_IP=10.244.2.9
 LAB_SLEEP_IP=10.244.0.5
+# What the test peers say on stderr: shown by lib/suite.sh's exit trap after a failure.
+SUITE_TMP_LOGS+=(peer.stderr)
 
 lab_require() {
   local cmd
@@ -226,16 +228,3 @@ peer_server_stop() {
 }
 # The last request the peer server saw, as JSON.
 peer_server_last_request() { sed -n 's/^REQUEST //p' "$CLUSTER_TMP/peer-server.log" | tail -n 1; }
-
-lab_on_exit() {
-  local status=$1 key
-  if ((status != 0 || FAILED > 0)); then
-    for key in node node2; do
-      [[ -f $CLUSTER_TMP/dsproxy-$key.log ]] || continue
-      echo "----- last 30 lines of dsproxy on $key -----" >&2
-      tail -n 30 "$CLUSTER_TMP/dsproxy-$key.log" >&2
-    done
-    [[ -s $CLUSTER_TMP/peer.stderr ]] && { echo "----- peer stderr -----" >&2; tail -n 20 "$CLUSTER_TMP/peer.stderr" >&2; }
-  fi
-  return 0
-}
