@@ -30,9 +30,10 @@
 set -uo pipefail
 
 BENCH_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
-REPO_DIR=$(cd -- "$BENCH_DIR/.." && pwd)
+BENCH_NAME=telemetry_cost
+# shellcheck source=bench/lib/common.sh
+source "$BENCH_DIR/lib/common.sh"
 BUILD_DIR=${BUILD_DIR:-$REPO_DIR/build}
-BENCH_BUILD_DIR=${BENCH_BUILD_DIR:-$REPO_DIR/build-bench}
 
 ROUNDS=3
 SECONDS_PER=5
@@ -49,12 +50,7 @@ while (($#)); do
   esac
   shift
 done
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-die() {
-  echo "telemetry_cost: $*" >&2
-  exit 1
-}
-[[ $(id -u) == 0 ]] || die "must run as root (network namespaces, iptables)"
+require_root "network namespaces, iptables"
 ((ROUNDS >= 1 && ROUNDS <= 20)) || die "--rounds must be 1-20"
 ((SECONDS_PER >= 1 && SECONDS_PER <= 60)) || die "--seconds must be 1-60"
 ((CALLGRIND >= 0 && CALLGRIND <= 100000)) || die "--callgrind must be 0-100000"
@@ -76,16 +72,12 @@ if [[ ! -x $BUILD_DIR/dsproxy ]]; then
     die "build failed"
   fi
 fi
-if ! cmake -S "$BENCH_DIR" -B "$BENCH_BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null ||
-  ! cmake --build "$BENCH_BUILD_DIR" -j2 >/dev/null; then
-  die "bench tools build failed"
-fi
+build_bench_tools
 BENCH_LOAD=$BENCH_BUILD_DIR/bench_load
 BENCH_ECHO=$BENCH_BUILD_DIR/bench_echo
 BENCH_TMP=$(mktemp -d /tmp/dstelemetry.XXXXXX)
 # A private copy: a rebuild of build/ during the run must not change what is measured.
-cp "$BUILD_DIR/dsproxy" "$BENCH_TMP/" || die "cannot copy dsproxy"
-DSPROXY_BIN=$BENCH_TMP/dsproxy
+DSPROXY_BIN=$(private_copy "$BUILD_DIR/dsproxy" "$BENCH_TMP") || exit 1
 
 # shellcheck source=bench/lib/topo.sh
 source "$BENCH_DIR/lib/topo.sh"
@@ -137,18 +129,15 @@ start_proxy() {
   die "dsproxy not ready after 60 s"
 }
 
-# The proxy's CPU time so far (user + system), in clock ticks.
-proxy_ticks() { awk '{ print $14 + $15 }' "/proc/$DSPROXY_PID/stat" 2>/dev/null || echo 0; }
-
 # measure FAMILY: prints "rate errors ops cpu_us_per_connection".
 measure() {
   local vip=$VIP4 res c0 c1
   [[ $1 == 6 ]] && vip=$VIP6
-  c0=$(proxy_ticks)
+  c0=$(proc_ticks "$DSPROXY_PID")
   res=$(in_client timeout $((SECONDS_PER + 30)) "$BENCH_LOAD" conn --addr "$vip" --port "$ECHO_PORT" \
     --seconds "$SECONDS_PER" --max-ops 4000000 --threads 4 2>>"$BENCH_TMP/load.err" | tail -n 1)
-  c1=$(proxy_ticks)
-  jq -r --argjson ticks $((c1 - c0)) --argjson hz "$(getconf CLK_TCK)" \
+  c1=$(proc_ticks "$DSPROXY_PID")
+  jq -r --argjson ticks $((c1 - c0)) --argjson hz "$CLK_TCK" \
     '"\(.rate) \(.errors) \(.ops) \(if .ops > 0 then ($ticks / $hz * 1e6 / .ops * 10 | round / 10) else 0 end)"' \
     <<<"$res" 2>/dev/null || echo "0 1 0 0"
 }
@@ -168,6 +157,7 @@ callgrind_instructions() {
   rm -f "$BENCH_TMP"/callgrind.*.[0-9]*.[0-9]*
   callgrind_control -d "$DSPROXY_PID" >/dev/null 2>&1 || die "callgrind_control -d failed"
   sleep 1
+  # shellcheck disable=SC2012 # our own file names: digits and dots
   dump=$(ls -t "$BENCH_TMP"/callgrind.*.[0-9]*.[0-9]* 2>/dev/null | head -n 1)
   total=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump" 2>/dev/null)
   # CALLGRIND_KEEP=DIR: the dumps are kept there, for callgrind_annotate.
@@ -223,7 +213,6 @@ for ((r = 0; r < ROUNDS; r++)); do
   done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 echo
 echo "## Connection rate through a captured ClusterIP, telemetry off vs on (bench_load conn, 4 threads, ${SECONDS_PER} s; median of $ROUNDS interleaved rounds)"
 echo
@@ -231,7 +220,6 @@ echo
 # much less, so both are printed.
 echo "| family | what | off | on (${TELEMETRY_ON_ARGS:---access-log json}; metrics on) | difference | rounds off | rounds on |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"
-diff_pct() { awk -v a="$1" -v b="$2" 'BEGIN { print b ? 100 * (a - b) / b : 0 }'; }
 for family in 4 6; do
   off=$(median <<<"${rates[off.$family]}")
   on=$(median <<<"${rates[on.$family]}")
