@@ -23,19 +23,11 @@
 
 set -uo pipefail
 
-# shellcheck source=tests/e2e/lib/suite.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/suite.sh"
-suite_args -- "$@"
-
-E2E_DEADLINE=${E2E_DEADLINE:-60}
 # shellcheck source=tests/e2e/lib/hbone_lab.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib/hbone_lab.sh"
-
-suite_trap
-cluster_require
-lab_require
-lab_topology
-cluster_up
+suite_args -- "$@"
+E2E_DEADLINE=${E2E_DEADLINE:-60}
+lab_up
 
 # ---- certificates ------------------------------------------------------------------------------
 PKI="$CLUSTER_TMP/pki"

@@ -1,6 +1,6 @@
 # shellcheck shell=bash disable=SC2034 # the LAB_* names are for the scripts that source this
 # The three-node HBONE lab of tests/e2e/hbone_refusals.sh and hbone_rotation.sh, on top of
-# lib/suite.sh (source that first). Defines functions and variables only.
+# lib/suite.sh, which it sources. Defines functions and variables only.
 #
 #   node   (kind-worker)   dsproxy; default/sleep           10.244.0.5   fd00:10:244::5
 #   node2  (kind-worker2)  dsproxy; dual-stack/tcp-echo     10.244.1.26  fd00:10:244:1::1a
@@ -10,6 +10,9 @@
 #                          tunnels to when sleep connects to that pod.
 # Every namespace is in the ambient mesh. Certificates are made with the openssl command line
 # (an issuer independent of dsproxy's own signer): lab_ca and lab_leaf below.
+
+# shellcheck source=tests/e2e/lib/suite.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/suite.sh"
 
 LAB_PEER_JS="$CLUSTER_REPO_DIR/tests/tools/hbone_peer.js"
 LAB_SLEEP_ID=spiffe://cluster.local/ns/default/sa/sleep
@@ -26,6 +29,15 @@ lab_require() {
   for cmd in openssl node jq python3; do
     command -v "$cmd" >/dev/null 2>&1 || cluster_die "missing command: $cmd (run scripts/install-deps.sh)"
   done
+}
+
+# The exit trap, the prerequisites, then the lab itself (after suite_args).
+lab_up() {
+  suite_trap
+  cluster_require
+  lab_require
+  lab_topology
+  cluster_up
 }
 
 # Before cluster_up: the three nodes, their pods, and the config both dsproxy nodes read.
