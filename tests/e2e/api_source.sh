@@ -38,11 +38,9 @@ apiserver_on_exit() {
 }
 suite_trap apiserver_on_exit
 
-cluster_require
+suite_require
 for cmd in curl jq; do command -v "$cmd" >/dev/null || cluster_die "missing command $cmd (scripts/install-deps.sh)"; done
-[[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
 [[ -x $FAKE_APISERVER_BIN ]] || cluster_die "fake API server binary $FAKE_APISERVER_BIN is not an executable"
-((BASH_VERSINFO[0] >= 5)) || cluster_die "needs bash 5, this is $BASH_VERSION"
 
 # ---- the topology ------------------------------------------------------------------------------
 # A client, and two tcp-echo pods of Service api/web whose answers name them (from-a, from-b).

@@ -24,10 +24,7 @@ E2E_DEADLINE=${E2E_DEADLINE:-90}
 CHECK_SHOW_DETAIL=1
 suite_trap
 
-cluster_require
-[[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
-[[ -x $ECHO_BIN ]] || cluster_die "echo binary $ECHO_BIN is not an executable"
-((BASH_VERSINFO[0] >= 5)) || cluster_die "needs bash 5, this is $BASH_VERSION"
+suite_require
 
 cluster_up
 BASE_CONFIG=$CLUSTER_REPO_DIR/config/tcp-echo-experiment.yaml

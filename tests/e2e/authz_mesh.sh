@@ -32,11 +32,10 @@ E2E_DEADLINE=${E2E_DEADLINE:-60}
 CHECK_SHOW_DETAIL=1
 suite_trap
 
-cluster_require
+suite_require
 for cmd in openssl jq; do
   command -v "$cmd" >/dev/null 2>&1 || cluster_die "missing command: $cmd (run scripts/install-deps.sh)"
 done
-((BASH_VERSINFO[0] >= 5)) || cluster_die "needs bash 5, this is $BASH_VERSION"
 
 # ---- topology ---------------------------------------------------------------------------------
 cluster_node_add node2 kind-worker2

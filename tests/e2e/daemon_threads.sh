@@ -27,10 +27,8 @@ E2E_DEADLINE=${E2E_DEADLINE:-180}
 CHECK_SHOW_DETAIL=1
 suite_trap
 
-cluster_require
+suite_require
 command -v dig >/dev/null 2>&1 || cluster_die "missing command dig (scripts/install-deps.sh: bind9-dnsutils)"
-[[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
-((BASH_VERSINFO[0] >= 5)) || cluster_die "needs bash 5, this is $BASH_VERSION"
 
 cluster_up
 DSPROXY_CONFIG=$CLUSTER_TMP/cluster.yaml

@@ -25,12 +25,11 @@ SUITE_TMP_LOGS=(dnsmasq.log)  # the node's nameserver
 suite_trap
 
 # ---- prerequisites: all fatal -------------------------------------------------------------
-cluster_require
+suite_require
 for cmd in dig getent dnsmasq; do
   command -v "$cmd" >/dev/null 2>&1 ||
     cluster_die "missing command $cmd (run scripts/install-deps.sh: bind9-dnsutils, libc-bin, dnsmasq-base)"
 done
-[[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
 
 # ---- the cluster, the upstream nameserver, the pods' resolv.conf --------------------------
 cluster_up

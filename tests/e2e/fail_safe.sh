@@ -37,12 +37,10 @@ stop_holders() {
 }
 suite_trap stop_holders
 
-cluster_require
+suite_require
 for tool in nc jq; do
   command -v "$tool" >/dev/null 2>&1 || cluster_die "missing command $tool (scripts/install-deps.sh)"
 done
-[[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
-((BASH_VERSINFO[0] >= 5)) || cluster_die "needs bash 5, this is $BASH_VERSION"
 
 cluster_up
 VIP=10.96.104.229 # ipv4/tcp-echo: one endpoint, echo-v4

@@ -36,9 +36,7 @@ CHECK_SHOW_DETAIL=1  # every check prints what it measured
 suite_trap
 
 # ---- prerequisites: all fatal -------------------------------------------------------------
-cluster_require
-[[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
-[[ -x $ECHO_BIN ]] || cluster_die "echo binary $ECHO_BIN is not an executable"
+suite_require
 [[ -f $FP_CONFIG_SOURCE ]] || cluster_die "config $FP_CONFIG_SOURCE does not exist"
 ((BASH_VERSINFO[0] >= 5)) || cluster_die "needs bash 5 (EPOCHREALTIME), this is $BASH_VERSION"
 JSON_TOOL=${E2E_JSON_TOOL:-}

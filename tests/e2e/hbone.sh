@@ -24,7 +24,7 @@ E2E_DEADLINE=${E2E_DEADLINE:-80}
 
 suite_trap
 
-cluster_require
+suite_require
 for cmd in tcpdump openssl; do
   command -v "$cmd" >/dev/null 2>&1 || cluster_die "missing command: $cmd (run scripts/install-deps.sh)"
 done

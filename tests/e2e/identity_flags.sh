@@ -21,7 +21,7 @@ suite_args TEST_PKI_BIN -- "$@"
 E2E_DEADLINE=${E2E_DEADLINE:-60}
 
 suite_trap
-cluster_require
+suite_require
 command -v python3 >/dev/null 2>&1 || cluster_die "python3 is not installed"
 [[ -x $TEST_PKI_BIN ]] || cluster_die "test PKI tool $TEST_PKI_BIN is not an executable"
 cluster_up

@@ -35,9 +35,7 @@ E2E_DEADLINE=${E2E_DEADLINE:-150}
 
 suite_trap
 
-cluster_require
-[[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
-[[ -x $ECHO_BIN ]] || cluster_die "echo binary $ECHO_BIN is not an executable"
+suite_require
 command -v nft >/dev/null 2>&1 || cluster_die "nft is not installed (scripts/install-deps.sh: nftables)"
 command -v python3 >/dev/null 2>&1 || command -v jq >/dev/null 2>&1 ||
   cluster_die "neither python3 nor jq is installed (needed to read GET :15000/stats)"

@@ -37,9 +37,7 @@ CHECK_SHOW_DETAIL=1
 suite_trap
 
 # ---- prerequisites: all fatal -------------------------------------------------------------
-cluster_require
-[[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
-[[ -x $ECHO_BIN ]] || cluster_die "echo binary $ECHO_BIN is not an executable"
+suite_require
 ((BASH_VERSINFO[0] >= 5)) || cluster_die "needs bash 5 (EPOCHREALTIME), this is $BASH_VERSION"
 command -v jq >/dev/null 2>&1 || cluster_die "jq is not installed (needed to read dsproxy's admin API)"
 command -v prlimit >/dev/null 2>&1 || cluster_die "prlimit is not installed (util-linux)"

@@ -49,13 +49,12 @@ SUITE_TMP_LOGS=(node-dnsmasq.log)  # the node's nameserver
 suite_trap
 
 # ---- prerequisites: all fatal -------------------------------------------------------------
-cluster_require
+suite_require
 for cmd in dig dnsmasq jq; do
   command -v "$cmd" >/dev/null 2>&1 ||
     cluster_die "missing command $cmd (run scripts/install-deps.sh: bind9-dnsutils, dnsmasq-base, jq)"
 done
 ((BASH_VERSINFO[0] >= 5)) || cluster_die "needs bash 5 (for {fd} redirections), this is $BASH_VERSION"
-[[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
 
 # ---- the cluster, the node's own DNS server, resolv.conf files ----------------------------
 cluster_up

@@ -34,11 +34,10 @@ SECRET_PORT=15999
 
 suite_trap
 
-cluster_require
+suite_require
 for cmd in dig dnsmasq jq nc; do
   command -v "$cmd" >/dev/null 2>&1 || cluster_die "missing command $cmd (run scripts/install-deps.sh)"
 done
-[[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
 
 cluster_up
 DSPROXY_CONFIG="$CLUSTER_TMP/cluster.yaml"

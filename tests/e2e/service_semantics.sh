@@ -25,11 +25,8 @@ E2E_DEADLINE=${E2E_DEADLINE:-120}
 CHECK_SHOW_DETAIL=1
 suite_trap
 
-cluster_require
-[[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
-[[ -x $ECHO_BIN ]] || cluster_die "echo binary $ECHO_BIN is not an executable"
+suite_require
 [[ -f $SS_CONFIG_SOURCE ]] || cluster_die "config $SS_CONFIG_SOURCE does not exist"
-((BASH_VERSINFO[0] >= 5)) || cluster_die "needs bash 5, this is $BASH_VERSION"
 
 # ---- the topology: config/service-semantics.yaml's pods ------------------------------------
 cluster_pods_clear

@@ -31,11 +31,9 @@ E2E_DEADLINE=${E2E_DEADLINE:-120}
 
 suite_trap
 
-cluster_require
+suite_require
 command -v ss >/dev/null 2>&1 || cluster_die "ss is missing (iproute2)"
 command -v dig >/dev/null 2>&1 || cluster_die "dig is missing (bind9-dnsutils)"
-[[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
-[[ -x $ECHO_BIN ]] || cluster_die "echo binary $ECHO_BIN is not an executable"
 
 # What the root namespace says before we start: compared at the end, to prove the test changed
 # nothing outside its own namespaces.

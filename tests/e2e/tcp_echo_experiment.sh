@@ -24,9 +24,7 @@ E2E_DEADLINE=${E2E_DEADLINE:-75}
 suite_trap
 
 # ---- prerequisites: all fatal -------------------------------------------------------------
-cluster_require
-[[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
-[[ -x $ECHO_BIN ]] || cluster_die "echo binary $ECHO_BIN is not an executable"
+suite_require
 [[ -f $DSPROXY_CONFIG ]] || cluster_die "config $DSPROXY_CONFIG does not exist"
 # E2E_JSON_TOOL=jq forces the jq path (to test it where python3 exists).
 JSON_TOOL=${E2E_JSON_TOOL:-}

@@ -34,7 +34,7 @@ lab_require() {
 # The exit trap, the prerequisites, then the lab itself (after suite_args).
 lab_up() {
   suite_trap
-  cluster_require
+  suite_require
   lab_require
   lab_topology
   cluster_up

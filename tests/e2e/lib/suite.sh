@@ -7,6 +7,7 @@
 #   suite_args -- "$@"            (or suite_args MORE_BIN -- "$@" for a third argument)
 #   E2E_DEADLINE=${E2E_DEADLINE:-90}
 #   suite_trap [HOOK]
+#   suite_require
 #
 # On any exit the trap (lib/cluster.sh's, which then removes the namespaces and processes and
 # keeps the exit status) shows the dsproxy logs of a failed run, runs HOOK, and still ends with
@@ -41,6 +42,15 @@ suite_args() {
     printf -v "$name" '%s' "$(realpath -- "$1")"
     shift
   done
+}
+
+# suite_require: what every cluster script needs (cluster_require's root, commands and network
+# namespaces, bash 5, the two binaries); a missing one fails the script, never skips it.
+suite_require() {
+  cluster_require
+  [[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
+  [[ -x $ECHO_BIN ]] || cluster_die "echo binary $ECHO_BIN is not an executable"
+  ((BASH_VERSINFO[0] >= 5)) || cluster_die "needs bash 5, this is $BASH_VERSION"
 }
 
 SUMMARY_PRINTED=
