@@ -28,7 +28,9 @@
 set -uo pipefail
 
 BENCH_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
-REPO_DIR=$(cd -- "$BENCH_DIR/.." && pwd)
+BENCH_NAME=file_source_scale
+# shellcheck source=bench/lib/common.sh
+source "$BENCH_DIR/lib/common.sh"
 DSPROXY=${DSPROXY_BIN:-$REPO_DIR/build/dsproxy}
 DIR=""
 TIMEOUT=300
@@ -44,12 +46,7 @@ while (($#)); do
   esac
   shift
 done
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-die() {
-  echo "file_source_scale: $*" >&2
-  exit 1
-}
-[[ $(id -u) == 0 ]] || die "must run as root (a network namespace per run)"
+require_root "a network namespace per run"
 [[ -x $DSPROXY ]] || die "no dsproxy binary at $DSPROXY (build it, or pass --dsproxy)"
 command -v curl >/dev/null || die "curl is needed (readiness probes)"
 ((TIMEOUT >= 10 && TIMEOUT <= 3600)) || die "--timeout must be 10-3600"
@@ -95,7 +92,7 @@ fi
 in_ns() { ip netns exec "$NS" "$@"; }
 ready_code() { in_ns curl -s -o /dev/null -w '%{http_code}' --max-time 2 http://127.0.0.1:15021/healthz/ready; }
 status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
-cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+cpu_s() { awk -v hz="$CLK_TCK" '{ printf "%.1f", ($14 + $15) / hz }' "/proc/$1/stat"; }
 mb() { awk -v kb="$1" 'BEGIN { printf "%.0f", kb / 1024 }'; }
 # Milliseconds since the epoch of a log line's timestamp (2026-12-07T16:19:36.461Z).
 line_ms() { date -u -d "$(cut -d' ' -f1 <<<"$1" | sed 's/Z$//; s/T/ /')" +%s%3N; }

@@ -16,19 +16,19 @@
 
 set -uo pipefail
 BENCH_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
-REPO_DIR=$(cd -- "$BENCH_DIR/.." && pwd)
+BENCH_NAME=hbone
+# shellcheck source=bench/lib/common.sh
+source "$BENCH_DIR/lib/common.sh"
 DSPROXY_BIN=${DSPROXY_BIN:-$REPO_DIR/build/dsproxy}
 ECHO_BIN=${ECHO_BIN:-$REPO_DIR/build/tests/dsproxy_test_echo}
 BULK_S=${BULK_S:-5}
 CONN_S=${CONN_S:-5}
 
-cmake -S "$BENCH_DIR" -B "$REPO_DIR/build-bench" -DCMAKE_BUILD_TYPE=Release >/dev/null &&
-  cmake --build "$REPO_DIR/build-bench" --target bench_load bench_echo -j2 >/dev/null ||
-  { echo "cannot build bench tools" >&2; exit 1; }
-LOAD=$REPO_DIR/build-bench/bench_load
-BECHO=$REPO_DIR/build-bench/bench_echo
+build_bench_tools bench_load bench_echo
+LOAD=$BENCH_BUILD_DIR/bench_load
+BECHO=$BENCH_BUILD_DIR/bench_echo
 
-# shellcheck source=../tests/e2e/lib/cluster.sh
+# shellcheck source=tests/e2e/lib/cluster.sh
 source "$REPO_DIR/tests/e2e/lib/cluster.sh"
 cluster_trap
 cluster_node_add node2 kind-worker2
@@ -74,14 +74,6 @@ in_pod server "$BECHO" --listen 0.0.0.0:7000 --max-seconds 600 >"$CLUSTER_TMP/be
 CLUSTER_BG_PIDS+=($!)
 sleep 0.5
 
-cpu_ticks() { # both proxies' utime+stime, in clock ticks
-  local total=0 pid
-  for pid in "${DSPROXY_NODE_PID[@]}"; do
-    total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat")))
-  done
-  echo "$total"
-}
-
 measure() { # measure LABEL [dsproxy args...]
   local label=$1 t0 t1 bulk gbps cpu
   shift
@@ -90,11 +82,11 @@ measure() { # measure LABEL [dsproxy args...]
   sleep 1  # certificates
   # Warm-up (and the pool's connection, for HBONE).
   in_pod client "$LOAD" rtt --addr 10.96.50.50 --port 7000 --seconds 0.5 >/dev/null
-  t0=$(cpu_ticks)
+  t0=$(proc_ticks "${DSPROXY_NODE_PID[@]}")
   bulk=$(in_pod client iperf3 -c 10.96.50.50 -t "$BULK_S" -J 2>/dev/null)
-  t1=$(cpu_ticks)
+  t1=$(proc_ticks "${DSPROXY_NODE_PID[@]}")
   gbps=$(echo "$bulk" | jq '.end.sum_received.bits_per_second / 1e9')
-  cpu=$(awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v s="$BULK_S" -v g="$gbps" \
+  cpu=$(awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v s="$BULK_S" -v g="$gbps" \
     'BEGIN { printf "%.2f", (t / hz) / (g * s) }')
   local conn rtt
   conn=$(in_pod client "$LOAD" conn --addr 10.96.50.50 --port 7000 --seconds "$CONN_S")

@@ -18,7 +18,9 @@
 
 set -uo pipefail
 BENCH_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
-REPO_DIR=$(cd -- "$BENCH_DIR/.." && pwd)
+BENCH_NAME=hbone_cost
+# shellcheck source=bench/lib/common.sh
+source "$BENCH_DIR/lib/common.sh"
 DSPROXY_BIN=${DSPROXY_BIN:-$REPO_DIR/build/dsproxy}
 ECHO_BIN=${ECHO_BIN:-$REPO_DIR/build/tests/dsproxy_test_echo}
 TOOLS=${1:-both}
@@ -27,13 +29,11 @@ BULK_MB=${BULK_MB:-200}
 OUT=${OUT:-}
 export DSPROXY_READY_TIMEOUT=${DSPROXY_READY_TIMEOUT:-60}
 
-cmake -S "$BENCH_DIR" -B "$REPO_DIR/build-bench" -DCMAKE_BUILD_TYPE=Release >/dev/null &&
-  cmake --build "$REPO_DIR/build-bench" --target bench_load bench_echo -j2 >/dev/null ||
-  { echo "cannot build bench tools" >&2; exit 1; }
-LOAD=$REPO_DIR/build-bench/bench_load
-BECHO=$REPO_DIR/build-bench/bench_echo
+build_bench_tools bench_load bench_echo
+LOAD=$BENCH_BUILD_DIR/bench_load
+BECHO=$BENCH_BUILD_DIR/bench_echo
 
-# shellcheck source=../tests/e2e/lib/cluster.sh
+# shellcheck source=tests/e2e/lib/cluster.sh
 source "$REPO_DIR/tests/e2e/lib/cluster.sh"
 cluster_trap
 cluster_node_add node2 kind-worker2
@@ -45,6 +45,7 @@ OUT=${OUT:-$CLUSTER_TMP}
 mkdir -p "$OUT"
 
 DSPROXY_CONFIG="$CLUSTER_TMP/bench.yaml"
+# shellcheck disable=SC2016 # a literal $ in the pattern
 sed -n '/^cat >"\$DSPROXY_CONFIG" <<.EOF.$/,/^EOF$/p' "$BENCH_DIR/hbone.sh" | sed '1d;$d' >"$DSPROXY_CONFIG"
 [[ -s $DSPROXY_CONFIG ]] || cluster_die "no config from bench/hbone.sh"
 (umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$CLUSTER_TMP/ca.key" \

@@ -15,7 +15,9 @@
 
 set -uo pipefail
 BENCH_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
-REPO_DIR=$(cd -- "$BENCH_DIR/.." && pwd)
+BENCH_NAME=profile
+# shellcheck source=bench/lib/common.sh
+source "$BENCH_DIR/lib/common.sh"
 PEER=dsproxy
 SECONDS_LOAD=8
 FAMILY=4
@@ -35,16 +37,11 @@ while (($#)); do
   esac
   shift
 done
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-die() {
-  echo "profile: $*" >&2
-  exit 1
-}
-[[ $(id -u) == 0 ]] || die "must run as root"
+require_root
 ((SECONDS_LOAD >= 1 && SECONDS_LOAD <= 60)) || die "--seconds must be 1-60"
 command -v perf >/dev/null || die "perf missing: apt-get install linux-perf"
-BENCH_LOAD=$REPO_DIR/build-bench/bench_load
-BENCH_ECHO=$REPO_DIR/build-bench/bench_echo
+BENCH_LOAD=$BENCH_BUILD_DIR/bench_load
+BENCH_ECHO=$BENCH_BUILD_DIR/bench_echo
 [[ -x $BENCH_LOAD && -x $BENCH_ECHO ]] || die "load tools not built: run bench/run.sh --quick once"
 [[ -x $DSPROXY_BIN ]] || die "$DSPROXY_BIN is not an executable"
 
@@ -55,7 +52,6 @@ BENCH_TMP=$(mktemp -d /tmp/dsprof.XXXXXX)
 OUT=${OUT:-$BENCH_TMP/out}
 mkdir -p "$OUT"
 BENCH_CONFIG_DIR=$BENCH_TMP/configs
-BENCH_CONN_S=$SECONDS_LOAD
 # shellcheck source=bench/lib/topo.sh
 source "$BENCH_DIR/lib/topo.sh"
 # shellcheck source=bench/lib/peers.sh

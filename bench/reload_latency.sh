@@ -25,7 +25,9 @@
 set -uo pipefail
 
 BENCH_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
-REPO_DIR=$(cd -- "$BENCH_DIR/.." && pwd)
+BENCH_NAME=reload_latency
+# shellcheck source=bench/lib/common.sh
+source "$BENCH_DIR/lib/common.sh"
 DSPROXY=${DSPROXY_BIN:-$REPO_DIR/build/dsproxy}
 DIR=""
 TIMEOUT=300
@@ -43,12 +45,7 @@ while (($#)); do
   esac
   shift
 done
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-die() {
-  echo "reload_latency: $*" >&2
-  exit 1
-}
-[[ $(id -u) == 0 ]] || die "must run as root (a network namespace per run)"
+require_root "a network namespace per run"
 [[ -x $DSPROXY ]] || die "no dsproxy binary at $DSPROXY (build it, or pass --dsproxy)"
 command -v curl >/dev/null || die "curl is needed (readiness)"
 command -v python3 >/dev/null || die "python3 is needed (the probe)"

@@ -28,9 +28,10 @@
 set -uo pipefail
 
 BENCH_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
-REPO_DIR=$(cd -- "$BENCH_DIR/.." && pwd)
+BENCH_NAME=rules_scale
+# shellcheck source=bench/lib/common.sh
+source "$BENCH_DIR/lib/common.sh"
 BUILD_DIR=${BUILD_DIR:-$REPO_DIR/build}
-BENCH_BUILD_DIR=${BENCH_BUILD_DIR:-$REPO_DIR/build-bench}
 
 SERVICES=20000
 ROUNDS=3
@@ -47,12 +48,7 @@ while (($#)); do
   esac
   shift
 done
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-die() {
-  echo "rules_scale: $*" >&2
-  exit 1
-}
-[[ $(id -u) == 0 ]] || die "must run as root (network namespaces, iptables, ipset)"
+require_root "network namespaces, iptables, ipset"
 ((SERVICES >= 10 && SERVICES <= 200000)) || die "--services must be 10-200000"
 ((ROUNDS >= 1 && ROUNDS <= 20)) || die "--rounds must be 1-20"
 ((SECONDS_PER >= 1 && SECONDS_PER <= 60)) || die "--seconds must be 1-60"
@@ -73,10 +69,7 @@ if [[ ! -x $BUILD_DIR/dsproxy || ! -x $BUILD_DIR/tests/dsproxy_rules_update ]]; 
     die "build failed"
   fi
 fi
-if ! cmake -S "$BENCH_DIR" -B "$BENCH_BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null ||
-  ! cmake --build "$BENCH_BUILD_DIR" -j2 >/dev/null; then
-  die "bench tools build failed"
-fi
+build_bench_tools
 BENCH_LOAD=$BENCH_BUILD_DIR/bench_load
 BENCH_ECHO=$BENCH_BUILD_DIR/bench_echo
 BENCH_TMP=$(mktemp -d /tmp/dsrules.XXXXXX)
@@ -212,7 +205,6 @@ done
 set_state 10
 members4=$(in_node ipset list DSPROXY_VIPS4 -t | awk -F': ' '/Number of entries/ { print $2 }')
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 echo
 echo "## Connect + 64 B echo + close through a captured ClusterIP (bench_load conn, 1 thread, ${SECONDS_PER} s x $ROUNDS rounds; median of the rounds' p50 / p99)"
 echo

@@ -23,9 +23,10 @@
 set -uo pipefail
 
 BENCH_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
-REPO_DIR=$(cd -- "$BENCH_DIR/.." && pwd)
+BENCH_NAME=bench
+# shellcheck source=bench/lib/common.sh
+source "$BENCH_DIR/lib/common.sh"
 BUILD_DIR=${BUILD_DIR:-$REPO_DIR/build}
-BENCH_BUILD_DIR=${BENCH_BUILD_DIR:-$REPO_DIR/build-bench}
 
 QUICK=0
 RUNS=
@@ -47,12 +48,6 @@ while (($#)); do
   esac
   shift
 done
-
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-die() {
-  echo "bench: $*" >&2
-  exit 1
-}
 [[ $(id -u) == 0 ]] || die "must run as root (network namespaces, iptables): sudo bash $0"
 
 # ---------------------------------------------------------------- settings
@@ -106,10 +101,12 @@ if ((BUILD_HEAD)); then
   if [[ $(cat "$head_dir/rev" 2>/dev/null) == "$head_rev" && -x $head_dir/build/dsproxy ]]; then
     log "reusing dsproxy $head_rev (committed HEAD) built in $head_dir"
   else
+    # shellcheck disable=SC2015 # dies when either fails
     rm -rf "$head_dir" && mkdir -p "$head_dir/src" || die "cannot create $head_dir"
     git -C "$REPO_DIR" archive HEAD | tar -x -C "$head_dir/src" || die "git archive HEAD failed"
     log "building dsproxy $head_rev (committed HEAD, Release) in $head_dir"
     bash "$REPO_DIR/scripts/install-deps.sh" || die "scripts/install-deps.sh failed"
+    # shellcheck disable=SC2015 # dies when either fails
     cmake -S "$head_dir/src" -B "$head_dir/build" -DCMAKE_BUILD_TYPE=Release -DDSPROXY_BUILD_TESTS=OFF >/dev/null &&
       cmake --build "$head_dir/build" -j2 --target dsproxy >/dev/null || die "dsproxy build of HEAD failed"
     echo "$head_rev" >"$head_dir/rev"
@@ -129,8 +126,7 @@ if [[ -f $BUILD_DIR/CMakeCache.txt ]] && ! grep -q '^CMAKE_BUILD_TYPE:STRING=Rel
 fi
 [[ -x $DSPROXY_BIN ]] || die "$DSPROXY_BIN is not an executable"
 log "building the load tools in $BENCH_BUILD_DIR"
-cmake -S "$BENCH_DIR" -B "$BENCH_BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null || die "cmake configure of bench/ failed"
-cmake --build "$BENCH_BUILD_DIR" -j2 >/dev/null || die "bench tools build failed"
+build_bench_tools
 BENCH_LOAD=$BENCH_BUILD_DIR/bench_load
 BENCH_ECHO=$BENCH_BUILD_DIR/bench_echo
 
@@ -189,6 +185,7 @@ peer_write_configs "$BENCH_CONFIG_DIR"
 write_meta() {
   local git_rev dirty
   git_rev=$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  # shellcheck disable=SC2015 # never fails: "|| true"
   dirty=$(git -C "$REPO_DIR" status --porcelain -- src CMakeLists.txt 2>/dev/null | grep -q . && echo "+uncommitted src changes" || true)
   jq -n \
     --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \

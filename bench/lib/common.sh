@@ -15,6 +15,7 @@ die() {
   echo "$BENCH_NAME: $*" >&2
   exit 1
 }
+# shellcheck disable=SC2120 # the reason is optional
 require_root() { [[ $(id -u) == 0 ]] || die "must run as root (${1:-network namespaces})"; }
 require_commands() {
   local cmd
@@ -30,6 +31,7 @@ require_int() {
 # build_bench_tools [TARGET...]: bench/'s own project (bench_load, bench_echo, ...) into
 # BENCH_BUILD_DIR (default build-bench/), a project apart from dsproxy's build.
 BENCH_BUILD_DIR=${BENCH_BUILD_DIR:-$REPO_DIR/build-bench}
+# shellcheck disable=SC2120 # no TARGET: all of them
 build_bench_tools() {
   local -a targets=()
   (($#)) && targets=(--target "$@")

@@ -435,8 +435,9 @@ awaitable<void> serve_connection(tcp::socket client, tcp::endpoint peer, Directi
     // Connections still routing or connecting are bounded per worker: past the limit (an
     // upstream black hole holding every attempt for the whole connect timeout) new clients are
     // reset at once rather than piling up behind it.
-    if (ctx.load.connecting.load(std::memory_order_relaxed) >= ctx.options.limits.pending_connects_per_worker) {
-      ProxyStats::add(ctx.stats.rejected_pending_connect_limit);
+    if (ctx.load.full(ctx.options.limits, {WorkerLimit::pending_connects})) {
+      count_refusal(WorkerLimit::pending_connects, ctx.options.limits, ctx.stats, nullptr,
+                    "new connections are reset");
       result.finish(EndReason::rejected_overload);
       net::reset_connection(client);
       co_return;

@@ -16,21 +16,13 @@
 #include "proxy/proxy_stats.hpp"
 #include "net/io/transparent_socket.hpp"
 #include "proxy/workload_index.hpp"
+#include "proxy/worker_load.hpp"
 
 namespace dsproxy::proxy {
 
 class MeshWorker;
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
-
-// One worker's own load, checked against ProxyOptions::limits. Written only by the worker's
-// thread; atomics so that the admin API can read them.
-struct WorkerLoad {
-  std::atomic<std::uint64_t> connections{0};  // accepted and not yet closed, relaying included
-  std::atomic<std::uint64_t> connecting{0};   // routing or connecting upstream (no relay yet)
-  std::atomic<std::uint64_t> handshaking{0};  // HBONE connections in their TLS handshake
-  std::uint64_t test_faults_seen = 0;         // connections counted for ProxyOptions::test_faults
-};
 
 // What every connection on a worker shares. The references point into ProxyServer and the
 // worker, which outlive the worker's io_context and so every connection coroutine.

@@ -456,15 +456,9 @@ awaitable<void> MeshWorker::handle_request(std::shared_ptr<hbone::IncomingReques
   // The stream holds an upstream socket: it is one more connection of this worker, and while it
   // connects one more pending connect, under the same limits as plaintext connections. Past
   // them: 503 at once, counted (the peer's pool may retry elsewhere), never queued.
-  if (load_.connections.load(std::memory_order_relaxed) >= proxy_.limits.connections_per_worker ||
-      load_.connecting.load(std::memory_order_relaxed) >= proxy_.limits.pending_connects_per_worker) {
-    const bool connections = load_.connections.load(std::memory_order_relaxed) >= proxy_.limits.connections_per_worker;
-    ProxyStats::add(connections ? stats_.rejected_worker_connection_limit : stats_.rejected_pending_connect_limit);
-    if (const auto suppressed = limit_log().admit(std::chrono::steady_clock::now()))
-      spdlog::warn("hbone: a worker is at its {} limit: a tunnelled stream from {} answered 503 ({} similar event(s) "
-                   "not logged)",
-                   connections ? "--max-connections-per-worker" : "--max-pending-connects-per-worker",
-                   request->connection().remote.address().to_string(), *suppressed);
+  if (const auto full = load_.full(proxy_.limits, {WorkerLimit::connections, WorkerLimit::pending_connects})) {
+    count_refusal(*full, proxy_.limits, stats_, &limit_log(), "tunnelled HBONE streams are answered 503",
+                  request->connection().remote.address());
     result.finish(EndReason::rejected_overload);
     request->reject(503);
     co_return;

@@ -74,27 +74,17 @@ awaitable<void> accept_loop(tcp::acceptor& acceptor, Direction direction, Connec
                        acceptor.local_endpoint(ignored).port(), ec.message(), shed,
                        back_off ? ", pausing 50 ms" : "", *suppressed);
         }
-      } else if (context.load.connections.load(std::memory_order_relaxed) >=
-                 context.options.limits.connections_per_worker) {
+      } else if (const auto full =
+                     hbone ? context.load.full(context.options.limits,
+                                               {WorkerLimit::connections, WorkerLimit::pending_handshakes})
+                           : context.load.full(context.options.limits, {WorkerLimit::connections})) {
         // Full: a reset now tells the client at once, where leaving it in the accept queue
-        // would let it time out (and the queue hold SYNs nobody will serve soon).
-        ProxyStats::add(context.stats.rejected_worker_connection_limit);
+        // would let it time out (and the queue hold SYNs nobody will serve soon). Handshakes are
+        // bounded too: in a ClientHello flood (or peers that connect and stall mid-handshake)
+        // each costs CPU and state before the peer has proved anything, so only so many at once.
+        count_refusal(*full, context.options.limits, context.stats, &limit_log(),
+                      hbone ? "new HBONE connections are reset" : "new connections are reset");
         net::reset_connection(socket);
-        if (const auto suppressed = limit_log().admit(std::chrono::steady_clock::now()))
-          spdlog::warn("a worker holds {} connections (--max-connections-per-worker): new ones are reset ({} "
-                       "similar event(s) not logged; see rejected_worker_connection_limit)",
-                       context.options.limits.connections_per_worker, *suppressed);
-      } else if (hbone && context.load.handshaking.load(std::memory_order_relaxed) >=
-                              context.options.limits.pending_handshakes_per_worker) {
-        // A ClientHello flood (or peers that connect and stall mid-handshake): each handshake
-        // costs CPU and state before the peer has proved anything, so only so many at once.
-        ProxyStats::add(context.stats.rejected_pending_handshake_limit);
-        net::reset_connection(socket);
-        if (const auto suppressed = limit_log().admit(std::chrono::steady_clock::now()))
-          spdlog::warn("a worker has {} HBONE handshakes under way (--max-pending-handshakes-per-worker): new "
-                       "HBONE connections are reset ({} similar event(s) not logged; see "
-                       "rejected_pending_handshake_limit)",
-                       context.options.limits.pending_handshakes_per_worker, *suppressed);
       } else {
         if (!reserve.held()) reserve.replenish();  // lost to another thread during a shed
         if (hbone)

@@ -22,50 +22,25 @@
 
 set -uo pipefail
 
-if (($# != 3)); then
-  echo "usage: $0 DSPROXY_BIN ECHO_BIN FAKE_APISERVER_BIN" >&2
-  exit 2
-fi
-DSPROXY_BIN=$(realpath -- "$1")
-ECHO_BIN=$(realpath -- "$2")
-FAKE_APISERVER_BIN=$(realpath -- "$3")
-
-HERE=$(dirname -- "${BASH_SOURCE[0]}")
-# shellcheck source=lib/cluster.sh
-source "$HERE/lib/cluster.sh"
-# shellcheck source=lib/fake_apiserver.sh
-source "$HERE/lib/fake_apiserver.sh"
+# shellcheck source=tests/e2e/lib/suite.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/suite.sh"
+suite_args FAKE_APISERVER_BIN -- "$@"
+# shellcheck source=tests/e2e/lib/fake_apiserver.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/fake_apiserver.sh"
 # Checks not started after this many seconds fail without running; a normal run takes ~70 s.
 E2E_DEADLINE=${E2E_DEADLINE:-200}
 CHECK_SHOW_DETAIL=1
-# shellcheck source=tests/e2e/lib/checks.sh
-source "$HERE/lib/checks.sh"
-SUMMARY_PRINTED=
-summary() {
-  echo "$PASSED passed, $FAILED failed"
-  SUMMARY_PRINTED=1
-}
-section() { echo "---- $* ----"; }
-on_exit() {
-  local status=$1
-  if ((status != 0 || FAILED > 0)); then
-    dsproxy_log_tail
-    [[ -n ${FAKE_APISERVER_LOG:-} && -f $FAKE_APISERVER_LOG ]] && tail -n 20 "$FAKE_APISERVER_LOG" >&2
+apiserver_on_exit() {
+  if (($1 != 0 || FAILED > 0)) && [[ -n ${FAKE_APISERVER_LOG:-} && -f $FAKE_APISERVER_LOG ]]; then
+    tail -n 20 "$FAKE_APISERVER_LOG" >&2
   fi
   fake_apiserver_stop
-  if [[ -z $SUMMARY_PRINTED ]]; then
-    fail "the test ran to its end (it stopped with status $status; see the FATAL line above)"
-    summary
-  fi
 }
-CLUSTER_ON_EXIT=on_exit
-cluster_trap
+suite_trap apiserver_on_exit
 
-cluster_require
+suite_require
 for cmd in curl jq; do command -v "$cmd" >/dev/null || cluster_die "missing command $cmd (scripts/install-deps.sh)"; done
-[[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
 [[ -x $FAKE_APISERVER_BIN ]] || cluster_die "fake API server binary $FAKE_APISERVER_BIN is not an executable"
-((BASH_VERSINFO[0] >= 5)) || cluster_die "needs bash 5, this is $BASH_VERSION"
 
 # ---- the topology ------------------------------------------------------------------------------
 # A client, and two tcp-echo pods of Service api/web whose answers name them (from-a, from-b).

@@ -16,40 +16,15 @@
 
 set -uo pipefail
 
-if (($# != 2)); then
-  echo "usage: $0 DSPROXY_BIN ECHO_BIN" >&2
-  exit 2
-fi
-DSPROXY_BIN=$(realpath -- "$1")
-ECHO_BIN=$(realpath -- "$2")
+# shellcheck source=tests/e2e/lib/suite.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/suite.sh"
+suite_args -- "$@"
 
-# shellcheck source=lib/cluster.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/cluster.sh"
 E2E_DEADLINE=${E2E_DEADLINE:-90}
 CHECK_SHOW_DETAIL=1
-# shellcheck source=tests/e2e/lib/checks.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/checks.sh"
-SUMMARY_PRINTED=
-summary() {
-  echo "$PASSED passed, $FAILED failed"
-  SUMMARY_PRINTED=1
-}
-section() { echo "---- $* ----"; }
-on_exit() {
-  local status=$1
-  if ((status != 0 || FAILED > 0)); then dsproxy_log_tail; fi
-  if [[ -z $SUMMARY_PRINTED ]]; then
-    fail "the test ran to its end (it stopped with status $status; see the FATAL line above)"
-    summary
-  fi
-}
-CLUSTER_ON_EXIT=on_exit
-cluster_trap
+suite_trap
 
-cluster_require
-[[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
-[[ -x $ECHO_BIN ]] || cluster_die "echo binary $ECHO_BIN is not an executable"
-((BASH_VERSINFO[0] >= 5)) || cluster_die "needs bash 5, this is $BASH_VERSION"
+suite_require
 
 cluster_up
 BASE_CONFIG=$CLUSTER_REPO_DIR/config/tcp-echo-experiment.yaml
@@ -57,7 +32,6 @@ DSPROXY_CONFIG=$CLUSTER_TMP/cluster.yaml
 cp -- "$BASE_CONFIG" "$DSPROXY_CONFIG" || cluster_die "cannot copy the config"
 
 ECHO_DS4=10.244.0.26 ECHO_DS6=fd00:10:244::1a ECHO_V4=10.244.0.19 ECHO_V6_4=10.244.0.24 ECHO_V6=fd00:10:244::18
-
 
 # ---- helpers ---------------------------------------------------------------------------------
 # probe FROM HOST PORT: one connection from pod FROM sending one line; prints ok, reset, refused,

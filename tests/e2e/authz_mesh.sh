@@ -24,47 +24,18 @@
 
 set -uo pipefail
 
-if (($# != 2)); then
-  echo "usage: $0 DSPROXY_BIN ECHO_BIN" >&2
-  exit 2
-fi
-DSPROXY_BIN=$(realpath -- "$1")
-ECHO_BIN=$(realpath -- "$2")
+# shellcheck source=tests/e2e/lib/suite.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/suite.sh"
+suite_args -- "$@"
 
-# shellcheck source=lib/cluster.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/cluster.sh"
 E2E_DEADLINE=${E2E_DEADLINE:-60}
 CHECK_SHOW_DETAIL=1
-# shellcheck source=tests/e2e/lib/checks.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/checks.sh"
-SUMMARY_PRINTED=
-summary() {
-  echo "$PASSED passed, $FAILED failed"
-  SUMMARY_PRINTED=1
-}
-section() { echo "---- $* ----"; }
-on_exit() {
-  local status=$1 key
-  if ((status != 0 || FAILED > 0)); then
-    for key in node node2; do
-      [[ -f $CLUSTER_TMP/dsproxy-$key.log ]] || continue
-      echo "----- last 30 lines of dsproxy on $key -----" >&2
-      tail -n 30 "$CLUSTER_TMP/dsproxy-$key.log" >&2
-    done
-  fi
-  if [[ -z $SUMMARY_PRINTED ]]; then
-    fail "the test ran to its end (it stopped with status $status; see the FATAL line above)"
-    summary
-  fi
-}
-CLUSTER_ON_EXIT=on_exit
-cluster_trap
+suite_trap
 
-cluster_require
+suite_require
 for cmd in openssl jq; do
   command -v "$cmd" >/dev/null 2>&1 || cluster_die "missing command: $cmd (run scripts/install-deps.sh)"
 done
-((BASH_VERSINFO[0] >= 5)) || cluster_die "needs bash 5, this is $BASH_VERSION"
 
 # ---- topology ---------------------------------------------------------------------------------
 cluster_node_add node2 kind-worker2

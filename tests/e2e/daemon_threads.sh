@@ -18,41 +18,17 @@
 
 set -uo pipefail
 
-if (($# != 2)); then
-  echo "usage: $0 DSPROXY_BIN ECHO_BIN" >&2
-  exit 2
-fi
-DSPROXY_BIN=$(realpath -- "$1")
-ECHO_BIN=$(realpath -- "$2")
+# shellcheck source=tests/e2e/lib/suite.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/suite.sh"
+suite_args -- "$@"
 
-# shellcheck source=lib/cluster.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/cluster.sh"
 # Checks not started after this many seconds fail without running; a normal run takes ~40 s.
 E2E_DEADLINE=${E2E_DEADLINE:-180}
 CHECK_SHOW_DETAIL=1
-# shellcheck source=tests/e2e/lib/checks.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/checks.sh"
-SUMMARY_PRINTED=
-summary() {
-  echo "$PASSED passed, $FAILED failed"
-  SUMMARY_PRINTED=1
-}
-section() { echo "---- $* ----"; }
-on_exit() {
-  local status=$1
-  if ((status != 0 || FAILED > 0)); then dsproxy_log_tail; fi
-  if [[ -z $SUMMARY_PRINTED ]]; then
-    fail "the test ran to its end (it stopped with status $status; see the FATAL line above)"
-    summary
-  fi
-}
-CLUSTER_ON_EXIT=on_exit
-cluster_trap
+suite_trap
 
-cluster_require
+suite_require
 command -v dig >/dev/null 2>&1 || cluster_die "missing command dig (scripts/install-deps.sh: bind9-dnsutils)"
-[[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
-((BASH_VERSINFO[0] >= 5)) || cluster_die "needs bash 5, this is $BASH_VERSION"
 
 cluster_up
 DSPROXY_CONFIG=$CLUSTER_TMP/cluster.yaml

@@ -13,44 +13,23 @@
 
 set -uo pipefail
 
-if (($# != 2)); then
-  echo "usage: $0 DSPROXY_BIN ECHO_BIN" >&2
-  exit 2
-fi
-DSPROXY_BIN=$(realpath -- "$1")
-ECHO_BIN=$(realpath -- "$2")
-
-# shellcheck source=lib/cluster.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/cluster.sh"
+# shellcheck source=tests/e2e/lib/suite.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/suite.sh"
+suite_args -- "$@"
 
 E2E_DEADLINE=${E2E_DEADLINE:-90}
 DNS_VIP4=10.96.0.10
 DNS_VIP6=fd00:10:96::a
 
-# shellcheck source=tests/e2e/lib/checks.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/checks.sh"
-summary() { echo "$PASSED passed, $FAILED failed"; }
-
-on_exit() {
-  local status=$1
-  if ((status != 0 || FAILED > 0)); then
-    dsproxy_log_tail
-    if [[ -n ${CLUSTER_TMP:-} && -f $CLUSTER_TMP/dnsmasq.log ]]; then
-      echo "----- last 20 lines of $CLUSTER_TMP/dnsmasq.log -----" >&2
-      tail -n 20 "$CLUSTER_TMP/dnsmasq.log" >&2
-    fi
-  fi
-}
-CLUSTER_ON_EXIT=on_exit
-cluster_trap
+SUITE_TMP_LOGS=(dnsmasq.log)  # the node's nameserver
+suite_trap
 
 # ---- prerequisites: all fatal -------------------------------------------------------------
-cluster_require
+suite_require
 for cmd in dig getent dnsmasq; do
   command -v "$cmd" >/dev/null 2>&1 ||
     cluster_die "missing command $cmd (run scripts/install-deps.sh: bind9-dnsutils, libc-bin, dnsmasq-base)"
 done
-[[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
 
 # ---- the cluster, the upstream nameserver, the pods' resolv.conf --------------------------
 cluster_up

@@ -21,26 +21,13 @@
 
 set -uo pipefail
 
-if (($# != 2)); then
-  echo "usage: $0 DSPROXY_BIN ECHO_BIN" >&2
-  exit 2
-fi
-DSPROXY_BIN=$(realpath -- "$1")
-ECHO_BIN=$(realpath -- "$2")
+# shellcheck source=tests/e2e/lib/suite.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/suite.sh"
+suite_args -- "$@"
 
-# shellcheck source=lib/cluster.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/cluster.sh"
 # Checks not started after this many seconds fail without running; a normal run takes ~15 s.
 E2E_DEADLINE=${E2E_DEADLINE:-150}
 CHECK_SHOW_DETAIL=1
-# shellcheck source=tests/e2e/lib/checks.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/checks.sh"
-SUMMARY_PRINTED=
-summary() {
-  echo "$PASSED passed, $FAILED failed"
-  SUMMARY_PRINTED=1
-}
-section() { echo "---- $* ----"; }
 HOLDERS=()
 stop_holders() {
   local p
@@ -48,24 +35,12 @@ stop_holders() {
   for p in "${HOLDERS[@]}"; do wait "$p" 2>/dev/null; done
   HOLDERS=()
 }
-on_exit() {
-  local status=$1
-  stop_holders
-  if ((status != 0 || FAILED > 0)); then dsproxy_log_tail; fi
-  if [[ -z $SUMMARY_PRINTED ]]; then
-    fail "the test ran to its end (it stopped with status $status; see the FATAL line above)"
-    summary
-  fi
-}
-CLUSTER_ON_EXIT=on_exit
-cluster_trap
+suite_trap stop_holders
 
-cluster_require
+suite_require
 for tool in nc jq; do
   command -v "$tool" >/dev/null 2>&1 || cluster_die "missing command $tool (scripts/install-deps.sh)"
 done
-[[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
-((BASH_VERSINFO[0] >= 5)) || cluster_die "needs bash 5, this is $BASH_VERSION"
 
 cluster_up
 VIP=10.96.104.229 # ipv4/tcp-echo: one endpoint, echo-v4

@@ -16,34 +16,15 @@
 
 set -uo pipefail
 
-if (($# != 2)); then
-  echo "usage: $0 DSPROXY_BIN ECHO_BIN" >&2
-  exit 2
-fi
-DSPROXY_BIN=$(realpath -- "$1")
-ECHO_BIN=$(realpath -- "$2")
+# shellcheck source=tests/e2e/lib/suite.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/suite.sh"
+suite_args -- "$@"
 
-# shellcheck source=lib/cluster.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/cluster.sh"
 E2E_DEADLINE=${E2E_DEADLINE:-80}
-# shellcheck source=tests/e2e/lib/checks.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/checks.sh"
 
-on_exit() {
-  local status=$1 key
-  if ((status != 0 || FAILED > 0)); then
-    for key in node node2; do
-      [[ -f $CLUSTER_TMP/dsproxy-$key.log ]] || continue
-      echo "----- last 30 lines of dsproxy on $key -----" >&2
-      tail -n 30 "$CLUSTER_TMP/dsproxy-$key.log" >&2
-    done
-    dsproxy_log_tail
-  fi
-}
-CLUSTER_ON_EXIT=on_exit
-cluster_trap
+suite_trap
 
-cluster_require
+suite_require
 for cmd in tcpdump openssl; do
   command -v "$cmd" >/dev/null 2>&1 || cluster_die "missing command: $cmd (run scripts/install-deps.sh)"
 done
@@ -368,5 +349,5 @@ if in_time "mTLS off"; then
   stop_both
 fi
 
-echo "$PASSED passed, $FAILED failed"
+summary
 ((FAILED == 0))

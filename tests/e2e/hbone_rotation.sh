@@ -22,30 +22,11 @@
 
 set -uo pipefail
 
-if (($# != 2)); then
-  echo "usage: $0 DSPROXY_BIN ECHO_BIN" >&2
-  exit 2
-fi
-# shellcheck disable=SC2034 # read by lib/cluster.sh
-DSPROXY_BIN=$(realpath -- "$1")
-# shellcheck disable=SC2034
-ECHO_BIN=$(realpath -- "$2")
-
-# shellcheck source=tests/e2e/lib/cluster.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/cluster.sh"
-E2E_DEADLINE=${E2E_DEADLINE:-60}
-# shellcheck source=tests/e2e/lib/checks.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/checks.sh"
 # shellcheck source=tests/e2e/lib/hbone_lab.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib/hbone_lab.sh"
-
-# shellcheck disable=SC2034 # read by lib/cluster.sh
-CLUSTER_ON_EXIT=lab_on_exit
-cluster_trap
-cluster_require
-lab_require
-lab_topology
-cluster_up
+suite_args -- "$@"
+E2E_DEADLINE=${E2E_DEADLINE:-60}
+lab_up
 
 TRANSFER_BYTES=$((4 * 1024 * 1024))
 TRANSFER_RATE=$((400 * 1024))
@@ -228,5 +209,5 @@ for key in node node2; do
 done
 
 echo "(took ${SECONDS}s)"
-echo "$PASSED passed, $FAILED failed"
+summary
 ((FAILED == 0))

@@ -14,28 +14,14 @@
 
 set -uo pipefail
 
-if (($# != 3)); then
-  echo "usage: $0 DSPROXY_BIN ECHO_BIN TEST_PKI_BIN" >&2
-  exit 2
-fi
-DSPROXY_BIN=$(realpath -- "$1")
-ECHO_BIN=$(realpath -- "$2")
-TEST_PKI_BIN=$(realpath -- "$3")
+# shellcheck source=tests/e2e/lib/suite.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/suite.sh"
+suite_args TEST_PKI_BIN -- "$@"
 
-# shellcheck source=lib/cluster.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/cluster.sh"
-# shellcheck source=tests/e2e/lib/checks.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/checks.sh"
-summary() { echo "$PASSED passed, $FAILED failed"; }
 E2E_DEADLINE=${E2E_DEADLINE:-60}
 
-on_exit() {
-  local status=$1
-  if ((status != 0 || FAILED > 0)); then dsproxy_log_tail; fi
-}
-CLUSTER_ON_EXIT=on_exit
-cluster_trap
-cluster_require
+suite_trap
+suite_require
 command -v python3 >/dev/null 2>&1 || cluster_die "python3 is not installed"
 [[ -x $TEST_PKI_BIN ]] || cluster_die "test PKI tool $TEST_PKI_BIN is not an executable"
 cluster_up

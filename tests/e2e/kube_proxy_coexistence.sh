@@ -25,35 +25,17 @@
 
 set -uo pipefail
 
-if (($# != 2)); then
-  echo "usage: $0 DSPROXY_BIN ECHO_BIN" >&2
-  exit 2
-fi
-DSPROXY_BIN=$(realpath -- "$1")
-ECHO_BIN=$(realpath -- "$2")
-
-# shellcheck source=lib/cluster.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/cluster.sh"
+# shellcheck source=tests/e2e/lib/suite.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/suite.sh"
+suite_args -- "$@"
 
 # Traffic checks not started after this many seconds fail without running; a normal run takes
 # about 40 s. What always runs after it (stopping dsproxy, cleanup) is bounded by the harness.
 E2E_DEADLINE=${E2E_DEADLINE:-150}
 
-# shellcheck source=tests/e2e/lib/checks.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/checks.sh"
-summary() { echo "$PASSED passed, $FAILED failed"; }
+suite_trap
 
-on_exit() {
-  local status=$1
-  if ((status != 0 || FAILED > 0)); then dsproxy_log_tail; fi
-}
-# shellcheck disable=SC2034 # read by the harness's exit trap
-CLUSTER_ON_EXIT=on_exit
-cluster_trap
-
-cluster_require
-[[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
-[[ -x $ECHO_BIN ]] || cluster_die "echo binary $ECHO_BIN is not an executable"
+suite_require
 command -v nft >/dev/null 2>&1 || cluster_die "nft is not installed (scripts/install-deps.sh: nftables)"
 command -v python3 >/dev/null 2>&1 || command -v jq >/dev/null 2>&1 ||
   cluster_die "neither python3 nor jq is installed (needed to read GET :15000/stats)"

@@ -17,19 +17,16 @@
 #   restart.sh DSPROXY_BIN ECHO_BIN
 set -uo pipefail
 
-DSPROXY_BIN=$(realpath "${1:?usage: restart.sh DSPROXY_BIN ECHO_BIN}")
-ECHO_BIN=$(realpath "${2:?usage: restart.sh DSPROXY_BIN ECHO_BIN}")
 HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 CLIENT=$HERE/../tools/restart_client.mjs
-# shellcheck source=tests/e2e/lib/cluster.sh
-source "$HERE/lib/cluster.sh"
-# shellcheck source=tests/e2e/lib/checks.sh
-source "$HERE/lib/checks.sh"
+# shellcheck source=tests/e2e/lib/suite.sh
+source "$HERE/lib/suite.sh"
+suite_args -- "$@"
 E2E_DEADLINE=${E2E_DEADLINE:-85}
 CHECK_SHOW_DETAIL=1
 
 command -v node >/dev/null || { echo "FAIL: node (Node.js) is required"; exit 1; }
-cluster_trap
+suite_trap
 cluster_up
 
 CLUSTERIPS="10.96.104.229:9000,[fd00:10:96::9c3a]:9000"
@@ -289,5 +286,5 @@ if in_time "signals during the drain"; then
     "$([[ $RC == 0 && $after == "$before" ]]; echo $?)" "status $RC"
 fi
 
-echo "$PASSED passed, $FAILED failed"
+summary
 ((FAILED == 0))

@@ -22,15 +22,9 @@
 
 set -uo pipefail
 
-if (($# != 2)); then
-  echo "usage: $0 DSPROXY_BIN ECHO_BIN" >&2
-  exit 2
-fi
-DSPROXY_BIN=$(realpath -- "$1")
-ECHO_BIN=$(realpath -- "$2")
-
-# shellcheck source=lib/cluster.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/cluster.sh"
+# shellcheck source=tests/e2e/lib/suite.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/suite.sh"
+suite_args -- "$@"
 
 # Every echo pod listens on the capture ports as its own application ports, and on 9000.
 ECHO_PORTS=9000,15001,15006
@@ -40,29 +34,10 @@ BURST_CONNECTIONS=${BURST_CONNECTIONS:-1000}
 FD_LIMIT_TARGET=256
 
 CHECK_SHOW_DETAIL=1
-# shellcheck source=tests/e2e/lib/checks.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/checks.sh"
-SUMMARY_PRINTED=
-summary() {
-  echo "$PASSED passed, $FAILED failed"
-  SUMMARY_PRINTED=1
-}
-section() { echo "---- $* ----"; }
-on_exit() {
-  local status=$1
-  if ((status != 0 || FAILED > 0)); then dsproxy_log_tail; fi
-  if [[ -z $SUMMARY_PRINTED ]]; then
-    fail "the test ran to its end (it stopped with status $status; see the FATAL line above)"
-    summary
-  fi
-}
-CLUSTER_ON_EXIT=on_exit
-cluster_trap
+suite_trap
 
 # ---- prerequisites: all fatal -------------------------------------------------------------
-cluster_require
-[[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
-[[ -x $ECHO_BIN ]] || cluster_die "echo binary $ECHO_BIN is not an executable"
+suite_require
 ((BASH_VERSINFO[0] >= 5)) || cluster_die "needs bash 5 (EPOCHREALTIME), this is $BASH_VERSION"
 command -v jq >/dev/null 2>&1 || cluster_die "jq is not installed (needed to read dsproxy's admin API)"
 command -v prlimit >/dev/null 2>&1 || cluster_die "prlimit is not installed (util-linux)"

@@ -25,33 +25,19 @@
 
 set -uo pipefail
 
-if (($# != 2)); then
-  echo "usage: $0 DSPROXY_BIN ECHO_BIN" >&2
-  exit 2
-fi
-DSPROXY_BIN=$(realpath -- "$1")
-ECHO_BIN=$(realpath -- "$2")
-
-# shellcheck source=lib/cluster.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/cluster.sh"
-# shellcheck source=tests/e2e/lib/checks.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/checks.sh"
+# shellcheck source=tests/e2e/lib/suite.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/suite.sh"
+suite_args -- "$@"
 
 E2E_DEADLINE=${E2E_DEADLINE:-90}
 SECRET_PORT=15999
 
-on_exit() {
-  local status=$1
-  ((status != 0 || FAILED > 0)) && dsproxy_log_tail
-}
-CLUSTER_ON_EXIT=on_exit
-cluster_trap
+suite_trap
 
-cluster_require
+suite_require
 for cmd in dig dnsmasq jq nc; do
   command -v "$cmd" >/dev/null 2>&1 || cluster_die "missing command $cmd (run scripts/install-deps.sh)"
 done
-[[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
 
 cluster_up
 DSPROXY_CONFIG="$CLUSTER_TMP/cluster.yaml"
@@ -137,7 +123,7 @@ if start_dsproxy; then
   pass "dsproxy started with --redirect and is ready"
 else
   fail "dsproxy started with --redirect and is ready"
-  echo "$PASSED passed, $FAILED failed"
+  summary
   exit 1
 fi
 
@@ -153,6 +139,7 @@ for ((i = 0; i < 100; i++)); do
   sleep 0.1
 done
 echo "    droppedEndpoints:"
+# shellcheck disable=SC2001 # indents every line
 sed 's/^/      /' <<<"${dropped:-(none)}"
 for want in "grab-6.default.svc.cluster.local [::1]:$SECRET_PORT loopback" \
   "grab-6.default.svc.cluster.local [::1]:15000 loopback" \
@@ -202,5 +189,5 @@ check "the dual-stack tcp-echo Service still answers (10.96.106.11:9000)" $? "go
 
 stop_dsproxy
 check "dsproxy exits on SIGTERM" $? "exit status $DSPROXY_EXIT_STATUS"
-echo "$PASSED passed, $FAILED failed"
+summary
 ((FAILED == 0))

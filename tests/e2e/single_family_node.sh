@@ -21,37 +21,19 @@
 
 set -uo pipefail
 
-if (($# != 2)); then
-  echo "usage: $0 DSPROXY_BIN ECHO_BIN" >&2
-  exit 2
-fi
-DSPROXY_BIN=$(realpath -- "$1")
-ECHO_BIN=$(realpath -- "$2")
-
-# shellcheck source=lib/cluster.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/cluster.sh"
+# shellcheck source=tests/e2e/lib/suite.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/suite.sh"
+suite_args -- "$@"
 
 # Traffic checks not started after this many seconds fail without running; what always runs
 # after them is bounded (stop: 10 s per part, cluster teardown: a few seconds).
 E2E_DEADLINE=${E2E_DEADLINE:-120}
 
-# shellcheck source=tests/e2e/lib/checks.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/checks.sh"
-summary() { echo "$PASSED passed, $FAILED failed"; }
+suite_trap
 
-on_exit() {
-  local status=$1
-  if ((status != 0 || FAILED > 0)); then dsproxy_log_tail; fi
-}
-# shellcheck disable=SC2034 # read by cluster.sh's exit trap
-CLUSTER_ON_EXIT=on_exit
-cluster_trap
-
-cluster_require
+suite_require
 command -v ss >/dev/null 2>&1 || cluster_die "ss is missing (iproute2)"
 command -v dig >/dev/null 2>&1 || cluster_die "dig is missing (bind9-dnsutils)"
-[[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
-[[ -x $ECHO_BIN ]] || cluster_die "echo binary $ECHO_BIN is not an executable"
 
 # What the root namespace says before we start: compared at the end, to prove the test changed
 # nothing outside its own namespaces.

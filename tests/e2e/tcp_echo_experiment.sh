@@ -12,36 +12,19 @@
 
 set -uo pipefail
 
-if (($# != 2)); then
-  echo "usage: $0 DSPROXY_BIN ECHO_BIN" >&2
-  exit 2
-fi
-DSPROXY_BIN=$(realpath -- "$1")
-ECHO_BIN=$(realpath -- "$2")
-
-# shellcheck source=lib/cluster.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/cluster.sh"
+# shellcheck source=tests/e2e/lib/suite.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib/suite.sh"
+suite_args -- "$@"
 
 # The whole run must stay under two minutes even against a proxy that accepts and never
 # answers: traffic and proxy-config checks not started after this many seconds fail without
 # running. What always runs after it is bounded (stop: 10 s, redirect commands: 3 x 5 s).
 E2E_DEADLINE=${E2E_DEADLINE:-75}
 
-# shellcheck source=tests/e2e/lib/checks.sh
-source "$(dirname -- "${BASH_SOURCE[0]}")/lib/checks.sh"
-summary() { echo "$PASSED passed, $FAILED failed"; }
-
-on_exit() {
-  local status=$1
-  if ((status != 0 || FAILED > 0)); then dsproxy_log_tail; fi
-}
-CLUSTER_ON_EXIT=on_exit
-cluster_trap
+suite_trap
 
 # ---- prerequisites: all fatal -------------------------------------------------------------
-cluster_require
-[[ -x $DSPROXY_BIN ]] || cluster_die "dsproxy binary $DSPROXY_BIN is not an executable"
-[[ -x $ECHO_BIN ]] || cluster_die "echo binary $ECHO_BIN is not an executable"
+suite_require
 [[ -f $DSPROXY_CONFIG ]] || cluster_die "config $DSPROXY_CONFIG does not exist"
 # E2E_JSON_TOOL=jq forces the jq path (to test it where python3 exists).
 JSON_TOOL=${E2E_JSON_TOOL:-}

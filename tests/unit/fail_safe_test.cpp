@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 #include <netinet/in.h>
 #include <fcntl.h>
@@ -16,6 +17,8 @@
 #include <boost/asio/post.hpp>
 #include <chrono>
 #include <cstring>
+#include <algorithm>
+#include <sstream>
 #include <filesystem>
 #include <functional>
 #include <future>
@@ -29,7 +32,9 @@
 #include "hbone/authority.hpp"
 #include "hbone/connection_pool.hpp"
 #include "identity/identity_manager.hpp"
+#include "proxy/log_throttle.hpp"
 #include "proxy/proxy_server.hpp"
+#include "proxy/worker_load.hpp"
 #include "support/test_pki.hpp"
 
 namespace dsproxy {
@@ -276,6 +281,57 @@ TEST_F(FailSafeProxyTest, PastThePendingConnectLimitANewConnectionIsResetAtOnce)
   ::close(a);
   for (int f : fillers) ::close(f);
   ::close(stuck);
+}
+
+// ---- the worker limits themselves ------------------------------------------------------------
+
+TEST(WorkerLoadLimits, TheFirstLimitReachedInTheOrderAskedIsTheOneReported) {
+  proxy::ProxyLimits limits;
+  limits.connections_per_worker = 3;
+  limits.pending_connects_per_worker = 2;
+  limits.pending_handshakes_per_worker = 1;
+  proxy::WorkerLoad load;
+  using L = proxy::WorkerLimit;
+  EXPECT_EQ(load.full(limits, {L::connections, L::pending_connects, L::pending_handshakes}), std::nullopt);
+  load.connections = 2, load.connecting = 1;  // one below each bound: room for one more
+  EXPECT_EQ(load.full(limits, {L::connections, L::pending_connects}), std::nullopt);
+  load.connecting = 2;  // at the bound: full (the bound is how many it may hold)
+  EXPECT_EQ(load.full(limits, {L::connections, L::pending_connects}), L::pending_connects);
+  load.connections = 3;
+  EXPECT_EQ(load.full(limits, {L::connections, L::pending_connects}), L::connections);
+  EXPECT_EQ(load.full(limits, {L::pending_connects, L::connections}), L::pending_connects);
+  EXPECT_EQ(load.full(limits, {L::pending_handshakes}), std::nullopt);  // only what is asked is checked
+  load.handshaking = 1;
+  EXPECT_EQ(load.full(limits, {L::pending_handshakes}), L::pending_handshakes);
+  EXPECT_EQ(load.full(limits, {}), std::nullopt);
+}
+
+TEST(WorkerLoadLimits, ARefusalIsCountedInItsLimitsCounterAndAFloodIsOneLogLine) {
+  std::ostringstream log;
+  auto previous = spdlog::default_logger();
+  spdlog::set_default_logger(
+      std::make_shared<spdlog::logger>("capture", std::make_shared<spdlog::sinks::ostream_sink_mt>(log)));
+  proxy::ProxyLimits limits;
+  limits.connections_per_worker = 7;
+  proxy::ProxyStats stats;
+  proxy::LogThrottle throttle(std::chrono::hours(1));  // one line, then quiet for the whole test
+  using L = proxy::WorkerLimit;
+  const auto from = boost::asio::ip::make_address("fd00::5");
+  proxy::count_refusal(L::connections, limits, stats, &throttle, "new connections are reset", from);
+  proxy::count_refusal(L::connections, limits, stats, &throttle, "new connections are reset");
+  proxy::count_refusal(L::pending_connects, limits, stats, &throttle, "new connections are reset");
+  proxy::count_refusal(L::pending_handshakes, limits, stats, nullptr, "not logged at all");
+  spdlog::set_default_logger(previous);
+  EXPECT_EQ(stats.rejected_worker_connection_limit.load(), 2u);
+  EXPECT_EQ(stats.rejected_pending_connect_limit.load(), 1u);
+  EXPECT_EQ(stats.rejected_pending_handshake_limit.load(), 1u);
+  const std::string text = log.str();
+  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 1) << text;
+  EXPECT_NE(text.find("a worker holds 7 connections (--max-connections-per-worker): new connections are reset, "
+                      "this one from fd00::5 (0 similar event(s) not logged; see rejected_worker_connection_limit)"),
+            std::string::npos)
+      << text;
+  EXPECT_EQ(text.find("not logged at all"), std::string::npos);
 }
 
 // ---- admin/readiness sessions ----------------------------------------------------------------

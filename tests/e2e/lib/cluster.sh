@@ -562,6 +562,7 @@ stop_dsproxy_node() {
 # Runs dsproxy in the node namespace with the redirect rules (in the background, logging to
 # $DSPROXY_LOG) and waits (bounded) until /healthz/ready answers 200. Extra arguments are
 # passed on. Fails when dsproxy exits or is not ready in time (dsproxy_log_tail shows why).
+# shellcheck disable=SC2120 # extra arguments are optional
 start_dsproxy() {
   [[ -n ${DSPROXY_BIN:-} && -x $DSPROXY_BIN ]] || cluster_die "DSPROXY_BIN '${DSPROXY_BIN:-}' is not an executable"
   [[ -f $DSPROXY_CONFIG ]] || cluster_die "config $DSPROXY_CONFIG does not exist"

@@ -1,6 +1,6 @@
 # shellcheck shell=bash disable=SC2034 # the LAB_* names are for the scripts that source this
 # The three-node HBONE lab of tests/e2e/hbone_refusals.sh and hbone_rotation.sh, on top of
-# lib/cluster.sh (source that and lib/checks.sh first). Defines functions and variables only.
+# lib/suite.sh, which it sources. Defines functions and variables only.
 #
 #   node   (kind-worker)   dsproxy; default/sleep           10.244.0.5   fd00:10:244::5
 #   node2  (kind-worker2)  dsproxy; dual-stack/tcp-echo     10.244.1.26  fd00:10:244:1::1a
@@ -11,6 +11,9 @@
 # Every namespace is in the ambient mesh. Certificates are made with the openssl command line
 # (an issuer independent of dsproxy's own signer): lab_ca and lab_leaf below.
 
+# shellcheck source=tests/e2e/lib/suite.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/suite.sh"
+
 LAB_PEER_JS="$CLUSTER_REPO_DIR/tests/tools/hbone_peer.js"
 LAB_SLEEP_ID=spiffe://cluster.local/ns/default/sa/sleep
 LAB_ECHO_ID=spiffe://cluster.local/ns/dual-stack/sa/default
@@ -18,12 +21,23 @@ LAB_PEERPOD_ID=spiffe://cluster.local/ns/peer/sa/default
 LAB_ECHO_IP=10.244.1.26
 LAB_PEERPOD_IP=10.244.2.9
 LAB_SLEEP_IP=10.244.0.5
+# What the test peers say on stderr: shown by lib/suite.sh's exit trap after a failure.
+SUITE_TMP_LOGS+=(peer.stderr)
 
 lab_require() {
   local cmd
   for cmd in openssl node jq python3; do
     command -v "$cmd" >/dev/null 2>&1 || cluster_die "missing command: $cmd (run scripts/install-deps.sh)"
   done
+}
+
+# The exit trap, the prerequisites, then the lab itself (after suite_args).
+lab_up() {
+  suite_trap
+  suite_require
+  lab_require
+  lab_topology
+  cluster_up
 }
 
 # Before cluster_up: the three nodes, their pods, and the config both dsproxy nodes read.
@@ -226,16 +240,3 @@ peer_server_stop() {
 }
 # The last request the peer server saw, as JSON.
 peer_server_last_request() { sed -n 's/^REQUEST //p' "$CLUSTER_TMP/peer-server.log" | tail -n 1; }
-
-lab_on_exit() {
-  local status=$1 key
-  if ((status != 0 || FAILED > 0)); then
-    for key in node node2; do
-      [[ -f $CLUSTER_TMP/dsproxy-$key.log ]] || continue
-      echo "----- last 30 lines of dsproxy on $key -----" >&2
-      tail -n 30 "$CLUSTER_TMP/dsproxy-$key.log" >&2
-    done
-    [[ -s $CLUSTER_TMP/peer.stderr ]] && { echo "----- peer stderr -----" >&2; tail -n 20 "$CLUSTER_TMP/peer.stderr" >&2; }
-  fi
-  return 0
-}
