@@ -148,7 +148,7 @@ BENCH_LOAD=$BENCH_BUILD_DIR/bench_load
 BENCH_ECHO=$BENCH_BUILD_DIR/bench_echo
 BENCH_TMP=$(mktemp -d /tmp/dstelemetry.XXXXXX)
 # A private copy: a rebuild of build/ during the run must not change what is measured.
-DSPROXY_BIN=$(private_copy "$BUILD_DIR/dsproxy" "$BENCH_TMP")
+DSPROXY_BIN=$(private_copy "$BUILD_DIR/dsproxy" "$BENCH_TMP") || exit 1
 
 # shellcheck source=bench/lib/topo.sh
 source "$BENCH_DIR/lib/topo.sh"
