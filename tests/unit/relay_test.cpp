@@ -338,12 +338,13 @@ TEST_F(RelayTest, ClientResetResetsServer) {
 }
 
 TEST_F(RelayTest, AnExceptionInACallbackResetsBothSidesAndTheRelayStillFinishes) {
-  // RelayOptions::test_fault_at_move: the relay's third turn (the first that runs in a callback:
-  // start_relay runs one per direction) throws std::bad_alloc, as an allocation failure would. The connection must end by a reset on both sides (a FIN would pass a truncated
+  // RelayOptions::test_fault_at_move: the relay's second turn (the first that runs in a callback:
+  // start_relay runs one, for the client's direction; the upstream's starts with a wait) throws
+  // std::bad_alloc, as an allocation failure would. The connection must end by a reset on both sides (a FIN would pass a truncated
   // stream off as complete), and the relay must finish (its handler called with `fault`), or it
   // would leak with its sockets and hold the active-connection gauge up for ever.
   RelayOptions options;
-  options.test_fault_at_move = 3;
+  options.test_fault_at_move = 2;
   start(options);
   write_all(client_, "hello");
   // If the relay found "hello" already there as it started, it moved it without a callback: the
