@@ -435,6 +435,11 @@ def main():
               ("conn4_rate", "connections per s, 4 clients (higher is better)"),
               ("conn16_rate", "connections per s, 16 clients (higher is better)"),
               ("per_conn_kib", "KiB per idle proxied connection (lower is better)")]
+    # Only panels with data (a --conn-only run has no bulk or memory figures; gnuplot refuses an
+    # empty histogram).
+    panels = [(m, label) for m, label in panels
+              if any(median(p, fam, m) is not None for p in peers for fam in (4, 6))]
+    rows = (len(panels) + 1) // 2
     dat = os.path.join(out_dir, "chart.dat")
     with open(dat, "w") as f:
         for metric, _ in panels:
@@ -445,8 +450,8 @@ def main():
             f.write("\n\n")
     png = os.path.join(out_dir, "results.png")
     title = f"dsproxy vs peers, medians of {s['runs']} run(s), {meta['date'][:10]}, {mach['vcpus']} vCPUs {mach['cpu']}"
-    gp = [f"set terminal pngcairo size 1500,1300 font 'sans,10'", f"set output '{png}'",
-          f"set multiplot layout 4,2 title \"{title}\"", "set style data histograms",
+    gp = [f"set terminal pngcairo size 1500,{max(1, rows) * 330} font 'sans,10'", f"set output '{png}'",
+          f"set multiplot layout {max(1, rows)},2 title \"{title}\"", "set style data histograms",
           "set style histogram clustered gap 1", "set style fill solid 0.8 border -1", "set boxwidth 0.9",
           "set xtics rotate by -20 scale 0", "set grid ytics", "set key top right", "set yrange [0:*]"]
     for i, (metric, label) in enumerate(panels):
@@ -454,6 +459,8 @@ def main():
         gp.append(f"plot '{dat}' index {i} using 2:xtic(1) title 'IPv4' lc rgb '#4c72b0', "
                   f"'' index {i} using 3 title 'IPv6' lc rgb '#dd8452'")
     gp.append("unset multiplot")
+    if not panels:
+        return
     try:
         subprocess.run(["gnuplot"], input="\n".join(gp), text=True, check=True, capture_output=True)
     except (OSError, subprocess.CalledProcessError) as e:
