@@ -309,8 +309,9 @@ TEST_F(RelayTest, HalfCloseForwardsFinAndReplyStillArrives) {
 }
 
 TEST_F(RelayTest, BothSidesDoneBeforeTheRelayStartsStillDeliversAndFinishes) {
-  // Both peers sent everything and their FIN before the relay ran its first read: it finishes
-  // without ever waiting, and must still complete (and deliver every byte).
+  // Both peers sent everything and their FIN before the relay ran its first read: the client's
+  // direction ends without a wait, the server's after the one it starts with (which finds the
+  // bytes and the FIN already there), and the relay must complete and deliver every byte.
   start({}, [this] {
     write_all(client_, "early question");
     ::shutdown(client_, SHUT_WR);
@@ -323,6 +324,25 @@ TEST_F(RelayTest, BothSidesDoneBeforeTheRelayStartsStillDeliversAndFinishes) {
   auto r = result();
   EXPECT_EQ(r.bytes_to_upstream, 14u);
   EXPECT_EQ(r.bytes_to_downstream, 12u);
+}
+
+TEST_F(RelayTest, AServerThatSpeaksFirstIsHeardBeforeTheClientSendsAnything) {
+  // The upstream's direction starts with a wait, not a read: a greeting the server sent before
+  // the relay started (SMTP, MySQL, SSH) must still reach the client, with nothing from it.
+  start({}, [this] {
+    write_all(server_, "220 ready");
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // let it arrive first
+  });
+  timeval tv{10, 0};
+  ::setsockopt(client_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char buf[9];
+  ASSERT_EQ(::recv(client_, buf, sizeof buf, MSG_WAITALL), 9) << "no greeting within 10 s";
+  EXPECT_EQ(std::string(buf, sizeof buf), "220 ready");
+  ::shutdown(client_, SHUT_WR);
+  ::shutdown(server_, SHUT_WR);
+  EXPECT_EQ(read_to_end(server_).first, "");
+  EXPECT_EQ(read_to_end(client_).first, "");
+  EXPECT_EQ(result().bytes_to_downstream, 9u);
 }
 
 TEST_F(RelayTest, ClientResetResetsServer) {
