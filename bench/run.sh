@@ -2,15 +2,17 @@
 # The side-by-side benchmark of issue 5: dsproxy against direct routing, HAProxy (with and
 # without splice) and nginx stream, on a client / node / server topology of network namespaces.
 #
-#   sudo bash bench/run.sh [--quick] [--runs N] [--peers a,b,c] [--families "4 6"] [--no-install]
-#                          [--dsproxy PATH | --build-head]
+#   sudo bash bench/run.sh [--quick | --conn-only] [--runs N] [--peers a,b,c] [--families "4 6"]
+#                          [--conn-seconds S] [--no-install] [--dsproxy PATH | --build-head]
 #
 # Installs the Debian packages it needs (haproxy, nginx + libnginx-mod-stream, iperf3, jq,
 # gnuplot-nox), builds dsproxy (Release, or reuses build/dsproxy) and the load tools
 # (bench/CMakeLists.txt -> build-bench/), then, for each run, each family (alternating order) and
 # each peer (rotating order), builds fresh namespaces, starts the peer and measures bulk
 # throughput (1 and 8 iperf3 streams), sequential connect+echo+close, round-trip latency,
-# 4-client connection rate and idle-connection memory. Results: bench/results/<date>/results.md,
+# 4- and 16-client connection rate and idle-connection memory. --conn-only measures the
+# connection rate with 1, 4 and 16 clients only (peers dsproxy, haproxy-splice, haproxy, nginx,
+# both families, 3 runs of 3 s per cell unless told otherwise: about 6 minutes). Results: bench/results/<date>/results.md,
 # results.json, results.png (bench/README.md explains every number). Everything it creates is
 # removed on exit, also on failure or Ctrl-C.
 #
@@ -29,6 +31,8 @@ source "$BENCH_DIR/lib/common.sh"
 BUILD_DIR=${BUILD_DIR:-$REPO_DIR/build}
 
 QUICK=0
+CONN_ONLY=0
+CONN_SECONDS=
 RUNS=
 PEERS_ARG=
 FAMILIES="4 6"
@@ -37,13 +41,15 @@ BUILD_HEAD=0
 while (($#)); do
   case $1 in
     --quick) QUICK=1 ;;
+    --conn-only) CONN_ONLY=1 ;;
+    --conn-seconds) CONN_SECONDS=$2; shift ;;
     --runs) RUNS=$2; shift ;;
     --peers) PEERS_ARG=$2; shift ;;
     --families) FAMILIES=$2; shift ;;
     --no-install) INSTALL=0 ;;
     --dsproxy) DSPROXY_BIN=$2; shift ;;
     --build-head) BUILD_HEAD=1 ;;
-    -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "bench: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -51,16 +57,27 @@ done
 [[ $(id -u) == 0 ]] || die "must run as root (network namespaces, iptables): sudo bash $0"
 
 # ---------------------------------------------------------------- settings
+((QUICK && CONN_ONLY)) && die "--quick and --conn-only exclude each other"
 if ((QUICK)); then
   RUNS=${RUNS:-1}
   BENCH_BULK_S=3 BENCH_BULK_OMIT=0 BENCH_CONN_S=2 BENCH_QUIET_MAX_S=3
+elif ((CONN_ONLY)); then
+  # Three short cells per peer and family; the quiet wait is bounded lower than a full run's so
+  # that a busy machine cannot stretch the run past about 8 minutes (those cells are flagged).
+  RUNS=${RUNS:-3}
+  BENCH_BULK_S=0 BENCH_BULK_OMIT=0 BENCH_CONN_S=3 BENCH_QUIET_MAX_S=3
 else
   RUNS=${RUNS:-3}
   BENCH_BULK_S=10 BENCH_BULK_OMIT=1 BENCH_CONN_S=8 BENCH_QUIET_MAX_S=15
 fi
 ((RUNS >= 1 && RUNS <= 20)) || die "--runs must be 1-20"
+if [[ -n $CONN_SECONDS ]]; then
+  [[ $CONN_SECONDS =~ ^[0-9]+$ ]] && ((CONN_SECONDS >= 1 && CONN_SECONDS <= 60)) || die "--conn-seconds must be 1-60"
+  BENCH_CONN_S=$CONN_SECONDS
+fi
 BENCH_QUIET_IDLE=${BENCH_QUIET_IDLE:-90}
 DEFAULT_PEERS=(direct dsproxy dsproxy-svc dsproxy-w2 dsproxy-explicit haproxy-splice haproxy nginx)
+((CONN_ONLY)) && DEFAULT_PEERS=(dsproxy haproxy-splice haproxy nginx)
 if [[ -n $PEERS_ARG ]]; then IFS=, read -r -a PEERS <<<"$PEERS_ARG"; else PEERS=("${DEFAULT_PEERS[@]}"); fi
 for f in $FAMILIES; do [[ $f == 4 || $f == 6 ]] || die "--families takes 4 and/or 6"; done
 
@@ -145,7 +162,7 @@ BENCH_PEER_MAXCONN=$((BENCH_HOLD_N + 100))
 
 # ---------------------------------------------------------------- output and cleanup
 STAMP=$(date -u +%Y-%m-%dT%H%M%SZ)
-BENCH_OUT=${BENCH_OUT:-$BENCH_DIR/results/$STAMP$( ((QUICK)) && echo -quick)}
+BENCH_OUT=${BENCH_OUT:-$BENCH_DIR/results/$STAMP$( ((QUICK)) && echo -quick)$( ((CONN_ONLY)) && echo -conn)}
 mkdir -p "$BENCH_OUT" || die "cannot create $BENCH_OUT"
 BENCH_RAW=$BENCH_OUT/raw.jsonl
 : >"$BENCH_RAW"
@@ -199,14 +216,14 @@ write_meta() {
     --arg haproxy "$(haproxy_version)" --arg nginx "$(nginx_version)" \
     --arg iperf3 "$(iperf3 --version 2>/dev/null | awk 'NR == 1 { print $2 }')" \
     --arg load_start "$(cat /proc/loadavg)" \
-    --argjson runs "$RUNS" --argjson quick "$QUICK" \
+    --argjson runs "$RUNS" --argjson quick "$QUICK" --argjson conn_only "$CONN_ONLY" \
     --argjson bulk_s "$BENCH_BULK_S" --argjson bulk_omit "$BENCH_BULK_OMIT" --argjson conn_s "$BENCH_CONN_S" \
     --argjson hold_n "$BENCH_HOLD_N" --argjson fd_limit "$BENCH_FD_LIMIT" \
     --argjson quiet_idle "$BENCH_QUIET_IDLE" --argjson quiet_max_s "$BENCH_QUIET_MAX_S" \
     --arg peers "${PEERS[*]}" --arg families "$FAMILIES" \
     '{date: $date, machine: {cpu: $cpu, vcpus: ($nproc | tonumber), memory: $mem, kernel: $kernel, os: $os},
       versions: {dsproxy: $dsproxy, dsproxy_binary: $dsproxy_bin, dsproxy_sha256_16: $dsproxy_sha, haproxy: $haproxy, nginx: $nginx, iperf3: $iperf3},
-      settings: {runs: $runs, quick: ($quick == 1), bulk_seconds: $bulk_s, bulk_omit_seconds: $bulk_omit,
+      settings: {runs: $runs, quick: ($quick == 1), conn_only: ($conn_only == 1), bulk_seconds: $bulk_s, bulk_omit_seconds: $bulk_omit,
                  conn_seconds: $conn_s, hold_connections: $hold_n, fd_limit: $fd_limit,
                  quiet_idle_pct: $quiet_idle, quiet_max_wait_s: $quiet_max_s,
                  peers: ($peers | split(" ")), families: ($families | split(" "))},
@@ -216,7 +233,11 @@ write_meta
 for p in "${PEERS[@]}"; do echo "$p	$(peer_describe "$p")"; done >"$BENCH_OUT/peers.tsv"
 
 log "results in $BENCH_OUT; $RUNS run(s), families $FAMILIES, peers ${PEERS[*]}"
-log "durations: bulk ${BENCH_BULK_S}s (+${BENCH_BULK_OMIT}s omitted), connection tests ${BENCH_CONN_S}s; idle-memory test $BENCH_HOLD_N connections"
+if ((CONN_ONLY)); then
+  log "connection rate only (1, 4 and 16 clients), ${BENCH_CONN_S}s per cell"
+else
+  log "durations: bulk ${BENCH_BULK_S}s (+${BENCH_BULK_OMIT}s omitted), connection tests ${BENCH_CONN_S}s; idle-memory test $BENCH_HOLD_N connections"
+fi
 
 # ---------------------------------------------------------------- the runs
 n_peers=${#PEERS[@]}

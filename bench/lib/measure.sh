@@ -169,6 +169,17 @@ measure_hold() {
     "($(awk -v b="$before" -v d="$during" -v n="$(jq -r '.established' <<<"$res")" 'BEGIN { if (n > 0) printf "%.2f", (d - b) / n; else print "?" }') kB/conn)"
 }
 
+# The connection-rate cells alone (run.sh --conn-only): 1, 4 and 16 clients, each its own
+# bench_load thread doing connect + 64 B echo + close in a loop.
+measure_conn_rates() {
+  local dst=$1 clients
+  for clients in 1 4 16; do
+    measure_tool "conn$clients" conn --addr "$dst" --port "$ECHO_PORT" --seconds "$BENCH_CONN_S" --max-ops 4000000 \
+      --threads "$clients"
+    check_peer_alive "conn$clients" || return 1
+  done
+}
+
 # Every measurement of one peer for one family, in a fixed order.
 measure_peer_family() {
   local dst=$1 res
@@ -184,6 +195,10 @@ measure_peer_family() {
     log "  ERROR: no echo through $M_PEER to $dst"
     return 1
   fi
+  if ((${CONN_ONLY:-0})); then
+    measure_conn_rates "$dst"
+    return
+  fi
   measure_bulk 1 "$dst"
   check_peer_alive bulk1 || return 1
   measure_bulk 8 "$dst"
@@ -194,6 +209,8 @@ measure_peer_family() {
   check_peer_alive rtt || return 1
   measure_tool conn4 conn --addr "$dst" --port "$ECHO_PORT" --seconds "$BENCH_CONN_S" --max-ops 4000000 --threads 4
   check_peer_alive conn4 || return 1
+  measure_tool conn16 conn --addr "$dst" --port "$ECHO_PORT" --seconds "$BENCH_CONN_S" --max-ops 4000000 --threads 16
+  check_peer_alive conn16 || return 1
   measure_hold "$dst"
   check_peer_alive hold || return 1
   if [[ $M_PEER == dsproxy* ]]; then

@@ -47,9 +47,15 @@ METRICS = {
     "rtt_p99_us": ("64 B round trip p99", "µs", False),
     "rtt_added_p50_us": ("round trip p50 added over direct", "µs", False),
     "conn4_rate": ("connection rate, 4 clients", "/s", True),
+    "conn4_p99_us": ("  its p99", "µs", False),
     "conn4_cpu_us": ("proxy CPU per connection, 4 clients", "µs", False),
     "conn4_user_us": ("  of it in user space", "µs", False),
     "conn4_machine_us": ("machine CPU per connection, 4 clients (all processes)", "µs", False),
+    "conn16_rate": ("connection rate, 16 clients", "/s", True),
+    "conn16_p99_us": ("  its p99", "µs", False),
+    "conn16_cpu_us": ("proxy CPU per connection, 16 clients", "µs", False),
+    "conn16_user_us": ("  of it in user space", "µs", False),
+    "conn16_machine_us": ("machine CPU per connection, 16 clients (all processes)", "µs", False),
     "rss_idle_mb": ("RSS idle", "MB", False),
     "rss_hold_mb": ("RSS with the idle connections", "MB", False),
     "per_conn_kib": ("memory per idle proxied connection", "KiB", False),
@@ -60,10 +66,10 @@ METRICS = {
 # capture) divided by dsproxy-explicit (client dials the node, --forward, no capture) per run.
 TPROXY_PEER, EXPLICIT_PEER = "dsproxy", "dsproxy-explicit"
 TPROXY_TOLERANCE = 0.05
-TPROXY_METRICS = ["bulk1_gbps", "bulk8_gbps", "conn1_rate", "conn4_rate", "rtt_p50_us", "rtt_p99_us"]
+TPROXY_METRICS = ["bulk1_gbps", "bulk8_gbps", "conn1_rate", "conn4_rate", "conn16_rate", "rtt_p50_us", "rtt_p99_us"]
 
 # The connection tests whose user-space ceiling is computed (see user_space_share).
-CEILING_METRICS = ["conn1", "conn4"]
+CEILING_METRICS = ["conn1", "conn4", "conn16"]
 
 
 def load(path):
@@ -81,7 +87,7 @@ def values_of(rec):
             out[m + "_gbps"] = g
             if rec["peer"] != "direct":
                 out[m + "_cpu_per_gbps"] = rec.get("cpu_pct", 0) / g
-    elif m in ("conn1", "conn4"):
+    elif m in ("conn1", "conn4", "conn16"):
         if r.get("ops", 0) > 0:
             out[m + "_rate"] = r["rate"]
             out[m + "_p50_us"] = r["p50_us"]
@@ -302,7 +308,7 @@ def main():
              f"{mach['os']}. Client, proxy and server share these vCPUs.")
     v = meta["versions"]
     L.append(f"Versions: dsproxy {v['dsproxy']} (binary sha256 {v.get('dsproxy_sha256_16', '?')}…), HAProxy {v['haproxy']}, nginx {v['nginx']}, iperf3 {v['iperf3']}.")
-    L.append(f"Settings: {s['runs']} run(s) per cell{' (--quick)' if s['quick'] else ''}, interleaved (each run: "
+    L.append(f"Settings: {s['runs']} run(s) per cell{' (--quick)' if s['quick'] else ''}{' (--conn-only: connection rates only)' if s.get('conn_only') else ''}, interleaved (each run: "
              f"families alternating, peers rotating); bulk {s['bulk_seconds']} s (+{s['bulk_omit_seconds']} s "
              f"omitted), connection tests {s['conn_seconds']} s; idle-memory test with "
              f"{s['hold_connections']} connections (descriptor limit {s['fd_limit']}).")
@@ -317,7 +323,8 @@ def main():
             ("bulk8_gbps", "8 streams Gbit/s"), ("bulk8_cpu_per_gbps", "%core per Gbit/s (8)"),
             ("conn1_rate", "conn+echo+close /s"), (("conn1_p50_us", "conn1_p99_us"), "its p50 / p99 µs"),
             (("rtt_p50_us", "rtt_p99_us"), "64 B RTT p50 / p99 µs"), ("rtt_added_p50_us", "RTT p50 added µs"),
-            ("conn4_rate", "4-client conn/s"), ("rss_idle_mb", "RSS idle MB"), ("per_conn_kib", "KiB per idle conn")]
+            ("conn4_rate", "4-client conn/s"), ("conn16_rate", "16-client conn/s"), ("rss_idle_mb", "RSS idle MB"),
+            ("per_conn_kib", "KiB per idle conn")]
     for fam in families:
         L.append(f"## IPv{fam}")
         L.append("")
@@ -426,7 +433,13 @@ def main():
               ("conn1_rate", "connect+64 B echo+close per s, sequential (higher is better)"),
               ("rtt_p50_us", "64 B round trip p50, µs (lower is better)"),
               ("conn4_rate", "connections per s, 4 clients (higher is better)"),
+              ("conn16_rate", "connections per s, 16 clients (higher is better)"),
               ("per_conn_kib", "KiB per idle proxied connection (lower is better)")]
+    # Only panels with data (a --conn-only run has no bulk or memory figures; gnuplot refuses an
+    # empty histogram).
+    panels = [(m, label) for m, label in panels
+              if any(median(p, fam, m) is not None for p in peers for fam in (4, 6))]
+    rows = (len(panels) + 1) // 2
     dat = os.path.join(out_dir, "chart.dat")
     with open(dat, "w") as f:
         for metric, _ in panels:
@@ -437,8 +450,8 @@ def main():
             f.write("\n\n")
     png = os.path.join(out_dir, "results.png")
     title = f"dsproxy vs peers, medians of {s['runs']} run(s), {meta['date'][:10]}, {mach['vcpus']} vCPUs {mach['cpu']}"
-    gp = [f"set terminal pngcairo size 1500,1000 font 'sans,10'", f"set output '{png}'",
-          f"set multiplot layout 3,2 title \"{title}\"", "set style data histograms",
+    gp = [f"set terminal pngcairo size 1500,{max(1, rows) * 330} font 'sans,10'", f"set output '{png}'",
+          f"set multiplot layout {max(1, rows)},2 title \"{title}\"", "set style data histograms",
           "set style histogram clustered gap 1", "set style fill solid 0.8 border -1", "set boxwidth 0.9",
           "set xtics rotate by -20 scale 0", "set grid ytics", "set key top right", "set yrange [0:*]"]
     for i, (metric, label) in enumerate(panels):
@@ -446,6 +459,8 @@ def main():
         gp.append(f"plot '{dat}' index {i} using 2:xtic(1) title 'IPv4' lc rgb '#4c72b0', "
                   f"'' index {i} using 3 title 'IPv6' lc rgb '#dd8452'")
     gp.append("unset multiplot")
+    if not panels:
+        return
     try:
         subprocess.run(["gnuplot"], input="\n".join(gp), text=True, check=True, capture_output=True)
     except (OSError, subprocess.CalledProcessError) as e:

@@ -216,7 +216,11 @@ class Relay {
     if (!downstream_.non_blocking()) downstream_.non_blocking(true, ignored);
     if (!upstream_.non_blocking()) upstream_.non_blocking(true, ignored);
     move(0);
-    move(1);
+    // The upstream was connected a moment ago and (for the request/response protocols that make
+    // up most short connections) has not answered the request move(0) has just forwarded: a read
+    // now would mostly cost a recv() that says EAGAIN before the wait it ends in anyway. The wait
+    // alone (EPOLL_CTL_MOD, which re-checks readiness) also catches a server that speaks first.
+    if (!dirs_[1].done) wait(upstream_, tcp::socket::wait_read, 1);
   }
 
   // ---- lifetime: every started wait holds one count; the last one to finish ends the relay ----

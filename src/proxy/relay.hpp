@@ -33,8 +33,9 @@ struct RelayOptions {
   // Checked once per period, so it fires between 1x and 2x this value.
   std::chrono::milliseconds idle_timeout{std::chrono::hours(1)};
   // Tests only (run --test-fault relay:N): the relay's Nth turn of moving bytes throws
-  // std::bad_alloc, to show that a fault costs this one connection and nothing else. Turns 1 and
-  // 2 run inside start_relay (one per direction); later ones in callbacks. Zero: never.
+  // std::bad_alloc, to show that a fault costs this one connection and nothing else. Turn 1 runs
+  // inside start_relay (the client's direction; the upstream's starts with a wait); later ones in
+  // callbacks. Zero: never.
   int test_fault_at_move = 0;
 
   std::shared_ptr<RelayHandle> handle{};  // optional

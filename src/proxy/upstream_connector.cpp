@@ -1,6 +1,5 @@
 #include "proxy/upstream_connector.hpp"
 
-#include <poll.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -40,6 +39,19 @@ std::error_code pending_error(int fd) {
   return {err, std::generic_category()};
 }
 
+// connect() again on a socket whose non-blocking connect() is under way: what it says of the
+// handshake (see start_attempt). EISCONN, which Linux gives once the first success has been
+// reported, is a success too.
+std::error_code confirm_connect(int fd, const tcp::endpoint& endpoint) {
+  for (;;) {
+    if (::connect(fd, endpoint.data(), static_cast<socklen_t>(endpoint.size())) == 0) return {};
+    const int err = errno;
+    if (err == EINTR) continue;
+    if (err == EISCONN) return {};
+    return {err, std::generic_category()};
+  }
+}
+
 // For an attempt whose handshake did not finish inside connect(): waits until the socket is
 // writable (connected or failed), or closed by a cancel.
 awaitable<void> await_attempt(Race& race, int id) {
@@ -55,7 +67,7 @@ awaitable<void> await_attempt(Race& race, int id) {
 // Opens the attempt's socket and calls connect() itself instead of asio's async_connect, which
 // always goes through the reactor. Towards a local destination (loopback, or a pod behind a
 // veth on this node) the kernel runs the whole handshake in softirq before connect() returns;
-// a zero-timeout poll sees that and the result is known at once: no epoll round trip, no timer
+// a second connect() sees that and the result is known at once: no epoll round trip, no timer
 // armed, no coroutine. Only a handshake still in flight is left to await_attempt.
 //
 // Whatever fails before connect() (socket, options, the source bind) is the node's own trouble:
@@ -74,15 +86,20 @@ void start_attempt(Race& race, int id, const net::SocketAddress& address, const 
     return;
   }
   const tcp::endpoint endpoint = net::to_endpoint(address);
-  if (::connect(socket.native_handle(), endpoint.data(), static_cast<socklen_t>(endpoint.size())) != 0) {
+  const int fd = socket.native_handle();
+  if (::connect(fd, endpoint.data(), static_cast<socklen_t>(endpoint.size())) != 0) {
     const int err = errno;
     if (err != EINPROGRESS && err != EINTR) {
       ec = {err, std::generic_category()};
     } else {
-      pollfd pfd{socket.native_handle(), POLLOUT, 0};
-      if (::poll(&pfd, 1, 0) == 1) {
-        ec = pending_error(socket.native_handle());
-      } else {
+      // A non-blocking connect() returns EINPROGRESS once the SYN is out, even when the
+      // SYN-ACK was processed before the call returned (it waits in the socket's backlog, which
+      // the kernel drains as connect() releases the socket). A second connect() reports the
+      // state in one system call, where poll(0) + getsockopt(SO_ERROR) took two: 0 (or EISCONN)
+      // connected, EALREADY/EINPROGRESS still in flight, anything else the handshake's error
+      // (which it also clears, as SO_ERROR would).
+      ec = confirm_connect(fd, endpoint);
+      if (ec == std::errc::operation_in_progress || ec == std::errc::connection_already_in_progress) {
         ++race.running;
         boost::asio::co_spawn(executor, await_attempt(race, id), boost::asio::detached);
         return;

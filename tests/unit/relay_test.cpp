@@ -309,8 +309,9 @@ TEST_F(RelayTest, HalfCloseForwardsFinAndReplyStillArrives) {
 }
 
 TEST_F(RelayTest, BothSidesDoneBeforeTheRelayStartsStillDeliversAndFinishes) {
-  // Both peers sent everything and their FIN before the relay ran its first read: it finishes
-  // without ever waiting, and must still complete (and deliver every byte).
+  // Both peers sent everything and their FIN before the relay ran its first read: the client's
+  // direction ends without a wait, the server's after the one it starts with (which finds the
+  // bytes and the FIN already there), and the relay must complete and deliver every byte.
   start({}, [this] {
     write_all(client_, "early question");
     ::shutdown(client_, SHUT_WR);
@@ -323,6 +324,25 @@ TEST_F(RelayTest, BothSidesDoneBeforeTheRelayStartsStillDeliversAndFinishes) {
   auto r = result();
   EXPECT_EQ(r.bytes_to_upstream, 14u);
   EXPECT_EQ(r.bytes_to_downstream, 12u);
+}
+
+TEST_F(RelayTest, AServerThatSpeaksFirstIsHeardBeforeTheClientSendsAnything) {
+  // The upstream's direction starts with a wait, not a read: a greeting the server sent before
+  // the relay started (SMTP, MySQL, SSH) must still reach the client, with nothing from it.
+  start({}, [this] {
+    write_all(server_, "220 ready");
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // let it arrive first
+  });
+  timeval tv{10, 0};
+  ::setsockopt(client_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char buf[9];
+  ASSERT_EQ(::recv(client_, buf, sizeof buf, MSG_WAITALL), 9) << "no greeting within 10 s";
+  EXPECT_EQ(std::string(buf, sizeof buf), "220 ready");
+  ::shutdown(client_, SHUT_WR);
+  ::shutdown(server_, SHUT_WR);
+  EXPECT_EQ(read_to_end(server_).first, "");
+  EXPECT_EQ(read_to_end(client_).first, "");
+  EXPECT_EQ(result().bytes_to_downstream, 9u);
 }
 
 TEST_F(RelayTest, ClientResetResetsServer) {
@@ -338,12 +358,13 @@ TEST_F(RelayTest, ClientResetResetsServer) {
 }
 
 TEST_F(RelayTest, AnExceptionInACallbackResetsBothSidesAndTheRelayStillFinishes) {
-  // RelayOptions::test_fault_at_move: the relay's third turn (the first that runs in a callback:
-  // start_relay runs one per direction) throws std::bad_alloc, as an allocation failure would. The connection must end by a reset on both sides (a FIN would pass a truncated
+  // RelayOptions::test_fault_at_move: the relay's second turn (the first that runs in a callback:
+  // start_relay runs one, for the client's direction; the upstream's starts with a wait) throws
+  // std::bad_alloc, as an allocation failure would. The connection must end by a reset on both sides (a FIN would pass a truncated
   // stream off as complete), and the relay must finish (its handler called with `fault`), or it
   // would leak with its sockets and hold the active-connection gauge up for ever.
   RelayOptions options;
-  options.test_fault_at_move = 3;
+  options.test_fault_at_move = 2;
   start(options);
   write_all(client_, "hello");
   // If the relay found "hello" already there as it started, it moved it without a callback: the
