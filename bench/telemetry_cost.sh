@@ -198,7 +198,7 @@ mode_args() { # MODE: the telemetry arguments of off|on
 # --callgrind's / --syscalls' tool), its stderr (the access log) into a pipe read into
 # $BENCH_TMP/dsproxy-MODE.log by a cat on the load CPUs; waits until it is ready. Sets LAUNCHED_PID.
 launch() {
-  local mode=$1 ready=$2 i
+  local mode=$1 ready=$2
   shift 2
   local -a args wrap=("${pin_proxy[@]}")
   read -r -a args <<<"$(mode_args "$mode")"
@@ -208,7 +208,8 @@ launch() {
   ip netns exec "$(ns_node)" "${wrap[@]}" "$DSPROXY_BIN" run --config "$BENCH_TMP/cluster.yaml" --node "$BENCH_NODE_NAME" \
     --workers 1 "$@" "${args[@]}" 2> >("${pin_load[@]}" cat >>"$BENCH_TMP/dsproxy-$mode.log") >&2 &
   LAUNCHED_PID=$!
-  for ((i = 0; i < 600; i++)); do
+  local deadline=$((SECONDS + 60))  # by the clock: each http_get may itself take 3 s
+  while ((SECONDS < deadline)); do
     kill -0 "$LAUNCHED_PID" 2>/dev/null || die "dsproxy exited at start (log $BENCH_TMP/dsproxy-$mode.log)"
     [[ $(http_get "$ready" /healthz/ready) == ready* ]] && return 0
     sleep 0.1
@@ -223,7 +224,9 @@ start_proxy() {
 }
 
 # The concurrent method: off and on side by side, no capture rules, every port their own; each
-# forwards a listener on the node's address, per family, to the ClusterIP.
+# forwards a listener on the node's address, per family, to the ClusterIP. Both share the node's
+# handoff name (daemon/handoff.hpp), so "on" starts as "off"'s successor and "off" closes its admin
+# and readiness listeners: its data path, which is all that is measured, is not affected.
 declare -A FWD_PORT=([off]=17001 [on]=17002)
 start_pair() {
   local mode base

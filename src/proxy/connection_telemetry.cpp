@@ -1,7 +1,10 @@
 #include "proxy/connection_telemetry.hpp"
 
+#include <poll.h>
+#include <pthread.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <map>
@@ -26,14 +29,26 @@ constexpr std::size_t kWakeAt = 64 * 1024;
 // A worker's bound while the writer cannot write (a stuck pipe): past it, lines are dropped.
 constexpr std::size_t kMaxPending = 1024 * 1024;
 
-void write_stderr(std::string_view lines) {
+// How long the writer waits for a stderr that takes nothing before it counts the rest of its
+// pass as dropped: bounds the exit (the destructor's last flush) when the log reader is stuck.
+constexpr int kStuckOutputMs = 1000;
+
+bool write_stderr(std::string_view lines) {
   std::size_t done = 0;
   while (done < lines.size()) {
+    // Wait for room first, with a bound: a blocking write(2) to a pipe whose reader is stuck
+    // would never return. POLLOUT on a pipe means at least PIPE_BUF bytes free, so a batch
+    // (at most PIPE_BUF) then goes in whole; a non-blocking stderr (EAGAIN) waits here too.
+    pollfd pfd{STDERR_FILENO, POLLOUT, 0};
+    const int ready = ::poll(&pfd, 1, kStuckOutputMs);
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready <= 0) return false;
     const ssize_t n = ::write(STDERR_FILENO, lines.data() + done, lines.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;  // stderr gone: the lines are lost, the connections are not affected
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (n <= 0) return false;  // stderr gone: counted as dropped, the connections are not affected
     done += static_cast<std::size_t>(n);
   }
+  return true;
 }
 
 // Istio's label for "we do not know": ztunnel's DefaultedUnknown.
@@ -605,8 +620,10 @@ SeriesKey series_key(const ConnectionRecord& r) {
 class AccessLogBatch {
  public:
   AccessLogBatch() {
-    pending_.reserve(2 * kWakeAt);
-    taken_.reserve(2 * kWakeAt);
+    // The whole bound up front, so that a worker never reallocates (and copies up to 1 MiB, or
+    // throws bad_alloc in a destructor) while the writer lags; untouched pages cost nothing.
+    pending_.reserve(kMaxPending);
+    taken_.reserve(kMaxPending);
     cuts_.reserve(kMaxPending / kBatch * 2);
     taken_cuts_.reserve(kMaxPending / kBatch * 2);
   }
@@ -631,7 +648,9 @@ class AccessLogBatch {
   }
   // The writer (one at a time: the telemetry's write mutex): writes what is pending, batch by
   // batch, after swapping it out so that the worker's lock is held for the swap only. All four
-  // buffers keep their capacity: no allocation.
+  // buffers keep their capacity: no allocation. A batch the output could not take, and every
+  // batch after it in this pass (the output is stuck: do not wait again for each), is counted
+  // as dropped, line by line.
   void write_to(const ConnectionTelemetry::Output& out) {
     taken_.clear();
     taken_cuts_.clear();
@@ -642,14 +661,23 @@ class AccessLogBatch {
       woken_ = false;
     }
     const std::string_view all = taken_;
+    bool stuck = false;
+    const auto write = [&](std::string_view batch) {
+      if (!stuck && out(batch)) return;
+      stuck = true;
+      lost_.fetch_add(static_cast<std::uint64_t>(std::count(batch.begin(), batch.end(), '\n')),
+                      std::memory_order_relaxed);
+    };
     std::size_t start = 0;
     for (const std::size_t cut : taken_cuts_) {
-      out(all.substr(start, cut - start));
+      write(all.substr(start, cut - start));
       start = cut;
     }
-    if (start < all.size()) out(all.substr(start));
+    if (start < all.size()) write(all.substr(start));
   }
-  std::uint64_t dropped() const { return dropped_.load(std::memory_order_relaxed); }
+  std::uint64_t dropped() const {
+    return dropped_.load(std::memory_order_relaxed) + lost_.load(std::memory_order_relaxed);
+  }
 
  private:
   std::mutex mutex_;
@@ -658,7 +686,8 @@ class AccessLogBatch {
   bool woken_ = false;              // under mutex_
   std::string taken_;               // the writer's only
   std::vector<std::size_t> taken_cuts_;
-  std::atomic<std::uint64_t> dropped_{0};
+  std::atomic<std::uint64_t> dropped_{0};  // the worker's only: no room left
+  std::atomic<std::uint64_t> lost_{0};     // the writer's only: the output did not take them
 };
 
 }  // namespace
@@ -868,7 +897,11 @@ ConnectionTelemetry::ConnectionTelemetry(int workers, Options options, Output ou
     : options_(options), output_(output ? std::move(output) : Output(write_stderr)), retired_(std::make_unique<Retired>()) {
   for (int i = 0; i < std::max(1, workers); ++i)
     workers_.push_back(std::make_unique<WorkerSink>(options_, this, retired_.get()));
-  if (options_.access_log != AccessLogFormat::off) writer_ = std::thread([this] { run_writer(); });
+  if (options_.access_log != AccessLogFormat::off) {
+    writer_ = std::thread([this] { run_writer(); });
+    // Named, so that a writer stuck on stderr is easy to tell in top -H or a stack dump.
+    pthread_setname_np(writer_.native_handle(), "dsproxy-alog");
+  }
 }
 
 ConnectionTelemetry::~ConnectionTelemetry() {

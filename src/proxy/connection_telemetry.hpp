@@ -26,11 +26,13 @@
 //    (1 s, as Envoy flushes its access logs), or as soon as a worker has 64 KiB pending, and
 //    writes them in batches of whole lines of at most PIPE_BUF bytes, so each write(2) is atomic
 //    on a pipe (a container's stderr): never interleaved mid-line with another writer's lines or
-//    the process log. A stderr that blocks (a full pipe whose reader is stuck) blocks only the
-//    writer thread: a worker with 1 MiB pending drops further lines and counts them
-//    (dsproxy_access_log_dropped_total) instead of waiting or growing without bound. At exit the
-//    destructor writes everything still pending (the record of every connection, including those
-//    ended by the drain), blocking if it must.
+//    the process log. A stderr that blocks (a full pipe whose reader is stuck) holds only the
+//    writer thread, and that for at most a second per pass: what it could not write is counted
+//    as dropped (dsproxy_access_log_dropped_total), and a worker with 1 MiB pending drops further
+//    lines and counts them instead of waiting or growing without bound (a worker holds at most
+//    2 MiB: its pending lines and the batch being written). At exit the destructor writes
+//    everything still pending (the record of every connection, including those ended by the
+//    drain), waiting at most a second per worker for a stuck stderr.
 //
 // Cardinality is bounded: labels name workloads (a Deployment, StatefulSet, ...: see
 // describe_pod), Services and namespaces from the snapshot, never pods or addresses; anything
@@ -106,7 +108,8 @@ class ConnectionTelemetry {
   // Where batches of access-log lines go: whole lines, each ending in '\n', at most PIPE_BUF
   // bytes unless one line alone is longer. Called from the writer thread and from flush()'s
   // caller, one call at a time, never from a worker. It may block (only the writer waits).
-  using Output = std::function<void(std::string_view lines)>;
+  // Returns false when the lines were not written (they are counted as dropped).
+  using Output = std::function<bool(std::string_view lines)>;
   // `output`: empty = stderr.
   ConnectionTelemetry(int workers, Options options, Output output = {});
   ~ConnectionTelemetry();

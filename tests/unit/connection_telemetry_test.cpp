@@ -138,10 +138,11 @@ const prometheus::MetricFamily& find(const std::vector<prometheus::MetricFamily>
 TEST(ConnectionTelemetryTest, WorkersSumIntoOneSeriesPerLabelSetAndLogOneLineEach) {
   std::ostringstream log;
   std::mutex log_mutex;
-  ConnectionTelemetry t(2, {.access_log = AccessLogFormat::json, .metrics = true}, [&](std::string_view lines) {
+  ConnectionTelemetry t(2, {.access_log = AccessLogFormat::json, .metrics = true}, [&](std::string_view lines) -> bool {
     std::lock_guard lock(log_mutex);
     EXPECT_EQ(lines.back(), '\n');  // whole lines only
     log << lines;
+    return true;
   });
   for (int w = 0; w < 2; ++w) {
     ConnectionResult c(t.sink(w), Direction::outbound, {}, {});
@@ -428,9 +429,10 @@ TEST(ConnectionTelemetryTest, ANewNameAtAFreedAddressGetsItsOwnSeries) {
 TEST(ConnectionTelemetryTest, HboneAndPolicyFieldsReachLabelsAndLog) {
   std::string log;
   std::mutex log_mutex;
-  ConnectionTelemetry t(1, {.access_log = AccessLogFormat::json, .metrics = true}, [&](std::string_view lines) {
+  ConnectionTelemetry t(1, {.access_log = AccessLogFormat::json, .metrics = true}, [&](std::string_view lines) -> bool {
     std::lock_guard lock(log_mutex);
     log += lines;
+    return true;
   });
   const auto src = std::make_shared<const std::string>("spiffe://cluster.local/ns/default/sa/sleep");
   const auto dst = std::make_shared<const std::string>("spiffe://cluster.local/ns/dual-stack/sa/tcp-echo");
@@ -495,7 +497,7 @@ TEST(AccessLogTest, JsonEscapesWhatNeedsIt) {
 TEST(ConnectionTelemetryTest, TextLinesCarryTheCloseTime) {
   std::string log;
   ConnectionTelemetry t(1, {.access_log = AccessLogFormat::text, .metrics = false, .flush_interval = 1h},
-                        [&](std::string_view l) { log += l; });
+                        [&](std::string_view l) { log += l; return true; });
   {
     ConnectionResult c(t.sink(0), Direction::outbound, {}, {});
     const auto start = c.record().start_wall;
@@ -517,12 +519,13 @@ TEST(ConnectionTelemetryTest, BatchesAreWholeLinesOfAtMostPipeBuf) {
   std::size_t lines = 0;
   std::vector<bool> batches_with_long_line;  // and nothing else in that batch
   ConnectionTelemetry t(1, {.access_log = AccessLogFormat::json, .metrics = false, .flush_interval = 1h},
-                        [&](std::string_view batch) {
+                        [&](std::string_view batch) -> bool {
     sizes.push_back(batch.size());
     batches_with_long_line.push_back(batch.size() > 4096 &&
                                      std::count(batch.begin(), batch.end(), '\n') == 1);
     EXPECT_EQ(batch.back(), '\n');
     for (char c : batch) lines += c == '\n';
+    return true;
   });
   for (int i = 0; i < 100; ++i) {
     ConnectionResult c(t.sink(0), Direction::outbound, {}, {});
@@ -555,7 +558,7 @@ TEST(ConnectionTelemetryTest, ABlockedOutputNeverBlocksTheDataPath) {
   std::atomic<bool> emitting{true};  // the test's thread is a worker until the records are out
   std::atomic<std::size_t> lines_out{0};
   ConnectionTelemetry t(1, {.access_log = AccessLogFormat::json, .metrics = false, .flush_interval = 1h},
-                        [&](std::string_view batch) {
+                        [&](std::string_view batch) -> bool {
     if (std::this_thread::get_id() == worker) {
       if (emitting) ++calls_on_worker;
     } else {
@@ -563,6 +566,7 @@ TEST(ConnectionTelemetryTest, ABlockedOutputNeverBlocksTheDataPath) {
       cv.wait_for(lock, 20s, [&] { return released; });  // bounded: a broken test fails, never hangs
     }
     for (char c : batch) lines_out += c == '\n';
+    return true;
   });
   constexpr std::size_t kLines = 5000;  // about 2.5 MB: well past the worker's 1 MiB bound
   const auto start = std::chrono::steady_clock::now();
@@ -588,14 +592,49 @@ TEST(ConnectionTelemetryTest, ABlockedOutputNeverBlocksTheDataPath) {
   EXPECT_EQ(lines_out.load() + static_cast<std::size_t>(dropped), kLines);
 }
 
+// An output that does not take a batch (stderr closed, or stuck past the writer's wait): its
+// lines, and those of the rest of that pass, are counted as dropped, and the output is not asked
+// again in that pass (a stuck stderr costs the writer one wait per pass, not one per batch).
+TEST(ConnectionTelemetryTest, LinesTheOutputDidNotTakeAreCountedAsDropped) {
+  int calls = 0;
+  bool failing = true;
+  std::size_t written = 0;
+  ConnectionTelemetry t(1, {.access_log = AccessLogFormat::json, .metrics = false, .flush_interval = 1h},
+                        [&](std::string_view batch) -> bool {
+    ++calls;
+    if (failing) return false;
+    for (char c : batch) written += c == '\n';
+    return true;
+  });
+  const auto dropped = [&] {
+    for (const auto& f : t.collect())
+      if (f.name == "dsproxy_access_log_dropped_total") return f.metric.at(0).counter.value;
+    return -1.0;
+  };
+  constexpr int kLines = 40;  // about 20 KB: several batches
+  for (int i = 0; i < kLines; ++i) {
+    ConnectionResult c(t.sink(0), Direction::outbound, {}, {});
+    c.record() = sample_record();
+  }
+  t.flush();
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(dropped(), kLines);
+  failing = false;  // the next pass tries again
+  { ConnectionResult c(t.sink(0), Direction::outbound, {}, {}); c.record() = sample_record(); }
+  t.flush();
+  EXPECT_EQ(written, 1u);
+  EXPECT_EQ(dropped(), kLines);
+}
+
 // The writer thread writes on its own, without anyone calling flush().
 TEST(ConnectionTelemetryTest, LinesAreWrittenWithinTheFlushInterval) {
   std::mutex m;
   std::string log;
   ConnectionTelemetry t(1, {.access_log = AccessLogFormat::json, .metrics = false, .flush_interval = 20ms},
-                        [&](std::string_view l) {
+                        [&](std::string_view l) -> bool {
     std::lock_guard lock(m);
     log += l;
+    return true;
   });
   { ConnectionResult c(t.sink(0), Direction::outbound, {}, {}); c.record() = sample_record(); }
   bool written = false;
@@ -612,7 +651,7 @@ TEST(ConnectionTelemetryTest, DestructionWritesEveryPendingLine) {
   std::size_t lines = 0;
   {
     ConnectionTelemetry t(2, {.access_log = AccessLogFormat::text, .metrics = false, .flush_interval = 1h},
-                          [&](std::string_view l) { for (char c : l) lines += c == '\n'; });
+                          [&](std::string_view l) { for (char c : l) lines += c == '\n'; return true; });
     for (int i = 0; i < 150; ++i) {
       ConnectionResult c(t.sink(i % 2), Direction::outbound, {}, {});
       c.record() = sample_record();
