@@ -27,6 +27,11 @@ struct TlsStream::State {
   std::size_t in_len = 0;
   std::vector<std::uint8_t> kept;
   std::vector<std::uint8_t> out;  // ciphertext for the socket
+  // With read-ahead, the handshake may have pulled the records after the peer's Finished (the
+  // HTTP/2 preface, whatever came in the same segment) into OpenSSL's own buffer: they must be
+  // decrypted before waiting for the socket. (SSL_has_pending cannot say so later: it is also
+  // true for half a record, which needs the socket.)
+  bool read_ahead_pending = false;
 };
 
 namespace {
@@ -155,6 +160,7 @@ struct HandshakeOp {
     // What the peer sent after its Finished (the HTTP/2 preface, a ticket) is the session's.
     if (s->in_len > 0 && s->in != s->kept.data()) s->kept.assign(s->in, s->in + s->in_len), s->in = s->kept.data();
     if (ec) s->in_len = 0;
+    else s->read_ahead_pending = SSL_has_pending(s->ssl) == 1;
     self.complete(ec);
   }
 };
@@ -213,7 +219,7 @@ void TlsStream::keep_input() {
   s.in = s.kept.data();
 }
 
-bool TlsStream::has_input() const { return state_->in_len > 0; }
+bool TlsStream::has_input() const { return state_->in_len > 0 || state_->read_ahead_pending; }
 
 TlsStream::ReadResult TlsStream::decrypt(std::uint8_t* out, std::size_t capacity, std::size_t& n) {
   n = 0;
@@ -221,6 +227,7 @@ TlsStream::ReadResult TlsStream::decrypt(std::uint8_t* out, std::size_t capacity
   if (rv == 1) return ReadResult::data;
   switch (SSL_get_error(state_->ssl, rv)) {
     case SSL_ERROR_WANT_READ:
+      state_->read_ahead_pending = false;
       return ReadResult::want_input;
     case SSL_ERROR_ZERO_RETURN:
       return ReadResult::closed;

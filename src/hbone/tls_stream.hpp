@@ -68,6 +68,7 @@ class TlsStream {
   void feed(const std::uint8_t* data, std::size_t n);
   // Copies bytes fed but not yet decrypted into the stream's own storage.
   void keep_input();
+  // Received bytes wait to be decrypted (fed, kept, or read ahead into OpenSSL's buffer).
   bool has_input() const;
   // Up to `capacity` bytes of plaintext into `out` (`n` set) while it returns data; want_input
   // once every byte fed is consumed (a record may be half in); closed on the peer's
