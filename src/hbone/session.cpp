@@ -520,10 +520,22 @@ void Session::do_write() {
       self->close_transport();
       return;
     }
+    if (self->streams_.empty()) self->release_batch_buffers();
     self->do_write();
     // Reading may have paused for a GOAWAY in flight; nothing else stops it.
     if (!self->closed_ && nghttp2_session_want_read(self->h2_)) self->do_read();
   });
+}
+
+void Session::release_batch_buffers() {
+  // A connection that carried a bulk transfer holds up to ~0.8 MiB of batch buffers (frames,
+  // ciphertext being sent, ciphertext OpenSSL writes meanwhile); with no stream left they go
+  // back. Buffers of short tunnels never grow past kKeep, so those connections keep theirs.
+  constexpr std::size_t kKeep = 64 * 1024;
+  if (sending_.capacity() > kKeep) std::vector<std::uint8_t>().swap(sending_);
+  if (out_.capacity() > kKeep) std::vector<std::uint8_t>().swap(out_);
+  auto& pending = io_->output();
+  if (pending.empty() && pending.capacity() > kKeep) std::vector<std::uint8_t>().swap(pending);
 }
 
 void Session::fail(const char* why) {

@@ -142,6 +142,8 @@ class Session : public std::enable_shared_from_this<Session> {
   void do_read();
   void on_readable(boost::system::error_code ec);
   void do_write();
+  // After a write, with no stream left (never inside nghttp2: out_ may hold frames then).
+  void release_batch_buffers();
   void flush_credits();
   void fail(const char* why);
   void close_transport();
