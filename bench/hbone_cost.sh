@@ -11,8 +11,12 @@
 #              keeps the dumps (callgrind_annotate them for the functions).
 #   strace     strace -c -f attached to each dsproxy for the same two loads: syscalls per
 #              connection and per MB.
+#   cpu        no tracer: each dsproxy's user and system CPU time (utime, stime from
+#              /proc/<pid>/stat) for the same two loads, per 1000 connections and per GB (CPU
+#              time, unlike a rate, barely moves when other processes share the cores).
 #
-#   bash bench/hbone_cost.sh [callgrind|strace|both]   (root; builds bench_load/bench_echo)
+#   bash bench/hbone_cost.sh [callgrind|strace|cpu|both|all]   (root; builds bench_load/bench_echo)
+#   ("both": callgrind and strace; "all": the three)
 #   env: CONNS (200), BULK_MB (200), PATHS ("plaintext hbone"), DSPROXY_BIN, OUT (dump directory)
 # Not a test: it prints numbers, asserts nothing.
 
@@ -132,9 +136,37 @@ run_strace() { # LABEL [dsproxy args]
   stop_dsproxy_node node2
 }
 
+cpu_of() { awk '{ print $14, $15 }' "/proc/$(dsproxy_pid "$1")/stat"; }  # utime stime (ticks)
+
+run_cpu() { # LABEL [dsproxy args]
+  local label=$1 n hz
+  hz=$(getconf CLK_TCK)
+  shift
+  start_dsproxy_node node --workers 1 "$@" || cluster_die "dsproxy (node) did not start"
+  start_dsproxy_node node2 --workers 1 "$@" || cluster_die "dsproxy (node2) did not start"
+  sleep 1
+  warm
+  declare -A c0 c1 b1
+  for n in node node2; do c0[$n]=$(cpu_of $n); done
+  echo "$label conn: $(conn_load)"
+  for n in node node2; do c1[$n]=$(cpu_of $n); done
+  echo "$label bulk: $(bulk_load)"
+  for n in node node2; do b1[$n]=$(cpu_of $n); done
+  for n in node node2; do
+    # shellcheck disable=SC2086
+    awk -v l="$label" -v n="$n" -v hz="$hz" -v c="$CONNS" -v m="$(bulk_mb)" -v a="${c0[$n]}" -v b="${c1[$n]}" \
+      -v d="${b1[$n]}" 'BEGIN { split(a, x, " "); split(b, y, " "); split(d, z, " ");
+        printf "%-9s %-5s CPU: user %6.3f s + sys %6.3f s per 1000 connections, user %6.3f s + sys %6.3f s per GB\n",
+          l, n, (y[1] - x[1]) / hz * 1000 / c, (y[2] - x[2]) / hz * 1000 / c,
+          (z[1] - y[1]) / hz * 1024 / m, (z[2] - y[2]) / hz * 1024 / m }'
+  done
+  stop_dsproxy_node node
+  stop_dsproxy_node node2
+}
+
 HBONE_ARGS=(--ca-cert "$CLUSTER_TMP/ca.crt" --ca-key "$CLUSTER_TMP/ca.key")
-for tool in strace callgrind; do
-  [[ $TOOLS == "$tool" || $TOOLS == both ]] || continue
+for tool in strace callgrind cpu; do
+  [[ $TOOLS == "$tool" || $TOOLS == all || ($TOOLS == both && $tool != cpu) ]] || continue
   for path in ${PATHS:-plaintext hbone}; do
     case $path in
       plaintext) "run_$tool" plaintext ;;

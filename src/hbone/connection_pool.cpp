@@ -17,7 +17,7 @@ struct ConnectionPool::Pending {
   std::vector<Waiter> waiters;
   asio::steady_timer timer;
   std::unique_ptr<tcp::socket> socket;  // while dialling with the default dialer
-  std::unique_ptr<SslStream> io;        // while the TLS handshake runs
+  std::unique_ptr<TlsStream> io;        // while the TLS handshake runs
   bool done = false;
 };
 
@@ -151,7 +151,7 @@ void ConnectionPool::fail_pending(const PoolKey& key, const std::shared_ptr<Pend
   pending->waiters.clear();
 }
 
-void ConnectionPool::on_connected(const PoolKey& key, std::shared_ptr<Pending> pending, std::unique_ptr<SslStream> io) {
+void ConnectionPool::on_connected(const PoolKey& key, std::shared_ptr<Pending> pending, std::unique_ptr<TlsStream> io) {
   pending->done = true;
   pending->timer.cancel();
   auto& entry = entries_[key];

@@ -104,7 +104,7 @@ class ConnectionPool : public std::enable_shared_from_this<ConnectionPool> {
 
   ConnectionPool(boost::asio::any_io_executor executor, const PoolOptions& options, Hooks hooks);
   void connect(const PoolKey& key, std::shared_ptr<Pending> pending);
-  void on_connected(const PoolKey& key, std::shared_ptr<Pending> pending, std::unique_ptr<SslStream> io);
+  void on_connected(const PoolKey& key, std::shared_ptr<Pending> pending, std::unique_ptr<TlsStream> io);
   void fail_pending(const PoolKey& key, const std::shared_ptr<Pending>& pending, boost::system::error_code ec);
   void on_session_event(const PoolKey& key, const std::weak_ptr<Pooled>& pooled);
 

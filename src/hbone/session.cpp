@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <boost/asio/post.hpp>
+#include <sys/socket.h>
 #include <boost/asio/write.hpp>
+#include <cerrno>
 #include <cstring>
 
 #include "hbone/authority.hpp"
@@ -234,7 +236,7 @@ struct Session::Callbacks {
 
 // ---- Session ----
 
-Session::Session(std::unique_ptr<SslStream> io, ConnectionInfo info, const SessionOptions& options, Role role,
+Session::Session(std::unique_ptr<TlsStream> io, ConnectionInfo info, const SessionOptions& options, Role role,
                  RequestHandler handler)
     : io_(std::move(io)),
       executor_(io_->get_executor()),
@@ -243,18 +245,16 @@ Session::Session(std::unique_ptr<SslStream> io, ConnectionInfo info, const Sessi
       role_(role),
       handler_(std::move(handler)),
       handshake_timer_(executor_),
-      idle_timer_(executor_) {
-  in_.resize(kReadChunk);
-}
+      idle_timer_(executor_) {}
 
-std::shared_ptr<Session> Session::make_server(std::unique_ptr<SslStream> io, ConnectionInfo info,
+std::shared_ptr<Session> Session::make_server(std::unique_ptr<TlsStream> io, ConnectionInfo info,
                                               const SessionOptions& options, RequestHandler handler) {
   auto s = std::shared_ptr<Session>(new Session(std::move(io), std::move(info), options, Role::server, std::move(handler)));
   s->init();
   return s;
 }
 
-std::shared_ptr<Session> Session::make_client(std::unique_ptr<SslStream> io, ConnectionInfo info,
+std::shared_ptr<Session> Session::make_client(std::unique_ptr<TlsStream> io, ConnectionInfo info,
                                               const SessionOptions& options) {
   auto s = std::shared_ptr<Session>(new Session(std::move(io), std::move(info), options, Role::client, {}));
   s->init();
@@ -367,28 +367,110 @@ void Session::notify() {
 void Session::do_read() {
   if (closed_ || reading_) return;
   reading_ = true;
-  io_->async_read_some(asio::buffer(in_), [self = shared_from_this()](error_code ec, std::size_t n) {
-    self->reading_ = false;
-    if (self->closed_) return;
-    if (ec) {
-      // The peer closed or reset TCP, or TLS failed: every stream ends with a reset.
-      self->close_transport();
-      return;
+  // Bytes the handshake (or an earlier turn that stopped early) left with the TLS stream come
+  // first; otherwise wait for the socket, then recv (on_readable): no speculative recv that
+  // mostly finds nothing.
+  if (io_->has_input()) {
+    asio::post(executor_, [self = shared_from_this()] { self->on_readable({}); });
+    return;
+  }
+  io_->lowest_layer().async_wait(tcp::socket::wait_read,
+                                 [self = shared_from_this()](error_code ec) { self->on_readable(ec); });
+}
+
+namespace {
+// One worker thread's receive buffers, used only between a recv and the end of its processing,
+// which never runs nested (on_readable is only ever a completion handler): 256 KiB of
+// ciphertext per recv (several TLS records, so one syscall per batch the peer wrote), 64 KiB of
+// plaintext per nghttp2_session_mem_recv. Per thread rather than per connection: an idle
+// connection holds none of it.
+struct ReceiveScratch {
+  static constexpr std::size_t kCipher = 256 * 1024;
+  std::unique_ptr<std::uint8_t[]> cipher{new std::uint8_t[kCipher]};
+  std::unique_ptr<std::uint8_t[]> plain{new std::uint8_t[kReadChunk]};
+  bool busy = false;
+};
+}  // namespace
+
+void Session::on_readable(error_code ec) {
+  reading_ = false;
+  if (closed_) return;
+  if (ec) {
+    close_transport();
+    return;
+  }
+  thread_local ReceiveScratch shared_scratch;
+  std::unique_ptr<ReceiveScratch> own;  // only if a handler ever nests (it should not)
+  ReceiveScratch* scratch = &shared_scratch;
+  if (scratch->busy) {
+    own = std::make_unique<ReceiveScratch>();
+    scratch = own.get();
+  }
+  scratch->busy = true;
+  const int fd = io_->lowest_layer().native_handle();
+  bool drained = false;  // the last recv found the socket's queue shorter than the buffer
+  bool eof = false;
+  // A few recvs per turn while the peer keeps the socket full, then back to the event loop so
+  // one busy connection does not starve the worker's others.
+  for (int turn = 0; turn < 4 && !closed_ && !drained && !eof; ++turn) {
+    if (!io_->has_input()) {
+      const ssize_t n = ::recv(fd, scratch->cipher.get(), ReceiveScratch::kCipher, MSG_DONTWAIT);
+      if (n == 0) {
+        eof = true;  // the peer closed TCP (without close_notify): every stream ends reset
+        break;
+      }
+      if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;
+        eof = true;
+        break;
+      }
+      drained = static_cast<std::size_t>(n) < ReceiveScratch::kCipher;
+      io_->feed(scratch->cipher.get(), static_cast<std::size_t>(n));
     }
-    self->in_nghttp2_ = true;
-    auto rv = nghttp2_session_mem_recv(self->h2_, self->in_.data(), n);
-    self->in_nghttp2_ = false;
-    if (rv < 0) {
-      // A protocol violation nghttp2 could not answer by itself (a bad preface, a flood): end
-      // this connection with GOAWAY, never more than this connection.
-      self->violation_ = nghttp2_strerror(static_cast<int>(rv));
-      nghttp2_session_terminate_session(self->h2_, NGHTTP2_PROTOCOL_ERROR);
-      self->do_write();
-      return;
+    // Decrypt everything fed, handing nghttp2 up to kReadChunk at a time.
+    bool input_done = false;
+    while (!input_done && !closed_) {
+      std::size_t filled = 0;
+      TlsStream::ReadResult result = TlsStream::ReadResult::data;
+      while (filled < kReadChunk) {
+        std::size_t n = 0;
+        result = io_->decrypt(scratch->plain.get() + filled, kReadChunk - filled, n);
+        if (result != TlsStream::ReadResult::data) break;
+        filled += n;
+      }
+      if (filled > 0) {
+        in_nghttp2_ = true;
+        auto rv = nghttp2_session_mem_recv(h2_, scratch->plain.get(), filled);
+        in_nghttp2_ = false;
+        if (rv < 0) {
+          // A protocol violation nghttp2 could not answer by itself (a bad preface, a flood):
+          // end this connection with GOAWAY, never more than this connection.
+          violation_ = nghttp2_strerror(static_cast<int>(rv));
+          nghttp2_session_terminate_session(h2_, NGHTTP2_PROTOCOL_ERROR);
+          io_->keep_input();
+          scratch->busy = false;
+          do_write();
+          return;
+        }
+      }
+      if (result == TlsStream::ReadResult::want_input) input_done = true;
+      else if (result != TlsStream::ReadResult::data) {
+        // close_notify, or a record that does not decrypt: the connection is over.
+        eof = true;
+        break;
+      }
     }
-    self->do_write();
-    if (!self->closed_ && nghttp2_session_want_read(self->h2_)) self->do_read();
-  });
+    if (closed_ || !nghttp2_session_want_read(h2_)) break;
+  }
+  io_->keep_input();
+  scratch->busy = false;
+  if (closed_) return;
+  if (eof) {
+    close_transport();
+    return;
+  }
+  do_write();
+  if (!closed_ && nghttp2_session_want_read(h2_)) do_read();
 }
 
 void Session::flush_credits() {
@@ -417,22 +499,43 @@ void Session::do_write() {
     out_.insert(out_.end(), data, data + n);
   }
   in_nghttp2_ = false;
-  if (out_.empty()) {
+  // The whole batch in one SSL_write: full-size records back to back in one buffer, one send.
+  if (!out_.empty() && !io_->encrypt(out_.data(), out_.size())) {
+    fail("TLS write failed");
+    return;
+  }
+  if (io_->output().empty()) {
     if (!nghttp2_session_want_read(h2_) && !nghttp2_session_want_write(h2_)) close_transport();
     return;
   }
+  // Swapped, so that OpenSSL can write (a KeyUpdate answer from SSL_read) while this is sent;
+  // both keep their capacity.
+  sending_.clear();
+  std::swap(sending_, io_->output());
   writing_ = true;
-  asio::async_write(*io_, asio::buffer(out_), [self = shared_from_this()](error_code ec, std::size_t) {
+  asio::async_write(io_->lowest_layer(), asio::buffer(sending_), [self = shared_from_this()](error_code ec, std::size_t) {
     self->writing_ = false;
     if (self->closed_) return;
     if (ec) {
       self->close_transport();
       return;
     }
+    if (self->streams_.empty()) self->release_batch_buffers();
     self->do_write();
     // Reading may have paused for a GOAWAY in flight; nothing else stops it.
     if (!self->closed_ && nghttp2_session_want_read(self->h2_)) self->do_read();
   });
+}
+
+void Session::release_batch_buffers() {
+  // A connection that carried a bulk transfer holds up to ~0.8 MiB of batch buffers (frames,
+  // ciphertext being sent, ciphertext OpenSSL writes meanwhile); with no stream left they go
+  // back. Buffers of short tunnels never grow past kKeep, so those connections keep theirs.
+  constexpr std::size_t kKeep = 64 * 1024;
+  if (sending_.capacity() > kKeep) std::vector<std::uint8_t>().swap(sending_);
+  if (out_.capacity() > kKeep) std::vector<std::uint8_t>().swap(out_);
+  auto& pending = io_->output();
+  if (pending.empty() && pending.capacity() > kKeep) std::vector<std::uint8_t>().swap(pending);
 }
 
 void Session::fail(const char* why) {

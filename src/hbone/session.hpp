@@ -4,7 +4,6 @@
 
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <functional>
 #include <map>
@@ -16,13 +15,13 @@
 
 #include "hbone/hbone_options.hpp"
 #include "hbone/stream.hpp"
+#include "hbone/tls_stream.hpp"
 
 struct nghttp2_session;
 
 namespace dsproxy::hbone {
 
 using tcp = boost::asio::ip::tcp;
-using SslStream = boost::asio::ssl::stream<tcp::socket>;
 
 struct Header {
   std::string name;  // lower case, as HTTP/2 requires
@@ -89,9 +88,9 @@ class Session : public std::enable_shared_from_this<Session> {
   using OpenHandler = boost::asio::any_completion_handler<void(boost::system::error_code, int, std::shared_ptr<Stream>)>;
 
   // `io` has completed its TLS handshake (ALPN "h2" checked by the caller: see tls_check_alpn).
-  static std::shared_ptr<Session> make_server(std::unique_ptr<SslStream> io, ConnectionInfo info,
+  static std::shared_ptr<Session> make_server(std::unique_ptr<TlsStream> io, ConnectionInfo info,
                                               const SessionOptions& options, RequestHandler handler);
-  static std::shared_ptr<Session> make_client(std::unique_ptr<SslStream> io, ConnectionInfo info,
+  static std::shared_ptr<Session> make_client(std::unique_ptr<TlsStream> io, ConnectionInfo info,
                                               const SessionOptions& options);
   ~Session();
   Session(const Session&) = delete;
@@ -137,11 +136,14 @@ class Session : public std::enable_shared_from_this<Session> {
   friend class IncomingRequest;
   struct Callbacks;
 
-  Session(std::unique_ptr<SslStream> io, ConnectionInfo info, const SessionOptions& options, Role role,
+  Session(std::unique_ptr<TlsStream> io, ConnectionInfo info, const SessionOptions& options, Role role,
           RequestHandler handler);
   void init();
   void do_read();
+  void on_readable(boost::system::error_code ec);
   void do_write();
+  // After a write, with no stream left (never inside nghttp2: out_ may hold frames then).
+  void release_batch_buffers();
   void flush_credits();
   void fail(const char* why);
   void close_transport();
@@ -161,7 +163,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // From IncomingRequest.
   bool submit_response(Stream& stream, int status, const Headers& headers, bool with_body);
 
-  std::unique_ptr<SslStream> io_;
+  std::unique_ptr<TlsStream> io_;
   boost::asio::any_io_executor executor_;
   ConnectionInfo info_;
   SessionOptions options_;
@@ -182,7 +184,9 @@ class Session : public std::enable_shared_from_this<Session> {
   std::vector<std::pair<std::int32_t, std::size_t>> stream_credits_;
   std::size_t connection_credit_ = 0;
   std::size_t buffered_ = 0;  // received DATA not yet read, over all streams
-  std::vector<std::uint8_t> in_, out_;
+  // out_: HTTP/2 frames of one batch, encrypted together; sending_: the ciphertext being
+  // written (TlsStream::output() takes what OpenSSL writes meanwhile, e.g. a KeyUpdate answer).
+  std::vector<std::uint8_t> out_, sending_;
   bool started_ = false, reading_ = false, writing_ = false, in_nghttp2_ = false;
   bool closed_ = false, settings_received_ = false;
   bool goaway_sent_ = false, goaway_received_ = false;  // ours stops the idle timer; the peer's must not

@@ -310,7 +310,7 @@ awaitable<void> MeshWorker::serve_hbone(tcp::socket socket, tcp::endpoint peer) 
     net::reset_connection(socket);
     co_return;
   }
-  std::unique_ptr<hbone::SslStream> io = hbone::make_tls_stream(std::move(socket), contexts->server(), false);
+  std::unique_ptr<hbone::TlsStream> io = hbone::make_tls_stream(std::move(socket), contexts->server(), false);
   if (!io) co_return;
   // A peer that connects and says nothing must not hold a descriptor forever.
   asio::steady_timer deadline(executor_);

@@ -249,7 +249,7 @@ class Harness {
     hbone.async_accept([this](error_code ec, tcp::socket socket) {
       if (ec) return;
       ++server_connections;
-      std::shared_ptr<SslStream> tls = make_tls_stream(std::move(socket), server_ctx, false);
+      std::shared_ptr<TlsStream> tls = make_tls_stream(std::move(socket), server_ctx, false);
       tls->async_handshake(asio::ssl::stream_base::server, [this, tls](error_code ec) mutable {
         if (ec || !negotiated_h2(tls->native_handle())) {
           ++tls_failures;
@@ -263,7 +263,7 @@ class Harness {
         info.local = tls->lowest_layer().local_endpoint(ignored);
         info.remote = tls->lowest_layer().remote_endpoint(ignored);
         // Session wants sole ownership; the handshake is done, so the stream moves in.
-        auto owned = std::make_unique<SslStream>(std::move(*tls));
+        auto owned = std::make_unique<TlsStream>(std::move(*tls));
         auto session =
             Session::make_server(std::move(owned), std::move(info), server_options, [this](auto r) { handler(r); });
         session->set_refusal_observer([this](SessionRefusal r) {

@@ -7,6 +7,7 @@
 #include <openssl/ssl.h>
 #include <unistd.h>
 
+#include <boost/asio/ssl/error.hpp>
 #include <filesystem>
 
 #include "hbone_harness.hpp"

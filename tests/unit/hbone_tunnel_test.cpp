@@ -8,6 +8,8 @@
 #include "hbone_harness.hpp"
 
 #include <fcntl.h>
+#include <openssl/bio.h>
+#include <poll.h>
 #include <sched.h>
 
 #include <cstdlib>
@@ -245,16 +247,54 @@ TEST(HboneTunnel, WrongServerIdentityIsRefusedBeforeUse) {
   EXPECT_EQ(h.echo_eofs.load() + h.echo_resets.load(), 0);
 }
 
+// The client's last handshake flight (its Finished) and `bytes`, encrypted, in one write: the
+// server reads them in one recv, so its handshake ends with application data already read.
+// Writes go to a memory BIO (sent by hand when the handshake waits for the server), reads come
+// from the socket.
+bool handshake_and_write_in_one_segment(SSL* ssl, int fd, const std::string& bytes) {
+  BIO* out = BIO_new(BIO_s_mem());
+  SSL_set_bio(ssl, BIO_new_socket(fd, BIO_NOCLOSE), out);
+  auto flush = [&] {
+    char* data = nullptr;
+    const long n = BIO_get_mem_data(out, &data);
+    const bool ok = n <= 0 || write_all(fd, data, static_cast<std::size_t>(n));
+    (void)BIO_reset(out);
+    return ok;
+  };
+  const int flags = ::fcntl(fd, F_GETFL);
+  ::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+  bool done = false;
+  for (int i = 0; i < 100 && !done; ++i) {
+    const int rv = SSL_connect(ssl);
+    if (rv == 1) {
+      done = true;
+      break;
+    }
+    if (SSL_get_error(ssl, rv) != SSL_ERROR_WANT_READ || !flush()) break;
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 5000) != 1) break;
+  }
+  ::fcntl(fd, F_SETFL, flags);
+  return done && SSL_write(ssl, bytes.data(), static_cast<int>(bytes.size())) > 0 && flush();
+}
+
 // A TLS client that completes the handshake (ALPN h2, a good certificate) and then writes
-// `bytes` instead of the HTTP/2 preface: the server must close that connection.
-bool server_closes_after(Harness& h, const std::string& bytes) {
+// `bytes` instead of the HTTP/2 preface (`one_segment`: in the same write as its Finished):
+// the server must close that connection.
+bool server_closes_after(Harness& h, const std::string& bytes, bool one_segment = false) {
   int fd = connect_to(h.hbone_endpoint());
   if (fd < 0) return false;
   set_timeouts(fd, 5s);
   std::unique_ptr<SSL, decltype(&SSL_free)> ssl(SSL_new(h.client_ctx.get()), SSL_free);
-  SSL_set_fd(ssl.get(), fd);
   bool closed = false;
-  if (SSL_connect(ssl.get()) == 1 && SSL_write(ssl.get(), bytes.data(), static_cast<int>(bytes.size())) > 0) {
+  bool sent = false;
+  if (one_segment) {
+    sent = handshake_and_write_in_one_segment(ssl.get(), fd, bytes);
+  } else {
+    SSL_set_fd(ssl.get(), fd);
+    sent = SSL_connect(ssl.get()) == 1 && SSL_write(ssl.get(), bytes.data(), static_cast<int>(bytes.size())) > 0;
+  }
+  if (sent) {
     // The server may answer with its SETTINGS and a GOAWAY first; then the connection ends.
     char buf[4096];
     for (int i = 0; i < 64; ++i) {
@@ -281,9 +321,12 @@ TEST(HboneTunnel, GarbageAfterTlsClosesThatConnectionOnly) {
   preface += std::string("\x00\x00\x00\x04\x00\x00\x00\x00\x00", 9);  // empty SETTINGS
   preface += std::string("\x00\x00\x04\x00\x00\x00\x00\x00\x00" "abcd", 13);  // DATA on stream 0
   EXPECT_TRUE(server_closes_after(h, preface));
+  // The same bytes in the TCP segment that ends the handshake: the server has them (read
+  // ahead with the Finished) before it waits for the socket, and must still answer them.
+  EXPECT_TRUE(server_closes_after(h, preface, true));
   // Each of those connections was counted once as a protocol violation (GOAWAY with an error
   // code), the good one not at all.
-  EXPECT_EQ(h.protocol_violations.load(), 2);
+  EXPECT_EQ(h.protocol_violations.load(), 3);
   // The existing tunnel is untouched, and new ones are served.
   char c;
   ASSERT_TRUE(write_all(before.fd, "k", 1));
