@@ -104,6 +104,23 @@ await_background() {
   mapfile -t -O "${#times[@]}" times <"build/$job.times"
   times+=("wait-$job=$((SECONDS - start))")
 }
+current=deps
+bash scripts/install-deps.sh >/dev/null
+current=
+times+=("deps=$SECONDS")
+
+# Builds in other checkouts of the repository share the cache when they share the base dir.
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$repo}
+# Unity builds (eight sources per translation unit): Asio's, Beast's and OpenSSL's headers are
+# parsed and their templates instantiated once per eight files instead of once per file, which
+# takes 43 % off the compile time of the proxy and tunnel sources (measured: 184 -> 105 CPU-s
+# under ASan). What the three trees cost dominates a cold run. The price: two files' helpers in
+# anonymous namespaces must not share a name (the first stage's build says so at once).
+configure() {  # configure DIR [cmake options...]
+  local dir=$1
+  shift
+  cmake -S . -B "$dir" -DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_UNITY_BUILD=ON "$@" >/dev/null
+}
 # For the sanitizer builds' tests: halt on the first report (UBSan aborts by itself, built with
 # -fno-sanitize-recover=all) and print stacks. TSan suppressions: see scripts/tsan.supp.
 sanitizer_env=(
