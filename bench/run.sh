@@ -72,7 +72,9 @@ else
 fi
 ((RUNS >= 1 && RUNS <= 20)) || die "--runs must be 1-20"
 if [[ -n $CONN_SECONDS ]]; then
-  [[ $CONN_SECONDS =~ ^[0-9]+$ ]] && ((CONN_SECONDS >= 1 && CONN_SECONDS <= 60)) || die "--conn-seconds must be 1-60"
+  if ! [[ $CONN_SECONDS =~ ^[0-9]+$ ]] || ((CONN_SECONDS < 1 || CONN_SECONDS > 60)); then
+    die "--conn-seconds must be 1-60"
+  fi
   BENCH_CONN_S=$CONN_SECONDS
 fi
 BENCH_QUIET_IDLE=${BENCH_QUIET_IDLE:-90}
