@@ -364,8 +364,14 @@ void Session::notify() {
   });
 }
 
+// While a write is in flight, what OpenSSL writes by itself when reading (KeyUpdate answers a
+// peer may ask for with every record) piles up unsent; a peer that never reads could grow it
+// without bound. Past this, reading stops until the write completes (which reads again).
+constexpr std::size_t kMaxUnsentWhileWriting = 64 * 1024;
+
 void Session::do_read() {
   if (closed_ || reading_) return;
+  if (writing_ && io_->output().size() > kMaxUnsentWhileWriting) return;
   reading_ = true;
   // Bytes the handshake (or an earlier turn that stopped early) left with the TLS stream come
   // first; otherwise wait for the socket, then recv (on_readable): no speculative recv that
@@ -413,6 +419,7 @@ void Session::on_readable(error_code ec) {
   // A few recvs per turn while the peer keeps the socket full, then back to the event loop so
   // one busy connection does not starve the worker's others.
   for (int turn = 0; turn < 4 && !closed_ && !drained && !eof; ++turn) {
+    if (writing_ && io_->output().size() > kMaxUnsentWhileWriting) break;  // see do_read
     if (!io_->has_input()) {
       const ssize_t n = ::recv(fd, scratch->cipher.get(), ReceiveScratch::kCipher, MSG_DONTWAIT);
       if (n == 0) {

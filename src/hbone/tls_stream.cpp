@@ -27,6 +27,9 @@ struct TlsStream::State {
   std::size_t in_len = 0;
   std::vector<std::uint8_t> kept;
   std::vector<std::uint8_t> out;  // ciphertext for the socket
+  // `in` points into `kept` (anywhere: it may be partly consumed), so keeping it again must not
+  // assign `kept` from itself.
+  bool input_is_kept() const { return !kept.empty() && in >= kept.data() && in < kept.data() + kept.size(); }
   // With read-ahead, the handshake may have pulled the records after the peer's Finished (the
   // HTTP/2 preface, whatever came in the same segment) into OpenSSL's own buffer: they must be
   // decrypted before waiting for the socket. (SSL_has_pending cannot say so later: it is also
@@ -44,7 +47,13 @@ TlsStream::State& state_of(BIO* bio) { return *static_cast<TlsStream::State*>(BI
 int bio_write(BIO* bio, const char* data, std::size_t n, std::size_t* written) {
   BIO_clear_retry_flags(bio);
   auto& out = state_of(bio).out;
-  out.insert(out.end(), reinterpret_cast<const std::uint8_t*>(data), reinterpret_cast<const std::uint8_t*>(data) + n);
+  // No exception may unwind through OpenSSL's C frames: out of memory fails this write (and so
+  // this connection) instead.
+  try {
+    out.insert(out.end(), reinterpret_cast<const std::uint8_t*>(data), reinterpret_cast<const std::uint8_t*>(data) + n);
+  } catch (...) {
+    return 0;
+  }
   *written = n;
   return 1;
 }
@@ -139,6 +148,9 @@ struct HandshakeOp {
       case Phase::step:
         break;
     }
+    // SSL_get_error reads the thread's error queue first: a stale entry left by any other
+    // OpenSSL user on this worker would turn "no input yet" into a failure.
+    ERR_clear_error();
     const int rv = SSL_do_handshake(s->ssl);
     if (rv == 1) {
       done = true;
@@ -158,7 +170,7 @@ struct HandshakeOp {
   template <typename Self>
   void finish(Self& self, error_code ec) {
     // What the peer sent after its Finished (the HTTP/2 preface, a ticket) is the session's.
-    if (s->in_len > 0 && s->in != s->kept.data()) s->kept.assign(s->in, s->in + s->in_len), s->in = s->kept.data();
+    if (s->in_len > 0 && !s->input_is_kept()) s->kept.assign(s->in, s->in + s->in_len), s->in = s->kept.data();
     if (ec) s->in_len = 0;
     else s->read_ahead_pending = SSL_has_pending(s->ssl) == 1;
     self.complete(ec);
@@ -192,6 +204,7 @@ void TlsStream::start_handshake(asio::ssl::stream_base::handshake_type type, Han
 }
 
 bool TlsStream::encrypt(const std::uint8_t* data, std::size_t n) {
+  ERR_clear_error();  // see the handshake: SSL_get_error must see only this call's errors
   while (n > 0) {
     std::size_t written = 0;
     if (SSL_write_ex(state_->ssl, data, n, &written) != 1) {
@@ -214,7 +227,7 @@ void TlsStream::feed(const std::uint8_t* data, std::size_t n) {
 
 void TlsStream::keep_input() {
   auto& s = *state_;
-  if (s.in_len == 0 || s.in == s.kept.data()) return;
+  if (s.in_len == 0 || s.input_is_kept()) return;  // already there (perhaps partly consumed)
   s.kept.assign(s.in, s.in + s.in_len);
   s.in = s.kept.data();
 }
@@ -223,6 +236,7 @@ bool TlsStream::has_input() const { return state_->in_len > 0 || state_->read_ah
 
 TlsStream::ReadResult TlsStream::decrypt(std::uint8_t* out, std::size_t capacity, std::size_t& n) {
   n = 0;
+  if (ERR_peek_error() != 0) ERR_clear_error();  // see the handshake
   const int rv = SSL_read_ex(state_->ssl, out, capacity, &n);
   if (rv == 1) return ReadResult::data;
   switch (SSL_get_error(state_->ssl, rv)) {
