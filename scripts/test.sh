@@ -24,8 +24,8 @@
 # fuzz-build, asan-build and tsan-build run in the background, at the lowest CPU priority, while
 # the tests stage runs: the e2e suites run one at a time and mostly wait (on handshakes, timeouts,
 # namespaces being set up), which leaves the two cores idle for most of that stage, and the
-# compilers take whatever the tests leave (nice 19: a tenth of a percent of the CPU's share when
-# the tests want both cores, so the tests run as they would alone). Their output goes to
+# compilers take whatever the tests leave (nice 19: a weight of 15 against the tests' 1,024, about
+# 1.5 % of a core the tests want, so the tests run much as they would alone). Their output goes to
 # build/fuzz-build.log and build/sanitizer-builds.log, printed if they fail; their stage times
 # are the background builds' own, and "wait-<job>" is what the script still waited for them.
 #
@@ -43,7 +43,7 @@ fi
 stages=${DSPROXY_TEST_STAGES:-"build fuzz-build tests asan-build asan-unit asan-e2e tsan-build tsan-unit"}
 times=()
 current=
-declare -A background=()  # stage -> pid of its background job (own process group)
+declare -A background=()  # job -> pid of its background job (own process group)
 report() {
   local status=$? stage
   for stage in "${!background[@]}"; do  # a failure in the foreground: stop the compilers too
@@ -144,8 +144,8 @@ fuzz_build() {
   fuzz/run_fuzz.sh --build-only dns_message build/fuzz
   fuzz/run_fuzz.sh --build-only config_decoder build/fuzz
 }
-# The end-to-end tests are RUN_SERIAL; unit tests share the two cores. The fuzz passes come last,
-# once their build (in the background) is done.
+# The end-to-end tests are RUN_SERIAL (the unit tests run in the ASan tree). The fuzz passes come
+# last, once their build (in the background) is done; the two run at once, one per core.
 tests() {
   (cd build && ctest --output-on-failure -j2 --timeout 600 -E '^fuzz\.')
   await_background fuzz-build
